@@ -1,0 +1,162 @@
+//! The typed handle: a getter, `with_`, `set_`, `update_` and `reset_` per field, plus
+//! `snapshot`, `replace` and `clear`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::{GenericParam, Lifetime};
+
+use super::{bounded_generics, initial_value};
+use crate::model::{Field, Model};
+
+pub(crate) fn expand(model: &Model) -> TokenStream {
+    let (name, vis, krate, handle) = (model.ident, model.vis, &model.krate, &model.handle);
+    let private = quote!(#krate::__private);
+    let struct_generics = bounded_generics(model);
+    let (_, struct_ty_g, _) = struct_generics.split_for_impl();
+    let session_ty = quote!(#name #struct_ty_g);
+
+    let mut generics = struct_generics.clone();
+    let lifetime = Lifetime::new("'__a", proc_macro2::Span::call_site());
+    generics.params.insert(
+        0,
+        GenericParam::Lifetime(syn::LifetimeParam::new(lifetime.clone())),
+    );
+    if !model.generics.params.is_empty() {
+        generics
+            .make_where_clause()
+            .predicates
+            .push(syn::parse_quote!(#session_ty: #private::Session));
+    }
+    let (impl_g, ty_g, where_c) = generics.split_for_impl();
+
+    let methods = model.fields.iter().map(|f| field_methods(f, &session_ty));
+    let doc = format!(
+        "Typed handle of the [`{name}`] session of one update, returned by its context accessor.\n\n\
+         Getters return copies, `with_*` lend a field to a closure, `set_*` and `update_*` change it \
+         and mark it for the persist after the chain; reads never mark anything."
+    );
+
+    quote! {
+        #[doc = #doc]
+        #vis struct #handle #impl_g #where_c {
+            inner: #private::SessionRef<#lifetime, #session_ty>,
+        }
+
+        impl #impl_g ::core::clone::Clone for #handle #ty_g #where_c {
+            fn clone(&self) -> Self {
+                Self { inner: ::core::clone::Clone::clone(&self.inner) }
+            }
+        }
+
+        impl #impl_g ::core::fmt::Debug for #handle #ty_g #where_c {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#handle)).field("key", &self.inner.key()).finish_non_exhaustive()
+            }
+        }
+
+        #[allow(dead_code, clippy::all)]
+        impl #impl_g #handle #ty_g #where_c {
+            #(#methods)*
+
+            /// The session key this handle belongs to.
+            pub fn key(&self) -> &str {
+                self.inner.key()
+            }
+
+            /// Whether its update is still running (always true for a handle that borrows the
+            /// context).
+            pub fn is_live(&self) -> bool {
+                self.inner.is_live()
+            }
+
+            /// A copy of the whole session.
+            pub fn snapshot(&self) -> #session_ty
+            where
+                for<'__z> #session_ty: ::core::clone::Clone,
+            {
+                self.inner.snapshot()
+            }
+
+            /// Replaces the whole session; only the fields whose value changed are written.
+            pub fn replace(&self, value: #session_ty) {
+                self.inner.replace(value)
+            }
+
+            /// Deletes the session from the store after the chain; reads see defaults from now on.
+            pub fn clear(&self) {
+                self.inner.clear()
+            }
+        }
+    }
+}
+
+fn field_methods(field: &Field, session_ty: &TokenStream) -> TokenStream {
+    let (ident, ty, name) = (field.ident, field.ty, field.name());
+    let with = format_ident!("with_{}", name);
+    let set = format_ident!("set_{}", name);
+    let update = format_ident!("update_{}", name);
+    let reset = format_ident!("reset_{}", name);
+    let init = initial_value(field, &quote!(<#session_ty>));
+    let (read_index, write, modify, reset_body) = match field.index {
+        Some(i) => (
+            quote!(::core::option::Option::Some(#i)),
+            quote!(self.inner.set(#i, move |s| s.#ident = value)),
+            quote!(self.inner.update(#i, |s| f(&mut s.#ident))),
+            quote!(self.inner.reset(#i)),
+        ),
+        // Skipped fields live only in the shared live value; nothing is marked.
+        None => (
+            quote!(::core::option::Option::None),
+            quote!(self.inner.update_transient(move |s| s.#ident = value)),
+            quote!(self.inner.update_transient(|s| f(&mut s.#ident))),
+            quote!(self.inner.update_transient(|s| s.#ident = #init)),
+        ),
+    };
+    let persisted = if field.index.is_some() {
+        ""
+    } else {
+        " It is not persisted (`skip`)."
+    };
+    let doc_get = format!("A copy of `{name}`.");
+    let doc_with = format!("Lends `{name}` to `f` and returns what it returns.");
+    let doc_set = format!(
+        "Sets `{name}`.{persisted} If another update changed it after this one read it, the write is reported as stale; use [`Self::{update}`] to read and write atomically."
+    );
+    let doc_update = format!("Changes `{name}` in place: an atomic read-modify-write.{persisted}");
+    let doc_reset =
+        format!("Sets `{name}` back to its default and removes it from the store.{persisted}");
+    quote! {
+        #[doc = #doc_get]
+        #[inline]
+        pub fn #ident(&self) -> #ty
+        where
+            for<'__z> #ty: ::core::clone::Clone,
+        {
+            self.inner.read(#read_index, |s| ::core::clone::Clone::clone(&s.#ident))
+        }
+
+        #[doc = #doc_with]
+        #[inline]
+        pub fn #with<__R>(&self, f: impl ::core::ops::FnOnce(&#ty) -> __R) -> __R {
+            self.inner.read(#read_index, |s| f(&s.#ident))
+        }
+
+        #[doc = #doc_set]
+        #[inline]
+        pub fn #set(&self, value: #ty) {
+            #write
+        }
+
+        #[doc = #doc_update]
+        #[inline]
+        pub fn #update<__R>(&self, f: impl ::core::ops::FnOnce(&mut #ty) -> __R) -> __R {
+            #modify
+        }
+
+        #[doc = #doc_reset]
+        #[inline]
+        pub fn #reset(&self) {
+            #reset_body
+        }
+    }
+}

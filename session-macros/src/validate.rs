@@ -1,0 +1,61 @@
+//! Checks that need the whole struct.
+
+use std::collections::HashMap;
+
+use syn::GenericParam;
+
+use crate::errors::Errors;
+use crate::model::Model;
+
+/// Names the handle uses for its own methods; a field of that name would clash.
+const HANDLE_METHODS: &[&str] = &["key", "is_live", "snapshot", "replace", "clear", "inner"];
+
+pub(crate) fn check(model: &Model, errors: &mut Errors) {
+    if let Some(span) = model.derives_default {
+        errors.at(
+            span,
+            "remove `Default` from the derives: #[derive(Session)] generates `Default` from the fields' #[default(...)] values",
+        );
+    }
+    for param in &model.generics.params {
+        match param {
+            GenericParam::Lifetime(l) => errors.spanned(
+                l,
+                "a session cannot borrow: it outlives every update; use owned types such as String instead of &str",
+            ),
+            GenericParam::Const(_) | GenericParam::Type(_) => {}
+        }
+    }
+
+    let mut stored: HashMap<&str, &syn::Ident> = HashMap::new();
+    for field in &model.fields {
+        if field.skip {
+            if let Some(span) = field.reset_on_error {
+                errors.at(
+                    span,
+                    "`reset_on_error` has no effect on a `skip` field, which is never loaded",
+                );
+            }
+        } else if let Some(first) = stored.insert(&field.stored.value, field.ident) {
+            errors.at(
+                field.stored.span,
+                format!(
+                    "field `{}` is stored under {:?}, which field `{}` already uses; give one of them #[session(rename = \"...\")]",
+                    field.ident, field.stored.value, first
+                ),
+            );
+        }
+        if field.stored.value.is_empty() {
+            errors.at(field.stored.span, "a stored field name cannot be empty");
+        }
+        let name = field.name();
+        if HANDLE_METHODS.contains(&name.as_str()) {
+            errors.spanned(
+                field.ident,
+                format!(
+                    "a field named `{name}` would clash with the handle's own `{name}()` method; rename the field and keep its stored name with #[session(rename = \"{name}\")]"
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The per-update context: the update plus one slot per attached session type.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::error::SessionError;
+use crate::handle::{SessionRef, Slot};
+use crate::session::Session;
+
+type AnySlot = Arc<dyn Any + Send + Sync>;
+
+/// What every middleware of a [`Chain`](crate::Chain) receives for one update.
+///
+/// Session types attach themselves through their [`SessionMiddleware`](crate::SessionMiddleware);
+/// the derive's accessor (`ctx.session()`) then returns the typed handle.
+pub struct Context<U> {
+    update: U,
+    slots: Mutex<Vec<(TypeId, AnySlot)>>,
+}
+
+impl<U> Context<U> {
+    /// A context for `update`, with no session attached.
+    pub fn new(update: U) -> Self {
+        Context {
+            update,
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The update being handled.
+    pub fn update(&self) -> &U {
+        &self.update
+    }
+
+    /// Gives the update back.
+    pub fn into_update(self) -> U {
+        self.update
+    }
+
+    pub(crate) fn attach<S: Session>(&self, slot: Arc<Slot<S>>) {
+        self.slots.lock().push((TypeId::of::<S>(), slot));
+    }
+
+    pub(crate) fn slot<S: Session>(&self) -> Option<Arc<Slot<S>>> {
+        let slots = self.slots.lock();
+        let (_, slot) = slots
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == TypeId::of::<S>())?;
+        Arc::clone(slot).downcast::<Slot<S>>().ok()
+    }
+
+    /// The session `S` of this update, loaded on first use (the derive's `ctx.session()`
+    /// calls this).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotAttached`] when no middleware for `S` ran before this point,
+    /// [`SessionError::NoKey`] when the update has no key, [`SessionError::AfterPersist`] when
+    /// the middleware has already persisted it, and the load errors of the store.
+    pub async fn session_of<S: Session>(&self) -> Result<S::Handle<'_>, SessionError> {
+        let holding = self.hold::<S>().await?;
+        Ok(S::handle(SessionRef::new(holding)))
+    }
+
+    /// Like [`Context::session_of`], but the handle does not borrow the context, for framework
+    /// adapters that need `'static` values. Using it after the update was persisted is
+    /// detected and reported (DESIGN S10).
+    pub async fn session_owned<S: Session>(&self) -> Result<S::Handle<'static>, SessionError> {
+        let holding = self.hold::<S>().await?;
+        Ok(S::handle(SessionRef::new(holding)))
+    }
+
+    async fn hold<S: Session>(&self) -> Result<Arc<crate::handle::Holding<S>>, SessionError> {
+        let slot = self
+            .slot::<S>()
+            .ok_or(SessionError::NotAttached { session: S::NAME })?;
+        slot.hold().await
+    }
+}

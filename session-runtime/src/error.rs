@@ -1,0 +1,233 @@
+//! Errors at the runtime's boundaries: [`StoreError`] for what a store reports, [`SessionError`]
+//! for what a bot sees. Every message names the session type, the key and, where there is one,
+//! the field.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// The error type middlewares return: anything `Send + Sync` that is an error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a store was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Reading a record.
+    Load,
+    /// Writing a patch.
+    Apply,
+    /// Deleting a record.
+    Delete,
+    /// Creating tables, collections or indexes.
+    Migrate,
+    /// Removing expired records.
+    Sweep,
+    /// Connecting to the backend.
+    Connect,
+}
+
+impl fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreOp::Load => "load",
+            StoreOp::Apply => "apply a patch to",
+            StoreOp::Delete => "delete",
+            StoreOp::Migrate => "migrate",
+            StoreOp::Sweep => "sweep",
+            StoreOp::Connect => "connect",
+        })
+    }
+}
+
+/// An error reported by a [`Store`](crate::Store).
+///
+/// A store never turns a failed read into "no session" (DESIGN C7): an outage is an error.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, protocol, server error).
+    #[error("{backend} store: cannot {op} session {key:?}: {source}")]
+    Backend {
+        /// Which store, e.g. `"memory"` or `"postgres"`.
+        backend: &'static str,
+        /// The operation that failed.
+        op: StoreOp,
+        /// The session key, or `""` for operations on no single key.
+        key: String,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend holds something this store cannot read as a session record.
+    #[error("{backend} store: session {key:?} field {field:?} is malformed: {message}")]
+    Malformed {
+        /// Which store.
+        backend: &'static str,
+        /// The session key.
+        key: String,
+        /// The stored field name, or `""` when the whole record is malformed.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The store was configured with something it cannot use (a table name, a URL).
+    #[error("{backend} store: invalid configuration: {message}")]
+    Config {
+        /// Which store.
+        backend: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Shorthand for [`StoreError::Backend`].
+    pub fn backend(
+        backend: &'static str,
+        op: StoreOp,
+        key: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        StoreError::Backend {
+            backend,
+            op,
+            key: key.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// An error a bot sees when it uses a session.
+///
+/// It converts into [`BoxError`] with `?` inside middlewares, and can be downcast back.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The update carries no session key (a channel post for a per-user session, an inline
+    /// query for a per-chat one). Nothing is loaded and nothing can be written for it.
+    #[error(
+        "session `{session}` is unavailable: this update has no session key under the `{strategy}` strategy"
+    )]
+    NoKey {
+        /// The session type.
+        session: &'static str,
+        /// The key strategy that found no key.
+        strategy: &'static str,
+    },
+    /// No middleware for this session type ran before this point of the chain.
+    #[error(
+        "session `{session}` is not attached to this context: add its SessionMiddleware to the chain before the middleware that uses it"
+    )]
+    NotAttached {
+        /// The session type.
+        session: &'static str,
+    },
+    /// The session was asked for after its middleware had persisted it (Telegraf's "session
+    /// accessed after the middleware chain exhausted").
+    #[error(
+        "session `{session}` of key {key:?} was used after its update was persisted; a write now would be lost"
+    )]
+    AfterPersist {
+        /// The session type.
+        session: &'static str,
+        /// The session key, if the update had one.
+        key: String,
+    },
+    /// The store could not read the session.
+    #[error("cannot load session `{session}` of key {key:?}: {source}")]
+    Load {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// A stored field could not be decoded into its Rust type.
+    #[error(
+        "cannot decode stored field {field:?} of session `{session}` key {key:?}: {source} (mark the field #[session(reset_on_error)] to fall back to its default)"
+    )]
+    Decode {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// The stored field name.
+        field: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A field could not be encoded (serde_json rejects, for example, maps with non-string keys).
+    #[error("cannot encode field {field:?} of session `{session}` key {key:?}: {source}")]
+    Encode {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// The stored field name.
+        field: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Writing the session failed. The changed fields stay dirty, so the next update of the
+    /// same key writes them again. If the chain had failed too, its error is kept beside this
+    /// one: neither hides the other.
+    #[error("cannot persist session `{session}` of key {key:?}: {source}{}", ChainSuffix(.chain.as_ref()))]
+    Persist {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+        /// The chain's own error, when the chain failed as well.
+        chain: Option<BoxError>,
+    },
+    /// In strict mode, a `set_*` overwrote a value another update wrote after this update read
+    /// it. Use `update_*` for read-modify-write.
+    #[error(
+        "stale write to field {field:?} of session `{session}` key {key:?}: another update changed it after this one read it; use update_{field}(..) to read and write atomically"
+    )]
+    StaleWrite {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// The stored field name.
+        field: &'static str,
+    },
+    /// The chain panicked or its future was dropped before it finished.
+    #[error("the chain for session `{session}` key {key:?} was {how} before it finished")]
+    Interrupted {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// `"panicking"` or `"cancelled"`.
+        how: &'static str,
+    },
+}
+
+impl SessionError {
+    /// The chain's own error carried by [`SessionError::Persist`], if any.
+    pub fn chain_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            SessionError::Persist { chain, .. } => chain.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+struct ChainSuffix<'a>(Option<&'a BoxError>);
+
+impl fmt::Display for ChainSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(chain) => write!(f, "; the chain had failed as well: {chain}"),
+            None => Ok(()),
+        }
+    }
+}

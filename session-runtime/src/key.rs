@@ -1,0 +1,132 @@
+//! Session keys: which session an update belongs to (DESIGN S1).
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What an update says about who sent it and where. Implement it for your update type to use
+/// the built-in key strategies.
+pub trait UpdateKeys {
+    /// The id of the user the update comes from (Telegram's `from.id`).
+    fn user_id(&self) -> Option<i64>;
+    /// The id of the chat the update belongs to (Telegram's `chat.id`).
+    fn chat_id(&self) -> Option<i64>;
+}
+
+/// The built-in key strategies, as named in `#[session(key = "...")]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `"{from.id}:{chat.id}"`: one session per user per chat (Telegraf's default).
+    UserInChat,
+    /// `"{chat.id}"`: one session per chat, shared by its members.
+    Chat,
+    /// `"{from.id}"`: one session per user, across chats.
+    User,
+}
+
+impl KeyKind {
+    /// The strategy's name, as written in the attribute.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyKind::UserInChat => "user_in_chat",
+            KeyKind::Chat => "chat",
+            KeyKind::User => "user",
+        }
+    }
+
+    fn key_of<U: UpdateKeys>(self, update: &U) -> Option<String> {
+        match self {
+            KeyKind::UserInChat => {
+                let (user, chat) = (update.user_id()?, update.chat_id()?);
+                Some(format!("{user}:{chat}"))
+            }
+            KeyKind::Chat => update.chat_id().map(|c| c.to_string()),
+            KeyKind::User => update.user_id().map(|u| u.to_string()),
+        }
+    }
+}
+
+type KeyFn<U> = dyn Fn(&U) -> Option<String> + Send + Sync;
+
+/// Maps an update to its session key, or to `None` when it has none.
+///
+/// An update with no key gets no session: asking for one returns
+/// [`SessionError::NoKey`](crate::SessionError::NoKey), and nothing is read or written.
+///
+/// # Example
+///
+/// ```
+/// use typed_session::{Key, Update};
+///
+/// let update = Update::text(1, 7, -100, "hi");
+/// assert_eq!(Key::user_in_chat().key_of(&update).as_deref(), Some("7:-100"));
+/// assert_eq!(Key::chat().key_of(&update).as_deref(), Some("-100"));
+/// let by_lang = Key::custom("lang", |u: &Update| Some(format!("lang:{}", u.update_id % 2)));
+/// assert_eq!(by_lang.key_of(&update).as_deref(), Some("lang:1"));
+/// ```
+pub struct Key<U> {
+    name: &'static str,
+    f: Arc<KeyFn<U>>,
+}
+
+impl<U> Clone for Key<U> {
+    fn clone(&self) -> Self {
+        Key {
+            name: self.name,
+            f: Arc::clone(&self.f),
+        }
+    }
+}
+
+impl<U> fmt::Debug for Key<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Key").field(&self.name).finish()
+    }
+}
+
+impl<U: UpdateKeys + 'static> Key<U> {
+    /// One session per user per chat: `"{from.id}:{chat.id}"`.
+    pub fn user_in_chat() -> Self {
+        Self::builtin(KeyKind::UserInChat)
+    }
+
+    /// One session per chat: `"{chat.id}"`.
+    pub fn chat() -> Self {
+        Self::builtin(KeyKind::Chat)
+    }
+
+    /// One session per user: `"{from.id}"`.
+    pub fn user() -> Self {
+        Self::builtin(KeyKind::User)
+    }
+
+    /// The strategy named by a [`KeyKind`].
+    pub fn builtin(kind: KeyKind) -> Self {
+        Key {
+            name: kind.name(),
+            f: Arc::new(move |u: &U| kind.key_of(u)),
+        }
+    }
+}
+
+impl<U> Key<U> {
+    /// A key computed by a closure; `name` appears in error messages.
+    pub fn custom(
+        name: &'static str,
+        f: impl Fn(&U) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Key {
+            name,
+            f: Arc::new(f),
+        }
+    }
+
+    /// The key of `update`, if it has one.
+    pub fn key_of(&self, update: &U) -> Option<String> {
+        (self.f)(update)
+    }
+
+    /// The strategy's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}

@@ -1,0 +1,62 @@
+//! Runtime of [typed-session](https://docs.rs/typed-session): the context, the middleware
+//! chain, the live-session registry, the session middleware and the stores.
+//!
+//! Use it through the `typed-session` crate, which re-exports everything here together with
+//! `#[derive(Session)]`.
+
+#![warn(missing_docs)]
+
+mod chain;
+mod context;
+mod error;
+mod handle;
+mod key;
+mod middleware;
+mod registry;
+mod session;
+pub mod store;
+pub mod update;
+
+pub use chain::{Chain, ChainFuture, FnMiddleware, Handler, Middleware, Next};
+pub use context::Context;
+pub use error::{BoxError, SessionError, StoreError, StoreOp};
+pub use handle::SessionRef;
+pub use key::{Key, KeyKind, UpdateKeys};
+pub use middleware::{ErrorPolicy, SessionBuilder, SessionMiddleware, StalePolicy, Stats};
+pub use session::{FieldSpec, Session};
+pub use store::{BoxFuture, MemoryStore, Patch, Record, Store};
+pub use update::Update;
+
+/// Items the derive's generated code names. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::context::Context;
+    pub use crate::error::SessionError;
+    pub use crate::handle::SessionRef;
+    pub use crate::key::KeyKind;
+    pub use crate::session::{FieldSpec, Session};
+    pub use core::time::Duration;
+    pub use serde;
+
+    /// The error of the per-field codec.
+    pub type CodecError = serde_json::Error;
+
+    /// Encodes one field.
+    #[inline]
+    pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+        serde_json::to_string(value)
+    }
+
+    /// Decodes one field.
+    #[inline]
+    pub fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, serde_json::Error> {
+        serde_json::from_str(raw)
+    }
+
+    /// The error for a field index the type does not have (never produced by the derive).
+    pub fn no_such_field(index: usize) -> serde_json::Error {
+        <serde_json::Error as serde::de::Error>::custom(format_args!(
+            "no persisted field number {index}"
+        ))
+    }
+}

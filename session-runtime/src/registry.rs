@@ -1,0 +1,284 @@
+//! Live sessions shared between the concurrent updates of one key (DESIGN S3).
+//!
+//! The registry maps a key to its [`Entry`] while at least one update holds it. An update
+//! takes a hold on its first session access and gives it back only after its persist has
+//! finished, so an update that arrives while an earlier one is still writing joins the same
+//! entry and sees that write, never the older stored value.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::{Notify, OnceCell};
+use tracing::Instrument;
+
+use crate::error::SessionError;
+use crate::session::Session;
+use crate::store::Store;
+
+/// Whether a field differs from what the store holds, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dirty {
+    /// Nothing to write.
+    Clean,
+    /// Write the current value.
+    Set,
+    /// Remove the field from the store (it went back to its default with `reset_*`).
+    Remove,
+}
+
+/// Per persisted field: its version, its dirtiness, and what the store holds for it.
+#[derive(Debug)]
+pub(crate) struct FieldState {
+    /// Bumped on every write; a holder compares it with the version it last saw.
+    pub version: u64,
+    pub dirty: Dirty,
+    /// The encoded value the store holds, `None` when it holds nothing for this field.
+    pub stored: Option<String>,
+}
+
+/// The live value of one key and its bookkeeping.
+pub(crate) struct State<S> {
+    pub value: S,
+    pub fields: Box<[FieldState]>,
+    clock: u64,
+    /// `clear()` was called and the record is still to be deleted.
+    pub delete_pending: bool,
+    /// Counts `clear()` calls, so a delete that raced a newer clear does not reset the flag.
+    pub clear_epoch: u64,
+}
+
+impl<S> State<S> {
+    /// Records a write of field `index` and returns its new version.
+    pub fn bump(&mut self, index: usize, dirty: Dirty) -> u64 {
+        self.clock += 1;
+        let field = &mut self.fields[index];
+        field.version = self.clock;
+        field.dirty = dirty;
+        self.clock
+    }
+
+    /// Records a change of field `index` that restores an older dirtiness.
+    pub fn touch(&mut self, index: usize) -> u64 {
+        self.clock += 1;
+        self.fields[index].version = self.clock;
+        self.clock
+    }
+}
+
+thread_local! {
+    /// The entry whose state lock this thread holds, to turn a re-entrant call (a handle
+    /// method called from inside a `with_*`/`update_*` closure) into a clear panic instead of
+    /// a silent deadlock.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The state lock of an entry; see [`Entry::lock`].
+pub(crate) struct StateGuard<'a, S> {
+    guard: MutexGuard<'a, State<S>>,
+    previous: usize,
+}
+
+impl<S> std::ops::Deref for StateGuard<'_, S> {
+    type Target = State<S>;
+    fn deref(&self) -> &State<S> {
+        &self.guard
+    }
+}
+
+impl<S> std::ops::DerefMut for StateGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut State<S> {
+        &mut self.guard
+    }
+}
+
+impl<S> Drop for StateGuard<'_, S> {
+    fn drop(&mut self) {
+        HELD.set(self.previous);
+    }
+}
+
+/// One live session.
+pub(crate) struct Entry<S> {
+    pub key: Arc<str>,
+    loaded: OnceCell<()>,
+    state: Mutex<State<S>>,
+    /// Held for the whole of a persist, so the patches of one key never reorder (S5).
+    pub write_gate: tokio::sync::Mutex<()>,
+}
+
+impl<S: Session> Entry<S> {
+    fn new(key: Arc<str>) -> Self {
+        let fields = S::FIELDS
+            .iter()
+            .map(|_| FieldState {
+                version: 1,
+                dirty: Dirty::Clean,
+                stored: None,
+            })
+            .collect();
+        Entry {
+            key,
+            loaded: OnceCell::new(),
+            state: Mutex::new(State {
+                value: S::default(),
+                fields,
+                clock: 1,
+                delete_pending: false,
+                clear_epoch: 0,
+            }),
+            write_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Locks the live state.
+    ///
+    /// # Panics
+    ///
+    /// When this thread already holds the lock of this entry: a handle method was called from
+    /// inside a closure given to another method of the same session. That would deadlock.
+    pub fn lock(&self) -> StateGuard<'_, S> {
+        let me = self as *const Self as usize;
+        assert!(
+            HELD.get() != me,
+            "session `{}` of key {:?}: a session method was called from inside a closure passed to \
+             with_*/update_* of the same session; read or change the other field after the closure returns",
+            S::NAME,
+            self.key
+        );
+        let previous = HELD.replace(me);
+        StateGuard {
+            guard: self.state.lock(),
+            previous,
+        }
+    }
+
+    /// Loads the stored record once, however many holders ask at the same time (single
+    /// flight). A failed load is retried by the next access.
+    pub async fn ensure_loaded(&self, store: &dyn Store) -> Result<(), SessionError> {
+        self.loaded
+            .get_or_try_init(|| self.load(store))
+            .await
+            .map(|_| ())
+    }
+
+    async fn load(&self, store: &dyn Store) -> Result<(), SessionError> {
+        let span = tracing::debug_span!("session.load", session = S::NAME, key = &*self.key);
+        let record = store
+            .load(&self.key)
+            .instrument(span)
+            .await
+            .map_err(|source| SessionError::Load {
+                session: S::NAME,
+                key: self.key.to_string(),
+                source,
+            })?;
+        let Some(mut record) = record else {
+            return Ok(());
+        };
+        let mut value = S::default();
+        let mut stored: Vec<Option<String>> = Vec::with_capacity(S::FIELDS.len());
+        for (index, spec) in S::FIELDS.iter().enumerate() {
+            let raw = record.remove(spec.name);
+            if let Some(raw) = &raw {
+                if let Err(source) = value.decode_field(index, raw) {
+                    if !spec.reset_on_error {
+                        return Err(SessionError::Decode {
+                            session: S::NAME,
+                            key: self.key.to_string(),
+                            field: spec.name,
+                            source,
+                        });
+                    }
+                    tracing::warn!(
+                        session = S::NAME,
+                        key = &*self.key,
+                        field = spec.name,
+                        error = %source,
+                        "stored field cannot be decoded; using its default"
+                    );
+                    value.reset_field(index);
+                }
+            }
+            stored.push(raw);
+        }
+        let mut state = self.lock();
+        state.value = value;
+        for (field, raw) in state.fields.iter_mut().zip(stored) {
+            field.stored = raw;
+        }
+        Ok(())
+    }
+}
+
+struct Live<S> {
+    entry: Arc<Entry<S>>,
+    holders: usize,
+}
+
+/// The live entries of one session middleware, by key.
+pub(crate) struct Registry<S> {
+    map: Mutex<HashMap<Arc<str>, Live<S>>>,
+    idle: Notify,
+}
+
+impl<S: Session> Registry<S> {
+    pub fn new() -> Self {
+        Registry {
+            map: Mutex::new(HashMap::new()),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Takes a hold on the entry of `key`, creating it if no update holds it.
+    pub fn acquire(&self, key: &Arc<str>) -> Arc<Entry<S>> {
+        if let Some(live) = self.map.lock().get_mut(key) {
+            live.holders += 1;
+            return Arc::clone(&live.entry);
+        }
+        // Build the entry (which runs the user's defaults) outside the lock.
+        let fresh = Arc::new(Entry::new(Arc::clone(key)));
+        let mut map = self.map.lock();
+        let live = map.entry(Arc::clone(key)).or_insert_with(|| Live {
+            entry: fresh,
+            holders: 0,
+        });
+        live.holders += 1;
+        Arc::clone(&live.entry)
+    }
+
+    /// Gives back a hold; the entry is dropped with its last holder.
+    pub fn release(&self, entry: &Arc<Entry<S>>) {
+        let mut map = self.map.lock();
+        let Some(live) = map.get_mut(&entry.key) else {
+            return;
+        };
+        if !Arc::ptr_eq(&live.entry, entry) {
+            return;
+        }
+        live.holders -= 1;
+        if live.holders == 0 {
+            map.remove(&entry.key);
+            if map.is_empty() {
+                self.idle.notify_waiters();
+            }
+        }
+    }
+
+    /// The number of live entries.
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Waits until no entry is live.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.len() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

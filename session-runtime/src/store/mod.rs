@@ -1,0 +1,105 @@
+//! The [`Store`] trait and the stores that implement it.
+//!
+//! A store keeps one record per session key. A record is a map from stored field name to the
+//! field's encoded value (JSON text). Stores work at field level: [`Store::apply`] writes only
+//! the fields a [`Patch`] names and leaves every other stored field as it is, so two processes
+//! that change different fields of one session never overwrite each other (DESIGN C2).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::StoreError;
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// A boxed, `Send` future, the return type of the object-safe [`Store`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A stored session: stored field name to encoded value (JSON text).
+pub type Record = HashMap<String, String>;
+
+/// The changes one persist writes: fields to set, fields to remove, and the expiry.
+///
+/// Fields the patch does not name are left untouched in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patch<'a> {
+    /// Fields to set, with their encoded values.
+    pub set: Vec<(&'a str, String)>,
+    /// Fields to remove.
+    pub remove: Vec<&'a str>,
+    /// When `Some`, the whole record expires this long after the write (sliding on write).
+    /// When `None`, the record's expiry is left as it is.
+    pub ttl: Option<Duration>,
+}
+
+impl Patch<'_> {
+    /// Whether the patch would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// The number of bytes of field names and values the patch writes.
+    pub fn bytes(&self) -> usize {
+        let set: usize = self.set.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let remove: usize = self.remove.iter().map(|k| k.len()).sum();
+        set + remove
+    }
+}
+
+/// Where sessions live between updates.
+///
+/// Object safe and async: every method returns a [`BoxFuture`]. Each method is one round trip
+/// to the backend (DESIGN C3). A read error is an error, never an empty record (C7).
+///
+/// # Example
+///
+/// ```
+/// use typed_session::{MemoryStore, Patch, Store};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let patch = Patch { set: vec![("count", "1".to_owned())], ..Patch::default() };
+/// store.apply("42:42", &patch).await?;
+/// let record = store.load("42:42").await?.expect("just written");
+/// assert_eq!(record["count"], "1");
+/// # Ok::<(), typed_session::StoreError>(())
+/// # }).unwrap();
+/// ```
+pub trait Store: Send + Sync + 'static {
+    /// Reads the record of `key`; `Ok(None)` when there is none (or it has expired).
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>>;
+
+    /// Sets and removes the fields `patch` names, creating the record if needed, and applies its
+    /// expiry. Fields the patch does not name stay as they are.
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Removes the whole record of `key`; removing a missing record is not an error.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+impl<T: Store + ?Sized> Store for Arc<T> {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        (**self).load(key)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).apply(key, patch)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).delete(key)
+    }
+}

@@ -1,0 +1,61 @@
+//! Typed, race-safe, field-level sessions for Rust bots.
+//!
+//! ```
+//! use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+//!
+//! #[derive(Session)]
+//! struct Profile {
+//!     #[default(0)]
+//!     count: u64,
+//!     #[default(String::from("en"))]
+//!     lang: String,
+//!     last_seen: Option<i64>, // no #[default]: Default::default()
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let chain = Chain::new()
+//!     .with(SessionMiddleware::<Profile, Update>::new(store.clone()))
+//!     .handler(|ctx| Box::pin(async move {
+//!         let session = ctx.session().await?;
+//!         session.update_count(|c| *c += 1);
+//!         println!("{} said hi {} times", session.lang(), session.count());
+//!         Ok(())
+//!     }));
+//! chain.handle(Update::text(1, 42, 42, "hi")).await?;
+//! // Only the field that changed was written; `lang` and `last_seen` are still defaults.
+//! assert_eq!(store.raw("42:42").unwrap().len(), 1);
+//! # Ok::<(), typed_session::BoxError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # The derive
+//!
+//! `#[derive(Session)]` on a struct with named fields generates:
+//!
+//! * `Default`, from each field's `#[default(expr)]` or `Default::default()` (do not derive
+//!   `Default` as well);
+//! * the [`Session`] impl: the field names and a serde_json codec per persisted field, so the
+//!   runtime can write one field alone;
+//! * `{Name}Handle<'_>`, with per field: a getter (for `Clone` types), `with_x(|&x| ..)`,
+//!   `set_x(v)`, `update_x(|&mut x| ..)` and `reset_x()`; plus `snapshot()`, `replace(v)`,
+//!   `clear()` and `key()`;
+//! * `{Name}Access`, a trait that adds the accessor (`ctx.session()`) to [`Context`].
+//!
+//! Attributes on the struct, in `#[session(...)]`: `accessor = "name"` (the context method,
+//! default `session`), `key = "user_in_chat" | "chat" | "user"`, `ttl = 3600` or
+//! `ttl = "30d"` (sliding expiry), `crate = "path"` (where `typed_session` is, for re-exports).
+//! On a field: `rename = "stored"` (the stored name; rename a field in code and keep reading
+//! old data), `skip` (not persisted; lives only while the session is live),
+//! `reset_on_error` (a stored value that no longer decodes falls back to the default instead
+//! of failing the load).
+//!
+//! # What is guaranteed
+//!
+//! See the README's table. In short: no write on read, no write of unchanged or untouched
+//! fields, one patch of only the changed fields per update, no lost update between concurrent
+//! updates of one key in a process, and no lost update between processes that change
+//! different fields.
+
+pub use session_macros::Session;
+pub use session_runtime::*;

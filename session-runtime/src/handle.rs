@@ -90,7 +90,6 @@ struct FieldUndo {
     index: usize,
     /// The encoded value before this update's first write; `None` if it could not be encoded.
     before: Option<String>,
-    dirty_before: Dirty,
     /// The version of this update's last write.
     version_after: u64,
 }
@@ -134,7 +133,6 @@ impl<S: Session> Holding<S> {
         undo.fields.push(FieldUndo {
             index,
             before: state.value.encode_field(index).ok(),
-            dirty_before: state.fields[index].dirty,
             version_after: 0,
         });
     }
@@ -147,7 +145,9 @@ impl<S: Session> Holding<S> {
         }
     }
 
-    /// Takes back this update's writes that no other update has overwritten since.
+    /// Takes back this update's writes that no other update has overwritten since. The
+    /// restored fields are marked, so the persist that follows writes them only if another
+    /// update had already saved the value being taken back.
     pub(crate) fn revert(&self) {
         let Some(undo) = &self.undo else { return };
         let undo = std::mem::take(&mut *undo.lock());
@@ -161,8 +161,7 @@ impl<S: Session> Holding<S> {
                 None => false,
             };
             if restored {
-                state.touch(u.index);
-                state.fields[u.index].dirty = u.dirty_before;
+                state.bump(u.index, Dirty::Set);
             }
         }
         if let Some((before, epoch)) = undo.clear {

@@ -11,7 +11,7 @@ use crate::context::Context;
 use crate::error::{BoxError, SessionError};
 use crate::handle::{Holding, Slot};
 use crate::key::{Key, UpdateKeys};
-use crate::registry::{Dirty, Registry};
+use crate::registry::{Dirty, Entry, Registry};
 use crate::session::Session;
 use crate::store::{Patch, Store};
 
@@ -21,7 +21,8 @@ pub enum ErrorPolicy {
     /// Write them anyway, like Telegraf.
     #[default]
     Persist,
-    /// Take back this update's own writes and write nothing for it.
+    /// Take back this update's own writes (those no other update overwrote since). What other
+    /// updates of the same key changed is still written.
     Discard,
 }
 
@@ -219,10 +220,35 @@ impl<S: Session, U> SessionMiddleware<S, U> {
         self.shared.registry.len()
     }
 
+    /// The number of sessions kept in memory only because their last persist failed. Each is
+    /// written by the next update of its key that uses it, or by [`SessionMiddleware::flush`].
+    pub fn unsaved_sessions(&self) -> usize {
+        self.shared.registry.unsaved()
+    }
+
     /// Waits until no update holds a session, every persist included (for graceful shutdown
     /// and for tests).
     pub async fn wait_idle(&self) {
         self.shared.registry.wait_idle().await
+    }
+
+    /// Retries the persist of every session whose last persist failed; returns how many are
+    /// still unsaved, with the first error.
+    pub async fn flush(&self) -> Result<(), (usize, SessionError)> {
+        let mut failed = 0;
+        let mut first = None;
+        for entry in self.shared.registry.hold_unsaved() {
+            let result = persist(&self.shared, &entry).await;
+            self.shared.registry.release(&entry, result.is_err());
+            if let Err(error) = result {
+                failed += 1;
+                first.get_or_insert(error);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(error) => Err((failed, error)),
+        }
     }
 }
 
@@ -282,7 +308,7 @@ impl<S: Session> Drop for FinishOnDrop<S> {
                     key = &*holding.entry.key,
                     "update {how} outside a tokio runtime; its session changes are not persisted"
                 );
-                holding.shared.registry.release(&holding.entry);
+                holding.shared.registry.release(&holding.entry, false);
             }
         }
     }
@@ -303,13 +329,11 @@ async fn finish<S: Session>(
         .into()),
         (outcome, _) => outcome,
     };
-    let persisted = if outcome.is_err() && shared.on_error == ErrorPolicy::Discard {
+    if outcome.is_err() && shared.on_error == ErrorPolicy::Discard {
         holding.revert();
-        Ok(())
-    } else {
-        persist(&holding).await
-    };
-    shared.registry.release(&holding.entry);
+    }
+    let persisted = persist(shared, &holding.entry).await;
+    shared.registry.release(&holding.entry, persisted.is_err());
     match (outcome, persisted) {
         (outcome, Ok(())) => outcome,
         (Ok(()), Err(persist)) => Err(persist.into()),
@@ -335,9 +359,7 @@ async fn finish<S: Session>(
 }
 
 /// Writes the entry's dirty fields, whoever changed them, as one patch.
-async fn persist<S: Session>(holding: &Holding<S>) -> Result<(), SessionError> {
-    let entry = &holding.entry;
-    let shared = &holding.shared;
+async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(), SessionError> {
     let persist_error = |source| SessionError::Persist {
         session: S::NAME,
         key: entry.key.to_string(),

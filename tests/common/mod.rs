@@ -1,0 +1,216 @@
+//! Test support: a probe around a real store, and the session types the tests share.
+//!
+//! `ProbeStore` wraps a real `MemoryStore`; it counts and records every call, and can delay,
+//! hold or fail calls so the tests can force the orderings they are about. Delays use
+//! `tokio::time::sleep` and are meant for tests that run with paused time
+//! (`#[tokio::test(start_paused = true)]`), where they are deterministic and instant.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore};
+use typed_session::{BoxFuture, MemoryStore, Patch, Record, Session, Store, StoreError, StoreOp};
+
+/// A patch as the store received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenPatch {
+    pub key: String,
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+    pub ttl: Option<Duration>,
+}
+
+/// How long a call takes before it reaches the inner store.
+#[derive(Debug, Clone, Copy)]
+pub enum Latency {
+    None,
+    /// A pseudo-random delay from 0 to `max_ms` (xorshift, fixed seed).
+    Random {
+        max_ms: u64,
+    },
+    /// Call number k waits `total - k` ms: later calls complete first.
+    Reversed {
+        total: u64,
+    },
+}
+
+pub struct ProbeStore {
+    inner: MemoryStore,
+    pub loads: AtomicUsize,
+    pub applies: AtomicUsize,
+    pub deletes: AtomicUsize,
+    pub patches: Mutex<Vec<SeenPatch>>,
+    fail_applies: AtomicUsize,
+    fail_loads: AtomicUsize,
+    latency: Latency,
+    calls: AtomicU64,
+    rng: AtomicU64,
+    /// When set, applies wait for a permit; `apply_started` is notified as each one arrives.
+    apply_gate: Option<Semaphore>,
+    pub apply_started: Notify,
+}
+
+impl ProbeStore {
+    pub fn new(inner: MemoryStore) -> Arc<Self> {
+        Self::build(inner, Latency::None, false)
+    }
+
+    pub fn with_latency(inner: MemoryStore, latency: Latency) -> Arc<Self> {
+        Self::build(inner, latency, false)
+    }
+
+    /// A probe whose applies wait until `release_applies` gives them permits.
+    pub fn gated(inner: MemoryStore) -> Arc<Self> {
+        Self::build(inner, Latency::None, true)
+    }
+
+    fn build(inner: MemoryStore, latency: Latency, gated: bool) -> Arc<Self> {
+        Arc::new(ProbeStore {
+            inner,
+            loads: AtomicUsize::new(0),
+            applies: AtomicUsize::new(0),
+            deletes: AtomicUsize::new(0),
+            patches: Mutex::new(Vec::new()),
+            fail_applies: AtomicUsize::new(0),
+            fail_loads: AtomicUsize::new(0),
+            latency,
+            calls: AtomicU64::new(0),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            apply_gate: gated.then(|| Semaphore::new(0)),
+            apply_started: Notify::new(),
+        })
+    }
+
+    pub fn release_applies(&self, n: usize) {
+        if let Some(gate) = &self.apply_gate {
+            gate.add_permits(n);
+        }
+    }
+
+    /// The next `n` applies fail (with a backend error) without reaching the inner store.
+    pub fn fail_next_applies(&self, n: usize) {
+        self.fail_applies.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` loads fail.
+    pub fn fail_next_loads(&self, n: usize) {
+        self.fail_loads.store(n, Ordering::SeqCst);
+    }
+
+    pub fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+    pub fn applies(&self) -> usize {
+        self.applies.load(Ordering::SeqCst)
+    }
+    pub fn deletes(&self) -> usize {
+        self.deletes.load(Ordering::SeqCst)
+    }
+    pub fn calls(&self) -> usize {
+        self.loads() + self.applies() + self.deletes()
+    }
+    pub fn patches(&self) -> Vec<SeenPatch> {
+        self.patches.lock().clone()
+    }
+
+    async fn delay(&self) {
+        let k = self.calls.fetch_add(1, Ordering::SeqCst);
+        let ms = match self.latency {
+            Latency::None => return,
+            Latency::Random { max_ms } => {
+                let mut x = self.rng.load(Ordering::SeqCst);
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.rng.store(x, Ordering::SeqCst);
+                x % (max_ms + 1)
+            }
+            Latency::Reversed { total } => total.saturating_sub(k),
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    fn take_failure(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+fn injected(op: StoreOp, key: &str) -> StoreError {
+    StoreError::backend("probe", op, key, "injected failure")
+}
+
+impl Store for ProbeStore {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Box::pin(async move {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            self.delay().await;
+            if Self::take_failure(&self.fail_loads) {
+                return Err(injected(StoreOp::Load, key));
+            }
+            self.inner.load(key).await
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            self.apply_started.notify_one();
+            if let Some(gate) = &self.apply_gate {
+                gate.acquire().await.expect("gate never closes").forget();
+            }
+            self.delay().await;
+            if Self::take_failure(&self.fail_applies) {
+                return Err(injected(StoreOp::Apply, key));
+            }
+            self.patches.lock().push(SeenPatch {
+                key: key.to_owned(),
+                set: patch
+                    .set
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+                remove: patch.remove.iter().map(|k| (*k).to_owned()).collect(),
+                ttl: patch.ttl,
+            });
+            self.inner.apply(key, patch).await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.deletes.fetch_add(1, Ordering::SeqCst);
+            self.delay().await;
+            self.inner.delete(key).await
+        })
+    }
+}
+
+/// The session most tests use.
+#[derive(Session, Clone, Debug, PartialEq)]
+pub struct Counter {
+    #[default(0)]
+    pub count: u64,
+    #[default(String::from("en"))]
+    pub lang: String,
+    pub note: Option<String>,
+}
+
+/// Reads a stored field of `key` straight from the memory store, decoded.
+pub fn stored<T: serde::de::DeserializeOwned>(
+    store: &MemoryStore,
+    key: &str,
+    field: &str,
+) -> Option<T> {
+    let raw = store.raw(key)?.remove(field)?;
+    Some(serde_json::from_str(&raw).expect("stored fields are JSON"))
+}

@@ -1,0 +1,175 @@
+//! S3 and S5: concurrent updates of one key share one live session, lose nothing, read the
+//! store once per burst, and write in order.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Counter, CounterAccess, Latency, ProbeStore, stored};
+use typed_session::{Chain, MemoryStore, SessionMiddleware, Update};
+
+fn incrementing_chain(sessions: &SessionMiddleware<Counter, Update>) -> Arc<Chain<Update>> {
+    Arc::new(Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            Ok(())
+        })
+    }))
+}
+
+async fn run_concurrently(chain: &Arc<Chain<Update>>, updates: impl IntoIterator<Item = Update>) {
+    let tasks: Vec<_> = updates
+        .into_iter()
+        .map(|u| {
+            let chain = Arc::clone(chain);
+            tokio::spawn(async move { chain.handle(u).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("no panic").expect("update succeeds");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn thousand_concurrent_increments_of_one_key_lose_nothing_with_random_store_latency() {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::with_latency(memory.clone(), Latency::Random { max_ms: 20 });
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = incrementing_chain(&sessions);
+
+    run_concurrently(&chain, (0..1000).map(|i| Update::text(i, 7, 7, "+1"))).await;
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1000));
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_increments_lose_nothing_and_never_reorder_when_the_store_completes_out_of_order()
+ {
+    let memory = MemoryStore::new();
+    // Call k waits (5000 - k) ms: every later call completes before every earlier one.
+    let probe = ProbeStore::with_latency(memory.clone(), Latency::Reversed { total: 5000 });
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = incrementing_chain(&sessions);
+
+    // 10 keys x 100 increments, interleaved, so calls of different keys overlap in the store.
+    run_concurrently(
+        &chain,
+        (0..1000).map(|i| Update::text(i, i % 10, i % 10, "+1")),
+    )
+    .await;
+
+    for user in 0..10 {
+        let key = format!("{user}:{user}");
+        assert_eq!(
+            stored::<u64>(&memory, &key, "count"),
+            Some(100),
+            "key {key}"
+        );
+        let written: Vec<u64> = probe
+            .patches()
+            .iter()
+            .filter(|p| p.key == key)
+            .map(|p| p.set["count"].parse().expect("a number"))
+            .collect();
+        assert!(
+            written.windows(2).all(|w| w[0] < w[1]),
+            "patches of {key} landed out of order: {written:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_increments_on_two_threads_lose_nothing() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = incrementing_chain(&sessions);
+
+    run_concurrently(&chain, (0..1000).map(|i| Update::text(i, 7, 7, "+1"))).await;
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1000));
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_concurrent_updates_of_one_key_reads_the_store_once() {
+    let probe = ProbeStore::with_latency(MemoryStore::new(), Latency::Random { max_ms: 5 });
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = incrementing_chain(&sessions);
+
+    run_concurrently(&chain, (0..100).map(|i| Update::text(i, 7, 7, "+1"))).await;
+
+    assert_eq!(probe.loads(), 1);
+}
+
+#[tokio::test]
+async fn an_update_arriving_while_a_persist_is_in_flight_sees_that_write() {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::gated(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = incrementing_chain(&sessions);
+
+    // First update: count 0 -> 1; its persist is held inside the store.
+    let first = {
+        let chain = Arc::clone(&chain);
+        tokio::spawn(async move { chain.handle(Update::text(1, 7, 7, "+1")).await })
+    };
+    probe.apply_started.notified().await;
+    assert_eq!(memory.raw("7:7"), None, "the write has not landed yet");
+    assert_eq!(
+        sessions.live_sessions(),
+        1,
+        "the entry stays while its persist runs"
+    );
+
+    // Second update: must see 1 (the in-flight write), not the stored nothing.
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let seen_tx = parking_lot::Mutex::new(Some(seen_tx));
+    let reader = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let seen_tx = seen_tx.lock().take();
+        Box::pin(async move {
+            let count = ctx.session().await?.count();
+            if let Some(tx) = seen_tx {
+                let _ = tx.send(count);
+            }
+            Ok(())
+        })
+    });
+    let second = tokio::spawn(async move { reader.handle(Update::text(2, 7, 7, "?")).await });
+    assert_eq!(seen_rx.await.expect("the reader ran"), 1);
+
+    probe.release_applies(1);
+    first
+        .await
+        .expect("no panic")
+        .expect("first update succeeds");
+    second
+        .await
+        .expect("no panic")
+        .expect("second update succeeds");
+    assert_eq!(probe.loads(), 1, "the second update joined the live entry");
+    assert_eq!(probe.applies(), 1, "the reader wrote nothing");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_100_000_distinct_keys_the_registry_is_empty() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = incrementing_chain(&sessions);
+
+    for batch in 0..100 {
+        run_concurrently(
+            &chain,
+            (0..1000).map(|i| {
+                let user = batch * 1000 + i;
+                Update::text(user, user, user, "+1")
+            }),
+        )
+        .await;
+    }
+
+    assert_eq!(sessions.live_sessions(), 0);
+    assert_eq!(memory.len(), 100_000);
+}

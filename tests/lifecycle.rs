@@ -1,0 +1,361 @@
+//! S5, S7, S8: persist after the chain, clear, error policies, store failures, panics and
+//! cancellation.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Counter, CounterAccess, ProbeStore, stored};
+use typed_session::{
+    BoxError, Chain, ErrorPolicy, MemoryStore, Patch, SessionError, SessionMiddleware, Store,
+    Update,
+};
+
+async fn seeded(count: u64) -> MemoryStore {
+    let memory = MemoryStore::new();
+    memory
+        .apply(
+            "7:7",
+            &Patch {
+                set: vec![("count", count.to_string()), ("lang", "\"de\"".into())],
+                ..Patch::default()
+            },
+        )
+        .await
+        .expect("seed");
+    memory
+}
+
+/// Increments `count`, then fails the chain.
+fn failing_chain(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {
+    Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            Err("handler failed".into())
+        })
+    })
+}
+
+#[tokio::test]
+async fn the_write_is_durable_when_the_update_future_completes() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = Chain::new().with(sessions).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.set_note(Some("saved".into()));
+            Ok(())
+        })
+    });
+
+    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+
+    assert_eq!(
+        stored::<Option<String>>(&memory, "7:7", "note"),
+        Some(Some("saved".into()))
+    );
+}
+
+#[tokio::test]
+async fn clear_deletes_the_session_and_later_reads_in_the_same_chain_see_defaults() {
+    let memory = seeded(5).await;
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = Chain::new()
+        .with(sessions.clone())
+        .with_fn(|ctx, next| {
+            Box::pin(async move {
+                let s = ctx.session().await?;
+                assert_eq!(s.count(), 5);
+                s.clear();
+                next.run(ctx).await
+            })
+        })
+        .handler(|ctx| {
+            Box::pin(async move {
+                let s = ctx.session().await?;
+                assert_eq!((s.count(), s.lang()), (0, "en".to_owned()));
+                Ok(())
+            })
+        });
+
+    chain
+        .handle(Update::text(1, 7, 7, "/reset"))
+        .await
+        .expect("ok");
+
+    assert_eq!(memory.raw("7:7"), None);
+    assert_eq!((probe.deletes(), probe.applies()), (1, 0));
+    assert_eq!(sessions.stats().deletes(), 1);
+}
+
+#[tokio::test]
+async fn writes_after_clear_start_a_new_record() {
+    let memory = seeded(5).await;
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = Chain::new().with(sessions).handler(|ctx| {
+        Box::pin(async move {
+            let s = ctx.session().await?;
+            s.clear();
+            s.update_count(|c| *c += 1);
+            Ok(())
+        })
+    });
+
+    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+
+    let record = memory.raw("7:7").expect("a new record");
+    assert_eq!(
+        record.len(),
+        1,
+        "the old `lang` went with the delete: {record:?}"
+    );
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+}
+
+#[tokio::test]
+async fn by_default_a_failed_chain_still_persists_and_returns_its_error() {
+    let memory = seeded(5).await;
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+
+    let error = failing_chain(&sessions)
+        .handle(Update::text(1, 7, 7, "x"))
+        .await
+        .expect_err("the chain's error comes back");
+
+    assert_eq!(error.to_string(), "handler failed");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(6));
+}
+
+#[tokio::test]
+async fn the_discard_policy_drops_the_failed_updates_own_writes() {
+    let memory = seeded(5).await;
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
+        .on_error(ErrorPolicy::Discard)
+        .build();
+
+    let error = failing_chain(&sessions)
+        .handle(Update::text(1, 7, 7, "x"))
+        .await
+        .expect_err("the chain's error comes back");
+
+    assert_eq!(error.to_string(), "handler failed");
+    assert_eq!(probe.applies(), 0);
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(5));
+}
+
+#[tokio::test]
+async fn discard_keeps_the_writes_of_another_update_that_shares_the_session() {
+    let memory = seeded(5).await;
+    let sessions = SessionMiddleware::<Counter, Update>::builder(memory.clone())
+        .on_error(ErrorPolicy::Discard)
+        .build();
+    let (a_wrote_tx, a_wrote_rx) = tokio::sync::oneshot::channel::<()>();
+    let (b_done_tx, b_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let a_wrote_tx = parking_lot::Mutex::new(Some(a_wrote_tx));
+    let b_done_rx = parking_lot::Mutex::new(Some(b_done_rx));
+
+    // A: sets the note, waits for B, then fails. B: bumps the count while A holds the session.
+    let a = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let (tx, rx) = (a_wrote_tx.lock().take(), b_done_rx.lock().take());
+        Box::pin(async move {
+            ctx.session().await?.set_note(Some("from A".into()));
+            tx.expect("once").send(()).expect("test alive");
+            rx.expect("once").await.expect("B finished");
+            Err::<(), BoxError>("A failed".into())
+        })
+    });
+    let b = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            Ok(())
+        })
+    });
+    let a = tokio::spawn(async move { a.handle(Update::text(1, 7, 7, "a")).await });
+    a_wrote_rx.await.expect("A wrote");
+    b.handle(Update::text(2, 7, 7, "b"))
+        .await
+        .expect("B succeeds");
+    b_done_tx.send(()).expect("A waits");
+    a.await.expect("no panic").expect_err("A fails");
+
+    assert_eq!(
+        stored::<u64>(&memory, "7:7", "count"),
+        Some(6),
+        "B's write stands"
+    );
+    // B's persist wrote every dirty field, A's note included (S5); A's discard takes it back.
+    assert_eq!(stored::<Option<String>>(&memory, "7:7", "note"), Some(None));
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_for_the_next_persist()
+{
+    let memory = seeded(5).await;
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let increment = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            Ok(())
+        })
+    });
+    let read_only = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            assert_eq!(
+                ctx.session().await?.count(),
+                6,
+                "the unsaved value is still live"
+            );
+            Ok(())
+        })
+    });
+
+    probe.fail_next_applies(1);
+    let error = increment
+        .handle(Update::text(1, 7, 7, "+1"))
+        .await
+        .expect_err("persist failed");
+    let error = error.downcast::<SessionError>().expect("a session error");
+    assert!(
+        matches!(*error, SessionError::Persist { ref key, .. } if key == "7:7"),
+        "{error}"
+    );
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(5));
+    assert_eq!(sessions.unsaved_sessions(), 1, "kept, not dropped");
+
+    // The next update only reads, yet its persist writes the field left dirty.
+    read_only
+        .handle(Update::text(2, 7, 7, "?"))
+        .await
+        .expect("ok");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(6));
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_store_failure_after_a_failed_chain_reports_both_errors() {
+    let memory = seeded(5).await;
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+
+    probe.fail_next_applies(1);
+    let error = failing_chain(&sessions)
+        .handle(Update::text(1, 7, 7, "x"))
+        .await
+        .expect_err("both failed");
+
+    let error = error.downcast::<SessionError>().expect("a session error");
+    assert!(matches!(*error, SessionError::Persist { .. }), "{error}");
+    assert_eq!(
+        error.chain_error().map(ToString::to_string).as_deref(),
+        Some("handler failed")
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("injected failure") && message.contains("handler failed"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn flush_retries_sessions_whose_persist_failed() {
+    let memory = seeded(5).await;
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let increment = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            Ok(())
+        })
+    });
+    probe.fail_next_applies(2);
+    increment
+        .handle(Update::text(1, 7, 7, "+1"))
+        .await
+        .expect_err("persist failed");
+
+    let (still_unsaved, _) = sessions.flush().await.expect_err("the store still fails");
+    assert_eq!(still_unsaved, 1);
+    sessions.flush().await.expect("the store is back");
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(6));
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_load_failure_is_an_error_not_an_empty_session() {
+    let memory = seeded(5).await;
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let increment = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            Ok(())
+        })
+    });
+
+    probe.fail_next_loads(1);
+    let error = increment
+        .handle(Update::text(1, 7, 7, "+1"))
+        .await
+        .expect_err("load failed");
+    let error = error.downcast::<SessionError>().expect("a session error");
+    assert!(matches!(*error, SessionError::Load { .. }), "{error}");
+    assert_eq!(
+        probe.applies(),
+        0,
+        "nothing was written over the stored session"
+    );
+
+    increment
+        .handle(Update::text(2, 7, 7, "+1"))
+        .await
+        .expect("the store is back");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(6));
+}
+
+#[tokio::test]
+async fn a_panicking_handler_still_persists_and_frees_its_session() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            panic!("handler bug");
+        })
+    });
+
+    let outcome = tokio::spawn(async move { chain.handle(Update::text(1, 7, 7, "x")).await }).await;
+    assert!(outcome.expect_err("the task panicked").is_panic());
+
+    sessions.wait_idle().await;
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_update_persists_what_it_wrote() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let (wrote_tx, wrote_rx) = tokio::sync::oneshot::channel::<()>();
+    let wrote_tx = parking_lot::Mutex::new(Some(wrote_tx));
+    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let tx = wrote_tx.lock().take();
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            tx.expect("once").send(()).expect("test alive");
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    });
+
+    let task = tokio::spawn(async move { chain.handle(Update::text(1, 7, 7, "x")).await });
+    wrote_rx.await.expect("the handler wrote");
+    task.abort();
+    assert!(task.await.expect_err("aborted").is_cancelled());
+
+    sessions.wait_idle().await;
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+}

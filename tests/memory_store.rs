@@ -1,0 +1,123 @@
+//! The memory store: copies, field-level patches, and expiry that really removes records.
+
+use std::time::Duration;
+
+use typed_session::{Chain, MemoryStore, Patch, Session, SessionMiddleware, Store, Update};
+
+fn set(field: &'static str, value: &str, ttl: Option<Duration>) -> Patch<'static> {
+    Patch {
+        set: vec![(field, value.to_owned())],
+        remove: vec![],
+        ttl,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_record_is_gone_on_read_and_removed_from_memory() {
+    let store = MemoryStore::new();
+    store
+        .apply("a", &set("x", "1", Some(Duration::from_secs(10))))
+        .await
+        .expect("apply");
+
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(store.load("a").await.expect("load").is_some());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(store.load("a").await.expect("load"), None);
+    assert_eq!(store.len(), 0, "removed, not only hidden");
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_sweep_expired_records_that_nobody_reads() {
+    let store = MemoryStore::new();
+    store
+        .apply("short", &set("x", "1", Some(Duration::from_secs(1))))
+        .await
+        .expect("apply");
+    store
+        .apply("long", &set("x", "1", Some(Duration::from_secs(100))))
+        .await
+        .expect("apply");
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    store
+        .apply("other", &set("x", "1", None))
+        .await
+        .expect("apply");
+
+    assert_eq!(store.len(), 2);
+    assert!(store.raw("short").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_slides_on_every_write() {
+    let store = MemoryStore::new();
+    let ttl = Some(Duration::from_secs(10));
+    store.apply("a", &set("x", "1", ttl)).await.expect("apply");
+    tokio::time::advance(Duration::from_secs(8)).await;
+    store.apply("a", &set("x", "2", ttl)).await.expect("apply");
+    tokio::time::advance(Duration::from_secs(8)).await;
+
+    assert_eq!(store.sweep(), 0);
+    assert!(store.load("a").await.expect("load").is_some());
+}
+
+#[tokio::test]
+async fn a_patch_sets_and_removes_fields_and_leaves_the_rest() {
+    let store = MemoryStore::new();
+    store
+        .apply(
+            "k",
+            &Patch {
+                set: vec![("a", "1".into()), ("b", "2".into()), ("c", "3".into())],
+                ..Patch::default()
+            },
+        )
+        .await
+        .expect("apply");
+    store
+        .apply(
+            "k",
+            &Patch {
+                set: vec![("a", "10".into())],
+                remove: vec!["b"],
+                ttl: None,
+            },
+        )
+        .await
+        .expect("apply");
+
+    let record = store.load("k").await.expect("load").expect("exists");
+    assert_eq!(record.len(), 2);
+    assert_eq!((record["a"].as_str(), record["c"].as_str()), ("10", "3"));
+    store.delete("k").await.expect("delete");
+    store
+        .delete("k")
+        .await
+        .expect("deleting a missing record is fine");
+    assert_eq!(store.load("k").await.expect("load"), None);
+}
+
+#[derive(Session)]
+#[session(ttl = "1h")]
+struct Expiring {
+    hits: u32,
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ttl_named_in_the_derive_expires_idle_sessions() {
+    let store = MemoryStore::new();
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Expiring, Update>::new(store.clone()))
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session().await?.update_hits(|h| *h += 1);
+                Ok(())
+            })
+        });
+    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+    tokio::time::advance(Duration::from_secs(3599)).await;
+    assert_eq!(store.sweep(), 0);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(store.sweep(), 1);
+}

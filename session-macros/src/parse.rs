@@ -105,8 +105,11 @@ pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAt
                 let value = string(&meta)?;
                 set_once(&mut out.key, value, &meta, errors);
             } else if meta.path.is_ident("ttl") {
-                let ttl = ttl(&meta)?;
-                set_once(&mut out.ttl, ttl, &meta, errors);
+                // A bad value is reported and parsing goes on, so later keys are checked too.
+                match ttl(&meta) {
+                    Ok(ttl) => set_once(&mut out.ttl, ttl, &meta, errors),
+                    Err(e) => errors.push(e),
+                }
             } else if FIELD_KEYS.split(", ").any(|k| meta.path.is_ident(k)) {
                 return Err(meta.error("this key belongs on a field, not on the struct"));
             } else {

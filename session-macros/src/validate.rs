@@ -8,9 +8,12 @@ use crate::errors::Errors;
 use crate::model::Model;
 
 /// Names the handle uses for its own methods; a field of that name would clash.
-const HANDLE_METHODS: &[&str] = &["key", "is_live", "snapshot", "replace", "clear", "inner"];
+pub(crate) const HANDLE_METHODS: &[&str] = &["key", "is_live", "snapshot", "replace", "clear"];
 
-pub(crate) fn check(model: &Model, errors: &mut Errors) {
+/// Reports what is wrong; returns `false` when generating code would only add errors that
+/// follow from the ones reported (U5).
+pub(crate) fn check(model: &Model, errors: &mut Errors) -> bool {
+    let mut generate = true;
     if let Some(span) = model.derives_default {
         errors.at(
             span,
@@ -19,10 +22,13 @@ pub(crate) fn check(model: &Model, errors: &mut Errors) {
     }
     for param in &model.generics.params {
         match param {
-            GenericParam::Lifetime(l) => errors.spanned(
-                l,
-                "a session cannot borrow: it outlives every update; use owned types such as String instead of &str",
-            ),
+            GenericParam::Lifetime(l) => {
+                errors.spanned(
+                    l,
+                    "a session cannot borrow: it outlives every update; use owned types such as String instead of &str",
+                );
+                generate = false;
+            }
             GenericParam::Const(_) | GenericParam::Type(_) => {}
         }
     }
@@ -58,4 +64,5 @@ pub(crate) fn check(model: &Model, errors: &mut Errors) {
             );
         }
     }
+    generate
 }

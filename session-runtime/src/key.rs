@@ -5,6 +5,10 @@ use std::sync::Arc;
 
 /// What an update says about who sent it and where. Implement it for your update type to use
 /// the built-in key strategies.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not say who sent an update or in which chat, so no built-in session key applies",
+    note = "implement `typed_session::UpdateKeys` for `{Self}`, or build the middleware with `SessionMiddleware::with_key(store, Key::custom(..))`"
+)]
 pub trait UpdateKeys {
     /// The id of the user the update comes from (Telegram's `from.id`).
     fn user_id(&self) -> Option<i64>;

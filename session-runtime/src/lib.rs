@@ -38,6 +38,16 @@ pub mod __private {
     pub use core::time::Duration;
     pub use serde;
 
+    /// What a field's copying getter needs: `Clone`, with a message that names the way out.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not `Clone`, so this getter cannot return a copy of the field",
+        label = "getter of a field whose type is not `Clone`",
+        note = "borrow the field with its `with_<field>(|value| ...)` method instead, or derive `Clone` for `{Self}`"
+    )]
+    pub trait CloneField: Clone {}
+
+    impl<T: Clone> CloneField for T {}
+
     /// The error of the per-field codec.
     pub type CodecError = serde_json::Error;
 

@@ -29,7 +29,11 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     }
     let (impl_g, ty_g, where_c) = generics.split_for_impl();
 
-    let methods = model.fields.iter().map(|f| field_methods(f, &session_ty));
+    let methods = model
+        .fields
+        .iter()
+        .map(|f| field_methods(f, &session_ty, &private));
+    let own_methods = own_methods(model, &session_ty);
     let doc = format!(
         "Typed handle of the [`{name}`] session of one update, returned by its context accessor.\n\n\
          Getters return copies, `with_*` lend a field to a closure, `set_*` and `update_*` change it \
@@ -58,39 +62,12 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         impl #impl_g #handle #ty_g #where_c {
             #(#methods)*
 
-            /// The session key this handle belongs to.
-            pub fn key(&self) -> &str {
-                self.inner.key()
-            }
-
-            /// Whether its update is still running (always true for a handle that borrows the
-            /// context).
-            pub fn is_live(&self) -> bool {
-                self.inner.is_live()
-            }
-
-            /// A copy of the whole session.
-            pub fn snapshot(&self) -> #session_ty
-            where
-                for<'__z> #session_ty: ::core::clone::Clone,
-            {
-                self.inner.snapshot()
-            }
-
-            /// Replaces the whole session; only the fields whose value changed are written.
-            pub fn replace(&self, value: #session_ty) {
-                self.inner.replace(value)
-            }
-
-            /// Deletes the session from the store after the chain; reads see defaults from now on.
-            pub fn clear(&self) {
-                self.inner.clear()
-            }
+            #(#own_methods)*
         }
     }
 }
 
-fn field_methods(field: &Field, session_ty: &TokenStream) -> TokenStream {
+fn field_methods(field: &Field, session_ty: &TokenStream, private: &TokenStream) -> TokenStream {
     let (ident, ty, name) = (field.ident, field.ty, field.name());
     let with = format_ident!("with_{}", name);
     let set = format_ident!("set_{}", name);
@@ -130,7 +107,7 @@ fn field_methods(field: &Field, session_ty: &TokenStream) -> TokenStream {
         #[inline]
         pub fn #ident(&self) -> #ty
         where
-            for<'__z> #ty: ::core::clone::Clone,
+            for<'__z> #ty: #private::CloneField,
         {
             self.inner.read(#read_index, |s| ::core::clone::Clone::clone(&s.#ident))
         }
@@ -159,4 +136,66 @@ fn field_methods(field: &Field, session_ty: &TokenStream) -> TokenStream {
             #reset_body
         }
     }
+}
+
+/// The handle's own methods, less any a field's getter takes the name of (that clash is
+/// reported by validation; generating both would only add a duplicate-definition error).
+fn own_methods(model: &Model, session_ty: &TokenStream) -> Vec<TokenStream> {
+    let methods = [
+        (
+            "key",
+            quote! {
+                /// The session key this handle belongs to.
+                pub fn key(&self) -> &str {
+                    self.inner.key()
+                }
+            },
+        ),
+        (
+            "is_live",
+            quote! {
+                /// Whether its update is still running (always true for a handle that borrows the
+                /// context).
+                pub fn is_live(&self) -> bool {
+                    self.inner.is_live()
+                }
+            },
+        ),
+        (
+            "snapshot",
+            quote! {
+                /// A copy of the whole session.
+                pub fn snapshot(&self) -> #session_ty
+                where
+                    for<'__z> #session_ty: ::core::clone::Clone,
+                {
+                    self.inner.snapshot()
+                }
+            },
+        ),
+        (
+            "replace",
+            quote! {
+                /// Replaces the whole session; only the fields whose value changed are written.
+                pub fn replace(&self, value: #session_ty) {
+                    self.inner.replace(value)
+                }
+            },
+        ),
+        (
+            "clear",
+            quote! {
+                /// Deletes the session from the store after the chain; reads see defaults from now on.
+                pub fn clear(&self) {
+                    self.inner.clear()
+                }
+            },
+        ),
+    ];
+    debug_assert_eq!(methods.len(), crate::validate::HANDLE_METHODS.len());
+    methods
+        .into_iter()
+        .filter(|(name, _)| !model.fields.iter().any(|f| f.name() == *name))
+        .map(|(_, method)| method)
+        .collect()
 }

@@ -19,15 +19,14 @@ use crate::validate;
 pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let mut errors = Errors::default();
     let code = match model::build(input, &mut errors) {
-        Some(model) => {
-            validate::check(&model, &mut errors);
+        Some(model) if validate::check(&model, &mut errors) => {
             let default_impl = default_impl::expand(&model);
             let session_impl = session_impl::expand(&model);
             let handle = handle::expand(&model);
             let accessor = accessor::expand(&model);
             quote! { #default_impl #session_impl #handle #accessor }
         }
-        None => TokenStream::new(),
+        _ => TokenStream::new(),
     };
     let errors = errors.into_compile_errors();
     quote! { #errors #code }

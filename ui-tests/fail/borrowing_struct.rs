@@ -1,0 +1,8 @@
+use typed_session::Session;
+
+#[derive(Session)]
+struct Profile<'a> {
+    name: &'a str,
+}
+
+fn main() {}

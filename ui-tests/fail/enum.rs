@@ -1,0 +1,9 @@
+use typed_session::Session;
+
+#[derive(Session)]
+enum Step {
+    Start,
+    Done,
+}
+
+fn main() {}

@@ -1,0 +1,53 @@
+//! U1, U2, U4: every attribute, on a struct with visibility, docs and other derives.
+use typed_session::{Chain, Key, MemoryStore, Session, SessionMiddleware, Update};
+
+#[derive(Session, Clone, Debug, PartialEq)]
+#[session(accessor = "profile", key = "user", ttl = "7d")]
+pub struct Profile {
+    /// How many messages.
+    #[default(0)]
+    pub count: u64,
+    #[default(String::from("en"))]
+    lang: String,
+    #[session(rename = "seen")]
+    last_seen: Option<i64>,
+    #[session(skip)]
+    #[default(vec![0u8; 4])]
+    scratch: Vec<u8>,
+    #[session(reset_on_error)]
+    tags: Vec<String>,
+}
+
+#[derive(Session)]
+#[session(ttl = 3600)]
+struct Plain {
+    r#type: String,
+}
+
+fn main() {
+    let p = Profile::default();
+    assert_eq!((p.count, p.lang.as_str(), p.scratch.len()), (0, "en", 4));
+    assert_eq!(<Profile as Session>::FIELDS.len(), 4);
+    assert_eq!(<Profile as Session>::FIELDS[2].name, "seen");
+    let _ = Plain::default().r#type;
+
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Profile, Update>::new(MemoryStore::new()))
+        .with(SessionMiddleware::<Plain, Update>::builder(MemoryStore::new()).key(Key::chat()).build())
+        .handler(|ctx| {
+            Box::pin(async move {
+                let s = ctx.profile().await?;
+                s.update_count(|c| *c += 1);
+                s.set_lang("de".to_owned());
+                s.with_tags(|t| t.len());
+                s.reset_last_seen();
+                s.set_scratch(vec![]);
+                let _copy: Profile = s.snapshot();
+                let plain = ctx.session().await?;
+                plain.set_type("x".into());
+                let _: String = plain.r#type();
+                Ok(())
+            })
+        });
+    let _ = chain;
+}

@@ -1,9 +1,9 @@
 //! `#[derive(Session)]` for [typed-session](https://docs.rs/typed-session). Use it through the
 //! `typed-session` crate, whose documentation describes the attributes.
 //!
-//! The derive runs in four steps, each in its own module: [`parse`] reads the attributes into
-//! plain data, collecting every error; [`model`] builds a typed description of the session
-//! that keeps spans; [`validate`] checks what needs the whole struct; [`expand`] writes one
+//! The derive runs in four steps, each in its own module: `parse` reads the attributes into
+//! plain data, collecting every error; `model` builds a typed description of the session
+//! that keeps spans; `validate` checks what needs the whole struct; `expand` writes one
 //! generated item per module.
 
 mod errors;

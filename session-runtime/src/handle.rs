@@ -164,10 +164,10 @@ impl<S: Session> Holding<S> {
                 state.bump(u.index, Dirty::Set);
             }
         }
-        if let Some((before, epoch)) = undo.clear {
-            if state.clear_epoch == epoch {
-                state.delete_pending = before;
-            }
+        if let Some((before, epoch)) = undo.clear
+            && state.clear_epoch == epoch
+        {
+            state.delete_pending = before;
         }
     }
 }

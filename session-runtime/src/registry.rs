@@ -174,25 +174,25 @@ impl<S: Session> Entry<S> {
         let mut stored: Vec<Option<String>> = Vec::with_capacity(S::FIELDS.len());
         for (index, spec) in S::FIELDS.iter().enumerate() {
             let raw = record.remove(spec.name);
-            if let Some(raw) = &raw {
-                if let Err(source) = value.decode_field(index, raw) {
-                    if !spec.reset_on_error {
-                        return Err(SessionError::Decode {
-                            session: S::NAME,
-                            key: self.key.to_string(),
-                            field: spec.name,
-                            source,
-                        });
-                    }
-                    tracing::warn!(
-                        session = S::NAME,
-                        key = &*self.key,
-                        field = spec.name,
-                        error = %source,
-                        "stored field cannot be decoded; using its default"
-                    );
-                    value.reset_field(index);
+            if let Some(raw) = &raw
+                && let Err(source) = value.decode_field(index, raw)
+            {
+                if !spec.reset_on_error {
+                    return Err(SessionError::Decode {
+                        session: S::NAME,
+                        key: self.key.to_string(),
+                        field: spec.name,
+                        source,
+                    });
                 }
+                tracing::warn!(
+                    session = S::NAME,
+                    key = &*self.key,
+                    field = spec.name,
+                    error = %source,
+                    "stored field cannot be decoded; using its default"
+                );
+                value.reset_field(index);
             }
             stored.push(raw);
         }

@@ -47,10 +47,12 @@ struct Stored {
 
 impl Records {
     fn remove(&mut self, key: &str) {
-        if let Some(old) = self.map.remove(key) {
-            if let Some(at) = old.expires_at {
-                self.expiry.remove(&(at, key.to_owned()));
-            }
+        if let Some(Stored {
+            expires_at: Some(at),
+            ..
+        }) = self.map.remove(key)
+        {
+            self.expiry.remove(&(at, key.to_owned()));
         }
     }
 

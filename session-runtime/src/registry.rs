@@ -170,13 +170,15 @@ impl<S: Session> Entry<S> {
         let Some(mut record) = record else {
             return Ok(());
         };
+        let verbatim = store.returns_written_text();
         let mut value = S::default();
         let mut stored: Vec<Option<String>> = Vec::with_capacity(S::FIELDS.len());
         for (index, spec) in S::FIELDS.iter().enumerate() {
-            let raw = record.remove(spec.name);
-            if let Some(raw) = &raw
-                && let Err(source) = value.decode_field(index, raw)
-            {
+            let Some(raw) = record.remove(spec.name) else {
+                stored.push(None);
+                continue;
+            };
+            if let Err(source) = value.decode_field(index, &raw) {
                 if !spec.reset_on_error {
                     return Err(SessionError::Decode {
                         session: S::NAME,
@@ -192,9 +194,17 @@ impl<S: Session> Entry<S> {
                     error = %source,
                     "stored field cannot be decoded; using its default"
                 );
+                // Keep the undecodable text as what the store holds: any write replaces it.
                 value.reset_field(index);
+                stored.push(Some(raw));
+                continue;
             }
-            stored.push(raw);
+            // What the store holds, in this crate's encoding, so "unchanged" compares equal.
+            stored.push(if verbatim {
+                Some(raw)
+            } else {
+                value.encode_field(index).ok()
+            });
         }
         let mut state = self.lock();
         state.value = value;

@@ -149,4 +149,8 @@ impl Store for MemoryStore {
         self.inner.lock().remove(key);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn returns_written_text(&self) -> bool {
+        true
+    }
 }

@@ -14,8 +14,16 @@ use std::time::Duration;
 use crate::error::StoreError;
 
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod sql;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "mysql")]
+pub use sql::mysql::MySqlStore;
+#[cfg(feature = "postgres")]
+pub use sql::postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sql::sqlite::SqliteStore;
 
 /// A boxed, `Send` future, the return type of the object-safe [`Store`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -84,6 +92,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes the whole record of `key`; removing a missing record is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Whether [`load`](Store::load) returns each field's value as the exact text
+    /// [`apply`](Store::apply) was given. Stores that normalise JSON (PostgreSQL `jsonb`, MySQL
+    /// `JSON`, BSON) return `false`, and the runtime re-encodes what they load so that an
+    /// unchanged value is recognised as unchanged.
+    fn returns_written_text(&self) -> bool {
+        false
+    }
 }
 
 impl<T: Store + ?Sized> Store for Arc<T> {
@@ -101,5 +117,9 @@ impl<T: Store + ?Sized> Store for Arc<T> {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         (**self).delete(key)
+    }
+
+    fn returns_written_text(&self) -> bool {
+        (**self).returns_written_text()
     }
 }

@@ -1,0 +1,426 @@
+//! C1: one conformance suite, written once and run against every store: missing keys, round
+//! trips, field-level patches (C2), expiry (C4), keys of any content (C8), large values, many
+//! fields, concurrent writers, and the middleware on top.
+//!
+//! Server-backed suites read `POSTGRES_URL` and `MYSQL_URL`. Without one, each of their tests
+//! prints `SKIPPED <store>::<test>` and passes; with `TYPED_SESSION_REQUIRE_SERVERS=1` (set by
+//! `.ci/run`) a missing URL fails instead.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use typed_session::{Chain, Patch, Record, Session, SessionMiddleware, Store, Update};
+
+/// A key no other test (or earlier run) uses.
+fn unique(test: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{test}:{}:{nanos}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The URL of a server, or `None` after saying which test is skipped.
+pub fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("TYPED_SESSION_REQUIRE_SERVERS").is_some() => {
+            panic!("{store}::{test} needs {var}, and TYPED_SESSION_REQUIRE_SERVERS is set")
+        }
+        _ => {
+            // Straight to the stderr handle: libtest captures `eprintln!`, and a skip must show.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {store}::{test}: {var} is not set"
+            );
+            None
+        }
+    }
+}
+
+fn patch<'a>(set: &[(&'a str, &str)], remove: &[&'a str], ttl: Option<Duration>) -> Patch<'a> {
+    Patch {
+        set: set.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        remove: remove.to_vec(),
+        ttl,
+    }
+}
+
+/// A record as JSON values, so stores that normalise JSON text compare equal.
+fn values(record: Option<Record>) -> Option<HashMap<String, Value>> {
+    record.map(|r| {
+        r.into_iter()
+            .map(|(k, v)| {
+                let parsed = serde_json::from_str(&v)
+                    .unwrap_or_else(|e| panic!("field {k} holds {v:?}: {e}"));
+                (k, parsed)
+            })
+            .collect()
+    })
+}
+
+fn expect(fields: &[(&str, Value)]) -> Option<HashMap<String, Value>> {
+    Some(
+        fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+enum Mood {
+    #[default]
+    Calm,
+    Busy {
+        until: i64,
+    },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+struct Address {
+    city: String,
+    zip: Option<u32>,
+}
+
+/// Every kind of field type: the round trip through a store must give them back equal.
+#[derive(Session, Clone, Debug, PartialEq)]
+#[session(accessor = "everything")]
+pub struct Everything {
+    #[default(-1_000_000_000_123)]
+    telegram_id: i64,
+    #[default(u64::MAX)]
+    big: u64,
+    #[default(-0.125)]
+    ratio: f64,
+    #[default(true)]
+    flag: bool,
+    #[default(String::from("ünïcødé \"quoted\" \\ back\nslash 🙂"))]
+    text: String,
+    #[default(Some(vec![1, 2, 3]))]
+    list: Option<Vec<u16>>,
+    nothing: Option<String>,
+    #[default(HashMap::from([("k".to_owned(), 1.5)]))]
+    map: HashMap<String, f32>,
+    #[default(Address { city: "Zürich".into(), zip: Some(8001) })]
+    address: Address,
+    #[default(Mood::Busy { until: 42 })]
+    mood: Mood,
+    #[default((7, 'x'))]
+    pair: (u8, char),
+}
+
+/// Two fields that two "processes" increment independently.
+#[derive(Session)]
+#[session(accessor = "pair")]
+pub struct Pair {
+    a: u64,
+    b: u64,
+}
+
+macro_rules! conformance {
+    ($store:ident, $make:path) => {
+        mod $store {
+            use super::*;
+
+            #[tokio::test]
+            async fn a_missing_key_loads_nothing() {
+                let Some((store, _)) = $make("a_missing_key_loads_nothing").await else { return };
+                assert_eq!(store.load(&unique("missing")).await.expect("load"), None);
+            }
+
+            #[tokio::test]
+            async fn a_patch_sets_and_removes_fields_and_leaves_the_others() {
+                let Some((store, _)) = $make("a_patch_sets_and_removes_fields_and_leaves_the_others").await else { return };
+                let key = unique("patch");
+                store.apply(&key, &patch(&[("a", "1"), ("b", "\"two\""), ("c", "[3]")], &[], None)).await.expect("apply");
+                store.apply(&key, &patch(&[("a", "10"), ("d", "{\"x\":null}")], &["b"], None)).await.expect("apply");
+                assert_eq!(
+                    values(store.load(&key).await.expect("load")),
+                    expect(&[("a", 10.into()), ("c", serde_json::json!([3])), ("d", serde_json::json!({"x": null}))])
+                );
+            }
+
+            #[tokio::test]
+            async fn json_values_of_every_kind_round_trip() {
+                let Some((store, _)) = $make("json_values_of_every_kind_round_trip").await else { return };
+                let key = unique("kinds");
+                let fields = [
+                    ("neg", "-9223372036854775808"),
+                    ("max", "18446744073709551615"),
+                    ("float", "-0.125"),
+                    ("t", "true"),
+                    ("null", "null"),
+                    ("text", "\"it's \\\"quoted\\\" 🙂 \\\\ \\n\""),
+                    ("list", "[1,[2,{\"three\":3}]]"),
+                    ("empty", "{}"),
+                ];
+                store.apply(&key, &patch(&fields, &[], None)).await.expect("apply");
+                let expected: Vec<_> = fields.iter().map(|(k, v)| (*k, serde_json::from_str::<Value>(v).expect("json"))).collect();
+                assert_eq!(values(store.load(&key).await.expect("load")), expect(&expected));
+            }
+
+            #[tokio::test]
+            async fn delete_removes_the_record_and_deleting_a_missing_one_is_fine() {
+                let Some((store, _)) = $make("delete_removes_the_record_and_deleting_a_missing_one_is_fine").await else { return };
+                let key = unique("delete");
+                store.apply(&key, &patch(&[("a", "1")], &[], None)).await.expect("apply");
+                store.delete(&key).await.expect("delete");
+                assert_eq!(store.load(&key).await.expect("load"), None);
+                store.delete(&key).await.expect("delete again");
+            }
+
+            #[tokio::test]
+            async fn keys_of_any_content_and_length_are_kept_apart() {
+                let Some((store, _)) = $make("keys_of_any_content_and_length_are_kept_apart").await else { return };
+                let base = unique("keys");
+                let keys = [
+                    format!("{base}:-1001234567890:-1001234567890"),
+                    format!("{base}:ключ 🙂"),
+                    format!("{base}:'; DROP TABLE typed_sessions; --\"`\\"),
+                    format!("{base}:{}", "k".repeat(1024)),
+                    format!("{base}:{}", "é".repeat(1024)),
+                    format!("{base}:\0nul"),
+                ];
+                for (i, key) in keys.iter().enumerate() {
+                    let n = i.to_string();
+                    store.apply(key, &patch(&[("n", n.as_str())], &[], None)).await.expect("apply");
+                }
+                for (i, key) in keys.iter().enumerate() {
+                    assert_eq!(
+                        values(store.load(key).await.expect("load")),
+                        expect(&[("n", i.into())]),
+                        "key #{i}"
+                    );
+                }
+            }
+
+            #[tokio::test]
+            async fn a_one_mib_value_round_trips() {
+                let Some((store, _)) = $make("a_one_mib_value_round_trips").await else { return };
+                let key = unique("large");
+                let big = serde_json::to_string(&"x".repeat(1 << 20)).expect("json");
+                store.apply(&key, &patch(&[("big", big.as_str()), ("small", "1")], &[], None)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!(serde_json::from_str::<String>(&record["big"]).expect("a string").len(), 1 << 20);
+            }
+
+            #[tokio::test]
+            async fn two_hundred_fields_round_trip() {
+                let Some((store, _)) = $make("two_hundred_fields_round_trip").await else { return };
+                let key = unique("wide");
+                let names: Vec<String> = (0..200).map(|i| format!("field_{i:03}")).collect();
+                let values_: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+                let fields: Vec<(&str, &str)> = names.iter().zip(&values_).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                store.apply(&key, &patch(&fields, &[], None)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!(record.len(), 200);
+                assert_eq!(record["field_199"], "199");
+            }
+
+            #[tokio::test]
+            async fn a_record_expires_and_a_write_after_expiry_starts_empty() {
+                let Some((store, _)) = $make("a_record_expires_and_a_write_after_expiry_starts_empty").await else { return };
+                let (gone, kept, renewed) = (unique("ttl"), unique("ttl"), unique("ttl"));
+                let short = Some(Duration::from_millis(600));
+                store.apply(&gone, &patch(&[("a", "1")], &[], short)).await.expect("apply");
+                store.apply(&renewed, &patch(&[("a", "1")], &[], short)).await.expect("apply");
+                store.apply(&kept, &patch(&[("a", "1")], &[], Some(Duration::from_secs(600)))).await.expect("apply");
+                // The one real wait of the suite: the behaviour under test is time passing.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                assert_eq!(store.load(&gone).await.expect("load"), None);
+                assert!(store.load(&kept).await.expect("load").is_some());
+                store.apply(&renewed, &patch(&[("b", "2")], &[], None)).await.expect("apply");
+                assert_eq!(values(store.load(&renewed).await.expect("load")), expect(&[("b", 2.into())]));
+            }
+
+            #[tokio::test]
+            async fn concurrent_patches_of_different_fields_from_two_instances_all_land() {
+                let Some((one, two)) = $make("concurrent_patches_of_different_fields_from_two_instances_all_land").await else { return };
+                let key = unique("two-writers");
+                let reader = one.clone();
+                let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+                let write = |store, names: &'static [String]| {
+                    let key = key.clone();
+                    async move {
+                        for name in names {
+                            store_apply(&store, &key, name).await;
+                        }
+                    }
+                };
+                let names: &'static [String] = Box::leak(names.into_boxed_slice());
+                let (left, right) = names.split_at(25);
+                tokio::join!(write(one, left), write(two, right));
+                let record = reader.load(&key).await.expect("load").expect("exists");
+                assert_eq!(record.len(), 50);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_processes_incrementing_different_fields_of_one_key_both_end_exact() {
+                let Some((one, two)) = $make("two_processes_incrementing_different_fields_of_one_key_both_end_exact").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let a = SessionMiddleware::<Pair, Update>::new(one.clone());
+                let b = SessionMiddleware::<Pair, Update>::new(two.clone());
+                let increment_a = Chain::new().with(a).handler(|ctx| Box::pin(async move {
+                    ctx.pair().await?.update_a(|v| *v += 1);
+                    Ok(())
+                }));
+                let increment_b = Chain::new().with(b).handler(|ctx| Box::pin(async move {
+                    ctx.pair().await?.update_b(|v| *v += 1);
+                    Ok(())
+                }));
+                let run = |chain: Chain<Update>| async move {
+                    for i in 0..1000 {
+                        chain.handle(Update::text(i, user, user, "+1")).await.expect("update");
+                    }
+                };
+                tokio::join!(run(increment_a), run(increment_b));
+                let record = one.load(&format!("{user}:{user}")).await.expect("load").expect("exists");
+                assert_eq!((record["a"].as_str(), record["b"].as_str()), ("1000", "1000"));
+            }
+
+            #[tokio::test]
+            async fn every_supported_field_type_round_trips_through_the_middleware() {
+                let Some((one, two)) = $make("every_supported_field_type_round_trips_through_the_middleware").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let write = Chain::new().with(SessionMiddleware::<Everything, Update>::new(one)).handler(|ctx| Box::pin(async move {
+                    let s = ctx.everything().await?;
+                    // Mark every field so each is written with its (non-trivial) default.
+                    let value = s.snapshot();
+                    s.replace(Everything { nothing: Some("now something".into()), ..value });
+                    s.update_big(|b| *b -= 1);
+                    Ok(())
+                }));
+                write.handle(Update::text(1, user, user, "w")).await.expect("write");
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let tx = parking_lot::Mutex::new(Some(tx));
+                let read = Chain::new().with(SessionMiddleware::<Everything, Update>::new(two)).handler(move |ctx| {
+                    let tx = tx.lock().take();
+                    Box::pin(async move {
+                        tx.expect("once").send(ctx.everything().await?.snapshot()).expect("test alive");
+                        Ok(())
+                    })
+                });
+                read.handle(Update::text(2, user, user, "r")).await.expect("read");
+                let read_back = rx.await.expect("read ran");
+                let expected = Everything { nothing: Some("now something".into()), big: u64::MAX - 1, ..Everything::default() };
+                assert_eq!(read_back, expected);
+            }
+
+            #[tokio::test]
+            async fn an_unchanged_value_is_not_rewritten_after_a_reload() {
+                let Some((one, _)) = $make("an_unchanged_value_is_not_rewritten_after_a_reload").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let sessions = SessionMiddleware::<Everything, Update>::new(one);
+                let chain = Chain::new().with(sessions.clone()).handler(|ctx| Box::pin(async move {
+                    let s = ctx.everything().await?;
+                    let value = s.snapshot();
+                    s.replace(value); // every field marked, none changed
+                    Ok(())
+                }));
+                chain.handle(Update::text(1, user, user, "x")).await.expect("first");
+                let after_first = sessions.stats().writes();
+                chain.handle(Update::text(2, user, user, "x")).await.expect("second");
+                assert_eq!(sessions.stats().writes(), after_first, "the reloaded values compare equal");
+            }
+        }
+    };
+}
+
+async fn store_apply(store: &impl Store, key: &str, field: &str) {
+    store
+        .apply(key, &patch(&[(field, "1")], &[], None))
+        .await
+        .expect("apply");
+}
+
+fn counter() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+// ---- the stores -------------------------------------------------------------------------
+
+mod memory_backend {
+    use std::sync::OnceLock;
+
+    use typed_session::MemoryStore;
+
+    /// Two handles on one memory store (what two instances share in one process).
+    pub async fn stores(_test: &'static str) -> Option<(MemoryStore, MemoryStore)> {
+        static STORE: OnceLock<MemoryStore> = OnceLock::new();
+        let store = STORE.get_or_init(MemoryStore::new).clone();
+        Some((store.clone(), store))
+    }
+}
+conformance!(memory, memory_backend::stores);
+
+#[cfg(feature = "sqlite")]
+mod sqlite_backends {
+    use typed_session::SqliteStore;
+
+    /// A file database in WAL mode, opened twice (two independent pools).
+    pub async fn file(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
+        let path = std::env::temp_dir().join(format!(
+            "typed-session-conformance-{}.db",
+            std::process::id()
+        ));
+        let url = format!("sqlite://{}", path.display());
+        let one = SqliteStore::connect(&url).await.expect("open");
+        one.migrate().await.expect("migrate");
+        let two = SqliteStore::connect(&url).await.expect("open again");
+        Some((one, two))
+    }
+
+    /// An in-memory database (one connection, shared by both handles).
+    pub async fn memory(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        Some((store.clone(), store))
+    }
+}
+#[cfg(feature = "sqlite")]
+conformance!(sqlite_file, sqlite_backends::file);
+
+#[cfg(feature = "postgres")]
+mod postgres_backend {
+    use typed_session::PostgresStore;
+
+    pub async fn stores(test: &'static str) -> Option<(PostgresStore, PostgresStore)> {
+        let url = super::server_url("POSTGRES_URL", "postgres", test)?;
+        let one = PostgresStore::connect(&url).await.expect("connect");
+        one.migrate().await.expect("migrate");
+        let two = PostgresStore::connect(&url).await.expect("connect again");
+        Some((one, two))
+    }
+}
+#[cfg(feature = "postgres")]
+conformance!(postgres, postgres_backend::stores);
+
+#[cfg(feature = "mysql")]
+mod mysql_backend {
+    use typed_session::MySqlStore;
+
+    pub async fn stores(test: &'static str) -> Option<(MySqlStore, MySqlStore)> {
+        let url = super::server_url("MYSQL_URL", "mysql", test)?;
+        let one = MySqlStore::connect(&url).await.expect("connect");
+        one.migrate().await.expect("migrate");
+        let two = MySqlStore::connect(&url).await.expect("connect again");
+        Some((one, two))
+    }
+}
+#[cfg(feature = "mysql")]
+conformance!(mysql, mysql_backend::stores);
+
+#[cfg(feature = "sqlite")]
+conformance!(sqlite_memory, sqlite_backends::memory);

@@ -187,3 +187,45 @@ fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
         }
     }
 }
+
+#[tokio::test]
+#[cfg(feature = "sqlite")]
+async fn sessions_in_a_sqlite_file_survive_a_restart() {
+    use typed_session::{Chain, Session, SessionMiddleware, Update};
+
+    #[derive(Session)]
+    struct Visits {
+        count: u64,
+    }
+
+    let path =
+        std::env::temp_dir().join(format!("typed-session-restart-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    for run in 1..=2u64 {
+        // A fresh store, pool and middleware each time: nothing survives but the file.
+        let store = typed_session::SqliteStore::connect(&url)
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        let chain = Chain::new()
+            .with(SessionMiddleware::<Visits, Update>::new(store.clone()))
+            .handler(|ctx| {
+                Box::pin(async move {
+                    ctx.session().await?.update_count(|c| *c += 1);
+                    Ok(())
+                })
+            });
+        for i in 0..3 {
+            chain
+                .handle(Update::text(i, 5, 5, "hi"))
+                .await
+                .expect("update");
+        }
+        let stored = store.load("5:5").await.expect("load").expect("exists");
+        assert_eq!(stored["count"], (3 * run).to_string(), "run {run}");
+        store.pool().close().await;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

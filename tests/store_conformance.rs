@@ -290,6 +290,25 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn a_field_another_connection_writes_between_our_load_and_save_survives() {
+                let Some((ours, theirs)) = $make("a_field_another_connection_writes_between_our_load_and_save_survives").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let key = format!("{user}:{user}");
+                let gated = super::Gated::new(ours.clone());
+                let chain = Chain::new().with(SessionMiddleware::<Pair, Update>::new(gated.clone())).handler(|ctx| Box::pin(async move {
+                    ctx.pair().await?.update_a(|v| *v += 1);
+                    Ok(())
+                }));
+                let update = tokio::spawn(async move { chain.handle(Update::text(1, user, user, "+1")).await });
+                gated.arrived.notified().await; // our session is loaded and our patch is on its way
+                theirs.apply(&key, &patch(&[("b", "7")], &[], None)).await.expect("their write");
+                gated.open.add_permits(1);
+                update.await.expect("no panic").expect("update");
+                let record = ours.load(&key).await.expect("load").expect("exists");
+                assert_eq!((record["a"].as_str(), record["b"].as_str()), ("1", "7"));
+            }
+
+            #[tokio::test]
             async fn every_supported_field_type_round_trips_through_the_middleware() {
                 let Some((one, two)) = $make("every_supported_field_type_round_trips_through_the_middleware").await else { return };
                 let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
@@ -335,6 +354,56 @@ macro_rules! conformance {
             }
         }
     };
+}
+
+/// Holds each `apply` until the test opens the gate; tells the test when one arrives.
+#[derive(Clone)]
+struct Gated<S> {
+    inner: S,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+    open: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl<S: Store> Gated<S> {
+    fn new(inner: S) -> Self {
+        Gated {
+            inner,
+            arrived: Default::default(),
+            open: std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+}
+
+impl<S: Store> Store for Gated<S> {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> typed_session::BoxFuture<'a, Result<Option<Record>, typed_session::StoreError>> {
+        self.inner.load(key)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> typed_session::BoxFuture<'a, Result<(), typed_session::StoreError>> {
+        Box::pin(async move {
+            self.arrived.notify_one();
+            self.open.acquire().await.expect("never closed").forget();
+            self.inner.apply(key, patch).await
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> typed_session::BoxFuture<'a, Result<(), typed_session::StoreError>> {
+        self.inner.delete(key)
+    }
+
+    fn returns_written_text(&self) -> bool {
+        self.inner.returns_written_text()
+    }
 }
 
 async fn store_apply(store: &impl Store, key: &str, field: &str) {

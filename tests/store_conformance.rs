@@ -99,7 +99,8 @@ struct Address {
 pub struct Everything {
     #[default(-1_000_000_000_123)]
     telegram_id: i64,
-    #[default(u64::MAX)]
+    /// The largest integer every store holds exactly (BSON has no unsigned 64-bit type).
+    #[default(i64::MAX as u64)]
     big: u64,
     #[default(-0.125)]
     ratio: f64,
@@ -157,7 +158,8 @@ macro_rules! conformance {
                 let key = unique("kinds");
                 let fields = [
                     ("neg", "-9223372036854775808"),
-                    ("max", "18446744073709551615"),
+                    ("max", "9223372036854775807"),
+                    ("past_f64", "9007199254740993"),
                     ("float", "-0.125"),
                     ("t", "true"),
                     ("null", "null"),
@@ -332,7 +334,7 @@ macro_rules! conformance {
                 });
                 read.handle(Update::text(2, user, user, "r")).await.expect("read");
                 let read_back = rx.await.expect("read ran");
-                let expected = Everything { nothing: Some("now something".into()), big: u64::MAX - 1, ..Everything::default() };
+                let expected = Everything { nothing: Some("now something".into()), big: i64::MAX as u64 - 1, ..Everything::default() };
                 assert_eq!(read_back, expected);
             }
 
@@ -493,3 +495,42 @@ conformance!(mysql, mysql_backend::stores);
 
 #[cfg(feature = "sqlite")]
 conformance!(sqlite_memory, sqlite_backends::memory);
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use typed_session::RedisStore;
+
+    pub async fn stores(test: &'static str) -> Option<(RedisStore, RedisStore)> {
+        let url = super::server_url("REDIS_URL", "redis", test)?;
+        let one = RedisStore::connect(&url)
+            .await
+            .expect("connect")
+            .with_prefix("typed_session_test:");
+        let two = RedisStore::connect(&url)
+            .await
+            .expect("connect again")
+            .with_prefix("typed_session_test:");
+        Some((one, two))
+    }
+}
+#[cfg(feature = "redis")]
+conformance!(redis, redis_backend::stores);
+
+#[cfg(feature = "mongodb")]
+mod mongodb_backend {
+    use typed_session::MongoStore;
+
+    pub async fn stores(test: &'static str) -> Option<(MongoStore, MongoStore)> {
+        let url = super::server_url("MONGODB_URL", "mongodb", test)?;
+        let one = MongoStore::connect(&url, "typed_session_test")
+            .await
+            .expect("connect");
+        one.migrate().await.expect("migrate");
+        let two = MongoStore::connect(&url, "typed_session_test")
+            .await
+            .expect("connect again");
+        Some((one, two))
+    }
+}
+#[cfg(feature = "mongodb")]
+conformance!(mongodb, mongodb_backend::stores);

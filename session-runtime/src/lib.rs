@@ -24,10 +24,14 @@ pub use handle::SessionRef;
 pub use key::{Key, KeyKind, UpdateKeys};
 pub use middleware::{ErrorPolicy, SessionBuilder, SessionMiddleware, StalePolicy, Stats};
 pub use session::{FieldSpec, Session};
+#[cfg(feature = "mongodb")]
+pub use store::MongoStore;
 #[cfg(feature = "mysql")]
 pub use store::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{BoxFuture, MemoryStore, Patch, Record, Store};

@@ -14,9 +14,17 @@ use std::time::Duration;
 use crate::error::StoreError;
 
 mod memory;
+#[cfg(feature = "mongodb")]
+mod mongodb;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
 
+#[cfg(feature = "mongodb")]
+pub use self::mongodb::MongoStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "mysql")]
 pub use sql::mysql::MySqlStore;

@@ -1,0 +1,301 @@
+//! [`MongoStore`]: one MongoDB document per session, fields as native BSON (feature `mongodb`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::IndexOptions;
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::{BoxFuture, Patch, Record, Store};
+use crate::error::{StoreError, StoreOp};
+
+const BACKEND: &str = "mongodb";
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Sessions in MongoDB, one document per session:
+///
+/// ```text
+/// { _id: "42:42", data: { count: 3, lang: "de" }, expires_at: ISODate("2026-12-27T10:00:00Z") }
+/// ```
+///
+/// Fields are native BSON values (numbers, strings, arrays, documents), not JSON strings, so
+/// the data stays queryable: `db.typed_sessions.find({"data.lang": "de"})`. A patch is one
+/// `update_one` with `$set` of `data.<field>` and `$unset` of removed fields, with upsert.
+/// Expiry is a date in `expires_at` with a TTL index ([`migrate`](Self::migrate) creates it);
+/// MongoDB removes expired documents about once a minute, and until then loads ignore them.
+///
+/// BSON has no unsigned 64-bit integer: a `u64` above `i64::MAX` cannot be stored, and a
+/// patch that holds one fails with [`StoreError::Malformed`] naming the field.
+///
+/// # Example
+///
+/// ```no_run
+/// use typed_session::MongoStore;
+///
+/// # async fn run() -> Result<(), typed_session::StoreError> {
+/// let store = MongoStore::connect("mongodb://127.0.0.1:27017", "mybot").await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MongoStore {
+    client: Client,
+    database: Database,
+    collection: Collection<Document>,
+}
+
+impl MongoStore {
+    /// Connects to `url` (`mongodb://host:port`) and uses database `database`.
+    pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
+        let client = Client::with_uri_str(url)
+            .await
+            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Connect, "", e))?;
+        Self::from_client(client, database)
+    }
+
+    /// A store over a client the application already has, used as it is (DESIGN C6).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] when `database` is not a valid database name.
+    pub fn from_client(client: Client, database: &str) -> Result<Self, StoreError> {
+        let invalid = database.is_empty()
+            || database.len() > 63
+            || database.contains([
+                '/', '\\', '.', ' ', '"', '$', '*', '<', '>', ':', '|', '?', '\0',
+            ]);
+        if invalid {
+            return Err(StoreError::Config {
+                backend: BACKEND,
+                message: format!("{database:?} is not a valid MongoDB database name"),
+            });
+        }
+        let database = client.database(database);
+        let collection = database.collection("typed_sessions");
+        Ok(MongoStore {
+            client,
+            database,
+            collection,
+        })
+    }
+
+    /// Uses collection `name` instead of `typed_sessions`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Config`] when the name is empty, holds `$` or NUL, or starts with `system.`.
+    pub fn with_collection(mut self, name: &str) -> Result<Self, StoreError> {
+        if name.is_empty() || name.contains(['$', '\0']) || name.starts_with("system.") {
+            return Err(StoreError::Config {
+                backend: BACKEND,
+                message: format!("{name:?} is not a valid MongoDB collection name"),
+            });
+        }
+        self.collection = self.database.collection(name);
+        Ok(self)
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The collection.
+    pub fn collection(&self) -> &Collection<Document> {
+        &self.collection
+    }
+
+    /// Creates the TTL index on `expires_at` if it does not exist.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let index = IndexModel::builder()
+            .keys(doc! { "expires_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("typed_session_expiry".to_owned())
+                    .expire_after(Duration::ZERO)
+                    .build(),
+            )
+            .build();
+        self.collection
+            .create_index(index)
+            .await
+            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Migrate, "", e))?;
+        Ok(())
+    }
+}
+
+fn now() -> bson::DateTime {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    bson::DateTime::from_millis(ms)
+}
+
+fn malformed(key: &str, field: &str, message: impl Into<String>) -> StoreError {
+    StoreError::Malformed {
+        backend: BACKEND,
+        key: key.to_owned(),
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// JSON into BSON with the numbers kept exact: integers as Int32/Int64, others as Double.
+fn to_bson(value: serde_json::Value) -> Result<Bson, String> {
+    use serde_json::Value;
+    Ok(match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i32::try_from(i).map_or(Bson::Int64(i), Bson::Int32),
+            (None, _) if n.is_u64() => {
+                return Err(format!("{n} does not fit BSON's signed 64-bit integer"));
+            }
+            (None, Some(f)) => Bson::Double(f),
+            (None, None) => return Err(format!("{n} is not a number BSON can hold")),
+        },
+        Value::String(s) => Bson::String(s),
+        Value::Array(items) => {
+            Bson::Array(items.into_iter().map(to_bson).collect::<Result<_, _>>()?)
+        }
+        Value::Object(map) => {
+            let mut document = Document::new();
+            for (k, v) in map {
+                document.insert(k, to_bson(v)?);
+            }
+            Bson::Document(document)
+        }
+    })
+}
+
+fn field_path(key: &str, field: &str) -> Result<String, StoreError> {
+    if field.is_empty() || field.contains(['.', '\0']) || field.starts_with('$') {
+        return Err(malformed(
+            key,
+            field,
+            "field names cannot be empty, contain '.' or NUL, or start with '$' in MongoDB",
+        ));
+    }
+    Ok(format!("data.{field}"))
+}
+
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    match &*error.kind {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+impl Store for MongoStore {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Box::pin(async move {
+            let found = self
+                .collection
+                .find_one(doc! { "_id": key })
+                .await
+                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))?;
+            let Some(document) = found else {
+                return Ok(None);
+            };
+            // The TTL monitor runs about once a minute: an expired document may still be here.
+            if let Ok(expires_at) = document.get_datetime("expires_at")
+                && *expires_at <= now()
+            {
+                return Ok(None);
+            }
+            let data = match document.get("data") {
+                Some(Bson::Document(data)) => data.clone(),
+                None => Document::new(),
+                Some(other) => {
+                    return Err(malformed(
+                        key,
+                        "data",
+                        format!("expected a document, found {other}"),
+                    ));
+                }
+            };
+            let record = data
+                .into_iter()
+                .map(|(field, value)| (field, value.into_relaxed_extjson().to_string()))
+                .collect();
+            Ok(Some(record))
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut set = Document::new();
+            for (field, value) in &patch.set {
+                let json: serde_json::Value = serde_json::from_str(value)
+                    .map_err(|e| malformed(key, field, format!("not JSON: {e}")))?;
+                set.insert(
+                    field_path(key, field)?,
+                    to_bson(json).map_err(|m| malformed(key, field, m))?,
+                );
+            }
+            let mut unset = Document::new();
+            for field in &patch.remove {
+                unset.insert(field_path(key, field)?, "");
+            }
+            let now = now();
+            let expires_at = patch.ttl.map(|ttl| {
+                let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+                bson::DateTime::from_millis(now.timestamp_millis().saturating_add(ms))
+            });
+            if let Some(at) = expires_at {
+                set.insert("expires_at", at);
+            }
+            let mut update = Document::new();
+            if !set.is_empty() {
+                update.insert("$set", set.clone());
+            }
+            if !unset.is_empty() {
+                update.insert("$unset", unset);
+            }
+            if update.is_empty() {
+                return Ok(());
+            }
+            // Only a live document is patched; an expired one still waiting for the TTL
+            // monitor makes the upsert collide on _id, and is replaced by a fresh one.
+            let live = doc! { "_id": key, "$or": [ { "expires_at": Bson::Null }, { "expires_at": { "$gt": now } } ] };
+            match self.collection.update_one(live, update).upsert(true).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_duplicate_key(&e) => {
+                    let mut data = Document::new();
+                    for (path, value) in set {
+                        if let Some(field) = path.strip_prefix("data.") {
+                            data.insert(field, value);
+                        }
+                    }
+                    let mut fresh = doc! { "_id": key, "data": data };
+                    if let Some(at) = expires_at {
+                        fresh.insert("expires_at", at);
+                    }
+                    self.collection
+                        .replace_one(doc! { "_id": key }, fresh)
+                        .upsert(true)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))
+                }
+                Err(e) => Err(StoreError::backend(BACKEND, StoreOp::Apply, key, e)),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.collection
+                .delete_one(doc! { "_id": key })
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
+        })
+    }
+}

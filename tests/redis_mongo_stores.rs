@@ -1,0 +1,283 @@
+//! What is particular to the Redis and MongoDB stores: how a session looks in each, native
+//! expiry, and read errors that are errors (C7).
+#![cfg(any(feature = "redis", feature = "mongodb"))]
+
+use std::time::Duration;
+
+use typed_session::{Patch, Store, StoreError};
+
+fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("TYPED_SESSION_REQUIRE_SERVERS").is_some() => {
+            panic!("{store}::{test} needs {var}, and TYPED_SESSION_REQUIRE_SERVERS is set")
+        }
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {store}::{test}: {var} is not set"
+            );
+            None
+        }
+    }
+}
+
+fn unique(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{test}:{}:{nanos}", std::process::id())
+}
+
+fn patch<'a>(set: &[(&'a str, &str)], ttl: Option<Duration>) -> Patch<'a> {
+    Patch {
+        set: set.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        remove: vec![],
+        ttl,
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_store {
+    use super::*;
+    use typed_session::RedisStore;
+
+    async fn connection(test: &str) -> Option<(RedisStore, redis::aio::ConnectionManager)> {
+        let url = server_url("REDIS_URL", "redis", test)?;
+        let client = redis::Client::open(url).expect("url");
+        let manager = redis::aio::ConnectionManager::new(client)
+            .await
+            .expect("connect");
+        Some((
+            RedisStore::from_connection(manager.clone()).with_prefix("ts_test:"),
+            manager,
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_session_is_a_hash_of_json_fields_with_a_native_expiry() {
+        let Some((store, mut raw)) =
+            connection("a_session_is_a_hash_of_json_fields_with_a_native_expiry").await
+        else {
+            return;
+        };
+        let key = unique("hash");
+        store
+            .apply(
+                &key,
+                &patch(
+                    &[("count", "3"), ("lang", "\"de\"")],
+                    Some(Duration::from_secs(60)),
+                ),
+            )
+            .await
+            .expect("apply");
+
+        let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("ts_test:{key}"))
+            .query_async(&mut raw)
+            .await
+            .expect("HGETALL");
+        assert_eq!(hash.len(), 2);
+        assert_eq!(
+            (hash["count"].as_str(), hash["lang"].as_str()),
+            ("3", "\"de\"")
+        );
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("ts_test:{key}"))
+            .query_async(&mut raw)
+            .await
+            .expect("PTTL");
+        assert!((1..=60_000).contains(&pttl), "PEXPIRE was applied: {pttl}");
+    }
+
+    #[tokio::test]
+    async fn a_key_holding_something_else_is_a_read_error_not_an_empty_session() {
+        let Some((store, mut raw)) =
+            connection("a_key_holding_something_else_is_a_read_error_not_an_empty_session").await
+        else {
+            return;
+        };
+        let key = unique("wrongtype");
+        redis::cmd("SET")
+            .arg(format!("ts_test:{key}"))
+            .arg("a string")
+            .query_async::<()>(&mut raw)
+            .await
+            .expect("SET");
+
+        let error = store.load(&key).await.expect_err("WRONGTYPE");
+        assert!(
+            matches!(error, StoreError::Backend { key: ref k, .. } if *k == key),
+            "{error}"
+        );
+    }
+}
+
+#[cfg(feature = "mongodb")]
+mod mongo_store {
+    use super::*;
+    use mongodb::bson::{Bson, doc};
+    use typed_session::MongoStore;
+
+    async fn store(test: &str) -> Option<MongoStore> {
+        let url = server_url("MONGODB_URL", "mongodb", test)?;
+        let store = MongoStore::connect(&url, "typed_session_test")
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        Some(store)
+    }
+
+    #[tokio::test]
+    async fn fields_are_stored_as_native_bson_values() {
+        let Some(store) = store("fields_are_stored_as_native_bson_values").await else {
+            return;
+        };
+        let key = unique("native");
+        let fields = [
+            ("count", "3"),
+            ("big", "9007199254740993"),
+            ("ratio", "0.5"),
+            ("lang", "\"de\""),
+            ("tags", "[\"a\"]"),
+            ("address", "{\"city\":\"Zürich\"}"),
+        ];
+        store
+            .apply(&key, &patch(&fields, None))
+            .await
+            .expect("apply");
+
+        let document = store
+            .collection()
+            .find_one(doc! { "_id": &key })
+            .await
+            .expect("find")
+            .expect("exists");
+        let data = document.get_document("data").expect("a data document");
+        assert_eq!(data.get("count"), Some(&Bson::Int32(3)));
+        assert_eq!(data.get("big"), Some(&Bson::Int64(9_007_199_254_740_993)));
+        assert_eq!(data.get("ratio"), Some(&Bson::Double(0.5)));
+        assert_eq!(data.get("lang"), Some(&Bson::String("de".into())));
+        assert!(matches!(data.get("tags"), Some(Bson::Array(_))));
+        assert_eq!(
+            data.get_document("address")
+                .expect("a document")
+                .get_str("city"),
+            Ok("Zürich")
+        );
+        // ... so the data can be queried like any other.
+        let by_lang = store
+            .collection()
+            .count_documents(doc! { "_id": &key, "data.lang": "de" })
+            .await
+            .expect("count");
+        assert_eq!(by_lang, 1);
+    }
+
+    #[tokio::test]
+    async fn an_integer_bson_cannot_hold_is_an_error_naming_the_field() {
+        let Some(store) = store("an_integer_bson_cannot_hold_is_an_error_naming_the_field").await
+        else {
+            return;
+        };
+        let error = store
+            .apply(
+                &unique("u64"),
+                &patch(&[("huge", "18446744073709551615")], None),
+            )
+            .await
+            .expect_err("too big");
+        assert!(
+            matches!(error, StoreError::Malformed { ref field, .. } if field == "huge"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn migrate_creates_the_ttl_index_once() {
+        let Some(store) = store("migrate_creates_the_ttl_index_once").await else {
+            return;
+        };
+        store.migrate().await.expect("again");
+        let names = store
+            .collection()
+            .list_index_names()
+            .await
+            .expect("indexes");
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| *n == "typed_session_expiry")
+                .count(),
+            1,
+            "{names:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_is_a_date_in_the_document() {
+        let Some(store) = store("expiry_is_a_date_in_the_document").await else {
+            return;
+        };
+        let key = unique("date");
+        store
+            .apply(&key, &patch(&[("a", "1")], Some(Duration::from_secs(3600))))
+            .await
+            .expect("apply");
+        let document = store
+            .collection()
+            .find_one(doc! { "_id": &key })
+            .await
+            .expect("find")
+            .expect("exists");
+        let at = document.get_datetime("expires_at").expect("a date");
+        let in_ms = at.timestamp_millis() - mongodb::bson::DateTime::now().timestamp_millis();
+        assert!((3_500_000..=3_600_000).contains(&in_ms), "{in_ms}");
+    }
+
+    #[tokio::test]
+    async fn a_document_whose_data_is_not_a_document_is_a_read_error() {
+        let Some(store) = store("a_document_whose_data_is_not_a_document_is_a_read_error").await
+        else {
+            return;
+        };
+        let key = unique("broken");
+        store
+            .collection()
+            .insert_one(doc! { "_id": &key, "data": "not a document" })
+            .await
+            .expect("insert");
+        let error = store.load(&key).await.expect_err("malformed");
+        assert!(
+            matches!(error, StoreError::Malformed { ref field, .. } if field == "data"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_database_and_collection_names_are_rejected() {
+        let Some(url) = server_url(
+            "MONGODB_URL",
+            "mongodb",
+            "invalid_database_and_collection_names_are_rejected",
+        ) else {
+            return;
+        };
+        let client = mongodb::Client::with_uri_str(&url).await.expect("client");
+        assert!(matches!(
+            MongoStore::from_client(client.clone(), "a/b"),
+            Err(StoreError::Config { .. })
+        ));
+        let store = MongoStore::from_client(client, "typed_session_test").expect("valid");
+        assert!(matches!(
+            store.clone().with_collection("system.users"),
+            Err(StoreError::Config { .. })
+        ));
+        assert!(matches!(
+            store.with_collection("a$b"),
+            Err(StoreError::Config { .. })
+        ));
+    }
+}

@@ -61,15 +61,35 @@ pub mod __private {
     /// The error of the per-field codec.
     pub type CodecError = serde_json::Error;
 
+    /// What encoding a persisted field needs, with a message that says what to do.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be stored in a session: it does not implement `serde::Serialize`",
+        label = "the type of a persisted session field",
+        note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}`, or mark the field `#[session(skip)]` to keep it out of the store"
+    )]
+    pub trait EncodeField: serde::Serialize {}
+
+    impl<T: serde::Serialize> EncodeField for T {}
+
+    /// What decoding a persisted field needs, with a message that says what to do.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be loaded from a session: it does not implement `serde::Deserialize`",
+        label = "the type of a persisted session field",
+        note = "derive `serde::Serialize` and `serde::Deserialize` for `{Self}`, or mark the field `#[session(skip)]` to keep it out of the store"
+    )]
+    pub trait DecodeField: serde::de::DeserializeOwned {}
+
+    impl<T: serde::de::DeserializeOwned> DecodeField for T {}
+
     /// Encodes one field.
     #[inline]
-    pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    pub fn encode<T: EncodeField>(value: &T) -> Result<String, serde_json::Error> {
         serde_json::to_string(value)
     }
 
     /// Decodes one field.
     #[inline]
-    pub fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, serde_json::Error> {
+    pub fn decode<T: DecodeField>(raw: &str) -> Result<T, serde_json::Error> {
         serde_json::from_str(raw)
     }
 

@@ -106,7 +106,7 @@ async fn main() -> Result<(), BoxError> {
 
     println!("\nstored sessions (SELECT key, data FROM typed_sessions):");
     let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT key, data FROM typed_sessions ORDER BY key")
+        typed_session::sqlx::query_as("SELECT key, data FROM typed_sessions ORDER BY key")
             .fetch_all(store.pool())
             .await?;
     for (key, data) in rows {

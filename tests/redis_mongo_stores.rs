@@ -43,10 +43,12 @@ mod redis_store {
     use super::*;
     use typed_session::RedisStore;
 
-    async fn connection(test: &str) -> Option<(RedisStore, redis::aio::ConnectionManager)> {
+    async fn connection(
+        test: &str,
+    ) -> Option<(RedisStore, typed_session::redis::aio::ConnectionManager)> {
         let url = server_url("REDIS_URL", "redis", test)?;
-        let client = redis::Client::open(url).expect("url");
-        let manager = redis::aio::ConnectionManager::new(client)
+        let client = typed_session::redis::Client::open(url).expect("url");
+        let manager = typed_session::redis::aio::ConnectionManager::new(client)
             .await
             .expect("connect");
         Some((
@@ -74,7 +76,7 @@ mod redis_store {
             .await
             .expect("apply");
 
-        let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        let hash: std::collections::HashMap<String, String> = typed_session::redis::cmd("HGETALL")
             .arg(format!("ts_test:{key}"))
             .query_async(&mut raw)
             .await
@@ -84,7 +86,7 @@ mod redis_store {
             (hash["count"].as_str(), hash["lang"].as_str()),
             ("3", "\"de\"")
         );
-        let pttl: i64 = redis::cmd("PTTL")
+        let pttl: i64 = typed_session::redis::cmd("PTTL")
             .arg(format!("ts_test:{key}"))
             .query_async(&mut raw)
             .await
@@ -100,7 +102,7 @@ mod redis_store {
             return;
         };
         let key = unique("wrongtype");
-        redis::cmd("SET")
+        typed_session::redis::cmd("SET")
             .arg(format!("ts_test:{key}"))
             .arg("a string")
             .query_async::<()>(&mut raw)
@@ -118,8 +120,8 @@ mod redis_store {
 #[cfg(feature = "mongodb")]
 mod mongo_store {
     use super::*;
-    use mongodb::bson::{Bson, doc};
     use typed_session::MongoStore;
+    use typed_session::mongodb::bson::{Bson, doc};
 
     async fn store(test: &str) -> Option<MongoStore> {
         let url = server_url("MONGODB_URL", "mongodb", test)?;
@@ -233,7 +235,8 @@ mod mongo_store {
             .expect("find")
             .expect("exists");
         let at = document.get_datetime("expires_at").expect("a date");
-        let in_ms = at.timestamp_millis() - mongodb::bson::DateTime::now().timestamp_millis();
+        let in_ms = at.timestamp_millis()
+            - typed_session::mongodb::bson::DateTime::now().timestamp_millis();
         assert!((3_500_000..=3_600_000).contains(&in_ms), "{in_ms}");
     }
 
@@ -265,7 +268,9 @@ mod mongo_store {
         ) else {
             return;
         };
-        let client = mongodb::Client::with_uri_str(&url).await.expect("client");
+        let client = typed_session::mongodb::Client::with_uri_str(&url)
+            .await
+            .expect("client");
         assert!(matches!(
             MongoStore::from_client(client.clone(), "a/b"),
             Err(StoreError::Config { .. })

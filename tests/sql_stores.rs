@@ -108,7 +108,7 @@ async fn table_names_that_are_not_plain_identifiers_are_rejected() {
 #[tokio::test]
 #[cfg(feature = "sqlite")]
 async fn a_store_uses_the_pool_it_is_given_without_reconnecting() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+    let pool = typed_session::sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect("sqlite::memory:")
         .await
@@ -117,10 +117,11 @@ async fn a_store_uses_the_pool_it_is_given_without_reconnecting() {
     store.migrate().await.expect("migrate");
     store.apply("k", &one_field(None)).await.expect("apply");
     // The same single in-memory connection sees the row: the store did not open its own.
-    let (data,): (String,) = sqlx::query_as("SELECT data FROM typed_sessions WHERE key = 'k'")
-        .fetch_one(&pool)
-        .await
-        .expect("query through the caller's pool");
+    let (data,): (String,) =
+        typed_session::sqlx::query_as("SELECT data FROM typed_sessions WHERE key = 'k'")
+            .fetch_one(&pool)
+            .await
+            .expect("query through the caller's pool");
     assert_eq!(data, r#"{"count":1}"#);
     assert_eq!(pool.size(), 1);
 }

@@ -37,6 +37,18 @@ pub use store::SqliteStore;
 pub use store::{BoxFuture, MemoryStore, Patch, Record, Store};
 pub use update::Update;
 
+/// The `sqlx` this crate links, for building pools to pass to the SQL stores.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub use sqlx;
+
+/// The `redis` crate this crate links, for connections to pass to [`RedisStore`].
+#[cfg(feature = "redis")]
+pub use redis;
+
+/// The `mongodb` crate this crate links, for clients to pass to [`MongoStore`].
+#[cfg(feature = "mongodb")]
+pub use mongodb;
+
 /// Items the derive's generated code names. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {

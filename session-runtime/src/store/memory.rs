@@ -1,6 +1,8 @@
 //! The default store: records in a map inside the process.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,10 @@ use crate::error::StoreError;
 /// sweep that every write runs over the records that have expired (an ordered index keeps
 /// that proportional to the number of expired records). [`MemoryStore::sweep`] runs it on
 /// demand. Expiry uses `tokio::time`, so tests can drive it with `tokio::time::pause`.
+///
+/// Layout, for locality with many sessions: keys of up to 30 bytes live inside the hash
+/// table, and each record's fields are one contiguous buffer, so a load touches two cache
+/// lines rather than one per string.
 ///
 /// Cloning is cheap and shares the records.
 ///
@@ -35,24 +41,157 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Records {
-    map: HashMap<String, Stored>,
+    map: HashMap<Key, Stored, foldhash::fast::RandomState>,
     /// Expiry index: the records that have an expiry, ordered by it.
-    expiry: BTreeSet<(Instant, String)>,
+    expiry: BTreeSet<(Instant, Key)>,
 }
 
 struct Stored {
-    fields: Record,
+    fields: Fields,
     expires_at: Option<Instant>,
+}
+
+const INLINE: usize = 30;
+
+/// A session key, kept inside the table when short.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Key {
+    fn new(key: &str) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..key.len()].copy_from_slice(key.as_bytes());
+                Key::Inline { len, bytes }
+            }
+            _ => Key::Heap(key.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Always the bytes of a `&str` (see `new`), so this never falls back.
+            Key::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Key::Heap(key) => key,
+        }
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// A record's fields in one buffer: `name`, `value` pairs, each as a little-endian `u32`
+/// length and its UTF-8 bytes.
+#[derive(Default)]
+struct Fields(Vec<u8>);
+
+impl Fields {
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest = &self.0[..];
+        std::iter::from_fn(move || {
+            let name = take(&mut rest)?;
+            let value = take(&mut rest)?;
+            Some((name, value))
+        })
+    }
+
+    fn to_record(&self) -> Record {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// The fields after `patch`: kept ones in their order, then new ones.
+    fn patched(&self, patch: &Patch<'_>) -> Fields {
+        let mut out = Fields(Vec::with_capacity(
+            self.0.len() + patch.bytes() + 8 * patch.set.len(),
+        ));
+        for (name, value) in self.iter() {
+            if patch.remove.contains(&name) {
+                continue;
+            }
+            match patch.set.iter().find(|(n, _)| *n == name) {
+                Some((_, new)) => out.push(name, new),
+                None => out.push(name, value),
+            }
+        }
+        for (name, value) in &patch.set {
+            if !self.iter().any(|(n, _)| n == *name) {
+                out.push(name, value);
+            }
+        }
+        out
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        for part in [name, value] {
+            // Field names and values are far below 4 GiB; longer ones are cut by `take`'s
+            // bounds check rather than wrapping.
+            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+            self.0.extend_from_slice(&len.to_le_bytes());
+            self.0.extend_from_slice(part.as_bytes());
+        }
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+    let (part, tail) = (tail.get(..len)?, tail.get(len..)?);
+    *rest = tail;
+    std::str::from_utf8(part).ok()
 }
 
 impl Records {
     fn remove(&mut self, key: &str) {
-        if let Some(Stored {
-            expires_at: Some(at),
-            ..
-        }) = self.map.remove(key)
+        if let Some((
+            key,
+            Stored {
+                expires_at: Some(at),
+                ..
+            },
+        )) = self.map.remove_entry(key)
         {
-            self.expiry.remove(&(at, key.to_owned()));
+            self.expiry.remove(&(at, key));
         }
     }
 
@@ -63,7 +202,7 @@ impl Records {
                 break;
             }
             if let Some((_, key)) = self.expiry.pop_first() {
-                self.map.remove(&key);
+                self.map.remove(key.as_str());
                 removed += 1;
             }
         }
@@ -94,20 +233,29 @@ impl MemoryStore {
 
     /// A copy of the record of `key` as stored, ignoring expiry (for tests and debugging).
     pub fn raw(&self, key: &str) -> Option<Record> {
-        self.inner.lock().map.get(key).map(|s| s.fields.clone())
+        self.inner.lock().map.get(key).map(|s| s.fields.to_record())
+    }
+
+    /// The number of fields of the record of `key`, ignoring expiry.
+    pub fn fields_of(&self, key: &str) -> usize {
+        self.inner.lock().map.get(key).map_or(0, |s| s.fields.len())
     }
 }
 
 impl Store for MemoryStore {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        let now = Instant::now();
         let mut records = self.inner.lock();
-        let expired =
-            matches!(records.map.get(key), Some(Stored { expires_at: Some(at), .. }) if *at <= now);
-        if expired {
-            records.remove(key);
-        }
-        let found = records.map.get(key).map(|s| s.fields.clone());
+        let found = match records.map.get(key) {
+            Some(Stored {
+                expires_at: Some(at),
+                ..
+            }) if *at <= Instant::now() => {
+                records.remove(key);
+                None
+            }
+            Some(stored) => Some(stored.fields.to_record()),
+            None => None,
+        };
         Box::pin(std::future::ready(Ok(found)))
     }
 
@@ -116,31 +264,26 @@ impl Store for MemoryStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let now = Instant::now();
         let mut records = self.inner.lock();
-        records.sweep(now);
+        let now = (patch.ttl.is_some() || !records.expiry.is_empty()).then(Instant::now);
+        if let Some(now) = now {
+            records.sweep(now);
+        }
         let records = &mut *records;
-        let stored = records.map.entry(key.to_owned()).or_insert_with(|| Stored {
-            fields: Record::new(),
-            expires_at: None,
-        });
-        for (field, value) in &patch.set {
-            match stored.fields.get_mut(*field) {
-                Some(slot) => value.clone_into(slot),
-                None => {
-                    stored.fields.insert((*field).to_owned(), value.clone());
-                }
-            }
-        }
-        for field in &patch.remove {
-            stored.fields.remove(*field);
-        }
-        if let Some(ttl) = patch.ttl {
+        let stored = match records.map.get_mut(key) {
+            Some(stored) => stored,
+            None => records.map.entry(Key::new(key)).or_insert_with(|| Stored {
+                fields: Fields::default(),
+                expires_at: None,
+            }),
+        };
+        stored.fields = stored.fields.patched(patch);
+        if let (Some(ttl), Some(now)) = (patch.ttl, now) {
             let at = now + ttl.max(Duration::from_nanos(1));
             if let Some(old) = stored.expires_at.replace(at) {
-                records.expiry.remove(&(old, key.to_owned()));
+                records.expiry.remove(&(old, Key::new(key)));
             }
-            records.expiry.insert((at, key.to_owned()));
+            records.expiry.insert((at, Key::new(key)));
         }
         Box::pin(std::future::ready(Ok(())))
     }

@@ -26,9 +26,56 @@ use std::time::Instant;
 use serde_json::json;
 use typed_session::update::{Chat, Message, User};
 use typed_session::{
-    BoxError, BoxFuture, Chain, MemoryStore, Patch, Record, Session, SessionMiddleware, Store,
-    StoreError, Update,
+    BoxError, Chain, MemoryStore, Patch, Record, Session, SessionMiddleware, Store, StoreError,
+    StoreFuture, Update,
 };
+
+// ---- allocation counter (`--bench allocs`) -----------------------------------------------
+
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Heap allocations per update, session and baseline, on the `seq` workload.
+async fn allocs(o: &Options) -> Result<serde_json::Value, BoxError> {
+    let seq = user_sequence(o.updates, o.users);
+    let mut per_update = serde_json::Map::new();
+    for variant in ["baseline", "session"] {
+        let chain = Arc::new(if variant == "session" {
+            count_chain(Arc::new(MemoryStore::new()))
+        } else {
+            baseline_chain()
+        });
+        feed(&chain, &seq, "seq", 1).await?; // warm: tables grown, users stored
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        feed(&chain, &seq, "seq", 1).await?;
+        let n = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / o.updates as f64;
+        per_update.insert(variant.into(), json!(r3(n)));
+    }
+    Ok(
+        json!({ "bench": "allocs", "fw": "typed-session", "updates": o.updates, "allocations_per_update": per_update }),
+    )
+}
 
 // ---- options ----------------------------------------------------------------------------
 
@@ -313,7 +360,7 @@ impl<S: Store> Counted<S> {
 }
 
 impl<S: Store> Store for Counted<S> {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         self.loads.fetch_add(1, Ordering::Relaxed);
         self.inner.load(key)
     }
@@ -321,7 +368,7 @@ impl<S: Store> Store for Counted<S> {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
         self.applies.fetch_add(1, Ordering::Relaxed);
         let json: usize = patch
             .set
@@ -333,7 +380,7 @@ impl<S: Store> Store for Counted<S> {
         self.bytes.fetch_add(json as u64, Ordering::Relaxed);
         self.inner.apply(key, patch)
     }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         self.deletes.fetch_add(1, Ordering::Relaxed);
         self.inner.delete(key)
     }
@@ -497,6 +544,7 @@ async fn writes(o: &Options) -> Result<Vec<serde_json::Value>, BoxError> {
 
 async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> {
     let table = format!("bench_{}_{run}", std::process::id());
+    let _ = &table; // unused when no SQL store is compiled in
     let env = |var: &str| std::env::var(var).map_err(|_| format!("--store {name} needs {var}"));
     Ok(match name {
         "memory" => Arc::new(MemoryStore::new()),
@@ -533,6 +581,21 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
             let store = typed_session::MySqlStore::connect(&env("MYSQL_URL")?)
                 .await?
                 .with_table(&table)?;
+            store.migrate().await?;
+            Arc::new(store)
+        }
+        #[cfg(feature = "redis")]
+        "redis" => Arc::new(
+            typed_session::RedisStore::connect(&env("REDIS_URL")?)
+                .await?
+                .with_prefix(&format!("{table}:")),
+        ),
+        #[cfg(feature = "mongodb")]
+        "mongodb" => {
+            let store =
+                typed_session::MongoStore::connect(&env("MONGODB_URL")?, "typed_session_bench")
+                    .await?
+                    .with_collection(&table)?;
             store.migrate().await?;
             Arc::new(store)
         }
@@ -618,6 +681,7 @@ fn main() -> Result<(), BoxError> {
             "throughput" => vec![throughput(&o).await?],
             "writes" => writes(&o).await?,
             "store" => vec![store_bench(&o).await?],
+            "allocs" => vec![allocs(&o).await?],
             other => return Err(format!("--bench throughput|writes|store, not {other}").into()),
         };
         for line in lines {

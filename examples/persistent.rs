@@ -105,10 +105,13 @@ async fn main() -> Result<(), BoxError> {
     }
 
     println!("\nstored sessions (SELECT key, data FROM typed_sessions):");
-    let rows: Vec<(String, String)> =
-        typed_session::sqlx::query_as("SELECT key, data FROM typed_sessions ORDER BY key")
-            .fetch_all(store.pool())
-            .await?;
+    let rows: Vec<(String, String)> = {
+        let connection = store.connection();
+        let mut query = connection.prepare("SELECT key, data FROM typed_sessions ORDER BY key")?;
+        query
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
     for (key, data) in rows {
         println!("  {key:>9}  {data}");
     }

@@ -107,23 +107,22 @@ async fn table_names_that_are_not_plain_identifiers_are_rejected() {
 
 #[tokio::test]
 #[cfg(feature = "sqlite")]
-async fn a_store_uses_the_pool_it_is_given_without_reconnecting() {
-    let pool = typed_session::sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .expect("pool");
-    let store = typed_session::SqliteStore::from_pool(pool.clone());
+async fn a_store_uses_the_connection_it_is_given_without_reopening() {
+    // An in-memory database exists only in its connection: if the store opened its own, the
+    // row would not be visible through the caller's.
+    let connection = typed_session::rusqlite::Connection::open_in_memory().expect("open");
+    let store = typed_session::SqliteStore::from_connection(connection);
     store.migrate().await.expect("migrate");
     store.apply("k", &one_field(None)).await.expect("apply");
-    // The same single in-memory connection sees the row: the store did not open its own.
-    let (data,): (String,) =
-        typed_session::sqlx::query_as("SELECT data FROM typed_sessions WHERE key = 'k'")
-            .fetch_one(&pool)
-            .await
-            .expect("query through the caller's pool");
+    let data: String = store
+        .connection()
+        .query_row(
+            "SELECT data FROM typed_sessions WHERE key = 'k'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the row, through the same connection");
     assert_eq!(data, r#"{"count":1}"#);
-    assert_eq!(pool.size(), 1);
 }
 
 #[cfg(feature = "sqlite")]
@@ -224,7 +223,7 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
         }
         let stored = store.load("5:5").await.expect("load").expect("exists");
         assert_eq!(stored["count"], (3 * run).to_string(), "run {run}");
-        store.pool().close().await;
+        drop(store);
     }
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

@@ -380,7 +380,7 @@ impl<S: Store> Store for Gated<S> {
     fn load<'a>(
         &'a self,
         key: &'a str,
-    ) -> typed_session::BoxFuture<'a, Result<Option<Record>, typed_session::StoreError>> {
+    ) -> typed_session::StoreFuture<'a, Result<Option<Record>, typed_session::StoreError>> {
         self.inner.load(key)
     }
 
@@ -388,8 +388,8 @@ impl<S: Store> Store for Gated<S> {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> typed_session::BoxFuture<'a, Result<(), typed_session::StoreError>> {
-        Box::pin(async move {
+    ) -> typed_session::StoreFuture<'a, Result<(), typed_session::StoreError>> {
+        typed_session::StoreFuture::new(async move {
             self.arrived.notify_one();
             self.open.acquire().await.expect("never closed").forget();
             self.inner.apply(key, patch).await
@@ -399,7 +399,7 @@ impl<S: Store> Store for Gated<S> {
     fn delete<'a>(
         &'a self,
         key: &'a str,
-    ) -> typed_session::BoxFuture<'a, Result<(), typed_session::StoreError>> {
+    ) -> typed_session::StoreFuture<'a, Result<(), typed_session::StoreError>> {
         self.inner.delete(key)
     }
 

@@ -1,7 +1,7 @@
 //! The per-update context: the update plus one slot per attached session type.
 
 use std::any::{Any, TypeId};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -17,7 +17,10 @@ type AnySlot = Arc<dyn Any + Send + Sync>;
 /// the derive's accessor (`ctx.session()`) then returns the typed handle.
 pub struct Context<U> {
     update: U,
-    slots: Mutex<Vec<(TypeId, AnySlot)>>,
+    /// The first session attached (most chains have one), without a heap allocation.
+    first: OnceLock<(TypeId, AnySlot)>,
+    /// Any further ones, newest last.
+    more: Mutex<Vec<(TypeId, AnySlot)>>,
 }
 
 impl<U> Context<U> {
@@ -25,7 +28,8 @@ impl<U> Context<U> {
     pub fn new(update: U) -> Self {
         Context {
             update,
-            slots: Mutex::new(Vec::new()),
+            first: OnceLock::new(),
+            more: Mutex::new(Vec::new()),
         }
     }
 
@@ -40,16 +44,32 @@ impl<U> Context<U> {
     }
 
     pub(crate) fn attach<S: Session>(&self, slot: Arc<Slot<S>>) {
-        self.slots.lock().push((TypeId::of::<S>(), slot));
+        if let Err(entry) = self.first.set((TypeId::of::<S>(), slot)) {
+            self.more.lock().push(entry);
+        }
     }
 
+    /// The newest slot of `S`: a session middleware nested in another of the same type wins.
     pub(crate) fn slot<S: Session>(&self) -> Option<Arc<Slot<S>>> {
-        let slots = self.slots.lock();
-        let (_, slot) = slots
-            .iter()
-            .rev()
-            .find(|(id, _)| *id == TypeId::of::<S>())?;
-        Arc::clone(slot).downcast::<Slot<S>>().ok()
+        let wanted = TypeId::of::<S>();
+        let newer = {
+            let more = self.more.lock();
+            more.iter()
+                .rev()
+                .find(|(id, _)| *id == wanted)
+                .map(|(_, slot)| Arc::clone(slot))
+        };
+        let slot = match newer {
+            Some(slot) => slot,
+            None => {
+                let (id, slot) = self.first.get()?;
+                if *id != wanted {
+                    return None;
+                }
+                Arc::clone(slot)
+            }
+        };
+        slot.downcast::<Slot<S>>().ok()
     }
 
     /// The session `S` of this update, loaded on first use (the derive's `ctx.session()`

@@ -37,19 +37,56 @@ impl KeyKind {
         }
     }
 
-    fn key_of<U: UpdateKeys>(self, update: &U) -> Option<String> {
-        match self {
+    fn key_of<U: UpdateKeys>(self, update: &U) -> Option<Arc<str>> {
+        use std::fmt::Write;
+        // Formatted on the stack, then copied once into the shared key.
+        let mut key = StackStr::default();
+        let written = match self {
             KeyKind::UserInChat => {
                 let (user, chat) = (update.user_id()?, update.chat_id()?);
-                Some(format!("{user}:{chat}"))
+                write!(key, "{user}:{chat}")
             }
-            KeyKind::Chat => update.chat_id().map(|c| c.to_string()),
-            KeyKind::User => update.user_id().map(|u| u.to_string()),
+            KeyKind::Chat => write!(key, "{}", update.chat_id()?),
+            KeyKind::User => write!(key, "{}", update.user_id()?),
+        };
+        written.ok()?;
+        Some(Arc::from(key.as_str()))
+    }
+}
+
+/// Room for two `i64` and a separator.
+struct StackStr {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl Default for StackStr {
+    fn default() -> Self {
+        StackStr {
+            bytes: [0; 48],
+            len: 0,
         }
     }
 }
 
-type KeyFn<U> = dyn Fn(&U) -> Option<String> + Send + Sync;
+impl StackStr {
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever written (see `write_str`).
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+type KeyFn<U> = dyn Fn(&U) -> Option<Arc<str>> + Send + Sync;
 
 /// Maps an update to its session key, or to `None` when it has none.
 ///
@@ -120,12 +157,16 @@ impl<U> Key<U> {
     ) -> Self {
         Key {
             name,
-            f: Arc::new(f),
+            f: Arc::new(move |u: &U| f(u).map(Arc::from)),
         }
     }
 
     /// The key of `update`, if it has one.
     pub fn key_of(&self, update: &U) -> Option<String> {
+        self.shared_key_of(update).map(|k| k.to_string())
+    }
+
+    pub(crate) fn shared_key_of(&self, update: &U) -> Option<Arc<str>> {
         (self.f)(update)
     }
 

@@ -34,12 +34,16 @@ pub use store::PostgresStore;
 pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
-pub use store::{BoxFuture, MemoryStore, Patch, Record, Store};
+pub use store::{BoxFuture, MemoryStore, Patch, Record, Store, StoreFuture};
 pub use update::Update;
 
-/// The `sqlx` this crate links, for building pools to pass to the SQL stores.
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+/// The `sqlx` this crate links, for pools to pass to [`PostgresStore`] and [`MySqlStore`].
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use sqlx;
+
+/// The `rusqlite` this crate links, for connections to pass to [`SqliteStore`].
+#[cfg(feature = "sqlite")]
+pub use rusqlite;
 
 /// The `redis` crate this crate links, for connections to pass to [`RedisStore`].
 #[cfg(feature = "redis")]

@@ -255,7 +255,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
 impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S, U> {
     fn call<'a>(&'a self, ctx: &'a Context<U>, next: Next<'a, U>) -> ChainFuture<'a> {
         Box::pin(async move {
-            let key = self.key.key_of(ctx.update()).map(Arc::<str>::from);
+            let key = self.key.shared_key_of(ctx.update());
             let slot = Arc::new(Slot::new(Arc::clone(&self.shared), key));
             ctx.attach(Arc::clone(&slot));
             let guard = FinishOnDrop(Some(slot));
@@ -392,8 +392,6 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
         ttl: shared.ttl,
         ..Patch::default()
     };
-    // (field index, version encoded, whether it was set rather than removed)
-    let mut written: Vec<(usize, u64, bool)> = Vec::new();
     {
         let mut state = entry.lock();
         for (index, spec) in S::FIELDS.iter().enumerate() {
@@ -402,16 +400,20 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
             match field.dirty {
                 Dirty::Clean => {}
                 Dirty::Set => {
-                    let encoded =
-                        state
-                            .value
-                            .encode_field(index)
-                            .map_err(|source| SessionError::Encode {
+                    let encoded = match state.value.encode_field(index) {
+                        Ok(encoded) => encoded,
+                        Err(source) => {
+                            for field in state.fields.iter_mut() {
+                                field.in_flight = None;
+                            }
+                            return Err(SessionError::Encode {
                                 session: S::NAME,
                                 key: entry.key.to_string(),
                                 field: spec.name,
                                 source,
-                            })?;
+                            });
+                        }
+                    };
                     let unchanged = match &state.fields[index].stored {
                         Some(stored) => *stored == encoded,
                         // Nothing stored reads back as the default.
@@ -421,7 +423,7 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
                         state.fields[index].dirty = Dirty::Clean;
                     } else {
                         patch.set.push((spec.name, encoded));
-                        written.push((index, version, true));
+                        state.fields[index].in_flight = Some((version, true));
                     }
                 }
                 Dirty::Remove => {
@@ -429,7 +431,7 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
                         state.fields[index].dirty = Dirty::Clean;
                     } else {
                         patch.remove.push(spec.name);
-                        written.push((index, version, false));
+                        state.fields[index].in_flight = Some((version, false));
                     }
                 }
             }
@@ -440,11 +442,10 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
     }
 
     let bytes = patch.bytes();
-    shared
-        .store
-        .apply(&entry.key, &patch)
-        .await
-        .map_err(persist_error)?;
+    if let Err(source) = shared.store.apply(&entry.key, &patch).await {
+        forget_in_flight(entry);
+        return Err(persist_error(source));
+    }
     shared.stats.writes.fetch_add(1, Ordering::Relaxed);
     shared
         .stats
@@ -459,14 +460,24 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
         "session persisted"
     );
 
+    // Fields were pushed in index order, so the set values come back in the same order.
     let mut values = patch.set.into_iter().map(|(_, value)| value);
     let mut state = entry.lock();
-    for (index, version, was_set) in written {
-        let field = &mut state.fields[index];
+    for field in state.fields.iter_mut() {
+        let Some((version, was_set)) = field.in_flight.take() else {
+            continue;
+        };
         field.stored = if was_set { values.next() } else { None };
         if field.version == version {
             field.dirty = Dirty::Clean;
         }
     }
     Ok(())
+}
+
+/// Forgets what a failed persist was writing: its fields stay dirty for the next one.
+fn forget_in_flight<S: Session>(entry: &Entry<S>) {
+    for field in entry.lock().fields.iter_mut() {
+        field.in_flight = None;
+    }
 }

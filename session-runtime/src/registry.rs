@@ -36,6 +36,9 @@ pub(crate) struct FieldState {
     pub dirty: Dirty,
     /// The encoded value the store holds, `None` when it holds nothing for this field.
     pub stored: Option<String>,
+    /// The version the persist under way is writing (there is at most one per entry, behind
+    /// its write gate), and whether it sets rather than removes the field.
+    pub in_flight: Option<(u64, bool)>,
 }
 
 /// The live value of one key and its bookkeeping.
@@ -109,6 +112,7 @@ impl<S: Session> Entry<S> {
                 version: 1,
                 dirty: Dirty::Clean,
                 stored: None,
+                in_flight: None,
             })
             .collect();
         Entry {

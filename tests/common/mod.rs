@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
-use typed_session::{BoxFuture, MemoryStore, Patch, Record, Session, Store, StoreError, StoreOp};
+use typed_session::{MemoryStore, Patch, Record, Session, Store, StoreError, StoreFuture, StoreOp};
 
 /// A patch as the store received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,8 +146,8 @@ fn injected(op: StoreOp, key: &str) -> StoreError {
 }
 
 impl Store for ProbeStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(async move {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        StoreFuture::new(async move {
             self.loads.fetch_add(1, Ordering::SeqCst);
             self.delay().await;
             if Self::take_failure(&self.fail_loads) {
@@ -161,8 +161,8 @@ impl Store for ProbeStore {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             self.applies.fetch_add(1, Ordering::SeqCst);
             self.apply_started.notify_one();
             if let Some(gate) = &self.apply_gate {
@@ -186,8 +186,8 @@ impl Store for ProbeStore {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             self.deletes.fetch_add(1, Ordering::SeqCst);
             self.delay().await;
             self.inner.delete(key).await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{BoxFuture, Patch, Record, Store};
+use super::{Patch, Record, Store, StoreFuture};
 use crate::error::StoreError;
 
 /// An in-process store. It holds encoded copies of the fields, never live values, so it
@@ -44,6 +44,9 @@ struct Records {
     map: HashMap<Key, Stored, foldhash::fast::RandomState>,
     /// Expiry index: the records that have an expiry, ordered by it.
     expiry: BTreeSet<(Instant, Key)>,
+    /// The buffer the next patched record is written into (the replaced one becomes the next
+    /// scratch), so steady-state writes do not allocate.
+    scratch: Vec<u8>,
 }
 
 struct Stored {
@@ -140,11 +143,12 @@ impl Fields {
         self.iter().count()
     }
 
-    /// The fields after `patch`: kept ones in their order, then new ones.
-    fn patched(&self, patch: &Patch<'_>) -> Fields {
-        let mut out = Fields(Vec::with_capacity(
-            self.0.len() + patch.bytes() + 8 * patch.set.len(),
-        ));
+    /// Writes the fields after `patch` into `out`: kept ones in their order, then new ones.
+    fn patch_into(&self, patch: &Patch<'_>, out: Vec<u8>) -> Fields {
+        let mut out = Fields(out);
+        out.0.clear();
+        out.0
+            .reserve(self.0.len() + patch.bytes() + 8 * patch.set.len());
         for (name, value) in self.iter() {
             if patch.remove.contains(&name) {
                 continue;
@@ -243,7 +247,7 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         let mut records = self.inner.lock();
         let found = match records.map.get(key) {
             Some(Stored {
@@ -256,14 +260,14 @@ impl Store for MemoryStore {
             Some(stored) => Some(stored.fields.to_record()),
             None => None,
         };
-        Box::pin(std::future::ready(Ok(found)))
+        StoreFuture::ready(Ok(found))
     }
 
     fn apply<'a>(
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
         let mut records = self.inner.lock();
         let now = (patch.ttl.is_some() || !records.expiry.is_empty()).then(Instant::now);
         if let Some(now) = now {
@@ -277,7 +281,10 @@ impl Store for MemoryStore {
                 expires_at: None,
             }),
         };
-        stored.fields = stored.fields.patched(patch);
+        let patched = stored
+            .fields
+            .patch_into(patch, std::mem::take(&mut records.scratch));
+        records.scratch = std::mem::replace(&mut stored.fields, patched).0;
         if let (Some(ttl), Some(now)) = (patch.ttl, now) {
             let at = now + ttl.max(Duration::from_nanos(1));
             if let Some(old) = stored.expires_at.replace(at) {
@@ -285,12 +292,12 @@ impl Store for MemoryStore {
             }
             records.expiry.insert((at, Key::new(key)));
         }
-        Box::pin(std::future::ready(Ok(())))
+        StoreFuture::ready(Ok(()))
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         self.inner.lock().remove(key);
-        Box::pin(std::future::ready(Ok(())))
+        StoreFuture::ready(Ok(()))
     }
 
     fn returns_written_text(&self) -> bool {

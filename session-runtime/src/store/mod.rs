@@ -33,8 +33,49 @@ pub use sql::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite::SqliteStore;
 
-/// A boxed, `Send` future, the return type of the object-safe [`Store`] methods.
+/// A boxed, `Send` future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the [`Store`] methods return: a value that is already there, or a boxed future.
+///
+/// A store that answers without waiting (memory, a cache hit) returns
+/// [`StoreFuture::ready`] and costs no allocation; one that does I/O wraps its `async` block
+/// in [`StoreFuture::new`].
+pub struct StoreFuture<'a, T>(Answer<'a, T>);
+
+enum Answer<'a, T> {
+    Ready(Option<T>),
+    Pending(BoxFuture<'a, T>),
+}
+
+impl<'a, T> StoreFuture<'a, T> {
+    /// An answer that is already known.
+    pub fn ready(value: T) -> Self {
+        StoreFuture(Answer::Ready(Some(value)))
+    }
+
+    /// An answer that needs I/O.
+    pub fn new(future: impl Future<Output = T> + Send + 'a) -> Self {
+        StoreFuture(Answer::Pending(Box::pin(future)))
+    }
+}
+
+// The value is moved out, never pinned in place, so the future can be `Unpin` for every `T`
+// (as `std::future::Ready` is).
+impl<T> Unpin for StoreFuture<'_, T> {}
+
+impl<T> Future for StoreFuture<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match &mut self.get_mut().0 {
+            Answer::Ready(value) => {
+                std::task::Poll::Ready(value.take().expect("StoreFuture polled after it completed"))
+            }
+            Answer::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
 
 /// A stored session: stored field name to encoded value (JSON text).
 pub type Record = HashMap<String, String>;
@@ -69,7 +110,7 @@ impl Patch<'_> {
 
 /// Where sessions live between updates.
 ///
-/// Object safe and async: every method returns a [`BoxFuture`]. Each method is one round trip
+/// Object safe and async: every method returns a [`StoreFuture`]. Each method is one round trip
 /// to the backend (DESIGN C3). A read error is an error, never an empty record (C7).
 ///
 /// # Example
@@ -88,7 +129,7 @@ impl Patch<'_> {
 /// ```
 pub trait Store: Send + Sync + 'static {
     /// Reads the record of `key`; `Ok(None)` when there is none (or it has expired).
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>>;
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>>;
 
     /// Sets and removes the fields `patch` names, creating the record if needed, and applies its
     /// expiry. Fields the patch does not name stay as they are.
@@ -96,10 +137,10 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> StoreFuture<'a, Result<(), StoreError>>;
 
     /// Removes the whole record of `key`; removing a missing record is not an error.
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>>;
 
     /// Whether [`load`](Store::load) returns each field's value as the exact text
     /// [`apply`](Store::apply) was given. Stores that normalise JSON (PostgreSQL `jsonb`, MySQL
@@ -111,7 +152,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 impl<T: Store + ?Sized> Store for Arc<T> {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         (**self).load(key)
     }
 
@@ -119,11 +160,11 @@ impl<T: Store + ?Sized> Store for Arc<T> {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
         (**self).apply(key, patch)
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         (**self).delete(key)
     }
 

@@ -7,7 +7,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::{BoxFuture, Patch, Record, Store};
+use super::{Patch, Record, Store, StoreFuture};
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "mongodb";
@@ -189,8 +189,8 @@ fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 }
 
 impl Store for MongoStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(async move {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        StoreFuture::new(async move {
             let found = self
                 .collection
                 .find_one(doc! { "_id": key })
@@ -228,8 +228,8 @@ impl Store for MongoStore {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             let mut set = Document::new();
             for (field, value) in &patch.set {
                 let json: serde_json::Value = serde_json::from_str(value)
@@ -289,8 +289,8 @@ impl Store for MongoStore {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             self.collection
                 .delete_one(doc! { "_id": key })
                 .await

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 
-use super::{BoxFuture, Patch, Record, Store};
+use super::{Patch, Record, Store, StoreFuture};
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "redis";
@@ -82,8 +82,8 @@ impl<C> Store for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(async move {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        StoreFuture::new(async move {
             let mut connection = self.connection.clone();
             let record: Record = redis::cmd("HGETALL")
                 .arg(self.redis_key(key))
@@ -99,8 +99,8 @@ where
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             let redis_key = self.redis_key(key);
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -128,8 +128,8 @@ where
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             let mut connection = self.connection.clone();
             redis::cmd("DEL")
                 .arg(self.redis_key(key))

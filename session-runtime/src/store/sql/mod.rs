@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 
-use crate::error::{StoreError, StoreOp};
+use crate::error::StoreError;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use crate::error::StoreOp;
 use crate::store::{Patch, Record};
 
 #[cfg(feature = "mysql")]
@@ -87,6 +89,7 @@ impl Clock {
     }
 }
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 /// The JSON path of a top-level field, for `json_set`/`json_remove` (bound as a parameter).
 pub(crate) fn json_path(
     backend: &'static str,
@@ -166,6 +169,7 @@ pub(crate) fn edit_expression(base: &str, patch: &Patch<'_>, value: &str) -> Str
 #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 const ARGS_PER_CALL: usize = 100;
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 /// The paths of a patch, checked: removed fields first, then set fields.
 pub(crate) fn patch_paths(
     backend: &'static str,
@@ -192,6 +196,7 @@ pub(crate) fn key_hash(key: &str) -> Vec<u8> {
     sha2::Sha256::digest(key.as_bytes()).to_vec()
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) fn db_error(
     backend: &'static str,
     op: StoreOp,

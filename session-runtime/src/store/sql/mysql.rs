@@ -11,7 +11,7 @@ use super::{
     table_name,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{BoxFuture, Patch, Record, Store};
+use crate::store::{Patch, Record, Store, StoreFuture};
 
 const BACKEND: &str = "mysql";
 
@@ -153,8 +153,8 @@ impl MySqlStore {
 }
 
 impl Store for MySqlStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(async move {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        StoreFuture::new(async move {
             let sql = format!(
                 "SELECT data FROM {} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)",
                 self.table
@@ -184,8 +184,8 @@ impl Store for MySqlStore {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             let (removed, set) = patch_paths(BACKEND, key, patch)?;
             let sql = self.apply_sql(patch);
             let now = self.clock.now_ms();
@@ -209,8 +209,8 @@ impl Store for MySqlStore {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             let sql = format!("DELETE FROM {} WHERE key_hash = ?", self.table);
             sqlx::query(&sql)
                 .bind(key_hash(key))

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::{Clock, DEFAULT_TABLE, db_error, key_hash, parse_record, set_object, table_name};
 use crate::error::{StoreError, StoreOp};
-use crate::store::{BoxFuture, Patch, Record, Store};
+use crate::store::{Patch, Record, Store, StoreFuture};
 
 const BACKEND: &str = "postgres";
 
@@ -159,8 +159,8 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(async move {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        StoreFuture::new(async move {
             let row = sqlx::query(&self.sql.load)
                 .bind(key_hash(key))
                 .bind(self.clock.now_ms())
@@ -179,8 +179,8 @@ impl Store for PostgresStore {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             sqlx::query(&self.sql.apply)
                 .bind(key_hash(key))
                 .bind(key.as_bytes())
@@ -195,8 +195,8 @@ impl Store for PostgresStore {
         })
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::new(async move {
             sqlx::query(&self.sql.delete)
                 .bind(key_hash(key))
                 .execute(&self.pool)

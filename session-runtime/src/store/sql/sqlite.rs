@@ -1,19 +1,15 @@
 //! [`SqliteStore`]: sessions in an embedded SQLite database (feature `sqlite`).
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use parking_lot::{Mutex, MutexGuard};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 
-use super::{
-    Clock, DEFAULT_TABLE, db_error, edit_expression, parse_record, patch_paths, table_name,
-};
+use super::{Clock, DEFAULT_TABLE, edit_expression, parse_record, patch_paths, table_name};
 use crate::error::{StoreError, StoreOp};
-use crate::store::{BoxFuture, Patch, Record, Store};
+use crate::store::{Patch, Record, Store, StoreFuture};
 
 const BACKEND: &str = "sqlite";
 
@@ -30,6 +26,12 @@ const BACKEND: &str = "sqlite";
 /// it with one `INSERT .. ON CONFLICT DO UPDATE SET data = json_set(json_remove(data, ..), ..)`.
 /// See the `sql` module docs for why a JSON column rather than a row per field.
 ///
+/// Statements run on the calling task, under the store's lock on its connection: with WAL
+/// and `synchronous=NORMAL` a load or a patch takes microseconds, less than the two thread
+/// hand-offs a worker-thread design costs per statement. While another process holds the
+/// database's write lock, a statement waits for it up to the busy timeout (5 s), blocking
+/// that thread.
+///
 /// # Example
 ///
 /// ```
@@ -45,57 +47,51 @@ const BACKEND: &str = "sqlite";
 /// ```
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    connection: Arc<Mutex<Connection>>,
     table: Arc<str>,
-    load_sql: Arc<str>,
     clock: Clock,
 }
 
+fn error(op: StoreOp, key: &str, e: rusqlite::Error) -> StoreError {
+    StoreError::backend(BACKEND, op, key, e)
+}
+
 impl SqliteStore {
-    /// Opens `url`: `sqlite://path/to/file.db` (created if missing; WAL journal,
-    /// `synchronous=NORMAL`) or `sqlite::memory:` (one connection, gone when the store is).
+    /// Opens `url`: `sqlite://path/to/file.db` or a plain path (created if missing; WAL
+    /// journal, `synchronous=NORMAL`, 5 s busy timeout), or `sqlite::memory:`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| db_error(BACKEND, StoreOp::Connect, "", e))?
-            .create_if_missing(true);
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let pool = if in_memory {
-            // Every connection to ":memory:" is its own database: keep exactly one, forever.
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(options)
-                .await
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        let connection = if path == ":memory:" {
+            Connection::open_in_memory()
         } else {
-            SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(
-                    options
-                        .journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal),
-                )
-                .await
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
         }
-        .map_err(|e| db_error(BACKEND, StoreOp::Connect, "", e))?;
-        Ok(Self::from_pool(pool))
+        .map_err(|e| error(StoreOp::Connect, "", e))?;
+        if path != ":memory:" {
+            connection
+                .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+                .map_err(|e| error(StoreOp::Connect, "", e))?;
+        }
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| error(StoreOp::Connect, "", e))?;
+        Ok(Self::from_connection(connection))
     }
 
-    /// A store over an existing pool, used as it is (DESIGN C6).
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        Self::build(pool, Arc::from(DEFAULT_TABLE), Clock::system())
-    }
-
-    fn build(pool: SqlitePool, table: Arc<str>, clock: Clock) -> Self {
-        let load_sql = format!(
-            "SELECT data FROM {table} WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
-        );
+    /// A store over a connection the application opened, used as it is (DESIGN C6).
+    pub fn from_connection(connection: Connection) -> Self {
         SqliteStore {
-            pool,
-            table,
-            load_sql: Arc::from(load_sql),
-            clock,
+            connection: Arc::new(Mutex::new(connection)),
+            table: Arc::from(DEFAULT_TABLE),
+            clock: Clock::system(),
         }
     }
 
@@ -104,52 +100,48 @@ impl SqliteStore {
     /// # Errors
     ///
     /// [`StoreError::Config`] when the name is not a plain identifier.
-    pub fn with_table(self, name: &str) -> Result<Self, StoreError> {
-        let table = table_name(BACKEND, name)?;
-        Ok(Self::build(self.pool, table, self.clock))
+    pub fn with_table(mut self, name: &str) -> Result<Self, StoreError> {
+        self.table = table_name(BACKEND, name)?;
+        Ok(self)
     }
 
     /// Reads the time from `now_ms` (milliseconds since the Unix epoch) instead of the system
     /// clock, so tests can move time.
-    pub fn with_clock(self, now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
-        Self::build(self.pool, self.table, Clock::custom(now_ms))
+    pub fn with_clock(mut self, now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Clock::custom(now_ms);
+        self
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The connection, locked: for queries of your own. Do not hold it across an `.await`.
+    pub fn connection(&self) -> MutexGuard<'_, Connection> {
+        self.connection.lock()
     }
 
     /// Creates the table and its expiry index if they do not exist.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let table = &self.table;
-        let statements = [
-            format!(
-                "CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, expires_at INTEGER)"
-            ),
-            format!("CREATE INDEX IF NOT EXISTS {table}_expires_at ON {table} (expires_at)"),
-        ];
-        for sql in statements {
-            sqlx::query(&sql)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Migrate, "", e))?;
-        }
-        Ok(())
+        let t = &self.table;
+        self.connection
+            .lock()
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, expires_at INTEGER); \
+                 CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at);"
+            ))
+            .map_err(|e| error(StoreOp::Migrate, "", e))
     }
 
     /// Deletes expired sessions; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         let sql = format!(
-            "DELETE FROM {} WHERE expires_at IS NOT NULL AND expires_at <= ?",
+            "DELETE FROM {} WHERE expires_at IS NOT NULL AND expires_at <= ?1",
             self.table
         );
-        let done = sqlx::query(&sql)
-            .bind(self.clock.now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(BACKEND, StoreOp::Sweep, "", e))?;
-        Ok(done.rows_affected())
+        let removed = self
+            .connection
+            .lock()
+            .prepare_cached(&sql)
+            .and_then(|mut statement| statement.execute([self.clock.now_ms()]))
+            .map_err(|e| error(StoreOp::Sweep, "", e))?;
+        Ok(removed as u64)
     }
 
     /// Runs [`sweep`](Self::sweep) every `every` on a tokio task.
@@ -161,8 +153,27 @@ impl SqliteStore {
         })
     }
 
-    fn apply_sql(&self, patch: &Patch<'_>) -> String {
-        let table = &self.table;
+    fn load_now(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        let sql = format!(
+            "SELECT data FROM {} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+            self.table
+        );
+        let connection = self.connection.lock();
+        let data: Option<String> = connection
+            .prepare_cached(&sql)
+            .and_then(|mut statement| {
+                statement
+                    .query_row((key, self.clock.now_ms()), |row| row.get(0))
+                    .optional()
+            })
+            .map_err(|e| error(StoreOp::Load, key, e))?;
+        data.map(|data| parse_record(BACKEND, key, &data))
+            .transpose()
+    }
+
+    fn apply_now(&self, key: &str, patch: &Patch<'_>) -> Result<(), StoreError> {
+        let (removed, set) = patch_paths(BACKEND, key, patch)?;
+        let t = &self.table;
         let insert = edit_expression(
             "'{}'",
             &Patch {
@@ -174,69 +185,61 @@ impl SqliteStore {
         let current =
             "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
         let update = edit_expression(current, patch, "json(?)");
-        format!(
-            "INSERT INTO {table} (key, data, expires_at) VALUES (?, {insert}, ?) \
+        let sql = format!(
+            "INSERT INTO {t} (key, data, expires_at) VALUES (?, {insert}, ?) \
              ON CONFLICT (key) DO UPDATE SET data = {update}, \
              expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END)"
-        )
+        );
+        // Bound in the order the `?` stand in the statement.
+        let now = self.clock.now_ms();
+        let set_pairs = || {
+            set.iter().zip(&patch.set).flat_map(|(path, (_, value))| {
+                [Value::Text(path.clone()), Value::Text(value.clone())]
+            })
+        };
+        let params: Vec<Value> = std::iter::once(Value::Text(key.to_owned()))
+            .chain(set_pairs())
+            .chain([
+                self.clock
+                    .expiry(patch.ttl)
+                    .map_or(Value::Null, Value::Integer),
+                Value::Integer(now),
+            ])
+            .chain(removed.iter().map(|path| Value::Text(path.clone())))
+            .chain(set_pairs())
+            .chain([Value::Integer(now)])
+            .collect();
+        self.connection
+            .lock()
+            .prepare_cached(&sql)
+            .and_then(|mut statement| statement.execute(params_from_iter(params)))
+            .map_err(|e| error(StoreOp::Apply, key, e))?;
+        Ok(())
     }
 }
 
 impl Store for SqliteStore {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
-        Box::pin(async move {
-            let row = sqlx::query(&self.load_sql)
-                .bind(key)
-                .bind(self.clock.now_ms())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-            let Some(row) = row else { return Ok(None) };
-            let data: &str = row
-                .try_get(0)
-                .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-            parse_record(BACKEND, key, data).map(Some)
-        })
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        StoreFuture::ready(self.load_now(key))
     }
 
     fn apply<'a>(
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let (removed, set) = patch_paths(BACKEND, key, patch)?;
-            let sql = self.apply_sql(patch);
-            let now = self.clock.now_ms();
-            let mut query = sqlx::query(&sql).bind(key);
-            for (path, (_, value)) in set.iter().zip(&patch.set) {
-                query = query.bind(path).bind(value);
-            }
-            query = query.bind(self.clock.expiry(patch.ttl)).bind(now);
-            for path in &removed {
-                query = query.bind(path);
-            }
-            for (path, (_, value)) in set.iter().zip(&patch.set) {
-                query = query.bind(path).bind(value);
-            }
-            query
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-            Ok(())
-        })
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        StoreFuture::ready(self.apply_now(key, patch))
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let sql = format!("DELETE FROM {} WHERE key = ?", self.table);
-            sqlx::query(&sql)
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Delete, key, e))?;
-            Ok(())
-        })
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        let sql = format!("DELETE FROM {} WHERE key = ?1", self.table);
+        let result = self
+            .connection
+            .lock()
+            .prepare_cached(&sql)
+            .and_then(|mut statement| statement.execute([key]))
+            .map(|_| ())
+            .map_err(|e| error(StoreOp::Delete, key, e));
+        StoreFuture::ready(result)
     }
 }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs the Telegraf/grammY anchors (../shared/anchors) and typed-session's port of the same
+# workloads (examples/anchor_bench.rs) back to back on this machine, and prints the ratios.
+# Only this script needs Node; the project's tests do not.
+#
+# usage: scripts/compare-anchors.sh [ANCHORS_DIR]
+#   ANCHORS_DIR  a writable copy of the anchors with `npm ci` done; without it, the script
+#                copies ../shared/anchors to a temporary folder and runs `npm ci` there.
+#   PARTS="A C D" (default) picks the anchors' parts; NO_WAIT=1 skips their idle-wait.
+#   POSTGRES_URL, MYSQL_URL, REDIS_URL, MONGODB_URL add those stores to our store rows.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+anchors=${1:-}
+if [ -z "$anchors" ]; then
+  anchors=$(mktemp -d)/anchors
+  cp -r "$root/../shared/anchors" "$anchors"
+  chmod -R u+w "$anchors"
+  (cd "$anchors" && npm_config_nodedir=/usr npm ci --no-audit --no-fund)
+fi
+out=${OUT:-$root/target/compare-anchors.jsonl}
+mkdir -p "$(dirname "$out")"
+: > "$out"
+
+echo "# anchors: PARTS=${PARTS:-A C D} (about 7 minutes)" >&2
+(cd "$anchors" && OUT="$out.anchors" PARTS="${PARTS:-A C D}" ./run-all.sh > /dev/null)
+cat "$out.anchors" >> "$out"
+
+echo "# typed-session" >&2
+(cd "$root" && cargo build --quiet --release --all-features --example anchor_bench)
+bench=$root/target/release/examples/anchor_bench
+for workload in seq conc; do
+  for variant in baseline session; do
+    for runtime in current-thread multi-thread; do
+      "$bench" --workload "$workload" --variant "$variant" --runtime "$runtime" | tee -a "$out"
+    done
+  done
+done
+"$bench" --bench writes | tee -a "$out"
+for store in sqlite-memory sqlite-wal; do "$bench" --bench store --store "$store" | tee -a "$out"; done
+[ -n "${POSTGRES_URL:-}" ] && "$bench" --bench store --store postgres | tee -a "$out"
+[ -n "${MYSQL_URL:-}" ] && "$bench" --bench store --store mysql | tee -a "$out"
+[ -n "${REDIS_URL:-}" ] && "$bench" --bench store --store redis | tee -a "$out"
+[ -n "${MONGODB_URL:-}" ] && "$bench" --bench store --store mongodb | tee -a "$out"
+
+python3 "$root/scripts/ratios.py" "$out"

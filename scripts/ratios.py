@@ -1,0 +1,53 @@
+"""Reads the JSON lines of scripts/compare-anchors.sh and prints typed-session against the
+anchors as Markdown tables, with the issue's targets beside each ratio."""
+import json
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+
+
+def find(**want):
+    for r in rows:
+        if all(r.get(k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def fmt(x, digits=2):
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+print("### A. Throughput, memory store (medians; ours on one core unless noted)\n")
+print("| workload | runtime | Telegraf upd/s | typed-session upd/s | × Telegraf (target ≥ 20) | Telegraf cost µs | our cost µs | cost ÷ (target ≥ 20) | Telegraf RSS MB | our RSS MB | ÷ (target ≥ 4) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for wl in ["seq", "conc"]:
+    tb, ts = find(bench="throughput", fw="telegraf", workload=wl, variant="baseline"), find(bench="throughput", fw="telegraf", workload=wl, variant="session")
+    for rt in ["current-thread", "multi-thread"]:
+        ob = find(bench="throughput", fw="typed-session", workload=wl, variant="baseline", runtime=rt)
+        os_ = find(bench="throughput", fw="typed-session", workload=wl, variant="session", runtime=rt)
+        if not (tb and ts and ob and os_):
+            continue
+        t_cost, o_cost = ts["us_per_update"] - tb["us_per_update"], os_["us_per_update"] - ob["us_per_update"]
+        print(f"| {wl} | {rt} | {ts['median_ups']:,.0f} | {os_['median_ups']:,.0f} | {os_['median_ups'] / ts['median_ups']:.1f} "
+              f"| {t_cost:.2f} | {o_cost:.2f} | {t_cost / o_cost:.1f} | {ts['peak_rss_mb']} | {os_['peak_rss_mb']} | {ts['peak_rss_mb'] / os_['peak_rss_mb']:.1f} |")
+
+print("\n### C. Store traffic per update (20-field session, 347 bytes of JSON)\n")
+print("| scenario | feed | Telegraf sets/upd | ours sets/upd | Telegraf bytes/upd | ours bytes/upd | ÷ (target ≥ 10 for write1) |")
+print("|---|---|---|---|---|---|---|")
+for sc in ["write1", "read", "none"]:
+    for feed in ["seq", "conc"]:
+        t, o = find(bench="writes", fw="telegraf", scenario=sc, feed=feed), find(bench="writes", fw="typed-session", scenario=sc, feed=feed)
+        if not (t and o):
+            continue
+        ratio = t["bytes_written_per_update"] / o["bytes_written_per_update"] if o["bytes_written_per_update"] else None
+        print(f"| {sc} | {feed} | {t['sets_per_update']} | {o['sets_per_update']} | {t['bytes_written_per_update']} | {o['bytes_written_per_update']} | {fmt(ratio, 1) if ratio else ('0 written' if not o['bytes_written_per_update'] else '–')} |")
+
+print("\n### D. Persistent stores, full middleware, sequential (20,000 updates, 1,000 users)\n")
+print("| store | upd/s | µs/upd | loads/upd | writes/upd | lost | vs @telegraf/session SQLite (same journal) |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    if r.get("fw") != "typed-session" or r.get("bench") not in ("sqlite", "store"):
+        continue
+    anchor = find(bench="sqlite", fw="telegraf", journal=r.get("journal")) if r.get("journal") else None
+    ratio = f"{r['median_ups'] / anchor['median_ups']:.1f}× (target ≥ 5 for wal-normal)" if anchor else "–"
+    print(f"| {r['store']} {r.get('journal', '')} | {r['median_ups']:,.0f} | {r['us_per_update']} | {r['loads_per_update']} | {r['writes_per_update']} | {r['lost_updates']} | {ratio} |")

@@ -37,9 +37,12 @@ for workload in seq conc; do
 done
 "$bench" --bench writes | tee -a "$out"
 for store in sqlite-memory sqlite-wal; do "$bench" --bench store --store "$store" | tee -a "$out"; done
-[ -n "${POSTGRES_URL:-}" ] && "$bench" --bench store --store postgres | tee -a "$out"
-[ -n "${MYSQL_URL:-}" ] && "$bench" --bench store --store mysql | tee -a "$out"
-[ -n "${REDIS_URL:-}" ] && "$bench" --bench store --store redis | tee -a "$out"
-[ -n "${MONGODB_URL:-}" ] && "$bench" --bench store --store mongodb | tee -a "$out"
+# A server's own CPU time is part of the work here, not disturbance: no rejection.
+server() { "$bench" --bench store --max_others 100 --store "$@" | tee -a "$out"; }
+if [ -n "${POSTGRES_URL:-}" ]; then server postgres; fi
+if [ -n "${MYSQL_URL:-}" ]; then server mysql; fi
+if [ -n "${REDIS_URL:-}" ]; then server redis; fi
+# SecantusDB (the MongoDB stand-in here) is a Python server: a smaller run, one timed pass.
+if [ -n "${MONGODB_URL:-}" ]; then server mongodb --updates 2000 --users 100 --runs 1; fi
 
 python3 "$root/scripts/ratios.py" "$out"

@@ -2,33 +2,13 @@
 //! expiry, and read errors that are errors (C7).
 #![cfg(any(feature = "redis", feature = "mongodb"))]
 
+mod common;
+
+use common::{server_url, unique};
+
 use std::time::Duration;
 
 use typed_session::{Patch, Store, StoreError};
-
-fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("TYPED_SESSION_REQUIRE_SERVERS").is_some() => {
-            panic!("{store}::{test} needs {var}, and TYPED_SESSION_REQUIRE_SERVERS is set")
-        }
-        _ => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {store}::{test}: {var} is not set"
-            );
-            None
-        }
-    }
-}
-
-fn unique(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{test}:{}:{nanos}", std::process::id())
-}
 
 fn patch<'a>(set: &[(&'a str, &str)], ttl: Option<Duration>) -> Patch<'a> {
     Patch {

@@ -3,6 +3,11 @@
 //! it is (C6), and read errors that are errors (C7).
 #![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
+mod common;
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use common::server_url;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -168,25 +173,6 @@ async fn mysql(
 }
 #[cfg(feature = "mysql")]
 sql_store_tests!(mysql, typed_session::MySqlStore, mysql);
-
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("TYPED_SESSION_REQUIRE_SERVERS").is_some() => {
-            panic!("{store}::{test} needs {var}, and TYPED_SESSION_REQUIRE_SERVERS is set")
-        }
-        _ => {
-            // Straight to the stderr handle: libtest captures `eprintln!`, and a skip must show.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {store}::{test}: {var} is not set"
-            );
-            None
-        }
-    }
-}
 
 #[tokio::test]
 #[cfg(feature = "sqlite")]

@@ -8,6 +8,10 @@
 
 #![allow(dead_code)]
 
+mod common;
+
+use common::{server_url, unique};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,38 +19,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use typed_session::{Chain, Patch, Record, Session, SessionMiddleware, Store, Update};
-
-/// A key no other test (or earlier run) uses.
-fn unique(test: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{test}:{}:{nanos}:{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The URL of a server, or `None` after saying which test is skipped.
-pub fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var_os("TYPED_SESSION_REQUIRE_SERVERS").is_some() => {
-            panic!("{store}::{test} needs {var}, and TYPED_SESSION_REQUIRE_SERVERS is set")
-        }
-        _ => {
-            // Straight to the stderr handle: libtest captures `eprintln!`, and a skip must show.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {store}::{test}: {var} is not set"
-            );
-            None
-        }
-    }
-}
 
 fn patch<'a>(set: &[(&'a str, &str)], remove: &[&'a str], ttl: Option<Duration>) -> Patch<'a> {
     Patch {

@@ -214,3 +214,29 @@ pub fn stored<T: serde::de::DeserializeOwned>(
     let raw = store.raw(key)?.remove(field)?;
     Some(serde_json::from_str(&raw).expect("stored fields are JSON"))
 }
+
+/// The URL of a server a store test needs, or `None` after printing that the test is skipped
+/// (straight to the stderr handle: libtest captures `eprintln!`, and a skip must show). With
+/// `TYPED_SESSION_REQUIRE_SERVERS` set (as `.ci/run` does) a missing URL fails the test.
+pub fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("TYPED_SESSION_REQUIRE_SERVERS").is_some() => {
+            panic!("{store}::{test} needs {var}, and TYPED_SESSION_REQUIRE_SERVERS is set")
+        }
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {store}::{test}: {var} is not set");
+            None
+        }
+    }
+}
+
+/// A name no other test, and no earlier run, uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}:{}:{nanos}:{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}

@@ -226,7 +226,10 @@ pub fn server_url(var: &str, store: &str, test: &str) -> Option<String> {
         }
         _ => {
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED {store}::{test}: {var} is not set");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {store}::{test}: {var} is not set"
+            );
             None
         }
     }
@@ -238,5 +241,9 @@ pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{prefix}:{}:{nanos}:{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}:{}:{nanos}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

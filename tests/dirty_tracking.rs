@@ -40,17 +40,7 @@ async fn an_update_that_never_touches_its_session_makes_no_store_call() {
 
 #[tokio::test]
 async fn an_update_that_only_reads_writes_nothing() {
-    let memory = MemoryStore::new();
-    memory
-        .apply(
-            "7:7",
-            &Patch {
-                set: vec![("count", "5".into())],
-                ..Patch::default()
-            },
-        )
-        .await
-        .expect("seed");
+    let memory = common::seeded(&[("count", "5")]).await;
     let probe = ProbeStore::new(memory);
     let (chain, _) = chain_with(&probe, |s| {
         assert_eq!(s.count(), 5);
@@ -66,17 +56,7 @@ async fn an_update_that_only_reads_writes_nothing() {
 
 #[tokio::test]
 async fn setting_a_field_to_its_current_value_writes_nothing() {
-    let memory = MemoryStore::new();
-    memory
-        .apply(
-            "7:7",
-            &Patch {
-                set: vec![("count", "5".into())],
-                ..Patch::default()
-            },
-        )
-        .await
-        .expect("seed");
+    let memory = common::seeded(&[("count", "5")]).await;
     let probe = ProbeStore::new(memory);
     let (chain, _) = chain_with(&probe, |s| {
         s.set_count(5);

@@ -195,12 +195,7 @@ async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_fo
     let memory = seeded(5).await;
     let probe = ProbeStore::new(memory.clone());
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
-    let increment = Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.update_count(|c| *c += 1);
-            Ok(())
-        })
-    });
+    let increment = common::incrementing(&sessions);
     let read_only = Chain::new().with(sessions.clone()).handler(|ctx| {
         Box::pin(async move {
             assert_eq!(
@@ -264,12 +259,7 @@ async fn flush_retries_sessions_whose_persist_failed() {
     let memory = seeded(5).await;
     let probe = ProbeStore::new(memory.clone());
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
-    let increment = Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.update_count(|c| *c += 1);
-            Ok(())
-        })
-    });
+    let increment = common::incrementing(&sessions);
     probe.fail_next_applies(2);
     increment
         .handle(Update::text(1, 7, 7, "+1"))
@@ -289,12 +279,7 @@ async fn a_load_failure_is_an_error_not_an_empty_session() {
     let memory = seeded(5).await;
     let probe = ProbeStore::new(memory.clone());
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
-    let increment = Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.update_count(|c| *c += 1);
-            Ok(())
-        })
-    });
+    let increment = common::incrementing(&sessions);
 
     probe.fail_next_loads(1);
     let error = increment

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{server_url, unique};
+use common::unique;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -440,7 +440,7 @@ mod postgres_backend {
     use typed_session::PostgresStore;
 
     pub async fn stores(test: &'static str) -> Option<(PostgresStore, PostgresStore)> {
-        let url = super::server_url("POSTGRES_URL", "postgres", test)?;
+        let url = crate::common::server_url("POSTGRES_URL", "postgres", test)?;
         let one = PostgresStore::connect(&url).await.expect("connect");
         one.migrate().await.expect("migrate");
         let two = PostgresStore::connect(&url).await.expect("connect again");
@@ -455,7 +455,7 @@ mod mysql_backend {
     use typed_session::MySqlStore;
 
     pub async fn stores(test: &'static str) -> Option<(MySqlStore, MySqlStore)> {
-        let url = super::server_url("MYSQL_URL", "mysql", test)?;
+        let url = crate::common::server_url("MYSQL_URL", "mysql", test)?;
         let one = MySqlStore::connect(&url).await.expect("connect");
         one.migrate().await.expect("migrate");
         let two = MySqlStore::connect(&url).await.expect("connect again");
@@ -473,7 +473,7 @@ mod redis_backend {
     use typed_session::RedisStore;
 
     pub async fn stores(test: &'static str) -> Option<(RedisStore, RedisStore)> {
-        let url = super::server_url("REDIS_URL", "redis", test)?;
+        let url = crate::common::server_url("REDIS_URL", "redis", test)?;
         let one = RedisStore::connect(&url)
             .await
             .expect("connect")
@@ -493,7 +493,7 @@ mod mongodb_backend {
     use typed_session::MongoStore;
 
     pub async fn stores(test: &'static str) -> Option<(MongoStore, MongoStore)> {
-        let url = super::server_url("MONGODB_URL", "mongodb", test)?;
+        let url = crate::common::server_url("MONGODB_URL", "mongodb", test)?;
         let one = MongoStore::connect(&url, "typed_session_test")
             .await
             .expect("connect");

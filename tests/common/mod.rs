@@ -205,6 +205,31 @@ pub struct Counter {
     pub note: Option<String>,
 }
 
+/// A memory store holding `fields` (stored name, JSON text) for key `7:7`.
+pub async fn seeded(fields: &[(&'static str, &str)]) -> MemoryStore {
+    let memory = MemoryStore::new();
+    let patch = Patch {
+        set: fields.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        ..Patch::default()
+    };
+    memory.apply("7:7", &patch).await.expect("seed");
+    memory
+}
+
+/// `sessions`, then a handler that increments `count`.
+pub fn incrementing(
+    sessions: &typed_session::SessionMiddleware<Counter, typed_session::Update>,
+) -> typed_session::Chain<typed_session::Update> {
+    typed_session::Chain::new()
+        .with(sessions.clone())
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session().await?.update_count(|c| *c += 1);
+                Ok(())
+            })
+        })
+}
+
 /// Reads a stored field of `key` straight from the memory store, decoded.
 pub fn stored<T: serde::de::DeserializeOwned>(
     store: &MemoryStore,

@@ -15,6 +15,28 @@ type AnySlot = Arc<dyn Any + Send + Sync>;
 ///
 /// Session types attach themselves through their [`SessionMiddleware`](crate::SessionMiddleware);
 /// the derive's accessor (`ctx.session()`) then returns the typed handle.
+///
+/// # Example
+///
+/// ```
+/// use typed_session::{Chain, Context, MemoryStore, Session, SessionMiddleware, Update};
+///
+/// #[derive(Session)]
+/// struct Visits {
+///     count: u64,
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let chain = Chain::new().with(SessionMiddleware::<Visits, Update>::new(MemoryStore::new()));
+/// // Run the chain on a context you built, to look at the update afterwards.
+/// let ctx = Context::new(Update::text(1, 7, 7, "hi"));
+/// chain.run(&ctx).await?;
+/// assert_eq!(ctx.update().text_of(), Some("hi"));
+/// // The chain is over: the session was persisted, and asking for it now is an error.
+/// assert!(ctx.session().await.is_err());
+/// # Ok::<(), typed_session::BoxError>(())
+/// # }).unwrap();
+/// ```
 pub struct Context<U> {
     update: U,
     /// The first session attached (most chains have one), without a heap allocation.

@@ -99,6 +99,33 @@ impl StoreError {
 /// An error a bot sees when it uses a session.
 ///
 /// It converts into [`BoxError`] with `?` inside middlewares, and can be downcast back.
+///
+/// # Example
+///
+/// ```
+/// use typed_session::{Chain, MemoryStore, Session, SessionError, SessionMiddleware, Update};
+///
+/// #[derive(Session)]
+/// struct Visits {
+///     count: u64,
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let chain = Chain::new()
+///     .with(SessionMiddleware::<Visits, Update>::new(MemoryStore::new()))
+///     .handler(|ctx| Box::pin(async move {
+///         match ctx.session().await {
+///             Ok(visits) => visits.update_count(|c| *c += 1),
+///             // A channel post has no sender, so no "{from.id}:{chat.id}" key.
+///             Err(SessionError::NoKey { .. }) => {}
+///             Err(other) => return Err(other.into()),
+///         }
+///         Ok(())
+///     }));
+/// chain.handle(Update::channel_post(1, -100, "news")).await?;
+/// # Ok::<(), typed_session::BoxError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SessionError {

@@ -82,6 +82,26 @@ pub(crate) struct Shared<S: Session> {
 }
 
 /// Configures a [`SessionMiddleware`]; see [`SessionMiddleware::builder`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use typed_session::{ErrorPolicy, Key, MemoryStore, Session, SessionMiddleware, StalePolicy, Update};
+///
+/// #[derive(Session)]
+/// struct Cart {
+///     items: Vec<String>,
+/// }
+///
+/// let sessions = SessionMiddleware::<Cart, Update>::builder(MemoryStore::new())
+///     .key(Key::chat())                     // one cart per chat
+///     .on_error(ErrorPolicy::Discard)       // a failed update leaves the cart as it was
+///     .stale_writes(StalePolicy::Error)     // a lost read-modify-write fails the update
+///     .ttl(Some(Duration::from_secs(3600))) // idle carts expire after an hour
+///     .build();
+/// # let _ = sessions;
+/// ```
 pub struct SessionBuilder<S: Session, U> {
     store: Arc<dyn Store>,
     key: Key<U>,

@@ -41,6 +41,39 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A store that answers without waiting (memory, a cache hit) returns
 /// [`StoreFuture::ready`] and costs no allocation; one that does I/O wraps its `async` block
 /// in [`StoreFuture::new`].
+///
+/// # Example
+///
+/// A store that logs every write and delegates to another:
+///
+/// ```
+/// use typed_session::{MemoryStore, Patch, Record, Store, StoreError, StoreFuture};
+///
+/// struct Logged<S>(S);
+///
+/// impl<S: Store> Store for Logged<S> {
+///     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+///         self.0.load(key)
+///     }
+///
+///     fn apply<'a>(&'a self, key: &'a str, patch: &'a Patch<'a>) -> StoreFuture<'a, Result<(), StoreError>> {
+///         StoreFuture::new(async move {
+///             println!("{key}: {} bytes", patch.bytes());
+///             self.0.apply(key, patch).await
+///         })
+///     }
+///
+///     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+///         self.0.delete(key)
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = Logged(MemoryStore::new());
+/// store.apply("1:1", &Patch { set: vec![("count", "1".into())], ..Patch::default() }).await?;
+/// # Ok::<(), StoreError>(())
+/// # }).unwrap();
+/// ```
 pub struct StoreFuture<'a, T>(Answer<'a, T>);
 
 enum Answer<'a, T> {

@@ -43,6 +43,8 @@ pub struct Context<U> {
     first: OnceLock<(TypeId, AnySlot)>,
     /// Any further ones, newest last.
     more: Mutex<Vec<(TypeId, AnySlot)>>,
+    /// A Bot API method to send back as the webhook's HTTP response.
+    reply: Mutex<Option<serde_json::Value>>,
 }
 
 impl<U> Context<U> {
@@ -52,6 +54,7 @@ impl<U> Context<U> {
             update,
             first: OnceLock::new(),
             more: Mutex::new(Vec::new()),
+            reply: Mutex::new(None),
         }
     }
 
@@ -63,6 +66,20 @@ impl<U> Context<U> {
     /// Gives the update back.
     pub fn into_update(self) -> U {
         self.update
+    }
+
+    /// Asks for `method` (a Bot API call as JSON, e.g.
+    /// `{"method": "sendMessage", "chat_id": 42, "text": "hi"}`) to be sent back as the
+    /// webhook's HTTP response: Telegram performs it without a separate API request. The
+    /// webhook server sends it only after every session of the update is persisted. A later
+    /// call replaces an earlier one.
+    pub fn reply_with(&self, method: serde_json::Value) {
+        *self.reply.lock() = Some(method);
+    }
+
+    /// Takes the reply set with [`reply_with`](Self::reply_with), if any.
+    pub fn take_reply(&self) -> Option<serde_json::Value> {
+        self.reply.lock().take()
     }
 
     pub(crate) fn attach<S: Session>(&self, slot: Arc<Slot<S>>) {

@@ -16,6 +16,8 @@ mod registry;
 mod session;
 pub mod store;
 pub mod update;
+#[cfg(feature = "webhook")]
+mod webhook;
 
 pub use chain::{Chain, ChainFuture, FnMiddleware, Handler, Middleware, Next};
 pub use context::Context;
@@ -36,6 +38,12 @@ pub use store::RedisStore;
 pub use store::SqliteStore;
 pub use store::{BoxFuture, MemoryStore, Patch, Record, Store, StoreFuture};
 pub use update::Update;
+#[cfg(feature = "webhook")]
+pub use webhook::Webhook;
+
+/// The `axum` this crate links, for merging [`Webhook::router`] into an app.
+#[cfg(feature = "webhook")]
+pub use axum;
 
 /// The `sqlx` this crate links, for pools to pass to [`PostgresStore`] and [`MySqlStore`].
 #[cfg(any(feature = "postgres", feature = "mysql"))]

@@ -1,0 +1,60 @@
+//! A Telegram webhook bot, offline on 127.0.0.1:8080, with its sessions in a SQLite file.
+//! It answers each update with a webhook reply (a `sendMessage` in the HTTP response), sent
+//! only after the session is saved.
+//!
+//! `cargo run --features sqlite,webhook --example webhook_bot`, then post an update:
+//!
+//! ```sh
+//! curl -s localhost:8080/telegram -H 'X-Telegram-Bot-Api-Secret-Token: change-me' \
+//!   -H 'Content-Type: application/json' \
+//!   -d '{"update_id":1,"message":{"message_id":1,"date":1700000000,"text":"hi",
+//!        "from":{"id":42,"is_bot":false,"first_name":"Ada"},"chat":{"id":42,"type":"private"}}}'
+//! ```
+//!
+//! Stop it with Ctrl-C (in-flight updates finish and persist) and start it again: the count
+//! goes on.
+
+use typed_session::{BoxError, Chain, Session, SessionMiddleware, SqliteStore, Update, Webhook};
+
+#[derive(Session)]
+struct Profile {
+    #[default(0)]
+    messages: u64,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), BoxError> {
+    let store = SqliteStore::connect("sqlite://webhook-sessions.db").await?;
+    store.migrate().await?;
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Profile, Update>::new(store))
+        .handler(|ctx| {
+            Box::pin(async move {
+                let profile = ctx.session().await?;
+                profile.update_messages(|m| *m += 1);
+                if let Some(chat) = ctx.update().any_message().map(|m| m.chat.id) {
+                    ctx.reply_with(serde_json::json!({
+                        "method": "sendMessage",
+                        "chat_id": chat,
+                        "text": format!("You have written {} messages.", profile.messages()),
+                    }));
+                }
+                Ok(())
+            })
+        });
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    println!(
+        "webhook on http://127.0.0.1:8080/telegram (secret token: change-me); Ctrl-C stops it"
+    );
+    Webhook::new(chain)
+        .path("/telegram")
+        .secret_token("change-me")
+        .serve(listener, async {
+            // Stop accepting on Ctrl-C; updates in flight still finish and persist.
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    println!("stopped; every session is saved");
+    Ok(())
+}

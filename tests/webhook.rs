@@ -1,0 +1,258 @@
+//! The webhook server over real HTTP on loopback: answers only after the session is saved,
+//! loses nothing under 100 concurrent posts for one chat, refuses bad input without
+//! stopping, and shuts down gracefully.
+#![cfg(feature = "webhook")]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Counter, CounterAccess, stored};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, oneshot};
+use typed_session::axum::http::StatusCode;
+use typed_session::{BoxError, Chain, MemoryStore, SessionMiddleware, Update, Webhook};
+
+const SECRET: &str = "s3cr3t-token";
+
+/// A text message as Telegram posts it (shape from the Bot API documentation).
+fn telegram_update(update_id: i64, user: i64, text: &str) -> String {
+    serde_json::json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "from": {"id": user, "is_bot": false, "first_name": "Ada", "language_code": "en"},
+            "chat": {"id": user, "first_name": "Ada", "type": "private"},
+            "date": 1_700_000_000,
+            "text": text
+        }
+    })
+    .to_string()
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    secret: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let secret = secret.map_or(String::new(), |s| {
+        format!("X-Telegram-Bot-Api-Secret-Token: {s}\r\n")
+    });
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{secret}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("receive");
+    let response = String::from_utf8_lossy(&response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    store: MemoryStore,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Lets a test hold handlers: each says when it has entered, then waits to be released.
+#[derive(Clone, Default)]
+struct Gate {
+    entered: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+/// A webhook whose handler counts messages, replies with the count, and fails on "fail".
+/// With a gate, every handler waits at it after writing its session.
+async fn start(gate: Option<Gate>) -> Server {
+    let store = MemoryStore::new();
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Counter, Update>::new(store.clone()))
+        .handler(move |ctx| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                let session = ctx.session().await?;
+                session.update_count(|c| *c += 1);
+                if let Some(gate) = gate {
+                    gate.entered.notify_one();
+                    gate.release.notified().await;
+                }
+                if ctx.update().text_of() == Some("fail") {
+                    return Err::<(), BoxError>("the handler failed".into());
+                }
+                let chat = ctx.update().any_message().map(|m| m.chat.id);
+                ctx.reply_with(serde_json::json!({
+                    "method": "sendMessage", "chat_id": chat, "text": format!("message {}", session.count())
+                }));
+                Ok(())
+            })
+        });
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free loopback port");
+    let addr = listener.local_addr().expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let webhook = Webhook::new(chain)
+        .path("/tg")
+        .secret_token(SECRET)
+        .body_limit(4096);
+    let done = tokio::spawn(webhook.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        store,
+        stop: Some(stop),
+        done,
+    }
+}
+
+#[tokio::test]
+async fn a_posted_update_is_answered_with_the_webhook_reply_after_its_session_is_saved() {
+    let server = start(None).await;
+
+    let (status, body) = post(
+        server.addr,
+        "/tg",
+        Some(SECRET),
+        &telegram_update(1, 42, "hi"),
+    )
+    .await;
+
+    assert_eq!(status, 200);
+    let reply: serde_json::Value = serde_json::from_str(&body).expect("a JSON reply");
+    assert_eq!(
+        reply,
+        serde_json::json!({"method": "sendMessage", "chat_id": 42, "text": "message 1"})
+    );
+    // By the time the answer arrived, the session was in the store.
+    assert_eq!(stored::<u64>(&server.store, "42:42", "count"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_posts_for_one_chat_lose_nothing() {
+    let server = start(None).await;
+    let posts: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                post(addr, "/tg", Some(SECRET), &telegram_update(i, 7, "+1"))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    for post in posts {
+        assert_eq!(post.await.expect("no panic"), 200);
+    }
+    assert_eq!(stored::<u64>(&server.store, "7:7", "count"), Some(100));
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_the_server_keeps_serving() {
+    let server = start(None).await;
+    let good = telegram_update(1, 9, "hi");
+
+    assert_eq!(
+        post(server.addr, "/tg", None, &good).await.0,
+        401,
+        "missing secret"
+    );
+    assert_eq!(
+        post(server.addr, "/tg", Some("wrong-token!"), &good)
+            .await
+            .0,
+        401,
+        "wrong secret"
+    );
+    assert_eq!(
+        post(server.addr, "/tg", Some(SECRET), "{not json").await.0,
+        400,
+        "malformed JSON"
+    );
+    assert_eq!(
+        post(server.addr, "/tg", Some(SECRET), "{\"message\": 1}")
+            .await
+            .0,
+        400,
+        "not an update"
+    );
+    let big = telegram_update(2, 9, &"x".repeat(5000));
+    assert_eq!(
+        post(server.addr, "/tg", Some(SECRET), &big).await.0,
+        413,
+        "over the body limit"
+    );
+    assert_eq!(server.store.raw("9:9"), None, "nothing was run for them");
+
+    assert_eq!(
+        post(server.addr, "/tg", Some(SECRET), &good).await.0,
+        200,
+        "still serving"
+    );
+    assert_eq!(stored::<u64>(&server.store, "9:9", "count"), Some(1));
+}
+
+#[tokio::test]
+async fn a_handler_error_gets_the_error_status_and_the_session_is_still_persisted() {
+    let server = start(None).await;
+
+    let (status, _) = post(
+        server.addr,
+        "/tg",
+        Some(SECRET),
+        &telegram_update(1, 5, "fail"),
+    )
+    .await;
+
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR.as_u16());
+    assert_eq!(
+        stored::<u64>(&server.store, "5:5", "count"),
+        Some(1),
+        "ErrorPolicy::Persist"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_update_in_flight_finish_and_persist() {
+    let gate = Gate::default();
+    let mut server = start(Some(gate.clone())).await;
+    let addr = server.addr;
+    let in_flight =
+        tokio::spawn(
+            async move { post(addr, "/tg", Some(SECRET), &telegram_update(1, 3, "hi")).await },
+        );
+
+    gate.entered.notified().await; // the handler holds its session, not yet persisted
+    server
+        .stop
+        .take()
+        .expect("not stopped yet")
+        .send(())
+        .expect("the server listens for it");
+    assert_eq!(server.store.raw("3:3"), None);
+    gate.release.notify_one();
+
+    let (status, _) = in_flight.await.expect("no panic");
+    assert_eq!(status, 200);
+    server
+        .done
+        .await
+        .expect("no panic")
+        .expect("served and stopped cleanly");
+    assert_eq!(stored::<u64>(&server.store, "3:3", "count"), Some(1));
+}

@@ -11,6 +11,8 @@ mod context;
 mod error;
 mod handle;
 mod key;
+#[cfg(feature = "tower")]
+mod layer;
 mod middleware;
 mod registry;
 mod session;
@@ -24,6 +26,8 @@ pub use context::Context;
 pub use error::{BoxError, SessionError, StoreError, StoreOp};
 pub use handle::SessionRef;
 pub use key::{Key, KeyKind, UpdateKeys};
+#[cfg(feature = "tower")]
+pub use layer::{RequestSession, SessionLayer, SessionService};
 pub use middleware::{ErrorPolicy, SessionBuilder, SessionMiddleware, StalePolicy, Stats};
 pub use session::{FieldSpec, Session};
 #[cfg(feature = "mongodb")]
@@ -40,6 +44,10 @@ pub use store::{BoxFuture, MemoryStore, Patch, Record, Store, StoreFuture};
 pub use update::Update;
 #[cfg(feature = "webhook")]
 pub use webhook::Webhook;
+
+/// The `http` crate this crate links, for the request types [`SessionLayer`] wraps.
+#[cfg(feature = "tower")]
+pub use http;
 
 /// The `axum` this crate links, for merging [`Webhook::router`] into an app.
 #[cfg(feature = "webhook")]

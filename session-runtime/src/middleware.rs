@@ -190,8 +190,8 @@ impl<S: Session, U> SessionBuilder<S, U> {
 /// # }).unwrap();
 /// ```
 pub struct SessionMiddleware<S: Session, U> {
-    shared: Arc<Shared<S>>,
-    key: Key<U>,
+    pub(crate) shared: Arc<Shared<S>>,
+    pub(crate) key: Key<U>,
 }
 
 impl<S: Session, U> Clone for SessionMiddleware<S, U> {
@@ -291,10 +291,10 @@ impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S
 /// Finishes a session whose chain was dropped before it returned: cancelled, or unwinding
 /// from a panic. The persist then runs on a task of its own (the error policy applies as for
 /// a failed chain); [`SessionMiddleware::wait_idle`] waits for it.
-struct FinishOnDrop<S: Session>(Option<Arc<Slot<S>>>);
+pub(crate) struct FinishOnDrop<S: Session>(pub(crate) Option<Arc<Slot<S>>>);
 
 impl<S: Session> FinishOnDrop<S> {
-    fn defuse(mut self) -> Option<Arc<Slot<S>>> {
+    pub(crate) fn defuse(mut self) -> Option<Arc<Slot<S>>> {
         self.0.take()
     }
 }
@@ -335,7 +335,7 @@ impl<S: Session> Drop for FinishOnDrop<S> {
 }
 
 /// Applies the error policy, persists, releases the hold, and merges the outcomes.
-async fn finish<S: Session>(
+pub(crate) async fn finish<S: Session>(
     holding: Arc<Holding<S>>,
     outcome: Result<(), BoxError>,
 ) -> Result<(), BoxError> {

@@ -89,19 +89,25 @@ fn field_methods(field: &Field, session_ty: &TokenStream, private: &TokenStream)
             quote!(self.inner.update_transient(|s| s.#ident = #init)),
         ),
     };
-    let persisted = if field.index.is_some() {
-        ""
-    } else {
-        " It is not persisted (`skip`)."
-    };
     let doc_get = format!("A copy of `{name}`.");
     let doc_with = format!("Lends `{name}` to `f` and returns what it returns.");
-    let doc_set = format!(
-        "Sets `{name}`.{persisted} If another update changed it after this one read it, the write is reported as stale; use [`Self::{update}`] to read and write atomically."
-    );
-    let doc_update = format!("Changes `{name}` in place: an atomic read-modify-write.{persisted}");
-    let doc_reset =
-        format!("Sets `{name}` back to its default and removes it from the store.{persisted}");
+    let (doc_set, doc_update, doc_reset) = if field.index.is_some() {
+        (
+            format!(
+                "Sets `{name}`. If another update changed it after this one read it, the write is reported as stale; use [`Self::{update}`] to read and write atomically."
+            ),
+            format!("Changes `{name}` in place: an atomic read-modify-write."),
+            format!("Sets `{name}` back to its default and removes it from the store."),
+        )
+    } else {
+        (
+            format!(
+                "Sets `{name}`, which is not persisted (`skip`): it lives while the session is live."
+            ),
+            format!("Changes `{name}` in place; not persisted (`skip`)."),
+            format!("Sets `{name}` back to its initial value; not persisted (`skip`)."),
+        )
+    };
     quote! {
         #[doc = #doc_get]
         #[inline]

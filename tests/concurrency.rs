@@ -100,6 +100,11 @@ async fn a_burst_of_concurrent_updates_of_one_key_reads_the_store_once() {
     run_concurrently(&chain, (0..100).map(|i| Update::text(i, 7, 7, "+1"))).await;
 
     assert_eq!(probe.loads(), 1);
+    assert_eq!(
+        sessions.stats().loads(),
+        1,
+        "the middleware counts what the store saw"
+    );
 }
 
 #[tokio::test]

@@ -63,7 +63,10 @@ impl<S: Session> Slot<S> {
                 }
             }
         };
-        holding.entry.ensure_loaded(&*self.shared.store).await?;
+        holding
+            .entry
+            .ensure_loaded(&*self.shared.store, &self.shared.stats.loads)
+            .await?;
         Ok(holding)
     }
 

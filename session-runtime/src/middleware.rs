@@ -40,6 +40,7 @@ pub enum StalePolicy {
 /// Counters of one session middleware.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub(crate) loads: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) deletes: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
@@ -48,6 +49,10 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Records read from the store (one per burst of concurrent updates of a key).
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
     /// Patches written to the store.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)

@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, OnceCell};
@@ -153,9 +154,16 @@ impl<S: Session> Entry<S> {
 
     /// Loads the stored record once, however many holders ask at the same time (single
     /// flight). A failed load is retried by the next access.
-    pub async fn ensure_loaded(&self, store: &dyn Store) -> Result<(), SessionError> {
+    pub async fn ensure_loaded(
+        &self,
+        store: &dyn Store,
+        loads: &AtomicU64,
+    ) -> Result<(), SessionError> {
         self.loaded
-            .get_or_try_init(|| self.load(store))
+            .get_or_try_init(|| {
+                loads.fetch_add(1, Ordering::Relaxed);
+                self.load(store)
+            })
             .await
             .map(|_| ())
     }

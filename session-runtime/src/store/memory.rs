@@ -168,8 +168,7 @@ impl Fields {
 
     fn push(&mut self, name: &str, value: &str) {
         for part in [name, value] {
-            // Field names and values are far below 4 GiB; longer ones are cut by `take`'s
-            // bounds check rather than wrapping.
+            // `apply` refuses parts of 4 GiB or more before they get here.
             let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
             self.0.extend_from_slice(&len.to_le_bytes());
             self.0.extend_from_slice(part.as_bytes());
@@ -268,6 +267,18 @@ impl Store for MemoryStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
+        let too_long = patch
+            .set
+            .iter()
+            .find(|(name, value)| u32::try_from(name.len().max(value.len())).is_err());
+        if let Some((name, _)) = too_long {
+            return StoreFuture::ready(Err(StoreError::Malformed {
+                backend: "memory",
+                key: key.to_owned(),
+                field: (*name).to_owned(),
+                message: "a field name or value of 4 GiB or more cannot be stored".to_owned(),
+            }));
+        }
         let mut records = self.inner.lock();
         let now = (patch.ttl.is_some() || !records.expiry.is_empty()).then(Instant::now);
         if let Some(now) = now {

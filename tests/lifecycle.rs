@@ -344,3 +344,41 @@ async fn a_cancelled_update_persists_what_it_wrote() {
     sessions.wait_idle().await;
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
 }
+
+#[test]
+fn an_update_dropped_outside_any_runtime_keeps_its_changes_for_flush() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let mut update = Box::pin(chain.handle(Update::text(1, 7, 7, "x")));
+    {
+        // The memory store answers at once, so one poll reaches the handler's pending point.
+        let _entered = runtime.enter();
+        let poll = update
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(poll, Poll::Pending));
+    }
+    drop(runtime);
+    drop(update); // no runtime to persist on
+
+    assert_eq!(sessions.unsaved_sessions(), 1, "kept, not dropped");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(sessions.flush()).expect("flushed");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+    assert_eq!(sessions.live_sessions(), 0);
+}

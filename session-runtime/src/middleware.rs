@@ -328,12 +328,16 @@ impl<S: Session> Drop for FinishOnDrop<S> {
                 });
             }
             Err(_) => {
+                // No runtime to persist on: keep the changes live, as after a failed persist,
+                // for the next update of the key or `flush()`.
+                let unsaved = holding.entry.lock().has_changes();
                 tracing::error!(
                     session = S::NAME,
                     key = &*holding.entry.key,
-                    "update {how} outside a tokio runtime; its session changes are not persisted"
+                    unsaved,
+                    "update {how} outside a tokio runtime; its session is written by the next update of its key or flush()"
                 );
-                holding.shared.registry.release(&holding.entry, false);
+                holding.shared.registry.release(&holding.entry, unsaved);
             }
         }
     }
@@ -419,6 +423,7 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
     };
     {
         let mut state = entry.lock();
+        let mut defaults: Option<S> = None;
         for (index, spec) in S::FIELDS.iter().enumerate() {
             let field = &state.fields[index];
             let version = field.version;
@@ -428,9 +433,7 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
                     let encoded = match state.value.encode_field(index) {
                         Ok(encoded) => encoded,
                         Err(source) => {
-                            for field in state.fields.iter_mut() {
-                                field.in_flight = None;
-                            }
+                            state.forget_in_flight();
                             return Err(SessionError::Encode {
                                 session: S::NAME,
                                 key: entry.key.to_string(),
@@ -441,8 +444,11 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
                     };
                     let unchanged = match &state.fields[index].stored {
                         Some(stored) => *stored == encoded,
-                        // Nothing stored reads back as the default.
-                        None => S::default().encode_field(index).is_ok_and(|d| d == encoded),
+                        // Nothing stored reads back as the default (built once per persist).
+                        None => defaults
+                            .get_or_insert_with(S::default)
+                            .encode_field(index)
+                            .is_ok_and(|d| d == encoded),
                     };
                     if unchanged {
                         state.fields[index].dirty = Dirty::Clean;
@@ -468,7 +474,7 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
 
     let bytes = patch.bytes();
     if let Err(source) = shared.store.apply(&entry.key, &patch).await {
-        forget_in_flight(entry);
+        entry.lock().forget_in_flight();
         return Err(persist_error(source));
     }
     shared.stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -498,11 +504,4 @@ async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// Forgets what a failed persist was writing: its fields stay dirty for the next one.
-fn forget_in_flight<S: Session>(entry: &Entry<S>) {
-    for field in entry.lock().fields.iter_mut() {
-        field.in_flight = None;
-    }
 }

@@ -54,6 +54,18 @@ pub(crate) struct State<S> {
 }
 
 impl<S> State<S> {
+    /// Whether anything here still has to reach the store.
+    pub fn has_changes(&self) -> bool {
+        self.delete_pending || self.fields.iter().any(|f| f.dirty != Dirty::Clean)
+    }
+
+    /// Forgets what a persist that did not complete was writing: those fields stay dirty.
+    pub fn forget_in_flight(&mut self) {
+        for field in self.fields.iter_mut() {
+            field.in_flight = None;
+        }
+    }
+
     /// Records a write of field `index` and returns its new version.
     pub fn bump(&mut self, index: usize, dirty: Dirty) -> u64 {
         self.clock += 1;

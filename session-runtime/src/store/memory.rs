@@ -139,27 +139,28 @@ impl Fields {
             .collect()
     }
 
-    fn len(&self) -> usize {
-        self.iter().count()
-    }
-
     /// Writes the fields after `patch` into `out`: kept ones in their order, then new ones.
+    /// The record is read once; `replaced` marks the set fields it already held.
     fn patch_into(&self, patch: &Patch<'_>, out: Vec<u8>) -> Fields {
         let mut out = Fields(out);
         out.0.clear();
         out.0
             .reserve(self.0.len() + patch.bytes() + 8 * patch.set.len());
+        let mut replaced = Marks::new(patch.set.len());
         for (name, value) in self.iter() {
             if patch.remove.contains(&name) {
                 continue;
             }
-            match patch.set.iter().find(|(n, _)| *n == name) {
-                Some((_, new)) => out.push(name, new),
+            match patch.set.iter().position(|(n, _)| *n == name) {
+                Some(i) => {
+                    replaced.set(i);
+                    out.push(name, &patch.set[i].1);
+                }
                 None => out.push(name, value),
             }
         }
-        for (name, value) in &patch.set {
-            if !self.iter().any(|(n, _)| n == *name) {
+        for (i, (name, value)) in patch.set.iter().enumerate() {
+            if !replaced.get(i) {
                 out.push(name, value);
             }
         }
@@ -172,6 +173,37 @@ impl Fields {
             let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
             self.0.extend_from_slice(&len.to_le_bytes());
             self.0.extend_from_slice(part.as_bytes());
+        }
+    }
+}
+
+/// Which of a patch's set fields a record already held: a bit mask for the usual few, a
+/// vector beyond 64.
+enum Marks {
+    Few(u64),
+    Many(Vec<bool>),
+}
+
+impl Marks {
+    fn new(len: usize) -> Self {
+        if len <= 64 {
+            Marks::Few(0)
+        } else {
+            Marks::Many(vec![false; len])
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        match self {
+            Marks::Few(bits) => *bits |= 1 << i,
+            Marks::Many(marks) => marks[i] = true,
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        match self {
+            Marks::Few(bits) => *bits & (1 << i) != 0,
+            Marks::Many(marks) => marks[i],
         }
     }
 }
@@ -237,11 +269,6 @@ impl MemoryStore {
     /// A copy of the record of `key` as stored, ignoring expiry (for tests and debugging).
     pub fn raw(&self, key: &str) -> Option<Record> {
         self.inner.lock().map.get(key).map(|s| s.fields.to_record())
-    }
-
-    /// The number of fields of the record of `key`, ignoring expiry.
-    pub fn fields_of(&self, key: &str) -> usize {
-        self.inner.lock().map.get(key).map_or(0, |s| s.fields.len())
     }
 }
 

@@ -145,24 +145,32 @@ pub(crate) fn parse_record(
         .collect())
 }
 
-/// The `json_remove(..)`/`json_set(..)` expression that applies a patch to `base`, with one
-/// `?` per removed path, and a `?` path plus `value` per set field, in that order.
-#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
+/// The `json_remove(..)`/`json_set(..)` expression that removes `removed` fields from `base`
+/// and sets `set` fields, with one `?` per removed path, and a `?` path plus `value` per set
+/// field, in that order.
 ///
 /// Calls are nested in groups of at most [`ARGS_PER_CALL`] arguments, because SQLite limits
 /// the number of arguments of a function (127 by default).
-pub(crate) fn edit_expression(base: &str, patch: &Patch<'_>, value: &str) -> String {
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
+pub(crate) fn edit_expression(base: &str, removed: usize, set: usize, value: &str) -> String {
     let mut expression = base.to_owned();
-    for group in patch.remove.chunks(ARGS_PER_CALL) {
-        expression = format!("json_remove({expression}{})", ", ?".repeat(group.len()));
+    for group in chunk_sizes(removed, ARGS_PER_CALL) {
+        expression = format!("json_remove({expression}{})", ", ?".repeat(group));
     }
-    for group in patch.set.chunks(ARGS_PER_CALL / 2) {
+    for group in chunk_sizes(set, ARGS_PER_CALL / 2) {
         expression = format!(
             "json_set({expression}{})",
-            format!(", ?, {value}").repeat(group.len())
+            format!(", ?, {value}").repeat(group)
         );
     }
     expression
+}
+
+/// `total` split into groups of at most `size`, in order.
+fn chunk_sizes(total: usize, size: usize) -> impl Iterator<Item = usize> {
+    (0..total)
+        .step_by(size)
+        .map(move |start| size.min(total - start))
 }
 
 /// The most arguments one `json_set`/`json_remove` call gets, the document excluded.

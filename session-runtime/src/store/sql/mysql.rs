@@ -133,16 +133,9 @@ impl MySqlStore {
     fn apply_sql(&self, patch: &Patch<'_>) -> String {
         let t = &self.table;
         let value = "JSON_EXTRACT(?, '$')";
-        let insert = edit_expression(
-            "'{}'",
-            &Patch {
-                remove: vec![],
-                ..patch.clone()
-            },
-            value,
-        );
+        let insert = edit_expression("'{}'", 0, patch.set.len(), value);
         let current = "IF(expires_at IS NOT NULL AND expires_at <= ?, '{}', data)";
-        let update = edit_expression(current, patch, value);
+        let update = edit_expression(current, patch.remove.len(), patch.set.len(), value);
         // MySQL evaluates the assignments in order: `data` must still see the old `expires_at`.
         format!(
             "INSERT INTO {t} (key_hash, session_key, data, expires_at) VALUES (?, ?, {insert}, ?) \

@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
-use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
 use super::{Clock, DEFAULT_TABLE, edit_expression, parse_record, patch_paths, table_name};
 use crate::error::{StoreError, StoreOp};
@@ -174,40 +173,28 @@ impl SqliteStore {
     fn apply_now(&self, key: &str, patch: &Patch<'_>) -> Result<(), StoreError> {
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
         let t = &self.table;
-        let insert = edit_expression(
-            "'{}'",
-            &Patch {
-                remove: vec![],
-                ..patch.clone()
-            },
-            "json(?)",
-        );
+        let insert = edit_expression("'{}'", 0, patch.set.len(), "json(?)");
         let current =
             "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
-        let update = edit_expression(current, patch, "json(?)");
+        let update = edit_expression(current, patch.remove.len(), patch.set.len(), "json(?)");
         let sql = format!(
             "INSERT INTO {t} (key, data, expires_at) VALUES (?, {insert}, ?) \
              ON CONFLICT (key) DO UPDATE SET data = {update}, \
              expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END)"
         );
-        // Bound in the order the `?` stand in the statement.
-        let now = self.clock.now_ms();
+        // Bound in the order the `?` stand in the statement, by reference: nothing is copied.
+        let (now, expires_at) = (self.clock.now_ms(), self.clock.expiry(patch.ttl));
         let set_pairs = || {
-            set.iter().zip(&patch.set).flat_map(|(path, (_, value))| {
-                [Value::Text(path.clone()), Value::Text(value.clone())]
-            })
+            set.iter()
+                .zip(&patch.set)
+                .flat_map(|(path, (_, value))| [path as &dyn ToSql, value as &dyn ToSql])
         };
-        let params: Vec<Value> = std::iter::once(Value::Text(key.to_owned()))
+        let params: Vec<&dyn ToSql> = std::iter::once(&key as &dyn ToSql)
             .chain(set_pairs())
-            .chain([
-                self.clock
-                    .expiry(patch.ttl)
-                    .map_or(Value::Null, Value::Integer),
-                Value::Integer(now),
-            ])
-            .chain(removed.iter().map(|path| Value::Text(path.clone())))
+            .chain([&expires_at as &dyn ToSql, &now])
+            .chain(removed.iter().map(|path| path as &dyn ToSql))
             .chain(set_pairs())
-            .chain([Value::Integer(now)])
+            .chain([&now as &dyn ToSql])
             .collect();
         self.connection
             .lock()

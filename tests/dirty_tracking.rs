@@ -222,3 +222,23 @@ async fn changing_one_field_of_twenty_writes_only_that_field() {
         "f07".len() as u64 + "1".len() as u64
     );
 }
+
+#[tokio::test]
+async fn an_update_changing_several_fields_costs_one_load_and_one_patch() {
+    // DESIGN C3 and S5 at the middleware: whatever the update changes, one read and one
+    // write reach the store (each store then makes those one round trip).
+    let probe = ProbeStore::new(common::seeded(&[("count", "5")]).await);
+    let (chain, _) = chain_with(&probe, |s| {
+        s.update_count(|c| *c += 1);
+        s.set_lang("de".to_owned());
+        s.set_note(Some("hi".to_owned()));
+        s.reset_count();
+    });
+
+    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+
+    assert_eq!((probe.loads(), probe.applies(), probe.deletes()), (1, 1, 0));
+    let patch = &probe.patches()[0];
+    assert_eq!(patch.set.keys().collect::<Vec<_>>(), ["lang", "note"]);
+    assert_eq!(patch.remove, ["count"]);
+}

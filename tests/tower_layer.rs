@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use typed_session::http::{Request, Response, StatusCode};
 use typed_session::{
-    ErrorPolicy, Key, MemoryStore, RequestSession, SessionError, SessionLayer, SessionMiddleware,
+    ErrorPolicy, Key, LazySession, MemoryStore, SessionError, SessionLayer, SessionMiddleware,
 };
 
 /// The inner service: counts the request in the session; `/fail` answers 500 after counting;
@@ -33,7 +33,7 @@ impl Service<Request<String>> for App {
 
     fn call(&mut self, request: Request<String>) -> Self::Future {
         Box::pin(async move {
-            let Some(session) = request.extensions().get::<RequestSession<Counter>>() else {
+            let Some(session) = request.extensions().get::<LazySession<Counter>>() else {
                 return Ok(respond(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "no session layer",

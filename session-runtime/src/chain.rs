@@ -17,6 +17,12 @@ pub type ChainFuture<'a> = BoxFuture<'a, Result<(), BoxError>>;
 pub trait Middleware<U>: Send + Sync + 'static {
     /// Handles `ctx`; calls `next.run(ctx)` to run the rest of the chain.
     fn call<'a>(&'a self, ctx: &'a Context<U>, next: Next<'a, U>) -> ChainFuture<'a>;
+
+    /// Writes what this middleware still holds for updates that are over: called by
+    /// [`Chain::flush`]. The default holds nothing.
+    fn flush(&self) -> ChainFuture<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The rest of the chain after the current middleware.
@@ -143,6 +149,21 @@ impl<U: Send + Sync + 'static> Chain<U> {
             rest: &self.middlewares,
         }
         .run(ctx)
+    }
+
+    /// Waits until no update of this chain holds a session (persists running on tasks of their
+    /// own after a panic or a cancelled update included), then writes every session whose
+    /// persist failed. `Ok` means nothing the chain handled is left unsaved; the error is the
+    /// first middleware's that still has something unsaved. For pollers between batches and
+    /// for shutdown.
+    pub async fn flush(&self) -> Result<(), BoxError> {
+        let mut first = None;
+        for middleware in &self.middlewares {
+            if let Err(error) = middleware.flush().await {
+                first.get_or_insert(error);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// The number of middlewares.

@@ -81,6 +81,48 @@ impl<S: Session> Slot<S> {
     }
 }
 
+/// Session `S` of one update, loaded on first [`get`](Self::get): what framework adapters hand
+/// to handlers that need `'static` values (a request extension with the tower layer, a
+/// dependency with the teloxide adapter).
+///
+/// Cloning it is cheap; every clone reaches the same session. Using it after the update was
+/// persisted returns [`SessionError::AfterPersist`] and is counted as a late access
+/// (DESIGN S10).
+pub struct LazySession<S: Session>(Arc<Slot<S>>);
+
+impl<S: Session> Clone for LazySession<S> {
+    fn clone(&self) -> Self {
+        LazySession(Arc::clone(&self.0))
+    }
+}
+
+impl<S: Session> std::fmt::Debug for LazySession<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazySession")
+            .field("session", &S::NAME)
+            .field("key", &self.0.key)
+            .finish()
+    }
+}
+
+impl<S: Session> LazySession<S> {
+    #[cfg_attr(not(any(feature = "tower", feature = "teloxide")), allow(dead_code))]
+    pub(crate) fn new(slot: Arc<Slot<S>>) -> Self {
+        LazySession(slot)
+    }
+
+    /// The session, loaded on first use. The handle is `'static`; using it after the update
+    /// was persisted is detected and reported (DESIGN S10).
+    ///
+    /// # Errors
+    ///
+    /// As [`Context::session_of`](crate::Context::session_of).
+    pub async fn get(&self) -> Result<S::Handle<'static>, SessionError> {
+        let holding = self.0.hold().await?;
+        Ok(S::handle(SessionRef::new(holding)))
+    }
+}
+
 /// What one update changed, to take back under [`ErrorPolicy::Discard`].
 #[derive(Default)]
 struct Undo {

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use crate::error::{BoxError, SessionError};
-use crate::handle::{SessionRef, Slot};
+use crate::handle::{LazySession, Slot};
 use crate::middleware::{FinishOnDrop, SessionMiddleware, finish};
 use crate::session::Session;
 use crate::store::BoxFuture;
 
 /// Wraps a service so that each request carries session `S`, reachable through the
-/// [`RequestSession`] in its extensions, and the response is returned only after the session
+/// [`LazySession`] in its extensions, and the response is returned only after the session
 /// is persisted. A response with a 5xx status counts as a failure for the
 /// [`ErrorPolicy`](crate::ErrorPolicy); a persist that fails turns the response into an empty
 /// `500` (the session stays live and is written by the next request of its key, or by
@@ -80,28 +80,6 @@ impl<S: Session, R, Inner: Clone> Clone for SessionService<S, R, Inner> {
     }
 }
 
-/// Session `S` of one request, found in its extensions (with axum: `Extension<RequestSession<S>>`).
-pub struct RequestSession<S: Session>(Arc<Slot<S>>);
-
-impl<S: Session> Clone for RequestSession<S> {
-    fn clone(&self) -> Self {
-        RequestSession(Arc::clone(&self.0))
-    }
-}
-
-impl<S: Session> RequestSession<S> {
-    /// The session, loaded on first use. The handle is `'static`; using it after the
-    /// response was produced is detected and reported (DESIGN S10).
-    ///
-    /// # Errors
-    ///
-    /// As [`Context::session_of`](crate::Context::session_of).
-    pub async fn get(&self) -> Result<S::Handle<'static>, SessionError> {
-        let holding = self.0.hold().await?;
-        Ok(S::handle(SessionRef::new(holding)))
-    }
-}
-
 impl<S, B, ResBody, Inner> tower_service::Service<http::Request<B>>
     for SessionService<S, http::Request<B>, Inner>
 where
@@ -128,7 +106,7 @@ where
         let slot = Arc::new(Slot::new(Arc::clone(&self.middleware.shared), key));
         request
             .extensions_mut()
-            .insert(RequestSession(Arc::clone(&slot)));
+            .insert(LazySession::new(Arc::clone(&slot)));
         // The instance that was driven to readiness serves this call (tower's clone-and-swap).
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);

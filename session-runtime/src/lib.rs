@@ -14,9 +14,15 @@ mod key;
 #[cfg(feature = "tower")]
 mod layer;
 mod middleware;
+#[cfg(feature = "polling")]
+mod polling;
 mod registry;
 mod session;
 pub mod store;
+#[cfg(feature = "telegram")]
+mod telegram;
+#[cfg(feature = "teloxide")]
+pub mod teloxide;
 pub mod update;
 #[cfg(feature = "webhook")]
 mod webhook;
@@ -24,11 +30,13 @@ mod webhook;
 pub use chain::{Chain, ChainFuture, FnMiddleware, Handler, Middleware, Next};
 pub use context::Context;
 pub use error::{BoxError, SessionError, StoreError, StoreOp};
-pub use handle::SessionRef;
+pub use handle::{LazySession, SessionRef};
 pub use key::{Key, KeyKind, UpdateKeys};
 #[cfg(feature = "tower")]
-pub use layer::{RequestSession, SessionLayer, SessionService};
+pub use layer::{SessionLayer, SessionService};
 pub use middleware::{ErrorPolicy, SessionBuilder, SessionMiddleware, StalePolicy, Stats};
+#[cfg(feature = "polling")]
+pub use polling::{Polling, PollingError};
 pub use session::{FieldSpec, Session};
 #[cfg(feature = "mongodb")]
 pub use store::MongoStore;
@@ -44,6 +52,14 @@ pub use store::{BoxFuture, MemoryStore, Patch, Record, Store, StoreFuture};
 pub use update::Update;
 #[cfg(feature = "webhook")]
 pub use webhook::Webhook;
+
+/// The teloxide-core this crate links: its `types::Update` implements [`UpdateKeys`].
+#[cfg(feature = "telegram")]
+pub use teloxide_core;
+
+/// The `dptree` this crate links, whose handlers [`teloxide::attach`] builds.
+#[cfg(feature = "teloxide")]
+pub use dptree;
 
 /// The `http` crate this crate links, for the request types [`SessionLayer`] wraps.
 #[cfg(feature = "tower")]

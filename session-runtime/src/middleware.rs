@@ -291,6 +291,18 @@ impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S
             }
         })
     }
+
+    fn flush(&self) -> ChainFuture<'_> {
+        Box::pin(async move {
+            self.wait_idle().await;
+            SessionMiddleware::flush(self)
+                .await
+                .map_err(|(unsaved, error)| {
+                    tracing::error!(session = S::NAME, unsaved, %error, "sessions still unsaved");
+                    error.into()
+                })
+        })
+    }
 }
 
 /// Finishes a session whose chain was dropped before it returned: cancelled, or unwinding

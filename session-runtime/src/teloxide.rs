@@ -1,0 +1,166 @@
+//! Sessions for teloxide bots: dptree handlers that attach a session before the handlers and
+//! persist it after them (feature `teloxide`).
+//!
+//! [`attach`] is the one line a teloxide bot adds: it gives every handler after it a
+//! [`LazySession<S>`] dependency, and when the handlers are done (whichever branch took the
+//! update, or none), it persists the fields they changed, as one patch, before the dispatcher
+//! moves on. [`load`] goes one step further for the branches that use the session: it loads
+//! it and hands the handlers the typed handle itself.
+//!
+//! ```
+//! use typed_session::teloxide::{attach, load};
+//! use typed_session::teloxide_core::types::{Message, Update};
+//! use typed_session::{MemoryStore, Session, SessionMiddleware};
+//! use typed_session::dptree::{self, Handler};
+//!
+//! #[derive(Session)]
+//! struct Visits {
+//!     count: u64,
+//! }
+//!
+//! type HandlerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+//!
+//! async fn count(visits: VisitsHandle<'static>, _message: Message) -> HandlerResult {
+//!     visits.update_count(|c| *c += 1);
+//!     Ok(())
+//! }
+//!
+//! let sessions = SessionMiddleware::<Visits, Update>::new(MemoryStore::new());
+//! let handler: Handler<'static, HandlerResult> = dptree::entry()
+//!     .chain(attach(sessions))
+//!     .branch(
+//!         dptree::filter_map(|update: Update| match update.kind {
+//!             typed_session::teloxide_core::types::UpdateKind::Message(m) => Some(m),
+//!             _ => None,
+//!         })
+//!         .chain(load::<Visits, _, _>())
+//!         .endpoint(count),
+//!     );
+//! // With teloxide: `Dispatcher::builder(bot, handler)`, where the update filters are
+//! // `Update::filter_message()` and friends.
+//! # let _ = handler;
+//! ```
+//!
+//! A handle a handler keeps after it returned (moved into a spawned task, say) is over: using
+//! it is reported as a late access (DESIGN S10) and returns
+//! [`SessionError::AfterPersist`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
+use std::panic::Location;
+use std::sync::Arc;
+
+use dptree::di::DependencyMap;
+use dptree::{HandlerDescription, HandlerSignature, Type};
+use teloxide_core::types::Update;
+
+use crate::error::{BoxError, SessionError};
+use crate::handle::{LazySession, Slot};
+use crate::middleware::{FinishOnDrop, SessionMiddleware, finish};
+use crate::session::Session;
+
+/// A handler that gives the handlers chained after it session `S` of the update, as a
+/// [`LazySession<S>`] dependency (loaded on first use, so a branch that never uses it costs no
+/// store I/O), and persists it once they are done.
+///
+/// The handlers' `Err` counts as a failure for the middleware's
+/// [`ErrorPolicy`](crate::ErrorPolicy). A session that cannot be saved turns the outcome into
+/// `Err(E::from(error))`, which the dispatcher's error handler logs; the changes stay live and
+/// are written by the next update of the key or by [`SessionMiddleware::flush`].
+#[track_caller]
+pub fn attach<S, E, D>(
+    middleware: SessionMiddleware<S, Update>,
+) -> dptree::Handler<'static, Result<(), E>, D>
+where
+    S: Session,
+    E: From<BoxError> + std::fmt::Debug + Send + Sync + 'static,
+    D: HandlerDescription,
+{
+    let middleware = Arc::new(middleware);
+    dptree::from_fn_with_description(
+        D::map_async(),
+        move |deps: DependencyMap, next| {
+            let middleware = Arc::clone(&middleware);
+            async move {
+                let key = deps
+                    .try_get::<Update>()
+                    .and_then(|update| middleware.key.shared_key_of(&update));
+                let slot = Arc::new(Slot::new(Arc::clone(&middleware.shared), key));
+                let mut inner = deps.clone();
+                inner.insert(LazySession::new(Arc::clone(&slot)));
+                let guard = FinishOnDrop(Some(slot));
+                let flow = next(inner).await;
+                let Some(holding) = guard.defuse().and_then(|slot| slot.finish()) else {
+                    return restore(flow, deps);
+                };
+                let outcome: Result<(), BoxError> = match &flow {
+                    ControlFlow::Break(Err(error)) => Err(format!("{error:?}").into()),
+                    _ => Ok(()),
+                };
+                match finish(holding, outcome).await {
+                    Err(error) if error.downcast_ref::<SessionError>().is_some() => {
+                        ControlFlow::Break(Err(E::from(error)))
+                    }
+                    _ => restore(flow, deps),
+                }
+            }
+        },
+        signature::<Update, LazySession<S>>(Location::caller()),
+    )
+}
+
+/// A handler that loads session `S` (attached before it by [`attach`]) and gives the handlers
+/// chained after it the typed handle, `S::Handle<'static>` (for `#[derive(Session)] struct
+/// Visits`, that is `VisitsHandle<'static>`).
+///
+/// An update with no key, or a load that fails, ends the branch with `Err(E::from(error))`:
+/// put it on the branches that need the session, after the filters that pick their updates.
+#[track_caller]
+pub fn load<S, E, D>() -> dptree::Handler<'static, Result<(), E>, D>
+where
+    S: Session,
+    for<'a> S::Handle<'a>: Clone + Send + Sync,
+    E: From<BoxError> + Send + Sync + 'static,
+    D: HandlerDescription,
+{
+    dptree::from_fn_with_description(
+        D::map_async(),
+        move |deps: DependencyMap, next| async move {
+            let Some(session) = deps.try_get::<LazySession<S>>() else {
+                let error = SessionError::NotAttached { session: S::NAME };
+                return ControlFlow::Break(Err(E::from(error.into())));
+            };
+            match session.get().await {
+                Ok(handle) => {
+                    let mut inner = deps.clone();
+                    inner.insert(handle);
+                    restore(next(inner).await, deps)
+                }
+                Err(error) => ControlFlow::Break(Err(E::from(error.into()))),
+            }
+        },
+        signature::<LazySession<S>, S::Handle<'static>>(Location::caller()),
+    )
+}
+
+/// Hands the caller's dependencies back when no handler took the update, so the branches that
+/// come next do not see a session that is already persisted.
+fn restore<T>(
+    flow: ControlFlow<T, DependencyMap>,
+    deps: DependencyMap,
+) -> ControlFlow<T, DependencyMap> {
+    match flow {
+        ControlFlow::Continue(_) => ControlFlow::Continue(deps),
+        done => done,
+    }
+}
+
+/// A handler that needs `In` and provides `Out`.
+fn signature<In: 'static, Out: 'static>(at: &'static Location<'static>) -> HandlerSignature {
+    HandlerSignature::Other {
+        obligations: BTreeMap::from([(Type::of::<In>(), at)]),
+        guaranteed_outcomes: BTreeSet::from([Type::of::<Out>()]),
+        conditional_outcomes: BTreeSet::new(),
+        continues: true,
+    }
+}

@@ -1,0 +1,382 @@
+//! Long polling against a local test double of the Bot API over real HTTP on loopback: every
+//! update handled once, replies sent after the save, offsets confirmed only for saved
+//! sessions, retries on network errors, bounded concurrency, a rejected token.
+#![cfg(all(feature = "polling", feature = "webhook"))]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Counter, CounterAccess, ProbeStore, stored};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Barrier, Notify, oneshot};
+use typed_session::axum::Router;
+use typed_session::axum::body::Bytes;
+use typed_session::axum::extract::{Path, State};
+use typed_session::axum::http::StatusCode;
+use typed_session::axum::http::header;
+use typed_session::axum::response::{IntoResponse, Response};
+use typed_session::axum::routing::post;
+use typed_session::{
+    Chain, MemoryStore, Polling, PollingError, SessionMiddleware, Update, UpdateKeys,
+};
+
+const TOKEN: &str = "123456:TEST-double";
+
+/// Test double of the Telegram Bot API (`getUpdates` and `sendMessage`), served on a free
+/// loopback port. It keeps updates until an `offset` confirms them, as Telegram does.
+#[derive(Default)]
+struct FakeBotApi {
+    state: Mutex<FakeState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct FakeState {
+    /// Updates not yet confirmed, oldest first.
+    pending: Vec<Value>,
+    /// The `offset` of every `getUpdates`, in order.
+    offsets: Vec<i64>,
+    /// Every `sendMessage`, as `(chat_id, text)`.
+    sent: Vec<(i64, String)>,
+    /// How many `getUpdates` still get a `502` with an HTML body.
+    fail_next: usize,
+    /// Whether every call gets `401 Unauthorized`.
+    reject_token: bool,
+}
+
+impl FakeBotApi {
+    async fn start() -> (Arc<Self>, String) {
+        let fake = Arc::new(FakeBotApi::default());
+        let app = Router::new()
+            .route("/{bot}/{method}", post(answer))
+            .with_state(Arc::clone(&fake));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("address");
+        tokio::spawn(async move { typed_session::axum::serve(listener, app).await });
+        (fake, format!("http://{addr}"))
+    }
+
+    fn push(&self, updates: impl IntoIterator<Item = Update>) {
+        let mut state = self.state.lock();
+        for update in updates {
+            state
+                .pending
+                .push(serde_json::to_value(update).expect("an update is JSON"));
+        }
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn state<T>(&self, read: impl FnOnce(&FakeState) -> T) -> T {
+        read(&self.state.lock())
+    }
+
+    /// Waits until `done` holds (each change of the double wakes it).
+    async fn wait_until(&self, done: impl Fn(&FakeState) -> bool) {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                if done(&self.state.lock()) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("the poller did not get there within 30 s");
+    }
+}
+
+async fn answer(
+    State(fake): State<Arc<FakeBotApi>>,
+    Path((bot, method)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let params: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let unauthorized = || {
+        reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"ok": false, "error_code": 401, "description": "Unauthorized"}),
+        )
+    };
+    if bot != format!("bot{TOKEN}") || fake.state.lock().reject_token {
+        return unauthorized();
+    }
+    let response = match method.as_str() {
+        "getUpdates" => get_updates(&fake, &params).await,
+        "sendMessage" => {
+            let chat = params["chat_id"].as_i64().unwrap_or_default();
+            let text = params["text"].as_str().unwrap_or_default().to_owned();
+            fake.state.lock().sent.push((chat, text));
+            reply(
+                StatusCode::OK,
+                json!({"ok": true, "result": {"message_id": 1}}),
+            )
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"}),
+        ),
+    };
+    fake.changed.notify_waiters();
+    response
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn get_updates(fake: &FakeBotApi, params: &Value) -> Response {
+    let offset = params["offset"].as_i64().unwrap_or_default();
+    let limit = params["limit"].as_u64().unwrap_or(100) as usize;
+    let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or_default());
+    let deadline = tokio::time::Instant::now() + timeout;
+    {
+        let mut state = fake.state.lock();
+        state.offsets.push(offset);
+        if state.fail_next > 0 {
+            state.fail_next -= 1;
+            return (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response();
+        }
+        state
+            .pending
+            .retain(|u| u["update_id"].as_i64().unwrap_or_default() >= offset);
+    }
+    fake.changed.notify_waiters();
+    loop {
+        let changed = fake.changed.notified();
+        {
+            let state = fake.state.lock();
+            if !state.pending.is_empty() || timeout.is_zero() {
+                let batch: Vec<Value> = state.pending.iter().take(limit).cloned().collect();
+                return reply(StatusCode::OK, json!({"ok": true, "result": batch}));
+            }
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return reply(StatusCode::OK, json!({"ok": true, "result": []}));
+        }
+    }
+}
+
+/// Counts each user's updates and replies with the count.
+fn counting(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {
+    Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let counter = ctx.session().await?;
+            counter.update_count(|c| *c += 1);
+            let chat = ctx.update().chat_id().unwrap_or_default();
+            ctx.reply_with(json!({
+                "method": "sendMessage", "chat_id": chat, "text": counter.count().to_string(),
+            }));
+            Ok(())
+        })
+    })
+}
+
+fn polling(chain: Chain<Update>, api: &str) -> Polling<Update> {
+    Polling::new(TOKEN, chain)
+        .api_url(api)
+        .timeout(Duration::from_secs(5))
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+}
+
+/// Starts `polling`; the returned sender stops it.
+fn spawn(
+    polling: Polling<Update>,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), PollingError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(polling.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_update_is_handled_once_replied_to_and_confirmed() {
+    let (fake, api) = FakeBotApi::start().await;
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    fake.push((1..=30).map(|id| Update::text(id, 100 + id % 3, 100 + id % 3, "hi")));
+
+    let (stop, run) = spawn(polling(counting(&sessions), &api));
+    fake.wait_until(|s| s.sent.len() == 30).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+
+    for user in 100..103 {
+        let key = format!("{user}:{user}");
+        assert_eq!(stored::<u64>(&store, &key, "count"), Some(10), "{key}");
+        let mut replies: Vec<String> = fake.state(|s| {
+            s.sent
+                .iter()
+                .filter(|(chat, _)| *chat == user)
+                .map(|(_, text)| text.clone())
+                .collect()
+        });
+        replies.sort_by_key(|t| t.parse::<u64>().unwrap_or_default());
+        let expected: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
+        assert_eq!(replies, expected, "replies to {user}");
+    }
+    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(31));
+    assert!(fake.state(|s| s.pending.is_empty()), "all 30 confirmed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_save_holds_the_offset_back_until_a_retry_saves_it() {
+    let (fake, api) = FakeBotApi::start().await;
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::new(memory.clone());
+    probe.fail_next_applies(3);
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    fake.push((1..=3).map(|id| Update::text(id, 7, 7, "hi")));
+
+    let (stop, run) = spawn(polling(counting(&sessions), &api));
+    fake.wait_until(|s| s.offsets.len() >= 2).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+
+    // The next request confirmed the batch only after the retried save succeeded.
+    assert_eq!(fake.state(|s| s.offsets[..2].to_vec()), vec![0, 4]);
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(3));
+    assert_eq!(sessions.unsaved_sessions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_while_a_save_fails_it_confirms_only_what_was_saved_and_the_rest_comes_again() {
+    let (fake, api) = FakeBotApi::start().await;
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = Arc::new(Mutex::new(Some(stop)));
+    // Update 2 (user 8) breaks the store and asks for shutdown.
+    let chain = Chain::new().with(sessions.clone()).handler({
+        let (probe, stop) = (Arc::clone(&probe), Arc::clone(&stop));
+        move |ctx| {
+            let (probe, stop) = (Arc::clone(&probe), Arc::clone(&stop));
+            Box::pin(async move {
+                ctx.session().await?.update_count(|c| *c += 1);
+                if ctx.update().update_id == 2 {
+                    probe.fail_next_applies(usize::MAX);
+                    if let Some(stop) = stop.lock().take() {
+                        let _ = stop.send(());
+                    }
+                }
+                Ok(())
+            })
+        }
+    });
+    fake.push([Update::text(1, 7, 7, "hi"), Update::text(2, 8, 8, "hi")]);
+    let first = polling(chain, &api).max_concurrency(1);
+    first
+        .run(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("polling ends cleanly");
+
+    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(2));
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+    assert_eq!(stored::<u64>(&memory, "8:8", "count"), None);
+    assert_eq!(
+        fake.state(|s| s.pending.len()),
+        1,
+        "update 2 is still Telegram's"
+    );
+
+    // The next run (the store is back) gets update 2 again and saves it once.
+    let store = MemoryStore::new();
+    let restarted = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let (stop, run) = spawn(polling(counting(&restarted), &api));
+    fake.wait_until(|s| s.sent.len() == 1).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+    assert_eq!(stored::<u64>(&store, "8:8", "count"), Some(1));
+    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_errors_are_retried_with_backoff() {
+    let (fake, api) = FakeBotApi::start().await;
+    fake.state.lock().fail_next = 3;
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    fake.push([Update::text(1, 7, 7, "hi")]);
+
+    let (stop, run) = spawn(polling(counting(&sessions), &api));
+    fake.wait_until(|s| s.sent.len() == 1).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+
+    assert_eq!(fake.state(|s| s.offsets[..4].to_vec()), vec![0, 0, 0, 0]);
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1));
+}
+
+#[tokio::test]
+async fn a_rejected_token_ends_polling_with_an_error() {
+    let (fake, api) = FakeBotApi::start().await;
+    fake.state.lock().reject_token = true;
+    let sessions = SessionMiddleware::<Counter, Update>::new(MemoryStore::new());
+
+    let result = polling(counting(&sessions), &api)
+        .run(std::future::pending())
+        .await;
+    match result {
+        Err(PollingError::Unauthorized { code, description }) => {
+            assert_eq!((code, description.as_str()), (401, "Unauthorized"));
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_runs_at_most_max_concurrency_updates_at_once() {
+    let (fake, api) = FakeBotApi::start().await;
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    // Handlers meet in pairs: with fewer than two at once they would wait forever.
+    let pairs = Arc::new(Barrier::new(2));
+    let chain = Chain::new().with(sessions.clone()).handler({
+        let (running, most, pairs) = (running.clone(), most.clone(), pairs.clone());
+        move |ctx| {
+            let (running, most, pairs) = (running.clone(), most.clone(), pairs.clone());
+            Box::pin(async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                pairs.wait().await;
+                ctx.session().await?.update_count(|c| *c += 1);
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    });
+    fake.push((1..=8).map(|id| Update::text(id, 200 + id, 200 + id, "hi")));
+
+    let (stop, run) = spawn(polling(chain, &api).max_concurrency(2));
+    fake.wait_until(|s| s.offsets.contains(&9)).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+    for id in 1..=8 {
+        let key = format!("{0}:{0}", 200 + id);
+        assert_eq!(stored::<u64>(&store, &key, "count"), Some(1), "{key}");
+    }
+}

@@ -256,3 +256,69 @@ async fn shutdown_lets_the_update_in_flight_finish_and_persist() {
         .expect("served and stopped cleanly");
     assert_eq!(stored::<u64>(&server.store, "3:3", "count"), Some(1));
 }
+
+/// The same server with teloxide-core's `Update`: a real callback-query payload is parsed, and
+/// a channel post (no sender, so no per-user-in-chat key) is answered without a session.
+#[cfg(feature = "telegram")]
+#[tokio::test]
+async fn teloxide_core_updates_are_served_too() {
+    use typed_session::UpdateKeys;
+    use typed_session::teloxide_core::types::Update as TgUpdate;
+
+    let store = MemoryStore::new();
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Counter, TgUpdate>::new(store.clone()))
+        .handler(|ctx| {
+            Box::pin(async move {
+                match ctx.session().await {
+                    Ok(session) => session.update_count(|c| *c += 1),
+                    Err(typed_session::SessionError::NoKey { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+                ctx.reply_with(serde_json::json!({
+                    "method": "sendMessage", "chat_id": ctx.update().chat_id(), "text": "ok"
+                }));
+                Ok(())
+            })
+        });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let addr = listener.local_addr().expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(Webhook::new(chain).serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let callback = serde_json::json!({
+        "update_id": 1,
+        "callback_query": {
+            "id": "4382bfdwdsb323b2d9", "chat_instance": "42", "data": "yes",
+            "from": {"id": 42, "is_bot": false, "first_name": "Ada"},
+            "message": {
+                "message_id": 9, "date": 1_700_000_000, "text": "Sure?",
+                "from": {"id": 1, "is_bot": true, "first_name": "Bot"},
+                "chat": {"id": 42, "type": "private", "first_name": "Ada"}
+            }
+        }
+    });
+    let (status, body) = post(addr, "/webhook", None, &callback.to_string()).await;
+    assert_eq!(
+        (status, body.contains("\"chat_id\":42")),
+        (200, true),
+        "{body}"
+    );
+    assert_eq!(stored::<u64>(&store, "42:42", "count"), Some(1));
+
+    let channel_post = serde_json::json!({
+        "update_id": 2,
+        "channel_post": {
+            "message_id": 3, "date": 1_700_000_000, "text": "news",
+            "chat": {"id": -1002, "type": "channel", "title": "News"}
+        }
+    });
+    let (status, _) = post(addr, "/webhook", None, &channel_post.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(store.len(), 1, "nothing stored for the channel post");
+
+    stop.send(()).expect("serving");
+    done.await.expect("no panic").expect("clean shutdown");
+}

@@ -74,9 +74,10 @@ const NETWORK_GRACE: Duration = Duration::from_secs(10);
 ///         }
 ///         Ok(())
 ///     }));
-/// let token = std::env::var("TELOXIDE_TOKEN").unwrap_or_default();
+/// let token = std::env::var("BOT_TOKEN").unwrap_or_default();
+/// let (_stop, stopped) = tokio::sync::oneshot::channel::<()>(); // e.g. sent on SIGTERM
 /// Polling::new(token, chain)
-///     .run(async { let _ = tokio::signal::ctrl_c().await; })
+///     .run(async { let _ = stopped.await; })
 ///     .await
 /// # }
 /// ```

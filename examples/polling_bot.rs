@@ -1,0 +1,54 @@
+//! A Telegram bot on long polling, with no framework: the same chain the webhook example
+//! serves, fed by `getUpdates`. Each update is confirmed to Telegram only after its session is
+//! saved in the SQLite file. It needs a bot token from @BotFather (and no webhook set):
+//!
+//! `BOT_TOKEN=123456:ABC... cargo run --features polling,sqlite --example polling_bot`
+//!
+//! Ctrl-C stops it gracefully: the batch in flight finishes, its sessions are written, and
+//! its offset is confirmed.
+
+use std::time::Duration;
+
+use typed_session::{BoxError, Chain, Polling, Session, SessionMiddleware, SqliteStore, Update};
+
+#[derive(Session, Clone, Debug)]
+struct Visits {
+    #[default(0)]
+    count: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let token = std::env::var("BOT_TOKEN")
+        .map_err(|_| "set BOT_TOKEN to the token @BotFather gave your bot")?;
+    let store = SqliteStore::connect("sqlite://polling-bot-sessions.db").await?;
+    store.migrate().await?;
+
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Visits, Update>::new(store))
+        .handler(|ctx| {
+            Box::pin(async move {
+                let visits = ctx.session().await?;
+                let count = visits.update_count(|c| {
+                    *c += 1;
+                    *c
+                });
+                if let Some(chat) = ctx.update().any_message().map(|m| m.chat.id) {
+                    // Sent as a Bot API call once the session is saved.
+                    ctx.reply_with(serde_json::json!({
+                        "method": "sendMessage", "chat_id": chat, "text": format!("visit {count}"),
+                    }));
+                }
+                Ok(())
+            })
+        });
+
+    Polling::new(token, chain)
+        .timeout(Duration::from_secs(30))
+        .max_concurrency(32)
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

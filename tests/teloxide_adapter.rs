@@ -1,0 +1,214 @@
+//! The dptree handlers of the teloxide adapter, run by dptree itself on teloxide-core updates:
+//! the session is persisted when dispatch returns, only for the branch that changed it; the
+//! typed handle arrives as a dependency; late use of a kept handle is detected.
+#![cfg(feature = "teloxide")]
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use common::{Counter, CounterHandle, ProbeStore, stored};
+use serde_json::json;
+use typed_session::dptree::{self, Handler};
+use typed_session::teloxide::{attach, load};
+use typed_session::teloxide_core::types::{Message, Update, UpdateKind};
+use typed_session::{
+    BoxError, ErrorPolicy, LazySession, MemoryStore, SessionError, SessionMiddleware,
+};
+
+type HandlerResult = Result<(), BoxError>;
+
+fn text(update_id: i64, user: i64, text: &str) -> Update {
+    serde_json::from_str(
+        &json!({
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id, "date": 1_700_000_000, "text": text,
+                "from": {"id": user, "is_bot": false, "first_name": "Ada"},
+                "chat": {"id": user, "type": "private", "first_name": "Ada"},
+            }
+        })
+        .to_string(),
+    )
+    .expect("a Bot API update")
+}
+
+fn channel_post(update_id: i64) -> Update {
+    serde_json::from_str(
+        &json!({
+            "update_id": update_id,
+            "channel_post": {
+                "message_id": update_id, "date": 1_700_000_000, "text": "news",
+                "chat": {"id": -1002, "type": "channel", "title": "News"},
+            }
+        })
+        .to_string(),
+    )
+    .expect("a Bot API update")
+}
+
+fn messages(update: Update) -> Option<Message> {
+    match update.kind {
+        UpdateKind::Message(message) => Some(message),
+        _ => None,
+    }
+}
+
+/// Messages saying "count" increment the counter; "fail" increments and then fails; other
+/// updates fall through every branch.
+fn bot(sessions: SessionMiddleware<Counter, Update>) -> Handler<'static, HandlerResult> {
+    dptree::entry().chain(attach(sessions)).branch(
+        dptree::filter_map(messages)
+            .filter(|m: Message| matches!(m.text(), Some("count" | "fail")))
+            .chain(load::<Counter, _, _>())
+            .endpoint(|counter: CounterHandle<'static>, m: Message| async move {
+                counter.update_count(|c| *c += 1);
+                match m.text() {
+                    Some("fail") => Err("the handler failed".into()),
+                    _ => Ok(()),
+                }
+            }),
+    )
+}
+
+async fn dispatch(
+    bot: &Handler<'static, HandlerResult>,
+    update: Update,
+) -> ControlFlow<HandlerResult, dptree::di::DependencyMap> {
+    bot.dispatch(dptree::deps![update]).await
+}
+
+#[tokio::test]
+async fn the_session_is_persisted_when_dispatch_returns() {
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let bot = bot(sessions.clone());
+
+    for id in 1..=3 {
+        let flow = dispatch(&bot, text(id, 7, "count")).await;
+        assert!(matches!(flow, ControlFlow::Break(Ok(()))), "{flow:?}");
+        assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(id as u64));
+    }
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+#[tokio::test]
+async fn an_update_no_branch_takes_costs_no_store_call_and_sees_no_session_afterwards() {
+    let probe = ProbeStore::new(MemoryStore::new());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let bot = bot(sessions);
+
+    let flow = dispatch(&bot, text(1, 7, "hello")).await;
+    let ControlFlow::Continue(deps) = flow else {
+        panic!("no branch should take it: {flow:?}");
+    };
+    assert!(deps.try_get::<LazySession<Counter>>().is_none());
+    assert_eq!(probe.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_handler_is_a_failure_for_the_error_policy() {
+    let store = MemoryStore::new();
+    let keep = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let flow = dispatch(&bot(keep), text(1, 7, "fail")).await;
+    assert!(matches!(flow, ControlFlow::Break(Err(_))), "{flow:?}");
+    assert_eq!(
+        stored::<u64>(&store, "7:7", "count"),
+        Some(1),
+        "persist on error"
+    );
+
+    let discard = SessionMiddleware::<Counter, Update>::builder(store.clone())
+        .on_error(ErrorPolicy::Discard)
+        .build();
+    let flow = dispatch(&bot(discard), text(2, 7, "fail")).await;
+    assert!(matches!(flow, ControlFlow::Break(Err(_))), "{flow:?}");
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1), "discarded");
+}
+
+#[tokio::test]
+async fn a_save_that_fails_becomes_the_handler_error_and_the_change_stays_live() {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    probe.fail_next_applies(1);
+
+    let flow = dispatch(&bot(sessions.clone()), text(1, 7, "count")).await;
+    let ControlFlow::Break(Err(error)) = flow else {
+        panic!("expected the persist error: {flow:?}");
+    };
+    assert!(matches!(
+        error.downcast_ref::<SessionError>(),
+        Some(SessionError::Persist { .. })
+    ));
+    assert_eq!(sessions.unsaved_sessions(), 1);
+    sessions.flush().await.expect("the store is back");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+}
+
+#[tokio::test]
+async fn an_update_without_a_key_ends_the_loading_branch_with_the_typed_error() {
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let bot: Handler<'static, HandlerResult> = dptree::entry()
+        .chain(attach(sessions))
+        .chain(load::<Counter, _, _>())
+        .endpoint(|_: CounterHandle<'static>| async { Ok(()) });
+
+    let flow = dispatch(&bot, channel_post(1)).await;
+    let ControlFlow::Break(Err(error)) = flow else {
+        panic!("expected NoKey: {flow:?}");
+    };
+    assert!(matches!(
+        error.downcast_ref::<SessionError>(),
+        Some(SessionError::NoKey { .. })
+    ));
+    assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn a_handle_kept_after_the_handler_is_detected_as_a_late_access() {
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let (kept_tx, kept_rx) = std::sync::mpsc::channel::<CounterHandle<'static>>();
+    let kept_tx = Arc::new(parking_lot::Mutex::new(kept_tx));
+    let bot: Handler<'static, HandlerResult> = dptree::entry()
+        .chain(attach(sessions.clone()))
+        .chain(load::<Counter, _, _>())
+        .endpoint(move |counter: CounterHandle<'static>| {
+            let kept_tx = Arc::clone(&kept_tx);
+            async move {
+                counter.set_count(5);
+                kept_tx.lock().send(counter).map_err(|_| "receiver gone")?;
+                Ok(())
+            }
+        });
+
+    let flow = dispatch(&bot, text(1, 7, "count")).await;
+    assert!(matches!(flow, ControlFlow::Break(Ok(()))), "{flow:?}");
+    let late = kept_rx.recv().expect("the handler kept its handle");
+    late.set_count(6);
+
+    assert_eq!(sessions.stats().late_accesses(), 1);
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_updates_of_one_chat_lose_nothing() {
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let bot = bot(sessions.clone());
+
+    let mut running = tokio::task::JoinSet::new();
+    for id in 1..=100 {
+        let bot = bot.clone();
+        running.spawn(async move { dispatch(&bot, text(id, 7, "count")).await });
+    }
+    while let Some(flow) = running.join_next().await {
+        let flow = flow.expect("no panic");
+        assert!(matches!(flow, ControlFlow::Break(Ok(()))), "{flow:?}");
+    }
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(100));
+    assert_eq!(sessions.live_sessions(), 0);
+}

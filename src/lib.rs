@@ -50,6 +50,21 @@
 //! `reset_on_error` (a stored value that no longer decodes falls back to the default instead
 //! of failing the load).
 //!
+//! # Integrations
+//!
+//! Each behind a cargo feature (all off by default):
+//!
+//! * `webhook`: [`Webhook`], an axum server for Telegram's webhook that answers only after the
+//!   update's sessions are saved, optionally with a webhook reply;
+//! * `polling`: [`Polling`], a `getUpdates` loop that confirms an update to Telegram only after
+//!   its sessions are saved;
+//! * `teloxide`: [`teloxide::attach`] and [`teloxide::load`], dptree handlers that give a
+//!   teloxide dispatcher's handlers the session and persist after them;
+//! * `telegram` (included in `teloxide`): [`UpdateKeys`] for teloxide-core's `Update`;
+//! * `tower`: [`SessionLayer`], the middleware as a tower `Layer` over `http` requests.
+//!
+//! Stores: `sqlite`, `postgres`, `mysql`, `redis`, `mongodb` (see [`store`]).
+//!
 //! # What is guaranteed
 //!
 //! See the README's table. In short: no write on read, no write of unchanged or untouched

@@ -174,11 +174,14 @@ async fn get_updates(fake: &FakeBotApi, params: &Value) -> Response {
 fn counting(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {
     Chain::new().with(sessions.clone()).handler(|ctx| {
         Box::pin(async move {
-            let counter = ctx.session().await?;
-            counter.update_count(|c| *c += 1);
+            // The count this update made, read under the same lock as the increment.
+            let count = ctx.session().await?.update_count(|c| {
+                *c += 1;
+                *c
+            });
             let chat = ctx.update().chat_id().unwrap_or_default();
             ctx.reply_with(json!({
-                "method": "sendMessage", "chat_id": chat, "text": counter.count().to_string(),
+                "method": "sendMessage", "chat_id": chat, "text": count.to_string(),
             }));
             Ok(())
         })

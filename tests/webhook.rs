@@ -322,3 +322,54 @@ async fn teloxide_core_updates_are_served_too() {
     stop.send(()).expect("serving");
     done.await.expect("no panic").expect("clean shutdown");
 }
+
+/// Two replicas behind a load balancer, each with its own live sessions, sharing one SQLite
+/// database. Telegram posts a chat's next update only after the answer to the previous one,
+/// and each answer comes after the save, so whichever replica gets the next update loads what
+/// the other saved: the count never skips or repeats.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_store_see_each_others_saves_because_the_answer_waits_for_them() {
+    use typed_session::SqliteStore;
+
+    let path = std::env::temp_dir().join(format!(
+        "typed-session-replicas-{}-{}.db",
+        std::process::id(),
+        common::unique("db").replace(':', "-")
+    ));
+    let url = format!("sqlite://{}", path.display());
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = SqliteStore::connect(&url).await.expect("open the database");
+        store.migrate().await.expect("migrate");
+        let chain = Chain::new()
+            .with(SessionMiddleware::<Counter, Update>::new(store))
+            .handler(|ctx| {
+                Box::pin(async move {
+                    let count = ctx.session().await?.update_count(|c| {
+                        *c += 1;
+                        *c
+                    });
+                    ctx.reply_with(
+                        serde_json::json!({"method": "sendMessage", "chat_id": 7, "text": count}),
+                    );
+                    Ok(())
+                })
+            });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(Webhook::new(chain).serve(listener, std::future::pending()));
+        replicas.push(addr);
+    }
+
+    for id in 1..=20 {
+        let replica = replicas[id as usize % 2];
+        let (status, body) = post(replica, "/webhook", None, &telegram_update(id, 7, "+1")).await;
+        assert_eq!(status, 200);
+        let reply: serde_json::Value = serde_json::from_str(&body).expect("a JSON reply");
+        assert_eq!(reply["text"], id, "update {id} on replica {}", id % 2);
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

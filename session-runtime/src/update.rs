@@ -1,8 +1,9 @@
 //! A small, Telegram-shaped update type for tests, examples and simple bots.
 //!
 //! It reads real Bot API `Update` JSON (unknown fields are ignored) and covers what session
-//! keys need: who sent an update and in which chat. Bots built on a framework use that
-//! framework's update type and implement [`UpdateKeys`] for it.
+//! keys need: who sent an update and in which chat. Bots that need the whole Bot API use
+//! teloxide-core's `Update` (feature `telegram`), which implements [`UpdateKeys`] too; bots on
+//! another framework implement [`UpdateKeys`] for its update type.
 
 use serde::{Deserialize, Serialize};
 

@@ -212,3 +212,41 @@ async fn a_hundred_concurrent_updates_of_one_chat_lose_nothing() {
     assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(100));
     assert_eq!(sessions.live_sessions(), 0);
 }
+
+/// The update kinds of a toy dispatcher, for dptree's interest sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Message,
+    InlineQuery,
+}
+
+impl dptree::description::EventKind for Kind {
+    fn full_set() -> std::collections::HashSet<Self> {
+        [Kind::Message, Kind::InlineQuery].into()
+    }
+
+    fn empty_set() -> std::collections::HashSet<Self> {
+        std::collections::HashSet::new()
+    }
+}
+
+#[test]
+fn attaching_sessions_does_not_widen_the_update_kinds_asked_for() {
+    use dptree::description::InterestSet;
+
+    let sessions = SessionMiddleware::<Counter, Update>::new(MemoryStore::new());
+    let only_messages = || {
+        dptree::filter_with_description(
+            InterestSet::new_filter([Kind::Message].into()),
+            |_: Update| true,
+        )
+    };
+    let bot: Handler<'static, HandlerResult, InterestSet<Kind>> =
+        dptree::entry().chain(attach(sessions)).branch(
+            only_messages()
+                .chain(load::<Counter, _, _>())
+                .endpoint(|_: CounterHandle<'static>| async { Ok(()) }),
+        );
+    let observed = &bot.description().observed;
+    assert_eq!(observed, &[Kind::Message].into());
+}

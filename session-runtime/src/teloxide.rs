@@ -78,7 +78,9 @@ where
 {
     let middleware = Arc::new(middleware);
     dptree::from_fn_with_description(
-        D::map_async(),
+        // Transparent to the update kinds: a dispatcher asks Telegram for what the
+        // filters after it want, not for every kind.
+        D::entry(),
         move |deps: DependencyMap, next| {
             let middleware = Arc::clone(&middleware);
             async move {
@@ -124,7 +126,9 @@ where
     D: HandlerDescription,
 {
     dptree::from_fn_with_description(
-        D::map_async(),
+        // Transparent to the update kinds: a dispatcher asks Telegram for what the
+        // filters after it want, not for every kind.
+        D::entry(),
         move |deps: DependencyMap, next| async move {
             let Some(session) = deps.try_get::<LazySession<S>>() else {
                 let error = SessionError::NotAttached { session: S::NAME };

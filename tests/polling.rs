@@ -5,170 +5,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::bot_api::{FakeBotApi, TOKEN};
 use common::{Counter, CounterAccess, ProbeStore, stored};
 use parking_lot::Mutex;
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::{Barrier, Notify, oneshot};
-use typed_session::axum::Router;
-use typed_session::axum::body::Bytes;
-use typed_session::axum::extract::{Path, State};
-use typed_session::axum::http::StatusCode;
-use typed_session::axum::http::header;
-use typed_session::axum::response::{IntoResponse, Response};
-use typed_session::axum::routing::post;
+use serde_json::json;
+use tokio::sync::{Barrier, oneshot};
 use typed_session::{
     Chain, MemoryStore, Polling, PollingError, SessionMiddleware, Update, UpdateKeys,
 };
-
-const TOKEN: &str = "123456:TEST-double";
-
-/// Test double of the Telegram Bot API (`getUpdates` and `sendMessage`), served on a free
-/// loopback port. It keeps updates until an `offset` confirms them, as Telegram does.
-#[derive(Default)]
-struct FakeBotApi {
-    state: Mutex<FakeState>,
-    changed: Notify,
-}
-
-#[derive(Default)]
-struct FakeState {
-    /// Updates not yet confirmed, oldest first.
-    pending: Vec<Value>,
-    /// The `offset` of every `getUpdates`, in order.
-    offsets: Vec<i64>,
-    /// Every `sendMessage`, as `(chat_id, text)`.
-    sent: Vec<(i64, String)>,
-    /// How many `getUpdates` still get a `502` with an HTML body.
-    fail_next: usize,
-    /// Whether every call gets `401 Unauthorized`.
-    reject_token: bool,
-}
-
-impl FakeBotApi {
-    async fn start() -> (Arc<Self>, String) {
-        let fake = Arc::new(FakeBotApi::default());
-        let app = Router::new()
-            .route("/{bot}/{method}", post(answer))
-            .with_state(Arc::clone(&fake));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("address");
-        tokio::spawn(async move { typed_session::axum::serve(listener, app).await });
-        (fake, format!("http://{addr}"))
-    }
-
-    fn push(&self, updates: impl IntoIterator<Item = Update>) {
-        let mut state = self.state.lock();
-        for update in updates {
-            state
-                .pending
-                .push(serde_json::to_value(update).expect("an update is JSON"));
-        }
-        drop(state);
-        self.changed.notify_waiters();
-    }
-
-    fn state<T>(&self, read: impl FnOnce(&FakeState) -> T) -> T {
-        read(&self.state.lock())
-    }
-
-    /// Waits until `done` holds (each change of the double wakes it).
-    async fn wait_until(&self, done: impl Fn(&FakeState) -> bool) {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if done(&self.state.lock()) {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .expect("the poller did not get there within 30 s");
-    }
-}
-
-async fn answer(
-    State(fake): State<Arc<FakeBotApi>>,
-    Path((bot, method)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    let params: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let unauthorized = || {
-        reply(
-            StatusCode::UNAUTHORIZED,
-            json!({"ok": false, "error_code": 401, "description": "Unauthorized"}),
-        )
-    };
-    if bot != format!("bot{TOKEN}") || fake.state.lock().reject_token {
-        return unauthorized();
-    }
-    let response = match method.as_str() {
-        "getUpdates" => get_updates(&fake, &params).await,
-        "sendMessage" => {
-            let chat = params["chat_id"].as_i64().unwrap_or_default();
-            let text = params["text"].as_str().unwrap_or_default().to_owned();
-            fake.state.lock().sent.push((chat, text));
-            reply(
-                StatusCode::OK,
-                json!({"ok": true, "result": {"message_id": 1}}),
-            )
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"}),
-        ),
-    };
-    fake.changed.notify_waiters();
-    response
-}
-
-fn reply(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-async fn get_updates(fake: &FakeBotApi, params: &Value) -> Response {
-    let offset = params["offset"].as_i64().unwrap_or_default();
-    let limit = params["limit"].as_u64().unwrap_or(100) as usize;
-    let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or_default());
-    let deadline = tokio::time::Instant::now() + timeout;
-    {
-        let mut state = fake.state.lock();
-        state.offsets.push(offset);
-        if state.fail_next > 0 {
-            state.fail_next -= 1;
-            return (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response();
-        }
-        state
-            .pending
-            .retain(|u| u["update_id"].as_i64().unwrap_or_default() >= offset);
-    }
-    fake.changed.notify_waiters();
-    loop {
-        let changed = fake.changed.notified();
-        {
-            let state = fake.state.lock();
-            if !state.pending.is_empty() || timeout.is_zero() {
-                let batch: Vec<Value> = state.pending.iter().take(limit).cloned().collect();
-                return reply(StatusCode::OK, json!({"ok": true, "result": batch}));
-            }
-        }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return reply(StatusCode::OK, json!({"ok": true, "result": []}));
-        }
-    }
-}
 
 /// Counts each user's updates and replies with the count.
 fn counting(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {

@@ -6,6 +6,9 @@
 //! (`#[tokio::test(start_paused = true)]`), where they are deterministic and instant.
 #![allow(dead_code)]
 
+#[cfg(feature = "webhook")]
+pub mod bot_api;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

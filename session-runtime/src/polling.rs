@@ -49,6 +49,11 @@ const NETWORK_GRACE: Duration = Duration::from_secs(10);
 ///   is fetched, the running one finishes and persists, its offset is confirmed, and `run`
 ///   returns.
 ///
+/// A batch is finished before the next one is fetched (Telegram's offset confirms everything
+/// before it, so fetching on would confirm updates still running): one slow handler delays
+/// the updates behind it. Move long work off the handler (spawn it, after saving what it
+/// needs in the session), or lower [`limit`](Self::limit).
+///
 /// Telegram refuses `getUpdates` (`409`) while a webhook is set; call `deleteWebhook` first.
 ///
 /// # Example

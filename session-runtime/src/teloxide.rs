@@ -67,6 +67,10 @@ use crate::session::Session;
 /// [`ErrorPolicy`](crate::ErrorPolicy). A session that cannot be saved turns the outcome into
 /// `Err(E::from(error))`, which the dispatcher's error handler logs; the changes stay live and
 /// are written by the next update of the key or by [`SessionMiddleware::flush`].
+///
+/// The handlers' error type `E` must take a [`BoxError`]: `Box<dyn Error + Send + Sync>`
+/// does, and so does an error type of yours with a `From<BoxError>` impl (teloxide's
+/// `RequestError` does not; convert it with `?` into one that does).
 #[track_caller]
 pub fn attach<S, E, D>(
     middleware: SessionMiddleware<S, Update>,

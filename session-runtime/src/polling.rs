@@ -7,7 +7,9 @@
 //! next one with the offset after it. If a session could not be saved, the loop retries the
 //! save with backoff before it moves on; if it is stopped before the save succeeds, it
 //! confirms only the updates before the first unsaved one, so Telegram delivers that one again
-//! to the next run, which handles it against the store as it was.
+//! to the next run, which handles it against the store as it was. The updates after it in the
+//! same batch come again too, although they were handled and saved: in that one case (a stop
+//! while the store refuses writes) delivery is at least once.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -231,3 +231,64 @@ async fn a_batch_runs_at_most_max_concurrency_updates_at_once() {
         assert_eq!(stored::<u64>(&store, &key, "count"), Some(1), "{key}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_wait_is_retried_after_telegrams_retry_after_not_the_backoff() {
+    let (fake, api) = FakeBotApi::start().await;
+    fake.state.lock().flood_next = 2;
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    fake.push([Update::text(1, 7, 7, "hi")]);
+
+    // A backoff of a minute: only `retry_after` (0 s) lets the update through in time.
+    let patient = polling(counting(&sessions), &api)
+        .backoff(Duration::from_secs(60), Duration::from_secs(60));
+    let (stop, run) = spawn(patient);
+    fake.wait_until(|s| s.sent.len() == 1).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+
+    assert_eq!(fake.state(|s| s.offsets[..3].to_vec()), vec![0, 0, 0]);
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1));
+}
+
+/// teloxide-core's `Update`, parsed from the double's JSON by the poller.
+#[cfg(feature = "telegram")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teloxide_core_updates_are_polled_too() {
+    use typed_session::teloxide_core::types::Update as TgUpdate;
+
+    let (fake, api) = FakeBotApi::start().await;
+    let store = MemoryStore::new();
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Counter, TgUpdate>::new(store.clone()))
+        .handler(|ctx| {
+            Box::pin(async move {
+                let count = ctx.session().await?.update_count(|c| {
+                    *c += 1;
+                    *c
+                });
+                ctx.reply_with(json!({
+                    "method": "sendMessage", "chat_id": ctx.update().chat_id(), "text": count.to_string(),
+                }));
+                Ok(())
+            })
+        });
+    fake.push((1..=3).map(|id| Update::text(id, 7, 7, "hi")));
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(
+        Polling::new(TOKEN, chain)
+            .api_url(&api)
+            .timeout(Duration::from_secs(5))
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    fake.wait_until(|s| s.sent.len() == 3).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(3));
+    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(4));
+}

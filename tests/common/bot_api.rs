@@ -40,6 +40,8 @@ pub struct FakeState {
     pub sent: Vec<(i64, String)>,
     /// How many `getUpdates` still get a `502` with an HTML body.
     pub fail_next: usize,
+    /// How many `getUpdates` still get a `429` flood-wait answer, with `retry_after` 0.
+    pub flood_next: usize,
     /// Whether every call gets `401 Unauthorized`.
     pub reject_token: bool,
 }
@@ -172,6 +174,14 @@ async fn get_updates(fake: &FakeBotApi, params: &Value) -> Response {
         if state.fail_next > 0 {
             state.fail_next -= 1;
             return (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response();
+        }
+        if state.flood_next > 0 {
+            state.flood_next -= 1;
+            let flood = json!({
+                "ok": false, "error_code": 429, "description": "Too Many Requests: retry after 0",
+                "parameters": {"retry_after": 0},
+            });
+            return reply(StatusCode::TOO_MANY_REQUESTS, flood);
         }
         state
             .pending

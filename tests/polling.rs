@@ -96,14 +96,31 @@ async fn a_failed_save_holds_the_offset_back_until_a_retry_saves_it() {
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
     fake.push((1..=3).map(|id| Update::text(id, 7, 7, "hi")));
 
+    // What the store held whenever the poller asked with an offset past update 1.
+    let seen_past_1 = Arc::new(Mutex::new(Vec::new()));
+    fake.state.lock().on_get_updates = Some(Arc::new({
+        let (memory, seen) = (memory.clone(), Arc::clone(&seen_past_1));
+        move |offset| {
+            if offset > 1 {
+                seen.lock()
+                    .push((offset, stored::<u64>(&memory, "7:7", "count")));
+            }
+        }
+    }));
+
     let (stop, run) = spawn(polling(counting(&sessions), &api));
-    fake.wait_until(|s| s.offsets.len() >= 2).await;
+    fake.wait_until(|s| s.offsets.contains(&4)).await;
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
-    // The next request confirmed the batch only after the retried save succeeded.
-    assert_eq!(fake.state(|s| s.offsets[..2].to_vec()), vec![0, 4]);
-    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(3));
+    // No offset confirmed any of the three before the retried save had stored all three.
+    let seen = seen_past_1.lock().clone();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|&(offset, count)| offset == 4 && count == Some(3)),
+        "{seen:?}"
+    );
     assert_eq!(sessions.unsaved_sessions(), 0);
 }
 
@@ -291,4 +308,66 @@ async fn teloxide_core_updates_are_polled_too() {
 
     assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(3));
     assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_update_does_not_hold_back_the_next_ones_only_the_offset() {
+    let (fake, api) = FakeBotApi::start().await;
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let (entered, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    // Update 1 (user 7) waits to be released; the others answer at once.
+    let chain = Chain::new().with(sessions.clone()).handler({
+        let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+        move |ctx| {
+            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+            Box::pin(async move {
+                let count = ctx.session().await?.update_count(|c| {
+                    *c += 1;
+                    *c
+                });
+                if ctx.update().update_id == 1 {
+                    entered.notify_one();
+                    release.notified().await;
+                }
+                let chat = ctx.update().chat_id().unwrap_or_default();
+                ctx.reply_with(
+                    json!({"method": "sendMessage", "chat_id": chat, "text": count.to_string()}),
+                );
+                Ok(())
+            })
+        }
+    });
+    fake.push([Update::text(1, 7, 7, "slow")]);
+    let (stop, run) = spawn(polling(chain, &api));
+    entered.notified().await;
+
+    // While update 1 runs, updates 2 and 3 arrive, are handled and answered.
+    fake.push([Update::text(2, 8, 8, "hi"), Update::text(3, 9, 9, "hi")]);
+    fake.wait_until(|s| s.sent.len() == 2).await;
+    let chats: Vec<i64> = fake.state(|s| s.sent.iter().map(|(chat, _)| *chat).collect());
+    assert_eq!(
+        chats.iter().filter(|&&c| c == 8 || c == 9).count(),
+        2,
+        "{chats:?}"
+    );
+    // ... but nothing past update 1 is confirmed while it runs.
+    assert!(
+        fake.state(|s| s.offsets.iter().all(|&o| o <= 1)),
+        "{:?}",
+        fake.state(|s| s.offsets.clone())
+    );
+
+    release.notify_one();
+    fake.wait_until(|s| s.sent.len() == 3 && s.offsets.contains(&4))
+        .await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+    for user in [7, 8, 9] {
+        let key = format!("{user}:{user}");
+        assert_eq!(stored::<u64>(&store, &key, "count"), Some(1), "{key}");
+    }
 }

@@ -1,17 +1,21 @@
 //! [`Polling`]: a `getUpdates` loop that runs the chain for each update and confirms an update
 //! to Telegram only once its sessions are saved (feature `polling`).
 //!
-//! Telegram keeps an update until a later `getUpdates` names an `offset` past it. The loop
-//! fetches a batch, runs its updates concurrently (updates of one key share their live session,
-//! so nothing is lost between them), waits for the whole batch, and only then asks for the
-//! next one with the offset after it. If a session could not be saved, the loop retries the
-//! save with backoff before it moves on; if it is stopped before the save succeeds, it
-//! confirms only the updates before the first unsaved one, so Telegram delivers that one again
-//! to the next run, which handles it against the store as it was. The updates after it in the
-//! same batch come again too, although they were handled and saved: in that one case (a stop
-//! while the store refuses writes) delivery is at least once.
+//! Telegram keeps an update until a later `getUpdates` names an `offset` past it, and an
+//! offset confirms every update before it. So the loop sends, as its offset, the oldest update
+//! whose sessions are not saved yet: updates run concurrently and new ones keep coming while
+//! a slow one runs, but none is confirmed before every older one is saved. (While updates
+//! run, the loop asks with a zero timeout, and again when one finishes or after half a
+//! second; Telegram re-sends the held-back updates, which are skipped.)
+//!
+//! If a session could not be saved, the loop lets the running updates finish, then retries
+//! the save with backoff before it takes new ones. If it is stopped before the save succeeds,
+//! it confirms only the updates before the first unsaved one, so Telegram delivers that one
+//! again to the next run, which handles it against the store as it was. The updates after it
+//! come again too, although they were handled and saved: in that one case (a stop while the
+//! store refuses writes) delivery is at least once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +23,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::chain::Chain;
 use crate::context::Context;
@@ -29,16 +33,20 @@ use crate::error::SessionError;
 /// Where the Bot API lives unless [`Polling::api_url`] says otherwise.
 const TELEGRAM_API: &str = "https://api.telegram.org";
 
+/// How soon to ask again when a request brought nothing new while updates run (a long poll
+/// then would keep the offset from moving when they finish).
+const REPOLL: Duration = Duration::from_millis(500);
+
 /// How long the HTTP client waits beyond the long-poll timeout before it gives up on a request.
 const NETWORK_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs a [`Chain`] on the updates of Telegram's `getUpdates` long polling.
 ///
-/// * Offsets: a batch is confirmed (by the next request's `offset`) only when every update in
-///   it has finished and its sessions are saved.
-/// * Concurrency: the updates of a batch run at once, at most
-///   [`max_concurrency`](Self::max_concurrency) at a time, each on a task of its own, so a
-///   panicking handler costs only its own update.
+/// * Offsets: an update is confirmed (by a later request's `offset`) only when it and every
+///   update before it have finished and their sessions are saved.
+/// * Concurrency: updates run at once, at most [`max_concurrency`](Self::max_concurrency) at
+///   a time, each on a task of its own, so a panicking handler costs only its own update and
+///   a slow one holds back only the offset, not the updates after it.
 /// * Failures: a network error, a `5xx` or a `429` is retried with exponential backoff (or
 ///   after Telegram's `retry_after`); a rejected token (`401`, `404`) ends [`run`](Self::run)
 ///   with [`PollingError::Unauthorized`]. An update whose handler failed is logged and
@@ -47,14 +55,13 @@ const NETWORK_GRACE: Duration = Duration::from_secs(10);
 /// * Replies: a Bot API method set with [`Context::reply_with`] is sent as its own request
 ///   after the update's sessions are saved, so a handler works unchanged under the webhook
 ///   and under polling.
-/// * Shutdown: when the `shutdown` future given to [`run`](Self::run) completes, no new batch
-///   is fetched, the running one finishes and persists, its offset is confirmed, and `run`
+/// * Shutdown: when the `shutdown` future given to [`run`](Self::run) completes, no new update
+///   is fetched, the running ones finish and persist, what is saved is confirmed, and `run`
 ///   returns.
 ///
-/// A batch is finished before the next one is fetched (Telegram's offset confirms everything
-/// before it, so fetching on would confirm updates still running): one slow handler delays
-/// the updates behind it. Move long work off the handler (spawn it, after saving what it
-/// needs in the session), or lower [`limit`](Self::limit).
+/// A slow update keeps the updates after it unconfirmed while it runs; if
+/// [`limit`](Self::limit) of them pile up behind it, Telegram's answer holds only those and
+/// new ones wait until it finishes.
 ///
 /// Telegram refuses `getUpdates` (`409`) while a webhook is set; call `deleteWebhook` first.
 ///
@@ -179,7 +186,7 @@ where
         self
     }
 
-    /// Polls until `shutdown` completes, then finishes the batch in flight, confirms what was
+    /// Polls until `shutdown` completes, then finishes the updates in flight, confirms what was
     /// saved, and returns `Ok`.
     ///
     /// # Errors
@@ -196,45 +203,99 @@ where
         };
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = Backoff::new(self.backoff);
-        // The offset of the next request, and the one Telegram last received.
-        let (mut offset, mut confirmed) = (0_i64, 0_i64);
-        loop {
-            let request = self.get_updates(offset, self.timeout, self.limit);
-            let fetched = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                fetched = api.call("getUpdates", &request, self.timeout + NETWORK_GRACE) => fetched,
-            };
-            let updates: Vec<Box<RawValue>> = match fetched.and_then(parse_result) {
-                Ok(updates) => updates,
-                Err(CallError::Unauthorized { code, description }) => {
-                    return Err(PollingError::Unauthorized { code, description });
+        let mut window = Window::default();
+        let mut running = Running::default();
+        let mut fetch: Option<(i64, Fetch)> = None;
+        // No request before this instant; `true`: a finished update ends the wait early.
+        let mut pause: Option<(Instant, bool)> = None;
+        // The offset Telegram last answered (offsets only grow).
+        let mut confirmed = 0_i64;
+        let stopped_by = loop {
+            if window.has_unsaved() {
+                // Saves failed: finish what runs, then retry the saves before anything new.
+                fetch = None;
+                running.drain(&mut window).await;
+                if !self
+                    .save_unsaved(&mut window, &mut backoff, &mut shutdown)
+                    .await
+                {
+                    break None;
                 }
-                Err(CallError::Retry { reason, after }) => {
-                    let wait = after.unwrap_or_else(|| backoff.next());
-                    tracing::warn!(%reason, ?wait, "getUpdates failed; retrying");
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(wait) => continue,
+            }
+            let offset = window.watermark();
+            if fetch.is_none() && pause.is_none() && running.len() < self.max_concurrency {
+                // Long polling only when nothing runs: a finished update may move the offset.
+                let timeout = if running.is_empty() {
+                    self.timeout
+                } else {
+                    Duration::ZERO
+                };
+                let request = self.get_updates(offset, timeout, self.limit);
+                let api = api.clone();
+                fetch = Some((
+                    offset,
+                    Box::pin(async move {
+                        let answer = api
+                            .call("getUpdates", &request, timeout + NETWORK_GRACE)
+                            .await;
+                        answer.and_then(parse_result)
+                    }),
+                ));
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break None,
+                Some(joined) = running.join_next(), if !running.is_empty() => {
+                    window.finish(joined);
+                    // Ask again early only if the answer can differ: the offset moved.
+                    if matches!(pause, Some((_, true))) && window.watermark() > confirmed {
+                        pause = None;
                     }
                 }
-            };
-            backoff.reset();
-            confirmed = offset;
-            let batch = self.handle_batch(&api, updates).await;
-            match self.settle(batch, &mut backoff, &mut shutdown).await {
-                Settled::Saved(next) => offset = offset.max(next),
-                Settled::Unsaved(first) => {
-                    offset = offset.max(first);
-                    break;
+                () = sleep_until(pause.map(|(until, _)| until)), if pause.is_some() => pause = None,
+                fetched = poll_fetch(&mut fetch), if fetch.is_some() => {
+                    let sent_offset = fetch.take().map_or(offset, |(sent, _)| sent);
+                    match fetched {
+                        Ok(updates) => {
+                            backoff.reset();
+                            confirmed = confirmed.max(sent_offset);
+                            let room = self.max_concurrency.saturating_sub(running.len());
+                            let started = self.start(updates, room, &api, &mut window, &mut running);
+                            if started == 0 && !running.is_empty() {
+                                // Nothing new while updates run: ask again when one finishes
+                                // and moves the offset, or after a while.
+                                pause = Some((Instant::now() + REPOLL, true));
+                            }
+                        }
+                        Err(CallError::Unauthorized { code, description }) => {
+                            break Some(PollingError::Unauthorized { code, description });
+                        }
+                        Err(CallError::Retry { reason, after }) => {
+                            let wait = after.unwrap_or_else(|| backoff.next());
+                            tracing::warn!(%reason, ?wait, "getUpdates failed; retrying");
+                            pause = Some((Instant::now() + wait, false));
+                        }
+                    }
+                }
+            }
+        };
+        // Stop: let the running updates finish and persist, give failed saves one more try,
+        // and confirm what is saved.
+        drop(fetch);
+        running.drain(&mut window).await;
+        if window.has_unsaved() {
+            match self.chain.flush().await {
+                Ok(()) => window.saved(),
+                Err(error) => {
+                    tracing::error!(%error, "sessions still unsaved at shutdown; their updates stay with Telegram")
                 }
             }
         }
+        let offset = window.watermark();
         if offset > confirmed {
             self.confirm(&api, offset).await;
         }
-        Ok(())
+        stopped_by.map_or(Ok(()), Err)
     }
 
     fn get_updates(&self, offset: i64, timeout: Duration, limit: u8) -> serde_json::Value {
@@ -249,12 +310,17 @@ where
         request
     }
 
-    /// Runs every update of a batch, at most `max_concurrency` at once, and waits for all.
-    async fn handle_batch(&self, api: &BotApi, updates: Vec<Box<RawValue>>) -> Batch {
-        let mut batch = Batch::default();
-        let permits = Arc::new(Semaphore::new(self.max_concurrency));
-        let mut running = JoinSet::new();
-        let mut ids = HashMap::new();
+    /// Starts the fetched updates not started before, at most `room` of them (the rest come
+    /// again with the next request); returns how many it started.
+    fn start(
+        &self,
+        updates: Vec<Box<RawValue>>,
+        room: usize,
+        api: &BotApi,
+        window: &mut Window,
+        running: &mut Running,
+    ) -> usize {
+        let mut started = 0;
         for raw in updates {
             let Some(id) = update_id(&raw) else {
                 tracing::error!(
@@ -263,7 +329,13 @@ where
                 );
                 continue;
             };
-            batch.next = batch.next.max(id + 1);
+            if id < window.fresh_from {
+                continue; // started before; still held back by an older one
+            }
+            if started == room {
+                break;
+            }
+            window.fresh_from = id + 1;
             let update: U = match serde_json::from_str(raw.get()) {
                 Ok(update) => update,
                 Err(error) => {
@@ -271,58 +343,35 @@ where
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                break; // never closed
-            };
-            let chain = Arc::clone(&self.chain);
-            let api = api.clone();
-            let task = running.spawn(async move {
-                let outcome = handle_one(&chain, &api, update).await;
-                drop(permit);
-                outcome
-            });
-            ids.insert(task.id(), id);
+            window.open.insert(id, Status::Running);
+            let (chain, api) = (Arc::clone(&self.chain), api.clone());
+            running.spawn(id, async move { handle_one(&chain, &api, update).await });
+            started += 1;
         }
-        while let Some(joined) = running.join_next_with_id().await {
-            match joined {
-                Ok((_, Outcome::Saved)) => {}
-                Ok((task, Outcome::Unsaved)) => batch.unsaved(ids.get(&task).copied()),
-                Err(error) => {
-                    let id = ids.get(&error.id()).copied();
-                    tracing::error!(
-                        update_id = id,
-                        "the handler panicked; its sessions are persisted on their own task"
-                    );
-                    batch.unsaved(id);
-                }
-            }
-        }
-        batch
+        started
     }
 
-    /// After a batch with unsaved sessions, retries the saves until they succeed or shutdown
-    /// is asked for.
-    async fn settle(
+    /// Retries the failed saves until they succeed (`true`) or shutdown is asked for
+    /// (`false`). Nothing runs meanwhile.
+    async fn save_unsaved(
         &self,
-        batch: Batch,
+        window: &mut Window,
         backoff: &mut Backoff,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Settled {
-        let Some(first_unsaved) = batch.first_unsaved else {
-            return Settled::Saved(batch.next);
-        };
+    ) -> bool {
         loop {
             match self.chain.flush().await {
                 Ok(()) => {
                     backoff.reset();
-                    return Settled::Saved(batch.next);
+                    window.saved();
+                    return true;
                 }
                 Err(error) => {
                     let wait = backoff.next();
-                    tracing::error!(%error, ?wait, "sessions of this batch are not saved; the batch stays unconfirmed while retrying");
+                    tracing::error!(%error, ?wait, "sessions are not saved; their updates stay unconfirmed while retrying");
                     tokio::select! {
                         biased;
-                        () = shutdown.as_mut() => return Settled::Unsaved(first_unsaved),
+                        () = shutdown.as_mut() => return false,
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
@@ -340,33 +389,47 @@ where
         {
             Ok(_) => tracing::info!(offset, "confirmed the updates handled before shutdown"),
             Err(error) => {
-                tracing::warn!(offset, reason = %error, "could not confirm the last batch; Telegram delivers it again to the next run");
+                tracing::warn!(offset, reason = %error, "could not confirm the last updates; Telegram delivers them again to the next run");
             }
         }
     }
 }
 
+/// A `getUpdates` in flight.
+type Fetch = std::pin::Pin<Box<dyn Future<Output = Result<Vec<Box<RawValue>>, CallError>> + Send>>;
+
+/// Waits for the request in flight; never completes when there is none.
+async fn poll_fetch(fetch: &mut Option<(i64, Fetch)>) -> Result<Vec<Box<RawValue>>, CallError> {
+    match fetch {
+        Some((_, request)) => request.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the chain for one update, then sends its reply.
-async fn handle_one<U: Send + Sync + 'static>(
-    chain: &Chain<U>,
-    api: &BotApi,
-    update: U,
-) -> Outcome {
+async fn handle_one<U: Send + Sync + 'static>(chain: &Chain<U>, api: &BotApi, update: U) -> Status {
     let ctx = Context::new(update);
     match chain.run(&ctx).await {
         Ok(()) => {
             if let Some(reply) = ctx.take_reply() {
                 api.send_reply(reply).await;
             }
-            Outcome::Saved
+            Status::Saved
         }
         Err(error) if is_unsaved(&*error) => {
             tracing::error!(%error, "update handled, but its session is not saved");
-            Outcome::Unsaved
+            Status::Unsaved
         }
         Err(error) => {
             tracing::error!(%error, "update failed");
-            Outcome::Saved
+            Status::Saved
         }
     }
 }
@@ -389,33 +452,107 @@ fn update_id(raw: &RawValue) -> Option<i64> {
         .map(|id| id.update_id)
 }
 
-enum Outcome {
+/// Where an update started by the poller stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Running,
+    /// Finished, and its sessions are saved (or it had none to save).
     Saved,
+    /// Finished, but a session could not be saved (or the handler panicked and its save runs
+    /// on a task of its own).
     Unsaved,
 }
 
-/// What a batch left behind.
+/// The updates started and not yet confirmed to Telegram.
 #[derive(Default)]
-struct Batch {
-    /// The offset that confirms the whole batch.
-    next: i64,
-    /// The first update whose sessions may not be saved.
-    first_unsaved: Option<i64>,
+struct Window {
+    /// By update id; confirmed ones are dropped from the front.
+    open: BTreeMap<i64, Status>,
+    /// The id after the newest update started (or skipped).
+    fresh_from: i64,
 }
 
-impl Batch {
-    fn unsaved(&mut self, id: Option<i64>) {
-        // A panicked task whose id is unknown holds the whole batch back.
-        let id = id.unwrap_or(0);
-        self.first_unsaved = Some(self.first_unsaved.map_or(id, |first| first.min(id)));
+impl Window {
+    /// The offset to send: the first update not saved yet, or the one after the newest.
+    fn watermark(&mut self) -> i64 {
+        while let Some(first) = self.open.first_entry() {
+            if *first.get() != Status::Saved {
+                return *first.key();
+            }
+            first.remove();
+        }
+        self.fresh_from
+    }
+
+    fn finish(&mut self, (id, status): (Option<i64>, Status)) {
+        match id.and_then(|id| self.open.get_mut(&id)) {
+            Some(slot) => *slot = status,
+            // A panicked task whose update is unknown: hold everything back until a flush.
+            None => {
+                for slot in self.open.values_mut() {
+                    *slot = Status::Unsaved;
+                }
+            }
+        }
+    }
+
+    fn has_unsaved(&self) -> bool {
+        self.open.values().any(|s| *s == Status::Unsaved)
+    }
+
+    /// After a successful flush: every finished update is saved.
+    fn saved(&mut self) {
+        for slot in self.open.values_mut() {
+            if *slot == Status::Unsaved {
+                *slot = Status::Saved;
+            }
+        }
     }
 }
 
-enum Settled {
-    /// Everything is saved; the offset after the batch.
-    Saved(i64),
-    /// Shutdown came first; the offset of the first unsaved update.
-    Unsaved(i64),
+/// The updates running, each on a task of its own, by update id.
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<Status>,
+    ids: HashMap<tokio::task::Id, i64>,
+}
+
+impl Running {
+    fn spawn(&mut self, id: i64, task: impl Future<Output = Status> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.ids.insert(handle.id(), id);
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next update to finish, with its status; `None` when nothing runs.
+    async fn join_next(&mut self) -> Option<(Option<i64>, Status)> {
+        let joined = self.tasks.join_next_with_id().await?;
+        Some(match joined {
+            Ok((task, status)) => (self.ids.remove(&task), status),
+            Err(error) => {
+                let id = self.ids.remove(&error.id());
+                tracing::error!(
+                    update_id = id,
+                    "the handler panicked; its sessions are persisted on a task of their own"
+                );
+                (id, Status::Unsaved)
+            }
+        })
+    }
+
+    /// Waits for every running update.
+    async fn drain(&mut self, window: &mut Window) {
+        while let Some(joined) = self.join_next().await {
+            window.finish(joined);
+        }
+    }
 }
 
 struct Backoff {

@@ -44,6 +44,8 @@ pub struct FakeState {
     pub flood_next: usize,
     /// Whether every call gets `401 Unauthorized`.
     pub reject_token: bool,
+    /// Called with the offset of each `getUpdates` as it arrives, to look at the world then.
+    pub on_get_updates: Option<Arc<dyn Fn(i64) + Send + Sync>>,
 }
 
 impl FakeBotApi {
@@ -168,6 +170,10 @@ async fn get_updates(fake: &FakeBotApi, params: &Value) -> Response {
     let limit = params["limit"].as_u64().unwrap_or(100) as usize;
     let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or_default());
     let deadline = tokio::time::Instant::now() + timeout;
+    let observe = fake.state.lock().on_get_updates.clone();
+    if let Some(observe) = observe {
+        observe(offset);
+    }
     {
         let mut state = fake.state.lock();
         state.offsets.push(offset);

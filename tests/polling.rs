@@ -72,14 +72,14 @@ async fn every_update_is_handled_once_replied_to_and_confirmed() {
     for user in 100..103 {
         let key = format!("{user}:{user}");
         assert_eq!(stored::<u64>(&store, &key, "count"), Some(10), "{key}");
-        let mut replies: Vec<String> = fake.state(|s| {
+        // One chat's updates run one at a time, in order: its replies count up.
+        let replies: Vec<String> = fake.state(|s| {
             s.sent
                 .iter()
                 .filter(|(chat, _)| *chat == user)
                 .map(|(_, text)| text.clone())
                 .collect()
         });
-        replies.sort_by_key(|t| t.parse::<u64>().unwrap_or_default());
         let expected: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
         assert_eq!(replies, expected, "replies to {user}");
     }
@@ -370,4 +370,75 @@ async fn a_slow_update_does_not_hold_back_the_next_ones_only_the_offset() {
         let key = format!("{user}:{user}");
         assert_eq!(stored::<u64>(&store, &key, "count"), Some(1), "{key}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_chats_updates_run_one_at_a_time_in_order_while_other_chats_go_on() {
+    let (fake, api) = FakeBotApi::start().await;
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let (entered, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let second_started = Arc::new(AtomicUsize::new(0));
+    // Update 1 of chat 7 waits to be released; update 2 of chat 7 notes that it started.
+    let chain = Chain::new().with(sessions.clone()).handler({
+        let (entered, release, second_started) =
+            (entered.clone(), release.clone(), second_started.clone());
+        move |ctx| {
+            let (entered, release, second_started) =
+                (entered.clone(), release.clone(), second_started.clone());
+            Box::pin(async move {
+                match ctx.update().update_id {
+                    1 => {
+                        entered.notify_one();
+                        release.notified().await;
+                    }
+                    2 => {
+                        second_started.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+                let count = ctx.session().await?.update_count(|c| {
+                    *c += 1;
+                    *c
+                });
+                let chat = ctx.update().chat_id().unwrap_or_default();
+                ctx.reply_with(
+                    json!({"method": "sendMessage", "chat_id": chat, "text": count.to_string()}),
+                );
+                Ok(())
+            })
+        }
+    });
+    fake.push([Update::text(1, 7, 7, "first")]);
+    let (stop, run) = spawn(polling(chain, &api));
+    entered.notified().await;
+
+    fake.push([
+        Update::text(2, 7, 7, "second"),
+        Update::text(3, 8, 8, "other chat"),
+    ]);
+    fake.wait_until(|s| s.sent.iter().any(|(chat, _)| *chat == 8))
+        .await;
+    assert_eq!(
+        second_started.load(Ordering::SeqCst),
+        0,
+        "update 2 waits for update 1 of its chat"
+    );
+
+    release.notify_one();
+    fake.wait_until(|s| s.sent.len() == 3).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+    let chat_7: Vec<String> = fake.state(|s| {
+        s.sent
+            .iter()
+            .filter(|(chat, _)| *chat == 7)
+            .map(|(_, text)| text.clone())
+            .collect()
+    });
+    assert_eq!(chat_7, ["1", "2"]);
+    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(4));
 }

@@ -15,7 +15,7 @@
 //! come again too, although they were handled and saved: in that one case (a stop while the
 //! store refuses writes) delivery is at least once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::chain::Chain;
 use crate::context::Context;
 use crate::error::SessionError;
+use crate::key::UpdateKeys;
 
 /// Where the Bot API lives unless [`Polling::api_url`] says otherwise.
 const TELEGRAM_API: &str = "https://api.telegram.org";
@@ -44,9 +45,12 @@ const NETWORK_GRACE: Duration = Duration::from_secs(10);
 ///
 /// * Offsets: an update is confirmed (by a later request's `offset`) only when it and every
 ///   update before it have finished and their sessions are saved.
-/// * Concurrency: updates run at once, at most [`max_concurrency`](Self::max_concurrency) at
-///   a time, each on a task of its own, so a panicking handler costs only its own update and
-///   a slow one holds back only the offset, not the updates after it.
+/// * Concurrency: updates of different chats run at once, at most
+///   [`max_concurrency`](Self::max_concurrency) taken at a time, each on a task of its own,
+///   so a panicking handler costs only its own update and a slow one holds back only the
+///   offset and its own chat, not the other chats. One chat's updates run one at a time, in
+///   the order Telegram sent them (as teloxide's dispatcher does; updates without a chat are
+///   ordered by sender, and those with neither run freely).
 /// * Failures: a network error, a `5xx` or a `429` is retried with exponential backoff (or
 ///   after Telegram's `retry_after`); a rejected token (`401`, `404`) ends [`run`](Self::run)
 ///   with [`PollingError::Unauthorized`]. An update whose handler failed is logged and
@@ -126,7 +130,7 @@ pub enum PollingError {
 
 impl<U> Polling<U>
 where
-    U: DeserializeOwned + Send + Sync + 'static,
+    U: DeserializeOwned + UpdateKeys + Send + Sync + 'static,
 {
     /// Polls Telegram with bot `token` for `chain`, with a 30 s long-poll timeout, batches of
     /// up to 100 updates, at most 64 updates at once, and backoff from 500 ms to 30 s.
@@ -163,7 +167,8 @@ where
         self
     }
 
-    /// The most updates handled at the same time (at least 1; default 64).
+    /// The most updates taken at the same time, running or waiting for an earlier update of
+    /// their chat (at least 1; default 64).
     pub fn max_concurrency(mut self, max: usize) -> Self {
         self.max_concurrency = max.max(1);
         self
@@ -344,8 +349,13 @@ where
                 }
             };
             window.open.insert(id, Status::Running);
+            let chat = update.chat_id().or_else(|| update.user_id());
             let (chain, api) = (Arc::clone(&self.chain), api.clone());
-            running.spawn(id, async move { handle_one(&chain, &api, update).await });
+            running.submit(
+                id,
+                chat,
+                Box::pin(async move { handle_one(&chain, &api, update).await }),
+            );
             started += 1;
         }
         started
@@ -510,44 +520,80 @@ impl Window {
     }
 }
 
-/// The updates running, each on a task of its own, by update id.
+/// A handled update, ready to run.
+type Job = std::pin::Pin<Box<dyn Future<Output = Status> + Send>>;
+
+/// The updates taken and not finished: running, each on a task of its own, or waiting for
+/// the update of the same chat before them (one chat's updates run one at a time, in order).
 #[derive(Default)]
 struct Running {
     tasks: JoinSet<Status>,
-    ids: HashMap<tokio::task::Id, i64>,
+    /// Update id and chat of each task.
+    ids: HashMap<tokio::task::Id, (i64, Option<i64>)>,
+    /// Per chat with an update running, the ones waiting behind it.
+    waiting: HashMap<i64, VecDeque<(i64, Job)>>,
+    queued: usize,
 }
 
 impl Running {
-    fn spawn(&mut self, id: i64, task: impl Future<Output = Status> + Send + 'static) {
-        let handle = self.tasks.spawn(task);
-        self.ids.insert(handle.id(), id);
+    /// Runs update `id` of `chat` now, or after the updates of that chat taken before it.
+    fn submit(&mut self, id: i64, chat: Option<i64>, job: Job) {
+        if let Some(chat) = chat {
+            if let Some(queue) = self.waiting.get_mut(&chat) {
+                queue.push_back((id, job));
+                self.queued += 1;
+                return;
+            }
+            self.waiting.insert(chat, VecDeque::new());
+        }
+        self.spawn(id, chat, job);
     }
 
+    fn spawn(&mut self, id: i64, chat: Option<i64>, job: Job) {
+        let handle = self.tasks.spawn(job);
+        self.ids.insert(handle.id(), (id, chat));
+    }
+
+    /// Running and waiting.
     fn len(&self) -> usize {
-        self.tasks.len()
+        self.tasks.len() + self.queued
     }
 
     fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.len() == 0
     }
 
-    /// The next update to finish, with its status; `None` when nothing runs.
+    /// The next update to finish, with its status, after starting the next one of its chat;
+    /// `None` when nothing runs.
     async fn join_next(&mut self) -> Option<(Option<i64>, Status)> {
         let joined = self.tasks.join_next_with_id().await?;
-        Some(match joined {
-            Ok((task, status)) => (self.ids.remove(&task), status),
+        let (task, status) = match joined {
+            Ok(done) => done,
             Err(error) => {
-                let id = self.ids.remove(&error.id());
+                let id = self.ids.get(&error.id()).map(|(id, _)| *id);
                 tracing::error!(
                     update_id = id,
                     "the handler panicked; its sessions are persisted on a task of their own"
                 );
-                (id, Status::Unsaved)
+                (error.id(), Status::Unsaved)
             }
-        })
+        };
+        let (id, chat) = self.ids.remove(&task).unzip();
+        if let Some(chat) = chat.flatten() {
+            match self.waiting.get_mut(&chat).and_then(VecDeque::pop_front) {
+                Some((next, job)) => {
+                    self.queued -= 1;
+                    self.spawn(next, Some(chat), job);
+                }
+                None => {
+                    self.waiting.remove(&chat);
+                }
+            }
+        }
+        Some((id, status))
     }
 
-    /// Waits for every running update.
+    /// Waits for every update taken.
     async fn drain(&mut self, window: &mut Window) {
         while let Some(joined) = self.join_next().await {
             window.finish(joined);

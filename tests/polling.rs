@@ -20,7 +20,12 @@ use typed_session::{
 
 /// Counts each user's updates and replies with the count.
 fn counting(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {
-    Chain::new().with(sessions.clone()).handler(|ctx| {
+    count_and_reply(Chain::new().with(sessions.clone()))
+}
+
+/// `chain`, then a handler that counts the update and replies with the count.
+fn count_and_reply(chain: Chain<Update>) -> Chain<Update> {
+    chain.handler(|ctx| {
         Box::pin(async move {
             // The count this update made, read under the same lock as the increment.
             let count = ctx.session().await?.update_count(|c| {
@@ -34,6 +39,39 @@ fn counting(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {
             Ok(())
         })
     })
+}
+
+/// Holds update 1 until released, and notes when update 2 starts.
+#[derive(Default)]
+struct Hold {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    second_started: AtomicUsize,
+}
+
+/// Like [`counting`], with update 1 held by `hold`.
+fn counting_held(sessions: &SessionMiddleware<Counter, Update>, hold: &Arc<Hold>) -> Chain<Update> {
+    let hold = Arc::clone(hold);
+    count_and_reply(
+        Chain::new()
+            .with(sessions.clone())
+            .with_fn(move |ctx, next| {
+                let hold = Arc::clone(&hold);
+                Box::pin(async move {
+                    match ctx.update().update_id {
+                        1 => {
+                            hold.entered.notify_one();
+                            hold.release.notified().await;
+                        }
+                        2 => {
+                            hold.second_started.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                    next.run(ctx).await
+                })
+            }),
+    )
 }
 
 fn polling(chain: Chain<Update>, api: &str) -> Polling<Update> {
@@ -315,35 +353,11 @@ async fn a_slow_update_does_not_hold_back_the_next_ones_only_the_offset() {
     let (fake, api) = FakeBotApi::start().await;
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    let (entered, release) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    // Update 1 (user 7) waits to be released; the others answer at once.
-    let chain = Chain::new().with(sessions.clone()).handler({
-        let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
-        move |ctx| {
-            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
-            Box::pin(async move {
-                let count = ctx.session().await?.update_count(|c| {
-                    *c += 1;
-                    *c
-                });
-                if ctx.update().update_id == 1 {
-                    entered.notify_one();
-                    release.notified().await;
-                }
-                let chat = ctx.update().chat_id().unwrap_or_default();
-                ctx.reply_with(
-                    json!({"method": "sendMessage", "chat_id": chat, "text": count.to_string()}),
-                );
-                Ok(())
-            })
-        }
-    });
+    let hold = Arc::new(Hold::default());
+    let chain = counting_held(&sessions, &hold);
     fake.push([Update::text(1, 7, 7, "slow")]);
     let (stop, run) = spawn(polling(chain, &api));
-    entered.notified().await;
+    hold.entered.notified().await;
 
     // While update 1 runs, updates 2 and 3 arrive, are handled and answered.
     fake.push([Update::text(2, 8, 8, "hi"), Update::text(3, 9, 9, "hi")]);
@@ -361,7 +375,7 @@ async fn a_slow_update_does_not_hold_back_the_next_ones_only_the_offset() {
         fake.state(|s| s.offsets.clone())
     );
 
-    release.notify_one();
+    hold.release.notify_one();
     fake.wait_until(|s| s.sent.len() == 3 && s.offsets.contains(&4))
         .await;
     stop.send(()).expect("the poller is running");
@@ -377,44 +391,11 @@ async fn one_chats_updates_run_one_at_a_time_in_order_while_other_chats_go_on() 
     let (fake, api) = FakeBotApi::start().await;
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    let (entered, release) = (
-        Arc::new(tokio::sync::Notify::new()),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let second_started = Arc::new(AtomicUsize::new(0));
-    // Update 1 of chat 7 waits to be released; update 2 of chat 7 notes that it started.
-    let chain = Chain::new().with(sessions.clone()).handler({
-        let (entered, release, second_started) =
-            (entered.clone(), release.clone(), second_started.clone());
-        move |ctx| {
-            let (entered, release, second_started) =
-                (entered.clone(), release.clone(), second_started.clone());
-            Box::pin(async move {
-                match ctx.update().update_id {
-                    1 => {
-                        entered.notify_one();
-                        release.notified().await;
-                    }
-                    2 => {
-                        second_started.fetch_add(1, Ordering::SeqCst);
-                    }
-                    _ => {}
-                }
-                let count = ctx.session().await?.update_count(|c| {
-                    *c += 1;
-                    *c
-                });
-                let chat = ctx.update().chat_id().unwrap_or_default();
-                ctx.reply_with(
-                    json!({"method": "sendMessage", "chat_id": chat, "text": count.to_string()}),
-                );
-                Ok(())
-            })
-        }
-    });
+    let hold = Arc::new(Hold::default());
+    let chain = counting_held(&sessions, &hold);
     fake.push([Update::text(1, 7, 7, "first")]);
     let (stop, run) = spawn(polling(chain, &api));
-    entered.notified().await;
+    hold.entered.notified().await;
 
     fake.push([
         Update::text(2, 7, 7, "second"),
@@ -423,12 +404,12 @@ async fn one_chats_updates_run_one_at_a_time_in_order_while_other_chats_go_on() 
     fake.wait_until(|s| s.sent.iter().any(|(chat, _)| *chat == 8))
         .await;
     assert_eq!(
-        second_started.load(Ordering::SeqCst),
+        hold.second_started.load(Ordering::SeqCst),
         0,
         "update 2 waits for update 1 of its chat"
     );
 
-    release.notify_one();
+    hold.release.notify_one();
     fake.wait_until(|s| s.sent.len() == 3).await;
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");

@@ -154,8 +154,29 @@ impl<U: Send + Sync + 'static> Chain<U> {
     /// Waits until no update of this chain holds a session (persists running on tasks of their
     /// own after a panic or a cancelled update included), then writes every session whose
     /// persist failed. `Ok` means nothing the chain handled is left unsaved; the error is the
-    /// first middleware's that still has something unsaved. For pollers between batches and
-    /// for shutdown.
+    /// first middleware's that still has something unsaved. For pollers, and for shutdown.
+    ///
+    /// ```
+    /// use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+    ///
+    /// #[derive(Session)]
+    /// struct Visits {
+    ///     count: u64,
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let chain = Chain::new()
+    ///     .with(SessionMiddleware::<Visits, Update>::new(MemoryStore::new()))
+    ///     .handler(|ctx| Box::pin(async move {
+    ///         ctx.session().await?.update_count(|c| *c += 1);
+    ///         Ok(())
+    ///     }));
+    /// chain.handle(Update::text(1, 7, 7, "hi")).await?;
+    /// // On shutdown: nothing this chain handled is left unsaved once this is `Ok`.
+    /// chain.flush().await?;
+    /// # Ok::<(), typed_session::BoxError>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn flush(&self) -> Result<(), BoxError> {
         let mut first = None;
         for middleware in &self.middlewares {

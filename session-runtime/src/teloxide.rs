@@ -42,8 +42,9 @@
 //! ```
 //!
 //! A handle a handler keeps after it returned (moved into a spawned task, say) is over: using
-//! it is reported as a late access (DESIGN S10) and returns
-//! [`SessionError::AfterPersist`].
+//! it is reported as a late access ([`Stats::late_accesses`](crate::Stats::late_accesses) and
+//! an error log, DESIGN S10), and what it writes is not saved by its update;
+//! [`LazySession::get`] then returns [`SessionError::AfterPersist`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;

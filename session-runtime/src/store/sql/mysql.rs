@@ -46,8 +46,30 @@ const BACKEND: &str = "mysql";
 #[derive(Clone)]
 pub struct MySqlStore {
     pool: MySqlPool,
-    table: Arc<str>,
+    sql: Arc<Statements>,
     clock: Clock,
+}
+
+/// The statements that do not depend on a patch's shape, written once per table.
+struct Statements {
+    table: Arc<str>,
+    load: String,
+    delete: String,
+    sweep: String,
+}
+
+impl Statements {
+    fn new(table: Arc<str>) -> Self {
+        let t = &table;
+        Statements {
+            load: format!(
+                "SELECT data FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
+            ),
+            delete: format!("DELETE FROM {t} WHERE key_hash = ?"),
+            sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"),
+            table,
+        }
+    }
 }
 
 impl MySqlStore {
@@ -65,7 +87,7 @@ impl MySqlStore {
     pub fn from_pool(pool: MySqlPool) -> Self {
         MySqlStore {
             pool,
-            table: Arc::from(DEFAULT_TABLE),
+            sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
         }
     }
@@ -76,7 +98,7 @@ impl MySqlStore {
     ///
     /// [`StoreError::Config`] when the name is not a plain identifier.
     pub fn with_table(mut self, name: &str) -> Result<Self, StoreError> {
-        self.table = table_name(BACKEND, name)?;
+        self.sql = Arc::new(Statements::new(table_name(BACKEND, name)?));
         Ok(self)
     }
 
@@ -94,7 +116,7 @@ impl MySqlStore {
 
     /// Creates the table (with its expiry index) if it does not exist.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let t = &self.table;
+        let t = &self.sql.table;
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {t} (key_hash BINARY(32) NOT NULL PRIMARY KEY, session_key LONGTEXT NOT NULL, \
              data LONGTEXT NOT NULL, expires_at BIGINT NULL, INDEX {t}_expires_at (expires_at)) \
@@ -109,11 +131,7 @@ impl MySqlStore {
 
     /// Deletes expired sessions; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let sql = format!(
-            "DELETE FROM {} WHERE expires_at IS NOT NULL AND expires_at <= ?",
-            self.table
-        );
-        let done = sqlx::query(&sql)
+        let done = sqlx::query(&self.sql.sweep)
             .bind(self.clock.now_ms())
             .execute(&self.pool)
             .await
@@ -131,7 +149,7 @@ impl MySqlStore {
     }
 
     fn apply_sql(&self, patch: &Patch<'_>) -> String {
-        let t = &self.table;
+        let t = &self.sql.table;
         let value = "JSON_EXTRACT(?, '$')";
         let insert = edit_expression("'{}'", 0, patch.set.len(), value);
         let current = "IF(expires_at IS NOT NULL AND expires_at <= ?, '{}', data)";
@@ -148,11 +166,7 @@ impl MySqlStore {
 impl Store for MySqlStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         StoreFuture::new(async move {
-            let sql = format!(
-                "SELECT data FROM {} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)",
-                self.table
-            );
-            let row = sqlx::query(&sql)
+            let row = sqlx::query(&self.sql.load)
                 .bind(key_hash(key))
                 .bind(self.clock.now_ms())
                 .fetch_optional(&self.pool)
@@ -204,8 +218,7 @@ impl Store for MySqlStore {
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
-            let sql = format!("DELETE FROM {} WHERE key_hash = ?", self.table);
-            sqlx::query(&sql)
+            sqlx::query(&self.sql.delete)
                 .bind(key_hash(key))
                 .execute(&self.pool)
                 .await

@@ -41,16 +41,38 @@ const BACKEND: &str = "postgres";
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    table: Arc<str>,
     sql: Arc<Statements>,
     clock: Clock,
 }
 
+/// The statements, written once per table.
 struct Statements {
+    table: Arc<str>,
     load: String,
     apply: String,
     delete: String,
     sweep: String,
+}
+
+impl Statements {
+    fn new(table: Arc<str>) -> Self {
+        let t = &table;
+        Statements {
+            load: format!(
+                "SELECT data::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
+            ),
+            apply: format!(
+                "INSERT INTO {t} AS s (key_hash, key, data, expires_at) VALUES ($1, $2, $3::jsonb, $4) \
+                 ON CONFLICT (key_hash) DO UPDATE SET \
+                 data = ((CASE WHEN s.expires_at IS NOT NULL AND s.expires_at <= $5 THEN '{{}}'::jsonb ELSE s.data END) \
+                         - $6::text[]) || $3::jsonb, \
+                 expires_at = COALESCE(EXCLUDED.expires_at, CASE WHEN s.expires_at <= $5 THEN NULL ELSE s.expires_at END)"
+            ),
+            delete: format!("DELETE FROM {t} WHERE key_hash = $1"),
+            sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= $1"),
+            table,
+        }
+    }
 }
 
 impl PostgresStore {
@@ -66,30 +88,10 @@ impl PostgresStore {
 
     /// A store over an existing pool, used as it is (DESIGN C6).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self::build(pool, Arc::from(DEFAULT_TABLE), Clock::system())
-    }
-
-    fn build(pool: PgPool, table: Arc<str>, clock: Clock) -> Self {
-        let t = &table;
-        let sql = Statements {
-            load: format!(
-                "SELECT data::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
-            ),
-            apply: format!(
-                "INSERT INTO {t} AS s (key_hash, key, data, expires_at) VALUES ($1, $2, $3::jsonb, $4) \
-                 ON CONFLICT (key_hash) DO UPDATE SET \
-                 data = ((CASE WHEN s.expires_at IS NOT NULL AND s.expires_at <= $5 THEN '{{}}'::jsonb ELSE s.data END) \
-                         - $6::text[]) || $3::jsonb, \
-                 expires_at = COALESCE(EXCLUDED.expires_at, CASE WHEN s.expires_at <= $5 THEN NULL ELSE s.expires_at END)"
-            ),
-            delete: format!("DELETE FROM {t} WHERE key_hash = $1"),
-            sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= $1"),
-        };
         PostgresStore {
             pool,
-            table,
-            sql: Arc::new(sql),
-            clock,
+            sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
+            clock: Clock::system(),
         }
     }
 
@@ -98,15 +100,16 @@ impl PostgresStore {
     /// # Errors
     ///
     /// [`StoreError::Config`] when the name is not a plain identifier.
-    pub fn with_table(self, name: &str) -> Result<Self, StoreError> {
-        let table = table_name(BACKEND, name)?;
-        Ok(Self::build(self.pool, table, self.clock))
+    pub fn with_table(mut self, name: &str) -> Result<Self, StoreError> {
+        self.sql = Arc::new(Statements::new(table_name(BACKEND, name)?));
+        Ok(self)
     }
 
     /// Reads the time from `now_ms` (milliseconds since the Unix epoch) instead of the system
     /// clock, so tests can move time.
-    pub fn with_clock(self, now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
-        Self::build(self.pool, self.table, Clock::custom(now_ms))
+    pub fn with_clock(mut self, now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Clock::custom(now_ms);
+        self
     }
 
     /// The pool.
@@ -117,7 +120,7 @@ impl PostgresStore {
     /// Creates the table and its expiry index if they do not exist. Safe to run from several
     /// processes at once: it holds a transaction-scoped advisory lock.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let t = &self.table;
+        let t = &self.sql.table;
         let error = |e| db_error(BACKEND, StoreOp::Migrate, "", e);
         let mut tx = self.pool.begin().await.map_err(error)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")

@@ -47,8 +47,30 @@ const BACKEND: &str = "sqlite";
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
-    table: Arc<str>,
+    sql: Arc<Statements>,
     clock: Clock,
+}
+
+/// The statements that do not depend on a patch's shape, written once per table.
+struct Statements {
+    table: Arc<str>,
+    load: String,
+    delete: String,
+    sweep: String,
+}
+
+impl Statements {
+    fn new(table: Arc<str>) -> Self {
+        let t = &table;
+        Statements {
+            load: format!(
+                "SELECT data FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+            ),
+            delete: format!("DELETE FROM {t} WHERE key = ?1"),
+            sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1"),
+            table,
+        }
+    }
 }
 
 fn error(op: StoreOp, key: &str, e: rusqlite::Error) -> StoreError {
@@ -89,7 +111,7 @@ impl SqliteStore {
     pub fn from_connection(connection: Connection) -> Self {
         SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
-            table: Arc::from(DEFAULT_TABLE),
+            sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
         }
     }
@@ -100,7 +122,7 @@ impl SqliteStore {
     ///
     /// [`StoreError::Config`] when the name is not a plain identifier.
     pub fn with_table(mut self, name: &str) -> Result<Self, StoreError> {
-        self.table = table_name(BACKEND, name)?;
+        self.sql = Arc::new(Statements::new(table_name(BACKEND, name)?));
         Ok(self)
     }
 
@@ -118,7 +140,7 @@ impl SqliteStore {
 
     /// Creates the table and its expiry index if they do not exist.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let t = &self.table;
+        let t = &self.sql.table;
         self.connection
             .lock()
             .execute_batch(&format!(
@@ -130,14 +152,10 @@ impl SqliteStore {
 
     /// Deletes expired sessions; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let sql = format!(
-            "DELETE FROM {} WHERE expires_at IS NOT NULL AND expires_at <= ?1",
-            self.table
-        );
         let removed = self
             .connection
             .lock()
-            .prepare_cached(&sql)
+            .prepare_cached(&self.sql.sweep)
             .and_then(|mut statement| statement.execute([self.clock.now_ms()]))
             .map_err(|e| error(StoreOp::Sweep, "", e))?;
         Ok(removed as u64)
@@ -153,13 +171,9 @@ impl SqliteStore {
     }
 
     fn load_now(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let sql = format!(
-            "SELECT data FROM {} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-            self.table
-        );
         let connection = self.connection.lock();
         let data: Option<String> = connection
-            .prepare_cached(&sql)
+            .prepare_cached(&self.sql.load)
             .and_then(|mut statement| {
                 statement
                     .query_row((key, self.clock.now_ms()), |row| row.get(0))
@@ -172,7 +186,7 @@ impl SqliteStore {
 
     fn apply_now(&self, key: &str, patch: &Patch<'_>) -> Result<(), StoreError> {
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
-        let t = &self.table;
+        let t = &self.sql.table;
         let insert = edit_expression("'{}'", 0, patch.set.len(), "json(?)");
         let current =
             "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
@@ -219,11 +233,10 @@ impl Store for SqliteStore {
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
-        let sql = format!("DELETE FROM {} WHERE key = ?1", self.table);
         let result = self
             .connection
             .lock()
-            .prepare_cached(&sql)
+            .prepare_cached(&self.sql.delete)
             .and_then(|mut statement| statement.execute([key]))
             .map(|_| ())
             .map_err(|e| error(StoreOp::Delete, key, e));

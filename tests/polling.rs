@@ -1,6 +1,10 @@
 //! Long polling against a local test double of the Bot API over real HTTP on loopback: every
 //! update handled once, replies sent after the save, offsets confirmed only for saved
 //! sessions, retries on network errors, bounded concurrency, a rejected token.
+//!
+//! DESIGN S5 at the poller: an update is confirmed to Telegram only once its persist is done;
+//! S8: a save that fails keeps the session live and the update unconfirmed until a retry
+//! writes it. One chat's updates run one at a time, in order; other chats go on meanwhile.
 #![cfg(all(feature = "polling", feature = "webhook"))]
 
 mod common;

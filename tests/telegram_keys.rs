@@ -1,6 +1,6 @@
 //! The key strategies on teloxide-core's `Update`, parsed from payloads shaped as in the Bot
 //! API documentation: the updates without a sender or a chat get no key, and asking for their
-//! session is the typed error.
+//! session is the typed error (DESIGN S1).
 #![cfg(feature = "telegram")]
 
 mod common;

@@ -1,5 +1,7 @@
 //! The session middleware as a tower layer: the session reaches the inner service through
-//! request extensions, and the response comes back only after the session is persisted.
+//! request extensions, and the response comes back only after the session is persisted
+//! (DESIGN S5), a request without a key gets no session (S1), a service that never touches
+//! it costs no store call (S2), and a failed persist keeps the session live (S8).
 #![cfg(feature = "tower")]
 
 mod common;

@@ -1,6 +1,10 @@
 //! The webhook server over real HTTP on loopback: answers only after the session is saved,
 //! loses nothing under 100 concurrent posts for one chat, refuses bad input without
 //! stopping, and shuts down gracefully.
+//!
+//! DESIGN S5 at the HTTP boundary: the answer is sent after the persist, so the webhook reply
+//! and a second replica reading the same store both see the saved value; S3 under 100
+//! concurrent posts of one chat.
 #![cfg(feature = "webhook")]
 
 mod common;

@@ -112,6 +112,16 @@ mod mongo_store {
         Some(store)
     }
 
+    /// The document the store wrote for `key`, read with the driver.
+    async fn document(store: &MongoStore, key: &str) -> typed_session::mongodb::bson::Document {
+        store
+            .collection()
+            .find_one(doc! { "_id": key })
+            .await
+            .expect("find")
+            .expect("exists")
+    }
+
     #[tokio::test]
     async fn fields_are_stored_as_native_bson_values() {
         let Some(store) = store("fields_are_stored_as_native_bson_values").await else {
@@ -131,12 +141,7 @@ mod mongo_store {
             .await
             .expect("apply");
 
-        let document = store
-            .collection()
-            .find_one(doc! { "_id": &key })
-            .await
-            .expect("find")
-            .expect("exists");
+        let document = document(&store, &key).await;
         let data = document.get_document("data").expect("a data document");
         assert_eq!(data.get("count"), Some(&Bson::Int32(3)));
         assert_eq!(data.get("big"), Some(&Bson::Int64(9_007_199_254_740_993)));
@@ -208,12 +213,7 @@ mod mongo_store {
             .apply(&key, &patch(&[("a", "1")], Some(Duration::from_secs(3600))))
             .await
             .expect("apply");
-        let document = store
-            .collection()
-            .find_one(doc! { "_id": &key })
-            .await
-            .expect("find")
-            .expect("exists");
+        let document = document(&store, &key).await;
         let at = document.get_datetime("expires_at").expect("a date");
         let in_ms = at.timestamp_millis()
             - typed_session::mongodb::bson::DateTime::now().timestamp_millis();

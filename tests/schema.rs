@@ -1,19 +1,12 @@
 //! S11: schema evolution. Renamed fields keep their data, removed fields are ignored, missing
 //! fields get their defaults, and undecodable values are errors naming key and field.
 
-use typed_session::{
-    BoxError, Chain, MemoryStore, Patch, Session, SessionError, SessionMiddleware, Store, Update,
-};
+mod common;
 
-async fn store_with(fields: &[(&str, &str)]) -> MemoryStore {
-    let memory = MemoryStore::new();
-    let patch = Patch {
-        set: fields.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        ..Patch::default()
-    };
-    memory.apply("7:7", &patch).await.expect("seed");
-    memory
-}
+use common::seeded;
+use typed_session::{
+    BoxError, Chain, MemoryStore, Session, SessionError, SessionMiddleware, Update,
+};
 
 #[derive(Session, Clone, Debug, PartialEq)]
 struct V2 {
@@ -46,14 +39,14 @@ async fn load_v2(memory: &MemoryStore) -> Result<V2, BoxError> {
 
 #[tokio::test]
 async fn a_field_renamed_in_code_still_reads_the_old_stored_name() {
-    let memory = store_with(&[("name", "\"Ada\"")]).await;
+    let memory = seeded(&[("name", "\"Ada\"")]).await;
     let v2 = load_v2(&memory).await.expect("loads");
     assert_eq!(v2.display_name, "Ada");
 }
 
 #[tokio::test]
 async fn a_stored_field_that_no_longer_exists_is_ignored_and_a_missing_one_gets_its_default() {
-    let memory = store_with(&[("name", "\"Ada\""), ("removed_in_v2", "{\"x\":1}")]).await;
+    let memory = seeded(&[("name", "\"Ada\""), ("removed_in_v2", "{\"x\":1}")]).await;
     let v2 = load_v2(&memory).await.expect("loads");
     assert_eq!(
         v2,
@@ -67,7 +60,7 @@ async fn a_stored_field_that_no_longer_exists_is_ignored_and_a_missing_one_gets_
 
 #[tokio::test]
 async fn an_undecodable_stored_value_is_an_error_naming_key_and_field() {
-    let memory = store_with(&[("level", "\"high\"")]).await;
+    let memory = seeded(&[("level", "\"high\"")]).await;
     let error = load_v2(&memory).await.expect_err("level is not a u8");
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
@@ -87,7 +80,7 @@ async fn an_undecodable_stored_value_is_an_error_naming_key_and_field() {
 
 #[tokio::test]
 async fn a_reset_on_error_field_falls_back_to_its_default() {
-    let memory = store_with(&[("favourites", "\"not a list\""), ("level", "9")]).await;
+    let memory = seeded(&[("favourites", "\"not a list\""), ("level", "9")]).await;
     let v2 = load_v2(&memory).await.expect("loads");
     assert_eq!((v2.favourites, v2.level), (vec![1, 2], 9));
 }

@@ -214,6 +214,19 @@ pub(crate) fn db_error(
     StoreError::backend(backend, op, key, error)
 }
 
+/// A pool of its own for a store given a URL (the server stores hold up to 8 connections).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) async fn connect_pool<DB: sqlx::Database>(
+    backend: &'static str,
+    url: &str,
+) -> Result<sqlx::Pool<DB>, StoreError> {
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(8)
+        .connect(url)
+        .await
+        .map_err(|e| db_error(backend, StoreOp::Connect, "", e))
+}
+
 /// Runs `sweep` every `every` until the returned handle is aborted or dropped with the runtime.
 pub(crate) fn spawn_sweeper<F, Fut>(
     backend: &'static str,

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::MySqlPool;
 
 use super::{
-    Clock, DEFAULT_TABLE, db_error, edit_expression, key_hash, parse_record, patch_paths,
-    table_name,
+    Clock, DEFAULT_TABLE, connect_pool, db_error, edit_expression, key_hash, parse_record,
+    patch_paths, table_name,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -75,12 +75,7 @@ impl Statements {
 impl MySqlStore {
     /// Connects to `url` (`mysql://user:password@host:port/database`) with a pool of its own.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = MySqlPoolOptions::new()
-            .max_connections(8)
-            .connect(url)
-            .await
-            .map_err(|e| db_error(BACKEND, StoreOp::Connect, "", e))?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(connect_pool(BACKEND, url).await?))
     }
 
     /// A store over an existing pool, used as it is (DESIGN C6).

@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 
-use super::{Clock, DEFAULT_TABLE, db_error, key_hash, parse_record, set_object, table_name};
+use super::{
+    Clock, DEFAULT_TABLE, connect_pool, db_error, key_hash, parse_record, set_object, table_name,
+};
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
 
@@ -78,12 +80,7 @@ impl Statements {
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/database`) with a pool of its own.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect(url)
-            .await
-            .map_err(|e| db_error(BACKEND, StoreOp::Connect, "", e))?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(connect_pool(BACKEND, url).await?))
     }
 
     /// A store over an existing pool, used as it is (DESIGN C6).

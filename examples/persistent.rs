@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use typed_session::{BoxError, Chain, Session, SessionMiddleware, SqliteStore, Update};
+use typed_session::telegram::Update;
+use typed_session::{BoxError, Chain, Session, SessionMiddleware, SqliteStore};
 
 #[derive(Session, Clone, Debug)]
 struct Profile {
@@ -57,7 +58,7 @@ async fn main() -> Result<(), BoxError> {
                 Box::pin(async move {
                     let session = ctx.session().await?;
                     match ctx.update().text_of() {
-                        Some("/de") => session.set_lang("de".to_owned()),
+                        Some("/de") => session.set_lang("de"),
                         Some("/en") => session.reset_lang(),
                         _ => {
                             session.update_messages(|m| *m += 1);
@@ -100,7 +101,7 @@ async fn main() -> Result<(), BoxError> {
     ];
     for (i, (user, text)) in script.into_iter().enumerate() {
         chain
-            .handle(Update::text(base + i as i64, user, user, text))
+            .run_update(Update::text(base + i as i64, user, user, text))
             .await?;
     }
 

@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use typed_session::{BoxError, Chain, Polling, Session, SessionMiddleware, SqliteStore, Update};
+use typed_session::telegram::Update;
+use typed_session::{BoxError, Chain, Polling, Session, SessionMiddleware, SqliteStore};
 
 #[derive(Session, Clone, Debug)]
 struct Visits {

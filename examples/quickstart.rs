@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session, Clone, Debug)]
 struct Profile {
@@ -28,7 +29,7 @@ async fn main() -> Result<(), typed_session::BoxError> {
                 Box::pin(async move {
                     let session = ctx.session().await?;
                     match ctx.update().text_of() {
-                        Some("/de") => session.set_lang("de".into()),
+                        Some("/de") => session.set_lang("de"),
                         Some("/en") => session.reset_lang(),
                         Some(text) => {
                             session.update_messages(|m| *m += 1);
@@ -82,9 +83,11 @@ async fn main() -> Result<(), typed_session::BoxError> {
         .enumerate()
         .map(|(i, &(user, text))| {
             let chain = Arc::clone(&chain);
-            tokio::spawn(
-                async move { chain.handle(Update::text(i as i64, user, user, text)).await },
-            )
+            tokio::spawn(async move {
+                chain
+                    .run_update(Update::text(i as i64, user, user, text))
+                    .await
+            })
         })
         .collect();
     for task in tasks {

@@ -14,7 +14,8 @@
 //! Stop it with Ctrl-C (in-flight updates finish and persist) and start it again: the count
 //! goes on.
 
-use typed_session::{BoxError, Chain, Session, SessionMiddleware, SqliteStore, Update, Webhook};
+use typed_session::telegram::Update;
+use typed_session::{BoxError, Chain, Session, SessionMiddleware, SqliteStore, Webhook};
 
 #[derive(Session)]
 struct Profile {

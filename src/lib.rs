@@ -1,7 +1,8 @@
 //! Typed, race-safe, field-level sessions for Rust bots.
 //!
 //! ```
-//! use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+//! use typed_session::telegram::Update;
+//! use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 //!
 //! #[derive(Session)]
 //! struct Profile {
@@ -22,7 +23,7 @@
 //!         println!("{} said hi {} times", session.lang(), session.count());
 //!         Ok(())
 //!     }));
-//! chain.handle(Update::text(1, 42, 42, "hi")).await?;
+//! chain.run_update(Update::text(1, 42, 42, "hi")).await?;
 //! // Only the field that changed was written; `lang` and `last_seen` are still defaults.
 //! assert_eq!(store.raw("42:42").unwrap().len(), 1);
 //! # Ok::<(), typed_session::BoxError>(())
@@ -35,11 +36,11 @@
 //!
 //! * `Default`, from each field's `#[default(expr)]` or `Default::default()` (do not derive
 //!   `Default` as well);
-//! * the [`Session`] impl: the field names and a serde_json codec per persisted field, so the
-//!   runtime can write one field alone;
+//! * the [`Session`] impl (and its [`schema::Schema`]): the field names and a serde_json codec
+//!   per persisted field, so the runtime can write one field alone;
 //! * `{Name}Handle<'_>`, with per field: a getter (for `Clone` types), `with_x(|&x| ..)`,
-//!   `set_x(v)`, `update_x(|&mut x| ..)` and `reset_x()`; plus `snapshot()`, `replace(v)`,
-//!   `clear()` and `key()`;
+//!   `set_x(v)` (a `String` field also takes a `&str`), `update_x(|&mut x| ..)` and
+//!   `reset_x()`; plus `snapshot()`, `replace(v)`, `clear()` and `key()`;
 //! * `{Name}Access`, a trait that adds the accessor (`ctx.session()`) to [`Context`].
 //!
 //! Attributes on the struct, in `#[session(...)]`: `accessor = "name"` (the context method,
@@ -58,12 +59,25 @@
 //!   update's sessions are saved, optionally with a webhook reply;
 //! * `polling`: [`Polling`], a `getUpdates` loop that confirms an update to Telegram only after
 //!   its sessions are saved;
-//! * `teloxide`: [`teloxide::attach`] and [`teloxide::load`], dptree handlers that give a
+//! * `teloxide`: [`dispatching::attach`] and [`dispatching::load`], dptree handlers that give a
 //!   teloxide dispatcher's handlers the session and persist after them;
-//! * `telegram` (included in `teloxide`): [`UpdateKeys`] for teloxide-core's `Update`;
+//! * `telegram` (included in `teloxide`): [`UpdateKeys`] for teloxide-core's `Update`
+//!   (see [`telegram`]);
 //! * `tower`: [`SessionLayer`], the middleware as a tower `Layer` over `http` requests.
 //!
 //! Stores: `sqlite`, `postgres`, `mysql`, `redis`, `mongodb` (see [`store`]).
+//!
+//! # Where things are
+//!
+//! The crate root holds what a bot names: the derive and [`Session`], [`Chain`],
+//! [`Context`], [`SessionMiddleware`] and its policies, [`Key`], the errors, the stores and
+//! the integrations. Beside it: [`telegram`] (a small Telegram update type, and keys for
+//! teloxide-core's), [`store`] (the [`Store`] contract: [`store::Patch`], [`store::Record`],
+//! [`store::StoreFuture`], for writing a store), [`chain`] ([`chain::ChainFuture`], for
+//! writing a middleware), [`schema`] (what the derive implements, for implementing
+//! [`Session`] by hand), and [`dispatching`] (teloxide). Driver crates whose types cross the
+//! API (a pool or client you pass in) are re-exported under their own names, each at the one
+//! major version this release supports.
 //!
 //! # What is guaranteed
 //!
@@ -72,5 +86,7 @@
 //! updates of one key in a process, and no lost update between processes that change
 //! different fields.
 
-pub use session_macros::Session;
-pub use session_runtime::*;
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use typed_session_macros::Session;
+pub use typed_session_runtime::*;

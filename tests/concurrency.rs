@@ -1,4 +1,4 @@
-//! S3 and S5: concurrent updates of one key share one live session, lose nothing, read the
+//! "Sharing" and "Persist after the chain": concurrent updates of one key share one live session, lose nothing, read the
 //! store once per burst, and write in order.
 
 mod common;
@@ -6,7 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{Counter, CounterAccess, Latency, ProbeStore, stored};
-use typed_session::{Chain, MemoryStore, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, SessionMiddleware};
 
 fn incrementing_chain(sessions: &SessionMiddleware<Counter, Update>) -> Arc<Chain<Update>> {
     Arc::new(Chain::new().with(sessions.clone()).handler(|ctx| {
@@ -22,7 +23,7 @@ async fn run_concurrently(chain: &Arc<Chain<Update>>, updates: impl IntoIterator
         .into_iter()
         .map(|u| {
             let chain = Arc::clone(chain);
-            tokio::spawn(async move { chain.handle(u).await })
+            tokio::spawn(async move { chain.run_update(u).await })
         })
         .collect();
     for task in tasks {
@@ -117,7 +118,7 @@ async fn an_update_arriving_while_a_persist_is_in_flight_sees_that_write() {
     // First update: count 0 -> 1; its persist is held inside the store.
     let first = {
         let chain = Arc::clone(&chain);
-        tokio::spawn(async move { chain.handle(Update::text(1, 7, 7, "+1")).await })
+        tokio::spawn(async move { chain.run_update(Update::text(1, 7, 7, "+1")).await })
     };
     probe.apply_started.notified().await;
     assert_eq!(memory.raw("7:7"), None, "the write has not landed yet");
@@ -140,7 +141,7 @@ async fn an_update_arriving_while_a_persist_is_in_flight_sees_that_write() {
             Ok(())
         })
     });
-    let second = tokio::spawn(async move { reader.handle(Update::text(2, 7, 7, "?")).await });
+    let second = tokio::spawn(async move { reader.run_update(Update::text(2, 7, 7, "?")).await });
     assert_eq!(seen_rx.await.expect("the reader ran"), 1);
 
     probe.release_applies(1);

@@ -1,4 +1,4 @@
-//! S2, S4, S6: lazy load, no write on read, no write of unchanged or untouched fields, and
+//! "Lazy load", "Dirty tracking", "Field-level patches": lazy load, no write on read, no write of unchanged or untouched fields, and
 //! patches that name only the changed fields.
 
 mod common;
@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{Counter, CounterAccess, ProbeStore, stored};
-use typed_session::{Chain, MemoryStore, Patch, Session, SessionMiddleware, Store, Update};
+use typed_session::store::Patch;
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Store};
 
 fn chain_with(
     probe: &Arc<ProbeStore>,
@@ -31,7 +33,10 @@ async fn an_update_that_never_touches_its_session_makes_no_store_call() {
         .handler(|_ctx| Box::pin(async { Ok(()) }));
 
     for i in 0..10 {
-        chain.handle(Update::text(i, 7, 7, "hi")).await.expect("ok");
+        chain
+            .run_update(Update::text(i, 7, 7, "hi"))
+            .await
+            .expect("ok");
     }
 
     assert_eq!(probe.calls(), 0);
@@ -48,7 +53,10 @@ async fn an_update_that_only_reads_writes_nothing() {
         s.with_note(|n| assert!(n.is_none()));
     });
 
-    chain.handle(Update::text(1, 7, 7, "?")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "?"))
+        .await
+        .expect("ok");
 
     assert_eq!(probe.loads(), 1);
     assert_eq!(probe.applies(), 0);
@@ -64,7 +72,10 @@ async fn setting_a_field_to_its_current_value_writes_nothing() {
         s.set_lang("en".to_owned()); // the default, and nothing stored: reads back the same
     });
 
-    chain.handle(Update::text(1, 7, 7, "=")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "="))
+        .await
+        .expect("ok");
 
     assert_eq!(probe.applies(), 0);
 }
@@ -76,7 +87,7 @@ async fn an_untouched_default_is_never_written() {
     let (chain, _) = chain_with(&probe, |s| s.set_note(Some("hello".into())));
 
     chain
-        .handle(Update::text(1, 7, 7, "note"))
+        .run_update(Update::text(1, 7, 7, "note"))
         .await
         .expect("ok");
 
@@ -95,17 +106,19 @@ async fn a_patch_names_only_the_changed_fields_and_leaves_the_others_in_the_stor
     memory
         .apply(
             "7:7",
-            &Patch {
-                set: vec![("count", "1".into()), ("lang", "\"de\"".into())],
-                ..Patch::default()
-            },
+            &Patch::new()
+                .set_field("count", "1")
+                .set_field("lang", "\"de\""),
         )
         .await
         .expect("seed");
     let probe = ProbeStore::new(memory.clone());
     let (chain, _) = chain_with(&probe, |s| s.update_count(|c| *c += 1));
 
-    chain.handle(Update::text(1, 7, 7, "+1")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "+1"))
+        .await
+        .expect("ok");
 
     let patch = &probe.patches()[0];
     assert_eq!(patch.set.keys().collect::<Vec<_>>(), ["count"]);
@@ -123,17 +136,11 @@ async fn a_concurrent_writer_of_another_field_is_not_overwritten() {
     let probe = ProbeStore::gated(memory.clone());
     let (chain, _) = chain_with(&probe, |s| s.update_count(|c| *c += 1));
 
-    let update = tokio::spawn(async move { chain.handle(Update::text(1, 7, 7, "+1")).await });
+    let update = tokio::spawn(async move { chain.run_update(Update::text(1, 7, 7, "+1")).await });
     probe.apply_started.notified().await;
     // Between our load and our write, another process sets `lang`.
     memory
-        .apply(
-            "7:7",
-            &Patch {
-                set: vec![("lang", "\"fr\"".into())],
-                ..Patch::default()
-            },
-        )
+        .apply("7:7", &Patch::new().set_field("lang", "\"fr\""))
         .await
         .expect("other writer");
     probe.release_applies(1);
@@ -152,10 +159,9 @@ async fn reset_removes_the_field_from_the_store() {
     memory
         .apply(
             "7:7",
-            &Patch {
-                set: vec![("count", "3".into()), ("lang", "\"de\"".into())],
-                ..Patch::default()
-            },
+            &Patch::new()
+                .set_field("count", "3")
+                .set_field("lang", "\"de\""),
         )
         .await
         .expect("seed");
@@ -166,7 +172,7 @@ async fn reset_removes_the_field_from_the_store() {
     });
 
     chain
-        .handle(Update::text(1, 7, 7, "reset"))
+        .run_update(Update::text(1, 7, 7, "reset"))
         .await
         .expect("ok");
 
@@ -212,7 +218,10 @@ async fn changing_one_field_of_twenty_writes_only_that_field() {
         })
     });
 
-    chain.handle(Update::text(1, 7, 7, "+1")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "+1"))
+        .await
+        .expect("ok");
 
     let patches = probe.patches();
     assert_eq!(patches.len(), 1);
@@ -225,7 +234,7 @@ async fn changing_one_field_of_twenty_writes_only_that_field() {
 
 #[tokio::test]
 async fn an_update_changing_several_fields_costs_one_load_and_one_patch() {
-    // DESIGN C3 and S5 at the middleware: whatever the update changes, one read and one
+    // "one round trip" and "Persist after the chain" at the middleware: whatever the update changes, one read and one
     // write reach the store (each store then makes those one round trip).
     let probe = ProbeStore::new(common::seeded(&[("count", "5")]).await);
     let (chain, _) = chain_with(&probe, |s| {
@@ -235,7 +244,10 @@ async fn an_update_changing_several_fields_costs_one_load_and_one_patch() {
         s.reset_count();
     });
 
-    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "x"))
+        .await
+        .expect("ok");
 
     assert_eq!((probe.loads(), probe.applies(), probe.deletes()), (1, 1, 0));
     let patch = &probe.patches()[0];

@@ -1,13 +1,12 @@
-//! S1: key strategies, and updates that have no key.
+//! "Keys": key strategies, and updates that have no key.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{Counter, CounterAccess, ProbeStore};
-use typed_session::{
-    BoxError, Chain, Key, MemoryStore, Session, SessionError, SessionMiddleware, Update,
-};
+use typed_session::telegram::Update;
+use typed_session::{BoxError, Chain, Key, MemoryStore, Session, SessionError, SessionMiddleware};
 
 #[tokio::test]
 async fn an_update_with_no_key_gets_the_no_key_error_and_nothing_is_read_or_written() {
@@ -22,7 +21,7 @@ async fn an_update_with_no_key_gets_the_no_key_error_and_nothing_is_read_or_writ
 
     // A channel post has a chat but no sender: no "{from.id}:{chat.id}" key.
     let error: BoxError = chain
-        .handle(Update::channel_post(1, -100, "news"))
+        .run_update(Update::channel_post(1, -100, "news"))
         .await
         .expect_err("the handler's `?` surfaces the missing key");
 
@@ -58,11 +57,11 @@ async fn a_handler_can_serve_keyless_updates_without_a_session() {
     });
 
     chain
-        .handle(Update::channel_post(1, -100, "news"))
+        .run_update(Update::channel_post(1, -100, "news"))
         .await
         .expect("handled");
     chain
-        .handle(Update::text(2, 7, 7, "hi"))
+        .run_update(Update::text(2, 7, 7, "hi"))
         .await
         .expect("handled");
 
@@ -138,7 +137,7 @@ async fn the_key_strategy_named_in_the_derive_is_the_default_and_a_custom_key_ov
                 Ok(())
             })
         });
-        chain.handle(update).await.expect("ok");
+        chain.run_update(update).await.expect("ok");
     }
 
     assert!(memory.raw("-77").is_some(), "keyed by chat");

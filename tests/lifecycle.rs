@@ -1,4 +1,4 @@
-//! S5, S7, S8: persist after the chain, clear, error policies, store failures, panics and
+//! "Persist after the chain", "Clear", "Errors in the chain": persist after the chain, clear, error policies, store failures, panics and
 //! cancellation.
 
 mod common;
@@ -6,9 +6,10 @@ mod common;
 use std::sync::Arc;
 
 use common::{Counter, CounterAccess, ProbeStore, stored};
+use typed_session::store::Patch;
+use typed_session::telegram::Update;
 use typed_session::{
-    BoxError, Chain, ErrorPolicy, MemoryStore, Patch, SessionError, SessionMiddleware, Store,
-    Update,
+    BoxError, Chain, ErrorPolicy, MemoryStore, SessionError, SessionMiddleware, Store,
 };
 
 async fn seeded(count: u64) -> MemoryStore {
@@ -16,10 +17,9 @@ async fn seeded(count: u64) -> MemoryStore {
     memory
         .apply(
             "7:7",
-            &Patch {
-                set: vec![("count", count.to_string()), ("lang", "\"de\"".into())],
-                ..Patch::default()
-            },
+            &Patch::new()
+                .set_field("count", count.to_string())
+                .set_field("lang", "\"de\""),
         )
         .await
         .expect("seed");
@@ -47,7 +47,10 @@ async fn the_write_is_durable_when_the_update_future_completes() {
         })
     });
 
-    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "x"))
+        .await
+        .expect("ok");
 
     assert_eq!(
         stored::<Option<String>>(&memory, "7:7", "note"),
@@ -79,7 +82,7 @@ async fn clear_deletes_the_session_and_later_reads_in_the_same_chain_see_default
         });
 
     chain
-        .handle(Update::text(1, 7, 7, "/reset"))
+        .run_update(Update::text(1, 7, 7, "/reset"))
         .await
         .expect("ok");
 
@@ -101,7 +104,10 @@ async fn writes_after_clear_start_a_new_record() {
         })
     });
 
-    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "x"))
+        .await
+        .expect("ok");
 
     let record = memory.raw("7:7").expect("a new record");
     assert_eq!(
@@ -118,7 +124,7 @@ async fn by_default_a_failed_chain_still_persists_and_returns_its_error() {
     let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
 
     let error = failing_chain(&sessions)
-        .handle(Update::text(1, 7, 7, "x"))
+        .run_update(Update::text(1, 7, 7, "x"))
         .await
         .expect_err("the chain's error comes back");
 
@@ -135,7 +141,7 @@ async fn the_discard_policy_drops_the_failed_updates_own_writes() {
         .build();
 
     let error = failing_chain(&sessions)
-        .handle(Update::text(1, 7, 7, "x"))
+        .run_update(Update::text(1, 7, 7, "x"))
         .await
         .expect_err("the chain's error comes back");
 
@@ -171,9 +177,9 @@ async fn discard_keeps_the_writes_of_another_update_that_shares_the_session() {
             Ok(())
         })
     });
-    let a = tokio::spawn(async move { a.handle(Update::text(1, 7, 7, "a")).await });
+    let a = tokio::spawn(async move { a.run_update(Update::text(1, 7, 7, "a")).await });
     a_wrote_rx.await.expect("A wrote");
-    b.handle(Update::text(2, 7, 7, "b"))
+    b.run_update(Update::text(2, 7, 7, "b"))
         .await
         .expect("B succeeds");
     b_done_tx.send(()).expect("A waits");
@@ -184,7 +190,7 @@ async fn discard_keeps_the_writes_of_another_update_that_shares_the_session() {
         Some(6),
         "B's write stands"
     );
-    // B's persist wrote every dirty field, A's note included (S5); A's discard takes it back.
+    // B's persist wrote every dirty field, A's note included ("Persist after the chain"); A's discard takes it back.
     assert_eq!(stored::<Option<String>>(&memory, "7:7", "note"), Some(None));
     assert_eq!(sessions.live_sessions(), 0);
 }
@@ -209,7 +215,7 @@ async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_fo
 
     probe.fail_next_applies(1);
     let error = increment
-        .handle(Update::text(1, 7, 7, "+1"))
+        .run_update(Update::text(1, 7, 7, "+1"))
         .await
         .expect_err("persist failed");
     let error = error.downcast::<SessionError>().expect("a session error");
@@ -222,7 +228,7 @@ async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_fo
 
     // The next update only reads, yet its persist writes the field left dirty.
     read_only
-        .handle(Update::text(2, 7, 7, "?"))
+        .run_update(Update::text(2, 7, 7, "?"))
         .await
         .expect("ok");
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(6));
@@ -237,7 +243,7 @@ async fn a_store_failure_after_a_failed_chain_reports_both_errors() {
 
     probe.fail_next_applies(1);
     let error = failing_chain(&sessions)
-        .handle(Update::text(1, 7, 7, "x"))
+        .run_update(Update::text(1, 7, 7, "x"))
         .await
         .expect_err("both failed");
 
@@ -262,7 +268,7 @@ async fn flush_retries_sessions_whose_persist_failed() {
     let increment = common::incrementing(&sessions);
     probe.fail_next_applies(2);
     increment
-        .handle(Update::text(1, 7, 7, "+1"))
+        .run_update(Update::text(1, 7, 7, "+1"))
         .await
         .expect_err("persist failed");
 
@@ -283,7 +289,7 @@ async fn a_load_failure_is_an_error_not_an_empty_session() {
 
     probe.fail_next_loads(1);
     let error = increment
-        .handle(Update::text(1, 7, 7, "+1"))
+        .run_update(Update::text(1, 7, 7, "+1"))
         .await
         .expect_err("load failed");
     let error = error.downcast::<SessionError>().expect("a session error");
@@ -295,7 +301,7 @@ async fn a_load_failure_is_an_error_not_an_empty_session() {
     );
 
     increment
-        .handle(Update::text(2, 7, 7, "+1"))
+        .run_update(Update::text(2, 7, 7, "+1"))
         .await
         .expect("the store is back");
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(6));
@@ -312,7 +318,8 @@ async fn a_panicking_handler_still_persists_and_frees_its_session() {
         })
     });
 
-    let outcome = tokio::spawn(async move { chain.handle(Update::text(1, 7, 7, "x")).await }).await;
+    let outcome =
+        tokio::spawn(async move { chain.run_update(Update::text(1, 7, 7, "x")).await }).await;
     assert!(outcome.expect_err("the task panicked").is_panic());
 
     sessions.wait_idle().await;
@@ -336,7 +343,7 @@ async fn a_cancelled_update_persists_what_it_wrote() {
         })
     });
 
-    let task = tokio::spawn(async move { chain.handle(Update::text(1, 7, 7, "x")).await });
+    let task = tokio::spawn(async move { chain.run_update(Update::text(1, 7, 7, "x")).await });
     wrote_rx.await.expect("the handler wrote");
     task.abort();
     assert!(task.await.expect_err("aborted").is_cancelled());
@@ -362,7 +369,7 @@ fn an_update_dropped_outside_any_runtime_keeps_its_changes_for_flush() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
-    let mut update = Box::pin(chain.handle(Update::text(1, 7, 7, "x")));
+    let mut update = Box::pin(chain.run_update(Update::text(1, 7, 7, "x")));
     {
         // The memory store answers at once, so one poll reaches the handler's pending point.
         let _entered = runtime.enter();

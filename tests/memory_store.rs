@@ -2,14 +2,12 @@
 
 use std::time::Duration;
 
-use typed_session::{Chain, MemoryStore, Patch, Session, SessionMiddleware, Store, Update};
+use typed_session::store::Patch;
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Store};
 
 fn set(field: &'static str, value: &str, ttl: Option<Duration>) -> Patch<'static> {
-    Patch {
-        set: vec![(field, value.to_owned())],
-        remove: vec![],
-        ttl,
-    }
+    Patch::new().set_field(field, value).with_ttl(ttl)
 }
 
 #[tokio::test(start_paused = true)]
@@ -68,21 +66,20 @@ async fn a_patch_sets_and_removes_fields_and_leaves_the_rest() {
     store
         .apply(
             "k",
-            &Patch {
-                set: vec![("a", "1".into()), ("b", "2".into()), ("c", "3".into())],
-                ..Patch::default()
-            },
+            &Patch::new()
+                .set_field("a", "1")
+                .set_field("b", "2")
+                .set_field("c", "3"),
         )
         .await
         .expect("apply");
     store
         .apply(
             "k",
-            &Patch {
-                set: vec![("a", "10".into())],
-                remove: vec!["b"],
-                ttl: None,
-            },
+            &Patch::new()
+                .set_field("a", "10")
+                .remove_field("b")
+                .with_ttl(None),
         )
         .await
         .expect("apply");
@@ -115,7 +112,10 @@ async fn the_ttl_named_in_the_derive_expires_idle_sessions() {
                 Ok(())
             })
         });
-    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "x"))
+        .await
+        .expect("ok");
     tokio::time::advance(Duration::from_secs(3599)).await;
     assert_eq!(store.sweep(), 0);
     tokio::time::advance(Duration::from_secs(2)).await;

@@ -2,8 +2,8 @@
 //! update handled once, replies sent after the save, offsets confirmed only for saved
 //! sessions, retries on network errors, bounded concurrency, a rejected token.
 //!
-//! DESIGN S5 at the poller: an update is confirmed to Telegram only once its persist is done;
-//! S8: a save that fails keeps the session live and the update unconfirmed until a retry
+//! "Persist after the chain" at the poller: an update is confirmed to Telegram only once its persist is done;
+//! "Errors in the chain": a save that fails keeps the session live and the update unconfirmed until a retry
 //! writes it. One chat's updates run one at a time, in order; other chats go on meanwhile.
 #![cfg(all(feature = "polling", feature = "webhook"))]
 
@@ -18,9 +18,8 @@ use common::{Counter, CounterAccess, ProbeStore, stored};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{Barrier, oneshot};
-use typed_session::{
-    Chain, MemoryStore, Polling, PollingError, SessionMiddleware, Update, UpdateKeys,
-};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Polling, PollingError, SessionMiddleware, UpdateKeys};
 
 /// Counts each user's updates and replies with the count.
 fn counting(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {

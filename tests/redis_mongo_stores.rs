@@ -1,5 +1,5 @@
 //! What is particular to the Redis and MongoDB stores: how a session looks in each, native
-//! expiry, and read errors that are errors (C7).
+//! expiry, and read errors that are errors ("read errors are errors").
 #![cfg(any(feature = "redis", feature = "mongodb"))]
 
 mod common;
@@ -8,14 +8,14 @@ use common::{server_url, unique};
 
 use std::time::Duration;
 
-use typed_session::{Patch, Store, StoreError};
+use typed_session::store::Patch;
+use typed_session::{Store, StoreError};
 
 fn patch<'a>(set: &[(&'a str, &str)], ttl: Option<Duration>) -> Patch<'a> {
-    Patch {
-        set: set.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        remove: vec![],
-        ttl,
-    }
+    set.iter()
+        .fold(Patch::new().with_ttl(ttl), |patch, (k, v)| {
+            patch.set_field(k, *v)
+        })
 }
 
 #[cfg(feature = "redis")]

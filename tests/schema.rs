@@ -1,12 +1,11 @@
-//! S11: schema evolution. Renamed fields keep their data, removed fields are ignored, missing
+//! "Schema evolution": schema evolution. Renamed fields keep their data, removed fields are ignored, missing
 //! fields get their defaults, and undecodable values are errors naming key and field.
 
 mod common;
 
 use common::seeded;
-use typed_session::{
-    BoxError, Chain, MemoryStore, Session, SessionError, SessionMiddleware, Update,
-};
+use typed_session::telegram::Update;
+use typed_session::{BoxError, Chain, MemoryStore, Session, SessionError, SessionMiddleware};
 
 #[derive(Session, Clone, Debug, PartialEq)]
 struct V2 {
@@ -33,7 +32,7 @@ async fn load_v2(memory: &MemoryStore) -> Result<V2, BoxError> {
                 Ok(())
             })
         });
-    chain.handle(Update::text(1, 7, 7, "x")).await?;
+    chain.run_update(Update::text(1, 7, 7, "x")).await?;
     Ok(rx.await?)
 }
 

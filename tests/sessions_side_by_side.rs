@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session)]
 #[session(accessor = "profile", key = "user")]
@@ -34,7 +35,7 @@ async fn two_session_types_keep_their_own_keys_stores_and_fields() {
                     group.update_messages(|m| *m += 1);
                     group.set_typing(true);
                     if ctx.update().text_of() == Some("/de") {
-                        me.set_lang("de".into());
+                        me.set_lang("de");
                     }
                     Ok(())
                 })
@@ -52,7 +53,7 @@ async fn two_session_types_keep_their_own_keys_stores_and_fields() {
     .enumerate()
     {
         chain
-            .handle(Update::text(i as i64, user, chat, text))
+            .run_update(Update::text(i as i64, user, chat, text))
             .await
             .expect("ok");
     }

@@ -1,6 +1,6 @@
 //! What is particular to the SQL stores: expiry against a controlled clock and the sweep
-//! (C4), explicit idempotent migration and validated table names (C5), a given pool used as
-//! it is (C6), and read errors that are errors (C7).
+//! ("expiry"), explicit idempotent migration and validated table names ("migration"), a given pool used as
+//! it is ("a given pool or client"), and read errors that are errors ("read errors are errors").
 #![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
 mod common;
@@ -12,14 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use typed_session::{Patch, Store, StoreError};
+use typed_session::store::Patch;
+use typed_session::{Store, StoreError};
 
 fn one_field(ttl: Option<Duration>) -> Patch<'static> {
-    Patch {
-        set: vec![("count", "1".to_owned())],
-        remove: vec![],
-        ttl,
-    }
+    Patch::new().set_field("count", "1").with_ttl(ttl)
 }
 
 fn unique_table(prefix: &str) -> String {
@@ -101,7 +98,7 @@ async fn table_names_that_are_not_plain_identifiers_are_rejected() {
         "\"quoted\"",
         &"x".repeat(64),
     ] {
-        let error = store.clone().with_table(bad).err().expect("rejected");
+        let error = store.clone().with_table(bad).expect_err("rejected");
         assert!(
             matches!(error, StoreError::Config { .. }),
             "{bad:?}: {error}"
@@ -177,7 +174,8 @@ sql_store_tests!(mysql, typed_session::MySqlStore, mysql);
 #[tokio::test]
 #[cfg(feature = "sqlite")]
 async fn sessions_in_a_sqlite_file_survive_a_restart() {
-    use typed_session::{Chain, Session, SessionMiddleware, Update};
+    use typed_session::telegram::Update;
+    use typed_session::{Chain, Session, SessionMiddleware};
 
     #[derive(Session)]
     struct Visits {
@@ -203,7 +201,7 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
             });
         for i in 0..3 {
             chain
-                .handle(Update::text(i, 5, 5, "hi"))
+                .run_update(Update::text(i, 5, 5, "hi"))
                 .await
                 .expect("update");
         }

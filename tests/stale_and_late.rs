@@ -1,4 +1,4 @@
-//! S9 (stale writes) and S10 (use after the update was persisted).
+//! "Stale writes" (stale writes) and "Late access" (use after the update was persisted).
 
 mod common;
 
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use common::{Counter, CounterAccess, CounterHandle, stored};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
-use typed_session::{Chain, MemoryStore, SessionError, SessionMiddleware, StalePolicy, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, SessionError, SessionMiddleware, StalePolicy};
 
 /// Runs A and B on one key: A reads `count`, B sets it to 100 and finishes, then A writes
 /// `count` through `write`. Returns A's outcome.
@@ -36,9 +37,9 @@ async fn read_then_race(
             Ok(())
         })
     });
-    let a = tokio::spawn(async move { a.handle(Update::text(1, 7, 7, "a")).await });
+    let a = tokio::spawn(async move { a.run_update(Update::text(1, 7, 7, "a")).await });
     a_read_rx.await.expect("A read");
-    b.handle(Update::text(2, 7, 7, "b"))
+    b.run_update(Update::text(2, 7, 7, "b"))
         .await
         .expect("B succeeds");
     b_done_tx.send(()).expect("A waits");
@@ -108,7 +109,10 @@ async fn a_blind_write_without_a_read_is_not_stale() {
         })
     });
     for i in 0..3 {
-        chain.handle(Update::text(i, 7, 7, "=3")).await.expect("ok");
+        chain
+            .run_update(Update::text(i, 7, 7, "=3"))
+            .await
+            .expect("ok");
     }
     assert_eq!(sessions.stats().stale_writes(), 0);
 }
@@ -128,7 +132,10 @@ async fn a_handle_kept_after_its_update_was_persisted_is_detected_and_its_write_
             Ok(())
         })
     });
-    chain.handle(Update::text(1, 7, 7, "x")).await.expect("ok");
+    chain
+        .run_update(Update::text(1, 7, 7, "x"))
+        .await
+        .expect("ok");
 
     let late = kept.lock().take().expect("kept");
     assert!(!late.is_live());
@@ -167,7 +174,7 @@ async fn asking_for_the_session_after_the_chain_returned_is_an_error() {
         });
 
     chain
-        .handle(Update::text(1, 7, 7, "x"))
+        .run_update(Update::text(1, 7, 7, "x"))
         .await
         .expect("the outer middleware saw the error");
     assert_eq!(sessions.live_sessions(), 0);
@@ -184,5 +191,5 @@ async fn calling_the_session_from_inside_its_own_closure_panics_instead_of_deadl
             Ok(())
         })
     });
-    let _ = chain.handle(Update::text(1, 7, 7, "x")).await;
+    let _ = chain.run_update(Update::text(1, 7, 7, "x")).await;
 }

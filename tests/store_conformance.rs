@@ -1,5 +1,5 @@
-//! C1: one conformance suite, written once and run against every store: missing keys, round
-//! trips, field-level patches (C2), expiry (C4), keys of any content (C8), large values, many
+//! "The store contract": one conformance suite, written once and run against every store: missing keys, round
+//! trips, field-level patches ("Field-level patches"), expiry ("expiry"), keys of any content ("keys of any content"), large values, many
 //! fields, concurrent writers, and the middleware on top.
 //!
 //! Server-backed suites read `POSTGRES_URL` and `MYSQL_URL`. Without one, each of their tests
@@ -18,14 +18,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use typed_session::{Chain, Patch, Record, Session, SessionMiddleware, Store, Update};
+use typed_session::store::{Patch, Record};
+use typed_session::telegram::Update;
+use typed_session::{Chain, Session, SessionMiddleware, Store};
 
 fn patch<'a>(set: &[(&'a str, &str)], remove: &[&'a str], ttl: Option<Duration>) -> Patch<'a> {
-    Patch {
-        set: set.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        remove: remove.to_vec(),
-        ttl,
-    }
+    let patch = set
+        .iter()
+        .fold(Patch::new().with_ttl(ttl), |patch, (k, v)| {
+            patch.set_field(k, *v)
+        });
+    remove.iter().fold(patch, |patch, k| patch.remove_field(k))
 }
 
 /// A record as JSON values, so stores that normalise JSON text compare equal.
@@ -96,7 +99,7 @@ pub struct Everything {
 /// Two fields that two "processes" increment independently.
 #[derive(Session)]
 #[session(accessor = "pair")]
-pub struct Pair {
+struct Pair {
     a: u64,
     b: u64,
 }
@@ -255,7 +258,7 @@ macro_rules! conformance {
                 }));
                 let run = |chain: Chain<Update>| async move {
                     for i in 0..1000 {
-                        chain.handle(Update::text(i, user, user, "+1")).await.expect("update");
+                        chain.run_update(Update::text(i, user, user, "+1")).await.expect("update");
                     }
                 };
                 tokio::join!(run(increment_a), run(increment_b));
@@ -273,7 +276,7 @@ macro_rules! conformance {
                     ctx.pair().await?.update_a(|v| *v += 1);
                     Ok(())
                 }));
-                let update = tokio::spawn(async move { chain.handle(Update::text(1, user, user, "+1")).await });
+                let update = tokio::spawn(async move { chain.run_update(Update::text(1, user, user, "+1")).await });
                 gated.arrived.notified().await; // our session is loaded and our patch is on its way
                 theirs.apply(&key, &patch(&[("b", "7")], &[], None)).await.expect("their write");
                 gated.open.add_permits(1);
@@ -294,7 +297,7 @@ macro_rules! conformance {
                     s.update_big(|b| *b -= 1);
                     Ok(())
                 }));
-                write.handle(Update::text(1, user, user, "w")).await.expect("write");
+                write.run_update(Update::text(1, user, user, "w")).await.expect("write");
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let tx = parking_lot::Mutex::new(Some(tx));
                 let read = Chain::new().with(SessionMiddleware::<Everything, Update>::new(two)).handler(move |ctx| {
@@ -304,7 +307,7 @@ macro_rules! conformance {
                         Ok(())
                     })
                 });
-                read.handle(Update::text(2, user, user, "r")).await.expect("read");
+                read.run_update(Update::text(2, user, user, "r")).await.expect("read");
                 let read_back = rx.await.expect("read ran");
                 let expected = Everything { nothing: Some("now something".into()), big: i64::MAX as u64 - 1, ..Everything::default() };
                 assert_eq!(read_back, expected);
@@ -321,9 +324,9 @@ macro_rules! conformance {
                     s.replace(value); // every field marked, none changed
                     Ok(())
                 }));
-                chain.handle(Update::text(1, user, user, "x")).await.expect("first");
+                chain.run_update(Update::text(1, user, user, "x")).await.expect("first");
                 let after_first = sessions.stats().writes();
-                chain.handle(Update::text(2, user, user, "x")).await.expect("second");
+                chain.run_update(Update::text(2, user, user, "x")).await.expect("second");
                 assert_eq!(sessions.stats().writes(), after_first, "the reloaded values compare equal");
             }
         }
@@ -352,7 +355,8 @@ impl<S: Store> Store for Gated<S> {
     fn load<'a>(
         &'a self,
         key: &'a str,
-    ) -> typed_session::StoreFuture<'a, Result<Option<Record>, typed_session::StoreError>> {
+    ) -> typed_session::store::StoreFuture<'a, Result<Option<Record>, typed_session::StoreError>>
+    {
         self.inner.load(key)
     }
 
@@ -360,8 +364,8 @@ impl<S: Store> Store for Gated<S> {
         &'a self,
         key: &'a str,
         patch: &'a Patch<'a>,
-    ) -> typed_session::StoreFuture<'a, Result<(), typed_session::StoreError>> {
-        typed_session::StoreFuture::new(async move {
+    ) -> typed_session::store::StoreFuture<'a, Result<(), typed_session::StoreError>> {
+        typed_session::store::StoreFuture::new(async move {
             self.arrived.notify_one();
             self.open.acquire().await.expect("never closed").forget();
             self.inner.apply(key, patch).await
@@ -371,7 +375,7 @@ impl<S: Store> Store for Gated<S> {
     fn delete<'a>(
         &'a self,
         key: &'a str,
-    ) -> typed_session::StoreFuture<'a, Result<(), typed_session::StoreError>> {
+    ) -> typed_session::store::StoreFuture<'a, Result<(), typed_session::StoreError>> {
         self.inner.delete(key)
     }
 
@@ -400,7 +404,7 @@ mod memory_backend {
     use typed_session::MemoryStore;
 
     /// Two handles on one memory store (what two instances share in one process).
-    pub async fn stores(_test: &'static str) -> Option<(MemoryStore, MemoryStore)> {
+    pub(crate) async fn stores(_test: &'static str) -> Option<(MemoryStore, MemoryStore)> {
         static STORE: OnceLock<MemoryStore> = OnceLock::new();
         let store = STORE.get_or_init(MemoryStore::new).clone();
         Some((store.clone(), store))
@@ -413,7 +417,7 @@ mod sqlite_backends {
     use typed_session::SqliteStore;
 
     /// A file database in WAL mode, opened twice (two independent pools).
-    pub async fn file(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
+    pub(crate) async fn file(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
         let path = std::env::temp_dir().join(format!(
             "typed-session-conformance-{}.db",
             std::process::id()
@@ -426,7 +430,7 @@ mod sqlite_backends {
     }
 
     /// An in-memory database (one connection, shared by both handles).
-    pub async fn memory(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
+    pub(crate) async fn memory(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
         store.migrate().await.expect("migrate");
         Some((store.clone(), store))
@@ -439,7 +443,7 @@ conformance!(sqlite_file, sqlite_backends::file);
 mod postgres_backend {
     use typed_session::PostgresStore;
 
-    pub async fn stores(test: &'static str) -> Option<(PostgresStore, PostgresStore)> {
+    pub(crate) async fn stores(test: &'static str) -> Option<(PostgresStore, PostgresStore)> {
         let url = crate::common::server_url("POSTGRES_URL", "postgres", test)?;
         let one = PostgresStore::connect(&url).await.expect("connect");
         one.migrate().await.expect("migrate");
@@ -454,7 +458,7 @@ conformance!(postgres, postgres_backend::stores);
 mod mysql_backend {
     use typed_session::MySqlStore;
 
-    pub async fn stores(test: &'static str) -> Option<(MySqlStore, MySqlStore)> {
+    pub(crate) async fn stores(test: &'static str) -> Option<(MySqlStore, MySqlStore)> {
         let url = crate::common::server_url("MYSQL_URL", "mysql", test)?;
         let one = MySqlStore::connect(&url).await.expect("connect");
         one.migrate().await.expect("migrate");
@@ -472,7 +476,7 @@ conformance!(sqlite_memory, sqlite_backends::memory);
 mod redis_backend {
     use typed_session::RedisStore;
 
-    pub async fn stores(test: &'static str) -> Option<(RedisStore, RedisStore)> {
+    pub(crate) async fn stores(test: &'static str) -> Option<(RedisStore, RedisStore)> {
         let url = crate::common::server_url("REDIS_URL", "redis", test)?;
         let one = RedisStore::connect(&url)
             .await
@@ -492,7 +496,7 @@ conformance!(redis, redis_backend::stores);
 mod mongodb_backend {
     use typed_session::MongoStore;
 
-    pub async fn stores(test: &'static str) -> Option<(MongoStore, MongoStore)> {
+    pub(crate) async fn stores(test: &'static str) -> Option<(MongoStore, MongoStore)> {
         let url = crate::common::server_url("MONGODB_URL", "mongodb", test)?;
         let one = MongoStore::connect(&url, "typed_session_test")
             .await

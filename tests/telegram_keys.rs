@@ -1,6 +1,6 @@
 //! The key strategies on teloxide-core's `Update`, parsed from payloads shaped as in the Bot
 //! API documentation: the updates without a sender or a chat get no key, and asking for their
-//! session is the typed error (DESIGN S1).
+//! session is the typed error ("Keys").
 #![cfg(feature = "telegram")]
 
 mod common;
@@ -147,7 +147,10 @@ async fn the_no_key_updates_get_the_typed_error_and_nothing_is_stored() {
         callback_on_inline_message(),
         poll_answer(),
     ] {
-        chain.handle(update).await.expect("the typed NoKey error");
+        chain
+            .run_update(update)
+            .await
+            .expect("the typed NoKey error");
     }
     assert_eq!(sessions.stats().loads(), 0);
     assert_eq!(sessions.stats().writes(), 0);

@@ -2,9 +2,9 @@
 //! the session is persisted when dispatch returns, only for the branch that changed it; the
 //! typed handle arrives as a dependency; late use of a kept handle is detected.
 //!
-//! DESIGN S2 (a branch that never uses the session costs no store call), S3 (100 concurrent
-//! updates of one chat lose nothing), S5 (persisted when dispatch returns), S8 (error policy
-//! and failed saves), S1 (no key: the typed error) and S10 (late access) inside dptree.
+//! "Lazy load" (a branch that never uses the session costs no store call), "Sharing" (100 concurrent
+//! updates of one chat lose nothing), "Persist after the chain" (persisted when dispatch returns), "Errors in the chain" (error policy
+//! and failed saves), "Keys" (no key: the typed error) and "Late access" (late access) inside dptree.
 #![cfg(feature = "teloxide")]
 
 mod common;
@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use common::{Counter, CounterHandle, ProbeStore, stored};
 use serde_json::json;
+use typed_session::dispatching::{attach, load};
 use typed_session::dptree::{self, Handler};
-use typed_session::teloxide::{attach, load};
 use typed_session::teloxide_core::types::{Message, Update, UpdateKind};
 use typed_session::{
     BoxError, ErrorPolicy, LazySession, MemoryStore, SessionError, SessionMiddleware,
@@ -253,60 +253,4 @@ fn attaching_sessions_does_not_widen_the_update_kinds_asked_for() {
         );
     let observed = &bot.description().observed;
     assert_eq!(observed, &[Kind::Message].into());
-}
-
-/// A real teloxide `Dispatcher`, polling the local Bot API test double: the one `attach` line
-/// gives its handlers the typed session, and every update's change is saved.
-#[cfg(feature = "webhook")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_teloxide_dispatcher_gets_field_level_sessions_from_one_line() {
-    use common::bot_api::{FakeBotApi, TOKEN};
-    use teloxide::dispatching::UpdateFilterExt;
-    use teloxide::prelude::{Bot, Dispatcher, Requester};
-
-    let (fake, api) = FakeBotApi::start().await;
-    fake.push((1..=6).map(|id| text(id, 7 + id % 2, "count")));
-    let store = MemoryStore::new();
-    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-
-    let handler = dptree::entry().chain(attach(sessions.clone())).branch(
-        Update::filter_message()
-            .chain(load::<Counter, _, _>())
-            .endpoint(
-                |bot: Bot, message: Message, counter: CounterHandle<'static>| async move {
-                    let count = counter.update_count(|c| {
-                        *c += 1;
-                        *c
-                    });
-                    bot.send_message(message.chat.id, count.to_string()).await?;
-                    Ok::<(), BoxError>(())
-                },
-            ),
-    );
-    let bot = Bot::new(TOKEN).set_api_url(api.parse().expect("the double's URL"));
-    let mut dispatcher = Dispatcher::builder(bot, handler).build();
-    let shutdown = dispatcher.shutdown_token();
-    let running = tokio::spawn(async move { dispatcher.dispatch().await });
-
-    fake.wait_until(|s| s.sent.len() == 6).await;
-    shutdown
-        .shutdown()
-        .expect("the dispatcher is running")
-        .await;
-    running.await.expect("no panic");
-
-    for user in [7, 8] {
-        let key = format!("{user}:{user}");
-        assert_eq!(stored::<u64>(&store, &key, "count"), Some(3), "{key}");
-        let mut replies: Vec<String> = fake.state(|s| {
-            s.sent
-                .iter()
-                .filter(|(chat, _)| *chat == user)
-                .map(|(_, text)| text.clone())
-                .collect()
-        });
-        replies.sort();
-        assert_eq!(replies, ["1", "2", "3"], "replies to {user}");
-    }
-    assert_eq!(sessions.live_sessions(), 0);
 }

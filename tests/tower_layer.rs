@@ -1,7 +1,7 @@
 //! The session middleware as a tower layer: the session reaches the inner service through
 //! request extensions, and the response comes back only after the session is persisted
-//! (DESIGN S5), a request without a key gets no session (S1), a service that never touches
-//! it costs no store call (S2), and a failed persist keeps the session live (S8).
+//! ("Persist after the chain"), a request without a key gets no session ("Keys"), a service that never touches
+//! it costs no store call ("Lazy load"), and a failed persist keeps the session live ("Errors in the chain").
 #![cfg(feature = "tower")]
 
 mod common;
@@ -27,7 +27,9 @@ struct App;
 impl Service<Request<String>> for App {
     type Response = Response<String>;
     type Error = Infallible;
-    type Future = typed_session::BoxFuture<'static, Result<Response<String>, Infallible>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<String>, Infallible>> + Send>,
+    >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))

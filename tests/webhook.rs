@@ -2,8 +2,8 @@
 //! loses nothing under 100 concurrent posts for one chat, refuses bad input without
 //! stopping, and shuts down gracefully.
 //!
-//! DESIGN S5 at the HTTP boundary: the answer is sent after the persist, so the webhook reply
-//! and a second replica reading the same store both see the saved value; S3 under 100
+//! "Persist after the chain" at the HTTP boundary: the answer is sent after the persist, so the webhook reply
+//! and a second replica reading the same store both see the saved value; "Sharing" under 100
 //! concurrent posts of one chat.
 #![cfg(feature = "webhook")]
 
@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use typed_session::axum::http::StatusCode;
-use typed_session::{BoxError, Chain, MemoryStore, SessionMiddleware, Update, Webhook};
+use typed_session::telegram::Update;
+use typed_session::{BoxError, Chain, MemoryStore, SessionMiddleware, Webhook};
 
 const SECRET: &str = "s3cr3t-token";
 

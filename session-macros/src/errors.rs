@@ -9,22 +9,22 @@ pub(crate) struct Errors {
 }
 
 impl Errors {
-    pub fn push(&mut self, error: syn::Error) {
+    pub(crate) fn push(&mut self, error: syn::Error) {
         match &mut self.all {
             Some(all) => all.combine(error),
             None => self.all = Some(error),
         }
     }
 
-    pub fn at(&mut self, span: Span, message: impl Display) {
+    pub(crate) fn at(&mut self, span: Span, message: impl Display) {
         self.push(syn::Error::new(span, message));
     }
 
-    pub fn spanned(&mut self, tokens: impl quote::ToTokens, message: impl Display) {
+    pub(crate) fn spanned(&mut self, tokens: impl quote::ToTokens, message: impl Display) {
         self.push(syn::Error::new_spanned(tokens, message));
     }
 
-    pub fn into_compile_errors(self) -> TokenStream {
+    pub(crate) fn into_compile_errors(self) -> TokenStream {
         self.all.map(|e| e.to_compile_error()).unwrap_or_default()
     }
 }

@@ -41,12 +41,12 @@ pub(crate) struct Field<'a> {
 
 impl Field<'_> {
     /// The field's name without `r#`, for derived method names.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.ident.unraw().to_string()
     }
 
     /// The hidden function that returns its `#[default(...)]`.
-    pub fn default_fn(&self) -> Ident {
+    pub(crate) fn default_fn(&self) -> Ident {
         format_ident!("__typed_session_default_{}", self.name())
     }
 }

@@ -3,12 +3,15 @@
 
 use std::sync::Arc;
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::context::Context;
 use crate::error::BoxError;
-use crate::store::BoxFuture;
 
 /// What a middleware returns: a boxed future of the rest of the chain's outcome.
-pub type ChainFuture<'a> = BoxFuture<'a, Result<(), BoxError>>;
+pub type ChainFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'a>>;
 
 /// One step of a [`Chain`].
 ///
@@ -41,7 +44,7 @@ impl<'a, U: 'static> Next<'a, U> {
 }
 
 /// A middleware made of a closure, see [`Chain::with_fn`].
-pub struct FnMiddleware<F>(F);
+struct FnMiddleware<F>(F);
 
 impl<U, F> Middleware<U> for FnMiddleware<F>
 where
@@ -54,7 +57,7 @@ where
 }
 
 /// A final handler made of a closure, see [`Chain::handler`].
-pub struct Handler<F>(F);
+struct Handler<F>(F);
 
 impl<U, F> Middleware<U> for Handler<F>
 where
@@ -71,7 +74,8 @@ where
 /// # Example
 ///
 /// ```
-/// use typed_session::{Chain, Update};
+/// use typed_session::Chain;
+/// use typed_session::telegram::Update;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let chain = Chain::<Update>::new()
@@ -83,12 +87,28 @@ where
 ///         assert_eq!(ctx.update().text_of(), Some("hi"));
 ///         Ok(())
 ///     }));
-/// chain.handle(Update::text(1, 7, 7, "hi")).await?;
+/// chain.run_update(Update::text(1, 7, 7, "hi")).await?;
 /// # Ok::<(), typed_session::BoxError>(())
 /// # }).unwrap();
 /// ```
 pub struct Chain<U> {
     middlewares: Vec<Arc<dyn Middleware<U>>>,
+}
+
+impl<U> fmt::Debug for Chain<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("middlewares", &self.middlewares.len())
+            .finish()
+    }
+}
+
+impl<U> fmt::Debug for Next<'_, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("rest", &self.rest.len())
+            .finish()
+    }
 }
 
 impl<U> Clone for Chain<U> {
@@ -138,7 +158,7 @@ impl<U: Send + Sync + 'static> Chain<U> {
 
     /// Runs the chain for one update. When the returned future completes, every session
     /// middleware in the chain has persisted its session.
-    pub async fn handle(&self, update: U) -> Result<(), BoxError> {
+    pub async fn run_update(&self, update: U) -> Result<(), BoxError> {
         let ctx = Context::new(update);
         self.run(&ctx).await
     }
@@ -157,7 +177,8 @@ impl<U: Send + Sync + 'static> Chain<U> {
     /// first middleware's that still has something unsaved. For pollers, and for shutdown.
     ///
     /// ```
-    /// use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+    /// use typed_session::telegram::Update;
+    /// use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
     ///
     /// #[derive(Session)]
     /// struct Visits {
@@ -171,7 +192,7 @@ impl<U: Send + Sync + 'static> Chain<U> {
     ///         ctx.session().await?.update_count(|c| *c += 1);
     ///         Ok(())
     ///     }));
-    /// chain.handle(Update::text(1, 7, 7, "hi")).await?;
+    /// chain.run_update(Update::text(1, 7, 7, "hi")).await?;
     /// // On shutdown: nothing this chain handled is left unsaved once this is `Ok`.
     /// chain.flush().await?;
     /// # Ok::<(), typed_session::BoxError>(())

@@ -1,15 +1,13 @@
-//! The per-update context: the update plus one slot per attached session type.
+//! The per-update context: the update, the sessions attached to it, and the webhook reply.
 
 use std::any::{Any, TypeId};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use crate::error::SessionError;
-use crate::handle::{SessionRef, Slot};
-use crate::session::Session;
-
-type AnySlot = Arc<dyn Any + Send + Sync>;
+type Attached = Arc<dyn Any + Send + Sync>;
 
 /// What every middleware of a [`Chain`](crate::Chain) receives for one update.
 ///
@@ -19,7 +17,8 @@ type AnySlot = Arc<dyn Any + Send + Sync>;
 /// # Example
 ///
 /// ```
-/// use typed_session::{Chain, Context, MemoryStore, Session, SessionMiddleware, Update};
+/// use typed_session::telegram::Update;
+/// use typed_session::{Chain, Context, MemoryStore, Session, SessionMiddleware};
 ///
 /// #[derive(Session)]
 /// struct Visits {
@@ -39,12 +38,23 @@ type AnySlot = Arc<dyn Any + Send + Sync>;
 /// ```
 pub struct Context<U> {
     update: U,
-    /// The first session attached (most chains have one), without a heap allocation.
-    first: OnceLock<(TypeId, AnySlot)>,
+    /// The first value attached (most chains have one session), without a heap allocation.
+    first: OnceLock<(TypeId, Attached)>,
     /// Any further ones, newest last.
-    more: Mutex<Vec<(TypeId, AnySlot)>>,
+    more: Mutex<Vec<(TypeId, Attached)>>,
     /// A Bot API method to send back as the webhook's HTTP response.
     reply: Mutex<Option<serde_json::Value>>,
+    /// A session of this update could not be saved (whatever the chain made of the error).
+    unsaved: AtomicBool,
+}
+
+impl<U: fmt::Debug> fmt::Debug for Context<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("update", &self.update)
+            .field("reply", &*self.reply.lock())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<U> Context<U> {
@@ -55,6 +65,7 @@ impl<U> Context<U> {
             first: OnceLock::new(),
             more: Mutex::new(Vec::new()),
             reply: Mutex::new(None),
+            unsaved: AtomicBool::new(false),
         }
     }
 
@@ -82,60 +93,46 @@ impl<U> Context<U> {
         self.reply.lock().take()
     }
 
-    pub(crate) fn attach<S: Session>(&self, slot: Arc<Slot<S>>) {
-        if let Err(entry) = self.first.set((TypeId::of::<S>(), slot)) {
+    /// Whether a session of this update could not be saved. It stays live and is written by
+    /// the next update of its key or by [`Chain::flush`](crate::Chain::flush); the update
+    /// should be retried rather than confirmed. True even if a middleware swallowed the error.
+    pub fn has_unsaved_session(&self) -> bool {
+        self.unsaved.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_unsaved(&self) {
+        self.unsaved.store(true, Ordering::Release);
+    }
+
+    /// Attaches `value`, found again by its type with [`attached`](Self::attached).
+    pub(crate) fn attach<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        let entry: (TypeId, Attached) = (TypeId::of::<T>(), value);
+        if let Err(entry) = self.first.set(entry) {
             self.more.lock().push(entry);
         }
     }
 
-    /// The newest slot of `S`: a session middleware nested in another of the same type wins.
-    pub(crate) fn slot<S: Session>(&self) -> Option<Arc<Slot<S>>> {
-        let wanted = TypeId::of::<S>();
+    /// The newest value of type `T` attached: a session middleware nested in another of the
+    /// same session type wins.
+    pub(crate) fn attached<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let wanted = TypeId::of::<T>();
         let newer = {
             let more = self.more.lock();
             more.iter()
                 .rev()
                 .find(|(id, _)| *id == wanted)
-                .map(|(_, slot)| Arc::clone(slot))
+                .map(|(_, value)| Arc::clone(value))
         };
-        let slot = match newer {
-            Some(slot) => slot,
+        let value = match newer {
+            Some(value) => value,
             None => {
-                let (id, slot) = self.first.get()?;
+                let (id, value) = self.first.get()?;
                 if *id != wanted {
                     return None;
                 }
-                Arc::clone(slot)
+                Arc::clone(value)
             }
         };
-        slot.downcast::<Slot<S>>().ok()
-    }
-
-    /// The session `S` of this update, loaded on first use (the derive's `ctx.session()`
-    /// calls this).
-    ///
-    /// # Errors
-    ///
-    /// [`SessionError::NotAttached`] when no middleware for `S` ran before this point,
-    /// [`SessionError::NoKey`] when the update has no key, [`SessionError::AfterPersist`] when
-    /// the middleware has already persisted it, and the load errors of the store.
-    pub async fn session_of<S: Session>(&self) -> Result<S::Handle<'_>, SessionError> {
-        let holding = self.hold::<S>().await?;
-        Ok(S::handle(SessionRef::new(holding)))
-    }
-
-    /// Like [`Context::session_of`], but the handle does not borrow the context, for framework
-    /// adapters that need `'static` values. Using it after the update was persisted is
-    /// detected and reported (DESIGN S10).
-    pub async fn session_owned<S: Session>(&self) -> Result<S::Handle<'static>, SessionError> {
-        let holding = self.hold::<S>().await?;
-        Ok(S::handle(SessionRef::new(holding)))
-    }
-
-    async fn hold<S: Session>(&self) -> Result<Arc<crate::handle::Holding<S>>, SessionError> {
-        let slot = self
-            .slot::<S>()
-            .ok_or(SessionError::NotAttached { session: S::NAME })?;
-        slot.hold().await
+        value.downcast::<T>().ok()
     }
 }

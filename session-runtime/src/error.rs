@@ -11,6 +11,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What a store was doing when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreOp {
     /// Reading a record.
     Load,
@@ -41,8 +42,10 @@ impl fmt::Display for StoreOp {
 
 /// An error reported by a [`Store`](crate::Store).
 ///
-/// A store never turns a failed read into "no session" (DESIGN C7): an outage is an error.
+/// A store never turns a failed read into "no session": an outage is an error, not a new user
+/// (ARCHITECTURE.md, "The store contract").
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The backend failed (I/O, protocol, server error).
     #[error("{backend} store: cannot {op} session {key:?}: {source}")]
@@ -103,7 +106,8 @@ impl StoreError {
 /// # Example
 ///
 /// ```
-/// use typed_session::{Chain, MemoryStore, Session, SessionError, SessionMiddleware, Update};
+/// use typed_session::telegram::Update;
+/// use typed_session::{Chain, MemoryStore, Session, SessionError, SessionMiddleware};
 ///
 /// #[derive(Session)]
 /// struct Visits {
@@ -122,7 +126,7 @@ impl StoreError {
 ///         }
 ///         Ok(())
 ///     }));
-/// chain.handle(Update::channel_post(1, -100, "news")).await?;
+/// chain.run_update(Update::channel_post(1, -100, "news")).await?;
 /// # Ok::<(), typed_session::BoxError>(())
 /// # }).unwrap();
 /// ```

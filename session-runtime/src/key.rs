@@ -1,4 +1,4 @@
-//! Session keys: which session an update belongs to (DESIGN S1).
+//! Session keys: which session an update belongs to (ARCHITECTURE.md, "Keys").
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ pub trait UpdateKeys {
 
 /// The built-in key strategies, as named in `#[session(key = "...")]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyKind {
     /// `"{from.id}:{chat.id}"`: one session per user per chat (Telegraf's default).
     UserInChat,
@@ -96,7 +97,8 @@ type KeyFn<U> = dyn Fn(&U) -> Option<Arc<str>> + Send + Sync;
 /// # Example
 ///
 /// ```
-/// use typed_session::{Key, Update};
+/// use typed_session::Key;
+/// use typed_session::telegram::Update;
 ///
 /// let update = Update::text(1, 7, -100, "hi");
 /// assert_eq!(Key::user_in_chat().key_of(&update).as_deref(), Some("7:-100"));

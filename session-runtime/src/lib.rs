@@ -1,88 +1,110 @@
 //! Runtime of [typed-session](https://docs.rs/typed-session): the context, the middleware
-//! chain, the live-session registry, the session middleware and the stores.
+//! chain, the live sessions, the session middleware, the stores and the integrations.
 //!
 //! Use it through the `typed-session` crate, which re-exports everything here together with
-//! `#[derive(Session)]`.
+//! `#[derive(Session)]`. How the modules fit together is in the repository's
+//! `ARCHITECTURE.md`: data flows one way, integrations → middleware and lifecycle → live
+//! sessions → store.
 
-#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod chain;
+pub mod chain;
+mod config;
 mod context;
 mod error;
-mod handle;
+mod integrations;
 mod key;
-#[cfg(feature = "tower")]
-mod layer;
+mod lifecycle;
+mod live;
 mod middleware;
-#[cfg(feature = "polling")]
-mod polling;
-mod registry;
+pub mod schema;
 mod session;
+mod stats;
 pub mod store;
-#[cfg(feature = "telegram")]
-mod telegram;
-#[cfg(feature = "teloxide")]
-pub mod teloxide;
-pub mod update;
-#[cfg(feature = "webhook")]
-mod webhook;
 
-pub use chain::{Chain, ChainFuture, FnMiddleware, Handler, Middleware, Next};
+pub use chain::{Chain, Middleware, Next};
+pub use config::{ErrorPolicy, StalePolicy};
 pub use context::Context;
 pub use error::{BoxError, SessionError, StoreError, StoreOp};
-pub use handle::{LazySession, SessionRef};
+pub use integrations::telegram;
 pub use key::{Key, KeyKind, UpdateKeys};
-#[cfg(feature = "tower")]
-pub use layer::{SessionLayer, SessionService};
-pub use middleware::{ErrorPolicy, SessionBuilder, SessionMiddleware, StalePolicy, Stats};
+pub use lifecycle::LazySession;
+pub use middleware::{SessionBuilder, SessionMiddleware};
+pub use session::Session;
+pub use stats::Stats;
+pub use store::{MemoryStore, Store};
+
+#[cfg(feature = "teloxide")]
+#[cfg_attr(docsrs, doc(cfg(feature = "teloxide")))]
+pub use integrations::dispatching;
 #[cfg(feature = "polling")]
-pub use polling::{Polling, PollingError};
-pub use session::{FieldSpec, Session};
+#[cfg_attr(docsrs, doc(cfg(feature = "polling")))]
+pub use integrations::polling::{Polling, PollingError};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use integrations::tower::{SessionLayer, SessionService};
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub use integrations::webhook::Webhook;
 #[cfg(feature = "mongodb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mongodb")))]
 pub use store::MongoStore;
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use store::MySqlStore;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::PostgresStore;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
-pub use store::{BoxFuture, MemoryStore, Patch, Record, Store, StoreFuture};
-pub use update::Update;
-#[cfg(feature = "webhook")]
-pub use webhook::Webhook;
 
-/// The teloxide-core this crate links: its `types::Update` implements [`UpdateKeys`].
+// Driver and framework crates whose types cross our API (a pool, client or connection you
+// pass in, a router or handler you get back). Each ties you to one major version: name them
+// through these re-exports and yours and ours cannot drift apart.
+
+/// teloxide-core 0.13, whose `types::Update` implements [`UpdateKeys`].
 #[cfg(feature = "telegram")]
+#[cfg_attr(docsrs, doc(cfg(feature = "telegram")))]
 pub use teloxide_core;
 
-/// The `dptree` this crate links, whose handlers [`teloxide::attach`] builds.
+/// dptree 0.5, whose handlers [`dispatching::attach`] and [`dispatching::load`] build
+/// (teloxide 0.17 uses it).
 #[cfg(feature = "teloxide")]
+#[cfg_attr(docsrs, doc(cfg(feature = "teloxide")))]
 pub use dptree;
 
-/// The `http` crate this crate links, for the request types [`SessionLayer`] wraps.
+/// http 1, for the request types [`SessionLayer`] wraps.
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use http;
 
-/// The `axum` this crate links, for merging [`Webhook::router`] into an app.
+/// axum 0.8, for merging [`Webhook::router`] into an app.
 #[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
 pub use axum;
 
-/// The `sqlx` this crate links, for pools to pass to [`PostgresStore`] and [`MySqlStore`].
+/// sqlx 0.8, for pools to pass to [`PostgresStore`] and [`MySqlStore`].
 #[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "mysql"))))]
 pub use sqlx;
 
-/// The `rusqlite` this crate links, for connections to pass to [`SqliteStore`].
+/// rusqlite 0.37, for connections to pass to [`SqliteStore`].
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use rusqlite;
 
-/// The `redis` crate this crate links, for connections to pass to [`RedisStore`].
+/// redis 0.32, for connections to pass to [`RedisStore`].
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis;
 
-/// The `mongodb` crate this crate links, for clients to pass to [`MongoStore`].
+/// mongodb 3, for clients to pass to [`MongoStore`].
 #[cfg(feature = "mongodb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mongodb")))]
 pub use mongodb;
 
 /// Items the derive's generated code names. Not part of the public API.
@@ -90,9 +112,10 @@ pub use mongodb;
 pub mod __private {
     pub use crate::context::Context;
     pub use crate::error::SessionError;
-    pub use crate::handle::SessionRef;
     pub use crate::key::KeyKind;
-    pub use crate::session::{FieldSpec, Session};
+    pub use crate::live::SessionRef;
+    pub use crate::schema::{FieldSpec, Schema};
+    pub use crate::session::Session;
     pub use core::time::Duration;
     pub use serde;
 
@@ -105,6 +128,40 @@ pub mod __private {
     pub trait CloneField: Clone {}
 
     impl<T: Clone> CloneField for T {}
+
+    /// What a setter takes for a field of type `T`: a `T`, or a value that reads better and
+    /// converts without loss (`set_lang("de")` for a `String` field). Deliberately not every
+    /// `Into<T>`: with a blanket impl, `set_count(5)` on a `u64` field could not infer `5`.
+    #[diagnostic::on_unimplemented(
+        message = "a setter of a `{T}` field cannot take a `{Self}`",
+        label = "expected a `{T}` here",
+        note = "pass a `{T}` (setters take the field's own type, and `&str` for `String` fields)"
+    )]
+    pub trait IntoField<T> {
+        /// The field's value.
+        fn into_field(self) -> T;
+    }
+
+    impl<T> IntoField<T> for T {
+        #[inline]
+        fn into_field(self) -> T {
+            self
+        }
+    }
+
+    impl IntoField<String> for &str {
+        #[inline]
+        fn into_field(self) -> String {
+            self.to_owned()
+        }
+    }
+
+    impl IntoField<Option<String>> for &str {
+        #[inline]
+        fn into_field(self) -> Option<String> {
+            Some(self.to_owned())
+        }
+    }
 
     /// The error of the per-field codec.
     pub type CodecError = serde_json::Error;

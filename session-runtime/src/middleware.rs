@@ -1,90 +1,22 @@
-//! The session middleware: attaches a session to each update, and after the rest of the chain
-//! writes what changed as one patch (DESIGN S1–S10).
+//! [`SessionMiddleware`]: attaches a session to each update of a [`Chain`](crate::Chain), and
+//! after the rest of the chain writes what changed as one patch.
 
+use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::chain::{ChainFuture, Middleware, Next};
+use crate::config::{ErrorPolicy, StalePolicy};
 use crate::context::Context;
-use crate::error::{BoxError, SessionError};
-use crate::handle::{Holding, Slot};
-use crate::key::{Key, UpdateKeys};
-use crate::registry::{Dirty, Entry, Registry};
+use crate::error::SessionError;
+use crate::key::{Key, KeyKind, UpdateKeys};
+use crate::lifecycle::Scope;
+use crate::live::registry::Registry;
+use crate::live::sessions::Sessions;
 use crate::session::Session;
-use crate::store::{Patch, Store};
-
-/// What happens to an update's session writes when the chain returns an error (or panics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ErrorPolicy {
-    /// Write them anyway, like Telegraf.
-    #[default]
-    Persist,
-    /// Take back this update's own writes (those no other update overwrote since). What other
-    /// updates of the same key changed is still written.
-    Discard,
-}
-
-/// What a stale `set_*` (DESIGN S9) does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StalePolicy {
-    /// Count it and log a warning; the write stands.
-    #[default]
-    Warn,
-    /// Also end the update with [`SessionError::StaleWrite`], which the error policy then
-    /// applies to.
-    Error,
-}
-
-/// Counters of one session middleware.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub(crate) loads: AtomicU64,
-    pub(crate) writes: AtomicU64,
-    pub(crate) deletes: AtomicU64,
-    pub(crate) bytes_written: AtomicU64,
-    pub(crate) stale_writes: AtomicU64,
-    pub(crate) late_accesses: AtomicU64,
-}
-
-impl Stats {
-    /// Records read from the store (one per burst of concurrent updates of a key).
-    pub fn loads(&self) -> u64 {
-        self.loads.load(Ordering::Relaxed)
-    }
-    /// Patches written to the store.
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-    /// Records deleted by `clear()`.
-    pub fn deletes(&self) -> u64 {
-        self.deletes.load(Ordering::Relaxed)
-    }
-    /// Bytes of field names and values written.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written.load(Ordering::Relaxed)
-    }
-    /// Stale `set_*` calls detected.
-    pub fn stale_writes(&self) -> u64 {
-        self.stale_writes.load(Ordering::Relaxed)
-    }
-    /// Uses of a handle after its update was persisted.
-    pub fn late_accesses(&self) -> u64 {
-        self.late_accesses.load(Ordering::Relaxed)
-    }
-}
-
-/// What the slots and holdings of one middleware share.
-pub(crate) struct Shared<S: Session> {
-    pub registry: Registry<S>,
-    pub store: Arc<dyn Store>,
-    pub strategy: &'static str,
-    pub on_error: ErrorPolicy,
-    pub stale: StalePolicy,
-    pub ttl: Option<Duration>,
-    pub stats: Stats,
-}
+use crate::stats::Stats;
+use crate::store::Store;
 
 /// Configures a [`SessionMiddleware`]; see [`SessionMiddleware::builder`].
 ///
@@ -92,7 +24,8 @@ pub(crate) struct Shared<S: Session> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use typed_session::{ErrorPolicy, Key, MemoryStore, Session, SessionMiddleware, StalePolicy, Update};
+/// use typed_session::telegram::Update;
+/// use typed_session::{ErrorPolicy, Key, MemoryStore, Session, SessionMiddleware, StalePolicy};
 ///
 /// #[derive(Session)]
 /// struct Cart {
@@ -114,6 +47,18 @@ pub struct SessionBuilder<S: Session, U> {
     stale: StalePolicy,
     ttl: Option<Duration>,
     _session: PhantomData<fn() -> S>,
+}
+
+impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBuilder")
+            .field("session", &S::NAME)
+            .field("key", &self.key)
+            .field("on_error", &self.on_error)
+            .field("stale_writes", &self.stale)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Session, U> SessionBuilder<S, U> {
@@ -145,7 +90,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
     /// The middleware.
     pub fn build(self) -> SessionMiddleware<S, U> {
         SessionMiddleware {
-            shared: Arc::new(Shared {
+            sessions: Arc::new(Sessions {
                 registry: Registry::new(),
                 store: self.store,
                 strategy: self.key.name(),
@@ -162,10 +107,10 @@ impl<S: Session, U> SessionBuilder<S, U> {
 /// Attaches session `S` to every update that passes through it, and persists it after the
 /// rest of the chain.
 ///
-/// * The store is read on the first access in an update, not before (S2).
-/// * Concurrent updates of one key share one live value and one store read (S3).
+/// * The store is read on the first access in an update, not before.
+/// * Concurrent updates of one key share one live value and one store read.
 /// * After the chain returns, Ok or Err, the fields that changed are written as one patch, and
-///   the update's future completes only when that write has (S5). Patches of one key are
+///   the update's future completes only when that write has. Patches of one key are
 ///   written one after the other, in order.
 /// * An update that never touched its session costs no store call at all.
 ///
@@ -174,7 +119,8 @@ impl<S: Session, U> SessionBuilder<S, U> {
 /// # Example
 ///
 /// ```
-/// use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+/// use typed_session::telegram::Update;
+/// use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 ///
 /// #[derive(Session)]
 /// struct Visits {
@@ -189,20 +135,33 @@ impl<S: Session, U> SessionBuilder<S, U> {
 ///         ctx.session().await?.update_count(|c| *c += 1);
 ///         Ok(())
 ///     }));
-/// chain.handle(Update::text(1, 7, 7, "hi")).await?;
+/// chain.run_update(Update::text(1, 7, 7, "hi")).await?;
 /// assert_eq!(sessions.stats().writes(), 1);
 /// # Ok::<(), typed_session::BoxError>(())
 /// # }).unwrap();
 /// ```
 pub struct SessionMiddleware<S: Session, U> {
-    pub(crate) shared: Arc<Shared<S>>,
-    pub(crate) key: Key<U>,
+    sessions: Arc<Sessions<S>>,
+    key: Key<U>,
+}
+
+impl<S: Session, U> fmt::Debug for SessionMiddleware<S, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionMiddleware")
+            .field("session", &S::NAME)
+            .field("key", &self.key)
+            .field("on_error", &self.sessions.on_error)
+            .field("stale_writes", &self.sessions.stale)
+            .field("ttl", &self.sessions.ttl)
+            .field("live_sessions", &self.live_sessions())
+            .finish()
+    }
 }
 
 impl<S: Session, U> Clone for SessionMiddleware<S, U> {
     fn clone(&self) -> Self {
         SessionMiddleware {
-            shared: Arc::clone(&self.shared),
+            sessions: Arc::clone(&self.sessions),
             key: self.key.clone(),
         }
     }
@@ -217,7 +176,7 @@ impl<S: Session, U: UpdateKeys + 'static> SessionMiddleware<S, U> {
 
     /// A builder, to change the key strategy, error policy, stale policy or expiry.
     pub fn builder(store: impl Store) -> SessionBuilder<S, U> {
-        let key = Key::builtin(S::KEY.unwrap_or(crate::KeyKind::UserInChat));
+        let key = Key::builtin(S::KEY.unwrap_or(KeyKind::UserInChat));
         Self::with_key(store, key)
     }
 }
@@ -237,58 +196,51 @@ impl<S: Session, U> SessionMiddleware<S, U> {
 
     /// The middleware's counters.
     pub fn stats(&self) -> &Stats {
-        &self.shared.stats
+        &self.sessions.stats
     }
 
     /// The number of keys currently held by running updates.
     pub fn live_sessions(&self) -> usize {
-        self.shared.registry.len()
+        self.sessions.registry.len()
     }
 
     /// The number of sessions kept in memory only because their last persist failed. Each is
     /// written by the next update of its key that uses it, or by [`SessionMiddleware::flush`].
     pub fn unsaved_sessions(&self) -> usize {
-        self.shared.registry.unsaved()
+        self.sessions.registry.unsaved()
     }
 
     /// Waits until no update holds a session, every persist included (for graceful shutdown
     /// and for tests).
     pub async fn wait_idle(&self) {
-        self.shared.registry.wait_idle().await
+        self.sessions.registry.wait_idle().await
     }
 
     /// Retries the persist of every session whose last persist failed; returns how many are
     /// still unsaved, with the first error.
     pub async fn flush(&self) -> Result<(), (usize, SessionError)> {
-        let mut failed = 0;
-        let mut first = None;
-        for entry in self.shared.registry.hold_unsaved() {
-            let result = persist(&self.shared, &entry).await;
-            self.shared.registry.release(&entry, result.is_err());
-            if let Err(error) = result {
-                failed += 1;
-                first.get_or_insert(error);
-            }
-        }
-        match first {
-            None => Ok(()),
-            Some(error) => Err((failed, error)),
-        }
+        self.sessions.flush().await
+    }
+
+    /// Begins the session scope of `update` (`None`: an update the adapter could not read,
+    /// which has no key).
+    pub(crate) fn begin(&self, update: Option<&U>) -> Scope<S> {
+        let key = update.and_then(|update| self.key.shared_key_of(update));
+        Scope::begin(&self.sessions, key)
     }
 }
 
 impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S, U> {
     fn call<'a>(&'a self, ctx: &'a Context<U>, next: Next<'a, U>) -> ChainFuture<'a> {
         Box::pin(async move {
-            let key = self.key.shared_key_of(ctx.update());
-            let slot = Arc::new(Slot::new(Arc::clone(&self.shared), key));
-            ctx.attach(Arc::clone(&slot));
-            let guard = FinishOnDrop(Some(slot));
+            let scope = self.begin(Some(ctx.update()));
+            scope.attach_to(ctx);
             let outcome = next.run(ctx).await;
-            match guard.defuse().and_then(|slot| slot.finish()) {
-                Some(holding) => finish(holding, outcome).await,
-                None => outcome,
+            let ended = scope.end(outcome).await;
+            if ended.is_unsaved() {
+                ctx.mark_unsaved();
             }
+            ended.into_result(S::NAME)
         })
     }
 
@@ -303,217 +255,4 @@ impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S
                 })
         })
     }
-}
-
-/// Finishes a session whose chain was dropped before it returned: cancelled, or unwinding
-/// from a panic. The persist then runs on a task of its own (the error policy applies as for
-/// a failed chain); [`SessionMiddleware::wait_idle`] waits for it.
-pub(crate) struct FinishOnDrop<S: Session>(pub(crate) Option<Arc<Slot<S>>>);
-
-impl<S: Session> FinishOnDrop<S> {
-    pub(crate) fn defuse(mut self) -> Option<Arc<Slot<S>>> {
-        self.0.take()
-    }
-}
-
-impl<S: Session> Drop for FinishOnDrop<S> {
-    fn drop(&mut self) {
-        let Some(holding) = self.0.take().and_then(|slot| slot.finish()) else {
-            return;
-        };
-        let how = if std::thread::panicking() {
-            "panicking"
-        } else {
-            "cancelled"
-        };
-        let error = SessionError::Interrupted {
-            session: S::NAME,
-            key: holding.entry.key.to_string(),
-            how,
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(error) = finish(holding, Err(error.into())).await {
-                        tracing::error!(session = S::NAME, %error, "session of an interrupted update");
-                    }
-                });
-            }
-            Err(_) => {
-                // No runtime to persist on: keep the changes live, as after a failed persist,
-                // for the next update of the key or `flush()`.
-                let unsaved = holding.entry.lock().has_changes();
-                tracing::error!(
-                    session = S::NAME,
-                    key = &*holding.entry.key,
-                    unsaved,
-                    "update {how} outside a tokio runtime; its session is written by the next update of its key or flush()"
-                );
-                holding.shared.registry.release(&holding.entry, unsaved);
-            }
-        }
-    }
-}
-
-/// Applies the error policy, persists, releases the hold, and merges the outcomes.
-pub(crate) async fn finish<S: Session>(
-    holding: Arc<Holding<S>>,
-    outcome: Result<(), BoxError>,
-) -> Result<(), BoxError> {
-    let shared = &holding.shared;
-    let outcome = match (outcome, holding.stale_field()) {
-        (Ok(()), Some(field)) => Err(SessionError::StaleWrite {
-            session: S::NAME,
-            key: holding.entry.key.to_string(),
-            field,
-        }
-        .into()),
-        (outcome, _) => outcome,
-    };
-    if outcome.is_err() && shared.on_error == ErrorPolicy::Discard {
-        holding.revert();
-    }
-    let persisted = persist(shared, &holding.entry).await;
-    shared.registry.release(&holding.entry, persisted.is_err());
-    match (outcome, persisted) {
-        (outcome, Ok(())) => outcome,
-        (Ok(()), Err(persist)) => Err(persist.into()),
-        (Err(chain), Err(persist)) => Err(match persist {
-            SessionError::Persist {
-                session,
-                key,
-                source,
-                chain: None,
-            } => SessionError::Persist {
-                session,
-                key,
-                source,
-                chain: Some(chain),
-            }
-            .into(),
-            other => {
-                tracing::error!(session = S::NAME, error = %chain, "chain error, followed by a session error");
-                other.into()
-            }
-        }),
-    }
-}
-
-/// Writes the entry's dirty fields, whoever changed them, as one patch.
-async fn persist<S: Session>(shared: &Shared<S>, entry: &Entry<S>) -> Result<(), SessionError> {
-    let persist_error = |source| SessionError::Persist {
-        session: S::NAME,
-        key: entry.key.to_string(),
-        source,
-        chain: None,
-    };
-    let _in_order = entry.write_gate.lock().await;
-
-    let delete_epoch = {
-        let state = entry.lock();
-        state.delete_pending.then_some(state.clear_epoch)
-    };
-    if let Some(epoch) = delete_epoch {
-        shared
-            .store
-            .delete(&entry.key)
-            .await
-            .map_err(persist_error)?;
-        shared.stats.deletes.fetch_add(1, Ordering::Relaxed);
-        let mut state = entry.lock();
-        for field in state.fields.iter_mut() {
-            field.stored = None;
-        }
-        if state.clear_epoch == epoch {
-            state.delete_pending = false;
-        }
-    }
-
-    let mut patch = Patch {
-        ttl: shared.ttl,
-        ..Patch::default()
-    };
-    {
-        let mut state = entry.lock();
-        let mut defaults: Option<S> = None;
-        for (index, spec) in S::FIELDS.iter().enumerate() {
-            let field = &state.fields[index];
-            let version = field.version;
-            match field.dirty {
-                Dirty::Clean => {}
-                Dirty::Set => {
-                    let encoded = match state.value.encode_field(index) {
-                        Ok(encoded) => encoded,
-                        Err(source) => {
-                            state.forget_in_flight();
-                            return Err(SessionError::Encode {
-                                session: S::NAME,
-                                key: entry.key.to_string(),
-                                field: spec.name,
-                                source,
-                            });
-                        }
-                    };
-                    let unchanged = match &state.fields[index].stored {
-                        Some(stored) => *stored == encoded,
-                        // Nothing stored reads back as the default (built once per persist).
-                        None => defaults
-                            .get_or_insert_with(S::default)
-                            .encode_field(index)
-                            .is_ok_and(|d| d == encoded),
-                    };
-                    if unchanged {
-                        state.fields[index].dirty = Dirty::Clean;
-                    } else {
-                        patch.set.push((spec.name, encoded));
-                        state.fields[index].in_flight = Some((version, true));
-                    }
-                }
-                Dirty::Remove => {
-                    if state.fields[index].stored.is_none() {
-                        state.fields[index].dirty = Dirty::Clean;
-                    } else {
-                        patch.remove.push(spec.name);
-                        state.fields[index].in_flight = Some((version, false));
-                    }
-                }
-            }
-        }
-    }
-    if patch.is_empty() {
-        return Ok(());
-    }
-
-    let bytes = patch.bytes();
-    if let Err(source) = shared.store.apply(&entry.key, &patch).await {
-        entry.lock().forget_in_flight();
-        return Err(persist_error(source));
-    }
-    shared.stats.writes.fetch_add(1, Ordering::Relaxed);
-    shared
-        .stats
-        .bytes_written
-        .fetch_add(bytes as u64, Ordering::Relaxed);
-    tracing::debug!(
-        session = S::NAME,
-        key = &*entry.key,
-        set = patch.set.len(),
-        removed = patch.remove.len(),
-        bytes,
-        "session persisted"
-    );
-
-    // Fields were pushed in index order, so the set values come back in the same order.
-    let mut values = patch.set.into_iter().map(|(_, value)| value);
-    let mut state = entry.lock();
-    for field in state.fields.iter_mut() {
-        let Some((version, was_set)) = field.in_flight.take() else {
-            continue;
-        };
-        field.stored = if was_set { values.next() } else { None };
-        if field.version == version {
-            field.dirty = Dirty::Clean;
-        }
-    }
-    Ok(())
 }

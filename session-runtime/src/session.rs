@@ -1,52 +1,17 @@
-//! The [`Session`] trait: what `#[derive(Session)]` generates, and what the runtime needs to
-//! know about a session type.
+//! The [`Session`] trait: a session type with its typed handle, what `#[derive(Session)]`
+//! generates and what the middleware, the context and the adapters are generic over.
 
-use std::time::Duration;
+use crate::live::SessionRef;
+use crate::schema::Schema;
 
-use crate::handle::SessionRef;
-use crate::key::KeyKind;
-
-/// A persisted field of a session type, as the derive describes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FieldSpec {
-    /// The name the field is stored under (`#[session(rename = "...")]`, else the Rust name).
-    pub name: &'static str,
-    /// Whether a stored value that fails to decode falls back to the default
-    /// (`#[session(reset_on_error)]`) instead of failing the load.
-    pub reset_on_error: bool,
-}
-
-/// A session type. Implemented by `#[derive(Session)]`; implementing it by hand is possible
-/// but the derive keeps the field indexes, names and codecs in step.
+/// A session type: its stored shape ([`Schema`]) and the typed handle `ctx.session()` returns.
 ///
-/// Persisted fields are numbered `0..FIELDS.len()` in declaration order (skipped fields have
-/// no number). The runtime reads and writes them one at a time through these methods, which
-/// is what lets it persist only the fields that changed.
-pub trait Session: Default + Send + Sync + 'static {
-    /// The typed handle `ctx.session()` returns.
+/// Implemented by `#[derive(Session)]`; implementing it by hand is possible, but the derive
+/// keeps the field indexes, names, codecs and handle methods in step.
+pub trait Session: Schema {
+    /// The typed handle `ctx.session()` returns (for `struct Visits`, `VisitsHandle<'a>`).
     type Handle<'a>;
 
-    /// The type's name, for messages.
-    const NAME: &'static str;
-
-    /// The persisted fields, in index order.
-    const FIELDS: &'static [FieldSpec];
-
-    /// The key strategy `#[session(key = "...")]` chose; `None` means user-in-chat.
-    const KEY: Option<KeyKind> = None;
-
-    /// The expiry `#[session(ttl = "...")]` chose; sliding on every write.
-    const TTL: Option<Duration> = None;
-
-    /// Encodes persisted field `index` of `self`.
-    fn encode_field(&self, index: usize) -> Result<String, serde_json::Error>;
-
-    /// Decodes `raw` into persisted field `index` of `self`.
-    fn decode_field(&mut self, index: usize, raw: &str) -> Result<(), serde_json::Error>;
-
-    /// Sets persisted field `index` of `self` back to its default value.
-    fn reset_field(&mut self, index: usize);
-
-    /// Wraps the runtime's handle into the typed handle.
-    fn handle(inner: SessionRef<'_, Self>) -> Self::Handle<'_>;
+    /// Wraps the runtime's side of a handle into the typed handle.
+    fn new_handle(inner: SessionRef<'_, Self>) -> Self::Handle<'_>;
 }

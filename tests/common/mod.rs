@@ -4,7 +4,8 @@
 //! hold or fail calls so the tests can force the orderings they are about. Delays use
 //! `tokio::time::sleep` and are meant for tests that run with paused time
 //! (`#[tokio::test(start_paused = true)]`), where they are deterministic and instant.
-#![allow(dead_code)]
+// Test support shared by several test crates: `pub` so each can use it, unused in some.
+#![allow(dead_code, unreachable_pub)]
 
 #[cfg(feature = "webhook")]
 pub mod bot_api;
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
-use typed_session::{MemoryStore, Patch, Record, Session, Store, StoreError, StoreFuture, StoreOp};
+use typed_session::store::{Patch, Record, StoreFuture};
+use typed_session::{MemoryStore, Session, Store, StoreError, StoreOp};
 
 /// A patch as the store received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,18 +213,17 @@ pub struct Counter {
 /// A memory store holding `fields` (stored name, JSON text) for key `7:7`.
 pub async fn seeded(fields: &[(&'static str, &str)]) -> MemoryStore {
     let memory = MemoryStore::new();
-    let patch = Patch {
-        set: fields.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
-        ..Patch::default()
-    };
+    let patch = fields
+        .iter()
+        .fold(Patch::new(), |patch, (k, v)| patch.set_field(k, *v));
     memory.apply("7:7", &patch).await.expect("seed");
     memory
 }
 
 /// `sessions`, then a handler that increments `count`.
 pub fn incrementing(
-    sessions: &typed_session::SessionMiddleware<Counter, typed_session::Update>,
-) -> typed_session::Chain<typed_session::Update> {
+    sessions: &typed_session::SessionMiddleware<Counter, typed_session::telegram::Update>,
+) -> typed_session::Chain<typed_session::telegram::Update> {
     typed_session::Chain::new()
         .with(sessions.clone())
         .handler(|ctx| {

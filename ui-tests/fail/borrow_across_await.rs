@@ -1,6 +1,7 @@
-//! U6: a borrow of session state cannot be held across `.await`; state is lent only to
+//! "Late access": a borrow of session state cannot be held across `.await`; state is lent only to
 //! synchronous closures.
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session)]
 struct Profile {

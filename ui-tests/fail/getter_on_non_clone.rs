@@ -1,5 +1,6 @@
 //! A field whose type is not `Clone` has no copying getter; the error says to use `with_*`.
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Ledger {

@@ -1,6 +1,7 @@
-//! U6: a session handle borrows the context, so it cannot be moved into a spawned task that
+//! "Late access": a session handle borrows the context, so it cannot be moved into a spawned task that
 //! may outlive the chain.
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session)]
 struct Profile {

@@ -1,4 +1,4 @@
-//! S1 at compile time: the default key strategies need an update type that says who sent it
+//! "Keys" at compile time: the default key strategies need an update type that says who sent it
 //! and where; other update types must name their key.
 use typed_session::{MemoryStore, Session, SessionMiddleware};
 

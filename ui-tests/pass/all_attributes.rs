@@ -1,5 +1,7 @@
-//! U1, U2, U4: every attribute, on a struct with visibility, docs and other derives.
-use typed_session::{Chain, Key, MemoryStore, Session, SessionMiddleware, Update};
+//! "structs with named fields", "defaults", "attributes": every attribute, on a struct with visibility, docs and other derives.
+use typed_session::telegram::Update;
+use typed_session::schema::Schema;
+use typed_session::{Chain, Key, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session, Clone, Debug, PartialEq)]
 #[session(accessor = "profile", key = "user", ttl = "7d")]
@@ -27,8 +29,8 @@ struct Plain {
 fn main() {
     let p = Profile::default();
     assert_eq!((p.count, p.lang.as_str(), p.scratch.len()), (0, "en", 4));
-    assert_eq!(<Profile as Session>::FIELDS.len(), 4);
-    assert_eq!(<Profile as Session>::FIELDS[2].name, "seen");
+    assert_eq!(<Profile as Schema>::FIELDS.len(), 4);
+    assert_eq!(<Profile as Schema>::FIELDS[2].name, "seen");
     let _ = Plain::default().r#type;
 
     let chain = Chain::new()
@@ -44,7 +46,7 @@ fn main() {
                 s.set_scratch(vec![]);
                 let _copy: Profile = s.snapshot();
                 let plain = ctx.session().await?;
-                plain.set_type("x".into());
+                plain.set_type("x");
                 let _: String = plain.r#type();
                 Ok(())
             })

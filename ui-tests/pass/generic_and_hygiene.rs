@@ -1,4 +1,4 @@
-//! U1 (generics kept) and hygiene: user code that shadows `Option`, `Result`, `Default`,
+//! "structs with named fields" (generics kept) and hygiene: user code that shadows `Option`, `Result`, `Default`,
 //! `String` and `serde` does not break the generated code.
 #![allow(dead_code)]
 

@@ -1,5 +1,6 @@
 //! A field that is not `Clone` has no getter, but every other method works.
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Ledger {

@@ -1,4 +1,4 @@
-//! U7: every U rule has a case. Each `fail/*.stderr` was read before it was committed: the
+//! "Compile-time checks": every U rule has a case. Each `fail/*.stderr` was read before it was committed: the
 //! message must tell the user what to change.
 
 #[test]

@@ -77,14 +77,14 @@ fn field_methods(field: &Field, session_ty: &TokenStream, private: &TokenStream)
     let (read_index, write, modify, reset_body) = match field.index {
         Some(i) => (
             quote!(::core::option::Option::Some(#i)),
-            quote!(self.inner.set(#i, move |s| s.#ident = value)),
+            quote!(self.inner.set(#i, move |s| s.#ident = #private::IntoField::into_field(value))),
             quote!(self.inner.update(#i, |s| f(&mut s.#ident))),
             quote!(self.inner.reset(#i)),
         ),
         // Skipped fields live only in the shared live value; nothing is marked.
         None => (
             quote!(::core::option::Option::None),
-            quote!(self.inner.update_transient(move |s| s.#ident = value)),
+            quote!(self.inner.update_transient(move |s| s.#ident = #private::IntoField::into_field(value))),
             quote!(self.inner.update_transient(|s| f(&mut s.#ident))),
             quote!(self.inner.update_transient(|s| s.#ident = #init)),
         ),
@@ -126,7 +126,7 @@ fn field_methods(field: &Field, session_ty: &TokenStream, private: &TokenStream)
 
         #[doc = #doc_set]
         #[inline]
-        pub fn #set(&self, value: #ty) {
+        pub fn #set(&self, value: impl #private::IntoField<#ty>) {
             #write
         }
 

@@ -1,4 +1,5 @@
-//! The `Session` impl: field names, per-field codecs, key strategy and expiry.
+//! The `Schema` impl (field names, per-field codecs, key strategy and expiry) and the
+//! `Session` impl (the typed handle).
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -69,9 +70,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let name_str = name.to_string();
 
     quote! {
-        impl #impl_g #private::Session for #name #ty_g #where_c {
-            type Handle<'__a> = #handle<'__a, #(#handle_args),*>;
-
+        impl #impl_g #private::Schema for #name #ty_g #where_c {
             const NAME: &'static str = #name_str;
             const FIELDS: &'static [#private::FieldSpec] = &[#(#specs),*];
             #key
@@ -105,7 +104,12 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                 }
             }
 
-            fn handle(inner: #private::SessionRef<'_, Self>) -> Self::Handle<'_> {
+        }
+
+        impl #impl_g #private::Session for #name #ty_g #where_c {
+            type Handle<'__a> = #handle<'__a, #(#handle_args),*>;
+
+            fn new_handle(inner: #private::SessionRef<'_, Self>) -> Self::Handle<'_> {
                 #handle { inner }
             }
         }

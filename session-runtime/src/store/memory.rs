@@ -39,6 +39,14 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Records>>,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("records", &self.inner.lock().map.len())
+            .finish()
+    }
+}
+
 #[derive(Default)]
 struct Records {
     map: HashMap<Key, Stored, foldhash::fast::RandomState>,

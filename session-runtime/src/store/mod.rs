@@ -3,7 +3,8 @@
 //! A store keeps one record per session key. A record is a map from stored field name to the
 //! field's encoded value (JSON text). Stores work at field level: [`Store::apply`] writes only
 //! the fields a [`Patch`] names and leaves every other stored field as it is, so two processes
-//! that change different fields of one session never overwrite each other (DESIGN C2).
+//! that change different fields of one session never overwrite each other (ARCHITECTURE.md,
+//! "Field-level patches").
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,9 +34,6 @@ pub use sql::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite::SqliteStore;
 
-/// A boxed, `Send` future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// What the [`Store`] methods return: a value that is already there, or a boxed future.
 ///
 /// A store that answers without waiting (memory, a cache hit) returns
@@ -47,7 +45,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A store that logs every write and delegates to another:
 ///
 /// ```
-/// use typed_session::{MemoryStore, Patch, Record, Store, StoreError, StoreFuture};
+/// use typed_session::store::{Patch, Record, StoreFuture};
+/// use typed_session::{MemoryStore, Store, StoreError};
 ///
 /// struct Logged<S>(S);
 ///
@@ -70,7 +69,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store = Logged(MemoryStore::new());
-/// store.apply("1:1", &Patch { set: vec![("count", "1".into())], ..Patch::default() }).await?;
+/// store.apply("1:1", &Patch::new().set_field("count", "1")).await?;
 /// # Ok::<(), StoreError>(())
 /// # }).unwrap();
 /// ```
@@ -78,7 +77,18 @@ pub struct StoreFuture<'a, T>(Answer<'a, T>);
 
 enum Answer<'a, T> {
     Ready(Option<T>),
-    Pending(BoxFuture<'a, T>),
+    Pending(Pin<Box<dyn Future<Output = T> + Send + 'a>>),
+}
+
+impl<T> std::fmt::Debug for StoreFuture<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            Answer::Ready(Some(_)) => "ready",
+            Answer::Ready(None) => "done",
+            Answer::Pending(_) => "pending",
+        };
+        f.debug_tuple("StoreFuture").field(&state).finish()
+    }
 }
 
 impl<'a, T> StoreFuture<'a, T> {
@@ -115,8 +125,10 @@ pub type Record = HashMap<String, String>;
 
 /// The changes one persist writes: fields to set, fields to remove, and the expiry.
 ///
-/// Fields the patch does not name are left untouched in the store.
+/// Fields the patch does not name are left untouched in the store. Stores read its fields;
+/// it is built with [`Patch::new`] and the `*_field` methods.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Patch<'a> {
     /// Fields to set, with their encoded values.
     pub set: Vec<(&'a str, String)>,
@@ -127,7 +139,30 @@ pub struct Patch<'a> {
     pub ttl: Option<Duration>,
 }
 
-impl Patch<'_> {
+impl<'a> Patch<'a> {
+    /// A patch that changes nothing and leaves the expiry as it is.
+    pub fn new() -> Self {
+        Patch::default()
+    }
+
+    /// Adds a field to set to `value` (encoded, JSON text).
+    pub fn set_field(mut self, field: &'a str, value: impl Into<String>) -> Self {
+        self.set.push((field, value.into()));
+        self
+    }
+
+    /// Adds a field to remove.
+    pub fn remove_field(mut self, field: &'a str) -> Self {
+        self.remove.push(field);
+        self
+    }
+
+    /// Sets the expiry the write renews (`None`: the record's expiry is left as it is).
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
     /// Whether the patch would change nothing.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()
@@ -144,16 +179,18 @@ impl Patch<'_> {
 /// Where sessions live between updates.
 ///
 /// Object safe and async: every method returns a [`StoreFuture`]. Each method is one round trip
-/// to the backend (DESIGN C3). A read error is an error, never an empty record (C7).
+/// to the backend. A read error is an error, never an empty record: an outage must not look
+/// like a new user (ARCHITECTURE.md, "The store contract").
 ///
 /// # Example
 ///
 /// ```
-/// use typed_session::{MemoryStore, Patch, Store};
+/// use typed_session::store::Patch;
+/// use typed_session::{MemoryStore, Store};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store = MemoryStore::new();
-/// let patch = Patch { set: vec![("count", "1".to_owned())], ..Patch::default() };
+/// let patch = Patch::new().set_field("count", "1");
 /// store.apply("42:42", &patch).await?;
 /// let record = store.load("42:42").await?.expect("just written");
 /// assert_eq!(record["count"], "1");

@@ -45,6 +45,15 @@ pub struct MongoStore {
     collection: Collection<Document>,
 }
 
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("database", &self.database.name())
+            .field("collection", &self.collection.name())
+            .finish_non_exhaustive()
+    }
+}
+
 impl MongoStore {
     /// Connects to `url` (`mongodb://host:port`) and uses database `database`.
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
@@ -54,7 +63,7 @@ impl MongoStore {
         Self::from_client(client, database)
     }
 
-    /// A store over a client the application already has, used as it is (DESIGN C6).
+    /// A store over a client the application already has, used as it is.
     ///
     /// # Errors
     ///

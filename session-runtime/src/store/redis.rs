@@ -39,6 +39,14 @@ pub struct RedisStore<C = ConnectionManager> {
     prefix: Arc<str>,
 }
 
+impl<C> std::fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RedisStore<ConnectionManager> {
     /// Connects to `url` (`redis://host:port/db`) through a [`ConnectionManager`], which
     /// reconnects by itself.
@@ -55,8 +63,7 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     /// A store over a connection the application already has (a [`ConnectionManager`] or a
-    /// `MultiplexedConnection`); it is cloned per call and never reconnected by the store
-    /// (DESIGN C6).
+    /// `MultiplexedConnection`); it is cloned per call and never reconnected by the store.
     pub fn from_connection(connection: C) -> Self {
         RedisStore {
             connection,

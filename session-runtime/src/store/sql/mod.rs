@@ -5,7 +5,7 @@
 //! Each store keeps one row per session key, with the fields in one JSON object column, and
 //! edits that object in place: PostgreSQL with `jsonb` `-` and `||`, SQLite and MySQL/MariaDB
 //! with `json_remove` and `json_set`. That makes every operation one statement, hence one
-//! round trip (DESIGN C3), and makes a patch atomic and field-level (C2): the database merges
+//! round trip, and makes a patch atomic and field-level: the database merges
 //! it into whatever the row holds when the statement runs, so a field another process wrote
 //! after our load survives.
 //!
@@ -65,15 +65,15 @@ pub(crate) fn table_name(backend: &'static str, name: &str) -> Result<Arc<str>, 
 pub(crate) struct Clock(Option<Arc<dyn Fn() -> i64 + Send + Sync>>);
 
 impl Clock {
-    pub fn system() -> Self {
+    pub(crate) fn system() -> Self {
         Clock(None)
     }
 
-    pub fn custom(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+    pub(crate) fn custom(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         Clock(Some(Arc::new(f)))
     }
 
-    pub fn now_ms(&self) -> i64 {
+    pub(crate) fn now_ms(&self) -> i64 {
         match &self.0 {
             Some(f) => f(),
             None => SystemTime::now()
@@ -83,7 +83,7 @@ impl Clock {
     }
 
     /// The `expires_at` a write with `ttl` sets.
-    pub fn expiry(&self, ttl: Option<Duration>) -> Option<i64> {
+    pub(crate) fn expiry(&self, ttl: Option<Duration>) -> Option<i64> {
         let ttl = i64::try_from(ttl?.as_millis()).unwrap_or(i64::MAX);
         Some(self.now_ms().saturating_add(ttl.max(1)))
     }

@@ -50,6 +50,14 @@ pub struct MySqlStore {
     clock: Clock,
 }
 
+impl std::fmt::Debug for MySqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MySqlStore")
+            .field("table", &self.sql.table)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The statements that do not depend on a patch's shape, written once per table.
 struct Statements {
     table: Arc<str>,
@@ -78,7 +86,7 @@ impl MySqlStore {
         Ok(Self::from_pool(connect_pool(BACKEND, url).await?))
     }
 
-    /// A store over an existing pool, used as it is (DESIGN C6).
+    /// A store over an existing pool, used as it is.
     pub fn from_pool(pool: MySqlPool) -> Self {
         MySqlStore {
             pool,

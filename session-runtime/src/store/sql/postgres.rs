@@ -47,6 +47,14 @@ pub struct PostgresStore {
     clock: Clock,
 }
 
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("table", &self.sql.table)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The statements, written once per table.
 struct Statements {
     table: Arc<str>,
@@ -83,7 +91,7 @@ impl PostgresStore {
         Ok(Self::from_pool(connect_pool(BACKEND, url).await?))
     }
 
-    /// A store over an existing pool, used as it is (DESIGN C6).
+    /// A store over an existing pool, used as it is.
     pub fn from_pool(pool: PgPool) -> Self {
         PostgresStore {
             pool,

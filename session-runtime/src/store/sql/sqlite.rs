@@ -34,12 +34,13 @@ const BACKEND: &str = "sqlite";
 /// # Example
 ///
 /// ```
-/// use typed_session::{Patch, SqliteStore, Store};
+/// use typed_session::store::Patch;
+/// use typed_session::{SqliteStore, Store};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store = SqliteStore::connect("sqlite::memory:").await?;
 /// store.migrate().await?;
-/// store.apply("7:7", &Patch { set: vec![("count", "1".into())], ..Patch::default() }).await?;
+/// store.apply("7:7", &Patch::new().set_field("count", "1")).await?;
 /// assert_eq!(store.load("7:7").await?.unwrap()["count"], "1");
 /// # Ok::<(), typed_session::StoreError>(())
 /// # }).unwrap();
@@ -49,6 +50,14 @@ pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     sql: Arc<Statements>,
     clock: Clock,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("table", &self.sql.table)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The statements that do not depend on a patch's shape, written once per table.
@@ -107,7 +116,7 @@ impl SqliteStore {
         Ok(Self::from_connection(connection))
     }
 
-    /// A store over a connection the application opened, used as it is (DESIGN C6).
+    /// A store over a connection the application opened, used as it is.
     pub fn from_connection(connection: Connection) -> Self {
         SqliteStore {
             connection: Arc::new(Mutex::new(connection)),

@@ -1,21 +1,23 @@
 //! [`SessionLayer`]: the session middleware as a tower `Layer` over `http` requests, for axum
 //! apps and custom webhook stacks (feature `tower`).
 
-use std::sync::Arc;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use crate::error::{BoxError, SessionError};
-use crate::handle::{LazySession, Slot};
-use crate::middleware::{FinishOnDrop, SessionMiddleware, finish};
+use crate::lifecycle::Ended;
+use crate::middleware::SessionMiddleware;
 use crate::session::Session;
-use crate::store::BoxFuture;
 
 /// Wraps a service so that each request carries session `S`, reachable through the
-/// [`LazySession`] in its extensions, and the response is returned only after the session
+/// [`LazySession`](crate::LazySession) in its extensions, and the response is returned only after the session
 /// is persisted. A response with a 5xx status counts as a failure for the
 /// [`ErrorPolicy`](crate::ErrorPolicy); a persist that fails turns the response into an empty
 /// `500` (the session stays live and is written by the next request of its key, or by
-/// [`SessionMiddleware::flush`]).
+/// [`SessionMiddleware::flush`]). A stale write under
+/// [`StalePolicy::Error`](crate::StalePolicy::Error) is saved and answered with a `500` too,
+/// as a failed request.
 ///
 /// Build it from a [`SessionMiddleware`] whose key reads the request:
 ///
@@ -38,6 +40,14 @@ use crate::store::BoxFuture;
 /// ```
 pub struct SessionLayer<S: Session, R> {
     middleware: SessionMiddleware<S, R>,
+}
+
+impl<S: Session, R> fmt::Debug for SessionLayer<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("middleware", &self.middleware)
+            .finish()
+    }
 }
 
 impl<S: Session, R> Clone for SessionLayer<S, R> {
@@ -71,6 +81,15 @@ pub struct SessionService<S: Session, R, Inner> {
     middleware: SessionMiddleware<S, R>,
 }
 
+impl<S: Session, R, Inner: fmt::Debug> fmt::Debug for SessionService<S, R, Inner> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .field("middleware", &self.middleware)
+            .finish()
+    }
+}
+
 impl<S: Session, R, Inner: Clone> Clone for SessionService<S, R, Inner> {
     fn clone(&self) -> Self {
         SessionService {
@@ -95,41 +114,41 @@ where
 {
     type Response = http::Response<ResBody>;
     type Error = Inner::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let key = self.middleware.key.shared_key_of(&request);
-        let slot = Arc::new(Slot::new(Arc::clone(&self.middleware.shared), key));
-        request
-            .extensions_mut()
-            .insert(LazySession::new(Arc::clone(&slot)));
+        let scope = self.middleware.begin(Some(&request));
+        request.extensions_mut().insert(scope.lazy());
         // The instance that was driven to readiness serves this call (tower's clone-and-swap).
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         Box::pin(async move {
-            let guard = FinishOnDrop(Some(slot));
             let result = inner.call(request).await;
-            let Some(holding) = guard.defuse().and_then(|slot| slot.finish()) else {
-                return result;
+            let failed = match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(_) => true,
             };
-            let outcome: Result<(), BoxError> = match &result {
-                Ok(response) if !response.status().is_server_error() => Ok(()),
-                Ok(response) => Err(format!("the service answered {}", response.status()).into()),
-                Err(_) => Err("the service failed".into()),
-            };
-            match finish(holding, outcome).await {
-                Err(error) if error.downcast_ref::<SessionError>().is_some() => {
-                    tracing::error!(%error, "session not persisted; answering 500");
-                    let mut failed = http::Response::new(ResBody::default());
-                    *failed.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    Ok(failed)
+            match scope.end(if failed { Err(()) } else { Ok(()) }).await {
+                Ended::Saved | Ended::Failed(()) => result,
+                Ended::Refused(error) => {
+                    tracing::warn!(%error, "session saved, but the request broke a session rule; answering 500");
+                    Ok(internal_error())
                 }
-                _ => result,
+                Ended::Unsaved { error, .. } => {
+                    tracing::error!(%error, "session not persisted; answering 500");
+                    Ok(internal_error())
+                }
             }
         })
     }
+}
+
+fn internal_error<B: Default>() -> http::Response<B> {
+    let mut response = http::Response::new(B::default());
+    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    response
 }

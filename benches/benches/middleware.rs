@@ -1,6 +1,6 @@
 //! Cost of the session middleware on the memory store, against the same chain without a
 //! session: sequential updates, and batches of 1,000 concurrent updates with same-key
-//! collisions (the anchors' workloads A/seq and A/conc, DESIGN §7).
+//! collisions (the anchors' workloads A/seq and A/conc, the benchmark section of the README).
 //!
 //! `cargo bench --bench middleware`
 
@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update};
+use typed_session::telegram::Update;
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session)]
 struct Visits {
@@ -80,7 +81,7 @@ fn bench(c: &mut Criterion) {
             b.to_async(&runtime).iter(|| {
                 i += 1;
                 let chain = Arc::clone(chain);
-                async move { chain.handle(update(i)).await.expect("update succeeds") }
+                async move { chain.run_update(update(i)).await.expect("update succeeds") }
             })
         });
     }
@@ -107,7 +108,7 @@ fn bench(c: &mut Criterion) {
                             .into_iter()
                             .map(|u| {
                                 let chain = Arc::clone(&chain);
-                                tokio::spawn(async move { chain.handle(u).await })
+                                tokio::spawn(async move { chain.run_update(u).await })
                             })
                             .collect();
                         for task in tasks {

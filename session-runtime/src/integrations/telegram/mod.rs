@@ -1,13 +1,31 @@
-//! A small, Telegram-shaped update type for tests, examples and simple bots.
+//! Telegram's updates: a small, Telegram-shaped [`Update`] type for tests, examples and
+//! simple bots, and (feature `telegram`) session keys for teloxide-core's `Update`.
 //!
-//! It reads real Bot API `Update` JSON (unknown fields are ignored) and covers what session
-//! keys need: who sent an update and in which chat. Bots that need the whole Bot API use
-//! teloxide-core's `Update` (feature `telegram`), which implements [`UpdateKeys`] too; bots on
+//! [`Update`] reads real Bot API `Update` JSON (unknown fields are ignored) and covers what
+//! session keys need: who sent an update and in which chat. Bots that need the whole Bot API
+//! use teloxide-core's `Update`, which implements [`UpdateKeys`] too (see below); bots on
 //! another framework implement [`UpdateKeys`] for its update type.
+//!
+//! # teloxide-core's `Update` (feature `telegram`)
+//!
+//! The built-in strategies read `Update::from` and `Update::chat`, so the updates that
+//! carry no sender or no chat get no session under a strategy that needs one, and asking for
+//! it is [`SessionError::NoKey`](crate::SessionError::NoKey):
+//!
+//! | update                                  | `user_in_chat` | `chat` | `user` |
+//! |-----------------------------------------|:--------------:|:------:|:------:|
+//! | message, edited message, callback query on a message | yes | yes | yes |
+//! | channel post (no sender)                | no             | yes    | no     |
+//! | inline query, chosen inline result      | no             | no     | yes    |
+//! | callback query on an inline-mode message | no            | no     | yes    |
+//! | poll answer (by a user)                 | no             | no     | yes    |
 
 use serde::{Deserialize, Serialize};
 
 use crate::key::UpdateKeys;
+
+#[cfg(feature = "telegram")]
+mod teloxide_keys;
 
 /// A Telegram user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +124,8 @@ impl Update {
     /// A text message from user `user_id` in chat `chat_id` (a private chat when they are equal).
     ///
     /// ```
-    /// use typed_session::{Update, UpdateKeys};
+    /// use typed_session::telegram::Update;
+    /// use typed_session::UpdateKeys;
     ///
     /// let u = Update::text(1, 42, 42, "/start");
     /// assert_eq!((u.user_id(), u.chat_id()), (Some(42), Some(42)));

@@ -8,7 +8,7 @@
 //! and their sessions are written before it exits.
 
 use teloxide::prelude::*;
-use typed_session::teloxide::{attach, load};
+use typed_session::dispatching::{attach, load};
 use typed_session::{BoxError, Session, SessionMiddleware, SqliteStore};
 
 #[derive(Session, Clone, Debug)]

@@ -8,7 +8,7 @@
 //! it and hands the handlers the typed handle itself.
 //!
 //! ```
-//! use typed_session::teloxide::{attach, load};
+//! use typed_session::dispatching::{attach, load};
 //! use typed_session::teloxide_core::types::{Message, Update};
 //! use typed_session::{MemoryStore, Session, SessionMiddleware};
 //! use typed_session::dptree::{self, Handler};
@@ -43,7 +43,7 @@
 //!
 //! A handle a handler keeps after it returned (moved into a spawned task, say) is over: using
 //! it is reported as a late access ([`Stats::late_accesses`](crate::Stats::late_accesses) and
-//! an error log, DESIGN S10), and what it writes is not saved by its update;
+//! an error log), and what it writes is not saved by its update;
 //! [`LazySession::get`] then returns [`SessionError::AfterPersist`].
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,8 +56,8 @@ use dptree::{HandlerDescription, HandlerSignature, Type};
 use teloxide_core::types::Update;
 
 use crate::error::{BoxError, SessionError};
-use crate::handle::{LazySession, Slot};
-use crate::middleware::{FinishOnDrop, SessionMiddleware, finish};
+use crate::lifecycle::{Ended, LazySession};
+use crate::middleware::SessionMiddleware;
 use crate::session::Session;
 
 /// A handler that gives the handlers chained after it session `S` of the update, as a
@@ -65,9 +65,13 @@ use crate::session::Session;
 /// store I/O), and persists it once they are done.
 ///
 /// The handlers' `Err` counts as a failure for the middleware's
-/// [`ErrorPolicy`](crate::ErrorPolicy). A session that cannot be saved turns the outcome into
-/// `Err(E::from(error))`, which the dispatcher's error handler logs; the changes stay live and
-/// are written by the next update of the key or by [`SessionMiddleware::flush`].
+/// [`ErrorPolicy`](crate::ErrorPolicy) and is handed on as the value they returned. A session
+/// that cannot be saved turns a successful outcome into `Err(E::from(error))`, which the
+/// dispatcher's error handler logs (when the handlers had failed already, their error is handed
+/// on and the session error is logged); the changes stay live and are written by the next
+/// update of the key or by [`SessionMiddleware::flush`]. A stale write under
+/// [`StalePolicy::Error`](crate::StalePolicy::Error) is saved, and its
+/// [`SessionError::StaleWrite`] becomes the outcome.
 ///
 /// The handlers' error type `E` must take a [`BoxError`]: `Box<dyn Error + Send + Sync>`
 /// does, and so does an error type of yours with a `From<BoxError>` impl (teloxide's
@@ -78,7 +82,7 @@ pub fn attach<S, E, D>(
 ) -> dptree::Handler<'static, Result<(), E>, D>
 where
     S: Session,
-    E: From<BoxError> + std::fmt::Debug + Send + Sync + 'static,
+    E: From<BoxError> + Send + Sync + 'static,
     D: HandlerDescription,
 {
     let middleware = Arc::new(middleware);
@@ -89,26 +93,29 @@ where
         move |deps: DependencyMap, next| {
             let middleware = Arc::clone(&middleware);
             async move {
-                let key = deps
-                    .try_get::<Update>()
-                    .and_then(|update| middleware.key.shared_key_of(&update));
-                let slot = Arc::new(Slot::new(Arc::clone(&middleware.shared), key));
+                let update = deps.try_get::<Update>();
+                let scope = middleware.begin(update.as_deref());
                 let mut inner = deps.clone();
-                inner.insert(LazySession::new(Arc::clone(&slot)));
-                let guard = FinishOnDrop(Some(slot));
-                let flow = next(inner).await;
-                let Some(holding) = guard.defuse().and_then(|slot| slot.finish()) else {
-                    return restore(flow, deps);
+                inner.insert(scope.lazy());
+                let (flow, outcome) = match next(inner).await {
+                    ControlFlow::Break(Err(error)) => (None, Err(error)),
+                    flow => (Some(flow), Ok(())),
                 };
-                let outcome: Result<(), BoxError> = match &flow {
-                    ControlFlow::Break(Err(error)) => Err(format!("{error:?}").into()),
-                    _ => Ok(()),
-                };
-                match finish(holding, outcome).await {
-                    Err(error) if error.downcast_ref::<SessionError>().is_some() => {
-                        ControlFlow::Break(Err(E::from(error)))
+                match scope.end(outcome).await {
+                    Ended::Saved => restore(flow, deps),
+                    Ended::Failed(error) => ControlFlow::Break(Err(error)),
+                    Ended::Refused(error) => ControlFlow::Break(Err(E::from(error.into()))),
+                    Ended::Unsaved {
+                        error,
+                        handlers: None,
+                    } => ControlFlow::Break(Err(E::from(error.into()))),
+                    Ended::Unsaved {
+                        error,
+                        handlers: Some(handlers),
+                    } => {
+                        tracing::error!(%error, "the handlers failed, and then their session could not be saved");
+                        ControlFlow::Break(Err(handlers))
                     }
-                    _ => restore(flow, deps),
                 }
             }
         },
@@ -143,7 +150,7 @@ where
                 Ok(handle) => {
                     let mut inner = deps.clone();
                     inner.insert(handle);
-                    restore(next(inner).await, deps)
+                    restore(Some(next(inner).await), deps)
                 }
                 Err(error) => ControlFlow::Break(Err(E::from(error.into()))),
             }
@@ -153,14 +160,15 @@ where
 }
 
 /// Hands the caller's dependencies back when no handler took the update, so the branches that
-/// come next do not see a session that is already persisted.
+/// come next do not see a session that is already persisted. `None` is a flow that `attach`
+/// took the handlers' error out of, and `Ended` handed back.
 fn restore<T>(
-    flow: ControlFlow<T, DependencyMap>,
+    flow: Option<ControlFlow<T, DependencyMap>>,
     deps: DependencyMap,
 ) -> ControlFlow<T, DependencyMap> {
     match flow {
-        ControlFlow::Continue(_) => ControlFlow::Continue(deps),
-        done => done,
+        None | Some(ControlFlow::Continue(_)) => ControlFlow::Continue(deps),
+        Some(done) => done,
     }
 }
 

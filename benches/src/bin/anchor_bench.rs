@@ -24,11 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
-use typed_session::update::{Chat, Message, User};
-use typed_session::{
-    BoxError, Chain, MemoryStore, Patch, Record, Session, SessionMiddleware, Store, StoreError,
-    StoreFuture, Update,
-};
+use typed_session::schema::Schema;
+use typed_session::store::{Patch, Record, StoreFuture};
+use typed_session::telegram::{Chat, Message, Update, User};
+use typed_session::{BoxError, Chain, MemoryStore, Session, SessionMiddleware, Store, StoreError};
 
 // ---- allocation counter (`--bench allocs`) -----------------------------------------------
 
@@ -196,7 +195,7 @@ async fn feed(
 ) -> Result<(), BoxError> {
     if workload == "seq" {
         for (i, &u) in seq.iter().enumerate() {
-            chain.handle(make_update(i, u)).await?;
+            chain.run_update(make_update(i, u)).await?;
         }
         return Ok(());
     }
@@ -204,7 +203,7 @@ async fn feed(
         let mut tasks = tokio::task::JoinSet::new();
         for (i, &u) in seq.iter().enumerate().skip(start).take(batch) {
             let chain = Arc::clone(chain);
-            tasks.spawn(async move { chain.handle(make_update(i, u)).await });
+            tasks.spawn(async move { chain.run_update(make_update(i, u)).await });
         }
         while let Some(done) = tasks.join_next().await {
             done??;
@@ -548,7 +547,6 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
     let env = |var: &str| std::env::var(var).map_err(|_| format!("--store {name} needs {var}"));
     Ok(match name {
         "memory" => Arc::new(MemoryStore::new()),
-        #[cfg(feature = "sqlite")]
         "sqlite-memory" | "sqlite-wal" => {
             let url = if name == "sqlite-memory" {
                 "sqlite::memory:".to_owned()
@@ -568,7 +566,6 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
             store.migrate().await?;
             Arc::new(store)
         }
-        #[cfg(feature = "postgres")]
         "postgres" => {
             let store = typed_session::PostgresStore::connect(&env("POSTGRES_URL")?)
                 .await?
@@ -576,7 +573,6 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
             store.migrate().await?;
             Arc::new(store)
         }
-        #[cfg(feature = "mysql")]
         "mysql" => {
             let store = typed_session::MySqlStore::connect(&env("MYSQL_URL")?)
                 .await?
@@ -584,13 +580,11 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
             store.migrate().await?;
             Arc::new(store)
         }
-        #[cfg(feature = "redis")]
         "redis" => Arc::new(
             typed_session::RedisStore::connect(&env("REDIS_URL")?)
                 .await?
                 .with_prefix(&format!("{table}:")),
         ),
-        #[cfg(feature = "mongodb")]
         "mongodb" => {
             let store =
                 typed_session::MongoStore::connect(&env("MONGODB_URL")?, "typed_session_bench")

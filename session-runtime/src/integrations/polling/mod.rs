@@ -15,7 +15,9 @@
 //! come again too, although they were handled and saved: in that one case (a stop while the
 //! store refuses writes) delivery is at least once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod bot_api;
+mod schedule;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +25,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use self::bot_api::{BotApi, CallError, parse_result};
+use self::schedule::{Backoff, Running, Status, Window};
 use crate::chain::Chain;
 use crate::context::Context;
-use crate::error::SessionError;
 use crate::key::UpdateKeys;
 
 /// Where the Bot API lives unless [`Polling::api_url`] says otherwise.
@@ -39,7 +41,7 @@ const TELEGRAM_API: &str = "https://api.telegram.org";
 const REPOLL: Duration = Duration::from_millis(500);
 
 /// How long the HTTP client waits beyond the long-poll timeout before it gives up on a request.
-const NETWORK_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const NETWORK_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs a [`Chain`] on the updates of Telegram's `getUpdates` long polling.
 ///
@@ -72,7 +74,8 @@ const NETWORK_GRACE: Duration = Duration::from_secs(10);
 /// # Example
 ///
 /// ```no_run
-/// use typed_session::{Chain, MemoryStore, Polling, Session, SessionMiddleware, Update};
+/// use typed_session::telegram::Update;
+/// use typed_session::{Chain, MemoryStore, Polling, Session, SessionMiddleware};
 ///
 /// #[derive(Session)]
 /// struct Visits {
@@ -108,6 +111,20 @@ pub struct Polling<U> {
     max_concurrency: usize,
     allowed_updates: Option<Vec<String>>,
     backoff: (Duration, Duration),
+}
+
+impl<U> std::fmt::Debug for Polling<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Polling")
+            .field("token", &"<redacted>")
+            .field("api_url", &self.api_url)
+            .field("timeout", &self.timeout)
+            .field("limit", &self.limit)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("allowed_updates", &self.allowed_updates)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why [`Polling::run`] stopped without being asked to.
@@ -426,30 +443,24 @@ async fn sleep_until(until: Option<Instant>) {
 /// Runs the chain for one update, then sends its reply.
 async fn handle_one<U: Send + Sync + 'static>(chain: &Chain<U>, api: &BotApi, update: U) -> Status {
     let ctx = Context::new(update);
-    match chain.run(&ctx).await {
+    let outcome = chain.run(&ctx).await;
+    if ctx.has_unsaved_session() {
+        // Even if a middleware swallowed the error: the update stays unconfirmed.
+        tracing::error!(
+            error = outcome.err().map(|e| e.to_string()),
+            "update handled, but its session is not saved"
+        );
+        return Status::Unsaved;
+    }
+    match outcome {
         Ok(()) => {
             if let Some(reply) = ctx.take_reply() {
                 api.send_reply(reply).await;
             }
-            Status::Saved
         }
-        Err(error) if is_unsaved(&*error) => {
-            tracing::error!(%error, "update handled, but its session is not saved");
-            Status::Unsaved
-        }
-        Err(error) => {
-            tracing::error!(%error, "update failed");
-            Status::Saved
-        }
+        Err(error) => tracing::error!(%error, "update failed"),
     }
-}
-
-/// Whether a chain error says a session could not be written.
-fn is_unsaved(error: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(
-        error.downcast_ref::<SessionError>(),
-        Some(SessionError::Persist { .. })
-    )
+    Status::Saved
 }
 
 fn update_id(raw: &RawValue) -> Option<i64> {
@@ -460,276 +471,4 @@ fn update_id(raw: &RawValue) -> Option<i64> {
     serde_json::from_str::<Id>(raw.get())
         .ok()
         .map(|id| id.update_id)
-}
-
-/// Where an update started by the poller stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Running,
-    /// Finished, and its sessions are saved (or it had none to save).
-    Saved,
-    /// Finished, but a session could not be saved (or the handler panicked and its save runs
-    /// on a task of its own).
-    Unsaved,
-}
-
-/// The updates started and not yet confirmed to Telegram.
-#[derive(Default)]
-struct Window {
-    /// By update id; confirmed ones are dropped from the front.
-    open: BTreeMap<i64, Status>,
-    /// The id after the newest update started (or skipped).
-    fresh_from: i64,
-}
-
-impl Window {
-    /// The offset to send: the first update not saved yet, or the one after the newest.
-    fn watermark(&mut self) -> i64 {
-        while let Some(first) = self.open.first_entry() {
-            if *first.get() != Status::Saved {
-                return *first.key();
-            }
-            first.remove();
-        }
-        self.fresh_from
-    }
-
-    fn finish(&mut self, (id, status): (Option<i64>, Status)) {
-        match id.and_then(|id| self.open.get_mut(&id)) {
-            Some(slot) => *slot = status,
-            // A panicked task whose update is unknown: hold everything back until a flush.
-            None => {
-                for slot in self.open.values_mut() {
-                    *slot = Status::Unsaved;
-                }
-            }
-        }
-    }
-
-    fn has_unsaved(&self) -> bool {
-        self.open.values().any(|s| *s == Status::Unsaved)
-    }
-
-    /// After a successful flush: every finished update is saved.
-    fn saved(&mut self) {
-        for slot in self.open.values_mut() {
-            if *slot == Status::Unsaved {
-                *slot = Status::Saved;
-            }
-        }
-    }
-}
-
-/// A handled update, ready to run.
-type Job = std::pin::Pin<Box<dyn Future<Output = Status> + Send>>;
-
-/// The updates taken and not finished: running, each on a task of its own, or waiting for
-/// the update of the same chat before them (one chat's updates run one at a time, in order).
-#[derive(Default)]
-struct Running {
-    tasks: JoinSet<Status>,
-    /// Update id and chat of each task.
-    ids: HashMap<tokio::task::Id, (i64, Option<i64>)>,
-    /// Per chat with an update running, the ones waiting behind it.
-    waiting: HashMap<i64, VecDeque<(i64, Job)>>,
-    queued: usize,
-}
-
-impl Running {
-    /// Runs update `id` of `chat` now, or after the updates of that chat taken before it.
-    fn submit(&mut self, id: i64, chat: Option<i64>, job: Job) {
-        if let Some(chat) = chat {
-            if let Some(queue) = self.waiting.get_mut(&chat) {
-                queue.push_back((id, job));
-                self.queued += 1;
-                return;
-            }
-            self.waiting.insert(chat, VecDeque::new());
-        }
-        self.spawn(id, chat, job);
-    }
-
-    fn spawn(&mut self, id: i64, chat: Option<i64>, job: Job) {
-        let handle = self.tasks.spawn(job);
-        self.ids.insert(handle.id(), (id, chat));
-    }
-
-    /// Running and waiting.
-    fn len(&self) -> usize {
-        self.tasks.len() + self.queued
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The next update to finish, with its status, after starting the next one of its chat;
-    /// `None` when nothing runs.
-    async fn join_next(&mut self) -> Option<(Option<i64>, Status)> {
-        let joined = self.tasks.join_next_with_id().await?;
-        let (task, status) = match joined {
-            Ok(done) => done,
-            Err(error) => {
-                let id = self.ids.get(&error.id()).map(|(id, _)| *id);
-                tracing::error!(
-                    update_id = id,
-                    "the handler panicked; its sessions are persisted on a task of their own"
-                );
-                (error.id(), Status::Unsaved)
-            }
-        };
-        let (id, chat) = self.ids.remove(&task).unzip();
-        if let Some(chat) = chat.flatten() {
-            match self.waiting.get_mut(&chat).and_then(VecDeque::pop_front) {
-                Some((next, job)) => {
-                    self.queued -= 1;
-                    self.spawn(next, Some(chat), job);
-                }
-                None => {
-                    self.waiting.remove(&chat);
-                }
-            }
-        }
-        Some((id, status))
-    }
-
-    /// Waits for every update taken.
-    async fn drain(&mut self, window: &mut Window) {
-        while let Some(joined) = self.join_next().await {
-            window.finish(joined);
-        }
-    }
-}
-
-struct Backoff {
-    first: Duration,
-    longest: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new((first, longest): (Duration, Duration)) -> Self {
-        Backoff {
-            first,
-            longest,
-            current: first,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = self.current;
-        self.current = (self.current * 2).min(self.longest);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.current = self.first;
-    }
-}
-
-/// The Bot API over HTTP. The token is part of `base`, so request errors are logged without
-/// their URL.
-#[derive(Clone)]
-struct BotApi {
-    client: reqwest::Client,
-    base: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum CallError {
-    #[error("token rejected ({code}): {description}")]
-    Unauthorized { code: u16, description: String },
-    #[error("{reason}")]
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
-}
-
-/// The Bot API's answer envelope.
-#[derive(Deserialize)]
-struct Answer {
-    ok: bool,
-    result: Option<Box<RawValue>>,
-    error_code: Option<u16>,
-    description: Option<String>,
-    parameters: Option<AnswerParameters>,
-}
-
-#[derive(Deserialize)]
-struct AnswerParameters {
-    retry_after: Option<u64>,
-}
-
-impl BotApi {
-    async fn call(
-        &self,
-        method: &str,
-        params: &serde_json::Value,
-        timeout: Duration,
-    ) -> Result<Answer, CallError> {
-        let retry = |reason: String| CallError::Retry {
-            reason,
-            after: None,
-        };
-        let response = self
-            .client
-            .post(format!("{}/{method}", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(params.to_string())
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|error| retry(error.without_url().to_string()))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| retry(error.without_url().to_string()))?;
-        serde_json::from_slice(&body).map_err(|error| {
-            retry(format!(
-                "{method} answered {status} with no Bot API answer: {error}"
-            ))
-        })
-    }
-
-    /// Sends a method set with [`Context::reply_with`]; a failure is logged, not retried.
-    async fn send_reply(&self, mut reply: serde_json::Value) {
-        let method = match reply.as_object_mut().and_then(|o| o.remove("method")) {
-            Some(serde_json::Value::String(method)) => method,
-            _ => {
-                tracing::error!(%reply, "a reply must be a JSON object with a \"method\" string");
-                return;
-            }
-        };
-        let sent = self
-            .call(&method, &reply, NETWORK_GRACE)
-            .await
-            .and_then(parse_result::<Box<RawValue>>);
-        if let Err(error) = sent {
-            tracing::warn!(method, reason = %error, "the reply was not sent");
-        }
-    }
-}
-
-fn parse_result<T: DeserializeOwned>(answer: Answer) -> Result<T, CallError> {
-    if answer.ok {
-        let result = answer.result.as_deref().map_or("null", RawValue::get);
-        return serde_json::from_str(result).map_err(|error| CallError::Retry {
-            reason: format!("unexpected result: {error}"),
-            after: None,
-        });
-    }
-    let code = answer.error_code.unwrap_or_default();
-    let description = answer.description.unwrap_or_default();
-    if matches!(code, 401 | 404) {
-        return Err(CallError::Unauthorized { code, description });
-    }
-    Err(CallError::Retry {
-        after: answer
-            .parameters
-            .and_then(|p| p.retry_after)
-            .map(Duration::from_secs),
-        reason: format!("{code}: {description}"),
-    })
 }

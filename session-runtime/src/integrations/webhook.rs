@@ -43,7 +43,8 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 /// # Example
 ///
 /// ```no_run
-/// use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Update, Webhook};
+/// use typed_session::telegram::Update;
+/// use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Webhook};
 ///
 /// #[derive(Session)]
 /// struct Visits {
@@ -78,6 +79,17 @@ pub struct Webhook<U> {
     secret: Option<String>,
     body_limit: usize,
     error_status: StatusCode,
+}
+
+impl<U> std::fmt::Debug for Webhook<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("path", &self.path)
+            .field("secret_token", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("body_limit", &self.body_limit)
+            .field("error_status", &self.error_status)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Shared<U> {
@@ -178,7 +190,16 @@ where
         }
     };
     let ctx = Context::new(update);
-    match hook.chain.run(&ctx).await {
+    let outcome = hook.chain.run(&ctx).await;
+    if ctx.has_unsaved_session() {
+        // Even if a middleware swallowed the error: Telegram must deliver the update again.
+        tracing::error!(
+            error = outcome.err().map(|e| e.to_string()),
+            "update handled, but its session is not saved"
+        );
+        return hook.error_status.into_response();
+    }
+    match outcome {
         Ok(()) => match ctx.take_reply() {
             Some(method) => (
                 [(header::CONTENT_TYPE, "application/json")],

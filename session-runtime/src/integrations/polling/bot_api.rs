@@ -1,0 +1,117 @@
+//! The Bot API client of the poller: one JSON method call over HTTP, with the token kept
+//! out of every error and log line.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use super::NETWORK_GRACE;
+
+/// The Bot API over HTTP. The token is part of `base`, so request errors are logged without
+/// their URL.
+#[derive(Clone)]
+pub(super) struct BotApi {
+    pub(super) client: reqwest::Client,
+    pub(super) base: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CallError {
+    #[error("token rejected ({code}): {description}")]
+    Unauthorized { code: u16, description: String },
+    #[error("{reason}")]
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+}
+
+/// The Bot API's answer envelope.
+#[derive(Deserialize)]
+pub(super) struct Answer {
+    ok: bool,
+    result: Option<Box<RawValue>>,
+    error_code: Option<u16>,
+    description: Option<String>,
+    parameters: Option<AnswerParameters>,
+}
+
+#[derive(Deserialize)]
+struct AnswerParameters {
+    retry_after: Option<u64>,
+}
+
+impl BotApi {
+    pub(super) async fn call(
+        &self,
+        method: &str,
+        params: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Answer, CallError> {
+        let retry = |reason: String| CallError::Retry {
+            reason,
+            after: None,
+        };
+        let response = self
+            .client
+            .post(format!("{}/{method}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(params.to_string())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|error| retry(error.without_url().to_string()))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| retry(error.without_url().to_string()))?;
+        serde_json::from_slice(&body).map_err(|error| {
+            retry(format!(
+                "{method} answered {status} with no Bot API answer: {error}"
+            ))
+        })
+    }
+
+    /// Sends a method set with [`Context::reply_with`]; a failure is logged, not retried.
+    pub(super) async fn send_reply(&self, mut reply: serde_json::Value) {
+        let method = match reply.as_object_mut().and_then(|o| o.remove("method")) {
+            Some(serde_json::Value::String(method)) => method,
+            _ => {
+                tracing::error!(%reply, "a reply must be a JSON object with a \"method\" string");
+                return;
+            }
+        };
+        let sent = self
+            .call(&method, &reply, NETWORK_GRACE)
+            .await
+            .and_then(parse_result::<Box<RawValue>>);
+        if let Err(error) = sent {
+            tracing::warn!(method, reason = %error, "the reply was not sent");
+        }
+    }
+}
+
+pub(super) fn parse_result<T: DeserializeOwned>(answer: Answer) -> Result<T, CallError> {
+    if answer.ok {
+        let result = answer.result.as_deref().map_or("null", RawValue::get);
+        return serde_json::from_str(result).map_err(|error| CallError::Retry {
+            reason: format!("unexpected result: {error}"),
+            after: None,
+        });
+    }
+    let code = answer.error_code.unwrap_or_default();
+    let description = answer.description.unwrap_or_default();
+    if matches!(code, 401 | 404) {
+        return Err(CallError::Unauthorized { code, description });
+    }
+    Err(CallError::Retry {
+        after: answer
+            .parameters
+            .and_then(|p| p.retry_after)
+            .map(Duration::from_secs),
+        reason: format!("{code}: {description}"),
+    })
+}

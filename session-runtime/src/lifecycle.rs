@@ -1,0 +1,361 @@
+//! The per-update lifecycle of a session, the one way every adapter (the chain's middleware,
+//! the tower layer, the teloxide handlers) touches sessions (ARCHITECTURE.md, "One update,
+//! start to end").
+//!
+//! An adapter [begins](Scope::begin) a [`Scope`] before its handlers run and hands them a
+//! [`LazySession`] (or attaches it to the [`Context`]); the session is loaded on first use.
+//! When the handlers are done, the adapter [ends](Scope::end) the scope with their outcome and
+//! gets an [`Ended`] back: saved, the handlers' own error (as the value they returned), a
+//! session rule they broke, or a save that failed. A scope dropped before it ended (the
+//! update was cancelled or panicked) ends on a task of its own.
+
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::ErrorPolicy;
+use crate::context::Context;
+use crate::error::{BoxError, SessionError};
+use crate::live::SessionRef;
+use crate::live::access::Hold;
+use crate::live::sessions::Sessions;
+use crate::session::Session;
+
+/// One update's place for session `S`. It takes a hold on the live entry only when the
+/// session is first used, so an update that never touches it costs no store I/O.
+struct Slot<S: Session> {
+    sessions: Arc<Sessions<S>>,
+    key: Option<Arc<str>>,
+    state: Mutex<SlotState<S>>,
+}
+
+struct SlotState<S: Session> {
+    ended: bool,
+    hold: Option<Arc<Hold<S>>>,
+}
+
+impl<S: Session> Slot<S> {
+    /// The hold of this update, taken and loaded on first use.
+    async fn hold(&self) -> Result<Arc<Hold<S>>, SessionError> {
+        let hold = {
+            let mut state = self.state.lock();
+            if state.ended {
+                return Err(SessionError::AfterPersist {
+                    session: S::NAME,
+                    key: self.key.as_deref().unwrap_or_default().to_owned(),
+                });
+            }
+            let Some(key) = &self.key else {
+                return Err(SessionError::NoKey {
+                    session: S::NAME,
+                    strategy: self.sessions.strategy,
+                });
+            };
+            match &state.hold {
+                Some(hold) => Arc::clone(hold),
+                None => {
+                    let entry = self.sessions.registry.acquire(key);
+                    let hold = Arc::new(Hold::new(Arc::clone(&self.sessions), entry));
+                    state.hold = Some(Arc::clone(&hold));
+                    hold
+                }
+            }
+        };
+        hold.entry
+            .ensure_loaded(&*self.sessions.store, &self.sessions.stats)
+            .await?;
+        Ok(hold)
+    }
+
+    /// Marks the slot ended and hands out its hold, if the session was used. Later accesses
+    /// get [`SessionError::AfterPersist`].
+    fn end(&self) -> Option<Arc<Hold<S>>> {
+        let mut state = self.state.lock();
+        state.ended = true;
+        let hold = state.hold.take()?;
+        hold.finished
+            .store(true, std::sync::atomic::Ordering::Release);
+        Some(hold)
+    }
+}
+
+/// Session `S` of one update, loaded on first [`get`](Self::get): what framework adapters hand
+/// to handlers that need `'static` values (a request extension with the tower layer, a
+/// dependency with the teloxide handlers).
+///
+/// Cloning it is cheap; every clone reaches the same session. Using it after the update was
+/// persisted returns [`SessionError::AfterPersist`] and is counted as a late access
+/// (ARCHITECTURE.md, "Late access").
+pub struct LazySession<S: Session>(Arc<Slot<S>>);
+
+impl<S: Session> Clone for LazySession<S> {
+    fn clone(&self) -> Self {
+        LazySession(Arc::clone(&self.0))
+    }
+}
+
+impl<S: Session> fmt::Debug for LazySession<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LazySession")
+            .field("session", &S::NAME)
+            .field("key", &self.0.key)
+            .finish()
+    }
+}
+
+impl<S: Session> LazySession<S> {
+    /// The session, loaded on first use. The handle is `'static`; using it after the update
+    /// was persisted is detected and reported.
+    ///
+    /// # Errors
+    ///
+    /// As [`Context::session_of`].
+    pub async fn get(&self) -> Result<S::Handle<'static>, SessionError> {
+        let hold = self.0.hold().await?;
+        Ok(S::new_handle(SessionRef::new(hold)))
+    }
+}
+
+impl<U> Context<U> {
+    /// The session `S` of this update, loaded on first use (the derive's `ctx.session()`
+    /// calls this).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotAttached`] when no middleware for `S` ran before this point,
+    /// [`SessionError::NoKey`] when the update has no key, [`SessionError::AfterPersist`] when
+    /// the middleware has already persisted it, and the load errors of the store.
+    pub async fn session_of<S: Session>(&self) -> Result<S::Handle<'_>, SessionError> {
+        let hold = self.hold::<S>().await?;
+        Ok(S::new_handle(SessionRef::new(hold)))
+    }
+
+    /// Like [`Context::session_of`], but the handle does not borrow the context, for framework
+    /// adapters that need `'static` values. Using it after the update was persisted is
+    /// detected and reported (ARCHITECTURE.md, "Late access").
+    pub async fn session_owned<S: Session>(&self) -> Result<S::Handle<'static>, SessionError> {
+        let hold = self.hold::<S>().await?;
+        Ok(S::new_handle(SessionRef::new(hold)))
+    }
+
+    async fn hold<S: Session>(&self) -> Result<Arc<Hold<S>>, SessionError> {
+        let slot = self
+            .attached::<Slot<S>>()
+            .ok_or(SessionError::NotAttached { session: S::NAME })?;
+        slot.hold().await
+    }
+}
+
+/// How an update's session scope ended; `E` is the handlers' own error, kept as the value
+/// they returned.
+#[must_use]
+#[derive(Debug)]
+pub(crate) enum Ended<E> {
+    /// The handlers succeeded, and what they changed is saved (or there was nothing to save).
+    Saved,
+    /// The handlers failed; the error policy was applied and the session saved.
+    Failed(E),
+    /// The session is saved, but the update broke a session rule (a stale write under
+    /// [`StalePolicy::Error`](crate::StalePolicy::Error)); the error policy was applied to
+    /// it as to a failure.
+    Refused(SessionError),
+    /// The session could not be saved. It stays live, dirty fields and all, and is written by
+    /// the next update of its key or by a flush. `handlers` is their own error, if they failed.
+    Unsaved {
+        error: SessionError,
+        handlers: Option<E>,
+    },
+}
+
+impl<E> Ended<E> {
+    /// What the handlers returned, when no session was used.
+    fn untouched(outcome: Result<(), E>) -> Self {
+        match outcome {
+            Ok(()) => Ended::Saved,
+            Err(error) => Ended::Failed(error),
+        }
+    }
+
+    pub(crate) fn is_unsaved(&self) -> bool {
+        matches!(self, Ended::Unsaved { .. })
+    }
+}
+
+impl Ended<BoxError> {
+    /// The chain's result: the handlers' error, the session's, or both in one
+    /// [`SessionError::Persist`] (neither hides the other).
+    pub(crate) fn into_result(self, session: &'static str) -> Result<(), BoxError> {
+        match self {
+            Ended::Saved => Ok(()),
+            Ended::Failed(error) => Err(error),
+            Ended::Refused(error) => Err(error.into()),
+            Ended::Unsaved { error, handlers } => Err(match (error, handlers) {
+                (error, None) => error.into(),
+                (
+                    SessionError::Persist {
+                        session,
+                        key,
+                        source,
+                        chain: None,
+                    },
+                    Some(handlers),
+                ) => SessionError::Persist {
+                    session,
+                    key,
+                    source,
+                    chain: Some(handlers),
+                }
+                .into(),
+                (other, Some(handlers)) => {
+                    tracing::error!(session, error = %handlers, "the chain failed, and then its session could not be saved");
+                    other.into()
+                }
+            }),
+        }
+    }
+}
+
+/// One update's scope of session `S`, from before its handlers run to after they are done.
+/// End it with [`end`](Self::end); dropped without that (the update was cancelled, or is
+/// unwinding from a panic), it ends on a task of its own, as a failed update.
+#[must_use = "a scope persists the session when it ends; end it with Scope::end"]
+pub(crate) struct Scope<S: Session> {
+    slot: Arc<Slot<S>>,
+    /// Not ended yet: a drop ends it.
+    open: bool,
+}
+
+impl<S: Session> Scope<S> {
+    /// Begins the scope of the update whose key is `key` (`None`: it has none).
+    pub(crate) fn begin(sessions: &Arc<Sessions<S>>, key: Option<Arc<str>>) -> Self {
+        Scope {
+            slot: Arc::new(Slot {
+                sessions: Arc::clone(sessions),
+                key,
+                state: Mutex::new(SlotState {
+                    ended: false,
+                    hold: None,
+                }),
+            }),
+            open: true,
+        }
+    }
+
+    /// The session of this scope, for handlers that need a `'static` value.
+    pub(crate) fn lazy(&self) -> LazySession<S> {
+        LazySession(Arc::clone(&self.slot))
+    }
+
+    /// Attaches the session to `ctx`, where `ctx.session()` finds it.
+    pub(crate) fn attach_to<U>(&self, ctx: &Context<U>) {
+        ctx.attach(Arc::clone(&self.slot));
+    }
+
+    /// Ends the scope with the handlers' outcome: applies the error policy, persists what
+    /// changed as one patch, and releases the live session.
+    pub(crate) async fn end<E>(mut self, outcome: Result<(), E>) -> Ended<E> {
+        self.open = false;
+        let Some(hold) = self.slot.end() else {
+            return Ended::untouched(outcome);
+        };
+        match (close(hold, outcome.is_err()).await, outcome) {
+            (Closed::Saved, outcome) => Ended::untouched(outcome),
+            (Closed::Refused(error), _) => Ended::Refused(error),
+            (Closed::Unsaved(error), outcome) => Ended::Unsaved {
+                error,
+                handlers: outcome.err(),
+            },
+        }
+    }
+}
+
+impl<S: Session> Drop for Scope<S> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let Some(hold) = self.slot.end() else {
+            return;
+        };
+        let how = if std::thread::panicking() {
+            "panicking"
+        } else {
+            "cancelled"
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let key = hold.entry.key.clone();
+                    if let Closed::Unsaved(error) = close(hold, true).await {
+                        tracing::error!(session = S::NAME, key = &*key, how, %error, "the session of an interrupted update is not saved");
+                    }
+                });
+            }
+            Err(_) => {
+                // No runtime to persist on: keep the changes live, as after a failed persist,
+                // for the next update of the key or a flush.
+                let unsaved = hold.entry.lock().has_changes();
+                tracing::error!(
+                    session = S::NAME,
+                    key = &*hold.entry.key,
+                    unsaved,
+                    "update {how} outside a tokio runtime; its session is written by the next update of its key or a flush"
+                );
+                hold.sessions.registry.release(&hold.entry, unsaved);
+            }
+        }
+    }
+}
+
+impl<S: Session> fmt::Debug for Scope<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope")
+            .field("session", &S::NAME)
+            .field("key", &self.slot.key)
+            .finish()
+    }
+}
+
+enum Closed {
+    Saved,
+    Refused(SessionError),
+    Unsaved(SessionError),
+}
+
+/// Applies the error policy to the update behind `hold`, persists, and releases the hold.
+async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
+    let sessions = &hold.sessions;
+    let refused = match hold.stale_field() {
+        Some(field) if !failed => Some(SessionError::StaleWrite {
+            session: S::NAME,
+            key: hold.entry.key.to_string(),
+            field,
+        }),
+        _ => None,
+    };
+    if (failed || refused.is_some()) && sessions.on_error == ErrorPolicy::Discard {
+        hold.revert();
+    }
+    let persisted = sessions.persist(&hold.entry).await;
+    sessions.registry.release(&hold.entry, persisted.is_err());
+    match (persisted, refused) {
+        (Ok(()), None) => Closed::Saved,
+        (Ok(()), Some(refused)) => Closed::Refused(refused),
+        (
+            Err(SessionError::Persist {
+                session,
+                key,
+                source,
+                chain: None,
+            }),
+            Some(refused),
+        ) => Closed::Unsaved(SessionError::Persist {
+            session,
+            key,
+            source,
+            chain: Some(refused.into()),
+        }),
+        (Err(error), _) => Closed::Unsaved(error),
+    }
+}

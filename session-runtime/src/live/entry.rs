@@ -1,0 +1,382 @@
+//! One live session: its value, the per-field bookkeeping, and its codec both ways, decode
+//! when the stored record is loaded, and encode, diff and reconcile when a patch is written
+//! (ARCHITECTURE.md, "Dirty tracking" and "Persist after the chain").
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::OnceCell;
+use tracing::Instrument;
+
+use crate::error::SessionError;
+use crate::schema::Schema;
+use crate::stats::Stats;
+use crate::store::{Patch, Store};
+use std::sync::Arc;
+
+/// Whether a field differs from what the store holds, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dirty {
+    /// Nothing to write.
+    Clean,
+    /// Write the current value.
+    Set,
+    /// Remove the field from the store (it went back to its default with `reset_*`).
+    Remove,
+}
+
+/// Per persisted field: its version, its dirtiness, and what the store holds for it.
+#[derive(Debug)]
+pub(crate) struct FieldState {
+    /// Bumped on every write; a holder compares it with the version it last saw.
+    pub(crate) version: u64,
+    dirty: Dirty,
+    /// The encoded value the store holds, `None` when it holds nothing for this field.
+    stored: Option<String>,
+    /// The version the persist under way is writing (there is at most one per entry, behind
+    /// its write gate), and whether it sets rather than removes the field.
+    in_flight: Option<(u64, bool)>,
+}
+
+/// The live value of one key and its bookkeeping.
+pub(crate) struct State<S> {
+    pub(crate) value: S,
+    pub(crate) fields: Box<[FieldState]>,
+    clock: u64,
+    /// `clear()` was called and the record is still to be deleted.
+    pub(crate) delete_pending: bool,
+    /// Counts `clear()` calls, so a delete that raced a newer clear does not reset the flag.
+    pub(crate) clear_epoch: u64,
+}
+
+impl<S: Schema> State<S> {
+    /// Whether anything here still has to reach the store.
+    pub(crate) fn has_changes(&self) -> bool {
+        self.delete_pending || self.fields.iter().any(|f| f.dirty != Dirty::Clean)
+    }
+
+    /// Records a write of field `index` and returns its new version.
+    pub(crate) fn bump(&mut self, index: usize, dirty: Dirty) -> u64 {
+        self.clock += 1;
+        let field = &mut self.fields[index];
+        field.version = self.clock;
+        field.dirty = dirty;
+        self.clock
+    }
+
+    /// The encoding of field `index` as it is now, to restore it later; `None` if it cannot
+    /// be encoded.
+    pub(crate) fn save_field(&self, index: usize) -> Option<String> {
+        self.value.encode_field(index).ok()
+    }
+
+    /// Puts back a field saved with [`save_field`](Self::save_field) and marks it, so the next
+    /// persist writes it if the store holds something else. Returns whether it was restored.
+    pub(crate) fn restore_field(&mut self, index: usize, saved: &str) -> bool {
+        if self.value.decode_field(index, saved).is_err() {
+            return false;
+        }
+        self.bump(index, Dirty::Set);
+        true
+    }
+
+    /// Forgets what a persist that did not complete was writing: those fields stay dirty.
+    fn forget_in_flight(&mut self) {
+        for field in self.fields.iter_mut() {
+            field.in_flight = None;
+        }
+    }
+
+    /// Encodes the dirty fields, drops those whose encoding equals what the store holds, and
+    /// adds the rest to `patch`, marking them in flight. A field that cannot be encoded is
+    /// returned by name, with nothing marked in flight.
+    fn diff(&mut self, patch: &mut Patch<'_>) -> Result<(), (&'static str, serde_json::Error)> {
+        let mut defaults: Option<S> = None;
+        for (index, spec) in S::FIELDS.iter().enumerate() {
+            let field = &self.fields[index];
+            let version = field.version;
+            match field.dirty {
+                Dirty::Clean => {}
+                Dirty::Set => {
+                    let encoded = match self.value.encode_field(index) {
+                        Ok(encoded) => encoded,
+                        Err(source) => {
+                            self.forget_in_flight();
+                            return Err((spec.name, source));
+                        }
+                    };
+                    let unchanged = match &self.fields[index].stored {
+                        Some(stored) => *stored == encoded,
+                        // Nothing stored reads back as the default (built once per persist).
+                        None => defaults
+                            .get_or_insert_with(S::default)
+                            .encode_field(index)
+                            .is_ok_and(|d| d == encoded),
+                    };
+                    if unchanged {
+                        self.fields[index].dirty = Dirty::Clean;
+                    } else {
+                        patch.set.push((spec.name, encoded));
+                        self.fields[index].in_flight = Some((version, true));
+                    }
+                }
+                Dirty::Remove => {
+                    if self.fields[index].stored.is_none() {
+                        self.fields[index].dirty = Dirty::Clean;
+                    } else {
+                        patch.remove.push(spec.name);
+                        self.fields[index].in_flight = Some((version, false));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a patch was written: what it set is now what the store holds, and the fields not
+    /// written again since it was built are clean.
+    fn reconcile(&mut self, patch: Patch<'_>) {
+        // Fields were pushed in index order, so the set values come back in the same order.
+        let mut values = patch.set.into_iter().map(|(_, value)| value);
+        for field in self.fields.iter_mut() {
+            let Some((version, was_set)) = field.in_flight.take() else {
+                continue;
+            };
+            field.stored = if was_set { values.next() } else { None };
+            if field.version == version {
+                field.dirty = Dirty::Clean;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The entry whose state lock this thread holds, to turn a re-entrant call (a handle
+    /// method called from inside a `with_*`/`update_*` closure) into a clear panic instead of
+    /// a silent deadlock.
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The state lock of an entry; see [`Entry::lock`].
+pub(crate) struct StateGuard<'a, S> {
+    guard: MutexGuard<'a, State<S>>,
+    previous: usize,
+}
+
+impl<S> std::ops::Deref for StateGuard<'_, S> {
+    type Target = State<S>;
+    fn deref(&self) -> &State<S> {
+        &self.guard
+    }
+}
+
+impl<S> std::ops::DerefMut for StateGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut State<S> {
+        &mut self.guard
+    }
+}
+
+impl<S> Drop for StateGuard<'_, S> {
+    fn drop(&mut self) {
+        HELD.set(self.previous);
+    }
+}
+
+/// One live session.
+pub(crate) struct Entry<S> {
+    pub(crate) key: Arc<str>,
+    loaded: OnceCell<()>,
+    state: Mutex<State<S>>,
+    /// Held for the whole of a persist, so the patches of one key never reorder.
+    write_gate: tokio::sync::Mutex<()>,
+}
+
+impl<S: Schema> Entry<S> {
+    pub(crate) fn new(key: Arc<str>) -> Self {
+        let fields = S::FIELDS
+            .iter()
+            .map(|_| FieldState {
+                version: 1,
+                dirty: Dirty::Clean,
+                stored: None,
+                in_flight: None,
+            })
+            .collect();
+        Entry {
+            key,
+            loaded: OnceCell::new(),
+            state: Mutex::new(State {
+                value: S::default(),
+                fields,
+                clock: 1,
+                delete_pending: false,
+                clear_epoch: 0,
+            }),
+            write_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Locks the live state.
+    ///
+    /// # Panics
+    ///
+    /// When this thread already holds the lock of this entry: a handle method was called from
+    /// inside a closure given to another method of the same session. That would deadlock.
+    pub(crate) fn lock(&self) -> StateGuard<'_, S> {
+        let me = self as *const Self as usize;
+        assert!(
+            HELD.get() != me,
+            "session `{}` of key {:?}: a session method was called from inside a closure passed to \
+             with_*/update_* of the same session; read or change the other field after the closure returns",
+            S::NAME,
+            self.key
+        );
+        let previous = HELD.replace(me);
+        StateGuard {
+            guard: self.state.lock(),
+            previous,
+        }
+    }
+
+    /// Loads the stored record once, however many holders ask at the same time (single
+    /// flight). A failed load is retried by the next access.
+    pub(crate) async fn ensure_loaded(
+        &self,
+        store: &dyn Store,
+        stats: &Stats,
+    ) -> Result<(), SessionError> {
+        self.loaded
+            .get_or_try_init(|| {
+                stats.loads.fetch_add(1, Ordering::Relaxed);
+                self.load(store)
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn load(&self, store: &dyn Store) -> Result<(), SessionError> {
+        let span = tracing::debug_span!("session.load", session = S::NAME, key = &*self.key);
+        let record = store
+            .load(&self.key)
+            .instrument(span)
+            .await
+            .map_err(|source| SessionError::Load {
+                session: S::NAME,
+                key: self.key.to_string(),
+                source,
+            })?;
+        let Some(mut record) = record else {
+            return Ok(());
+        };
+        let verbatim = store.returns_written_text();
+        let mut value = S::default();
+        let mut stored: Vec<Option<String>> = Vec::with_capacity(S::FIELDS.len());
+        for (index, spec) in S::FIELDS.iter().enumerate() {
+            let Some(raw) = record.remove(spec.name) else {
+                stored.push(None);
+                continue;
+            };
+            if let Err(source) = value.decode_field(index, &raw) {
+                if !spec.reset_on_error {
+                    return Err(SessionError::Decode {
+                        session: S::NAME,
+                        key: self.key.to_string(),
+                        field: spec.name,
+                        source,
+                    });
+                }
+                tracing::warn!(
+                    session = S::NAME,
+                    key = &*self.key,
+                    field = spec.name,
+                    error = %source,
+                    "stored field cannot be decoded; using its default"
+                );
+                // Keep the undecodable text as what the store holds: any write replaces it.
+                value.reset_field(index);
+                stored.push(Some(raw));
+                continue;
+            }
+            // What the store holds, in this crate's encoding, so "unchanged" compares equal.
+            stored.push(if verbatim {
+                Some(raw)
+            } else {
+                value.encode_field(index).ok()
+            });
+        }
+        let mut state = self.lock();
+        state.value = value;
+        for (field, raw) in state.fields.iter_mut().zip(stored) {
+            field.stored = raw;
+        }
+        Ok(())
+    }
+
+    /// Writes the dirty fields, whoever changed them, as one patch; a pending `clear()` first
+    /// deletes the record. A field written again while the patch is in flight stays dirty.
+    pub(crate) async fn persist(
+        &self,
+        store: &dyn Store,
+        ttl: Option<Duration>,
+        stats: &Stats,
+    ) -> Result<(), SessionError> {
+        let persist_error = |source| SessionError::Persist {
+            session: S::NAME,
+            key: self.key.to_string(),
+            source,
+            chain: None,
+        };
+        let _in_order = self.write_gate.lock().await;
+
+        let delete_epoch = {
+            let state = self.lock();
+            state.delete_pending.then_some(state.clear_epoch)
+        };
+        if let Some(epoch) = delete_epoch {
+            store.delete(&self.key).await.map_err(persist_error)?;
+            stats.deletes.fetch_add(1, Ordering::Relaxed);
+            let mut state = self.lock();
+            for field in state.fields.iter_mut() {
+                field.stored = None;
+            }
+            if state.clear_epoch == epoch {
+                state.delete_pending = false;
+            }
+        }
+
+        let mut patch = Patch::new().with_ttl(ttl);
+        self.lock()
+            .diff(&mut patch)
+            .map_err(|(field, source)| SessionError::Encode {
+                session: S::NAME,
+                key: self.key.to_string(),
+                field,
+                source,
+            })?;
+        if patch.is_empty() {
+            return Ok(());
+        }
+
+        let bytes = patch.bytes();
+        if let Err(source) = store.apply(&self.key, &patch).await {
+            self.lock().forget_in_flight();
+            return Err(persist_error(source));
+        }
+        stats.writes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        tracing::debug!(
+            session = S::NAME,
+            key = &*self.key,
+            set = patch.set.len(),
+            removed = patch.remove.len(),
+            bytes,
+            "session persisted"
+        );
+        self.lock().reconcile(patch);
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! Live sessions: the values that the updates of one key share while any of them runs
+//! (ARCHITECTURE.md, "Sharing"), from the store below to the typed handles above.
+//!
+//! * [`entry`]: one live value, its per-field bookkeeping and its codec both ways;
+//! * [`registry`]: the entries of one middleware by key, with their hold counts;
+//! * [`sessions`]: what one middleware's updates share (registry, store, policies, counters);
+//! * [`access`]: one update's hold on an entry, and the [`SessionRef`] typed handles wrap.
+
+pub(crate) mod access;
+pub(crate) mod entry;
+pub(crate) mod registry;
+pub(crate) mod sessions;
+
+pub use access::SessionRef;

@@ -1,0 +1,51 @@
+//! [`Sessions`]: what the updates of one session middleware share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{ErrorPolicy, StalePolicy};
+use crate::error::SessionError;
+use crate::live::entry::Entry;
+use crate::live::registry::Registry;
+use crate::schema::Schema;
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// The live sessions of one middleware, the store they are saved to, its policies and
+/// counters.
+pub(crate) struct Sessions<S> {
+    pub(crate) registry: Registry<S>,
+    pub(crate) store: Arc<dyn Store>,
+    /// The key strategy's name, for [`SessionError::NoKey`].
+    pub(crate) strategy: &'static str,
+    pub(crate) on_error: ErrorPolicy,
+    pub(crate) stale: StalePolicy,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) stats: Stats,
+}
+
+impl<S: Schema> Sessions<S> {
+    /// Writes what `entry` has unsaved, as one patch.
+    pub(crate) async fn persist(&self, entry: &Entry<S>) -> Result<(), SessionError> {
+        entry.persist(&*self.store, self.ttl, &self.stats).await
+    }
+
+    /// Retries the persist of every session whose last persist failed and that no update
+    /// holds; returns how many are still unsaved, with the first error.
+    pub(crate) async fn flush(&self) -> Result<(), (usize, SessionError)> {
+        let mut failed = 0;
+        let mut first = None;
+        for entry in self.registry.hold_unsaved() {
+            let result = self.persist(&entry).await;
+            self.registry.release(&entry, result.is_err());
+            if let Err(error) = result {
+                failed += 1;
+                first.get_or_insert(error);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(error) => Err((failed, error)),
+        }
+    }
+}

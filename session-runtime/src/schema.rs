@@ -1,0 +1,45 @@
+//! [`Schema`]: how a session type is stored, field by field. The derive implements it; the
+//! live layer reads and writes sessions only through it.
+
+use std::time::Duration;
+
+use crate::key::KeyKind;
+
+/// A persisted field of a session type, as the derive describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// The name the field is stored under (`#[session(rename = "...")]`, else the Rust name).
+    pub name: &'static str,
+    /// Whether a stored value that fails to decode falls back to the default
+    /// (`#[session(reset_on_error)]`) instead of failing the load.
+    pub reset_on_error: bool,
+}
+
+/// The stored shape of a session type: its persisted fields and a codec for each.
+///
+/// Implemented by `#[derive(Session)]`, together with [`Session`](crate::Session), which adds
+/// the typed handle. Persisted fields are numbered `0..FIELDS.len()` in declaration order
+/// (skipped fields have no number). The runtime reads and writes them one at a time through
+/// these methods, which is what lets it persist only the fields that changed.
+pub trait Schema: Default + Send + Sync + 'static {
+    /// The type's name, for messages.
+    const NAME: &'static str;
+
+    /// The persisted fields, in index order.
+    const FIELDS: &'static [FieldSpec];
+
+    /// The key strategy `#[session(key = "...")]` chose; `None` means user-in-chat.
+    const KEY: Option<KeyKind> = None;
+
+    /// The expiry `#[session(ttl = "...")]` chose; sliding on every write.
+    const TTL: Option<Duration> = None;
+
+    /// Encodes persisted field `index` of `self`.
+    fn encode_field(&self, index: usize) -> Result<String, serde_json::Error>;
+
+    /// Decodes `raw` into persisted field `index` of `self`.
+    fn decode_field(&mut self, index: usize, raw: &str) -> Result<(), serde_json::Error>;
+
+    /// Sets persisted field `index` of `self` back to its default value.
+    fn reset_field(&mut self, index: usize);
+}

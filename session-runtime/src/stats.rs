@@ -1,0 +1,41 @@
+//! [`Stats`]: the counters of one session middleware.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one session middleware, shared by its clones.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub(crate) loads: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) deletes: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) stale_writes: AtomicU64,
+    pub(crate) late_accesses: AtomicU64,
+}
+
+impl Stats {
+    /// Records read from the store (one per burst of concurrent updates of a key).
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+    /// Patches written to the store.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+    /// Records deleted by `clear()`.
+    pub fn deletes(&self) -> u64 {
+        self.deletes.load(Ordering::Relaxed)
+    }
+    /// Bytes of field names and values written.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+    /// Stale `set_*` calls detected.
+    pub fn stale_writes(&self) -> u64 {
+        self.stale_writes.load(Ordering::Relaxed)
+    }
+    /// Uses of a handle after its update was persisted.
+    pub fn late_accesses(&self) -> u64 {
+        self.late_accesses.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,97 @@
+//! The example bot's framework, for real: a teloxide `Dispatcher` polling the Bot API test
+//! double (the Telegram servers cannot be part of a test run), with sessions from one `attach`
+//! line. It lives here, beside the teloxide example, so that only this crate builds teloxide.
+
+#[path = "../../tests/common/bot_api.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod bot_api;
+
+use bot_api::{FakeBotApi, TOKEN};
+use serde_json::json;
+use typed_session::dispatching::{attach, load};
+use typed_session::dptree;
+use typed_session::teloxide_core::types::{Message, Update};
+use typed_session::{BoxError, MemoryStore, Session, SessionMiddleware};
+
+#[derive(Session)]
+struct Counter {
+    count: u64,
+}
+
+fn text(update_id: i64, user: i64, text: &str) -> Update {
+    serde_json::from_str(
+        &json!({
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id, "date": 1_700_000_000, "text": text,
+                "from": {"id": user, "is_bot": false, "first_name": "Ada"},
+                "chat": {"id": user, "type": "private", "first_name": "Ada"},
+            }
+        })
+        .to_string(),
+    )
+    .expect("a Bot API update")
+}
+
+fn stored<T: serde::de::DeserializeOwned>(
+    store: &MemoryStore,
+    key: &str,
+    field: &str,
+) -> Option<T> {
+    let raw = store.raw(key)?.remove(field)?;
+    Some(serde_json::from_str(&raw).expect("stored fields are JSON"))
+}
+
+/// A real teloxide `Dispatcher`, polling the local Bot API test double: the one `attach` line
+/// gives its handlers the typed session, and every update's change is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teloxide_dispatcher_gets_field_level_sessions_from_one_line() {
+    use teloxide::dispatching::UpdateFilterExt;
+    use teloxide::prelude::{Bot, Dispatcher, Requester};
+
+    let (fake, api) = FakeBotApi::start().await;
+    fake.push((1..=6).map(|id| text(id, 7 + id % 2, "count")));
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+
+    let handler = dptree::entry().chain(attach(sessions.clone())).branch(
+        Update::filter_message()
+            .chain(load::<Counter, _, _>())
+            .endpoint(
+                |bot: Bot, message: Message, counter: CounterHandle<'static>| async move {
+                    let count = counter.update_count(|c| {
+                        *c += 1;
+                        *c
+                    });
+                    bot.send_message(message.chat.id, count.to_string()).await?;
+                    Ok::<(), BoxError>(())
+                },
+            ),
+    );
+    let bot = Bot::new(TOKEN).set_api_url(api.parse().expect("the double's URL"));
+    let mut dispatcher = Dispatcher::builder(bot, handler).build();
+    let shutdown = dispatcher.shutdown_token();
+    let running = tokio::spawn(async move { dispatcher.dispatch().await });
+
+    fake.wait_until(|s| s.sent.len() == 6).await;
+    shutdown
+        .shutdown()
+        .expect("the dispatcher is running")
+        .await;
+    running.await.expect("no panic");
+
+    for user in [7, 8] {
+        let key = format!("{user}:{user}");
+        assert_eq!(stored::<u64>(&store, &key, "count"), Some(3), "{key}");
+        let mut replies: Vec<String> = fake.state(|s| {
+            s.sent
+                .iter()
+                .filter(|(chat, _)| *chat == user)
+                .map(|(_, text)| text.clone())
+                .collect()
+        });
+        replies.sort();
+        assert_eq!(replies, ["1", "2", "3"], "replies to {user}");
+    }
+    assert_eq!(sessions.live_sessions(), 0);
+}

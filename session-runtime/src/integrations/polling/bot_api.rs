@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use super::NETWORK_GRACE;
+/// How long the HTTP client waits beyond the long-poll timeout before it gives up on a request.
+pub(super) const NETWORK_GRACE: Duration = Duration::from_secs(10);
 
 /// The Bot API over HTTP. The token is part of `base`, so request errors are logged without
 /// their URL.

@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use self::bot_api::{BotApi, CallError, parse_result};
+use self::bot_api::{BotApi, CallError, NETWORK_GRACE, parse_result};
 use self::schedule::{Backoff, Running, Status, Window};
 use crate::chain::Chain;
 use crate::context::Context;
@@ -40,8 +40,6 @@ const TELEGRAM_API: &str = "https://api.telegram.org";
 /// then would keep the offset from moving when they finish).
 const REPOLL: Duration = Duration::from_millis(500);
 
-/// How long the HTTP client waits beyond the long-poll timeout before it gives up on a request.
-pub(crate) const NETWORK_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs a [`Chain`] on the updates of Telegram's `getUpdates` long polling.
 ///

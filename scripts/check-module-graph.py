@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Fails if the runtime's modules import each other in a loop.
+
+Reads every `use crate::...`, `use super::...`, `use self::...` and `use child::...` line of
+session-runtime/src, maps each to the module it names (the longest module path that is a
+prefix of it, followed through a parent's re-export of a child's item), and looks for a cycle
+in that graph. A parent's `pub use` of its own children is a namespace, not a dependency.
+Prints the layers, lowest first.
+"""
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "session-runtime" / "src"
+
+
+def module_of(path):
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] in ("mod", "lib"):
+        parts.pop()
+    return tuple(parts)
+
+
+modules = {module_of(p): p for p in ROOT.rglob("*.rs")}
+
+
+def target(importer, path):
+    parts = path.split("::")
+    if parts[0] == "crate":
+        base, rest = (), parts[1:]
+    elif parts[0] == "self":
+        base, rest = importer, parts[1:]
+    elif parts[0] == "super":
+        base, rest = importer[:-1], parts[1:]
+    elif importer + (parts[0],) in modules:
+        base, rest = importer, parts  # a child module, named without `self::`
+    else:
+        return None  # another crate
+    full = base + tuple(rest)
+    for n in range(len(full), -1, -1):
+        if full[:n] in modules:
+            return full[:n]
+    return None
+
+
+USE = re.compile(r"^\s*(pub(?:\([^)]*\))?\s+)?use\s+([^;]+);", re.M)
+
+
+def imports(text):
+    """(is `pub use`, path) for each path a `use` names, braces expanded one level."""
+    for match in USE.finditer(text):
+        spec = re.sub(r"\s+", "", match.group(2))
+        brace = re.match(r"^(.*?)::\{(.*)\}$", spec)
+        heads = [spec]
+        if brace:
+            heads = [brace.group(1) + "::" + item for item in brace.group(2).split(",") if item]
+        for head in heads:
+            yield bool(match.group(1)), re.sub(r"::self$", "", head.split(" as ")[0])
+
+
+# Names a module re-exports from its own descendants: name -> the descendant.
+reexports = {m: {} for m in modules}
+for module, path in modules.items():
+    for public, head in imports(path.read_text()):
+        to = target(module, head)
+        if public and to and to[: len(module)] == module and to != module:
+            reexports[module][head.split("::")[-1]] = to
+
+edges = {m: set() for m in modules}
+for module, path in modules.items():
+    for public, head in imports(path.read_text()):
+        to = target(module, head)
+        if to is None or to == module or to == ():
+            continue
+        if public and to[: len(module)] == module:
+            continue  # a namespace re-exporting its children
+        to = reexports[to].get(head.split("::")[-1], to)
+        edges[module].add(to)
+
+state, stack = {}, []
+
+
+def visit(node):
+    state[node] = 1
+    stack.append(node)
+    for nxt in sorted(edges[node]):
+        if state.get(nxt) == 1:
+            cycle = stack[stack.index(nxt):] + [nxt]
+            sys.exit("module loop: " + " -> ".join("::".join(m) or "crate" for m in cycle))
+        if nxt not in state:
+            visit(nxt)
+    stack.pop()
+    state[node] = 2
+
+
+for node in sorted(edges):
+    if node not in state:
+        visit(node)
+
+depth = {}
+
+
+def level(node):
+    if node not in depth:
+        depth[node] = 1 + max((level(n) for n in edges[node]), default=-1)
+    return depth[node]
+
+
+layers = {}
+for node in edges:
+    layers.setdefault(level(node), []).append("::".join(node) or "crate")
+print("module graph: no loop; layers, lowest first:")
+for n in sorted(layers):
+    print(f"  {n}: " + ", ".join(sorted(layers[n])))

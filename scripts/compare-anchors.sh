@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Telegraf/grammY anchors (../shared/anchors) and typed-session's port of the same
-# workloads (examples/anchor_bench.rs) back to back on this machine, and prints the ratios.
+# workloads (benches/src/bin/anchor_bench.rs) back to back on this machine, and prints the ratios.
 # Only this script needs Node; the project's tests do not.
 #
 # usage: scripts/compare-anchors.sh [ANCHORS_DIR]
@@ -26,8 +26,8 @@ echo "# anchors: PARTS=${PARTS:-A C D} (about 7 minutes)" >&2
 cat "$out.anchors" >> "$out"
 
 echo "# typed-session" >&2
-(cd "$root" && cargo build --quiet --release --all-features --example anchor_bench)
-bench=$root/target/release/examples/anchor_bench
+(cd "$root" && cargo build --quiet --release -p typed-session-bench --bin anchor_bench)
+bench=$root/target/release/anchor_bench
 for workload in seq conc; do
   for variant in baseline session; do
     for runtime in current-thread multi-thread; do

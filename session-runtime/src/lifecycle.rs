@@ -243,6 +243,7 @@ impl<S: Session> Scope<S> {
     }
 
     /// The session of this scope, for handlers that need a `'static` value.
+    #[cfg_attr(not(any(feature = "tower", feature = "teloxide")), allow(dead_code))]
     pub(crate) fn lazy(&self) -> LazySession<S> {
         LazySession(Arc::clone(&self.slot))
     }

@@ -254,3 +254,55 @@ fn attaching_sessions_does_not_widen_the_update_kinds_asked_for() {
     let observed = &bot.description().observed;
     assert_eq!(observed, &[Kind::Message].into());
 }
+
+/// Under the strict stale-write policy the handlers' outcome becomes the typed `StaleWrite`,
+/// but the session was saved: it must not be reported as unsaved.
+#[tokio::test]
+async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
+    let (logs, _capture) = common::logs::Logs::capture();
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
+        .stale_writes(typed_session::StalePolicy::Error)
+        .build();
+    // Another update of the same chat, through the same middleware, sets `count` to 100.
+    let other = typed_session::Chain::new()
+        .with(sessions.clone())
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session_of::<Counter>().await?.set_count(100);
+                Ok(())
+            })
+        });
+    let bot: Handler<'static, HandlerResult> =
+        dptree::entry().chain(attach(sessions.clone())).branch(
+            dptree::filter_map(messages)
+                .chain(load::<Counter, _, _>())
+                .endpoint(move |counter: CounterHandle<'static>| {
+                    let other = other.clone();
+                    async move {
+                        let seen = counter.count();
+                        other.run_update(text(2, 7, "other")).await?;
+                        counter.set_count(seen + 1);
+                        Ok(())
+                    }
+                }),
+        );
+
+    let flow = dispatch(&bot, text(1, 7, "count")).await;
+
+    let ControlFlow::Break(Err(error)) = flow else {
+        panic!("a strict stale write fails the update: {flow:?}");
+    };
+    let error = error.downcast::<SessionError>().expect("the typed error");
+    assert!(
+        matches!(*error, SessionError::StaleWrite { field: "count", .. }),
+        "{error}"
+    );
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1), "saved");
+    assert_eq!(sessions.unsaved_sessions(), 0);
+    assert!(
+        !logs.contain("could not be saved") && !logs.contain("not persisted"),
+        "not reported as unsaved: {:?}",
+        logs.lines()
+    );
+}

@@ -224,3 +224,79 @@ async fn a_service_that_never_touches_the_session_costs_no_store_call() {
     );
     assert_eq!(probe.calls(), 0);
 }
+
+/// Reads `count`, lets another update of the same key (`other`, through the same middleware)
+/// set it to 100 and save, then sets `count` to what it read plus one: a stale write.
+#[derive(Clone)]
+struct StaleApp {
+    other: typed_session::Chain<Request<String>>,
+}
+
+impl Service<Request<String>> for StaleApp {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<String>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<String>) -> Self::Future {
+        let other = self.other.clone();
+        Box::pin(async move {
+            let session = request.extensions().get::<LazySession<Counter>>();
+            let counter = session.expect("layered").get().await.expect("loads");
+            let seen = counter.count();
+            other
+                .run_update(self::request("/", Some("ada")))
+                .await
+                .expect("the other update saves");
+            counter.set_count(seen + 1);
+            Ok(respond(StatusCode::OK, "done"))
+        })
+    }
+}
+
+/// Under the strict stale-write policy the layer fails the request, but its session was
+/// saved: it must not be reported as "not persisted".
+#[tokio::test]
+async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
+    let (logs, _capture) = common::logs::Logs::capture();
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::with_key(store.clone(), by_user_header())
+        .stale_writes(typed_session::StalePolicy::Error)
+        .build();
+    let other = typed_session::Chain::new()
+        .with(sessions.clone())
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session_of::<Counter>().await?.set_count(100);
+                Ok(())
+            })
+        });
+    let layer: SessionLayer<Counter, Request<String>> = sessions.clone().into();
+    let mut service = layer.layer(StaleApp { other });
+
+    let response = send(&mut service, request("/", Some("ada"))).await;
+
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(sessions.stats().stale_writes(), 1);
+    assert_eq!(
+        stored::<u64>(&store, "ada", "count"),
+        Some(1),
+        "the stale write was saved"
+    );
+    assert_eq!(sessions.unsaved_sessions(), 0);
+    assert!(
+        logs.contain("broke a session rule"),
+        "logged as a broken rule: {:?}",
+        logs.lines()
+    );
+    assert!(
+        !logs.contain("not persisted"),
+        "not reported as unsaved: {:?}",
+        logs.lines()
+    );
+}

@@ -378,3 +378,87 @@ async fn replicas_sharing_a_store_see_each_others_saves_because_the_answer_waits
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// Serves `chain` on a free port; returns the address and the stop sender.
+async fn serve(chain: Chain<Update>) -> (std::net::SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free loopback port");
+    let addr = listener.local_addr().expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(Webhook::new(chain).path("/tg").serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// A middleware that swallows a failed save cannot make the webhook acknowledge the update:
+/// the context says a session is unsaved, so Telegram gets the error status and delivers the
+/// update again.
+#[tokio::test]
+async fn an_unsaved_session_gets_the_error_status_even_if_a_middleware_swallowed_the_error() {
+    let probe = common::ProbeStore::new(MemoryStore::new());
+    probe.fail_next_applies(1);
+    let chain = Chain::new()
+        .with_fn(|ctx, next| {
+            Box::pin(async move {
+                let _ = next.run(ctx).await; // swallows every error
+                Ok(())
+            })
+        })
+        .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(
+            &probe,
+        )))
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session().await?.update_count(|c| *c += 1);
+                Ok(())
+            })
+        });
+    let (addr, _stop) = serve(chain).await;
+
+    let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
+
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR.as_u16());
+    assert_eq!(probe.applies(), 1, "the save was tried, and failed");
+}
+
+/// Under the strict stale-write policy the update fails (error status), but its session was
+/// saved: it must not be reported as unsaved.
+#[tokio::test]
+async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
+    let (logs, _capture) = common::logs::Logs::capture();
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
+        .stale_writes(typed_session::StalePolicy::Error)
+        .build();
+    let other = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.set_count(100);
+            Ok(())
+        })
+    });
+    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let other = other.clone();
+        Box::pin(async move {
+            let counter = ctx.session().await?;
+            let seen = counter.count();
+            other.run_update(Update::text(2, 5, 5, "other")).await?;
+            counter.set_count(seen + 1);
+            Ok(())
+        })
+    });
+    let (addr, _stop) = serve(chain).await;
+
+    let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
+
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR.as_u16());
+    assert_eq!(stored::<u64>(&store, "5:5", "count"), Some(1), "saved");
+    assert_eq!(sessions.unsaved_sessions(), 0);
+    assert!(logs.contain("update failed"), "{:?}", logs.lines());
+    assert!(
+        !logs.contain("not saved"),
+        "not reported as unsaved: {:?}",
+        logs.lines()
+    );
+}

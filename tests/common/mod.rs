@@ -9,6 +9,7 @@
 
 #[cfg(feature = "webhook")]
 pub mod bot_api;
+pub mod logs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

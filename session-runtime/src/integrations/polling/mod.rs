@@ -40,7 +40,6 @@ const TELEGRAM_API: &str = "https://api.telegram.org";
 /// then would keep the offset from moving when they finish).
 const REPOLL: Duration = Duration::from_millis(500);
 
-
 /// Runs a [`Chain`] on the updates of Telegram's `getUpdates` long polling.
 ///
 /// * Offsets: an update is confirmed (by a later request's `offset`) only when it and every

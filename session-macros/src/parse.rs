@@ -135,7 +135,18 @@ fn ttl(meta: &ParseNestedMeta) -> syn::Result<Spanned<u64>> {
         return positive(secs, lit.span());
     }
     let lit: LitStr = input.parse()?;
-    let text = lit.value();
+    match duration_secs(&lit.value()) {
+        Some(secs) => positive(secs, lit.span()),
+        None => Err(syn::Error::new(
+            lit.span(),
+            "ttl must be a whole number of seconds, or a string like \"90s\", \"30m\", \"12h\" or \"7d\"",
+        )),
+    }
+}
+
+/// `"90"`, `"90s"`, `"30m"`, `"12h"` or `"7d"` in seconds; `None` for anything else, or a
+/// number of seconds that does not fit a `u64`.
+fn duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -146,19 +157,9 @@ fn ttl(meta: &ParseNestedMeta) -> syn::Result<Spanned<u64>> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => 0,
+        _ => return None,
     };
-    match digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-    {
-        Some(secs) if scale != 0 => positive(secs, lit.span()),
-        _ => Err(syn::Error::new(
-            lit.span(),
-            "ttl must be a whole number of seconds, or a string like \"90s\", \"30m\", \"12h\" or \"7d\"",
-        )),
-    }
+    digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 fn positive(secs: u64, span: Span) -> syn::Result<Spanned<u64>> {
@@ -232,4 +233,30 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_secs;
+
+    #[test]
+    fn durations_read_seconds_minutes_hours_and_days() {
+        assert_eq!(duration_secs("90"), Some(90));
+        assert_eq!(duration_secs(" 90s "), Some(90));
+        assert_eq!(duration_secs("30m"), Some(1_800));
+        assert_eq!(duration_secs("12 h"), Some(43_200));
+        assert_eq!(duration_secs("7d"), Some(604_800));
+        assert_eq!(
+            duration_secs("0"),
+            Some(0),
+            "refused later, with its own message"
+        );
+    }
+
+    #[test]
+    fn anything_else_is_not_a_duration() {
+        for bad in ["", "d", "1w", "1.5h", "-1", "1d2h", "99999999999999999999d"] {
+            assert_eq!(duration_secs(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -177,3 +177,47 @@ impl<U> Key<U> {
         self.name
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ids(Option<i64>, Option<i64>);
+
+    impl UpdateKeys for Ids {
+        fn user_id(&self) -> Option<i64> {
+            self.0
+        }
+        fn chat_id(&self) -> Option<i64> {
+            self.1
+        }
+    }
+
+    #[test]
+    fn builtin_keys_format_the_extremes_of_i64() {
+        let ids = Ids(Some(i64::MIN), Some(i64::MAX));
+        let key = |kind: KeyKind| kind.key_of(&ids).map(|k| k.to_string());
+        assert_eq!(
+            key(KeyKind::UserInChat).as_deref(),
+            Some("-9223372036854775808:9223372036854775807")
+        );
+        assert_eq!(key(KeyKind::Chat).as_deref(), Some("9223372036854775807"));
+        assert_eq!(key(KeyKind::User).as_deref(), Some("-9223372036854775808"));
+    }
+
+    #[test]
+    fn a_missing_id_is_no_key() {
+        assert_eq!(KeyKind::UserInChat.key_of(&Ids(Some(1), None)), None);
+        assert_eq!(KeyKind::Chat.key_of(&Ids(Some(1), None)), None);
+        assert_eq!(KeyKind::User.key_of(&Ids(None, Some(1))), None);
+    }
+
+    #[test]
+    fn the_stack_buffer_refuses_what_does_not_fit_instead_of_truncating() {
+        use std::fmt::Write;
+        let mut s = StackStr::default();
+        assert!(write!(s, "{}", "x".repeat(48)).is_ok());
+        assert!(write!(s, "y").is_err());
+        assert_eq!(s.as_str().len(), 48);
+    }
+}

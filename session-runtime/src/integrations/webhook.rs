@@ -224,3 +224,16 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             .fold(0u8, |diff, (a, b)| diff | (a ^ b))
             == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_byte_for_byte() {
+        assert!(same_secret(b"s3cr3t", b"s3cr3t"));
+        assert!(!same_secret(b"s3cr3t", b"s3cr3T"));
+        assert!(!same_secret(b"s3cr3", b"s3cr3t"));
+        assert!(!same_secret(b"", b"s3cr3t"));
+    }
+}

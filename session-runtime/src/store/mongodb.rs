@@ -308,3 +308,50 @@ impl Store for MongoStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_keep_their_exact_kind() {
+        let json = serde_json::json!([1, -2_147_483_649_i64, 1.5, i64::MAX]);
+        let Ok(Bson::Array(items)) = to_bson(json) else {
+            panic!("an array");
+        };
+        assert_eq!(
+            items,
+            [
+                Bson::Int32(1),
+                Bson::Int64(-2_147_483_649),
+                Bson::Double(1.5),
+                Bson::Int64(i64::MAX)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unsigned_integer_beyond_i64_is_an_error_not_a_rounded_double() {
+        let error = to_bson(serde_json::json!(u64::MAX)).expect_err("does not fit");
+        assert!(error.contains("18446744073709551615"), "{error}");
+    }
+
+    #[test]
+    fn objects_and_strings_nest_as_documents() {
+        let bson = to_bson(serde_json::json!({"a": {"b": "x\u{0}y"}, "n": null})).expect("ok");
+        let mut inner = Document::new();
+        inner.insert("b", "x\u{0}y");
+        let mut outer = Document::new();
+        outer.insert("a", inner);
+        outer.insert("n", Bson::Null);
+        assert_eq!(bson, Bson::Document(outer));
+    }
+
+    #[test]
+    fn field_paths_refuse_what_mongo_would_read_as_a_path_or_operator() {
+        assert_eq!(field_path("k", "lang").ok().as_deref(), Some("data.lang"));
+        for bad in ["", "a.b", "$set", "a\0b"] {
+            assert!(field_path("k", bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -172,3 +172,85 @@ impl Backoff {
         self.current = self.first;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(statuses: &[(i64, Status)], fresh_from: i64) -> Window {
+        Window {
+            open: statuses.iter().copied().collect(),
+            fresh_from,
+        }
+    }
+
+    #[test]
+    fn the_watermark_is_the_first_update_not_saved() {
+        let mut w = window(
+            &[(5, Status::Saved), (6, Status::Running), (7, Status::Saved)],
+            8,
+        );
+        assert_eq!(w.watermark(), 6);
+        assert_eq!(w.open.len(), 2, "saved ones before it are dropped");
+        w.finish((Some(6), Status::Saved));
+        assert_eq!(w.watermark(), 8, "all saved: the one after the newest");
+        assert!(w.open.is_empty());
+    }
+
+    #[test]
+    fn an_unsaved_update_holds_the_watermark_until_a_flush_saves_it() {
+        let mut w = window(&[(1, Status::Running), (2, Status::Running)], 3);
+        w.finish((Some(2), Status::Saved));
+        w.finish((Some(1), Status::Unsaved));
+        assert!(w.has_unsaved());
+        assert_eq!(w.watermark(), 1);
+        w.saved();
+        assert!(!w.has_unsaved());
+        assert_eq!(w.watermark(), 3);
+    }
+
+    #[test]
+    fn a_panicked_task_of_unknown_update_holds_everything_back() {
+        let mut w = window(&[(1, Status::Saved), (2, Status::Running)], 3);
+        w.finish((None, Status::Unsaved));
+        assert_eq!(w.watermark(), 1);
+        assert!(w.has_unsaved());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_longest_and_resets() {
+        let mut b = Backoff::new((Duration::from_millis(100), Duration::from_millis(350)));
+        let waits: Vec<_> = (0..4).map(|_| b.next().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn one_chats_updates_run_one_at_a_time_in_order() {
+        let order = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let job = |id: i64| -> Job {
+            let order = std::sync::Arc::clone(&order);
+            Box::pin(async move {
+                order.lock().push(id);
+                Status::Saved
+            })
+        };
+        let mut running = Running::default();
+        running.submit(1, Some(7), job(1));
+        running.submit(2, Some(7), job(2));
+        running.submit(3, Some(8), job(3));
+        assert_eq!(running.len(), 3);
+        assert_eq!(running.tasks.len(), 2, "chat 7's second update waits");
+        let mut finished = Vec::new();
+        while let Some((id, status)) = running.join_next().await {
+            assert_eq!(status, Status::Saved);
+            finished.extend(id);
+        }
+        assert!(running.is_empty());
+        let seven: Vec<_> = order.lock().iter().copied().filter(|id| *id != 3).collect();
+        assert_eq!(seven, [1, 2], "chat 7 in Telegram's order");
+        finished.sort_unstable();
+        assert_eq!(finished, [1, 2, 3]);
+    }
+}

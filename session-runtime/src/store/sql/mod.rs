@@ -249,3 +249,91 @@ where
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_identifiers_of_at_most_63_characters() {
+        for good in ["typed_sessions", "_t", "T1", &"a".repeat(63)] {
+            assert_eq!(table_name("sqlite", good).as_deref().ok(), Some(good));
+        }
+        for bad in ["", "1t", "t-1", "t;drop", "t t", "é", &"a".repeat(64)] {
+            assert!(
+                matches!(table_name("sqlite", bad), Err(StoreError::Config { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_paths_quote_the_field_and_refuse_what_cannot_be_quoted() {
+        assert_eq!(
+            json_path("mysql", "k", "lang").ok().as_deref(),
+            Some("$.\"lang\"")
+        );
+        assert_eq!(
+            json_path("mysql", "k", "a.b").ok().as_deref(),
+            Some("$.\"a.b\"")
+        );
+        for bad in ["a\"b", "a\\b", "a\nb", "\0"] {
+            let error = json_path("mysql", "7:7", bad).expect_err(bad);
+            assert!(
+                matches!(&error, StoreError::Malformed { key, field, .. } if key == "7:7" && field == bad),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_total_in_order() {
+        assert_eq!(chunk_sizes(0, 100).collect::<Vec<_>>(), Vec::<usize>::new());
+        assert_eq!(chunk_sizes(100, 100).collect::<Vec<_>>(), [100]);
+        assert_eq!(chunk_sizes(250, 100).collect::<Vec<_>>(), [100, 100, 50]);
+        assert_eq!(chunk_sizes(3, 1).collect::<Vec<_>>(), [1, 1, 1]);
+    }
+
+    #[test]
+    fn edit_expressions_nest_removes_before_sets_with_one_placeholder_per_argument() {
+        assert_eq!(edit_expression("data", 0, 0, "?"), "data");
+        assert_eq!(
+            edit_expression("data", 1, 2, "json(?)"),
+            "json_set(json_remove(data, ?), ?, json(?), ?, json(?))"
+        );
+        // No call gets more than ARGS_PER_CALL arguments besides the document.
+        let wide = edit_expression("data", 0, ARGS_PER_CALL, "?");
+        assert_eq!(wide.matches("json_set(").count(), 2);
+        assert_eq!(wide.matches('?').count(), 2 * ARGS_PER_CALL);
+    }
+
+    #[test]
+    fn set_objects_are_json_objects_of_the_encoded_values() {
+        let patch = Patch::new()
+            .set_field("count", "3")
+            .set_field("say \"hi\"", "\"x\"");
+        let object: serde_json::Value =
+            serde_json::from_str(&set_object(&patch)).expect("valid JSON");
+        assert_eq!(object, serde_json::json!({"count": 3, "say \"hi\"": "x"}));
+    }
+
+    #[test]
+    fn a_stored_value_that_is_not_an_object_is_malformed_naming_the_whole_record() {
+        let record = parse_record("postgres", "k", r#"{"a":1,"b":[1,2]}"#).expect("an object");
+        assert_eq!(record["b"], "[1,2]");
+        let error = parse_record("postgres", "k", "[1]").expect_err("not an object");
+        assert!(
+            matches!(&error, StoreError::Malformed { field, .. } if field.is_empty()),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn expiry_is_now_plus_the_ttl_and_at_least_a_millisecond() {
+        let clock = Clock::custom(|| 1_000);
+        assert_eq!(clock.expiry(None), None);
+        assert_eq!(clock.expiry(Some(Duration::from_secs(2))), Some(3_000));
+        assert_eq!(clock.expiry(Some(Duration::ZERO)), Some(1_001));
+        assert_eq!(clock.expiry(Some(Duration::MAX)), Some(i64::MAX));
+    }
+}

@@ -47,7 +47,9 @@ USE = re.compile(r"^\s*(pub(?:\([^)]*\))?\s+)?use\s+([^;]+);", re.M)
 
 
 def imports(text):
-    """(is `pub use`, path) for each path a `use` names, braces expanded one level."""
+    """(is `pub use`, path) for each path a `use` names, braces expanded one level. Unit
+    tests (an inline `#[cfg(test)] mod tests`, at the end of a file) are not part of the graph."""
+    text = re.split(r"^#\[cfg\(test\)\]\s*\nmod tests\b", text, flags=re.M)[0]
     for match in USE.finditer(text):
         spec = re.sub(r"\s+", "", match.group(2))
         brace = re.match(r"^(.*?)::\{(.*)\}$", spec)

@@ -426,3 +426,47 @@ async fn one_chats_updates_run_one_at_a_time_in_order_while_other_chats_go_on() 
     assert_eq!(chat_7, ["1", "2"]);
     assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(4));
 }
+
+/// Under the strict stale-write policy the update fails, but its session was saved: the
+/// poller confirms it (a failed handler is logged and confirmed) instead of holding it back
+/// as unsaved.
+#[tokio::test]
+async fn a_strict_stale_write_is_saved_and_confirmed_not_held_as_unsaved() {
+    let (logs, _capture) = common::logs::Logs::capture();
+    let (fake, api) = FakeBotApi::start().await;
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
+        .stale_writes(typed_session::StalePolicy::Error)
+        .build();
+    let other = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.set_count(100);
+            Ok(())
+        })
+    });
+    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let other = other.clone();
+        Box::pin(async move {
+            let counter = ctx.session().await?;
+            let seen = counter.count();
+            other.run_update(Update::text(99, 7, 7, "other")).await?;
+            counter.set_count(seen + 1);
+            Ok(())
+        })
+    });
+    fake.push([Update::text(1, 7, 7, "hi")]);
+
+    let (stop, run) = spawn(polling(chain, &api));
+    fake.wait_until(|s| s.pending.is_empty()).await;
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1), "saved");
+    assert_eq!(sessions.unsaved_sessions(), 0);
+    assert!(logs.contain("update failed"), "{:?}", logs.lines());
+    assert!(
+        !logs.contain("not saved"),
+        "not reported as unsaved: {:?}",
+        logs.lines()
+    );
+}

@@ -254,3 +254,50 @@ async fn an_update_changing_several_fields_costs_one_load_and_one_patch() {
     assert_eq!(patch.set.keys().collect::<Vec<_>>(), ["lang", "note"]);
     assert_eq!(patch.remove, ["count"]);
 }
+
+#[derive(Session)]
+#[session(accessor = "scores")]
+struct Scores {
+    by_player: std::collections::HashMap<String, u32>,
+}
+
+/// Twenty players, in a fresh `HashMap` each time: its iteration order (and so its JSON
+/// text) differs from one map to the next, its content does not.
+fn twenty_players() -> std::collections::HashMap<String, u32> {
+    (0..20).map(|i| (format!("player{i}"), i)).collect()
+}
+
+/// An equal map, set again or changed by an `update_*` that leaves it equal, is not written:
+/// "unchanged" compares content, not the text order of a `HashMap`.
+#[tokio::test]
+async fn an_equal_hash_map_is_not_written_again() {
+    let probe = ProbeStore::new(MemoryStore::new());
+    let sessions = SessionMiddleware::<Scores, Update>::new(Arc::clone(&probe));
+    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let scores = ctx.scores().await?;
+            match ctx.update().text_of() {
+                Some("set") => scores.set_by_player(twenty_players()),
+                _ => scores.update_by_player(|map| {
+                    *map = twenty_players();
+                }),
+            }
+            Ok(())
+        })
+    });
+
+    chain
+        .run_update(Update::text(1, 7, 7, "set"))
+        .await
+        .expect("ok");
+    assert_eq!(probe.applies(), 1, "the first save writes the map");
+    for (i, text) in ["set", "update", "set", "update"].into_iter().enumerate() {
+        chain
+            .run_update(Update::text(2 + i as i64, 7, 7, text))
+            .await
+            .expect("ok");
+    }
+
+    assert_eq!(probe.applies(), 1, "equal maps are not written again");
+    assert_eq!(sessions.stats().writes(), 1);
+}

@@ -108,12 +108,12 @@ impl<S: Schema> State<S> {
                         }
                     };
                     let unchanged = match &self.fields[index].stored {
-                        Some(stored) => *stored == encoded,
+                        Some(stored) => same_json(stored, &encoded),
                         // Nothing stored reads back as the default (built once per persist).
                         None => defaults
                             .get_or_insert_with(S::default)
                             .encode_field(index)
-                            .is_ok_and(|d| d == encoded),
+                            .is_ok_and(|d| same_json(&d, &encoded)),
                     };
                     if unchanged {
                         self.fields[index].dirty = Dirty::Clean;
@@ -149,6 +149,22 @@ impl<S: Schema> State<S> {
                 field.dirty = Dirty::Clean;
             }
         }
+    }
+}
+
+/// Whether two encodings hold the same value. Equal text is the fast path; otherwise they are
+/// compared as JSON values, so a map whose entries serialise in another order (a `HashMap`)
+/// is still unchanged.
+fn same_json(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
     }
 }
 
@@ -378,5 +394,20 @@ impl<S: Schema> Entry<S> {
         );
         self.lock().reconcile(patch);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_json;
+
+    #[test]
+    fn json_values_compare_by_content_not_by_text() {
+        assert!(same_json("1", "1"));
+        assert!(same_json(r#"{"a":1,"b":2}"#, r#"{"b":2,"a":1}"#));
+        assert!(same_json(r#"{"a":{"x":1,"y":[1,2]}}"#, r#"{ "a": {"y":[1,2],"x":1} }"#));
+        assert!(!same_json("[1,2]", "[2,1]"), "arrays keep their order");
+        assert!(!same_json(r#"{"a":1}"#, r#"{"a":1,"b":null}"#));
+        assert!(!same_json("not json", "not json "), "undecodable text compares as text");
     }
 }

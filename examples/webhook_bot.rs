@@ -48,14 +48,17 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "webhook on http://127.0.0.1:8080/telegram (secret token: change-me); Ctrl-C stops it"
     );
-    Webhook::new(chain)
+    let served = Webhook::new(chain)
         .path("/telegram")
         .secret_token("change-me")
         .serve(listener, async {
             // Stop accepting on Ctrl-C; updates in flight still finish and persist.
             let _ = tokio::signal::ctrl_c().await;
         })
-        .await?;
-    println!("stopped; every session is saved");
-    Ok(())
+        .await;
+    match served {
+        Ok(()) => println!("stopped; every session is saved"),
+        Err(error) => eprintln!("stopped; some sessions are NOT saved: {error}"),
+    }
+    Ok(served?)
 }

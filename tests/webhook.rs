@@ -462,3 +462,44 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
         logs.lines()
     );
 }
+
+/// A save that failed while serving is retried when the server stops: `serve` returns only
+/// once it is written, or says it is not.
+#[tokio::test]
+async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
+    for store_recovers in [true, false] {
+        let memory = MemoryStore::new();
+        let probe = common::ProbeStore::new(memory.clone());
+        probe.fail_next_applies(if store_recovers { 1 } else { usize::MAX });
+        let chain = Chain::new()
+            .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe)))
+            .handler(|ctx| {
+                Box::pin(async move {
+                    ctx.session().await?.update_count(|c| *c += 1);
+                    Ok(())
+                })
+            });
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let addr = listener.local_addr().expect("bound");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(Webhook::new(chain).path("/tg").serve(listener, async {
+            let _ = stopped.await;
+        }));
+
+        let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
+        assert_eq!(status, 500, "the save failed: Telegram must redeliver");
+        stop.send(()).expect("serving");
+        let served = served.await.expect("no panic");
+
+        if store_recovers {
+            served.expect("the retry at shutdown saved it");
+            assert_eq!(stored::<u64>(&memory, "5:5", "count"), Some(1));
+        } else {
+            let error = served.expect_err("still unsaved");
+            assert!(error.to_string().contains("5:5"), "names the key: {error}");
+            assert_eq!(stored::<u64>(&memory, "5:5", "count"), None);
+        }
+    }
+}

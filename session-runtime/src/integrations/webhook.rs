@@ -153,15 +153,28 @@ where
     }
 
     /// Serves on `listener` until `shutdown` completes; then stops accepting, lets the
-    /// updates in flight finish and persist, and returns.
+    /// updates in flight finish and persist, retries the saves that failed
+    /// ([`Chain::flush`]), and returns.
+    ///
+    /// # Errors
+    ///
+    /// The listener's I/O error, or, when sessions are still unsaved after the last retry, an
+    /// error of kind [`std::io::ErrorKind::Other`] whose source is the first session's error:
+    /// what it names was not saved, and the updates behind it were answered with an error
+    /// status, so Telegram delivers them again to the next run.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let chain = Arc::clone(&self.chain);
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
-            .await
+            .await?;
+        chain.flush().await.map_err(|error| {
+            tracing::error!(%error, "sessions still unsaved at shutdown");
+            std::io::Error::other(error)
+        })
     }
 }
 

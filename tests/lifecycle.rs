@@ -389,3 +389,49 @@ fn an_update_dropped_outside_any_runtime_keeps_its_changes_for_flush() {
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
     assert_eq!(sessions.live_sessions(), 0);
 }
+
+/// Update A clears the session; while A's delete is in flight, update B clears it too and then
+/// sets `lang`. B's write must survive: A's delete already satisfied B's clear, so no second
+/// delete may follow the patch that carries B's write.
+#[tokio::test]
+async fn a_write_after_a_clear_that_raced_another_clear_is_saved() {
+    let memory = seeded(5).await;
+    let probe = ProbeStore::gated_deletes(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let a = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.clear();
+            Ok(())
+        })
+    });
+    let (b_wrote, b_wrote_rx) = tokio::sync::oneshot::channel::<()>();
+    let b_wrote = parking_lot::Mutex::new(Some(b_wrote));
+    let b = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let wrote = b_wrote.lock().take();
+        Box::pin(async move {
+            let session = ctx.session().await?;
+            session.clear();
+            session.set_lang("x");
+            if let Some(wrote) = wrote {
+                let _ = wrote.send(());
+            }
+            Ok(())
+        })
+    });
+
+    let a = tokio::spawn(async move { a.run_update(Update::text(1, 7, 7, "a")).await });
+    probe.delete_started.notified().await; // A's delete is in flight
+    let b = tokio::spawn(async move { b.run_update(Update::text(2, 7, 7, "b")).await });
+    b_wrote_rx.await.expect("B's handler ran");
+    probe.release_deletes(2);
+    a.await.expect("no panic").expect("A succeeds");
+    b.await.expect("no panic").expect("B succeeds");
+
+    assert_eq!(
+        stored::<String>(&memory, "7:7", "lang").as_deref(),
+        Some("x"),
+        "B's write after its clear is saved"
+    );
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), None, "cleared");
+    assert_eq!(probe.deletes(), 1, "one delete satisfied both clears");
+}

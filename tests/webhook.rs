@@ -472,7 +472,9 @@ async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
         let probe = common::ProbeStore::new(memory.clone());
         probe.fail_next_applies(if store_recovers { 1 } else { usize::MAX });
         let chain = Chain::new()
-            .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe)))
+            .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(
+                &probe,
+            )))
             .handler(|ctx| {
                 Box::pin(async move {
                     ctx.session().await?.update_count(|c| *c += 1);

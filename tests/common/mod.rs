@@ -58,6 +58,9 @@ pub struct ProbeStore {
     /// When set, applies wait for a permit; `apply_started` is notified as each one arrives.
     apply_gate: Option<Semaphore>,
     pub apply_started: Notify,
+    /// When set, deletes wait for a permit; `delete_started` is notified as each one arrives.
+    delete_gate: Option<Semaphore>,
+    pub delete_started: Notify,
 }
 
 impl ProbeStore {
@@ -74,6 +77,21 @@ impl ProbeStore {
         Self::build(inner, Latency::None, true)
     }
 
+    /// A probe whose deletes wait until `release_deletes` gives them permits.
+    pub fn gated_deletes(inner: MemoryStore) -> Arc<Self> {
+        let mut probe = Self::build(inner, Latency::None, false);
+        Arc::get_mut(&mut probe)
+            .expect("not shared yet")
+            .delete_gate = Some(Semaphore::new(0));
+        probe
+    }
+
+    pub fn release_deletes(&self, n: usize) {
+        if let Some(gate) = &self.delete_gate {
+            gate.add_permits(n);
+        }
+    }
+
     fn build(inner: MemoryStore, latency: Latency, gated: bool) -> Arc<Self> {
         Arc::new(ProbeStore {
             inner,
@@ -88,6 +106,8 @@ impl ProbeStore {
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             apply_gate: gated.then(|| Semaphore::new(0)),
             apply_started: Notify::new(),
+            delete_gate: None,
+            delete_started: Notify::new(),
         })
     }
 
@@ -195,6 +215,10 @@ impl Store for ProbeStore {
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
             self.deletes.fetch_add(1, Ordering::SeqCst);
+            self.delete_started.notify_one();
+            if let Some(gate) = &self.delete_gate {
+                gate.acquire().await.expect("gate never closes").forget();
+            }
             self.delay().await;
             self.inner.delete(key).await
         })

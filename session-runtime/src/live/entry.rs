@@ -47,7 +47,7 @@ pub(crate) struct State<S> {
     clock: u64,
     /// `clear()` was called and the record is still to be deleted.
     pub(crate) delete_pending: bool,
-    /// Counts `clear()` calls, so a delete that raced a newer clear does not reset the flag.
+    /// Counts `clear()` calls, so the error policy takes back only this update's own clear.
     pub(crate) clear_epoch: u64,
 }
 
@@ -346,20 +346,19 @@ impl<S: Schema> Entry<S> {
         };
         let _in_order = self.write_gate.lock().await;
 
-        let delete_epoch = {
-            let state = self.lock();
-            state.delete_pending.then_some(state.clear_epoch)
-        };
-        if let Some(epoch) = delete_epoch {
+        let delete_pending = self.lock().delete_pending;
+        if delete_pending {
             store.delete(&self.key).await.map_err(persist_error)?;
             stats.deletes.fetch_add(1, Ordering::Relaxed);
             let mut state = self.lock();
             for field in state.fields.iter_mut() {
                 field.stored = None;
             }
-            if state.clear_epoch == epoch {
-                state.delete_pending = false;
-            }
+            // Every clear() so far is satisfied, also one made while the delete was in flight:
+            // the record is gone, and the write gate lets no write of this entry reach the store
+            // between the delete and this point. What was written after such a clear is dirty
+            // and goes into the patch below; deleting again later would lose it.
+            state.delete_pending = false;
         }
 
         let mut patch = Patch::new().with_ttl(ttl);
@@ -405,9 +404,15 @@ mod tests {
     fn json_values_compare_by_content_not_by_text() {
         assert!(same_json("1", "1"));
         assert!(same_json(r#"{"a":1,"b":2}"#, r#"{"b":2,"a":1}"#));
-        assert!(same_json(r#"{"a":{"x":1,"y":[1,2]}}"#, r#"{ "a": {"y":[1,2],"x":1} }"#));
+        assert!(same_json(
+            r#"{"a":{"x":1,"y":[1,2]}}"#,
+            r#"{ "a": {"y":[1,2],"x":1} }"#
+        ));
         assert!(!same_json("[1,2]", "[2,1]"), "arrays keep their order");
         assert!(!same_json(r#"{"a":1}"#, r#"{"a":1,"b":null}"#));
-        assert!(!same_json("not json", "not json "), "undecodable text compares as text");
+        assert!(
+            !same_json("not json", "not json "),
+            "undecodable text compares as text"
+        );
     }
 }

@@ -57,8 +57,13 @@ async fn main() -> Result<(), BoxError> {
         })
         .await;
     match served {
-        Ok(()) => println!("stopped; every session is saved"),
-        Err(error) => eprintln!("stopped; some sessions are NOT saved: {error}"),
+        Ok(()) => {
+            println!("stopped; every session is saved");
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("stopped; some sessions are NOT saved: {error}");
+            Err(error.into())
+        }
     }
-    Ok(served?)
 }

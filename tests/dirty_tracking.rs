@@ -93,7 +93,7 @@ async fn an_untouched_default_is_never_written() {
 
     let record = memory.raw("7:7").expect("written");
     assert_eq!(
-        record.keys().collect::<Vec<_>>(),
+        record.fields.keys().collect::<Vec<_>>(),
         ["note"],
         "only the changed field is stored"
     );

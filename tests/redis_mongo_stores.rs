@@ -61,10 +61,15 @@ mod redis_store {
             .query_async(&mut raw)
             .await
             .expect("HGETALL");
-        assert_eq!(hash.len(), 2);
+        // The two fields, and beside each its version under a NUL-prefixed name.
+        assert_eq!(hash.len(), 4);
         assert_eq!(
             (hash["count"].as_str(), hash["lang"].as_str()),
             ("3", "\"de\"")
+        );
+        assert_eq!(
+            (hash["\0count"].as_str(), hash["\0lang"].as_str()),
+            ("1", "1")
         );
         let pttl: i64 = typed_session::redis::cmd("PTTL")
             .arg(format!("ts_test:{key}"))

@@ -116,6 +116,78 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it() {
+                let Some((store, _)) = $make("every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it").await else { return };
+                let key = unique("versions");
+                store.apply(&key, &patch(&[("a", "1"), ("b", "2")], &[], None)).await.expect("apply");
+                store.apply(&key, &patch(&[("a", "3")], &[], None).expect_version("a", 1)).await.expect("apply");
+                store.apply(&key, &patch(&[], &["b"], None).expect_version("b", 1)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!((record.version("a"), record.version("b"), record.version("c")), (2, 2, 0));
+                assert_eq!((record.get("a"), record.get("b")), (Some("3"), None));
+            }
+
+            #[tokio::test]
+            async fn a_patch_based_on_an_older_version_is_refused_and_writes_nothing() {
+                let Some((ours, theirs)) = $make("a_patch_based_on_an_older_version_is_refused_and_writes_nothing").await else { return };
+                let key = unique("conflict");
+                ours.apply(&key, &patch(&[("a", "1"), ("b", "1")], &[], None)).await.expect("apply");
+                // Another writer saves `a` first, from the same version we read.
+                theirs.apply(&key, &patch(&[("a", "5")], &[], None).expect_version("a", 1)).await.expect("their write");
+                let refused = ours
+                    .apply(&key, &patch(&[("a", "2"), ("b", "2")], &[], None).expect_version("a", 1).expect_version("b", 1))
+                    .await
+                    .expect_err("a newer value of `a` is never overwritten");
+                match refused {
+                    typed_session::StoreError::Conflict { key: k, fields, .. } => {
+                        assert_eq!((k.as_str(), fields), (key.as_str(), vec!["a".to_owned()]));
+                    }
+                    other => panic!("expected a conflict, got {other}"),
+                }
+                let record = ours.load(&key).await.expect("load").expect("exists");
+                assert_eq!((record.get("a"), record.get("b")), (Some("5"), Some("1")), "nothing of the refused patch landed");
+                assert_eq!((record.version("a"), record.version("b")), (2, 1));
+                // Different fields never conflict.
+                ours.apply(&key, &patch(&[("b", "2")], &[], None).expect_version("b", 1)).await.expect("b is ours");
+            }
+
+            #[tokio::test]
+            async fn a_patch_expecting_a_field_of_a_missing_record_is_refused() {
+                let Some((store, _)) = $make("a_patch_expecting_a_field_of_a_missing_record_is_refused").await else { return };
+                let key = unique("gone");
+                let refused = store.apply(&key, &patch(&[("a", "1")], &[], None).expect_version("a", 3)).await;
+                assert!(matches!(refused, Err(typed_session::StoreError::Conflict { .. })), "{refused:?}");
+                assert_eq!(store.load(&key).await.expect("load"), None, "nothing created");
+                // Expecting a field never written creates the record.
+                store.apply(&key, &patch(&[("a", "1")], &[], None).expect_version("a", 0)).await.expect("created");
+                assert_eq!(store.load(&key).await.expect("load").expect("exists").version("a"), 1);
+            }
+
+            #[tokio::test]
+            async fn of_two_writers_from_the_same_version_exactly_one_wins() {
+                let Some((one, two)) = $make("of_two_writers_from_the_same_version_exactly_one_wins").await else { return };
+                let key = unique("race");
+                one.apply(&key, &patch(&[("n", "0")], &[], None)).await.expect("seed");
+                let first = patch(&[("n", "1")], &[], None).expect_version("n", 1);
+                let second = patch(&[("n", "2")], &[], None).expect_version("n", 1);
+                let (a, b) = tokio::join!(one.apply(&key, &first), two.apply(&key, &second));
+                assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+                let record = one.load(&key).await.expect("load").expect("exists");
+                assert_eq!(record.version("n"), 2);
+                assert_eq!(record.get("n"), Some(if a.is_ok() { "1" } else { "2" }));
+            }
+
+            #[tokio::test]
+            async fn delete_forgets_the_versions() {
+                let Some((store, _)) = $make("delete_forgets_the_versions").await else { return };
+                let key = unique("forget");
+                store.apply(&key, &patch(&[("a", "1")], &[], None)).await.expect("apply");
+                store.delete(&key).await.expect("delete");
+                store.apply(&key, &patch(&[("a", "2")], &[], None).expect_version("a", 0)).await.expect("a fresh record");
+                assert_eq!(store.load(&key).await.expect("load").expect("exists").version("a"), 1);
+            }
+
+            #[tokio::test]
             async fn a_patch_sets_and_removes_fields_and_leaves_the_others() {
                 let Some((store, _)) = $make("a_patch_sets_and_removes_fields_and_leaves_the_others").await else { return };
                 let key = unique("patch");

@@ -46,6 +46,8 @@ pub struct Context<U> {
     reply: Mutex<Option<serde_json::Value>>,
     /// A session of this update could not be saved (whatever the chain made of the error).
     unsaved: AtomicBool,
+    /// Writes of this update were discarded after a conflict: it must run again.
+    retry: AtomicBool,
 }
 
 impl<U: fmt::Debug> fmt::Debug for Context<U> {
@@ -66,6 +68,7 @@ impl<U> Context<U> {
             more: Mutex::new(Vec::new()),
             reply: Mutex::new(None),
             unsaved: AtomicBool::new(false),
+            retry: AtomicBool::new(false),
         }
     }
 
@@ -102,6 +105,19 @@ impl<U> Context<U> {
 
     pub(crate) fn mark_unsaved(&self) {
         self.unsaved.store(true, Ordering::Release);
+    }
+
+    /// Whether writes of this update were discarded because another writer (another process,
+    /// an admin tool) had changed those fields since they were read
+    /// ([`SessionError::Conflict`](crate::SessionError::Conflict)). The sessions now hold the
+    /// newer values; the update should run again (on a fresh context) to be applied. True even
+    /// if a middleware swallowed the error.
+    pub fn must_retry(&self) -> bool {
+        self.retry.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_retry(&self) {
+        self.retry.store(true, Ordering::Release);
     }
 
     /// Attaches `value`, found again by its type with [`attached`](Self::attached).

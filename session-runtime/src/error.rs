@@ -72,6 +72,19 @@ pub enum StoreError {
         /// What is wrong with it.
         message: String,
     },
+    /// A conditional patch was refused: these fields no longer have the version the writer
+    /// based it on (another writer changed them). Nothing was written.
+    #[error(
+        "{backend} store: session {key:?} changed under the write: fields {fields:?} have newer versions"
+    )]
+    Conflict {
+        /// Which store.
+        backend: &'static str,
+        /// The session key.
+        key: String,
+        /// The stored names of the fields whose version differed.
+        fields: Vec<String>,
+    },
     /// The store was configured with something it cannot use (a table name, a URL).
     #[error("{backend} store: invalid configuration: {message}")]
     Config {
@@ -229,6 +242,21 @@ pub enum SessionError {
         key: String,
         /// The stored field name.
         field: &'static str,
+    },
+    /// Another writer (another process, an admin tool) changed these fields after this
+    /// session was read: this update's writes to them were not saved, and the session now
+    /// holds the newer values. Run the update again (a webhook answers with an error status,
+    /// so Telegram delivers it again).
+    #[error(
+        "session `{session}` key {key:?} was changed by another writer (fields {fields:?}); this update's writes to them were not saved: run it again"
+    )]
+    Conflict {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// The stored names of the fields in conflict.
+        fields: Vec<&'static str>,
     },
     /// The chain panicked or its future was dropped before it finished.
     #[error("the chain for session `{session}` key {key:?} was {how} before it finished")]

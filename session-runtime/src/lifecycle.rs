@@ -166,6 +166,10 @@ pub(crate) enum Ended<E> {
         error: SessionError,
         handlers: Option<E>,
     },
+    /// Writes of this update were discarded: another writer had changed those fields since the
+    /// session was read (a [`SessionError::Conflict`]). The session now holds the newer
+    /// values; the update must run again to be applied.
+    Retry(SessionError),
 }
 
 impl<E> Ended<E> {
@@ -180,6 +184,10 @@ impl<E> Ended<E> {
     pub(crate) fn is_unsaved(&self) -> bool {
         matches!(self, Ended::Unsaved { .. })
     }
+
+    pub(crate) fn must_retry(&self) -> bool {
+        matches!(self, Ended::Retry(_))
+    }
 }
 
 impl Ended<BoxError> {
@@ -189,7 +197,7 @@ impl Ended<BoxError> {
         match self {
             Ended::Saved => Ok(()),
             Ended::Failed(error) => Err(error),
-            Ended::Refused(error) => Err(error.into()),
+            Ended::Refused(error) | Ended::Retry(error) => Err(error.into()),
             Ended::Unsaved { error, handlers } => Err(match (error, handlers) {
                 (error, None) => error.into(),
                 (
@@ -267,6 +275,7 @@ impl<S: Session> Scope<S> {
                 error,
                 handlers: outcome.err(),
             },
+            (Closed::Retry(error), _) => Ended::Retry(error),
         }
     }
 }
@@ -288,7 +297,7 @@ impl<S: Session> Drop for Scope<S> {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     let key = hold.entry.key.clone();
-                    if let Closed::Unsaved(error) = close(hold, true).await {
+                    if let Closed::Unsaved(error) | Closed::Retry(error) = close(hold, true).await {
                         tracing::error!(session = S::NAME, key = &*key, how, %error, "the session of an interrupted update is not saved");
                     }
                 });
@@ -322,6 +331,7 @@ enum Closed {
     Saved,
     Refused(SessionError),
     Unsaved(SessionError),
+    Retry(SessionError),
 }
 
 /// Applies the error policy to the update behind `hold`, persists, and releases the hold.
@@ -339,7 +349,21 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         hold.revert();
     }
     let persisted = sessions.persist(&hold.entry).await;
-    sessions.registry.release(&hold.entry, persisted.is_err());
+    let discarded = hold.discarded_writes();
+    let unsaved = match &persisted {
+        Ok(()) => false,
+        // The conflicting writes are gone; what else is dirty still has to be written.
+        Err(SessionError::Conflict { .. }) => hold.entry.lock().has_changes(),
+        Err(_) => true,
+    };
+    sessions.registry.release(&hold.entry, unsaved);
+    if !discarded.is_empty() {
+        return Closed::Retry(SessionError::Conflict {
+            session: S::NAME,
+            key: hold.entry.key.to_string(),
+            fields: discarded,
+        });
+    }
     match (persisted, refused) {
         (Ok(()), None) => Closed::Saved,
         (Ok(()), Some(refused)) => Closed::Refused(refused),

@@ -240,6 +240,9 @@ impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S
             if ended.is_unsaved() {
                 ctx.mark_unsaved();
             }
+            if ended.must_retry() {
+                ctx.mark_retry();
+            }
             ended.into_result(S::NAME)
         })
     }

@@ -11,6 +11,7 @@ pub struct Stats {
     pub(crate) bytes_written: AtomicU64,
     pub(crate) stale_writes: AtomicU64,
     pub(crate) late_accesses: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
 }
 
 impl Stats {
@@ -33,6 +34,10 @@ impl Stats {
     /// Stale `set_*` calls detected.
     pub fn stale_writes(&self) -> u64 {
         self.stale_writes.load(Ordering::Relaxed)
+    }
+    /// Patches the store refused because another writer had changed a field they wrote.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
     /// Uses of a handle after its update was persisted.
     pub fn late_accesses(&self) -> u64 {

@@ -104,7 +104,9 @@ where
                 match scope.end(outcome).await {
                     Ended::Saved => restore(flow, deps),
                     Ended::Failed(error) => ControlFlow::Break(Err(error)),
-                    Ended::Refused(error) => ControlFlow::Break(Err(E::from(error.into()))),
+                    Ended::Refused(error) | Ended::Retry(error) => {
+                        ControlFlow::Break(Err(E::from(error.into())))
+                    }
                     Ended::Unsaved {
                         error,
                         handlers: None,

@@ -138,6 +138,10 @@ where
                     tracing::warn!(%error, "session saved, but the request broke a session rule; answering 500");
                     Ok(internal_error())
                 }
+                Ended::Retry(error) => {
+                    tracing::warn!(%error, "another writer changed the session; the request was not applied, answering 500");
+                    Ok(internal_error())
+                }
                 Ended::Unsaved { error, .. } => {
                     tracing::error!(%error, "session not persisted; answering 500");
                     Ok(internal_error())

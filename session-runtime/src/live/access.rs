@@ -34,6 +34,8 @@ pub(crate) struct Hold<S: Schema> {
     pub(crate) entry: Arc<Entry<S>>,
     /// Per persisted field, the version this update last read or wrote (0: never).
     seen: Box<[AtomicU64]>,
+    /// Per persisted field, the version of this update's last write to it (0: none).
+    written: Box<[AtomicU64]>,
     undo: Option<Mutex<Undo>>,
     stale: OnceLock<&'static str>,
     pub(crate) finished: AtomicBool,
@@ -44,6 +46,7 @@ impl<S: Schema> Hold<S> {
         let undo = (sessions.on_error == ErrorPolicy::Discard).then(Mutex::default);
         Hold {
             seen: S::FIELDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            written: S::FIELDS.iter().map(|_| AtomicU64::new(0)).collect(),
             undo,
             stale: OnceLock::new(),
             finished: AtomicBool::new(false),
@@ -77,6 +80,27 @@ impl<S: Schema> Hold<S> {
         if let Some(u) = undo.lock().fields.iter_mut().find(|u| u.index == index) {
             u.version_after = version;
         }
+    }
+
+    /// The fields whose last write by this update was discarded after a conflict: another
+    /// writer had changed them, so the write was never saved.
+    pub(crate) fn discarded_writes(&self) -> Vec<&'static str> {
+        let state = self.entry.lock();
+        S::FIELDS
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| {
+                let written = self.written[*index].load(Ordering::Relaxed);
+                written != 0 && state.fields[*index].was_discarded(written)
+            })
+            .map(|(_, spec)| spec.name)
+            .collect()
+    }
+
+    /// Records a write of field `index` by this update.
+    fn wrote_field(&self, index: usize, version: u64) {
+        self.written[index].store(version, Ordering::Relaxed);
+        self.wrote(index, version);
     }
 
     /// Takes back this update's writes that no other update has overwritten since. The
@@ -197,7 +221,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         self.hold.remember(&state, index);
         f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold.wrote(index, version);
+        self.hold.wrote_field(index, version);
     }
 
     /// Changes persisted field `index` in place with `f` (an `update_*`): an atomic
@@ -208,7 +232,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         self.hold.remember(&state, index);
         let out = f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold.wrote(index, version);
+        self.hold.wrote_field(index, version);
         out
     }
 
@@ -226,7 +250,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         self.hold.remember(&state, index);
         state.value.reset_field(index);
         let version = state.bump(index, Dirty::Remove);
-        self.hold.wrote(index, version);
+        self.hold.wrote_field(index, version);
     }
 
     /// Replaces the whole value; every persisted field is marked, and only those whose
@@ -240,7 +264,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         state.value = value;
         for index in 0..S::FIELDS.len() {
             let version = state.bump(index, Dirty::Set);
-            self.hold.wrote(index, version);
+            self.hold.wrote_field(index, version);
         }
     }
 

@@ -10,10 +10,10 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::error::SessionError;
+use crate::error::{SessionError, StoreError};
 use crate::schema::Schema;
 use crate::stats::Stats;
-use crate::store::{Patch, Store};
+use crate::store::{Patch, Record, Store};
 use std::sync::Arc;
 
 /// Whether a field differs from what the store holds, and how.
@@ -35,9 +35,41 @@ pub(crate) struct FieldState {
     dirty: Dirty,
     /// The encoded value the store holds, `None` when it holds nothing for this field.
     stored: Option<String>,
+    /// The field's version in the store, as last seen: what the next write expects.
+    stored_version: u64,
+    /// The newest local version whose fate is known: written to the store, or discarded.
+    decided: u64,
+    /// The local versions `(after, up_to]` whose writes were discarded after a conflict (the
+    /// newest few), so the updates that made them learn it.
+    discarded: Vec<(u64, u64)>,
     /// The version the persist under way is writing (there is at most one per entry, behind
     /// its write gate), and whether it sets rather than removes the field.
     in_flight: Option<(u64, bool)>,
+}
+
+/// How many discarded ranges a field remembers: an update that made a write this many
+/// conflicts ago on the same field is no longer told (it would take that many persists of one
+/// field while one update runs).
+const DISCARDS_KEPT: usize = 8;
+
+impl FieldState {
+    /// Drops the writes not yet written, and remembers which local versions they were.
+    fn discard(&mut self) {
+        if self.version > self.decided {
+            if self.discarded.len() == DISCARDS_KEPT {
+                self.discarded.remove(0);
+            }
+            self.discarded.push((self.decided, self.version));
+            self.decided = self.version;
+        }
+    }
+
+    /// Whether the write that made local version `version` was discarded after a conflict.
+    pub(crate) fn was_discarded(&self, version: u64) -> bool {
+        self.discarded
+            .iter()
+            .any(|&(after, up_to)| after < version && version <= up_to)
+    }
 }
 
 /// The live value of one key and its bookkeeping.
@@ -119,6 +151,9 @@ impl<S: Schema> State<S> {
                         self.fields[index].dirty = Dirty::Clean;
                     } else {
                         patch.set.push((spec.name, encoded));
+                        patch
+                            .expect
+                            .push((spec.name, self.fields[index].stored_version));
                         self.fields[index].in_flight = Some((version, true));
                     }
                 }
@@ -127,6 +162,9 @@ impl<S: Schema> State<S> {
                         self.fields[index].dirty = Dirty::Clean;
                     } else {
                         patch.remove.push(spec.name);
+                        patch
+                            .expect
+                            .push((spec.name, self.fields[index].stored_version));
                         self.fields[index].in_flight = Some((version, false));
                     }
                 }
@@ -145,6 +183,8 @@ impl<S: Schema> State<S> {
                 continue;
             };
             field.stored = if was_set { values.next() } else { None };
+            field.stored_version += 1;
+            field.decided = field.decided.max(version);
             if field.version == version {
                 field.dirty = Dirty::Clean;
             }
@@ -217,6 +257,9 @@ impl<S: Schema> Entry<S> {
                 version: 1,
                 dirty: Dirty::Clean,
                 stored: None,
+                stored_version: 0,
+                decided: 0,
+                discarded: Vec::new(),
                 in_flight: None,
             })
             .collect();
@@ -283,25 +326,45 @@ impl<S: Schema> Entry<S> {
                 key: self.key.to_string(),
                 source,
             })?;
-        let Some(mut record) = record else {
+        let Some(record) = record else {
             return Ok(());
         };
-        let verbatim = store.returns_written_text();
+        let (value, stored) = self
+            .decode(record, store.returns_written_text())
+            .map_err(|error| *error)?;
+        let mut state = self.lock();
+        state.value = value;
+        for (field, (raw, version)) in state.fields.iter_mut().zip(stored) {
+            field.stored = raw;
+            field.stored_version = version;
+        }
+        Ok(())
+    }
+
+    /// A stored record as a value, with what the store holds of each field (its encoding in
+    /// this crate's codec, unless the store returns the text it was given) and its version.
+    #[allow(clippy::type_complexity)]
+    fn decode(
+        &self,
+        mut record: Record,
+        verbatim: bool,
+    ) -> Result<(S, Vec<(Option<String>, u64)>), Box<SessionError>> {
         let mut value = S::default();
-        let mut stored: Vec<Option<String>> = Vec::with_capacity(S::FIELDS.len());
+        let mut stored = Vec::with_capacity(S::FIELDS.len());
         for (index, spec) in S::FIELDS.iter().enumerate() {
+            let version = record.version(spec.name);
             let Some(raw) = record.remove(spec.name) else {
-                stored.push(None);
+                stored.push((None, version));
                 continue;
             };
             if let Err(source) = value.decode_field(index, &raw) {
                 if !spec.reset_on_error {
-                    return Err(SessionError::Decode {
+                    return Err(Box::new(SessionError::Decode {
                         session: S::NAME,
                         key: self.key.to_string(),
                         field: spec.name,
                         source,
-                    });
+                    }));
                 }
                 tracing::warn!(
                     session = S::NAME,
@@ -312,22 +375,79 @@ impl<S: Schema> Entry<S> {
                 );
                 // Keep the undecodable text as what the store holds: any write replaces it.
                 value.reset_field(index);
-                stored.push(Some(raw));
+                stored.push((Some(raw), version));
                 continue;
             }
             // What the store holds, in this crate's encoding, so "unchanged" compares equal.
-            stored.push(if verbatim {
+            let raw = if verbatim {
                 Some(raw)
             } else {
                 value.encode_field(index).ok()
-            });
+            };
+            stored.push((raw, version));
         }
+        Ok((value, stored))
+    }
+
+    /// After a conflict: reads the record again and takes the store's value of every field
+    /// that is not dirty, and of every field in `conflicts` (whose local writes are discarded:
+    /// they were based on an older value). Dirty fields not in conflict keep their value, to be
+    /// written by the next persist.
+    async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str]) {
+        let loaded = match store.load(&self.key).await {
+            Ok(record) => record.map_or_else(
+                || Ok((S::default(), vec![(None, 0); S::FIELDS.len()])),
+                |record| self.decode(record, store.returns_written_text()),
+            ),
+            Err(source) => Err(Box::new(SessionError::Load {
+                session: S::NAME,
+                key: self.key.to_string(),
+                source,
+            })),
+        };
         let mut state = self.lock();
-        state.value = value;
-        for (field, raw) in state.fields.iter_mut().zip(stored) {
+        let stored = match loaded {
+            Ok((_, stored)) => stored,
+            Err(error) => {
+                // The conflicting writes are dropped all the same; what the store holds for
+                // them stays unknown, so their next write conflicts and refreshes again.
+                tracing::warn!(session = S::NAME, key = &*self.key, %error, "cannot refresh a session after a conflict");
+                for (index, spec) in S::FIELDS.iter().enumerate() {
+                    if conflicts.contains(&spec.name) {
+                        let field = &mut state.fields[index];
+                        field.discard();
+                        field.dirty = Dirty::Clean;
+                    }
+                }
+                return;
+            }
+        };
+        let state = &mut *state;
+        for (index, (spec, (raw, version))) in S::FIELDS.iter().zip(stored).enumerate() {
+            let field = &mut state.fields[index];
+            let conflicting = conflicts.contains(&spec.name);
+            if field.dirty != Dirty::Clean && !conflicting {
+                continue;
+            }
+            if field.dirty != Dirty::Clean {
+                field.discard();
+            }
+            let changed = conflicting || field.stored_version != version;
             field.stored = raw;
+            field.stored_version = version;
+            field.dirty = Dirty::Clean;
+            if changed {
+                let restored = match &state.fields[index].stored {
+                    Some(text) => state.value.decode_field(index, text).is_ok(),
+                    None => false,
+                };
+                if !restored {
+                    state.value.reset_field(index);
+                }
+                // A new local version: a `set_*` based on a read before this is stale.
+                state.bump(index, Dirty::Clean);
+            }
         }
-        Ok(())
     }
 
     /// Writes the dirty fields, whoever changed them, as one patch; a pending `clear()` first
@@ -353,6 +473,7 @@ impl<S: Schema> Entry<S> {
             let mut state = self.lock();
             for field in state.fields.iter_mut() {
                 field.stored = None;
+                field.stored_version = 0;
             }
             // Every clear() so far is satisfied, also one made while the delete was in flight:
             // the record is gone, and the write gate lets no write of this entry reach the store
@@ -375,9 +496,33 @@ impl<S: Schema> Entry<S> {
         }
 
         let bytes = patch.bytes();
-        if let Err(source) = store.apply(&self.key, &patch).await {
-            self.lock().forget_in_flight();
-            return Err(persist_error(source));
+        match store.apply(&self.key, &patch).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { fields, .. }) => {
+                self.lock().forget_in_flight();
+                let fields: Vec<&'static str> = S::FIELDS
+                    .iter()
+                    .map(|spec| spec.name)
+                    .filter(|name| fields.iter().any(|f| f == name))
+                    .collect();
+                stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    session = S::NAME,
+                    key = &*self.key,
+                    ?fields,
+                    "write conflict: another writer changed these fields; refreshing the session"
+                );
+                self.refresh(store, &fields).await;
+                return Err(SessionError::Conflict {
+                    session: S::NAME,
+                    key: self.key.to_string(),
+                    fields,
+                });
+            }
+            Err(source) => {
+                self.lock().forget_in_flight();
+                return Err(persist_error(source));
+            }
         }
         stats.writes.fetch_add(1, Ordering::Relaxed);
         stats

@@ -126,62 +126,101 @@ impl Ord for Key {
     }
 }
 
-/// A record's fields in one buffer: `name`, `value` pairs, each as a little-endian `u32`
-/// length and its UTF-8 bytes.
+/// A record's fields in one buffer: per field its name (a little-endian `u32` length and its
+/// UTF-8 bytes), its value (the same, or the length `u32::MAX` alone for a removed field whose
+/// version is kept) and its version (a little-endian `u64`).
 #[derive(Default)]
 struct Fields(Vec<u8>);
 
+/// The value length that marks a removed field.
+const REMOVED: u32 = u32::MAX;
+
 impl Fields {
-    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Name, value (`None`: removed) and version of each field.
+    fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>, u64)> {
         let mut rest = &self.0[..];
         std::iter::from_fn(move || {
             let name = take(&mut rest)?;
-            let value = take(&mut rest)?;
-            Some((name, value))
+            let value = take_value(&mut rest)?;
+            let (version, tail) = rest.split_first_chunk::<8>()?;
+            rest = tail;
+            Some((name, value, u64::from_le_bytes(*version)))
         })
     }
 
     fn to_record(&self) -> Record {
-        self.iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        let mut record = Record::default();
+        for (name, value, version) in self.iter() {
+            if let Some(value) = value {
+                record.fields.insert(name.to_owned(), value.to_owned());
+            }
+            record.versions.insert(name.to_owned(), version);
+        }
+        record
     }
 
-    /// Writes the fields after `patch` into `out`: kept ones in their order, then new ones.
-    /// The record is read once; `replaced` marks the set fields it already held.
+    /// The fields `patch` expects at another version than they have.
+    fn conflicts(&self, patch: &Patch<'_>) -> Vec<String> {
+        let mut conflicts = Vec::new();
+        for (field, expected) in &patch.expect {
+            let version = self
+                .iter()
+                .find(|(name, _, _)| name == field)
+                .map_or(0, |(_, _, version)| version);
+            if version != *expected {
+                conflicts.push((*field).to_owned());
+            }
+        }
+        conflicts
+    }
+
+    /// Writes the fields after `patch` into `out`: kept ones in their order, then new ones,
+    /// each written one with its version plus one. The record is read once; `written` marks
+    /// the patch's fields it already held (set fields first, then removed ones).
     fn patch_into(&self, patch: &Patch<'_>, out: Vec<u8>) -> Fields {
         let mut out = Fields(out);
         out.0.clear();
         out.0
-            .reserve(self.0.len() + patch.bytes() + 8 * patch.set.len());
-        let mut replaced = Marks::new(patch.set.len());
-        for (name, value) in self.iter() {
-            if patch.remove.contains(&name) {
-                continue;
-            }
-            match patch.set.iter().position(|(n, _)| *n == name) {
-                Some(i) => {
-                    replaced.set(i);
-                    out.push(name, &patch.set[i].1);
-                }
-                None => out.push(name, value),
+            .reserve(self.0.len() + patch.bytes() + 16 * (patch.set.len() + patch.remove.len()));
+        let sets = patch.set.len();
+        let mut written = Marks::new(sets + patch.remove.len());
+        for (name, value, version) in self.iter() {
+            if let Some(i) = patch.set.iter().position(|(n, _)| *n == name) {
+                written.set(i);
+                out.push(name, Some(&patch.set[i].1), version + 1);
+            } else if let Some(i) = patch.remove.iter().position(|n| *n == name) {
+                written.set(sets + i);
+                out.push(name, None, version + 1);
+            } else {
+                out.push(name, value, version);
             }
         }
         for (i, (name, value)) in patch.set.iter().enumerate() {
-            if !replaced.get(i) {
-                out.push(name, value);
+            if !written.get(i) {
+                out.push(name, Some(value), 1);
+            }
+        }
+        for (i, name) in patch.remove.iter().enumerate() {
+            if !written.get(sets + i) {
+                out.push(name, None, 1);
             }
         }
         out
     }
 
-    fn push(&mut self, name: &str, value: &str) {
-        for part in [name, value] {
-            // `apply` refuses parts of 4 GiB or more before they get here.
-            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
-            self.0.extend_from_slice(&len.to_le_bytes());
-            self.0.extend_from_slice(part.as_bytes());
+    fn push(&mut self, name: &str, value: Option<&str>, version: u64) {
+        // `apply` refuses parts of 4 GiB or more before they get here.
+        let len = |part: &str| u32::try_from(part.len()).unwrap_or(REMOVED - 1);
+        self.0.extend_from_slice(&len(name).to_le_bytes());
+        self.0.extend_from_slice(name.as_bytes());
+        match value {
+            Some(value) => {
+                self.0.extend_from_slice(&len(value).to_le_bytes());
+                self.0.extend_from_slice(value.as_bytes());
+            }
+            None => self.0.extend_from_slice(&REMOVED.to_le_bytes()),
         }
+        self.0.extend_from_slice(&version.to_le_bytes());
     }
 }
 
@@ -214,6 +253,16 @@ impl Marks {
             Marks::Many(marks) => marks[i],
         }
     }
+}
+
+/// A value: `None` for a removed field.
+fn take_value<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a str>> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*len) == REMOVED {
+        *rest = tail;
+        return Some(None);
+    }
+    take(rest).map(Some)
 }
 
 fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
@@ -305,7 +354,7 @@ impl Store for MemoryStore {
         let too_long = patch
             .set
             .iter()
-            .find(|(name, value)| u32::try_from(name.len().max(value.len())).is_err());
+            .find(|(name, value)| name.len().max(value.len()) >= REMOVED as usize);
         if let Some((name, _)) = too_long {
             return StoreFuture::ready(Err(StoreError::Malformed {
                 backend: "memory",
@@ -320,6 +369,19 @@ impl Store for MemoryStore {
             records.sweep(now);
         }
         let records = &mut *records;
+        if !patch.expect.is_empty() {
+            let conflicts = match records.map.get(key) {
+                Some(stored) => stored.fields.conflicts(patch),
+                None => Fields::default().conflicts(patch),
+            };
+            if !conflicts.is_empty() {
+                return StoreFuture::ready(Err(StoreError::Conflict {
+                    backend: "memory",
+                    key: key.to_owned(),
+                    fields: conflicts,
+                }));
+            }
+        }
         let stored = match records.map.get_mut(key) {
             Some(stored) => stored,
             None => records.map.entry(Key::new(key)).or_insert_with(|| Stored {

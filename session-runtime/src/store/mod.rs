@@ -120,8 +120,80 @@ impl<T> Future for StoreFuture<'_, T> {
     }
 }
 
-/// A stored session: stored field name to encoded value (JSON text).
-pub type Record = HashMap<String, String>;
+/// A stored session: its fields (stored name to encoded value, JSON text) and the version of
+/// each field the store has written.
+///
+/// A field's version starts at 0 (never written) and every write of the field, set or
+/// removal, adds one; a removed field keeps its version. Deleting the record forgets them.
+/// Versions are what makes writes conditional (see [`Patch::expect_version`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Record {
+    /// The fields, by stored name.
+    pub fields: HashMap<String, String>,
+    /// The version of each field written so far (removed ones included); absent means 0.
+    pub versions: HashMap<String, u64>,
+}
+
+impl Record {
+    /// The encoded value of `field`, if the record holds it.
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(String::as_str)
+    }
+
+    /// The version of `field`: 0 when it was never written.
+    pub fn version(&self, field: &str) -> u64 {
+        self.versions.get(field).copied().unwrap_or(0)
+    }
+
+    /// Takes the encoded value of `field` out of the record.
+    pub fn remove(&mut self, field: &str) -> Option<String> {
+        self.fields.remove(field)
+    }
+
+    /// The number of fields held.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether the record holds no field.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+impl std::ops::Index<&str> for Record {
+    type Output = String;
+
+    /// The encoded value of `field`.
+    ///
+    /// # Panics
+    ///
+    /// When the record does not hold `field` (use [`Record::get`] otherwise).
+    fn index(&self, field: &str) -> &String {
+        &self.fields[field]
+    }
+}
+
+impl IntoIterator for Record {
+    type Item = (String, String);
+    type IntoIter = std::collections::hash_map::IntoIter<String, String>;
+
+    /// The fields, by stored name.
+    fn into_iter(self) -> Self::IntoIter {
+        self.fields.into_iter()
+    }
+}
+
+impl FromIterator<(String, String)> for Record {
+    /// A record of these fields, with no versions.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(fields: I) -> Self {
+        Record {
+            fields: fields.into_iter().collect(),
+            versions: HashMap::new(),
+        }
+    }
+}
 
 /// The changes one persist writes: fields to set, fields to remove, and the expiry.
 ///
@@ -137,6 +209,11 @@ pub struct Patch<'a> {
     /// When `Some`, the whole record expires this long after the write (sliding on write).
     /// When `None`, the record's expiry is left as it is.
     pub ttl: Option<Duration>,
+    /// The version each of these fields must have in the store for the patch to apply (what
+    /// the writer based it on; 0: never written). If any differs, nothing is written and
+    /// [`Store::apply`] returns [`StoreError::Conflict`] naming them. Fields without an
+    /// expectation are written whatever their version.
+    pub expect: Vec<(&'a str, u64)>,
 }
 
 impl<'a> Patch<'a> {
@@ -154,6 +231,12 @@ impl<'a> Patch<'a> {
     /// Adds a field to remove.
     pub fn remove_field(mut self, field: &'a str) -> Self {
         self.remove.push(field);
+        self
+    }
+
+    /// Makes the patch conditional: it applies only if `field` has `version` in the store.
+    pub fn expect_version(mut self, field: &'a str, version: u64) -> Self {
+        self.expect.push((field, version));
         self
     }
 
@@ -201,8 +284,10 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the record of `key`; `Ok(None)` when there is none (or it has expired).
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>>;
 
-    /// Sets and removes the fields `patch` names, creating the record if needed, and applies its
-    /// expiry. Fields the patch does not name stay as they are.
+    /// Sets and removes the fields `patch` names, creating the record if needed, adds one to
+    /// the version of each, and applies its expiry, all at once, and only if every field
+    /// `patch.expect` names has the version it expects (otherwise nothing is written and the
+    /// result is [`StoreError::Conflict`]). Fields the patch does not name stay as they are.
     fn apply<'a>(
         &'a self,
         key: &'a str,

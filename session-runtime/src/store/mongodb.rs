@@ -178,6 +178,37 @@ fn to_bson(value: serde_json::Value) -> Result<Bson, String> {
     })
 }
 
+/// The versions a document holds, by field.
+fn versions_of(document: &Document) -> std::collections::HashMap<String, u64> {
+    let Ok(versions) = document.get_document("versions") else {
+        return std::collections::HashMap::new();
+    };
+    versions
+        .iter()
+        .filter_map(|(field, version)| {
+            let version = match version {
+                Bson::Int32(v) => u64::try_from(*v).ok(),
+                Bson::Int64(v) => u64::try_from(*v).ok(),
+                Bson::Double(v) if *v >= 0.0 => Some(*v as u64),
+                _ => None,
+            };
+            Some((field.clone(), version?))
+        })
+        .collect()
+}
+
+/// Whether a document has not expired at `now`.
+fn is_live(document: &Document, now: bson::DateTime) -> bool {
+    document
+        .get_datetime("expires_at")
+        .map_or(true, |expires_at| *expires_at > now)
+}
+
+/// Where the version of `field` lives.
+fn version_path(key: &str, field: &str) -> Result<String, StoreError> {
+    field_path(key, field).map(|_| format!("versions.{field}"))
+}
+
 fn field_path(key: &str, field: &str) -> Result<String, StoreError> {
     if field.is_empty() || field.contains(['.', '\0']) || field.starts_with('$') {
         return Err(malformed(
@@ -194,6 +225,29 @@ fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
         _ => false,
+    }
+}
+
+impl MongoStore {
+    /// The conflict of a refused patch: the fields whose stored version is not the expected
+    /// one (an absent or expired document has none).
+    async fn conflict(&self, key: &str, patch: &Patch<'_>, now: bson::DateTime) -> StoreError {
+        let versions = match self.collection.find_one(doc! { "_id": key }).await {
+            Ok(Some(document)) if is_live(&document, now) => versions_of(&document),
+            Ok(_) => std::collections::HashMap::new(),
+            Err(e) => return StoreError::backend(BACKEND, StoreOp::Apply, key, e),
+        };
+        let fields = patch
+            .expect
+            .iter()
+            .filter(|(field, version)| versions.get(*field).copied().unwrap_or(0) != *version)
+            .map(|(field, _)| (*field).to_owned())
+            .collect();
+        StoreError::Conflict {
+            backend: BACKEND,
+            key: key.to_owned(),
+            fields,
+        }
     }
 }
 
@@ -225,10 +279,11 @@ impl Store for MongoStore {
                     ));
                 }
             };
-            let record = data
+            let mut record: Record = data
                 .into_iter()
                 .map(|(field, value)| (field, value.into_relaxed_extjson().to_string()))
                 .collect();
+            record.versions = versions_of(&document);
             Ok(Some(record))
         })
     }
@@ -252,6 +307,15 @@ impl Store for MongoStore {
             for field in &patch.remove {
                 unset.insert(field_path(key, field)?, "");
             }
+            let mut inc = Document::new();
+            for field in patch
+                .set
+                .iter()
+                .map(|(f, _)| *f)
+                .chain(patch.remove.iter().copied())
+            {
+                inc.insert(version_path(key, field)?, 1_i64);
+            }
             let now = now();
             let expires_at = patch.ttl.map(|ttl| {
                 let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
@@ -267,22 +331,60 @@ impl Store for MongoStore {
             if !unset.is_empty() {
                 update.insert("$unset", unset);
             }
+            if !inc.is_empty() {
+                update.insert("$inc", inc);
+            }
             if update.is_empty() {
                 return Ok(());
             }
-            // Only a live document is patched; an expired one still waiting for the TTL
-            // monitor makes the upsert collide on _id, and is replaced by a fresh one.
-            let live = doc! { "_id": key, "$or": [ { "expires_at": Bson::Null }, { "expires_at": { "$gt": now } } ] };
-            match self.collection.update_one(live, update).upsert(true).await {
-                Ok(_) => Ok(()),
+            // Only a live document whose versions are the expected ones is patched. An expired
+            // one still waiting for the TTL monitor counts as absent.
+            let mut filter = doc! { "_id": key, "$or": [ { "expires_at": Bson::Null }, { "expires_at": { "$gt": now } } ] };
+            for (field, version) in &patch.expect {
+                let path = version_path(key, field)?;
+                // Not `null`: an upsert copies the filter's equalities into the new document.
+                match i64::try_from(*version) {
+                    Ok(0) => filter.insert(path, doc! { "$exists": false }),
+                    Ok(version) => filter.insert(path, version),
+                    Err(_) => return Err(malformed(key, field, "a version beyond i64")),
+                };
+            }
+            // A new document is created only when the patch expects nothing to be there.
+            let may_create = patch.expect.iter().all(|(_, version)| *version == 0);
+            let outcome = self
+                .collection
+                .update_one(filter, update)
+                .upsert(may_create)
+                .await;
+            match outcome {
+                Ok(result) if result.matched_count > 0 || result.upserted_id.is_some() => Ok(()),
+                Ok(_) => Err(self.conflict(key, patch, now).await),
                 Err(e) if is_duplicate_key(&e) => {
+                    // A document is there: live (its versions differ) or expired (replaced).
+                    let existing = self
+                        .collection
+                        .find_one(doc! { "_id": key })
+                        .await
+                        .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))?;
+                    if existing.as_ref().is_some_and(|d| is_live(d, now)) {
+                        return Err(self.conflict(key, patch, now).await);
+                    }
                     let mut data = Document::new();
                     for (path, value) in set {
                         if let Some(field) = path.strip_prefix("data.") {
                             data.insert(field, value);
                         }
                     }
-                    let mut fresh = doc! { "_id": key, "data": data };
+                    let mut versions = Document::new();
+                    for field in patch
+                        .set
+                        .iter()
+                        .map(|(f, _)| *f)
+                        .chain(patch.remove.iter().copied())
+                    {
+                        versions.insert(field, 1_i64);
+                    }
+                    let mut fresh = doc! { "_id": key, "data": data, "versions": versions };
                     if let Some(at) = expires_at {
                         fresh.insert("expires_at", at);
                     }

@@ -85,6 +85,53 @@ where
     }
 }
 
+/// The hash field that holds the version of field `f` is `VERSION_PREFIX` + `f`; field names
+/// cannot start with NUL in any store, so the two never meet.
+const VERSION_PREFIX: &str = "\0";
+
+/// One patch, all or nothing, in one round trip: the versions the patch expects are checked
+/// first (a conflict returns the fields that differ and writes nothing), then each field is set
+/// or removed and its version incremented, then the expiry is renewed.
+static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local hash = KEYS[1]
+local i = 1
+local function next_arg()
+  local value = ARGV[i]
+  i = i + 1
+  return value
+end
+local conflicts = {}
+for _ = 1, tonumber(next_arg()) do
+  local field, want = next_arg(), tonumber(next_arg())
+  local have = tonumber(redis.call('HGET', hash, '\0' .. field) or '0')
+  if have ~= want then
+    conflicts[#conflicts + 1] = field
+  end
+end
+if #conflicts > 0 then
+  return conflicts
+end
+for _ = 1, tonumber(next_arg()) do
+  local field, value = next_arg(), next_arg()
+  redis.call('HSET', hash, field, value)
+  redis.call('HINCRBY', hash, '\0' .. field, 1)
+end
+for _ = 1, tonumber(next_arg()) do
+  local field = next_arg()
+  redis.call('HDEL', hash, field)
+  redis.call('HINCRBY', hash, '\0' .. field, 1)
+end
+local ttl = tonumber(next_arg())
+if ttl > 0 then
+  redis.call('PEXPIRE', hash, ttl)
+end
+return {}
+"#,
+    )
+});
+
 impl<C> Store for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -92,13 +139,33 @@ where
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         StoreFuture::new(async move {
             let mut connection = self.connection.clone();
-            let record: Record = redis::cmd("HGETALL")
+            let hash: Vec<(String, String)> = redis::cmd("HGETALL")
                 .arg(self.redis_key(key))
                 .query_async(&mut connection)
                 .await
                 .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))?;
             // Redis removes a hash with its last field: an empty reply is no session.
-            Ok((!record.is_empty()).then_some(record))
+            if hash.is_empty() {
+                return Ok(None);
+            }
+            let mut record = Record::default();
+            for (name, value) in hash {
+                match name.strip_prefix(VERSION_PREFIX) {
+                    Some(field) => {
+                        let version = value.parse().map_err(|_| StoreError::Malformed {
+                            backend: BACKEND,
+                            key: key.to_owned(),
+                            field: field.to_owned(),
+                            message: format!("the version {value:?} is not a number"),
+                        })?;
+                        record.versions.insert(field.to_owned(), version);
+                    }
+                    None => {
+                        record.fields.insert(name, value);
+                    }
+                }
+            }
+            Ok(Some(record))
         })
     }
 
@@ -108,30 +175,38 @@ where
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
-            let redis_key = self.redis_key(key);
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            if !patch.set.is_empty() {
-                let cmd = pipe.cmd("HSET").arg(&redis_key);
-                for (field, value) in &patch.set {
-                    cmd.arg(*field).arg(value.as_str());
-                }
-                cmd.ignore();
+            let mut invocation = APPLY.prepare_invoke();
+            invocation.key(self.redis_key(key));
+            invocation.arg(patch.expect.len());
+            for (field, version) in &patch.expect {
+                invocation.arg(*field).arg(*version);
             }
-            if !patch.remove.is_empty() {
-                pipe.cmd("HDEL")
-                    .arg(&redis_key)
-                    .arg(&patch.remove[..])
-                    .ignore();
+            invocation.arg(patch.set.len());
+            for (field, value) in &patch.set {
+                invocation.arg(*field).arg(value.as_str());
             }
-            if let Some(ttl) = patch.ttl {
-                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                pipe.cmd("PEXPIRE").arg(&redis_key).arg(ms).ignore();
+            invocation.arg(patch.remove.len());
+            for field in &patch.remove {
+                invocation.arg(*field);
             }
+            let ttl_ms = patch.ttl.map_or(0, |ttl| {
+                u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+            });
+            invocation.arg(ttl_ms);
             let mut connection = self.connection.clone();
-            pipe.query_async::<()>(&mut connection)
+            let conflicts: Vec<String> = invocation
+                .invoke_async(&mut connection)
                 .await
-                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))
+                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))?;
+            if conflicts.is_empty() {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    backend: BACKEND,
+                    key: key.to_owned(),
+                    fields: conflicts,
+                })
+            }
         })
     }
 

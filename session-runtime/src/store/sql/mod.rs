@@ -145,6 +145,60 @@ pub(crate) fn parse_record(
         .collect())
 }
 
+/// A stored JSON object of field versions.
+pub(crate) fn parse_versions(
+    backend: &'static str,
+    key: &str,
+    text: &str,
+) -> Result<HashMap<String, u64>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Malformed {
+        backend,
+        key: key.to_owned(),
+        field: String::new(),
+        message: format!("the stored versions are not an object of counts: {e}"),
+    })
+}
+
+/// The fields a patch expects and their versions, as two lists the database can unnest.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn expectations<'p>(
+    backend: &'static str,
+    key: &str,
+    patch: &Patch<'p>,
+) -> Result<(Vec<&'p str>, Vec<i64>), StoreError> {
+    let mut fields = Vec::with_capacity(patch.expect.len());
+    let mut versions = Vec::with_capacity(patch.expect.len());
+    for (field, version) in &patch.expect {
+        fields.push(*field);
+        versions.push(i64::try_from(*version).map_err(|_| StoreError::Malformed {
+            backend,
+            key: key.to_owned(),
+            field: (*field).to_owned(),
+            message: "a version beyond i64".to_owned(),
+        })?);
+    }
+    Ok((fields, versions))
+}
+
+/// The conflict of a refused patch, given the versions the store holds now.
+pub(crate) fn conflict(
+    backend: &'static str,
+    key: &str,
+    patch: &Patch<'_>,
+    stored: &HashMap<String, u64>,
+) -> StoreError {
+    StoreError::Conflict {
+        backend,
+        key: key.to_owned(),
+        fields: patch
+            .expect
+            .iter()
+            .filter(|(field, version)| stored.get(*field).copied().unwrap_or(0) != *version)
+            .map(|(field, _)| (*field).to_owned())
+            .collect(),
+    }
+}
+
 /// The `json_remove(..)`/`json_set(..)` expression that removes `removed` fields from `base`
 /// and sets `set` fields, with one `?` per removed path, and a `?` path plus `value` per set
 /// field, in that order.

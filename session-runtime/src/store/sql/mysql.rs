@@ -7,8 +7,8 @@ use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
 use super::{
-    Clock, DEFAULT_TABLE, connect_pool, db_error, edit_expression, key_hash, parse_record,
-    patch_paths, table_name,
+    Clock, DEFAULT_TABLE, conflict, connect_pool, db_error, edit_expression, json_path, key_hash,
+    parse_record, parse_versions, patch_paths, table_name,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -62,6 +62,7 @@ impl std::fmt::Debug for MySqlStore {
 struct Statements {
     table: Arc<str>,
     load: String,
+    versions: String,
     delete: String,
     sweep: String,
 }
@@ -71,7 +72,10 @@ impl Statements {
         let t = &table;
         Statements {
             load: format!(
-                "SELECT data FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
+                "SELECT data, versions FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
+            ),
+            versions: format!(
+                "SELECT versions FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
             ),
             delete: format!("DELETE FROM {t} WHERE key_hash = ?"),
             sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"),
@@ -122,13 +126,29 @@ impl MySqlStore {
         let t = &self.sql.table;
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {t} (key_hash BINARY(32) NOT NULL PRIMARY KEY, session_key LONGTEXT NOT NULL, \
-             data LONGTEXT NOT NULL, expires_at BIGINT NULL, INDEX {t}_expires_at (expires_at)) \
+             data LONGTEXT NOT NULL, versions LONGTEXT NOT NULL DEFAULT ('{{}}'), expires_at BIGINT NULL, \
+             INDEX {t}_expires_at (expires_at)) \
              CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
         );
-        sqlx::query(&sql)
+        let error = |e| db_error(BACKEND, StoreOp::Migrate, "", e);
+        sqlx::query(&sql).execute(&self.pool).await.map_err(error)?;
+        // Tables made before field versions existed (MySQL has no ADD COLUMN IF NOT EXISTS).
+        let has_versions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'versions'",
+        )
+        .bind(&**t)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(error)?;
+        if has_versions == 0 {
+            sqlx::query(&format!(
+                "ALTER TABLE {t} ADD COLUMN versions LONGTEXT NOT NULL DEFAULT ('{{}}') AFTER data"
+            ))
             .execute(&self.pool)
             .await
-            .map_err(|e| db_error(BACKEND, StoreOp::Migrate, "", e))?;
+            .map_err(error)?;
+        }
         Ok(())
     }
 
@@ -151,19 +171,144 @@ impl MySqlStore {
         })
     }
 
-    fn apply_sql(&self, patch: &Patch<'_>) -> String {
+    /// The statement that creates a record: the patch expects none of its fields to exist.
+    fn insert_sql(&self, patch: &Patch<'_>) -> String {
         let t = &self.sql.table;
-        let value = "JSON_EXTRACT(?, '$')";
-        let insert = edit_expression("'{}'", 0, patch.set.len(), value);
-        let current = "IF(expires_at IS NOT NULL AND expires_at <= ?, '{}', data)";
-        let update = edit_expression(current, patch.remove.len(), patch.set.len(), value);
-        // MySQL evaluates the assignments in order: `data` must still see the old `expires_at`.
+        let data = edit_expression("'{}'", 0, patch.set.len(), "JSON_EXTRACT(?, '$')");
+        let versions = edit_expression("'{}'", 0, written(patch), "1");
         format!(
-            "INSERT INTO {t} (key_hash, session_key, data, expires_at) VALUES (?, ?, {insert}, ?) \
-             ON DUPLICATE KEY UPDATE data = {update}, \
-             expires_at = COALESCE(VALUES(expires_at), IF(expires_at <= ?, NULL, expires_at))"
+            "INSERT INTO {t} (key_hash, session_key, data, versions, expires_at) \
+             VALUES (?, ?, {data}, {versions}, ?)"
         )
     }
+
+    /// The statement that patches a record whose expected versions are the stored ones. An
+    /// expired row counts as empty. MySQL evaluates the assignments in order: `data` and
+    /// `versions` must still see the old `expires_at`, so it comes last.
+    fn update_sql(&self, patch: &Patch<'_>) -> String {
+        let t = &self.sql.table;
+        let data = "IF(expires_at IS NOT NULL AND expires_at <= ?, '{}', data)";
+        let versions = "IF(expires_at IS NOT NULL AND expires_at <= ?, '{}', versions)";
+        let new_data = edit_expression(
+            data,
+            patch.remove.len(),
+            patch.set.len(),
+            "JSON_EXTRACT(?, '$')",
+        );
+        let bumped = format!("COALESCE(JSON_EXTRACT({versions}, ?), 0) + 1");
+        let new_versions = edit_expression(versions, 0, written(patch), &bumped);
+        let mut expected = String::from("1");
+        for _ in &patch.expect {
+            expected.push_str(&format!(
+                " AND COALESCE(JSON_EXTRACT({versions}, ?), 0) = ?"
+            ));
+        }
+        format!(
+            "UPDATE {t} SET data = {new_data}, versions = {new_versions}, \
+             expires_at = COALESCE(?, IF(expires_at <= ?, NULL, expires_at)) \
+             WHERE key_hash = ? AND {expected}"
+        )
+    }
+
+    /// Patches the record if the versions are as expected; `false` when no row matched.
+    async fn update(&self, key: &str, patch: &Patch<'_>, now: i64) -> Result<bool, StoreError> {
+        let (removed, set) = patch_paths(BACKEND, key, patch)?;
+        let written_paths: Vec<String> = patch
+            .set
+            .iter()
+            .map(|(f, _)| *f)
+            .chain(patch.remove.iter().copied())
+            .map(|f| json_path(BACKEND, key, f))
+            .collect::<Result<_, _>>()?;
+        let expected: Vec<(String, i64)> = patch
+            .expect
+            .iter()
+            .map(|(f, v)| {
+                Ok((
+                    json_path(BACKEND, key, f)?,
+                    i64::try_from(*v).unwrap_or(i64::MAX),
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let sql = self.update_sql(patch);
+        // Bound in the order the `?` stand in the statement.
+        let mut query = sqlx::query(&sql).bind(now);
+        for path in &removed {
+            query = query.bind(path);
+        }
+        for (path, (_, value)) in set.iter().zip(&patch.set) {
+            query = query.bind(path).bind(value);
+        }
+        query = query.bind(now);
+        for path in &written_paths {
+            query = query.bind(path).bind(now).bind(path);
+        }
+        query = query
+            .bind(self.clock.expiry(patch.ttl))
+            .bind(now)
+            .bind(key_hash(key));
+        for (path, version) in &expected {
+            query = query.bind(now).bind(path).bind(version);
+        }
+        let done = query
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Creates the record; `false` when a row is there already.
+    async fn insert(&self, key: &str, patch: &Patch<'_>) -> Result<bool, StoreError> {
+        let (_, set) = patch_paths(BACKEND, key, patch)?;
+        let written_paths: Vec<String> = patch
+            .set
+            .iter()
+            .map(|(f, _)| *f)
+            .chain(patch.remove.iter().copied())
+            .map(|f| json_path(BACKEND, key, f))
+            .collect::<Result<_, _>>()?;
+        let sql = self.insert_sql(patch);
+        let mut query = sqlx::query(&sql).bind(key_hash(key)).bind(key);
+        for (path, (_, value)) in set.iter().zip(&patch.set) {
+            query = query.bind(path).bind(value);
+        }
+        for path in &written_paths {
+            query = query.bind(path);
+        }
+        match query
+            .bind(self.clock.expiry(patch.ttl))
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(db_error(BACKEND, StoreOp::Apply, key, e)),
+        }
+    }
+
+    /// The conflict of a refused patch, with the fields named from the stored versions.
+    async fn conflict(&self, key: &str, patch: &Patch<'_>, now: i64) -> StoreError {
+        let row = sqlx::query(&self.sql.versions)
+            .bind(key_hash(key))
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await;
+        let stored = match row {
+            Ok(Some(row)) => match row.try_get::<&[u8], _>(0) {
+                Ok(bytes) => parse_versions(BACKEND, key, &String::from_utf8_lossy(bytes))
+                    .unwrap_or_default(),
+                Err(e) => return db_error(BACKEND, StoreOp::Apply, key, e),
+            },
+            Ok(None) => Default::default(),
+            Err(e) => return db_error(BACKEND, StoreOp::Apply, key, e),
+        };
+        conflict(BACKEND, key, patch, &stored)
+    }
+}
+
+/// How many fields a patch writes (sets or removes).
+fn written(patch: &Patch<'_>) -> usize {
+    patch.set.len() + patch.remove.len()
 }
 
 impl Store for MySqlStore {
@@ -177,16 +322,20 @@ impl Store for MySqlStore {
                 .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
             let Some(row) = row else { return Ok(None) };
             // A binary collation makes the server describe the column as a BLOB: read bytes.
-            let data: &[u8] = row
-                .try_get(0)
-                .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-            let data = std::str::from_utf8(data).map_err(|e| StoreError::Malformed {
-                backend: BACKEND,
-                key: key.to_owned(),
-                field: String::new(),
-                message: format!("the stored session is not UTF-8: {e}"),
-            })?;
-            parse_record(BACKEND, key, data).map(Some)
+            let text = |column: usize| -> Result<&str, StoreError> {
+                let bytes: &[u8] = row
+                    .try_get(column)
+                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
+                std::str::from_utf8(bytes).map_err(|e| StoreError::Malformed {
+                    backend: BACKEND,
+                    key: key.to_owned(),
+                    field: String::new(),
+                    message: format!("the stored session is not UTF-8: {e}"),
+                })
+            };
+            let mut record = parse_record(BACKEND, key, text(0)?)?;
+            record.versions = parse_versions(BACKEND, key, text(1)?)?;
+            Ok(Some(record))
         })
     }
 
@@ -196,26 +345,24 @@ impl Store for MySqlStore {
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
-            let (removed, set) = patch_paths(BACKEND, key, patch)?;
-            let sql = self.apply_sql(patch);
             let now = self.clock.now_ms();
-            let mut query = sqlx::query(&sql).bind(key_hash(key)).bind(key);
-            for (path, (_, value)) in set.iter().zip(&patch.set) {
-                query = query.bind(path).bind(value);
+            // Most writes patch a record that exists: one statement. A new record takes a
+            // second, the insert, which fails if another writer created it meanwhile.
+            let may_create = patch.expect.iter().all(|(_, version)| *version == 0);
+            // Twice: a record another writer created between our update and our insert is
+            // updated on the second pass.
+            for _ in 0..2 {
+                if self.update(key, patch, now).await? {
+                    return Ok(());
+                }
+                if !may_create {
+                    break;
+                }
+                if self.insert(key, patch).await? {
+                    return Ok(());
+                }
             }
-            query = query.bind(self.clock.expiry(patch.ttl)).bind(now);
-            for path in &removed {
-                query = query.bind(path);
-            }
-            for (path, (_, value)) in set.iter().zip(&patch.set) {
-                query = query.bind(path).bind(value);
-            }
-            query
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-            Ok(())
+            Err(self.conflict(key, patch, now).await)
         })
     }
 

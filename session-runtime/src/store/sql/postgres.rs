@@ -7,7 +7,8 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 
 use super::{
-    Clock, DEFAULT_TABLE, connect_pool, db_error, key_hash, parse_record, set_object, table_name,
+    Clock, DEFAULT_TABLE, conflict, connect_pool, db_error, expectations, key_hash, parse_record,
+    parse_versions, set_object, table_name,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -59,7 +60,12 @@ impl std::fmt::Debug for PostgresStore {
 struct Statements {
     table: Arc<str>,
     load: String,
+    /// A patch that expects none of its fields to have been written: creates the row if
+    /// needed.
+    create_or_apply: String,
+    /// A patch that expects a field to be there: the row must exist and be live.
     apply: String,
+    versions: String,
     delete: String,
     sweep: String,
 }
@@ -69,20 +75,66 @@ impl Statements {
         let t = &table;
         Statements {
             load: format!(
-                "SELECT data::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
+                "SELECT data::text, versions::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
             ),
-            apply: format!(
-                "INSERT INTO {t} AS s (key_hash, key, data, expires_at) VALUES ($1, $2, $3::jsonb, $4) \
+            // $1 key_hash, $2 key, $3 the set fields as one object, $4 expires_at, $5 now,
+            // $6 the removed fields, $7 every field written, $8 and $9 the expected versions.
+            // An expired row counts as empty; every written field's version goes up by one;
+            // the update happens only if every expected version is the stored one.
+            create_or_apply: format!(
+                "INSERT INTO {t} AS s (key_hash, key, data, versions, expires_at) \
+                 VALUES ($1, $2, $3::jsonb, (SELECT COALESCE(jsonb_object_agg(f, 1), '{{}}'::jsonb) FROM unnest($7::text[]) AS f), $4) \
                  ON CONFLICT (key_hash) DO UPDATE SET \
-                 data = ((CASE WHEN s.expires_at IS NOT NULL AND s.expires_at <= $5 THEN '{{}}'::jsonb ELSE s.data END) \
-                         - $6::text[]) || $3::jsonb, \
-                 expires_at = COALESCE(EXCLUDED.expires_at, CASE WHEN s.expires_at <= $5 THEN NULL ELSE s.expires_at END)"
+                 data = ({data} - $6::text[]) || $3::jsonb, \
+                 versions = {versions} || {bumped}, \
+                 expires_at = COALESCE(EXCLUDED.expires_at, CASE WHEN s.expires_at <= $5 THEN NULL ELSE s.expires_at END) \
+                 WHERE {expected}",
+                data = current("data", "$5"),
+                versions = current("versions", "$5"),
+                bumped = bumped(&current("versions", "$5"), "$7"),
+                expected = expected(&current("versions", "$5"), "$8", "$9"),
+            ),
+            // $1 key_hash, $2 the set fields, $3 expires_at, $4 now, $5 the removed fields,
+            // $6 every field written, $7 and $8 the expected versions.
+            apply: format!(
+                "UPDATE {t} AS s SET \
+                 data = (s.data - $5::text[]) || $2::jsonb, \
+                 versions = s.versions || {bumped}, \
+                 expires_at = COALESCE($3, s.expires_at) \
+                 WHERE s.key_hash = $1 AND (s.expires_at IS NULL OR s.expires_at > $4) AND {expected}",
+                bumped = bumped("s.versions", "$6"),
+                expected = expected("s.versions", "$7", "$8"),
+            ),
+            versions: format!(
+                "SELECT versions::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
             ),
             delete: format!("DELETE FROM {t} WHERE key_hash = $1"),
             sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= $1"),
             table,
         }
     }
+}
+
+/// A column of the row being updated, empty if the row has expired at `now`.
+fn current(column: &str, now: &str) -> String {
+    format!(
+        "(CASE WHEN s.expires_at IS NOT NULL AND s.expires_at <= {now} THEN '{{}}'::jsonb ELSE s.{column} END)"
+    )
+}
+
+/// The new versions of the fields in `written`: one more than in `versions`.
+fn bumped(versions: &str, written: &str) -> String {
+    format!(
+        "(SELECT COALESCE(jsonb_object_agg(f, COALESCE(({versions}->>f)::bigint, 0) + 1), '{{}}'::jsonb) FROM unnest({written}::text[]) AS f)"
+    )
+}
+
+/// Whether every field in `fields` has the version at the same place in `expected`.
+fn expected(versions: &str, fields: &str, expected: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM unnest({fields}::text[], {expected}::bigint[]) AS e(f, v) \
+         WHERE COALESCE(({versions}->>e.f)::bigint, 0) <> e.v)"
+    )
 }
 
 impl PostgresStore {
@@ -135,7 +187,11 @@ impl PostgresStore {
             .map_err(error)?;
         for sql in [
             format!(
-                "CREATE TABLE IF NOT EXISTS {t} (key_hash BYTEA PRIMARY KEY, key BYTEA NOT NULL, data JSONB NOT NULL, expires_at BIGINT)"
+                "CREATE TABLE IF NOT EXISTS {t} (key_hash BYTEA PRIMARY KEY, key BYTEA NOT NULL, data JSONB NOT NULL, versions JSONB NOT NULL DEFAULT '{{}}', expires_at BIGINT)"
+            ),
+            // Tables made before field versions existed.
+            format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS versions JSONB NOT NULL DEFAULT '{{}}'"
             ),
             format!(
                 "CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at) WHERE expires_at IS NOT NULL"
@@ -176,10 +232,15 @@ impl Store for PostgresStore {
                 .await
                 .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
             let Some(row) = row else { return Ok(None) };
-            let data: &str = row
-                .try_get(0)
-                .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-            parse_record(BACKEND, key, data).map(Some)
+            let (data, versions): (&str, &str) = (
+                row.try_get(0)
+                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?,
+                row.try_get(1)
+                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?,
+            );
+            let mut record = parse_record(BACKEND, key, data)?;
+            record.versions = parse_versions(BACKEND, key, versions)?;
+            Ok(Some(record))
         })
     }
 
@@ -189,17 +250,60 @@ impl Store for PostgresStore {
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
-            sqlx::query(&self.sql.apply)
-                .bind(key_hash(key))
-                .bind(key.as_bytes())
-                .bind(set_object(patch))
-                .bind(self.clock.expiry(patch.ttl))
-                .bind(self.clock.now_ms())
-                .bind(&patch.remove)
+            let written: Vec<&str> = patch
+                .set
+                .iter()
+                .map(|(f, _)| *f)
+                .chain(patch.remove.iter().copied())
+                .collect();
+            let (fields, versions) = expectations(BACKEND, key, patch)?;
+            let now = self.clock.now_ms();
+            let query = if versions.iter().all(|v| *v == 0) {
+                sqlx::query(&self.sql.create_or_apply)
+                    .bind(key_hash(key))
+                    .bind(key.as_bytes())
+                    .bind(set_object(patch))
+                    .bind(self.clock.expiry(patch.ttl))
+                    .bind(now)
+                    .bind(&patch.remove)
+                    .bind(&written)
+                    .bind(&fields)
+                    .bind(&versions)
+            } else {
+                sqlx::query(&self.sql.apply)
+                    .bind(key_hash(key))
+                    .bind(set_object(patch))
+                    .bind(self.clock.expiry(patch.ttl))
+                    .bind(now)
+                    .bind(&patch.remove)
+                    .bind(&written)
+                    .bind(&fields)
+                    .bind(&versions)
+            };
+            let done = query
                 .execute(&self.pool)
                 .await
                 .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-            Ok(())
+            if done.rows_affected() > 0 {
+                return Ok(());
+            }
+            // Refused: read the versions to name the fields that differ.
+            let row = sqlx::query(&self.sql.versions)
+                .bind(key_hash(key))
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+            let stored = match row {
+                Some(row) => {
+                    let text: &str = row
+                        .try_get(0)
+                        .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+                    parse_versions(BACKEND, key, text)?
+                }
+                None => Default::default(),
+            };
+            Err(conflict(BACKEND, key, patch, &stored))
         })
     }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
-use super::{Clock, DEFAULT_TABLE, edit_expression, parse_record, patch_paths, table_name};
+use super::{
+    Clock, DEFAULT_TABLE, conflict, edit_expression, parse_record, parse_versions, patch_paths,
+    table_name,
+};
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
 
@@ -64,6 +67,7 @@ impl std::fmt::Debug for SqliteStore {
 struct Statements {
     table: Arc<str>,
     load: String,
+    versions: String,
     delete: String,
     sweep: String,
 }
@@ -73,7 +77,10 @@ impl Statements {
         let t = &table;
         Statements {
             load: format!(
-                "SELECT data FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+                "SELECT data, versions FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+            ),
+            versions: format!(
+                "SELECT versions FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
             ),
             delete: format!("DELETE FROM {t} WHERE key = ?1"),
             sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1"),
@@ -153,10 +160,28 @@ impl SqliteStore {
         self.connection
             .lock()
             .execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, expires_at INTEGER); \
+                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, versions TEXT NOT NULL DEFAULT '{{}}', expires_at INTEGER); \
                  CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at);"
             ))
-            .map_err(|e| error(StoreOp::Migrate, "", e))
+            .map_err(|e| error(StoreOp::Migrate, "", e))?;
+        // Tables made before field versions existed.
+        let connection = self.connection.lock();
+        let has_versions: bool = connection
+            .query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{t}') WHERE name = 'versions'"),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| error(StoreOp::Migrate, "", e))?;
+        if !has_versions {
+            connection
+                .execute_batch(&format!(
+                    "ALTER TABLE {t} ADD COLUMN versions TEXT NOT NULL DEFAULT '{{}}'"
+                ))
+                .map_err(|e| error(StoreOp::Migrate, "", e))?;
+        }
+        Ok(())
     }
 
     /// Deletes expired sessions; returns how many.
@@ -181,32 +206,68 @@ impl SqliteStore {
 
     fn load_now(&self, key: &str) -> Result<Option<Record>, StoreError> {
         let connection = self.connection.lock();
-        let data: Option<String> = connection
+        let row: Option<(String, String)> = connection
             .prepare_cached(&self.sql.load)
             .and_then(|mut statement| {
                 statement
-                    .query_row((key, self.clock.now_ms()), |row| row.get(0))
+                    .query_row((key, self.clock.now_ms()), |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
                     .optional()
             })
             .map_err(|e| error(StoreOp::Load, key, e))?;
-        data.map(|data| parse_record(BACKEND, key, &data))
-            .transpose()
+        let Some((data, versions)) = row else {
+            return Ok(None);
+        };
+        let mut record = parse_record(BACKEND, key, &data)?;
+        record.versions = parse_versions(BACKEND, key, &versions)?;
+        Ok(Some(record))
     }
 
+    /// One patch in one immediate transaction: the versions are read and checked, then the
+    /// row is written with the new ones. The write lock is taken at `BEGIN`, so no other
+    /// connection or process writes the row between the check and the write.
     fn apply_now(&self, key: &str, patch: &Patch<'_>) -> Result<(), StoreError> {
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
+        let mut connection = self.connection.lock();
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| error(StoreOp::Apply, key, e))?;
+        let now = self.clock.now_ms();
+        let current: Option<String> = tx
+            .prepare_cached(&self.sql.versions)
+            .and_then(|mut statement| statement.query_row((key, now), |row| row.get(0)).optional())
+            .map_err(|e| error(StoreOp::Apply, key, e))?;
+        let mut versions = match &current {
+            Some(text) => parse_versions(BACKEND, key, text)?,
+            None => Default::default(),
+        };
+        let refused = conflict(BACKEND, key, patch, &versions);
+        if matches!(&refused, StoreError::Conflict { fields, .. } if !fields.is_empty()) {
+            return Err(refused);
+        }
+        for field in patch
+            .set
+            .iter()
+            .map(|(f, _)| *f)
+            .chain(patch.remove.iter().copied())
+        {
+            *versions.entry(field.to_owned()).or_insert(0) += 1;
+        }
+        let versions = serde_json::to_string(&versions).unwrap_or_else(|_| "{}".to_owned());
+
         let t = &self.sql.table;
         let insert = edit_expression("'{}'", 0, patch.set.len(), "json(?)");
         let current =
             "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
         let update = edit_expression(current, patch.remove.len(), patch.set.len(), "json(?)");
         let sql = format!(
-            "INSERT INTO {t} (key, data, expires_at) VALUES (?, {insert}, ?) \
-             ON CONFLICT (key) DO UPDATE SET data = {update}, \
+            "INSERT INTO {t} (key, data, versions, expires_at) VALUES (?, {insert}, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET data = {update}, versions = excluded.versions, \
              expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END)"
         );
         // Bound in the order the `?` stand in the statement, by reference: nothing is copied.
-        let (now, expires_at) = (self.clock.now_ms(), self.clock.expiry(patch.ttl));
+        let expires_at = self.clock.expiry(patch.ttl);
         let set_pairs = || {
             set.iter()
                 .zip(&patch.set)
@@ -214,17 +275,15 @@ impl SqliteStore {
         };
         let params: Vec<&dyn ToSql> = std::iter::once(&key as &dyn ToSql)
             .chain(set_pairs())
-            .chain([&expires_at as &dyn ToSql, &now])
+            .chain([&versions as &dyn ToSql, &expires_at, &now])
             .chain(removed.iter().map(|path| path as &dyn ToSql))
             .chain(set_pairs())
             .chain([&now as &dyn ToSql])
             .collect();
-        self.connection
-            .lock()
-            .prepare_cached(&sql)
+        tx.prepare_cached(&sql)
             .and_then(|mut statement| statement.execute(params_from_iter(params)))
             .map_err(|e| error(StoreOp::Apply, key, e))?;
-        Ok(())
+        tx.commit().map_err(|e| error(StoreOp::Apply, key, e))
     }
 }
 

@@ -39,6 +39,11 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 ///   retries updates that did not get a 2xx, so the failed update comes again; with the
 ///   default [`ErrorPolicy::Persist`](crate::ErrorPolicy) its session changes were saved and
 ///   the retry sees them. Answer `200` instead to drop failed updates.
+/// * An update whose session could not be saved, or whose writes were refused because another
+///   writer had changed those fields meanwhile
+///   ([`SessionError::Conflict`](crate::SessionError::Conflict)), gets the error status even if
+///   a middleware swallowed the error (`503` when the error status is a success), so Telegram
+///   delivers it again and it runs on the newer values.
 ///
 /// # Example
 ///
@@ -96,6 +101,9 @@ struct Shared<U> {
     chain: Arc<Chain<U>>,
     secret: Option<String>,
     error_status: StatusCode,
+    /// What an update whose session is not saved gets: a status Telegram retries, even when
+    /// chain errors are answered `200`.
+    unsaved_status: StatusCode,
 }
 
 impl<U> Webhook<U>
@@ -141,10 +149,16 @@ where
 
     /// The webhook as an axum [`Router`], to serve yourself or merge into an app.
     pub fn router(self) -> Router {
+        let unsaved_status = if self.error_status.is_success() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            self.error_status
+        };
         let shared = Arc::new(Shared {
             chain: self.chain,
             secret: self.secret,
             error_status: self.error_status,
+            unsaved_status,
         });
         Router::new()
             .route(&self.path, post(handle::<U>))
@@ -204,13 +218,14 @@ where
     };
     let ctx = Context::new(update);
     let outcome = hook.chain.run(&ctx).await;
-    if ctx.has_unsaved_session() {
-        // Even if a middleware swallowed the error: Telegram must deliver the update again.
+    if ctx.has_unsaved_session() || ctx.must_retry() {
+        // Even if a middleware swallowed the error: Telegram must deliver the update again
+        // (after a conflict, the sessions hold the newer values it will then run on).
         tracing::error!(
             error = outcome.err().map(|e| e.to_string()),
-            "update handled, but its session is not saved"
+            "update handled, but its session is not saved; Telegram delivers it again"
         );
-        return hook.error_status.into_response();
+        return hook.unsaved_status.into_response();
     }
     match outcome {
         Ok(()) => match ctx.take_reply() {

@@ -368,7 +368,7 @@ where
             running.submit(
                 id,
                 chat,
-                Box::pin(async move { handle_one(&chain, &api, update).await }),
+                Box::pin(async move { handle_one(&chain, &api, &raw, update).await }),
             );
             started += 1;
         }
@@ -437,27 +437,53 @@ async fn sleep_until(until: Option<Instant>) {
     }
 }
 
-/// Runs the chain for one update, then sends its reply.
-async fn handle_one<U: Send + Sync + 'static>(chain: &Chain<U>, api: &BotApi, update: U) -> Status {
-    let ctx = Context::new(update);
-    let outcome = chain.run(&ctx).await;
-    if ctx.has_unsaved_session() {
-        // Even if a middleware swallowed the error: the update stays unconfirmed.
-        tracing::error!(
-            error = outcome.err().map(|e| e.to_string()),
-            "update handled, but its session is not saved"
-        );
-        return Status::Unsaved;
-    }
-    match outcome {
-        Ok(()) => {
-            if let Some(reply) = ctx.take_reply() {
-                api.send_reply(reply).await;
+/// How many times an update runs when another writer keeps changing its session under it.
+const MAX_RUNS: u32 = 10;
+
+/// Runs the chain for one update, then sends its reply. An update whose writes were refused
+/// because another writer had changed those fields runs again (parsed afresh from `raw`) on
+/// the newer values, up to [`MAX_RUNS`] times.
+async fn handle_one<U>(chain: &Chain<U>, api: &BotApi, raw: &RawValue, update: U) -> Status
+where
+    U: DeserializeOwned + Send + Sync + 'static,
+{
+    let mut update = update;
+    for run in 1..=MAX_RUNS {
+        let ctx = Context::new(update);
+        let outcome = chain.run(&ctx).await;
+        if ctx.must_retry() && run < MAX_RUNS {
+            tracing::warn!(
+                run,
+                "another writer changed the session under this update; running it again"
+            );
+            tokio::time::sleep(Duration::from_millis(u64::from(run) * 5)).await;
+            match serde_json::from_str(raw.get()) {
+                Ok(again) => {
+                    update = again;
+                    continue;
+                }
+                Err(_) => return Status::Unsaved,
             }
         }
-        Err(error) => tracing::error!(%error, "update failed"),
+        if ctx.has_unsaved_session() || ctx.must_retry() {
+            // Even if a middleware swallowed the error: the update stays unconfirmed.
+            tracing::error!(
+                error = outcome.err().map(|e| e.to_string()),
+                "update handled, but its session is not saved"
+            );
+            return Status::Unsaved;
+        }
+        match outcome {
+            Ok(()) => {
+                if let Some(reply) = ctx.take_reply() {
+                    api.send_reply(reply).await;
+                }
+            }
+            Err(error) => tracing::error!(%error, "update failed"),
+        }
+        return Status::Saved;
     }
-    Status::Saved
+    Status::Unsaved
 }
 
 fn update_id(raw: &RawValue) -> Option<i64> {

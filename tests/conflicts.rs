@@ -18,13 +18,41 @@ fn text(id: i64) -> Update {
 
 /// Replica 1 saves count 1; its next save fails (that update is answered with an error and
 /// Telegram delivers it again, to replica 2). Replica 2 handles updates 2 to 5: count 5.
-/// Update 6 reaches replica 1, whose session still holds its unsaved 2: its write is refused
-/// instead of putting 3 over 5, and run again it makes 6.
+/// Update 6 reaches replica 1. By default the failed save took its write back, so replica 1
+/// reads 5 and makes 6.
+#[tokio::test]
+async fn a_replica_whose_save_failed_holds_nothing_stale() {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::new(memory.clone());
+    let replica1 = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let replica2 = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let (one, two) = (incrementing(&replica1), incrementing(&replica2));
+
+    one.run_update(text(1)).await.expect("saved");
+    probe.fail_next_applies(1);
+    one.run_update(text(2)).await.expect_err("the save fails");
+    for id in 2..=5 {
+        two.run_update(text(id)).await.expect("saved by replica 2");
+    }
+    one.run_update(text(6)).await.expect("saved");
+
+    assert_eq!(
+        stored::<u64>(&memory, "7:7", "count"),
+        Some(6),
+        "every acknowledged update counted once"
+    );
+    assert_eq!(replica1.stats().conflicts(), 0);
+}
+
+/// The same with `SaveFailure::Keep`: replica 1's session still holds its unsaved 2 when
+/// update 6 comes. Its write is refused instead of putting 3 over 5; run again, it makes 6.
 #[tokio::test]
 async fn a_replica_never_overwrites_a_newer_save_of_another() {
     let memory = MemoryStore::new();
     let probe = ProbeStore::new(memory.clone());
-    let replica1 = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let replica1 = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
+        .on_save_failure(typed_session::SaveFailure::Keep)
+        .build();
     let replica2 = SessionMiddleware::<Counter, Update>::new(memory.clone());
     let (one, two) = (incrementing(&replica1), incrementing(&replica2));
 

@@ -195,12 +195,50 @@ async fn discard_keeps_the_writes_of_another_update_that_shares_the_session() {
     assert_eq!(sessions.live_sessions(), 0);
 }
 
+/// By default a failed save takes back the update's own writes and tells the caller to run
+/// it again: delivered a second time, the update is applied once.
+#[tokio::test]
+async fn a_failed_save_takes_back_the_updates_writes_so_a_redelivery_applies_it_once() {
+    let memory = seeded(5).await;
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let increment = common::incrementing(&sessions);
+
+    probe.fail_next_applies(1);
+    let ctx = typed_session::Context::new(Update::text(1, 7, 7, "+1"));
+    let error = increment.run(&ctx).await.expect_err("persist failed");
+    let error = error.downcast::<SessionError>().expect("a session error");
+    assert!(
+        matches!(*error, SessionError::Persist { ref key, .. } if key == "7:7"),
+        "{error}"
+    );
+    assert!(ctx.must_retry(), "the caller is told to deliver it again");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(5));
+    assert_eq!(sessions.unsaved_sessions(), 0, "nothing is left to save");
+    assert_eq!(sessions.live_sessions(), 0);
+
+    // Telegram delivers the same update again.
+    increment
+        .run_update(Update::text(1, 7, 7, "+1"))
+        .await
+        .expect("saved");
+    assert_eq!(
+        stored::<u64>(&memory, "7:7", "count"),
+        Some(6),
+        "applied once"
+    );
+}
+
+/// With `SaveFailure::Keep` (runners that never deliver an update twice) the writes of a
+/// failed save stay live, and the next persist of the key writes them.
 #[tokio::test]
 async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_for_the_next_persist()
 {
     let memory = seeded(5).await;
     let probe = ProbeStore::new(memory.clone());
-    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
+        .on_save_failure(typed_session::SaveFailure::Keep)
+        .build();
     let increment = common::incrementing(&sessions);
     let read_only = Chain::new().with(sessions.clone()).handler(|ctx| {
         Box::pin(async move {
@@ -264,7 +302,9 @@ async fn a_store_failure_after_a_failed_chain_reports_both_errors() {
 async fn flush_retries_sessions_whose_persist_failed() {
     let memory = seeded(5).await;
     let probe = ProbeStore::new(memory.clone());
-    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
+        .on_save_failure(typed_session::SaveFailure::Keep)
+        .build();
     let increment = common::incrementing(&sessions);
     probe.fail_next_applies(2);
     increment

@@ -463,8 +463,8 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     );
 }
 
-/// A save that failed while serving is retried when the server stops: `serve` returns only
-/// once it is written, or says it is not.
+/// A save that failed while serving, its writes kept (`SaveFailure::Keep`), is retried when
+/// the server stops: `serve` returns only once it is written, or says it is not.
 #[tokio::test]
 async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
     for store_recovers in [true, false] {
@@ -472,9 +472,11 @@ async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
         let probe = common::ProbeStore::new(memory.clone());
         probe.fail_next_applies(if store_recovers { 1 } else { usize::MAX });
         let chain = Chain::new()
-            .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(
-                &probe,
-            )))
+            .with(
+                SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
+                    .on_save_failure(typed_session::SaveFailure::Keep)
+                    .build(),
+            )
             .handler(|ctx| {
                 Box::pin(async move {
                     ctx.session().await?.update_count(|c| *c += 1);
@@ -504,4 +506,31 @@ async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
             assert_eq!(stored::<u64>(&memory, "5:5", "count"), None);
         }
     }
+}
+
+/// By default a failed save takes the update's writes back and the webhook answers so that
+/// Telegram delivers it again: the redelivery is counted once.
+#[tokio::test]
+async fn a_failed_save_is_answered_for_redelivery_and_the_redelivery_counts_once() {
+    let memory = MemoryStore::new();
+    let probe = common::ProbeStore::new(memory.clone());
+    probe.fail_next_applies(1);
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(
+            &probe,
+        )))
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session().await?.update_count(|c| *c += 1);
+                Ok(())
+            })
+        });
+    let (addr, _stop) = serve(chain).await;
+
+    let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
+    assert_eq!(status, 500, "Telegram delivers it again");
+    assert_eq!(stored::<u64>(&memory, "5:5", "count"), None);
+    let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored::<u64>(&memory, "5:5", "count"), Some(1), "once");
 }

@@ -23,7 +23,7 @@ mod stats;
 pub mod store;
 
 pub use chain::{Chain, Middleware, Next};
-pub use config::{ErrorPolicy, StalePolicy};
+pub use config::{ErrorPolicy, SaveFailure, StalePolicy};
 pub use context::Context;
 pub use error::{BoxError, SessionError, StoreError, StoreOp};
 pub use integrations::telegram;

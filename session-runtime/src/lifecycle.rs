@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::ErrorPolicy;
+use crate::config::{ErrorPolicy, SaveFailure};
 use crate::context::Context;
 use crate::error::{BoxError, SessionError};
 use crate::live::SessionRef;
@@ -166,10 +166,14 @@ pub(crate) enum Ended<E> {
         error: SessionError,
         handlers: Option<E>,
     },
-    /// Writes of this update were discarded: another writer had changed those fields since the
-    /// session was read (a [`SessionError::Conflict`]). The session now holds the newer
-    /// values; the update must run again to be applied.
-    Retry(SessionError),
+    /// This update's writes are not in the store and were taken back: its save failed (under
+    /// [`SaveFailure::Retry`]), or another writer had changed those fields since the session
+    /// was read (a [`SessionError::Conflict`]; the session now holds the newer values). The
+    /// update must run again to be applied, once. `handlers` is their own error, if any.
+    Retry {
+        error: SessionError,
+        handlers: Option<E>,
+    },
 }
 
 impl<E> Ended<E> {
@@ -186,7 +190,7 @@ impl<E> Ended<E> {
     }
 
     pub(crate) fn must_retry(&self) -> bool {
-        matches!(self, Ended::Retry(_))
+        matches!(self, Ended::Retry { .. })
     }
 }
 
@@ -197,29 +201,31 @@ impl Ended<BoxError> {
         match self {
             Ended::Saved => Ok(()),
             Ended::Failed(error) => Err(error),
-            Ended::Refused(error) | Ended::Retry(error) => Err(error.into()),
-            Ended::Unsaved { error, handlers } => Err(match (error, handlers) {
-                (error, None) => error.into(),
-                (
-                    SessionError::Persist {
+            Ended::Refused(error) => Err(error.into()),
+            Ended::Unsaved { error, handlers } | Ended::Retry { error, handlers } => {
+                Err(match (error, handlers) {
+                    (error, None) => error.into(),
+                    (
+                        SessionError::Persist {
+                            session,
+                            key,
+                            source,
+                            chain: None,
+                        },
+                        Some(handlers),
+                    ) => SessionError::Persist {
                         session,
                         key,
                         source,
-                        chain: None,
-                    },
-                    Some(handlers),
-                ) => SessionError::Persist {
-                    session,
-                    key,
-                    source,
-                    chain: Some(handlers),
-                }
-                .into(),
-                (other, Some(handlers)) => {
-                    tracing::error!(session, error = %handlers, "the chain failed, and then its session could not be saved");
-                    other.into()
-                }
-            }),
+                        chain: Some(handlers),
+                    }
+                    .into(),
+                    (other, Some(handlers)) => {
+                        tracing::error!(session, error = %handlers, "the chain failed, and then its session could not be saved");
+                        other.into()
+                    }
+                })
+            }
         }
     }
 }
@@ -232,6 +238,8 @@ pub(crate) struct Scope<S: Session> {
     slot: Arc<Slot<S>>,
     /// Not ended yet: a drop ends it.
     open: bool,
+    /// Whoever runs this update never delivers it twice: a failed save keeps its writes.
+    keep_failed_saves: bool,
 }
 
 impl<S: Session> Scope<S> {
@@ -247,7 +255,16 @@ impl<S: Session> Scope<S> {
                 }),
             }),
             open: true,
+            keep_failed_saves: false,
         }
+    }
+
+    /// Keeps the writes of a save that failed for a later flush, whatever the middleware's
+    /// [`SaveFailure`] policy: for runners that never deliver an update twice.
+    #[cfg_attr(not(feature = "teloxide"), allow(dead_code))]
+    pub(crate) fn keeping_failed_saves(mut self) -> Self {
+        self.keep_failed_saves = true;
+        self
     }
 
     /// The session of this scope, for handlers that need a `'static` value.
@@ -268,14 +285,20 @@ impl<S: Session> Scope<S> {
         let Some(hold) = self.slot.end() else {
             return Ended::untouched(outcome);
         };
-        match (close(hold, outcome.is_err()).await, outcome) {
+        match (
+            close(hold, outcome.is_err(), self.keep_failed_saves).await,
+            outcome,
+        ) {
             (Closed::Saved, outcome) => Ended::untouched(outcome),
             (Closed::Refused(error), _) => Ended::Refused(error),
             (Closed::Unsaved(error), outcome) => Ended::Unsaved {
                 error,
                 handlers: outcome.err(),
             },
-            (Closed::Retry(error), _) => Ended::Retry(error),
+            (Closed::Retry(error), outcome) => Ended::Retry {
+                error,
+                handlers: outcome.err(),
+            },
         }
     }
 }
@@ -295,9 +318,10 @@ impl<S: Session> Drop for Scope<S> {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                let keep = self.keep_failed_saves;
                 runtime.spawn(async move {
                     let key = hold.entry.key.clone();
-                    if let Closed::Unsaved(error) | Closed::Retry(error) = close(hold, true).await {
+                    if let Closed::Unsaved(error) | Closed::Retry(error) = close(hold, true, keep).await {
                         tracing::error!(session = S::NAME, key = &*key, how, %error, "the session of an interrupted update is not saved");
                     }
                 });
@@ -334,8 +358,10 @@ enum Closed {
     Retry(SessionError),
 }
 
-/// Applies the error policy to the update behind `hold`, persists, and releases the hold.
-async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
+/// Applies the error policy to the update behind `hold`, persists, and releases the hold. A
+/// save that fails takes back the update's unsaved writes (unless `keep`, or the middleware
+/// keeps them), so that the update, delivered again, is applied once.
+async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool, keep: bool) -> Closed {
     let sessions = &hold.sessions;
     let refused = match hold.stale_field() {
         Some(field) if !failed => Some(SessionError::StaleWrite {
@@ -346,15 +372,23 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         _ => None,
     };
     if (failed || refused.is_some()) && sessions.on_error == ErrorPolicy::Discard {
-        hold.revert();
+        hold.revert(false);
     }
     let persisted = sessions.persist(&hold.entry).await;
     let discarded = hold.discarded_writes();
+    let take_back = match &persisted {
+        Ok(()) | Err(SessionError::Conflict { .. }) => false,
+        Err(_) => !keep && sessions.save_failure == SaveFailure::Retry,
+    };
+    if take_back {
+        hold.revert(true);
+        hold.entry.lock().settle();
+    }
     let unsaved = match &persisted {
         Ok(()) => false,
-        // The conflicting writes are gone; what else is dirty still has to be written.
-        Err(SessionError::Conflict { .. }) => hold.entry.lock().has_changes(),
-        Err(_) => true,
+        Err(_) if !take_back && !matches!(persisted, Err(SessionError::Conflict { .. })) => true,
+        // What is still dirty (other updates' writes) has to be written.
+        Err(_) => hold.entry.lock().has_changes(),
     };
     sessions.registry.release(&hold.entry, unsaved);
     if !discarded.is_empty() {
@@ -363,6 +397,9 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
             key: hold.entry.key.to_string(),
             fields: discarded,
         });
+    }
+    if take_back && let Err(error) = persisted {
+        return Closed::Retry(error);
     }
     match (persisted, refused) {
         (Ok(()), None) => Closed::Saved,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chain::{ChainFuture, Middleware, Next};
-use crate::config::{ErrorPolicy, StalePolicy};
+use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::context::Context;
 use crate::error::SessionError;
 use crate::key::{Key, KeyKind, UpdateKeys};
@@ -45,6 +45,7 @@ pub struct SessionBuilder<S: Session, U> {
     key: Key<U>,
     on_error: ErrorPolicy,
     stale: StalePolicy,
+    save_failure: SaveFailure,
     ttl: Option<Duration>,
     _session: PhantomData<fn() -> S>,
 }
@@ -74,6 +75,13 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self
     }
 
+    /// What happens to an update's writes when its session cannot be saved (default: take
+    /// them back and have the update delivered again, see [`SaveFailure`]).
+    pub fn on_save_failure(mut self, policy: SaveFailure) -> Self {
+        self.save_failure = policy;
+        self
+    }
+
     /// What a stale write does (default: warn).
     pub fn stale_writes(mut self, policy: StalePolicy) -> Self {
         self.stale = policy;
@@ -96,6 +104,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
                 strategy: self.key.name(),
                 on_error: self.on_error,
                 stale: self.stale,
+                save_failure: self.save_failure,
                 ttl: self.ttl,
                 stats: Stats::default(),
             }),
@@ -189,6 +198,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             key,
             on_error: ErrorPolicy::default(),
             stale: StalePolicy::default(),
+            save_failure: SaveFailure::default(),
             ttl: S::TTL,
             _session: PhantomData,
         }

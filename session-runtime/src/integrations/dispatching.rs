@@ -94,7 +94,9 @@ where
             let middleware = Arc::clone(&middleware);
             async move {
                 let update = deps.try_get::<Update>();
-                let scope = middleware.begin(update.as_deref());
+                // A dispatcher never delivers an update twice: a failed save keeps its writes
+                // for the next update of the key or a flush, rather than dropping them.
+                let scope = middleware.begin(update.as_deref()).keeping_failed_saves();
                 let mut inner = deps.clone();
                 inner.insert(scope.lazy());
                 let (flow, outcome) = match next(inner).await {
@@ -104,8 +106,17 @@ where
                 match scope.end(outcome).await {
                     Ended::Saved => restore(flow, deps),
                     Ended::Failed(error) => ControlFlow::Break(Err(error)),
-                    Ended::Refused(error) | Ended::Retry(error) => {
-                        ControlFlow::Break(Err(E::from(error.into())))
+                    Ended::Refused(error)
+                    | Ended::Retry {
+                        error,
+                        handlers: None,
+                    } => ControlFlow::Break(Err(E::from(error.into()))),
+                    Ended::Retry {
+                        error,
+                        handlers: Some(handlers),
+                    } => {
+                        tracing::error!(%error, "the handlers failed, and then their writes were refused");
+                        ControlFlow::Break(Err(handlers))
                     }
                     Ended::Unsaved {
                         error,

@@ -138,7 +138,7 @@ where
                     tracing::warn!(%error, "session saved, but the request broke a session rule; answering 500");
                     Ok(internal_error())
                 }
-                Ended::Retry(error) => {
+                Ended::Retry { error, .. } => {
                     tracing::warn!(%error, "another writer changed the session; the request was not applied, answering 500");
                     Ok(internal_error())
                 }

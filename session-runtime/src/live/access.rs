@@ -7,12 +7,13 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use crate::config::{ErrorPolicy, StalePolicy};
+use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::live::entry::{Dirty, Entry, State};
 use crate::live::sessions::Sessions;
 use crate::schema::Schema;
 
-/// What one update changed, to take back under [`ErrorPolicy::Discard`].
+/// What one update changed, to take back under [`ErrorPolicy::Discard`], or when its save
+/// fails under [`SaveFailure::Retry`].
 #[derive(Default)]
 struct Undo {
     fields: Vec<FieldUndo>,
@@ -43,7 +44,9 @@ pub(crate) struct Hold<S: Schema> {
 
 impl<S: Schema> Hold<S> {
     pub(crate) fn new(sessions: Arc<Sessions<S>>, entry: Arc<Entry<S>>) -> Self {
-        let undo = (sessions.on_error == ErrorPolicy::Discard).then(Mutex::default);
+        let undo = (sessions.on_error == ErrorPolicy::Discard
+            || sessions.save_failure == SaveFailure::Retry)
+            .then(Mutex::default);
         Hold {
             seen: S::FIELDS.iter().map(|_| AtomicU64::new(0)).collect(),
             written: S::FIELDS.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -103,15 +106,17 @@ impl<S: Schema> Hold<S> {
         self.wrote(index, version);
     }
 
-    /// Takes back this update's writes that no other update has overwritten since. The
-    /// restored fields are marked, so the persist that follows writes them only if another
-    /// update had already saved the value being taken back.
-    pub(crate) fn revert(&self) {
+    /// Takes back this update's writes that no other update has overwritten since (and, with
+    /// `unsaved_only`, that are not in the store yet). The restored fields are marked, so the
+    /// persist that follows writes them only if the store holds something else.
+    pub(crate) fn revert(&self, unsaved_only: bool) {
         let Some(undo) = &self.undo else { return };
         let undo = std::mem::take(&mut *undo.lock());
         let mut state = self.entry.lock();
         for u in undo.fields.iter().rev() {
-            if state.fields[u.index].version != u.version_after {
+            let field = &state.fields[u.index];
+            if field.version != u.version_after || (unsaved_only && field.is_saved(u.version_after))
+            {
                 continue;
             }
             if let Some(before) = &u.before {

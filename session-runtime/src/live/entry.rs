@@ -64,6 +64,11 @@ impl FieldState {
         }
     }
 
+    /// Whether the write that made local version `version` is in the store.
+    pub(crate) fn is_saved(&self, version: u64) -> bool {
+        version <= self.decided && !self.was_discarded(version)
+    }
+
     /// Whether the write that made local version `version` was discarded after a conflict.
     pub(crate) fn was_discarded(&self, version: u64) -> bool {
         self.discarded
@@ -112,6 +117,23 @@ impl<S: Schema> State<S> {
         }
         self.bump(index, Dirty::Set);
         true
+    }
+
+    /// Marks clean the fields marked for writing whose value is what the store holds (after
+    /// taking back writes that were never saved).
+    pub(crate) fn settle(&mut self) {
+        for index in 0..self.fields.len() {
+            if self.fields[index].dirty != Dirty::Set {
+                continue;
+            }
+            let same = match (&self.fields[index].stored, self.value.encode_field(index)) {
+                (Some(stored), Ok(encoded)) => same_json(stored, &encoded),
+                _ => false,
+            };
+            if same {
+                self.fields[index].dirty = Dirty::Clean;
+            }
+        }
     }
 
     /// Forgets what a persist that did not complete was writing: those fields stay dirty.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ErrorPolicy, StalePolicy};
+use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::error::SessionError;
 use crate::live::entry::Entry;
 use crate::live::registry::Registry;
@@ -20,6 +20,7 @@ pub(crate) struct Sessions<S> {
     pub(crate) strategy: &'static str,
     pub(crate) on_error: ErrorPolicy,
     pub(crate) stale: StalePolicy,
+    pub(crate) save_failure: SaveFailure,
     pub(crate) ttl: Option<Duration>,
     pub(crate) stats: Stats,
 }

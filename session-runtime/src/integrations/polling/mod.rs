@@ -235,7 +235,7 @@ where
                 fetch = None;
                 running.drain(&mut window).await;
                 if !self
-                    .save_unsaved(&mut window, &mut backoff, &mut shutdown)
+                    .save_unsaved(&api, &mut window, &mut backoff, &mut shutdown)
                     .await
                 {
                     break None;
@@ -363,6 +363,7 @@ where
                 }
             };
             window.open.insert(id, Status::Running);
+            window.raw.insert(id, raw.clone());
             let chat = update.chat_id().or_else(|| update.user_id());
             let (chain, api) = (Arc::clone(&self.chain), api.clone());
             running.submit(
@@ -379,12 +380,31 @@ where
     /// (`false`). Nothing runs meanwhile.
     async fn save_unsaved(
         &self,
+        api: &BotApi,
         window: &mut Window,
         backoff: &mut Backoff,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> bool {
         loop {
-            match self.chain.flush().await {
+            // Oldest first: one chat's updates keep their order.
+            let mut retried = Ok(());
+            for (id, raw) in window.to_retry() {
+                let Ok(update) = serde_json::from_str::<U>(raw.get()) else {
+                    window.finish((Some(id), Status::Saved)); // parsed once before: never here
+                    continue;
+                };
+                let status = handle_one(&self.chain, api, &raw, update).await;
+                window.finish((Some(id), status));
+                if status != Status::Saved {
+                    retried = Err(format!("update {id} did not save"));
+                    break;
+                }
+            }
+            let flushed = match retried {
+                Ok(()) => self.chain.flush().await,
+                Err(error) => Err(error.into()),
+            };
+            match flushed {
                 Ok(()) => {
                     backoff.reset();
                     window.saved();
@@ -452,20 +472,24 @@ where
         let ctx = Context::new(update);
         let outcome = chain.run(&ctx).await;
         if ctx.must_retry() && run < MAX_RUNS {
-            tracing::warn!(
-                run,
-                "another writer changed the session under this update; running it again"
-            );
+            tracing::warn!(run, "the update's writes were not saved; running it again");
             tokio::time::sleep(Duration::from_millis(u64::from(run) * 5)).await;
             match serde_json::from_str(raw.get()) {
                 Ok(again) => {
                     update = again;
                     continue;
                 }
-                Err(_) => return Status::Unsaved,
+                Err(_) => return Status::Retry,
             }
         }
-        if ctx.has_unsaved_session() || ctx.must_retry() {
+        if ctx.must_retry() {
+            tracing::error!(
+                error = outcome.err().map(|e| e.to_string()),
+                "the update's writes were not saved; it stays unconfirmed and runs again"
+            );
+            return Status::Retry;
+        }
+        if ctx.has_unsaved_session() {
             // Even if a middleware swallowed the error: the update stays unconfirmed.
             tracing::error!(
                 error = outcome.err().map(|e| e.to_string()),
@@ -483,7 +507,7 @@ where
         }
         return Status::Saved;
     }
-    Status::Unsaved
+    Status::Retry
 }
 
 fn update_id(raw: &RawValue) -> Option<i64> {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
 /// Where an update started by the poller stands.
@@ -14,9 +15,12 @@ pub(super) enum Status {
     Running,
     /// Finished, and its sessions are saved (or it had none to save).
     Saved,
-    /// Finished, but a session could not be saved (or the handler panicked and its save runs
-    /// on a task of its own).
+    /// Finished, but a session could not be saved and keeps the writes for a flush (or the
+    /// handler panicked and its save runs on a task of its own).
     Unsaved,
+    /// Finished, but its writes were taken back (its save failed, or another writer had
+    /// changed the fields): it has to run again.
+    Retry,
 }
 
 /// The updates started and not yet confirmed to Telegram.
@@ -26,6 +30,8 @@ pub(super) struct Window {
     pub(super) open: BTreeMap<i64, Status>,
     /// The id after the newest update started (or skipped).
     pub(super) fresh_from: i64,
+    /// The text of each update in `open`, to run again one that has to.
+    pub(super) raw: HashMap<i64, Box<RawValue>>,
 }
 
 impl Window {
@@ -35,7 +41,8 @@ impl Window {
             if *first.get() != Status::Saved {
                 return *first.key();
             }
-            first.remove();
+            let (id, _) = first.remove_entry();
+            self.raw.remove(&id);
         }
         self.fresh_from
     }
@@ -53,10 +60,22 @@ impl Window {
     }
 
     pub(super) fn has_unsaved(&self) -> bool {
-        self.open.values().any(|s| *s == Status::Unsaved)
+        self.open
+            .values()
+            .any(|s| matches!(s, Status::Unsaved | Status::Retry))
     }
 
-    /// After a successful flush: every finished update is saved.
+    /// The updates that have to run again, oldest first, with their text.
+    pub(super) fn to_retry(&self) -> Vec<(i64, Box<RawValue>)> {
+        self.open
+            .iter()
+            .filter(|(_, status)| **status == Status::Retry)
+            .filter_map(|(id, _)| Some((*id, self.raw.get(id)?.clone())))
+            .collect()
+    }
+
+    /// After a successful flush: every finished update whose writes were kept is saved (those
+    /// to run again are not).
     pub(super) fn saved(&mut self) {
         for slot in self.open.values_mut() {
             if *slot == Status::Unsaved {
@@ -181,6 +200,7 @@ mod tests {
         Window {
             open: statuses.iter().copied().collect(),
             fresh_from,
+            raw: HashMap::new(),
         }
     }
 

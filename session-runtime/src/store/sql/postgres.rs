@@ -78,7 +78,8 @@ impl Statements {
                 "SELECT data::text, versions::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
             ),
             // $1 key_hash, $2 key, $3 the set fields as one object, $4 expires_at, $5 now,
-            // $6 the removed fields, $7 every field written, $8 and $9 the expected versions.
+            // $6 the removed fields, $7 every field written, $8 the expected non-zero versions
+            // as an object, $9 the fields expected never written.
             // An expired row counts as empty; every written field's version goes up by one;
             // the update happens only if every expected version is the stored one.
             create_or_apply: format!(
@@ -95,7 +96,7 @@ impl Statements {
                 expected = expected(&current("versions", "$5"), "$8", "$9"),
             ),
             // $1 key_hash, $2 the set fields, $3 expires_at, $4 now, $5 the removed fields,
-            // $6 every field written, $7 and $8 the expected versions.
+            // $6 every field written, $7 and $8 the expected versions as in the other.
             apply: format!(
                 "UPDATE {t} AS s SET \
                  data = (s.data - $5::text[]) || $2::jsonb, \
@@ -129,12 +130,12 @@ fn bumped(versions: &str, written: &str) -> String {
     )
 }
 
-/// Whether every field in `fields` has the version at the same place in `expected`.
-fn expected(versions: &str, fields: &str, expected: &str) -> String {
-    format!(
-        "NOT EXISTS (SELECT 1 FROM unnest({fields}::text[], {expected}::bigint[]) AS e(f, v) \
-         WHERE COALESCE(({versions}->>e.f)::bigint, 0) <> e.v)"
-    )
+/// Whether `versions` holds every version of the object `nonzero` and none of the fields in
+/// `zero`. Operators on the row only, no sub-select: under READ COMMITTED, PostgreSQL checks
+/// the condition again on the row a concurrent transaction just committed (a sub-select in
+/// the condition would keep its first answer, and let a stale write through).
+fn expected(versions: &str, nonzero: &str, zero: &str) -> String {
+    format!("({versions} @> {nonzero}::jsonb AND NOT ({versions} ?| {zero}::text[]))")
 }
 
 impl PostgresStore {
@@ -257,8 +258,22 @@ impl Store for PostgresStore {
                 .chain(patch.remove.iter().copied())
                 .collect();
             let (fields, versions) = expectations(BACKEND, key, patch)?;
+            let nonzero: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .zip(&versions)
+                .filter(|(_, v)| **v != 0)
+                .map(|(f, v)| ((*f).to_owned(), (*v).into()))
+                .collect();
+            let nonzero = serde_json::Value::Object(nonzero).to_string();
+            let zero: Vec<&str> = fields
+                .iter()
+                .zip(&versions)
+                .filter(|(_, v)| **v == 0)
+                .map(|(f, _)| *f)
+                .collect();
+            let (fields, versions) = (&nonzero, &zero);
             let now = self.clock.now_ms();
-            let query = if versions.iter().all(|v| *v == 0) {
+            let query = if nonzero == "{}" {
                 sqlx::query(&self.sql.create_or_apply)
                     .bind(key_hash(key))
                     .bind(key.as_bytes())
@@ -267,8 +282,8 @@ impl Store for PostgresStore {
                     .bind(now)
                     .bind(&patch.remove)
                     .bind(&written)
-                    .bind(&fields)
-                    .bind(&versions)
+                    .bind(fields)
+                    .bind(versions)
             } else {
                 sqlx::query(&self.sql.apply)
                     .bind(key_hash(key))
@@ -277,8 +292,8 @@ impl Store for PostgresStore {
                     .bind(now)
                     .bind(&patch.remove)
                     .bind(&written)
-                    .bind(&fields)
-                    .bind(&versions)
+                    .bind(fields)
+                    .bind(versions)
             };
             let done = query
                 .execute(&self.pool)

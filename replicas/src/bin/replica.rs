@@ -1,0 +1,137 @@
+//! One replica of a bot, as its own OS process, for the replicas tests: it delivers `--updates`
+//! updates of one chat to a chain whose handler increments a counter with `update_count`, and
+//! delivers each again until it is acknowledged, as Telegram does with a webhook answered with
+//! an error. Every `--fail-every`-th save fails before it reaches the store. It prints one JSON
+//! line: how many updates were acknowledged, how many deliveries were refused by a conflict
+//! and how many by a failed save.
+//!
+//! `replica --store sqlite|postgres|mysql|redis|mongodb --url URL --table NAME --user ID
+//!  --updates N [--fail-every K]`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use typed_session::store::{Patch, Record, StoreFuture};
+use typed_session::telegram::Update;
+use typed_session::{
+    BoxError, Chain, Context, MongoStore, MySqlStore, PostgresStore, RedisStore, Session,
+    SessionError, SessionMiddleware, SqliteStore, Store, StoreError, StoreOp,
+};
+
+#[derive(Session)]
+struct Tally {
+    count: u64,
+}
+
+/// A store whose every `every`-th apply fails before reaching the real one (0: never).
+struct Failing {
+    inner: Arc<dyn Store>,
+    every: u64,
+    applies: AtomicU64,
+}
+
+impl Store for Failing {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        self.inner.load(key)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        let n = self.applies.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.every > 0 && n % self.every == 0 {
+            return StoreFuture::ready(Err(StoreError::backend(
+                "injected",
+                StoreOp::Apply,
+                key,
+                "injected save failure",
+            )));
+        }
+        self.inner.apply(key, patch)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        self.inner.delete(key)
+    }
+
+    fn returns_written_text(&self) -> bool {
+        self.inner.returns_written_text()
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+async fn open(kind: &str, url: &str, table: &str) -> Result<Arc<dyn Store>, BoxError> {
+    Ok(match kind {
+        "sqlite" => Arc::new(SqliteStore::connect(url).await?.with_table(table)?),
+        "postgres" => Arc::new(PostgresStore::connect(url).await?.with_table(table)?),
+        "mysql" => Arc::new(MySqlStore::connect(url).await?.with_table(table)?),
+        "redis" => Arc::new(RedisStore::connect(url).await?.with_prefix(table)),
+        "mongodb" => Arc::new(
+            MongoStore::connect(url, "typed_session_test")
+                .await?
+                .with_collection(table)?,
+        ),
+        other => return Err(format!("unknown store {other:?}").into()),
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    let need = |name: &str| arg(&args, name).ok_or_else(|| format!("{name} is required"));
+    let (kind, url, table) = (need("--store")?, need("--url")?, need("--table")?);
+    let user: i64 = need("--user")?.parse()?;
+    let updates: i64 = need("--updates")?.parse()?;
+    let every: u64 = arg(&args, "--fail-every").map_or(Ok(0), |v| v.parse())?;
+
+    let store = Failing {
+        inner: open(&kind, &url, &table).await?,
+        every,
+        applies: AtomicU64::new(0),
+    };
+    let sessions = SessionMiddleware::<Tally, Update>::new(store);
+    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            Ok(())
+        })
+    });
+
+    let (mut acked, mut conflicts, mut failed_saves) = (0_u64, 0_u64, 0_u64);
+    for id in 1..=updates {
+        loop {
+            let ctx = Context::new(Update::text(id, user, user, "+1"));
+            match chain.run(&ctx).await {
+                Ok(()) => {
+                    acked += 1;
+                    break;
+                }
+                Err(error) if ctx.must_retry() => {
+                    match error.downcast_ref::<SessionError>() {
+                        Some(SessionError::Conflict { .. }) => conflicts += 1,
+                        _ => failed_saves += 1,
+                    }
+                    // Delivered again, as Telegram does after an error status.
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "acked": acked,
+            "conflicts": conflicts,
+            "failed_saves": failed_saves,
+            "conflicts_counted": sessions.stats().conflicts(),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Replicas as real OS processes: three `replica` processes share one store and one chat, each
+//! delivering 1,000 increments of the same field, every 13th save failing, each update
+//! delivered again until acknowledged. Whatever the interleaving, the stored count equals the
+//! number of acknowledged updates exactly, never goes backwards while they run, and every
+//! refused write was reported to the process that made it.
+//!
+//! Server-backed cases read `POSTGRES_URL`, `MYSQL_URL`, `REDIS_URL` and `MONGODB_URL`;
+//! without one, the case prints `SKIPPED replicas::<store>` and passes, unless
+//! `TYPED_SESSION_REQUIRE_SERVERS` is set (as `.ci/run` does).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use typed_session::{MongoStore, MySqlStore, PostgresStore, RedisStore, SqliteStore, Store};
+
+const PROCESSES: usize = 3;
+const UPDATES: u64 = 1_000;
+const USER: i64 = 4242;
+
+fn url(var: &str, store: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("TYPED_SESSION_REQUIRE_SERVERS").is_some() => {
+            panic!("replicas::{store} needs {var}, and TYPED_SESSION_REQUIRE_SERVERS is set")
+        }
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED replicas::{store}: {var} is not set"
+            );
+            None
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+fn count(record: Option<typed_session::store::Record>) -> u64 {
+    record
+        .and_then(|r| r.get("count").map(|c| c.parse().expect("a count")))
+        .unwrap_or(0)
+}
+
+/// Runs the replicas against `store`, seen by the test through `observer`.
+async fn replicas(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
+    let key = format!("{USER}:{USER}");
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_replica"))
+                .args(["--store", kind, "--url", url, "--table", table])
+                .args([
+                    "--user",
+                    &USER.to_string(),
+                    "--updates",
+                    &updates.to_string(),
+                ])
+                .args(["--fail-every", "13"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("the replica binary starts")
+        })
+        .collect();
+
+    // Watch the stored count while they run: it never goes backwards.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn({
+        let (observer, done, key) = (Arc::clone(&observer), Arc::clone(&done), key.clone());
+        async move {
+            let (mut last, mut reads) = (0, 0_u64);
+            while !done.load(Ordering::Acquire) {
+                let now = count(observer.load(&key).await.expect("the observer reads"));
+                assert!(
+                    now >= last,
+                    "the stored count went back from {last} to {now}"
+                );
+                (last, reads) = (now, reads + 1);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            reads
+        }
+    });
+
+    let mut acked = 0;
+    let mut conflicts = 0;
+    let mut failed_saves = 0;
+    for child in children {
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .expect("no panic")
+            .expect("the replica runs");
+        assert!(output.status.success(), "a replica failed: {output:?}");
+        let line: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("the replica's JSON line");
+        let field = |name: &str| line[name].as_u64().expect("a count");
+        assert_eq!(
+            field("conflicts"),
+            field("conflicts_counted"),
+            "every conflict was surfaced to the update that met it"
+        );
+        acked += field("acked");
+        conflicts += field("conflicts");
+        failed_saves += field("failed_saves");
+    }
+    done.store(true, Ordering::Release);
+    let reads = watcher.await.expect("the count never went backwards");
+
+    let stored = count(observer.load(&key).await.expect("load"));
+    eprintln!(
+        "replicas::{kind}: {PROCESSES} processes x {updates} updates: acknowledged {acked}, stored {stored}, \
+         conflicts {conflicts}, failed saves {failed_saves}, watcher reads {reads}"
+    );
+    assert_eq!(
+        acked,
+        PROCESSES as u64 * updates,
+        "each update acknowledged once"
+    );
+    assert_eq!(stored, acked, "stored equals acknowledged, exactly");
+    assert!(failed_saves > 0, "the injected failures happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file() {
+    let dir = std::env::temp_dir().join(unique("typed_session_replicas"));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let url = format!("sqlite://{}", dir.join("bot.db").display());
+    let observer = SqliteStore::connect(&url).await.expect("connect");
+    observer.migrate().await.expect("migrate");
+    replicas(
+        "sqlite",
+        &url,
+        "typed_sessions",
+        Arc::new(observer),
+        UPDATES,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    let Some(url) = url("POSTGRES_URL", "postgres") else {
+        return;
+    };
+    let table = unique("replicas");
+    let observer = PostgresStore::connect(&url)
+        .await
+        .expect("connect")
+        .with_table(&table)
+        .expect("table");
+    observer.migrate().await.expect("migrate");
+    replicas("postgres", &url, &table, Arc::new(observer), UPDATES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql() {
+    let Some(url) = url("MYSQL_URL", "mysql") else {
+        return;
+    };
+    let table = unique("replicas");
+    let observer = MySqlStore::connect(&url)
+        .await
+        .expect("connect")
+        .with_table(&table)
+        .expect("table");
+    observer.migrate().await.expect("migrate");
+    replicas("mysql", &url, &table, Arc::new(observer), UPDATES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis() {
+    let Some(url) = url("REDIS_URL", "redis") else {
+        return;
+    };
+    let prefix = format!("{}:", unique("replicas"));
+    let observer = RedisStore::connect(&url)
+        .await
+        .expect("connect")
+        .with_prefix(&prefix);
+    replicas("redis", &url, &prefix, Arc::new(observer), UPDATES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb() {
+    let Some(url) = url("MONGODB_URL", "mongodb") else {
+        return;
+    };
+    let collection = unique("replicas");
+    let observer = MongoStore::connect(&url, "typed_session_test")
+        .await
+        .expect("connect")
+        .with_collection(&collection)
+        .expect("collection");
+    // SecantusDB, the MongoDB stand-in here, is a Python server: a smaller run.
+    replicas("mongodb", &url, &collection, Arc::new(observer), 200).await;
+}

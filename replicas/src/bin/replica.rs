@@ -41,7 +41,7 @@ impl Store for Failing {
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         let n = self.applies.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.every > 0 && n % self.every == 0 {
+        if self.every > 0 && n.is_multiple_of(self.every) {
             return StoreFuture::ready(Err(StoreError::backend(
                 "injected",
                 StoreOp::Apply,

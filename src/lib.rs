@@ -25,7 +25,8 @@
 //!     }));
 //! chain.run_update(Update::text(1, 42, 42, "hi")).await?;
 //! // Only the field that changed was written; `lang` and `last_seen` are still defaults.
-//! assert_eq!(store.raw("42:42").unwrap().len(), 1);
+//! // It is stored under the type's namespace: `"Profile:42:42"`.
+//! assert_eq!(store.raw("Profile:42:42").unwrap().len(), 1);
 //! # Ok::<(), typed_session::BoxError>(())
 //! # }).unwrap();
 //! ```

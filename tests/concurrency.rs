@@ -61,9 +61,9 @@ async fn concurrent_increments_lose_nothing_and_never_reorder_when_the_store_com
     .await;
 
     for user in 0..10 {
-        let key = format!("{user}:{user}");
+        let key = format!("Counter:{user}:{user}");
         assert_eq!(
-            stored::<u64>(&memory, &key, "count"),
+            stored::<u64>(&memory, &format!("{user}:{user}"), "count"),
             Some(100),
             "key {key}"
         );
@@ -121,7 +121,11 @@ async fn an_update_arriving_while_a_persist_is_in_flight_sees_that_write() {
         tokio::spawn(async move { chain.run_update(Update::text(1, 7, 7, "+1")).await })
     };
     probe.apply_started.notified().await;
-    assert_eq!(memory.raw("7:7"), None, "the write has not landed yet");
+    assert_eq!(
+        memory.raw("Counter:7:7"),
+        None,
+        "the write has not landed yet"
+    );
     assert_eq!(
         sessions.live_sessions(),
         1,

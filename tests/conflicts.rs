@@ -106,7 +106,7 @@ async fn writes_of_other_fields_never_conflict() {
         Box::pin(async move {
             let counter = ctx.session().await?;
             admin
-                .apply("7:7", &Patch::new().set_field("lang", "\"fr\""))
+                .apply("Counter:7:7", &Patch::new().set_field("lang", "\"fr\""))
                 .await?;
             counter.update_count(|c| *c += 1);
             Ok(())
@@ -136,7 +136,7 @@ async fn a_write_of_the_same_field_by_another_writer_is_never_overwritten() {
             let counter = ctx.session().await?;
             if ctx.update().update_id == 1 {
                 admin
-                    .apply("7:7", &Patch::new().set_field("count", "100"))
+                    .apply("Counter:7:7", &Patch::new().set_field("count", "100"))
                     .await?;
             }
             counter.update_count(|c| *c += 1);

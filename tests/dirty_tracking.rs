@@ -91,7 +91,7 @@ async fn an_untouched_default_is_never_written() {
         .await
         .expect("ok");
 
-    let record = memory.raw("7:7").expect("written");
+    let record = memory.raw("Counter:7:7").expect("written");
     assert_eq!(
         record.fields.keys().collect::<Vec<_>>(),
         ["note"],
@@ -105,7 +105,7 @@ async fn a_patch_names_only_the_changed_fields_and_leaves_the_others_in_the_stor
     let memory = MemoryStore::new();
     memory
         .apply(
-            "7:7",
+            "Counter:7:7",
             &Patch::new()
                 .set_field("count", "1")
                 .set_field("lang", "\"de\""),
@@ -140,7 +140,7 @@ async fn a_concurrent_writer_of_another_field_is_not_overwritten() {
     probe.apply_started.notified().await;
     // Between our load and our write, another process sets `lang`.
     memory
-        .apply("7:7", &Patch::new().set_field("lang", "\"fr\""))
+        .apply("Counter:7:7", &Patch::new().set_field("lang", "\"fr\""))
         .await
         .expect("other writer");
     probe.release_applies(1);
@@ -158,7 +158,7 @@ async fn reset_removes_the_field_from_the_store() {
     let memory = MemoryStore::new();
     memory
         .apply(
-            "7:7",
+            "Counter:7:7",
             &Patch::new()
                 .set_field("count", "3")
                 .set_field("lang", "\"de\""),

@@ -66,7 +66,7 @@ async fn a_handler_can_serve_keyless_updates_without_a_session() {
         .expect("handled");
 
     assert_eq!(probe.applies(), 1);
-    assert_eq!(probe.patches()[0].key, "7:7");
+    assert_eq!(probe.patches()[0].key, "Counter:7:7");
 }
 
 #[test]
@@ -140,9 +140,9 @@ async fn the_key_strategy_named_in_the_derive_is_the_default_and_a_custom_key_ov
         chain.run_update(update).await.expect("ok");
     }
 
-    assert!(memory.raw("-77").is_some(), "keyed by chat");
+    assert!(memory.raw("GroupGame:-77").is_some(), "keyed by chat");
     assert!(
-        custom_memory.raw("lobby").is_some(),
+        custom_memory.raw("GroupGame:lobby").is_some(),
         "keyed by the custom closure"
     );
 }

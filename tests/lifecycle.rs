@@ -16,7 +16,7 @@ async fn seeded(count: u64) -> MemoryStore {
     let memory = MemoryStore::new();
     memory
         .apply(
-            "7:7",
+            "Counter:7:7",
             &Patch::new()
                 .set_field("count", count.to_string())
                 .set_field("lang", "\"de\""),
@@ -86,7 +86,7 @@ async fn clear_deletes_the_session_and_later_reads_in_the_same_chain_see_default
         .await
         .expect("ok");
 
-    assert_eq!(memory.raw("7:7"), None);
+    assert_eq!(memory.raw("Counter:7:7"), None);
     assert_eq!((probe.deletes(), probe.applies()), (1, 0));
     assert_eq!(sessions.stats().deletes(), 1);
 }
@@ -109,7 +109,7 @@ async fn writes_after_clear_start_a_new_record() {
         .await
         .expect("ok");
 
-    let record = memory.raw("7:7").expect("a new record");
+    let record = memory.raw("Counter:7:7").expect("a new record");
     assert_eq!(
         record.len(),
         1,
@@ -209,7 +209,7 @@ async fn a_failed_save_takes_back_the_updates_writes_so_a_redelivery_applies_it_
     let error = increment.run(&ctx).await.expect_err("persist failed");
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::Persist { ref key, .. } if key == "7:7"),
+        matches!(*error, SessionError::Persist { ref key, .. } if key == "Counter:7:7"),
         "{error}"
     );
     assert!(ctx.must_retry(), "the caller is told to deliver it again");
@@ -258,7 +258,7 @@ async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_fo
         .expect_err("persist failed");
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::Persist { ref key, .. } if key == "7:7"),
+        matches!(*error, SessionError::Persist { ref key, .. } if key == "Counter:7:7"),
         "{error}"
     );
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(5));

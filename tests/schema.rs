@@ -7,7 +7,10 @@ use common::seeded;
 use typed_session::telegram::Update;
 use typed_session::{BoxError, Chain, MemoryStore, Session, SessionError, SessionMiddleware};
 
+/// The second version of the `Counter` session type of the other tests (the one `seeded`
+/// stores): the namespace keeps it reading what version 1 stored.
 #[derive(Session, Clone, Debug, PartialEq)]
+#[session(namespace = "Counter")]
 struct V2 {
     /// Called `name` in version 1.
     #[session(rename = "name")]
@@ -63,16 +66,18 @@ async fn an_undecodable_stored_value_is_an_error_naming_key_and_field() {
     let error = load_v2(&memory).await.expect_err("level is not a u8");
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::Decode { field: "level", ref key, .. } if key == "7:7"),
+        matches!(*error, SessionError::Decode { field: "level", ref key, .. } if key == "Counter:7:7"),
         "{error}"
     );
     let message = error.to_string();
     assert!(
-        message.contains("\"level\"") && message.contains("\"7:7\""),
+        message.contains("\"level\"") && message.contains("\"Counter:7:7\""),
         "{message}"
     );
     assert!(
-        memory.raw("7:7").is_some_and(|r| r["level"] == "\"high\""),
+        memory
+            .raw("Counter:7:7")
+            .is_some_and(|r| r["level"] == "\"high\""),
         "the stored value is kept"
     );
 }

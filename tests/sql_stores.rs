@@ -205,7 +205,11 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
                 .await
                 .expect("update");
         }
-        let stored = store.load("5:5").await.expect("load").expect("exists");
+        let stored = store
+            .load("Visits:5:5")
+            .await
+            .expect("load")
+            .expect("exists");
         assert_eq!(stored["count"], (3 * run).to_string(), "run {run}");
         drop(store);
     }

@@ -89,7 +89,7 @@ async fn in_strict_mode_a_stale_write_fails_the_update() {
 
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::StaleWrite { field: "count", ref key, .. } if key == "7:7"),
+        matches!(*error, SessionError::StaleWrite { field: "count", ref key, .. } if key == "Counter:7:7"),
         "{error}"
     );
     assert!(
@@ -158,7 +158,7 @@ async fn asking_for_the_session_after_the_chain_returned_is_an_error() {
                 next.run(ctx).await?;
                 match ctx.session().await {
                     Err(SessionError::AfterPersist { key, .. }) => {
-                        assert_eq!(key, "7:7");
+                        assert_eq!(key, "Counter:7:7");
                         Ok(())
                     }
                     other => Err(format!("expected AfterPersist, got {other:?}").into()),

@@ -334,7 +334,7 @@ macro_rules! conformance {
                     }
                 };
                 tokio::join!(run(increment_a), run(increment_b));
-                let record = one.load(&format!("{user}:{user}")).await.expect("load").expect("exists");
+                let record = one.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("exists");
                 assert_eq!((record["a"].as_str(), record["b"].as_str()), ("1000", "1000"));
             }
 
@@ -342,7 +342,7 @@ macro_rules! conformance {
             async fn a_field_another_connection_writes_between_our_load_and_save_survives() {
                 let Some((ours, theirs)) = $make("a_field_another_connection_writes_between_our_load_and_save_survives").await else { return };
                 let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let key = format!("{user}:{user}");
+                let key = format!("Pair:{user}:{user}");
                 let gated = super::Gated::new(ours.clone());
                 let chain = Chain::new().with(SessionMiddleware::<Pair, Update>::new(gated.clone())).handler(|ctx| Box::pin(async move {
                     ctx.pair().await?.update_a(|v| *v += 1);

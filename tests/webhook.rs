@@ -202,7 +202,11 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
         413,
         "over the body limit"
     );
-    assert_eq!(server.store.raw("9:9"), None, "nothing was run for them");
+    assert_eq!(
+        server.store.raw("Counter:9:9"),
+        None,
+        "nothing was run for them"
+    );
 
     assert_eq!(
         post(server.addr, "/tg", Some(SECRET), &good).await.0,
@@ -249,7 +253,7 @@ async fn shutdown_lets_the_update_in_flight_finish_and_persist() {
         .expect("not stopped yet")
         .send(())
         .expect("the server listens for it");
-    assert_eq!(server.store.raw("3:3"), None);
+    assert_eq!(server.store.raw("Counter:3:3"), None);
     gate.release.notify_one();
 
     let (status, _) = in_flight.await.expect("no panic");

@@ -51,7 +51,7 @@ fn count(record: Option<typed_session::store::Record>) -> u64 {
 
 /// Runs the replicas against `store`, seen by the test through `observer`.
 async fn replicas(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
-    let key = format!("{USER}:{USER}");
+    let key = format!("Tally:{USER}:{USER}");
     let children: Vec<_> = (0..PROCESSES)
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_replica"))

@@ -18,6 +18,8 @@ pub(crate) struct Model<'a> {
     pub krate: Path,
     /// The `KeyKind` variant of `key = "..."`.
     pub key: Option<Ident>,
+    /// What sets the type's stored records apart, when `namespace = "..."` names it.
+    pub namespace: Option<String>,
     pub ttl_secs: Option<u64>,
     pub fields: Vec<Field<'a>>,
     pub derives_default: Option<Span>,
@@ -143,6 +145,14 @@ pub(crate) fn build<'a>(input: &'a DeriveInput, errors: &mut Errors) -> Option<M
         Some(Ident::new(variant, span))
     });
 
+    let namespace = attrs.namespace.and_then(|Spanned { value, span }| {
+        if value.is_empty() || value.contains(':') {
+            errors.at(span, format!("namespace {value:?} must be non-empty and without ':' (the stored key is \"{{namespace}}:{{key}}\"); write e.g. namespace = \"profile\""));
+            return None;
+        }
+        Some(value)
+    });
+
     Some(Model {
         ident: &input.ident,
         vis: &input.vis,
@@ -152,6 +162,7 @@ pub(crate) fn build<'a>(input: &'a DeriveInput, errors: &mut Errors) -> Option<M
             .krate
             .unwrap_or_else(|| syn::parse_quote!(::typed_session)),
         key,
+        namespace,
         ttl_secs: attrs.ttl.map(|t| t.value),
         fields,
         derives_default: attrs.derives_default,

@@ -7,7 +7,7 @@ use syn::{Attribute, Expr, LitInt, LitStr, Path};
 
 use crate::errors::Errors;
 
-pub(crate) const STRUCT_KEYS: &str = "accessor, crate, key, ttl";
+pub(crate) const STRUCT_KEYS: &str = "accessor, crate, key, namespace, ttl";
 pub(crate) const FIELD_KEYS: &str = "rename, skip, reset_on_error";
 
 /// A value and where it was written.
@@ -23,6 +23,7 @@ pub(crate) struct StructAttrs {
     pub accessor: Option<Spanned<String>>,
     pub krate: Option<Path>,
     pub key: Option<Spanned<String>>,
+    pub namespace: Option<Spanned<String>>,
     pub ttl: Option<Spanned<u64>>,
     /// Where a `#[derive(Default)]` beside ours was seen.
     pub derives_default: Option<Span>,
@@ -104,6 +105,9 @@ pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAt
             } else if meta.path.is_ident("key") {
                 let value = string(&meta)?;
                 set_once(&mut out.key, value, &meta, errors);
+            } else if meta.path.is_ident("namespace") {
+                let value = string(&meta)?;
+                set_once(&mut out.namespace, value, &meta, errors);
             } else if meta.path.is_ident("ttl") {
                 // A bad value is reported and parsing goes on, so later keys are checked too.
                 match ttl(&meta) {

@@ -38,33 +38,41 @@ impl KeyKind {
         }
     }
 
-    fn key_of<U: UpdateKeys>(self, update: &U) -> Option<Arc<str>> {
+    /// The key of `update`, after `prefix`.
+    fn key_of<U: UpdateKeys>(self, update: &U, prefix: &str) -> Option<Arc<str>> {
         use std::fmt::Write;
-        // Formatted on the stack, then copied once into the shared key.
+        // Formatted on the stack, then copied once into the shared key; a prefix too long
+        // for the stack goes through the heap.
         let mut key = StackStr::default();
-        let written = match self {
+        let ids = |key: &mut dyn Write| match self {
             KeyKind::UserInChat => {
                 let (user, chat) = (update.user_id()?, update.chat_id()?);
-                write!(key, "{user}:{chat}")
+                write!(key, "{user}:{chat}").ok()
             }
-            KeyKind::Chat => write!(key, "{}", update.chat_id()?),
-            KeyKind::User => write!(key, "{}", update.user_id()?),
+            KeyKind::Chat => write!(key, "{}", update.chat_id()?).ok(),
+            KeyKind::User => write!(key, "{}", update.user_id()?).ok(),
         };
-        written.ok()?;
-        Some(Arc::from(key.as_str()))
+        if key.write_str(prefix).is_ok() && ids(&mut key).is_some() {
+            return Some(Arc::from(key.as_str()));
+        }
+        // An id is missing (no key), or the key is too long for the stack.
+        let mut long = String::with_capacity(prefix.len() + 41);
+        long.push_str(prefix);
+        ids(&mut long)?;
+        Some(Arc::from(long))
     }
 }
 
-/// Room for two `i64` and a separator.
+/// Room for a namespace of some 50 bytes, two `i64` and the separators.
 struct StackStr {
-    bytes: [u8; 48],
+    bytes: [u8; 96],
     len: usize,
 }
 
 impl Default for StackStr {
     fn default() -> Self {
         StackStr {
-            bytes: [0; 48],
+            bytes: [0; 96],
             len: 0,
         }
     }
@@ -87,7 +95,8 @@ impl std::fmt::Write for StackStr {
     }
 }
 
-type KeyFn<U> = dyn Fn(&U) -> Option<Arc<str>> + Send + Sync;
+/// The key of an update, after a prefix (the namespace of a session type and `:`).
+type KeyFn<U> = dyn Fn(&U, &str) -> Option<Arc<str>> + Send + Sync;
 
 /// Maps an update to its session key, or to `None` when it has none.
 ///
@@ -146,7 +155,7 @@ impl<U: UpdateKeys + 'static> Key<U> {
     pub fn builtin(kind: KeyKind) -> Self {
         Key {
             name: kind.name(),
-            f: Arc::new(move |u: &U| kind.key_of(u)),
+            f: Arc::new(move |u: &U, prefix: &str| kind.key_of(u, prefix)),
         }
     }
 }
@@ -159,17 +168,26 @@ impl<U> Key<U> {
     ) -> Self {
         Key {
             name,
-            f: Arc::new(move |u: &U| f(u).map(Arc::from)),
+            f: Arc::new(move |u: &U, prefix: &str| {
+                f(u).map(|key| {
+                    if prefix.is_empty() {
+                        Arc::from(key)
+                    } else {
+                        Arc::from(format!("{prefix}{key}"))
+                    }
+                })
+            }),
         }
     }
 
     /// The key of `update`, if it has one.
     pub fn key_of(&self, update: &U) -> Option<String> {
-        self.shared_key_of(update).map(|k| k.to_string())
+        (self.f)(update, "").map(|k| k.to_string())
     }
 
-    pub(crate) fn shared_key_of(&self, update: &U) -> Option<Arc<str>> {
-        (self.f)(update)
+    /// The key `update` is stored under: `prefix` (a namespace and `:`), then its key.
+    pub(crate) fn stored_key_of(&self, update: &U, prefix: &str) -> Option<Arc<str>> {
+        (self.f)(update, prefix)
     }
 
     /// The strategy's name.
@@ -196,7 +214,7 @@ mod tests {
     #[test]
     fn builtin_keys_format_the_extremes_of_i64() {
         let ids = Ids(Some(i64::MIN), Some(i64::MAX));
-        let key = |kind: KeyKind| kind.key_of(&ids).map(|k| k.to_string());
+        let key = |kind: KeyKind| kind.key_of(&ids, "").map(|k| k.to_string());
         assert_eq!(
             key(KeyKind::UserInChat).as_deref(),
             Some("-9223372036854775808:9223372036854775807")
@@ -207,17 +225,32 @@ mod tests {
 
     #[test]
     fn a_missing_id_is_no_key() {
-        assert_eq!(KeyKind::UserInChat.key_of(&Ids(Some(1), None)), None);
-        assert_eq!(KeyKind::Chat.key_of(&Ids(Some(1), None)), None);
-        assert_eq!(KeyKind::User.key_of(&Ids(None, Some(1))), None);
+        assert_eq!(KeyKind::UserInChat.key_of(&Ids(Some(1), None), ""), None);
+        assert_eq!(KeyKind::Chat.key_of(&Ids(Some(1), None), ""), None);
+        assert_eq!(KeyKind::User.key_of(&Ids(None, Some(1)), ""), None);
+    }
+
+    #[test]
+    fn a_prefix_of_any_length_comes_first() {
+        let ids = Ids(Some(7), Some(-100));
+        assert_eq!(
+            KeyKind::UserInChat.key_of(&ids, "Profile:").as_deref(),
+            Some("Profile:7:-100")
+        );
+        let long = format!("{}:", "n".repeat(200));
+        assert_eq!(
+            KeyKind::Chat.key_of(&ids, &long).as_deref(),
+            Some(format!("{long}-100").as_str())
+        );
+        assert_eq!(KeyKind::User.key_of(&Ids(None, Some(1)), &long), None);
     }
 
     #[test]
     fn the_stack_buffer_refuses_what_does_not_fit_instead_of_truncating() {
         use std::fmt::Write;
         let mut s = StackStr::default();
-        assert!(write!(s, "{}", "x".repeat(48)).is_ok());
+        assert!(write!(s, "{}", "x".repeat(96)).is_ok());
         assert!(write!(s, "y").is_err());
-        assert_eq!(s.as_str().len(), 48);
+        assert_eq!(s.as_str().len(), 96);
     }
 }

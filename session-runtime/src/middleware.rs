@@ -100,6 +100,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
         SessionMiddleware {
             sessions: Arc::new(Sessions {
                 registry: Registry::new(),
+                prefix: Arc::from(format!("{}:", S::NAMESPACE)),
                 store: self.store,
                 strategy: self.key.name(),
                 on_error: self.on_error,
@@ -235,7 +236,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
     /// Begins the session scope of `update` (`None`: an update the adapter could not read,
     /// which has no key).
     pub(crate) fn begin(&self, update: Option<&U>) -> Scope<S> {
-        let key = update.and_then(|update| self.key.shared_key_of(update));
+        let key = update.and_then(|update| self.key.stored_key_of(update, &self.sessions.prefix));
         Scope::begin(&self.sessions, key)
     }
 }

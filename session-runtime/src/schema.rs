@@ -28,6 +28,12 @@ pub trait Schema: Default + Send + Sync + 'static {
     /// The persisted fields, in index order.
     const FIELDS: &'static [FieldSpec];
 
+    /// What sets this type's records apart in a store shared with other session types: a
+    /// record is stored under `"{NAMESPACE}:{key}"`. The derive takes the struct's name, or
+    /// `#[session(namespace = "...")]` (pin it before renaming the struct: a new name is a new
+    /// namespace, and the records under the old one are no longer read).
+    const NAMESPACE: &'static str = Self::NAME;
+
     /// The key strategy `#[session(key = "...")]` chose; `None` means user-in-chat.
     const KEY: Option<KeyKind> = None;
 

@@ -81,7 +81,7 @@ async fn a_teloxide_dispatcher_gets_field_level_sessions_from_one_line() {
     running.await.expect("no panic");
 
     for user in [7, 8] {
-        let key = format!("{user}:{user}");
+        let key = format!("Counter:{user}:{user}");
         assert_eq!(stored::<u64>(&store, &key, "count"), Some(3), "{key}");
         let mut replies: Vec<String> = fake.state(|s| {
             s.sent

@@ -241,7 +241,7 @@ pub async fn seeded(fields: &[(&'static str, &str)]) -> MemoryStore {
     let patch = fields
         .iter()
         .fold(Patch::new(), |patch, (k, v)| patch.set_field(k, *v));
-    memory.apply("7:7", &patch).await.expect("seed");
+    memory.apply("Counter:7:7", &patch).await.expect("seed");
     memory
 }
 
@@ -259,13 +259,14 @@ pub fn incrementing(
         })
 }
 
-/// Reads a stored field of `key` straight from the memory store, decoded.
+/// Reads a stored field of the `Counter` session of `key` straight from the memory store
+/// (where it is stored under the type's namespace), decoded.
 pub fn stored<T: serde::de::DeserializeOwned>(
     store: &MemoryStore,
     key: &str,
     field: &str,
 ) -> Option<T> {
-    let raw = store.raw(key)?.remove(field)?;
+    let raw = store.raw(&format!("Counter:{key}"))?.remove(field)?;
     Some(serde_json::from_str(&raw).expect("stored fields are JSON"))
 }
 

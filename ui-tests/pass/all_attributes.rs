@@ -4,7 +4,7 @@ use typed_session::schema::Schema;
 use typed_session::{Chain, Key, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session, Clone, Debug, PartialEq)]
-#[session(accessor = "profile", key = "user", ttl = "7d")]
+#[session(accessor = "profile", key = "user", ttl = "7d", namespace = "profile_v1")]
 pub struct Profile {
     /// How many messages.
     #[default(0)]
@@ -30,6 +30,7 @@ fn main() {
     let p = Profile::default();
     assert_eq!((p.count, p.lang.as_str(), p.scratch.len()), (0, "en", 4));
     assert_eq!(<Profile as Schema>::FIELDS.len(), 4);
+    assert_eq!(<Profile as Schema>::NAMESPACE, "profile_v1");
     assert_eq!(<Profile as Schema>::FIELDS[2].name, "seen");
     let _ = Plain::default().r#type;
 

@@ -64,6 +64,10 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let key = model.key.as_ref().map(|variant| {
         quote!(const KEY: ::core::option::Option<#private::KeyKind> = ::core::option::Option::Some(#private::KeyKind::#variant);)
     });
+    let namespace = model
+        .namespace
+        .as_ref()
+        .map(|ns| quote!(const NAMESPACE: &'static str = #ns;));
     let ttl = model.ttl_secs.map(|secs| {
         quote!(const TTL: ::core::option::Option<#private::Duration> = ::core::option::Option::Some(#private::Duration::from_secs(#secs));)
     });
@@ -74,6 +78,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             const NAME: &'static str = #name_str;
             const FIELDS: &'static [#private::FieldSpec] = &[#(#specs),*];
             #key
+            #namespace
             #ttl
 
             fn encode_field(

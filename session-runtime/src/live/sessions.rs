@@ -16,6 +16,8 @@ use crate::store::Store;
 pub(crate) struct Sessions<S> {
     pub(crate) registry: Registry<S>,
     pub(crate) store: Arc<dyn Store>,
+    /// `"{namespace}:"`, what every stored key of this session type starts with.
+    pub(crate) prefix: Arc<str>,
     /// The key strategy's name, for [`SessionError::NoKey`].
     pub(crate) strategy: &'static str,
     pub(crate) on_error: ErrorPolicy,

@@ -183,3 +183,53 @@ async fn after_100_000_distinct_keys_the_registry_is_empty() {
     assert_eq!(sessions.live_sessions(), 0);
     assert_eq!(memory.len(), 100_000);
 }
+
+/// The pattern that lost 97 % of its increments when a stale write only warned: read the
+/// count, `.await` something, then `set_count(read + 1)`, from 100 concurrent updates of one
+/// chat, each delivered again while it is refused (as Telegram does after an error status).
+/// Every increment lands.
+#[tokio::test(start_paused = true)]
+async fn read_await_then_set_loses_no_increment_when_refused_updates_run_again() {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::with_latency(memory.clone(), Latency::Random { max_ms: 5 });
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = Arc::new(Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let counter = ctx.session().await?;
+            let seen = counter.count();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            counter.set_count(seen + 1);
+            Ok(())
+        })
+    }));
+
+    let tasks: Vec<_> = (0..100)
+        .map(|id| {
+            let chain = Arc::clone(&chain);
+            tokio::spawn(async move {
+                let mut deliveries = 0;
+                loop {
+                    deliveries += 1;
+                    let ctx = typed_session::Context::new(Update::text(id, 7, 7, "+1"));
+                    match chain.run(&ctx).await {
+                        Ok(()) => return deliveries,
+                        Err(_) if ctx.must_retry() => continue,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut deliveries = 0;
+    for task in tasks {
+        deliveries += task.await.expect("no panic");
+    }
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(100));
+    assert!(
+        deliveries > 100,
+        "some were refused and ran again: {deliveries}"
+    );
+    assert_eq!(sessions.stats().stale_writes(), deliveries as u64 - 100);
+    assert_eq!(sessions.live_sessions(), 0);
+}

@@ -46,10 +46,51 @@ async fn read_then_race(
     a.await.expect("no panic")
 }
 
+/// By default a stale `set_*` is refused and the update told to run again: run again on the
+/// newer value, it loses nothing.
+#[tokio::test]
+async fn by_default_a_stale_set_is_refused_and_the_update_runs_again_on_the_newer_value() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+
+    let error = read_then_race(&sessions, |s, seen| s.set_count(seen + 1))
+        .await
+        .expect_err("refused");
+    let error = error.downcast::<SessionError>().expect("a session error");
+    assert!(
+        matches!(*error, SessionError::StaleWrite { field: "count", .. }),
+        "{error}"
+    );
+    assert_eq!(sessions.stats().stale_writes(), 1);
+    assert_eq!(
+        stored::<u64>(&memory, "7:7", "count"),
+        Some(100),
+        "the other update's write stands"
+    );
+
+    // Delivered again, A reads 100 and writes 101.
+    let again = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let s = ctx.session().await?;
+            let seen = s.count();
+            s.set_count(seen + 1);
+            Ok(())
+        })
+    });
+    again
+        .run_update(Update::text(1, 7, 7, "a"))
+        .await
+        .expect("no longer stale");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(101));
+    assert_eq!(sessions.unsaved_sessions(), 0);
+}
+
 #[tokio::test]
 async fn a_set_after_another_update_changed_the_field_is_reported_stale() {
     let memory = MemoryStore::new();
-    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let sessions = SessionMiddleware::<Counter, Update>::builder(memory.clone())
+        .stale_writes(StalePolicy::Warn)
+        .build();
 
     read_then_race(&sessions, |s, seen| s.set_count(seen + 1))
         .await

@@ -30,12 +30,18 @@ pub enum SaveFailure {
 }
 
 /// What a stale `set_*` does: a write of a field that another update changed after this one
-/// last read it (ARCHITECTURE.md, "Stale writes").
+/// last read it (ARCHITECTURE.md, "Stale writes"). It is always counted and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StalePolicy {
-    /// Count it and log a warning; the write stands.
+    /// Refuse it: the write is not applied, the update's other unsaved writes are taken back,
+    /// and it ends with [`SessionError::StaleWrite`](crate::SessionError::StaleWrite) and
+    /// [`Context::must_retry`](crate::Context::must_retry), to run again on the newer value
+    /// (the webhook has Telegram deliver it again; the poller runs it again). A
+    /// read, `.await`, `set_*` sequence then never loses the other update's write.
     #[default]
+    Retry,
+    /// Let the write stand (the other update's write is lost).
     Warn,
     /// Also end the update with [`SessionError::StaleWrite`](crate::SessionError::StaleWrite),
     /// which the error policy then applies to.

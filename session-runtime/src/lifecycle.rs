@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::{ErrorPolicy, SaveFailure};
+use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::context::Context;
 use crate::error::{BoxError, SessionError};
 use crate::live::SessionRef;
@@ -363,6 +363,20 @@ enum Closed {
 /// keeps them), so that the update, delivered again, is applied once.
 async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool, keep: bool) -> Closed {
     let sessions = &hold.sessions;
+    let stale = hold.stale_field().map(|field| SessionError::StaleWrite {
+        session: S::NAME,
+        key: hold.entry.key.to_string(),
+        field,
+    });
+    if let Some(stale) = stale.filter(|_| sessions.stale == StalePolicy::Retry) {
+        // The stale write was never applied; the others of this update are taken back too,
+        // so that it runs again whole, on the newer value.
+        hold.revert(true);
+        hold.entry.lock().settle();
+        let persisted = sessions.persist(&hold.entry).await;
+        sessions.registry.release(&hold.entry, persisted.is_err());
+        return Closed::Retry(stale);
+    }
     let refused = match hold.stale_field() {
         Some(field) if !failed => Some(SessionError::StaleWrite {
             session: S::NAME,

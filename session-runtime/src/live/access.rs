@@ -45,7 +45,8 @@ pub(crate) struct Hold<S: Schema> {
 impl<S: Schema> Hold<S> {
     pub(crate) fn new(sessions: Arc<Sessions<S>>, entry: Arc<Entry<S>>) -> Self {
         let undo = (sessions.on_error == ErrorPolicy::Discard
-            || sessions.save_failure == SaveFailure::Retry)
+            || sessions.save_failure == SaveFailure::Retry
+            || sessions.stale == StalePolicy::Retry)
             .then(Mutex::default);
         Hold {
             seen: S::FIELDS.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -224,6 +225,9 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         let seen = self.hold.seen[index].load(Ordering::Relaxed);
         if seen != 0 && seen != state.fields[index].version {
             self.report_stale(index);
+            if self.hold.sessions.stale == StalePolicy::Retry {
+                return; // refused: the update runs again on the newer value
+            }
         }
         self.hold.remember(&state, index);
         f(&mut state.value);
@@ -320,7 +324,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
             field,
             "stale write: another update changed this field after this update read it; use update_* for read-modify-write"
         );
-        if self.hold.sessions.stale == StalePolicy::Error {
+        if self.hold.sessions.stale != StalePolicy::Warn {
             let _ = self.hold.stale.set(field);
         }
     }

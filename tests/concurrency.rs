@@ -233,3 +233,68 @@ async fn read_await_then_set_loses_no_increment_when_refused_updates_run_again()
     assert_eq!(sessions.stats().stale_writes(), deliveries as u64 - 100);
     assert_eq!(sessions.live_sessions(), 0);
 }
+
+/// In exclusive mode one update per key runs at a time from its first use of the session:
+/// read, `.await`, `set_*` from 100 concurrent updates is never stale, and each runs once.
+#[tokio::test(start_paused = true)]
+async fn in_exclusive_mode_read_await_then_set_is_never_stale() {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::with_latency(memory.clone(), Latency::Random { max_ms: 5 });
+    let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
+        .exclusive(std::time::Duration::from_secs(60))
+        .build();
+    let chain = Arc::new(Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let counter = ctx.session().await?;
+            let seen = counter.count();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            counter.set_count(seen + 1);
+            Ok(())
+        })
+    }));
+
+    run_concurrently(&chain, (0..100).map(|id| Update::text(id, 7, 7, "+1"))).await;
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(100));
+    assert_eq!(sessions.stats().stale_writes(), 0);
+    assert_eq!(probe.applies(), 100, "one save per update, in turn");
+    assert_eq!(sessions.live_sessions(), 0);
+}
+
+/// An update that waits longer than the exclusive wait for its turn gets a typed error, and
+/// nothing of it is written.
+#[tokio::test(start_paused = true)]
+async fn in_exclusive_mode_a_key_busy_past_the_wait_is_a_typed_error() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::builder(memory.clone())
+        .exclusive(std::time::Duration::from_secs(1))
+        .build();
+    let slow = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok(())
+        })
+    });
+    let slow = tokio::spawn(async move { slow.run_update(Update::text(1, 7, 7, "slow")).await });
+    tokio::task::yield_now().await; // the slow update has the key
+    let error = common::incrementing(&sessions)
+        .run_update(Update::text(2, 7, 7, "+1"))
+        .await
+        .expect_err("busy");
+    let error = error
+        .downcast::<typed_session::SessionError>()
+        .expect("typed");
+    assert!(
+        matches!(*error, typed_session::SessionError::Busy { ref key, .. } if key == "Counter:7:7"),
+        "{error}"
+    );
+    slow.await
+        .expect("no panic")
+        .expect("the slow one finishes");
+    assert_eq!(
+        stored::<u64>(&memory, "7:7", "count"),
+        Some(1),
+        "only the slow one"
+    );
+}

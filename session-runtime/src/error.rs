@@ -258,6 +258,19 @@ pub enum SessionError {
         /// The stored names of the fields in conflict.
         fields: Vec<&'static str>,
     },
+    /// In exclusive mode, another update of the same key kept it longer than the middleware
+    /// waits for its turn.
+    #[error(
+        "session `{session}` key {key:?} stayed busy with another update for {waited:?}; try again later"
+    )]
+    Busy {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// How long this update waited.
+        waited: std::time::Duration,
+    },
     /// The chain panicked or its future was dropped before it finished.
     #[error("the chain for session `{session}` key {key:?} was {how} before it finished")]
     Interrupted {

@@ -62,6 +62,9 @@ impl<S: Session> Slot<S> {
                 }
             }
         };
+        if let Some(wait) = self.sessions.exclusive {
+            hold.take_turn(wait).await?;
+        }
         hold.entry
             .ensure_loaded(&*self.sessions.store, &self.sessions.stats)
             .await?;
@@ -337,6 +340,7 @@ impl<S: Session> Drop for Scope<S> {
                     "update {how} outside a tokio runtime; its session is written by the next update of its key or a flush"
                 );
                 hold.sessions.registry.release(&hold.entry, unsaved);
+                hold.give_turn_back();
             }
         }
     }
@@ -375,6 +379,7 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool, keep: bool) -> Clos
         hold.entry.lock().settle();
         let persisted = sessions.persist(&hold.entry).await;
         sessions.registry.release(&hold.entry, persisted.is_err());
+        hold.give_turn_back();
         return Closed::Retry(stale);
     }
     let refused = match hold.stale_field() {
@@ -405,6 +410,7 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool, keep: bool) -> Clos
         Err(_) => hold.entry.lock().has_changes(),
     };
     sessions.registry.release(&hold.entry, unsaved);
+    hold.give_turn_back();
     if !discarded.is_empty() {
         return Closed::Retry(SessionError::Conflict {
             session: S::NAME,

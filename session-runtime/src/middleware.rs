@@ -46,6 +46,7 @@ pub struct SessionBuilder<S: Session, U> {
     on_error: ErrorPolicy,
     stale: StalePolicy,
     save_failure: SaveFailure,
+    exclusive: Option<Duration>,
     ttl: Option<Duration>,
     _session: PhantomData<fn() -> S>,
 }
@@ -57,6 +58,7 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
             .field("key", &self.key)
             .field("on_error", &self.on_error)
             .field("stale_writes", &self.stale)
+            .field("exclusive", &self.exclusive)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
@@ -82,7 +84,18 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self
     }
 
-    /// What a stale write does (default: warn).
+    /// Runs one update per key at a time in this process: from its first use of the session
+    /// to the end of its save, an update has the key to itself, and the next one waits for it
+    /// (in arrival order, at most `wait`, then [`SessionError::Busy`]). Read, `.await`, write
+    /// is then safe by construction, at the price of concurrency per key. Writers in other
+    /// processes are still caught by conditional writes. An update must not wait inside its
+    /// handler for another update of the same key: that other one waits for it.
+    pub fn exclusive(mut self, wait: Duration) -> Self {
+        self.exclusive = Some(wait);
+        self
+    }
+
+    /// What a stale write does (default: refuse it and run the update again).
     pub fn stale_writes(mut self, policy: StalePolicy) -> Self {
         self.stale = policy;
         self
@@ -106,6 +119,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
                 on_error: self.on_error,
                 stale: self.stale,
                 save_failure: self.save_failure,
+                exclusive: self.exclusive,
                 ttl: self.ttl,
                 stats: Stats::default(),
             }),
@@ -200,6 +214,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             on_error: ErrorPolicy::default(),
             stale: StalePolicy::default(),
             save_failure: SaveFailure::default(),
+            exclusive: None,
             ttl: S::TTL,
             _session: PhantomData,
         }

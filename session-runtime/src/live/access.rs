@@ -40,6 +40,9 @@ pub(crate) struct Hold<S: Schema> {
     undo: Option<Mutex<Undo>>,
     stale: OnceLock<&'static str>,
     pub(crate) finished: AtomicBool,
+    /// In exclusive mode: taken once, on the first access; given back when the update ends.
+    turn_taken: tokio::sync::OnceCell<()>,
+    turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
 }
 
 impl<S: Schema> Hold<S> {
@@ -54,9 +57,41 @@ impl<S: Schema> Hold<S> {
             undo,
             stale: OnceLock::new(),
             finished: AtomicBool::new(false),
+            turn_taken: tokio::sync::OnceCell::new(),
+            turn: Mutex::new(None),
             sessions,
             entry,
         }
+    }
+
+    /// In exclusive mode, waits until no other update of this process holds the key (at most
+    /// `wait`), then holds it until [`give_turn_back`](Self::give_turn_back).
+    pub(crate) async fn take_turn(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<(), crate::error::SessionError> {
+        self.turn_taken
+            .get_or_try_init(|| async {
+                let turn = Arc::clone(&self.entry.turn);
+                match tokio::time::timeout(wait, turn.lock_owned()).await {
+                    Ok(guard) => {
+                        *self.turn.lock() = Some(guard);
+                        Ok(())
+                    }
+                    Err(_) => Err(crate::error::SessionError::Busy {
+                        session: S::NAME,
+                        key: self.entry.key.to_string(),
+                        waited: wait,
+                    }),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Lets the next update of the key have its turn.
+    pub(crate) fn give_turn_back(&self) {
+        self.turn.lock().take();
     }
 
     /// The first field this update wrote stale, when stale writes are errors.

@@ -269,6 +269,8 @@ pub(crate) struct Entry<S> {
     state: Mutex<State<S>>,
     /// Held for the whole of a persist, so the patches of one key never reorder.
     write_gate: tokio::sync::Mutex<()>,
+    /// In exclusive mode, held by the one update of this key that may use it.
+    pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<S: Schema> Entry<S> {
@@ -296,6 +298,7 @@ impl<S: Schema> Entry<S> {
                 clear_epoch: 0,
             }),
             write_gate: tokio::sync::Mutex::new(()),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

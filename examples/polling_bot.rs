@@ -44,12 +44,20 @@ async fn main() -> Result<(), BoxError> {
             })
         });
 
-    Polling::new(token, chain)
+    let stopped = Polling::new(token, chain)
         .timeout(Duration::from_secs(30))
         .max_concurrency(32)
         .run(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    if stopped.unsaved.is_empty() {
+        println!("stopped; every session is saved");
+    } else {
+        eprintln!(
+            "stopped; the sessions of updates {:?} are NOT saved: Telegram delivers them again to the next run",
+            stopped.unsaved
+        );
+    }
     Ok(())
 }

@@ -89,7 +89,7 @@ fn spawn(
     polling: Polling<Update>,
 ) -> (
     oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), PollingError>>,
+    tokio::task::JoinHandle<Result<typed_session::Stopped, PollingError>>,
 ) {
     let (stop, stopped) = oneshot::channel::<()>();
     let run = tokio::spawn(polling.run(async {
@@ -200,12 +200,17 @@ async fn stopped_while_a_save_fails_it_confirms_only_what_was_saved_and_the_rest
     });
     fake.push([Update::text(1, 7, 7, "hi"), Update::text(2, 8, 8, "hi")]);
     let first = polling(chain, &api).max_concurrency(1);
-    first
+    let report = first
         .run(async {
             let _ = stopped.await;
         })
         .await
         .expect("polling ends cleanly");
+    assert_eq!(
+        report.unsaved,
+        [2],
+        "the run says which update is not saved"
+    );
 
     assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(2));
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));

@@ -39,7 +39,7 @@ pub use store::{MemoryStore, Store};
 pub use integrations::dispatching;
 #[cfg(feature = "polling")]
 #[cfg_attr(docsrs, doc(cfg(feature = "polling")))]
-pub use integrations::polling::{Polling, PollingError};
+pub use integrations::polling::{Polling, PollingError, Stopped};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use integrations::tower::{SessionLayer, SessionService};

@@ -94,9 +94,11 @@ const REPOLL: Duration = Duration::from_millis(500);
 ///     }));
 /// let token = std::env::var("BOT_TOKEN").unwrap_or_default();
 /// let (_stop, stopped) = tokio::sync::oneshot::channel::<()>(); // e.g. sent on SIGTERM
-/// Polling::new(token, chain)
+/// let stopped = Polling::new(token, chain)
 ///     .run(async { let _ = stopped.await; })
-///     .await
+///     .await?;
+/// assert!(stopped.unsaved.is_empty(), "Telegram delivers these again: {:?}", stopped.unsaved);
+/// # Ok(())
 /// # }
 /// ```
 pub struct Polling<U> {
@@ -122,6 +124,16 @@ impl<U> std::fmt::Debug for Polling<U> {
             .field("backoff", &self.backoff)
             .finish_non_exhaustive()
     }
+}
+
+/// How [`Polling::run`] left things when it was asked to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stopped {
+    /// The updates whose sessions could not be saved before the stop, oldest first. They
+    /// were not confirmed: Telegram delivers them (and the ones after them) again to the next
+    /// run. Empty when everything handled is saved.
+    pub unsaved: Vec<i64>,
 }
 
 /// Why [`Polling::run`] stopped without being asked to.
@@ -206,13 +218,16 @@ where
     }
 
     /// Polls until `shutdown` completes, then finishes the updates in flight, confirms what was
-    /// saved, and returns `Ok`.
+    /// saved, and returns what could not be saved.
     ///
     /// # Errors
     ///
     /// [`PollingError::Unauthorized`] when Telegram rejects the token, and
     /// [`PollingError::Client`] when no HTTP client can be built.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), PollingError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Stopped, PollingError> {
         let client = reqwest::Client::builder()
             .build()
             .map_err(PollingError::Client)?;
@@ -314,7 +329,17 @@ where
         if offset > confirmed {
             self.confirm(&api, offset).await;
         }
-        stopped_by.map_or(Ok(()), Err)
+        let unsaved = window.unsaved_ids();
+        if !unsaved.is_empty() {
+            tracing::error!(
+                ?unsaved,
+                "stopped with updates whose sessions are not saved; Telegram delivers them again to the next run"
+            );
+        }
+        match stopped_by {
+            Some(error) => Err(error),
+            None => Ok(Stopped { unsaved }),
+        }
     }
 
     fn get_updates(&self, offset: i64, timeout: Duration, limit: u8) -> serde_json::Value {

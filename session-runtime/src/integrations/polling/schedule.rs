@@ -65,6 +65,15 @@ impl Window {
             .any(|s| matches!(s, Status::Unsaved | Status::Retry))
     }
 
+    /// The updates finished without their sessions saved, oldest first.
+    pub(super) fn unsaved_ids(&self) -> Vec<i64> {
+        self.open
+            .iter()
+            .filter(|(_, status)| matches!(status, Status::Unsaved | Status::Retry))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The updates that have to run again, oldest first, with their text.
     pub(super) fn to_retry(&self) -> Vec<(i64, Box<RawValue>)> {
         self.open

@@ -175,6 +175,7 @@ async fn a_persist_that_fails_turns_the_response_into_a_500_and_keeps_the_sessio
         Arc::clone(&probe),
         by_user_header(),
     )
+    .on_save_failure(typed_session::SaveFailure::Keep)
     .build();
     let mut service = SessionLayer::from(sessions.clone()).layer(App);
 

@@ -12,31 +12,36 @@ use crate::live::entry::{Dirty, Entry, State};
 use crate::live::sessions::Sessions;
 use crate::schema::Schema;
 
-/// What one update changed, to take back under [`ErrorPolicy::Discard`], or when its save
-/// fails under [`SaveFailure::Retry`].
+/// What one update needs to take its writes back (under [`ErrorPolicy::Discard`], after a
+/// failed save, a stale write): the values before its first write of each field that the
+/// store does not hold (a field already dirty then, or any field under `Discard`, which takes
+/// back saved writes too). A field that was clean is restored from what the store holds, so
+/// the usual update encodes nothing and allocates nothing here.
 #[derive(Default)]
 struct Undo {
-    fields: Vec<FieldUndo>,
+    /// Field index and its encoding before this update's first write (`None`: not encodable).
+    befores: Vec<(usize, Option<String>)>,
     /// `delete_pending` before this update's first `clear()`, and the epoch of its last one.
     clear: Option<(bool, u64)>,
 }
 
-struct FieldUndo {
-    index: usize,
-    /// The encoded value before this update's first write; `None` if it could not be encoded.
-    before: Option<String>,
-    /// The version of this update's last write.
-    version_after: u64,
+/// What an update did with one persisted field, by local version (0: nothing).
+#[derive(Default)]
+struct Marks {
+    /// Last read or written.
+    seen: AtomicU64,
+    /// Last set, updated, reset or replaced (not cleared).
+    written: AtomicU64,
+    /// Last changed in any way, `clear()` included: what taking back looks for.
+    changed: AtomicU64,
 }
 
 /// One update's hold on a live entry.
 pub(crate) struct Hold<S: Schema> {
     pub(crate) sessions: Arc<Sessions<S>>,
     pub(crate) entry: Arc<Entry<S>>,
-    /// Per persisted field, the version this update last read or wrote (0: never).
-    seen: Box<[AtomicU64]>,
-    /// Per persisted field, the version of this update's last write to it (0: none).
-    written: Box<[AtomicU64]>,
+    /// Per persisted field, what this update did with it.
+    marks: Box<[Marks]>,
     undo: Option<Mutex<Undo>>,
     stale: OnceLock<&'static str>,
     pub(crate) finished: AtomicBool,
@@ -52,8 +57,7 @@ impl<S: Schema> Hold<S> {
             || sessions.stale == StalePolicy::Retry)
             .then(Mutex::default);
         Hold {
-            seen: S::FIELDS.iter().map(|_| AtomicU64::new(0)).collect(),
-            written: S::FIELDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            marks: S::FIELDS.iter().map(|_| Marks::default()).collect(),
             undo,
             stale: OnceLock::new(),
             finished: AtomicBool::new(false),
@@ -99,26 +103,21 @@ impl<S: Schema> Hold<S> {
         self.stale.get().copied()
     }
 
-    /// Remembers field `index` before this update's first write to it (Discard policy only).
+    /// Remembers field `index` before this update's first change of it, where the store does
+    /// not hold that value (see [`Undo`]).
     fn remember(&self, state: &State<S>, index: usize) {
         let Some(undo) = &self.undo else { return };
-        let mut undo = undo.lock();
-        if undo.fields.iter().any(|u| u.index == index) {
-            return;
+        if self.marks[index].changed.load(Ordering::Relaxed) != 0 {
+            return; // not the first change
         }
-        undo.fields.push(FieldUndo {
-            index,
-            before: state.save_field(index),
-            version_after: 0,
-        });
+        if self.sessions.on_error == ErrorPolicy::Discard || state.is_dirty(index) {
+            undo.lock().befores.push((index, state.save_field(index)));
+        }
     }
 
     fn wrote(&self, index: usize, version: u64) {
-        self.seen[index].store(version, Ordering::Relaxed);
-        let Some(undo) = &self.undo else { return };
-        if let Some(u) = undo.lock().fields.iter_mut().find(|u| u.index == index) {
-            u.version_after = version;
-        }
+        self.marks[index].seen.store(version, Ordering::Relaxed);
+        self.marks[index].changed.store(version, Ordering::Relaxed);
     }
 
     /// The fields whose last write by this update was discarded after a conflict: another
@@ -129,7 +128,7 @@ impl<S: Schema> Hold<S> {
             .iter()
             .enumerate()
             .filter(|(index, _)| {
-                let written = self.written[*index].load(Ordering::Relaxed);
+                let written = self.marks[*index].written.load(Ordering::Relaxed);
                 written != 0 && state.fields[*index].was_discarded(written)
             })
             .map(|(_, spec)| spec.name)
@@ -138,7 +137,7 @@ impl<S: Schema> Hold<S> {
 
     /// Records a write of field `index` by this update.
     fn wrote_field(&self, index: usize, version: u64) {
-        self.written[index].store(version, Ordering::Relaxed);
+        self.marks[index].written.store(version, Ordering::Relaxed);
         self.wrote(index, version);
     }
 
@@ -149,14 +148,19 @@ impl<S: Schema> Hold<S> {
         let Some(undo) = &self.undo else { return };
         let undo = std::mem::take(&mut *undo.lock());
         let mut state = self.entry.lock();
-        for u in undo.fields.iter().rev() {
-            let field = &state.fields[u.index];
-            if field.version != u.version_after || (unsaved_only && field.is_saved(u.version_after))
+        for (index, marks) in self.marks.iter().enumerate() {
+            let changed = marks.changed.swap(0, Ordering::Relaxed);
+            let field = &state.fields[index];
+            if changed == 0 || field.version != changed || (unsaved_only && field.is_saved(changed))
             {
                 continue;
             }
-            if let Some(before) = &u.before {
-                state.restore_field(u.index, before);
+            match undo.befores.iter().find(|(i, _)| *i == index) {
+                Some((_, Some(before))) => {
+                    state.restore_field(index, before);
+                }
+                Some((_, None)) => {}
+                None => state.restore_stored(index),
             }
         }
         if let Some((before, epoch)) = undo.clear
@@ -246,7 +250,9 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         self.check_live("read");
         let state = self.hold.entry.lock();
         if let Some(index) = index {
-            self.hold.seen[index].store(state.fields[index].version, Ordering::Relaxed);
+            self.hold.marks[index]
+                .seen
+                .store(state.fields[index].version, Ordering::Relaxed);
         }
         f(&state.value)
     }
@@ -257,7 +263,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     pub fn set(&self, index: usize, f: impl FnOnce(&mut S)) {
         self.check_live("write");
         let mut state = self.hold.entry.lock();
-        let seen = self.hold.seen[index].load(Ordering::Relaxed);
+        let seen = self.hold.marks[index].seen.load(Ordering::Relaxed);
         if seen != 0 && seen != state.fields[index].version {
             self.report_stale(index);
             if self.hold.sessions.stale == StalePolicy::Retry {

@@ -122,18 +122,42 @@ impl<S: Schema> State<S> {
     /// Marks clean the fields marked for writing whose value is what the store holds (after
     /// taking back writes that were never saved).
     pub(crate) fn settle(&mut self) {
+        let mut defaults: Option<S> = None;
         for index in 0..self.fields.len() {
             if self.fields[index].dirty != Dirty::Set {
                 continue;
             }
             let same = match (&self.fields[index].stored, self.value.encode_field(index)) {
                 (Some(stored), Ok(encoded)) => same_json(stored, &encoded),
+                // Nothing stored reads back as the default.
+                (None, Ok(encoded)) => defaults
+                    .get_or_insert_with(S::default)
+                    .encode_field(index)
+                    .is_ok_and(|d| same_json(&d, &encoded)),
                 _ => false,
             };
             if same {
                 self.fields[index].dirty = Dirty::Clean;
             }
         }
+    }
+
+    /// Whether field `index` has a change the store does not hold yet.
+    pub(crate) fn is_dirty(&self, index: usize) -> bool {
+        self.fields[index].dirty != Dirty::Clean
+    }
+
+    /// Puts back into field `index` what the store holds for it (its default if nothing), as
+    /// a new local version that needs no write.
+    pub(crate) fn restore_stored(&mut self, index: usize) {
+        let restored = match &self.fields[index].stored {
+            Some(text) => self.value.decode_field(index, text).is_ok(),
+            None => false,
+        };
+        if !restored {
+            self.value.reset_field(index);
+        }
+        self.bump(index, Dirty::Clean);
     }
 
     /// Forgets what a persist that did not complete was writing: those fields stay dirty.

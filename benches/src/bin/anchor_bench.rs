@@ -3,11 +3,11 @@
 //!
 //! ```sh
 //! # A: throughput on the memory store (one config per process, like the anchors)
-//! cargo run --release --example anchor_bench -- --workload seq --variant session --runtime current-thread
+//! cargo run --release -p typed-session-bench --bin anchor_bench -- --workload seq --variant session --runtime current-thread
 //! # C: store traffic per update, 20-field session, scenarios write1 / read / none
-//! cargo run --release --example anchor_bench -- --bench writes
+//! cargo run --release -p typed-session-bench --bin anchor_bench -- --bench writes
 //! # D-like: the full middleware on a persistent store, sequential
-//! cargo run --release --all-features --example anchor_bench -- --bench store --store sqlite-wal
+//! cargo run --release -p typed-session-bench --bin anchor_bench -- --bench store --store sqlite-wal
 //! ```
 //!
 //! Workload: `--updates` updates (200,000) over `--users` users (10,000), each user equally
@@ -634,7 +634,8 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
         }
         lost = 0;
         for (u, n) in expected {
-            let key = format!("{0}:{0}", user_id(u));
+            // Stored under the session type's namespace.
+            let key = format!("{}:{1}:{1}", Count::NAMESPACE, user_id(u));
             let stored = store
                 .load(&key)
                 .await?

@@ -245,6 +245,11 @@ fn same_json(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
+    // Only an object's entries can come in another order; text without one that differs
+    // holds another value (this crate's encoder writes every other value one way).
+    if !a.contains('{') || !b.contains('{') {
+        return false;
+    }
     match (
         serde_json::from_str::<serde_json::Value>(a),
         serde_json::from_str::<serde_json::Value>(b),

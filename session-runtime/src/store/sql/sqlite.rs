@@ -7,8 +7,8 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
 use super::{
-    Clock, DEFAULT_TABLE, conflict, edit_expression, parse_record, parse_versions, patch_paths,
-    table_name,
+    Clock, DEFAULT_TABLE, conflict, edit_expression, json_path, parse_record, parse_versions,
+    patch_paths, table_name,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -224,11 +224,121 @@ impl SqliteStore {
         Ok(Some(record))
     }
 
-    /// One patch in one immediate transaction: the versions are read and checked, then the
-    /// row is written with the new ones. The write lock is taken at `BEGIN`, so no other
-    /// connection or process writes the row between the check and the write.
+    /// One patch in one statement: the versions it expects are its condition, checked on the
+    /// row as the statement writes it (SQLite runs one writer at a time), and the new versions
+    /// (one more than expected) are merged into the row's. A patch that expects every field
+    /// never written may create the row; one that expects a field must find it live.
     fn apply_now(&self, key: &str, patch: &Patch<'_>) -> Result<(), StoreError> {
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
+        let mut expected = Vec::with_capacity(patch.expect.len());
+        let mut bumped = serde_json::Map::new();
+        for (field, version) in &patch.expect {
+            let version = i64::try_from(*version).map_err(|_| StoreError::Malformed {
+                backend: BACKEND,
+                key: key.to_owned(),
+                field: (*field).to_owned(),
+                message: "a version beyond i64".to_owned(),
+            })?;
+            expected.push((json_path(BACKEND, key, field)?, version));
+            bumped.insert((*field).to_owned(), (version + 1).into());
+        }
+        let written = || {
+            patch
+                .set
+                .iter()
+                .map(|(f, _)| *f)
+                .chain(patch.remove.iter().copied())
+        };
+        if written().any(|field| !bumped.contains_key(field)) {
+            // A write that expects nothing of a field (an admin's, not the middleware's):
+            // its version is read and bumped in a transaction.
+            return self.apply_unconditionally(key, patch, &removed, &set);
+        }
+        let bumped = serde_json::Value::Object(bumped).to_string();
+        let t = &self.sql.table;
+        let now = self.clock.now_ms();
+        let expires_at = self.clock.expiry(patch.ttl);
+        let set_pairs = || {
+            set.iter()
+                .zip(&patch.set)
+                .flat_map(|(path, (_, value))| [path as &dyn ToSql, value as &dyn ToSql])
+        };
+        let live_versions =
+            "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE versions END)";
+        let changed = if expected.iter().all(|(_, v)| *v == 0) {
+            let insert = edit_expression("'{}'", 0, patch.set.len(), "json(?)");
+            let current =
+                "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
+            let update = edit_expression(current, patch.remove.len(), patch.set.len(), "json(?)");
+            let condition = condition(live_versions, expected.len());
+            let sql = format!(
+                "INSERT INTO {t} (key, data, versions, expires_at) VALUES (?, {insert}, ?, ?) \
+                 ON CONFLICT (key) DO UPDATE SET data = {update}, versions = json_patch({live_versions}, ?), \
+                 expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END) \
+                 WHERE {condition}"
+            );
+            // Bound in the order the `?` stand in the statement, by reference.
+            let mut params: Vec<&dyn ToSql> = vec![&key];
+            params.extend(set_pairs());
+            params.extend([&bumped as &dyn ToSql, &expires_at, &now]);
+            params.extend(removed.iter().map(|path| path as &dyn ToSql));
+            params.extend(set_pairs());
+            params.extend([&now as &dyn ToSql, &bumped, &now]);
+            for (path, version) in &expected {
+                params.extend([&now as &dyn ToSql, path, version]);
+            }
+            self.execute(key, &sql, params)?
+        } else {
+            let update = edit_expression("data", patch.remove.len(), patch.set.len(), "json(?)");
+            let condition = condition("versions", expected.len());
+            let sql = format!(
+                "UPDATE {t} SET data = {update}, versions = json_patch(versions, ?), \
+                 expires_at = COALESCE(?, expires_at) \
+                 WHERE key = ? AND (expires_at IS NULL OR expires_at > ?) AND {condition}"
+            );
+            let mut params: Vec<&dyn ToSql> =
+                removed.iter().map(|path| path as &dyn ToSql).collect();
+            params.extend(set_pairs());
+            params.extend([&bumped as &dyn ToSql, &expires_at, &key, &now]);
+            for (path, version) in &expected {
+                params.extend([path as &dyn ToSql, version]);
+            }
+            self.execute(key, &sql, params)?
+        };
+        if changed > 0 {
+            return Ok(());
+        }
+        let current: Option<String> = self
+            .connection
+            .lock()
+            .prepare_cached(&self.sql.versions)
+            .and_then(|mut statement| statement.query_row((key, now), |row| row.get(0)).optional())
+            .map_err(|e| error(StoreOp::Apply, key, e))?;
+        let versions = match &current {
+            Some(text) => parse_versions(BACKEND, key, text)?,
+            None => Default::default(),
+        };
+        Err(conflict(BACKEND, key, patch, &versions))
+    }
+
+    fn execute(&self, key: &str, sql: &str, params: Vec<&dyn ToSql>) -> Result<usize, StoreError> {
+        self.connection
+            .lock()
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute(params_from_iter(params)))
+            .map_err(|e| error(StoreOp::Apply, key, e))
+    }
+
+    /// A patch with fields it expects nothing of, in one immediate transaction: the versions
+    /// are read and bumped, then the row is written. The write lock is taken at `BEGIN`, so no
+    /// other connection or process writes the row between the two.
+    fn apply_unconditionally(
+        &self,
+        key: &str,
+        patch: &Patch<'_>,
+        removed: &[String],
+        set: &[String],
+    ) -> Result<(), StoreError> {
         let mut connection = self.connection.lock();
         let tx = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -266,7 +376,6 @@ impl SqliteStore {
              ON CONFLICT (key) DO UPDATE SET data = {update}, versions = excluded.versions, \
              expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END)"
         );
-        // Bound in the order the `?` stand in the statement, by reference: nothing is copied.
         let expires_at = self.clock.expiry(patch.ttl);
         let set_pairs = || {
             set.iter()
@@ -285,6 +394,17 @@ impl SqliteStore {
             .map_err(|e| error(StoreOp::Apply, key, e))?;
         tx.commit().map_err(|e| error(StoreOp::Apply, key, e))
     }
+}
+
+/// `n` conditions, each that the version at path `?` in `versions` is `?` (absent is 0).
+fn condition(versions: &str, n: usize) -> String {
+    let mut condition = String::from("1");
+    for _ in 0..n {
+        condition.push_str(&format!(
+            " AND COALESCE(json_extract({versions}, ?), 0) = ?"
+        ));
+    }
+    condition
 }
 
 impl Store for SqliteStore {

@@ -306,3 +306,44 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
         logs.lines()
     );
 }
+
+/// A dispatcher never delivers an update twice, so nothing of an update is refused to have it
+/// run again: under the default policies a stale write stands (and is counted), where the
+/// chain would refuse it.
+#[tokio::test]
+async fn under_a_dispatcher_a_stale_write_stands_rather_than_being_refused() {
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let other = typed_session::Chain::new()
+        .with(sessions.clone())
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session_of::<Counter>().await?.set_count(100);
+                Ok(())
+            })
+        });
+    let bot: Handler<'static, HandlerResult> =
+        dptree::entry().chain(attach(sessions.clone())).branch(
+            dptree::filter_map(messages)
+                .chain(load::<Counter, _, _>())
+                .endpoint(move |counter: CounterHandle<'static>| {
+                    let other = other.clone();
+                    async move {
+                        let seen = counter.count();
+                        other.run_update(text(2, 7, "other")).await?;
+                        counter.set_count(seen + 1);
+                        Ok(())
+                    }
+                }),
+        );
+
+    let flow = dispatch(&bot, text(1, 7, "count")).await;
+
+    assert!(matches!(flow, ControlFlow::Break(Ok(()))), "{flow:?}");
+    assert_eq!(sessions.stats().stale_writes(), 1, "counted");
+    assert_eq!(
+        stored::<u64>(&store, "7:7", "count"),
+        Some(1),
+        "the write stands"
+    );
+}

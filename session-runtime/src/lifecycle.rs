@@ -27,6 +27,8 @@ use crate::session::Session;
 struct Slot<S: Session> {
     sessions: Arc<Sessions<S>>,
     key: Option<Arc<str>>,
+    /// Whoever runs this update delivers it again when told to (see [`Scope::run_once`]).
+    retried: bool,
     state: Mutex<SlotState<S>>,
 }
 
@@ -56,7 +58,7 @@ impl<S: Session> Slot<S> {
                 Some(hold) => Arc::clone(hold),
                 None => {
                     let entry = self.sessions.registry.acquire(key);
-                    let hold = Arc::new(Hold::new(Arc::clone(&self.sessions), entry));
+                    let hold = Arc::new(Hold::new(Arc::clone(&self.sessions), entry, self.retried));
                     state.hold = Some(Arc::clone(&hold));
                     hold
                 }
@@ -241,8 +243,6 @@ pub(crate) struct Scope<S: Session> {
     slot: Arc<Slot<S>>,
     /// Not ended yet: a drop ends it.
     open: bool,
-    /// Whoever runs this update never delivers it twice: a failed save keeps its writes.
-    keep_failed_saves: bool,
 }
 
 impl<S: Session> Scope<S> {
@@ -252,21 +252,24 @@ impl<S: Session> Scope<S> {
             slot: Arc::new(Slot {
                 sessions: Arc::clone(sessions),
                 key,
+                retried: true,
                 state: Mutex::new(SlotState {
                     ended: false,
                     hold: None,
                 }),
             }),
             open: true,
-            keep_failed_saves: false,
         }
     }
 
-    /// Keeps the writes of a save that failed for a later flush, whatever the middleware's
-    /// [`SaveFailure`] policy: for runners that never deliver an update twice.
+    /// For runners that never deliver an update twice (teloxide's dispatcher): nothing of
+    /// the update is taken back to have it run again, whatever the middleware's policies. A
+    /// failed save keeps its writes for a flush, and a stale write stands (and is counted).
     #[cfg_attr(not(feature = "teloxide"), allow(dead_code))]
-    pub(crate) fn keeping_failed_saves(mut self) -> Self {
-        self.keep_failed_saves = true;
+    pub(crate) fn run_once(mut self) -> Self {
+        if let Some(slot) = Arc::get_mut(&mut self.slot) {
+            slot.retried = false;
+        }
         self
     }
 
@@ -288,10 +291,7 @@ impl<S: Session> Scope<S> {
         let Some(hold) = self.slot.end() else {
             return Ended::untouched(outcome);
         };
-        match (
-            close(hold, outcome.is_err(), self.keep_failed_saves).await,
-            outcome,
-        ) {
+        match (close(hold, outcome.is_err()).await, outcome) {
             (Closed::Saved, outcome) => Ended::untouched(outcome),
             (Closed::Refused(error), _) => Ended::Refused(error),
             (Closed::Unsaved(error), outcome) => Ended::Unsaved {
@@ -321,10 +321,9 @@ impl<S: Session> Drop for Scope<S> {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let keep = self.keep_failed_saves;
                 runtime.spawn(async move {
                     let key = hold.entry.key.clone();
-                    if let Closed::Unsaved(error) | Closed::Retry(error) = close(hold, true, keep).await {
+                    if let Closed::Unsaved(error) | Closed::Retry(error) = close(hold, true).await {
                         tracing::error!(session = S::NAME, key = &*key, how, %error, "the session of an interrupted update is not saved");
                     }
                 });
@@ -363,16 +362,16 @@ enum Closed {
 }
 
 /// Applies the error policy to the update behind `hold`, persists, and releases the hold. A
-/// save that fails takes back the update's unsaved writes (unless `keep`, or the middleware
-/// keeps them), so that the update, delivered again, is applied once.
-async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool, keep: bool) -> Closed {
+/// save that fails takes back the update's unsaved writes (unless its runner never retries,
+/// or the middleware keeps them), so that the update, delivered again, is applied once.
+async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     let sessions = &hold.sessions;
     let stale = hold.stale_field().map(|field| SessionError::StaleWrite {
         session: S::NAME,
         key: hold.entry.key.to_string(),
         field,
     });
-    if let Some(stale) = stale.filter(|_| sessions.stale == StalePolicy::Retry) {
+    if let Some(stale) = stale.filter(|_| sessions.stale == StalePolicy::Retry && hold.retried) {
         // The stale write was never applied; the others of this update are taken back too,
         // so that it runs again whole, on the newer value.
         hold.revert(true);
@@ -397,7 +396,7 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool, keep: bool) -> Clos
     let discarded = hold.discarded_writes();
     let take_back = match &persisted {
         Ok(()) | Err(SessionError::Conflict { .. }) => false,
-        Err(_) => !keep && sessions.save_failure == SaveFailure::Retry,
+        Err(_) => hold.retried && sessions.save_failure == SaveFailure::Retry,
     };
     if take_back {
         hold.revert(true);

@@ -94,9 +94,10 @@ where
             let middleware = Arc::clone(&middleware);
             async move {
                 let update = deps.try_get::<Update>();
-                // A dispatcher never delivers an update twice: a failed save keeps its writes
-                // for the next update of the key or a flush, rather than dropping them.
-                let scope = middleware.begin(update.as_deref()).keeping_failed_saves();
+                // A dispatcher never delivers an update twice: nothing is taken back to run it
+                // again (a failed save keeps its writes for the next update of the key or a
+                // flush; a stale write stands and is counted).
+                let scope = middleware.begin(update.as_deref()).run_once();
                 let mut inner = deps.clone();
                 inner.insert(scope.lazy());
                 let (flow, outcome) = match next(inner).await {

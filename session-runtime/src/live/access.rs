@@ -45,13 +45,16 @@ pub(crate) struct Hold<S: Schema> {
     undo: Option<Mutex<Undo>>,
     stale: OnceLock<&'static str>,
     pub(crate) finished: AtomicBool,
+    /// Whoever runs the update delivers it again when told to: its writes may be refused
+    /// (a stale write) or taken back (a failed save) to have it run again.
+    pub(crate) retried: bool,
     /// In exclusive mode: taken once, on the first access; given back when the update ends.
     turn_taken: tokio::sync::OnceCell<()>,
     turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
 }
 
 impl<S: Schema> Hold<S> {
-    pub(crate) fn new(sessions: Arc<Sessions<S>>, entry: Arc<Entry<S>>) -> Self {
+    pub(crate) fn new(sessions: Arc<Sessions<S>>, entry: Arc<Entry<S>>, retried: bool) -> Self {
         let undo = (sessions.on_error == ErrorPolicy::Discard
             || sessions.save_failure == SaveFailure::Retry
             || sessions.stale == StalePolicy::Retry)
@@ -61,6 +64,7 @@ impl<S: Schema> Hold<S> {
             undo,
             stale: OnceLock::new(),
             finished: AtomicBool::new(false),
+            retried,
             turn_taken: tokio::sync::OnceCell::new(),
             turn: Mutex::new(None),
             sessions,
@@ -266,7 +270,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         let seen = self.hold.marks[index].seen.load(Ordering::Relaxed);
         if seen != 0 && seen != state.fields[index].version {
             self.report_stale(index);
-            if self.hold.sessions.stale == StalePolicy::Retry {
+            if self.hold.sessions.stale == StalePolicy::Retry && self.hold.retried {
                 return; // refused: the update runs again on the newer value
             }
         }
@@ -365,7 +369,8 @@ impl<'a, S: Schema> SessionRef<'a, S> {
             field,
             "stale write: another update changed this field after this update read it; use update_* for read-modify-write"
         );
-        if self.hold.sessions.stale != StalePolicy::Warn {
+        let refused = self.hold.sessions.stale == StalePolicy::Retry && self.hold.retried;
+        if refused || self.hold.sessions.stale == StalePolicy::Error {
             let _ = self.hold.stale.set(field);
         }
     }

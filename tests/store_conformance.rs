@@ -128,6 +128,23 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn a_patch_records_the_update_that_wrote_each_field() {
+                let Some((store, _)) = $make("a_patch_records_the_update_that_wrote_each_field").await else { return };
+                let key = unique("writers");
+                store.apply(&key, &patch(&[("a", "1"), ("b", "2")], &[], None).written_by("a", 7)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!((record.writers.get("a"), record.writers.get("b")), (Some(&7), None));
+                store.apply(&key, &patch(&[("a", "3"), ("b", "4")], &[], None).written_by("a", 9)).await.expect("apply");
+                store.apply(&key, &patch(&[], &["b"], None).written_by("b", 11)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!((record.writers.get("a"), record.writers.get("b")), (Some(&9), Some(&11)));
+                // A write without one keeps the writer.
+                store.apply(&key, &patch(&[("a", "5")], &[], None)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!(record.writers.get("a"), Some(&9));
+            }
+
+            #[tokio::test]
             async fn a_patch_based_on_an_older_version_is_refused_and_writes_nothing() {
                 let Some((ours, theirs)) = $make("a_patch_based_on_an_older_version_is_refused_and_writes_nothing").await else { return };
                 let key = unique("conflict");
@@ -328,12 +345,13 @@ macro_rules! conformance {
                     ctx.pair().await?.update_b(|v| *v += 1);
                     Ok(())
                 }));
-                let run = |chain: Chain<Update>| async move {
-                    for i in 0..1000 {
+                // Each process gets updates of its own: update ids are unique per bot.
+                let run = |chain: Chain<Update>, first: i64| async move {
+                    for i in first..first + 1000 {
                         chain.run_update(Update::text(i, user, user, "+1")).await.expect("update");
                     }
                 };
-                tokio::join!(run(increment_a), run(increment_b));
+                tokio::join!(run(increment_a, 0), run(increment_b, 1000));
                 let record = one.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("exists");
                 assert_eq!((record["a"].as_str(), record["b"].as_str()), ("1000", "1000"));
             }

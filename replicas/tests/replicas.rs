@@ -2,7 +2,9 @@
 //! delivering 1,000 increments of the same field, every 13th save failing, each update
 //! delivered again until acknowledged. Whatever the interleaving, the stored count equals the
 //! number of acknowledged updates exactly, never goes backwards while they run, and every
-//! refused write was reported to the process that made it.
+//! refused write was reported to the process that made it. Then three replicas on chats of
+//! their own deliver every 7th update twice, as after a crash between the save and the
+//! answer: each update counts once.
 //!
 //! Server-backed cases read `POSTGRES_URL`, `MYSQL_URL`, `REDIS_URL` and `MONGODB_URL`;
 //! without one, the case prints `SKIPPED replicas::<store>` and passes, unless
@@ -49,24 +51,85 @@ fn count(record: Option<typed_session::store::Record>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts replica `i`, with update ids of its own, on user `user`'s private chat.
+fn spawn(
+    kind: &str,
+    url: &str,
+    table: &str,
+    user: i64,
+    i: usize,
+    updates: u64,
+    redeliver_every: Option<u64>,
+) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_replica"));
+    command
+        .args(["--store", kind, "--url", url, "--table", table])
+        .args([
+            "--user",
+            &user.to_string(),
+            "--updates",
+            &updates.to_string(),
+        ])
+        .args(["--first-id", &(i as u64 * 1_000_000 + 1).to_string()])
+        .args(["--fail-every", "13"])
+        .stdout(Stdio::piped());
+    if let Some(every) = redeliver_every {
+        command.args(["--redeliver-every", &every.to_string()]);
+    }
+    command.spawn().expect("the replica binary starts")
+}
+
+/// What a replica printed.
+async fn report(child: std::process::Child) -> serde_json::Value {
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("no panic")
+        .expect("the replica runs");
+    assert!(output.status.success(), "a replica failed: {output:?}");
+    serde_json::from_slice(&output.stdout).expect("the replica's JSON line")
+}
+
+/// Three replicas, each on a chat of its own, each delivering every 7th acknowledged update
+/// once more (its answer was lost after the save): the second delivery is recognised and
+/// counts nothing.
+async fn redeliveries(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|i| spawn(kind, url, table, USER + 1 + i as i64, i, updates, Some(7)))
+        .collect();
+    let mut redelivered = 0;
+    for (i, child) in children.into_iter().enumerate() {
+        let line = report(child).await;
+        let field = |name: &str| line[name].as_u64().expect("a count");
+        let user = USER + 1 + i as i64;
+        let stored = count(
+            observer
+                .load(&format!("Tally:{user}:{user}"))
+                .await
+                .expect("load"),
+        );
+        assert_eq!(
+            field("acked"),
+            updates + field("redelivered"),
+            "every delivery answered"
+        );
+        assert_eq!(
+            stored, updates,
+            "each update counted once, its second delivery not"
+        );
+        assert_eq!(field("redeliveries_recognised"), field("redelivered"));
+        redelivered += field("redelivered");
+    }
+    eprintln!(
+        "replicas::{kind}: {PROCESSES} processes x {updates} updates, {redelivered} delivered twice after their save: each counted once"
+    );
+    assert!(redelivered > 0);
+}
+
 /// Runs the replicas against `store`, seen by the test through `observer`.
 async fn replicas(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
     let key = format!("Tally:{USER}:{USER}");
     let children: Vec<_> = (0..PROCESSES)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_replica"))
-                .args(["--store", kind, "--url", url, "--table", table])
-                .args([
-                    "--user",
-                    &USER.to_string(),
-                    "--updates",
-                    &updates.to_string(),
-                ])
-                .args(["--fail-every", "13"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("the replica binary starts")
-        })
+        .map(|i| spawn(kind, url, table, USER, i, updates, None))
         .collect();
 
     // Watch the stored count while they run: it never goes backwards.
@@ -92,13 +155,7 @@ async fn replicas(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, 
     let mut conflicts = 0;
     let mut failed_saves = 0;
     for child in children {
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-            .await
-            .expect("no panic")
-            .expect("the replica runs");
-        assert!(output.status.success(), "a replica failed: {output:?}");
-        let line: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("the replica's JSON line");
+        let line = report(child).await;
         let field = |name: &str| line[name].as_u64().expect("a count");
         assert_eq!(
             field("conflicts"),
@@ -133,14 +190,16 @@ async fn sqlite_file() {
     let url = format!("sqlite://{}", dir.join("bot.db").display());
     let observer = SqliteStore::connect(&url).await.expect("connect");
     observer.migrate().await.expect("migrate");
+    let observer: Arc<dyn Store> = Arc::new(observer);
     replicas(
         "sqlite",
         &url,
         "typed_sessions",
-        Arc::new(observer),
+        Arc::clone(&observer),
         UPDATES,
     )
     .await;
+    redeliveries("sqlite", &url, "typed_sessions", observer, 300).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -156,7 +215,9 @@ async fn postgres() {
         .with_table(&table)
         .expect("table");
     observer.migrate().await.expect("migrate");
-    replicas("postgres", &url, &table, Arc::new(observer), UPDATES).await;
+    let observer: Arc<dyn Store> = Arc::new(observer);
+    replicas("postgres", &url, &table, Arc::clone(&observer), UPDATES).await;
+    redeliveries("postgres", &url, &table, observer, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +232,9 @@ async fn mysql() {
         .with_table(&table)
         .expect("table");
     observer.migrate().await.expect("migrate");
-    replicas("mysql", &url, &table, Arc::new(observer), UPDATES).await;
+    let observer: Arc<dyn Store> = Arc::new(observer);
+    replicas("mysql", &url, &table, Arc::clone(&observer), UPDATES).await;
+    redeliveries("mysql", &url, &table, observer, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +247,9 @@ async fn redis() {
         .await
         .expect("connect")
         .with_prefix(&prefix);
-    replicas("redis", &url, &prefix, Arc::new(observer), UPDATES).await;
+    let observer: Arc<dyn Store> = Arc::new(observer);
+    replicas("redis", &url, &prefix, Arc::clone(&observer), UPDATES).await;
+    redeliveries("redis", &url, &prefix, observer, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,5 +264,7 @@ async fn mongodb() {
         .with_collection(&collection)
         .expect("collection");
     // SecantusDB, the MongoDB stand-in here, is a Python server: a smaller run.
-    replicas("mongodb", &url, &collection, Arc::new(observer), 200).await;
+    let observer: Arc<dyn Store> = Arc::new(observer);
+    replicas("mongodb", &url, &collection, Arc::clone(&observer), 200).await;
+    redeliveries("mongodb", &url, &collection, observer, 100).await;
 }

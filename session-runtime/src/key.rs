@@ -14,6 +14,13 @@ pub trait UpdateKeys {
     fn user_id(&self) -> Option<i64>;
     /// The id of the chat the update belongs to (Telegram's `chat.id`).
     fn chat_id(&self) -> Option<i64>;
+
+    /// The update's own id, the same on every delivery of it (Telegram's `update_id`), by
+    /// which a delivery of an update whose writes are saved already is recognised and not
+    /// applied again. `None` (the default): no such recognition.
+    fn update_id(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// The built-in key strategies, as named in `#[session(key = "...")]`.
@@ -118,13 +125,18 @@ type KeyFn<U> = dyn Fn(&U, &str) -> Option<Arc<str>> + Send + Sync;
 pub struct Key<U> {
     name: &'static str,
     f: Arc<KeyFn<U>>,
+    /// The update's id, where the update type says it.
+    id: Option<Arc<IdFn<U>>>,
 }
+
+type IdFn<U> = dyn Fn(&U) -> Option<i64> + Send + Sync;
 
 impl<U> Clone for Key<U> {
     fn clone(&self) -> Self {
         Key {
             name: self.name,
             f: Arc::clone(&self.f),
+            id: self.id.clone(),
         }
     }
 }
@@ -156,6 +168,7 @@ impl<U: UpdateKeys + 'static> Key<U> {
         Key {
             name: kind.name(),
             f: Arc::new(move |u: &U, prefix: &str| kind.key_of(u, prefix)),
+            id: Some(Arc::new(|u: &U| u.update_id())),
         }
     }
 }
@@ -177,6 +190,7 @@ impl<U> Key<U> {
                     }
                 })
             }),
+            id: None,
         }
     }
 
@@ -188,6 +202,23 @@ impl<U> Key<U> {
     /// The key `update` is stored under: `prefix` (a namespace and `:`), then its key.
     pub(crate) fn stored_key_of(&self, update: &U, prefix: &str) -> Option<Arc<str>> {
         (self.f)(update, prefix)
+    }
+
+    /// Also reads each update's own id, the same on every delivery (Telegram's
+    /// `update_id`), so that a delivery of an update already saved is not applied again. The
+    /// built-in strategies read [`UpdateKeys::update_id`]; a custom key reads none unless
+    /// given one here.
+    pub fn with_update_id(
+        mut self,
+        id: impl Fn(&U) -> Option<i64> + Send + Sync + 'static,
+    ) -> Self {
+        self.id = Some(Arc::new(id));
+        self
+    }
+
+    /// The update's own id, if the strategy reads one.
+    pub(crate) fn update_id_of(&self, update: &U) -> Option<i64> {
+        self.id.as_ref().and_then(|id| id(update))
     }
 
     /// The strategy's name.

@@ -29,6 +29,8 @@ struct Slot<S: Session> {
     key: Option<Arc<str>>,
     /// Whoever runs this update delivers it again when told to (see [`Scope::run_once`]).
     retried: bool,
+    /// The update's own id, the same on every delivery, where it has one.
+    update_id: Option<i64>,
     state: Mutex<SlotState<S>>,
 }
 
@@ -58,7 +60,12 @@ impl<S: Session> Slot<S> {
                 Some(hold) => Arc::clone(hold),
                 None => {
                     let entry = self.sessions.registry.acquire(key);
-                    let hold = Arc::new(Hold::new(Arc::clone(&self.sessions), entry, self.retried));
+                    let hold = Arc::new(Hold::new(
+                        Arc::clone(&self.sessions),
+                        entry,
+                        self.retried,
+                        self.update_id,
+                    ));
                     state.hold = Some(Arc::clone(&hold));
                     hold
                 }
@@ -70,6 +77,7 @@ impl<S: Session> Slot<S> {
         hold.entry
             .ensure_loaded(&*self.sessions.store, &self.sessions.stats)
             .await?;
+        hold.check_redelivery();
         Ok(hold)
     }
 
@@ -247,12 +255,17 @@ pub(crate) struct Scope<S: Session> {
 
 impl<S: Session> Scope<S> {
     /// Begins the scope of the update whose key is `key` (`None`: it has none).
-    pub(crate) fn begin(sessions: &Arc<Sessions<S>>, key: Option<Arc<str>>) -> Self {
+    pub(crate) fn begin(
+        sessions: &Arc<Sessions<S>>,
+        key: Option<Arc<str>>,
+        update_id: Option<i64>,
+    ) -> Self {
         Scope {
             slot: Arc::new(Slot {
                 sessions: Arc::clone(sessions),
                 key,
                 retried: true,
+                update_id,
                 state: Mutex::new(SlotState {
                     ended: false,
                     hold: None,

@@ -47,6 +47,7 @@ pub struct SessionBuilder<S: Session, U> {
     stale: StalePolicy,
     save_failure: SaveFailure,
     exclusive: Option<Duration>,
+    redelivery: bool,
     ttl: Option<Duration>,
     _session: PhantomData<fn() -> S>,
 }
@@ -81,6 +82,19 @@ impl<S: Session, U> SessionBuilder<S, U> {
     /// them back and have the update delivered again, see [`SaveFailure`]).
     pub fn on_save_failure(mut self, policy: SaveFailure) -> Self {
         self.save_failure = policy;
+        self
+    }
+
+    /// Whether a delivery of an update whose writes are saved already is recognised and not
+    /// applied again (default: on). An update's id comes from the key strategy
+    /// ([`UpdateKeys::update_id`], Telegram's `update_id`; [`Key::with_update_id`] for a
+    /// custom key); the store keeps, beside each field, the id of the update that last wrote
+    /// it. A delivery of an update that wrote a field still holding its id runs with its
+    /// session writes not applied (they were saved by the first delivery), and ends as
+    /// handled. What the handler does besides (a message it sends) happens again. Turn it off
+    /// for update types whose ids are not unique per delivered update.
+    pub fn recognize_redelivery(mut self, on: bool) -> Self {
+        self.redelivery = on;
         self
     }
 
@@ -120,6 +134,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
                 stale: self.stale,
                 save_failure: self.save_failure,
                 exclusive: self.exclusive,
+                redelivery: self.redelivery,
                 ttl: self.ttl,
                 stats: Stats::default(),
             }),
@@ -215,6 +230,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             stale: StalePolicy::default(),
             save_failure: SaveFailure::default(),
             exclusive: None,
+            redelivery: true,
             ttl: S::TTL,
             _session: PhantomData,
         }
@@ -252,7 +268,10 @@ impl<S: Session, U> SessionMiddleware<S, U> {
     /// which has no key).
     pub(crate) fn begin(&self, update: Option<&U>) -> Scope<S> {
         let key = update.and_then(|update| self.key.stored_key_of(update, &self.sessions.prefix));
-        Scope::begin(&self.sessions, key)
+        let id = update
+            .filter(|_| self.sessions.redelivery)
+            .and_then(|update| self.key.update_id_of(update));
+        Scope::begin(&self.sessions, key, id)
     }
 }
 

@@ -12,6 +12,7 @@ pub struct Stats {
     pub(crate) stale_writes: AtomicU64,
     pub(crate) late_accesses: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) redeliveries: AtomicU64,
 }
 
 impl Stats {
@@ -38,6 +39,10 @@ impl Stats {
     /// Patches the store refused because another writer had changed a field they wrote.
     pub fn conflicts(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)
+    }
+    /// Deliveries of an update whose writes were saved already: not applied again.
+    pub fn redeliveries(&self) -> u64 {
+        self.redeliveries.load(Ordering::Relaxed)
     }
     /// Uses of a handle after its update was persisted.
     pub fn late_accesses(&self) -> u64 {

@@ -5,8 +5,12 @@
 //! line: how many updates were acknowledged, how many deliveries were refused by a conflict
 //! and how many by a failed save.
 //!
+//! `--redeliver-every K` delivers every K-th acknowledged update once more, as Telegram does
+//! when the answer was lost (a crash between the save and the answer): it must not count
+//! twice.
+//!
 //! `replica --store sqlite|postgres|mysql|redis|mongodb --url URL --table NAME --user ID
-//!  --updates N [--fail-every K]`
+//!  --first-id N --updates N [--fail-every K] [--redeliver-every K]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +94,9 @@ async fn main() -> Result<(), BoxError> {
     let user: i64 = need("--user")?.parse()?;
     let updates: i64 = need("--updates")?.parse()?;
     let every: u64 = arg(&args, "--fail-every").map_or(Ok(0), |v| v.parse())?;
+    let redeliver: i64 = arg(&args, "--redeliver-every").map_or(Ok(0), |v| v.parse())?;
+    // Update ids are unique per bot: each replica gets its own.
+    let first: i64 = need("--first-id")?.parse()?;
 
     let store = Failing {
         inner: open(&kind, &url, &table).await?,
@@ -105,33 +112,64 @@ async fn main() -> Result<(), BoxError> {
     });
 
     let (mut acked, mut conflicts, mut failed_saves) = (0_u64, 0_u64, 0_u64);
-    for id in 1..=updates {
-        loop {
-            let ctx = Context::new(Update::text(id, user, user, "+1"));
-            match chain.run(&ctx).await {
-                Ok(()) => {
-                    acked += 1;
-                    break;
-                }
-                Err(error) if ctx.must_retry() => {
-                    match error.downcast_ref::<SessionError>() {
-                        Some(SessionError::Conflict { .. }) => conflicts += 1,
-                        _ => failed_saves += 1,
-                    }
-                    // Delivered again, as Telegram does after an error status.
-                }
-                Err(error) => return Err(error),
-            }
+    let mut redelivered = 0_u64;
+    for id in first..first + updates {
+        let deliveries = if redeliver > 0 && (id - first + 1) % redeliver == 0 {
+            2
+        } else {
+            1
+        };
+        for delivery in 0..deliveries {
+            redelivered += u64::from(delivery > 0);
+            deliver(
+                &chain,
+                id,
+                user,
+                &mut acked,
+                &mut conflicts,
+                &mut failed_saves,
+            )
+            .await?;
         }
     }
     println!(
         "{}",
         serde_json::json!({
             "acked": acked,
+            "redelivered": redelivered,
             "conflicts": conflicts,
             "failed_saves": failed_saves,
             "conflicts_counted": sessions.stats().conflicts(),
+            "redeliveries_recognised": sessions.stats().redeliveries(),
         })
     );
     Ok(())
+}
+
+/// Delivers update `id` until it is acknowledged.
+async fn deliver(
+    chain: &Chain<Update>,
+    id: i64,
+    user: i64,
+    acked: &mut u64,
+    conflicts: &mut u64,
+    failed_saves: &mut u64,
+) -> Result<(), BoxError> {
+    loop {
+        let ctx = Context::new(Update::text(id, user, user, "+1"));
+        match chain.run(&ctx).await {
+            Ok(()) => {
+                *acked += 1;
+                return Ok(());
+            }
+            Err(error) if ctx.must_retry() => {
+                match error.downcast_ref::<SessionError>() {
+                    Some(SessionError::Conflict { .. }) => *conflicts += 1,
+                    _ => *failed_saves += 1,
+                }
+                // Delivered again, as Telegram does after an error status.
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }

@@ -48,13 +48,24 @@ pub(crate) struct Hold<S: Schema> {
     /// Whoever runs the update delivers it again when told to: its writes may be refused
     /// (a stale write) or taken back (a failed save) to have it run again.
     pub(crate) retried: bool,
+    /// The update's own id, recorded as the writer of what it writes.
+    update_id: Option<i64>,
+    /// A field still holds this update's id as its writer: it was saved by an earlier
+    /// delivery, and its writes are not applied again.
+    replayed: AtomicBool,
+    replay_checked: std::sync::Once,
     /// In exclusive mode: taken once, on the first access; given back when the update ends.
     turn_taken: tokio::sync::OnceCell<()>,
     turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
 }
 
 impl<S: Schema> Hold<S> {
-    pub(crate) fn new(sessions: Arc<Sessions<S>>, entry: Arc<Entry<S>>, retried: bool) -> Self {
+    pub(crate) fn new(
+        sessions: Arc<Sessions<S>>,
+        entry: Arc<Entry<S>>,
+        retried: bool,
+        update_id: Option<i64>,
+    ) -> Self {
         let undo = (sessions.on_error == ErrorPolicy::Discard
             || sessions.save_failure == SaveFailure::Retry
             || sessions.stale == StalePolicy::Retry)
@@ -65,6 +76,9 @@ impl<S: Schema> Hold<S> {
             stale: OnceLock::new(),
             finished: AtomicBool::new(false),
             retried,
+            update_id,
+            replayed: AtomicBool::new(false),
+            replay_checked: std::sync::Once::new(),
             turn_taken: tokio::sync::OnceCell::new(),
             turn: Mutex::new(None),
             sessions,
@@ -95,6 +109,32 @@ impl<S: Schema> Hold<S> {
             })
             .await
             .map(|_| ())
+    }
+
+    /// Once the session is loaded: whether a field still holds this update's id as its
+    /// writer, that is, whether an earlier delivery of it was saved.
+    pub(crate) fn check_redelivery(&self) {
+        let Some(id) = self.update_id else { return };
+        self.replay_checked.call_once(|| {
+            let saved = self.entry.lock().fields.iter().any(|f| f.writer == Some(id));
+            if saved {
+                self.replayed.store(true, Ordering::Release);
+                self.sessions
+                    .stats
+                    .redeliveries
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    session = S::NAME,
+                    key = &*self.entry.key,
+                    update_id = id,
+                    "a delivery of an update whose writes are saved already: they are not applied again"
+                );
+            }
+        });
+    }
+
+    fn is_replay(&self) -> bool {
+        self.replayed.load(Ordering::Acquire)
     }
 
     /// Lets the next update of the key have its turn.
@@ -140,8 +180,9 @@ impl<S: Schema> Hold<S> {
     }
 
     /// Records a write of field `index` by this update.
-    fn wrote_field(&self, index: usize, version: u64) {
+    fn wrote_field(&self, state: &mut State<S>, index: usize, version: u64) {
         self.marks[index].written.store(version, Ordering::Relaxed);
+        state.fields[index].wrote_by = self.update_id;
         self.wrote(index, version);
     }
 
@@ -266,6 +307,9 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// logged, and in strict mode the update ends with [`SessionError::StaleWrite`].
     pub fn set(&self, index: usize, f: impl FnOnce(&mut S)) {
         self.check_live("write");
+        if self.hold.is_replay() {
+            return; // saved by an earlier delivery of this update
+        }
         let mut state = self.hold.entry.lock();
         let seen = self.hold.marks[index].seen.load(Ordering::Relaxed);
         if seen != 0 && seen != state.fields[index].version {
@@ -277,7 +321,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         self.hold.remember(&state, index);
         f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold.wrote_field(index, version);
+        self.hold.wrote_field(&mut state, index, version);
     }
 
     /// Changes persisted field `index` in place with `f` (an `update_*`): an atomic
@@ -285,10 +329,18 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     pub fn update<R>(&self, index: usize, f: impl FnOnce(&mut S) -> R) -> R {
         self.check_live("write");
         let mut state = self.hold.entry.lock();
+        if self.hold.is_replay() {
+            // Saved by an earlier delivery of this update: `f` runs for what it returns, and
+            // the field is put back as it was.
+            let before = state.save_field(index);
+            let out = f(&mut state.value);
+            state.put_back(index, before.as_deref());
+            return out;
+        }
         self.hold.remember(&state, index);
         let out = f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold.wrote_field(index, version);
+        self.hold.wrote_field(&mut state, index, version);
         out
     }
 
@@ -302,17 +354,23 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// follows the default from now on.
     pub fn reset(&self, index: usize) {
         self.check_live("write");
+        if self.hold.is_replay() {
+            return;
+        }
         let mut state = self.hold.entry.lock();
         self.hold.remember(&state, index);
         state.value.reset_field(index);
         let version = state.bump(index, Dirty::Remove);
-        self.hold.wrote_field(index, version);
+        self.hold.wrote_field(&mut state, index, version);
     }
 
     /// Replaces the whole value; every persisted field is marked, and only those whose
     /// encoding changed are written.
     pub fn replace(&self, value: S) {
         self.check_live("write");
+        if self.hold.is_replay() {
+            return;
+        }
         let mut state = self.hold.entry.lock();
         for index in 0..S::FIELDS.len() {
             self.hold.remember(&state, index);
@@ -320,7 +378,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         state.value = value;
         for index in 0..S::FIELDS.len() {
             let version = state.bump(index, Dirty::Set);
-            self.hold.wrote_field(index, version);
+            self.hold.wrote_field(&mut state, index, version);
         }
     }
 
@@ -328,6 +386,9 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// now on reads see the defaults, and writes start a new record.
     pub fn clear(&self) {
         self.check_live("clear");
+        if self.hold.is_replay() {
+            return;
+        }
         let mut state = self.hold.entry.lock();
         for index in 0..S::FIELDS.len() {
             self.hold.remember(&state, index);

@@ -37,6 +37,11 @@ pub(crate) struct FieldState {
     stored: Option<String>,
     /// The field's version in the store, as last seen: what the next write expects.
     stored_version: u64,
+    /// The update that last wrote the field in the store, if it had an id.
+    pub(crate) writer: Option<i64>,
+    /// The update that last wrote the field here, if it had an id: the writer the next patch
+    /// records.
+    pub(crate) wrote_by: Option<i64>,
     /// The newest local version whose fate is known: written to the store, or discarded.
     decided: u64,
     /// The local versions `(after, up_to]` whose writes were discarded after a conflict (the
@@ -142,6 +147,15 @@ impl<S: Schema> State<S> {
         }
     }
 
+    /// Puts field `index` back to an encoding taken with [`save_field`](Self::save_field),
+    /// as if it had not changed: no new version, no mark.
+    pub(crate) fn put_back(&mut self, index: usize, saved: Option<&str>) {
+        let restored = saved.is_some_and(|text| self.value.decode_field(index, text).is_ok());
+        if !restored {
+            self.value.reset_field(index);
+        }
+    }
+
     /// Whether field `index` has a change the store does not hold yet.
     pub(crate) fn is_dirty(&self, index: usize) -> bool {
         self.fields[index].dirty != Dirty::Clean
@@ -200,6 +214,9 @@ impl<S: Schema> State<S> {
                         patch
                             .expect
                             .push((spec.name, self.fields[index].stored_version));
+                        if let Some(id) = self.fields[index].wrote_by {
+                            patch.writers.push((spec.name, id));
+                        }
                         self.fields[index].in_flight = Some((version, true));
                     }
                 }
@@ -211,6 +228,9 @@ impl<S: Schema> State<S> {
                         patch
                             .expect
                             .push((spec.name, self.fields[index].stored_version));
+                        if let Some(id) = self.fields[index].wrote_by {
+                            patch.writers.push((spec.name, id));
+                        }
                         self.fields[index].in_flight = Some((version, false));
                     }
                 }
@@ -224,10 +244,13 @@ impl<S: Schema> State<S> {
     fn reconcile(&mut self, patch: Patch<'_>) {
         // Fields were pushed in index order, so the set values come back in the same order.
         let mut values = patch.set.into_iter().map(|(_, value)| value);
-        for field in self.fields.iter_mut() {
+        for (field, spec) in self.fields.iter_mut().zip(S::FIELDS) {
             let Some((version, was_set)) = field.in_flight.take() else {
                 continue;
             };
+            if let Some((_, id)) = patch.writers.iter().find(|(name, _)| *name == spec.name) {
+                field.writer = Some(*id);
+            }
             field.stored = if was_set { values.next() } else { None };
             field.stored_version += 1;
             field.decided = field.decided.max(version);
@@ -236,6 +259,13 @@ impl<S: Schema> State<S> {
             }
         }
     }
+}
+
+/// What the store holds of one field: its encoding, version and writer.
+pub(crate) struct Stored {
+    raw: Option<String>,
+    version: u64,
+    writer: Option<i64>,
 }
 
 /// Whether two encodings hold the same value. Equal text is the fast path; otherwise they are
@@ -311,6 +341,8 @@ impl<S: Schema> Entry<S> {
                 dirty: Dirty::Clean,
                 stored: None,
                 stored_version: 0,
+                writer: None,
+                wrote_by: None,
                 decided: 0,
                 discarded: Vec::new(),
                 in_flight: None,
@@ -388,7 +420,16 @@ impl<S: Schema> Entry<S> {
             .map_err(|error| *error)?;
         let mut state = self.lock();
         state.value = value;
-        for (field, (raw, version)) in state.fields.iter_mut().zip(stored) {
+        for (
+            field,
+            Stored {
+                raw,
+                version,
+                writer,
+            },
+        ) in state.fields.iter_mut().zip(stored)
+        {
+            field.writer = writer;
             field.stored = raw;
             field.stored_version = version;
         }
@@ -402,13 +443,18 @@ impl<S: Schema> Entry<S> {
         &self,
         mut record: Record,
         verbatim: bool,
-    ) -> Result<(S, Vec<(Option<String>, u64)>), Box<SessionError>> {
+    ) -> Result<(S, Vec<Stored>), Box<SessionError>> {
         let mut value = S::default();
         let mut stored = Vec::with_capacity(S::FIELDS.len());
         for (index, spec) in S::FIELDS.iter().enumerate() {
             let version = record.version(spec.name);
+            let writer = record.writers.get(spec.name).copied();
             let Some(raw) = record.remove(spec.name) else {
-                stored.push((None, version));
+                stored.push(Stored {
+                    raw: None,
+                    version,
+                    writer,
+                });
                 continue;
             };
             if let Err(source) = value.decode_field(index, &raw) {
@@ -429,7 +475,11 @@ impl<S: Schema> Entry<S> {
                 );
                 // Keep the undecodable text as what the store holds: any write replaces it.
                 value.reset_field(index);
-                stored.push((Some(raw), version));
+                stored.push(Stored {
+                    raw: Some(raw),
+                    version,
+                    writer,
+                });
                 continue;
             }
             // What the store holds, in this crate's encoding, so "unchanged" compares equal.
@@ -438,7 +488,11 @@ impl<S: Schema> Entry<S> {
             } else {
                 value.encode_field(index).ok()
             };
-            stored.push((raw, version));
+            stored.push(Stored {
+                raw,
+                version,
+                writer,
+            });
         }
         Ok((value, stored))
     }
@@ -450,7 +504,14 @@ impl<S: Schema> Entry<S> {
     async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str]) {
         let loaded = match store.load(&self.key).await {
             Ok(record) => record.map_or_else(
-                || Ok((S::default(), vec![(None, 0); S::FIELDS.len()])),
+                || {
+                    let none = || Stored {
+                        raw: None,
+                        version: 0,
+                        writer: None,
+                    };
+                    Ok((S::default(), S::FIELDS.iter().map(|_| none()).collect()))
+                },
                 |record| self.decode(record, store.returns_written_text()),
             ),
             Err(source) => Err(Box::new(SessionError::Load {
@@ -477,7 +538,18 @@ impl<S: Schema> Entry<S> {
             }
         };
         let state = &mut *state;
-        for (index, (spec, (raw, version))) in S::FIELDS.iter().zip(stored).enumerate() {
+        for (
+            index,
+            (
+                spec,
+                Stored {
+                    raw,
+                    version,
+                    writer,
+                },
+            ),
+        ) in S::FIELDS.iter().zip(stored).enumerate()
+        {
             let field = &mut state.fields[index];
             let conflicting = conflicts.contains(&spec.name);
             if field.dirty != Dirty::Clean && !conflicting {
@@ -489,6 +561,7 @@ impl<S: Schema> Entry<S> {
             let changed = conflicting || field.stored_version != version;
             field.stored = raw;
             field.stored_version = version;
+            field.writer = writer;
             field.dirty = Dirty::Clean;
             if changed {
                 let restored = match &state.fields[index].stored {
@@ -528,6 +601,7 @@ impl<S: Schema> Entry<S> {
             for field in state.fields.iter_mut() {
                 field.stored = None;
                 field.stored_version = 0;
+                field.writer = None;
             }
             // Every clear() so far is satisfied, also one made while the delete was in flight:
             // the record is gone, and the write gate lets no write of this entry reach the store

@@ -23,6 +23,8 @@ pub(crate) struct Sessions<S> {
     pub(crate) on_error: ErrorPolicy,
     pub(crate) stale: StalePolicy,
     pub(crate) save_failure: SaveFailure,
+    /// Whether a delivery of an update already saved is recognised (by the update's id).
+    pub(crate) redelivery: bool,
     /// In exclusive mode, how long an update waits for its turn on a key.
     pub(crate) exclusive: Option<Duration>,
     pub(crate) ttl: Option<Duration>,

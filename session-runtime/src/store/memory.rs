@@ -128,33 +128,55 @@ impl Ord for Key {
 
 /// A record's fields in one buffer: per field its name (a little-endian `u32` length and its
 /// UTF-8 bytes), its value (the same, or the length `u32::MAX` alone for a removed field whose
-/// version is kept) and its version (a little-endian `u64`).
+/// version is kept), its version (a little-endian `u64`) and its writer (a little-endian
+/// `i64`, [`NO_WRITER`] for none).
 #[derive(Default)]
 struct Fields(Vec<u8>);
 
 /// The value length that marks a removed field.
 const REMOVED: u32 = u32::MAX;
 
+/// The writer of a field no update id was given for.
+const NO_WRITER: i64 = i64::MIN;
+
+/// One field of a stored record.
+struct Field<'a> {
+    name: &'a str,
+    value: Option<&'a str>,
+    version: u64,
+    writer: i64,
+}
+
 impl Fields {
-    /// Name, value (`None`: removed) and version of each field.
-    fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>, u64)> {
+    fn iter(&self) -> impl Iterator<Item = Field<'_>> {
         let mut rest = &self.0[..];
         std::iter::from_fn(move || {
             let name = take(&mut rest)?;
             let value = take_value(&mut rest)?;
             let (version, tail) = rest.split_first_chunk::<8>()?;
+            let (writer, tail) = tail.split_first_chunk::<8>()?;
             rest = tail;
-            Some((name, value, u64::from_le_bytes(*version)))
+            Some(Field {
+                name,
+                value,
+                version: u64::from_le_bytes(*version),
+                writer: i64::from_le_bytes(*writer),
+            })
         })
     }
 
     fn to_record(&self) -> Record {
         let mut record = Record::default();
-        for (name, value, version) in self.iter() {
-            if let Some(value) = value {
-                record.fields.insert(name.to_owned(), value.to_owned());
+        for field in self.iter() {
+            if let Some(value) = field.value {
+                record
+                    .fields
+                    .insert(field.name.to_owned(), value.to_owned());
             }
-            record.versions.insert(name.to_owned(), version);
+            record.versions.insert(field.name.to_owned(), field.version);
+            if field.writer != NO_WRITER {
+                record.writers.insert(field.name.to_owned(), field.writer);
+            }
         }
         record
     }
@@ -165,8 +187,8 @@ impl Fields {
         for (field, expected) in &patch.expect {
             let version = self
                 .iter()
-                .find(|(name, _, _)| name == field)
-                .map_or(0, |(_, _, version)| version);
+                .find(|f| f.name == *field)
+                .map_or(0, |f| f.version);
             if version != *expected {
                 conflicts.push((*field).to_owned());
             }
@@ -184,31 +206,40 @@ impl Fields {
             .reserve(self.0.len() + patch.bytes() + 16 * (patch.set.len() + patch.remove.len()));
         let sets = patch.set.len();
         let mut written = Marks::new(sets + patch.remove.len());
-        for (name, value, version) in self.iter() {
+        let writer = |name: &str, old: i64| {
+            patch
+                .writers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(old, |(_, id)| *id)
+        };
+        for field in self.iter() {
+            let (name, version) = (field.name, field.version);
             if let Some(i) = patch.set.iter().position(|(n, _)| *n == name) {
                 written.set(i);
-                out.push(name, Some(&patch.set[i].1), version + 1);
+                let value = Some(patch.set[i].1.as_str());
+                out.push(name, value, version + 1, writer(name, field.writer));
             } else if let Some(i) = patch.remove.iter().position(|n| *n == name) {
                 written.set(sets + i);
-                out.push(name, None, version + 1);
+                out.push(name, None, version + 1, writer(name, field.writer));
             } else {
-                out.push(name, value, version);
+                out.push(name, field.value, version, field.writer);
             }
         }
         for (i, (name, value)) in patch.set.iter().enumerate() {
             if !written.get(i) {
-                out.push(name, Some(value), 1);
+                out.push(name, Some(value), 1, writer(name, NO_WRITER));
             }
         }
         for (i, name) in patch.remove.iter().enumerate() {
             if !written.get(sets + i) {
-                out.push(name, None, 1);
+                out.push(name, None, 1, writer(name, NO_WRITER));
             }
         }
         out
     }
 
-    fn push(&mut self, name: &str, value: Option<&str>, version: u64) {
+    fn push(&mut self, name: &str, value: Option<&str>, version: u64, writer: i64) {
         // `apply` refuses parts of 4 GiB or more before they get here.
         let len = |part: &str| u32::try_from(part.len()).unwrap_or(REMOVED - 1);
         self.0.extend_from_slice(&len(name).to_le_bytes());
@@ -221,6 +252,7 @@ impl Fields {
             None => self.0.extend_from_slice(&REMOVED.to_le_bytes()),
         }
         self.0.extend_from_slice(&version.to_le_bytes());
+        self.0.extend_from_slice(&writer.to_le_bytes());
     }
 }
 

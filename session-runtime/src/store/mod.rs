@@ -133,6 +133,9 @@ pub struct Record {
     pub fields: HashMap<String, String>,
     /// The version of each field written so far (removed ones included); absent means 0.
     pub versions: HashMap<String, u64>,
+    /// The update that last wrote each field, where the write named one (Telegram's
+    /// `update_id`): how a delivery of an update already saved is recognised.
+    pub writers: HashMap<String, i64>,
 }
 
 impl Record {
@@ -191,6 +194,7 @@ impl FromIterator<(String, String)> for Record {
         Record {
             fields: fields.into_iter().collect(),
             versions: HashMap::new(),
+            writers: HashMap::new(),
         }
     }
 }
@@ -214,6 +218,9 @@ pub struct Patch<'a> {
     /// [`Store::apply`] returns [`StoreError::Conflict`] naming them. Fields without an
     /// expectation are written whatever their version.
     pub expect: Vec<(&'a str, u64)>,
+    /// The update that wrote each of these fields, stored as its writer (fields without one
+    /// keep the writer they had).
+    pub writers: Vec<(&'a str, i64)>,
 }
 
 impl<'a> Patch<'a> {
@@ -237,6 +244,12 @@ impl<'a> Patch<'a> {
     /// Makes the patch conditional: it applies only if `field` has `version` in the store.
     pub fn expect_version(mut self, field: &'a str, version: u64) -> Self {
         self.expect.push((field, version));
+        self
+    }
+
+    /// Records `update` as the writer of `field`.
+    pub fn written_by(mut self, field: &'a str, update: i64) -> Self {
+        self.writers.push((field, update));
         self
     }
 

@@ -180,7 +180,12 @@ fn to_bson(value: serde_json::Value) -> Result<Bson, String> {
 
 /// The versions a document holds, by field.
 fn versions_of(document: &Document) -> std::collections::HashMap<String, u64> {
-    let Ok(versions) = document.get_document("versions") else {
+    versions_of_in(document, "versions")
+}
+
+/// The non-negative integers of sub-document `name`, by field.
+fn versions_of_in(document: &Document, name: &str) -> std::collections::HashMap<String, u64> {
+    let Ok(versions) = document.get_document(name) else {
         return std::collections::HashMap::new();
     };
     versions
@@ -284,6 +289,10 @@ impl Store for MongoStore {
                 .map(|(field, value)| (field, value.into_relaxed_extjson().to_string()))
                 .collect();
             record.versions = versions_of(&document);
+            record.writers = versions_of_in(&document, "writers")
+                .into_iter()
+                .map(|(field, id)| (field, id as i64))
+                .collect();
             Ok(Some(record))
         })
     }
@@ -315,6 +324,15 @@ impl Store for MongoStore {
                 .chain(patch.remove.iter().copied())
             {
                 inc.insert(version_path(key, field)?, 1_i64);
+            }
+            for (field, writer) in &patch.writers {
+                set.insert(
+                    format!(
+                        "writers.{}",
+                        field_path(key, field)?.trim_start_matches("data.")
+                    ),
+                    *writer,
+                );
             }
             let now = now();
             let expires_at = patch.ttl.map(|ttl| {

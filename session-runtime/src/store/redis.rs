@@ -85,9 +85,11 @@ where
     }
 }
 
-/// The hash field that holds the version of field `f` is `VERSION_PREFIX` + `f`; field names
-/// cannot start with NUL in any store, so the two never meet.
+/// The hash field that holds the version of field `f` is `VERSION_PREFIX` + `f`, the one that
+/// holds its writer `WRITER_PREFIX` + `f`; field names cannot start with NUL in any store, so
+/// none of them meet.
 const VERSION_PREFIX: &str = "\0";
+const WRITER_PREFIX: &str = "\0\0";
 
 /// One patch, all or nothing, in one round trip: the versions the patch expects are checked
 /// first (a conflict returns the fields that differ and writes nothing), then each field is set
@@ -123,6 +125,10 @@ for _ = 1, tonumber(next_arg()) do
   redis.call('HDEL', hash, field)
   redis.call('HINCRBY', hash, '\0' .. field, 1)
 end
+for _ = 1, tonumber(next_arg()) do
+  local field, writer = next_arg(), next_arg()
+  redis.call('HSET', hash, '\0\0' .. field, writer)
+end
 local ttl = tonumber(next_arg())
 if ttl > 0 then
   redis.call('PEXPIRE', hash, ttl)
@@ -150,6 +156,16 @@ where
             }
             let mut record = Record::default();
             for (name, value) in hash {
+                if let Some(field) = name.strip_prefix(WRITER_PREFIX) {
+                    let writer = value.parse().map_err(|_| StoreError::Malformed {
+                        backend: BACKEND,
+                        key: key.to_owned(),
+                        field: field.to_owned(),
+                        message: format!("the writer {value:?} is not an update id"),
+                    })?;
+                    record.writers.insert(field.to_owned(), writer);
+                    continue;
+                }
                 match name.strip_prefix(VERSION_PREFIX) {
                     Some(field) => {
                         let version = value.parse().map_err(|_| StoreError::Malformed {
@@ -188,6 +204,10 @@ where
             invocation.arg(patch.remove.len());
             for field in &patch.remove {
                 invocation.arg(*field);
+            }
+            invocation.arg(patch.writers.len());
+            for (field, writer) in &patch.writers {
+                invocation.arg(*field).arg(*writer);
             }
             let ttl_ms = patch.ttl.map_or(0, |ttl| {
                 u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)

@@ -197,6 +197,10 @@ impl UpdateKeys for Update {
         self.any_message()?.from.as_ref().map(|u| u.id)
     }
 
+    fn update_id(&self) -> Option<i64> {
+        Some(self.update_id)
+    }
+
     fn chat_id(&self) -> Option<i64> {
         self.any_message().map(|m| m.chat.id)
     }

@@ -24,6 +24,10 @@ impl UpdateKeys for Update {
         self.from().and_then(|user| i64::try_from(user.id.0).ok())
     }
 
+    fn update_id(&self) -> Option<i64> {
+        Some(i64::from(self.id.0))
+    }
+
     fn chat_id(&self) -> Option<i64> {
         self.chat().map(|chat| chat.id.0)
     }

@@ -159,6 +159,30 @@ pub(crate) fn parse_versions(
     })
 }
 
+/// A stored JSON object of field writers (update ids).
+pub(crate) fn parse_writers(
+    backend: &'static str,
+    key: &str,
+    text: &str,
+) -> Result<HashMap<String, i64>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Malformed {
+        backend,
+        key: key.to_owned(),
+        field: String::new(),
+        message: format!("the stored writers are not an object of update ids: {e}"),
+    })
+}
+
+/// The writers a patch records, as one JSON object to merge into the stored ones.
+pub(crate) fn writers_object(patch: &Patch<'_>) -> String {
+    let writers: serde_json::Map<String, serde_json::Value> = patch
+        .writers
+        .iter()
+        .map(|(field, id)| ((*field).to_owned(), (*id).into()))
+        .collect();
+    serde_json::Value::Object(writers).to_string()
+}
+
 /// The fields a patch expects and their versions, as two lists the database can unnest.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn expectations<'p>(

@@ -8,7 +8,7 @@ use sqlx::mysql::MySqlPool;
 
 use super::{
     Clock, DEFAULT_TABLE, conflict, connect_pool, db_error, edit_expression, json_path, key_hash,
-    parse_record, parse_versions, patch_paths, table_name,
+    parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -72,7 +72,7 @@ impl Statements {
         let t = &table;
         Statements {
             load: format!(
-                "SELECT data, versions FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
+                "SELECT data, versions, writers FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
             ),
             versions: format!(
                 "SELECT versions FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
@@ -126,28 +126,33 @@ impl MySqlStore {
         let t = &self.sql.table;
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {t} (key_hash BINARY(32) NOT NULL PRIMARY KEY, session_key LONGTEXT NOT NULL, \
-             data LONGTEXT NOT NULL, versions LONGTEXT NOT NULL DEFAULT ('{{}}'), expires_at BIGINT NULL, \
+             data LONGTEXT NOT NULL, versions LONGTEXT NOT NULL DEFAULT ('{{}}'), \
+             writers LONGTEXT NOT NULL DEFAULT ('{{}}'), expires_at BIGINT NULL, \
              INDEX {t}_expires_at (expires_at)) \
              CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
         );
         let error = |e| db_error(BACKEND, StoreOp::Migrate, "", e);
         sqlx::query(&sql).execute(&self.pool).await.map_err(error)?;
-        // Tables made before field versions existed (MySQL has no ADD COLUMN IF NOT EXISTS).
-        let has_versions: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'versions'",
-        )
-        .bind(&**t)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(error)?;
-        if has_versions == 0 {
-            sqlx::query(&format!(
-                "ALTER TABLE {t} ADD COLUMN versions LONGTEXT NOT NULL DEFAULT ('{{}}') AFTER data"
-            ))
-            .execute(&self.pool)
+        // Tables made before field versions and writers existed (MySQL has no ADD COLUMN IF
+        // NOT EXISTS).
+        for (column, after) in [("versions", "data"), ("writers", "versions")] {
+            let present: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+            )
+            .bind(&**t)
+            .bind(column)
+            .fetch_one(&self.pool)
             .await
             .map_err(error)?;
+            if present == 0 {
+                sqlx::query(&format!(
+                    "ALTER TABLE {t} ADD COLUMN {column} LONGTEXT NOT NULL DEFAULT ('{{}}') AFTER {after}"
+                ))
+                .execute(&self.pool)
+                .await
+                .map_err(error)?;
+            }
         }
         Ok(())
     }
@@ -177,8 +182,8 @@ impl MySqlStore {
         let data = edit_expression("'{}'", 0, patch.set.len(), "JSON_EXTRACT(?, '$')");
         let versions = edit_expression("'{}'", 0, written(patch), "1");
         format!(
-            "INSERT INTO {t} (key_hash, session_key, data, versions, expires_at) \
-             VALUES (?, ?, {data}, {versions}, ?)"
+            "INSERT INTO {t} (key_hash, session_key, data, versions, writers, expires_at) \
+             VALUES (?, ?, {data}, {versions}, ?, ?)"
         )
     }
 
@@ -203,8 +208,10 @@ impl MySqlStore {
                 " AND COALESCE(JSON_EXTRACT({versions}, ?), 0) = ?"
             ));
         }
+        let writers = "IF(expires_at IS NOT NULL AND expires_at <= ?, '{}', writers)";
         format!(
             "UPDATE {t} SET data = {new_data}, versions = {new_versions}, \
+             writers = JSON_MERGE_PATCH({writers}, ?), \
              expires_at = COALESCE(?, IF(expires_at <= ?, NULL, expires_at)) \
              WHERE key_hash = ? AND {expected}"
         )
@@ -243,6 +250,7 @@ impl MySqlStore {
         for path in &written_paths {
             query = query.bind(path).bind(now).bind(path);
         }
+        query = query.bind(now).bind(writers_object(patch));
         query = query
             .bind(self.clock.expiry(patch.ttl))
             .bind(now)
@@ -276,6 +284,7 @@ impl MySqlStore {
             query = query.bind(path);
         }
         match query
+            .bind(writers_object(patch))
             .bind(self.clock.expiry(patch.ttl))
             .execute(&self.pool)
             .await
@@ -335,6 +344,7 @@ impl Store for MySqlStore {
             };
             let mut record = parse_record(BACKEND, key, text(0)?)?;
             record.versions = parse_versions(BACKEND, key, text(1)?)?;
+            record.writers = parse_writers(BACKEND, key, text(2)?)?;
             Ok(Some(record))
         })
     }

@@ -8,7 +8,7 @@ use sqlx::postgres::PgPool;
 
 use super::{
     Clock, DEFAULT_TABLE, conflict, connect_pool, db_error, expectations, key_hash, parse_record,
-    parse_versions, set_object, table_name,
+    parse_versions, parse_writers, set_object, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -75,32 +75,36 @@ impl Statements {
         let t = &table;
         Statements {
             load: format!(
-                "SELECT data::text, versions::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
+                "SELECT data::text, versions::text, writers::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
             ),
             // $1 key_hash, $2 key, $3 the set fields as one object, $4 expires_at, $5 now,
             // $6 the removed fields, $7 every field written, $8 the expected non-zero versions
-            // as an object, $9 the fields expected never written.
+            // as an object, $9 the fields expected never written, $10 the writers to record.
             // An expired row counts as empty; every written field's version goes up by one;
             // the update happens only if every expected version is the stored one.
             create_or_apply: format!(
-                "INSERT INTO {t} AS s (key_hash, key, data, versions, expires_at) \
-                 VALUES ($1, $2, $3::jsonb, (SELECT COALESCE(jsonb_object_agg(f, 1), '{{}}'::jsonb) FROM unnest($7::text[]) AS f), $4) \
+                "INSERT INTO {t} AS s (key_hash, key, data, versions, writers, expires_at) \
+                 VALUES ($1, $2, $3::jsonb, (SELECT COALESCE(jsonb_object_agg(f, 1), '{{}}'::jsonb) FROM unnest($7::text[]) AS f), $10::jsonb, $4) \
                  ON CONFLICT (key_hash) DO UPDATE SET \
                  data = ({data} - $6::text[]) || $3::jsonb, \
                  versions = {versions} || {bumped}, \
+                 writers = {writers} || $10::jsonb, \
                  expires_at = COALESCE(EXCLUDED.expires_at, CASE WHEN s.expires_at <= $5 THEN NULL ELSE s.expires_at END) \
                  WHERE {expected}",
                 data = current("data", "$5"),
                 versions = current("versions", "$5"),
+                writers = current("writers", "$5"),
                 bumped = bumped(&current("versions", "$5"), "$7"),
                 expected = expected(&current("versions", "$5"), "$8", "$9"),
             ),
             // $1 key_hash, $2 the set fields, $3 expires_at, $4 now, $5 the removed fields,
-            // $6 every field written, $7 and $8 the expected versions as in the other.
+            // $6 every field written, $7 and $8 the expected versions as in the other, $9 the
+            // writers to record.
             apply: format!(
                 "UPDATE {t} AS s SET \
                  data = (s.data - $5::text[]) || $2::jsonb, \
                  versions = s.versions || {bumped}, \
+                 writers = s.writers || $9::jsonb, \
                  expires_at = COALESCE($3, s.expires_at) \
                  WHERE s.key_hash = $1 AND (s.expires_at IS NULL OR s.expires_at > $4) AND {expected}",
                 bumped = bumped("s.versions", "$6"),
@@ -188,11 +192,14 @@ impl PostgresStore {
             .map_err(error)?;
         for sql in [
             format!(
-                "CREATE TABLE IF NOT EXISTS {t} (key_hash BYTEA PRIMARY KEY, key BYTEA NOT NULL, data JSONB NOT NULL, versions JSONB NOT NULL DEFAULT '{{}}', expires_at BIGINT)"
+                "CREATE TABLE IF NOT EXISTS {t} (key_hash BYTEA PRIMARY KEY, key BYTEA NOT NULL, data JSONB NOT NULL, versions JSONB NOT NULL DEFAULT '{{}}', writers JSONB NOT NULL DEFAULT '{{}}', expires_at BIGINT)"
             ),
-            // Tables made before field versions existed.
+            // Tables made before field versions and writers existed.
             format!(
                 "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS versions JSONB NOT NULL DEFAULT '{{}}'"
+            ),
+            format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS writers JSONB NOT NULL DEFAULT '{{}}'"
             ),
             format!(
                 "CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at) WHERE expires_at IS NOT NULL"
@@ -233,14 +240,13 @@ impl Store for PostgresStore {
                 .await
                 .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
             let Some(row) = row else { return Ok(None) };
-            let (data, versions): (&str, &str) = (
-                row.try_get(0)
-                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?,
-                row.try_get(1)
-                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?,
-            );
-            let mut record = parse_record(BACKEND, key, data)?;
-            record.versions = parse_versions(BACKEND, key, versions)?;
+            let column = |i: usize| -> Result<&str, StoreError> {
+                row.try_get(i)
+                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))
+            };
+            let mut record = parse_record(BACKEND, key, column(0)?)?;
+            record.versions = parse_versions(BACKEND, key, column(1)?)?;
+            record.writers = parse_writers(BACKEND, key, column(2)?)?;
             Ok(Some(record))
         })
     }
@@ -272,6 +278,7 @@ impl Store for PostgresStore {
                 .map(|(f, _)| *f)
                 .collect();
             let (fields, versions) = (&nonzero, &zero);
+            let writers = writers_object(patch);
             let now = self.clock.now_ms();
             let query = if nonzero == "{}" {
                 sqlx::query(&self.sql.create_or_apply)
@@ -284,6 +291,7 @@ impl Store for PostgresStore {
                     .bind(&written)
                     .bind(fields)
                     .bind(versions)
+                    .bind(&writers)
             } else {
                 sqlx::query(&self.sql.apply)
                     .bind(key_hash(key))
@@ -294,6 +302,7 @@ impl Store for PostgresStore {
                     .bind(&written)
                     .bind(fields)
                     .bind(versions)
+                    .bind(&writers)
             };
             let done = query
                 .execute(&self.pool)

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter
 
 use super::{
     Clock, DEFAULT_TABLE, conflict, edit_expression, json_path, parse_record, parse_versions,
-    patch_paths, table_name,
+    parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -77,7 +77,7 @@ impl Statements {
         let t = &table;
         Statements {
             load: format!(
-                "SELECT data, versions FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+                "SELECT data, versions, writers FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
             ),
             versions: format!(
                 "SELECT versions FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
@@ -160,26 +160,30 @@ impl SqliteStore {
         self.connection
             .lock()
             .execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, versions TEXT NOT NULL DEFAULT '{{}}', expires_at INTEGER); \
+                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, versions TEXT NOT NULL DEFAULT '{{}}', writers TEXT NOT NULL DEFAULT '{{}}', expires_at INTEGER); \
                  CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at);"
             ))
             .map_err(|e| error(StoreOp::Migrate, "", e))?;
-        // Tables made before field versions existed.
+        // Tables made before field versions and writers existed.
         let connection = self.connection.lock();
-        let has_versions: bool = connection
-            .query_row(
-                &format!("SELECT count(*) FROM pragma_table_info('{t}') WHERE name = 'versions'"),
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| error(StoreOp::Migrate, "", e))?;
-        if !has_versions {
-            connection
-                .execute_batch(&format!(
-                    "ALTER TABLE {t} ADD COLUMN versions TEXT NOT NULL DEFAULT '{{}}'"
-                ))
+        for column in ["versions", "writers"] {
+            let present: bool = connection
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM pragma_table_info('{t}') WHERE name = '{column}'"
+                    ),
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
                 .map_err(|e| error(StoreOp::Migrate, "", e))?;
+            if !present {
+                connection
+                    .execute_batch(&format!(
+                        "ALTER TABLE {t} ADD COLUMN {column} TEXT NOT NULL DEFAULT '{{}}'"
+                    ))
+                    .map_err(|e| error(StoreOp::Migrate, "", e))?;
+            }
         }
         Ok(())
     }
@@ -206,21 +210,22 @@ impl SqliteStore {
 
     fn load_now(&self, key: &str) -> Result<Option<Record>, StoreError> {
         let connection = self.connection.lock();
-        let row: Option<(String, String)> = connection
+        let row: Option<(String, String, String)> = connection
             .prepare_cached(&self.sql.load)
             .and_then(|mut statement| {
                 statement
                     .query_row((key, self.clock.now_ms()), |row| {
-                        Ok((row.get(0)?, row.get(1)?))
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })
                     .optional()
             })
             .map_err(|e| error(StoreOp::Load, key, e))?;
-        let Some((data, versions)) = row else {
+        let Some((data, versions, writers)) = row else {
             return Ok(None);
         };
         let mut record = parse_record(BACKEND, key, &data)?;
         record.versions = parse_versions(BACKEND, key, &versions)?;
+        record.writers = parse_writers(BACKEND, key, &writers)?;
         Ok(Some(record))
     }
 
@@ -255,6 +260,7 @@ impl SqliteStore {
             return self.apply_unconditionally(key, patch, &removed, &set);
         }
         let bumped = serde_json::Value::Object(bumped).to_string();
+        let writers = writers_object(patch);
         let t = &self.sql.table;
         let now = self.clock.now_ms();
         let expires_at = self.clock.expiry(patch.ttl);
@@ -265,6 +271,8 @@ impl SqliteStore {
         };
         let live_versions =
             "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE versions END)";
+        let live_writers =
+            "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE writers END)";
         let changed = if expected.iter().all(|(_, v)| *v == 0) {
             let insert = edit_expression("'{}'", 0, patch.set.len(), "json(?)");
             let current =
@@ -272,18 +280,19 @@ impl SqliteStore {
             let update = edit_expression(current, patch.remove.len(), patch.set.len(), "json(?)");
             let condition = condition(live_versions, expected.len());
             let sql = format!(
-                "INSERT INTO {t} (key, data, versions, expires_at) VALUES (?, {insert}, ?, ?) \
+                "INSERT INTO {t} (key, data, versions, writers, expires_at) VALUES (?, {insert}, ?, ?, ?) \
                  ON CONFLICT (key) DO UPDATE SET data = {update}, versions = json_patch({live_versions}, ?), \
+                 writers = json_patch({live_writers}, ?), \
                  expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END) \
                  WHERE {condition}"
             );
             // Bound in the order the `?` stand in the statement, by reference.
             let mut params: Vec<&dyn ToSql> = vec![&key];
             params.extend(set_pairs());
-            params.extend([&bumped as &dyn ToSql, &expires_at, &now]);
+            params.extend([&bumped as &dyn ToSql, &writers, &expires_at, &now]);
             params.extend(removed.iter().map(|path| path as &dyn ToSql));
             params.extend(set_pairs());
-            params.extend([&now as &dyn ToSql, &bumped, &now]);
+            params.extend([&now as &dyn ToSql, &bumped, &now, &writers, &now]);
             for (path, version) in &expected {
                 params.extend([&now as &dyn ToSql, path, version]);
             }
@@ -293,13 +302,13 @@ impl SqliteStore {
             let condition = condition("versions", expected.len());
             let sql = format!(
                 "UPDATE {t} SET data = {update}, versions = json_patch(versions, ?), \
-                 expires_at = COALESCE(?, expires_at) \
+                 writers = json_patch(writers, ?), expires_at = COALESCE(?, expires_at) \
                  WHERE key = ? AND (expires_at IS NULL OR expires_at > ?) AND {condition}"
             );
             let mut params: Vec<&dyn ToSql> =
                 removed.iter().map(|path| path as &dyn ToSql).collect();
             params.extend(set_pairs());
-            params.extend([&bumped as &dyn ToSql, &expires_at, &key, &now]);
+            params.extend([&bumped as &dyn ToSql, &writers, &expires_at, &key, &now]);
             for (path, version) in &expected {
                 params.extend([path as &dyn ToSql, version]);
             }
@@ -365,6 +374,7 @@ impl SqliteStore {
             *versions.entry(field.to_owned()).or_insert(0) += 1;
         }
         let versions = serde_json::to_string(&versions).unwrap_or_else(|_| "{}".to_owned());
+        let writers = writers_object(patch);
 
         let t = &self.sql.table;
         let insert = edit_expression("'{}'", 0, patch.set.len(), "json(?)");
@@ -372,8 +382,9 @@ impl SqliteStore {
             "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
         let update = edit_expression(current, patch.remove.len(), patch.set.len(), "json(?)");
         let sql = format!(
-            "INSERT INTO {t} (key, data, versions, expires_at) VALUES (?, {insert}, ?, ?) \
+            "INSERT INTO {t} (key, data, versions, writers, expires_at) VALUES (?, {insert}, ?, ?, ?) \
              ON CONFLICT (key) DO UPDATE SET data = {update}, versions = excluded.versions, \
+             writers = json_patch(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{{}}' ELSE writers END, ?), \
              expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END)"
         );
         let expires_at = self.clock.expiry(patch.ttl);
@@ -384,10 +395,10 @@ impl SqliteStore {
         };
         let params: Vec<&dyn ToSql> = std::iter::once(&key as &dyn ToSql)
             .chain(set_pairs())
-            .chain([&versions as &dyn ToSql, &expires_at, &now])
+            .chain([&versions as &dyn ToSql, &writers, &expires_at, &now])
             .chain(removed.iter().map(|path| path as &dyn ToSql))
             .chain(set_pairs())
-            .chain([&now as &dyn ToSql])
+            .chain([&now as &dyn ToSql, &writers, &now])
             .collect();
         tx.prepare_cached(&sql)
             .and_then(|mut statement| statement.execute(params_from_iter(params)))

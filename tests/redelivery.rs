@@ -1,0 +1,116 @@
+//! Redelivery: Telegram delivers an update again when it got no answer in time, or an error
+//! status; a replica may have saved it and crashed before answering. A session records, beside
+//! each field, the id of the update that last wrote it, so a delivery of an update already
+//! saved runs without applying its session writes again.
+
+mod common;
+
+use common::{Counter, CounterAccess, incrementing, stored};
+use typed_session::telegram::Update;
+use typed_session::{MemoryStore, SessionMiddleware};
+
+#[tokio::test]
+async fn an_update_delivered_twice_is_counted_once() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = incrementing(&sessions);
+
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("saved");
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("handled again");
+    chain
+        .run_update(Update::text(42, 7, 7, "+1"))
+        .await
+        .expect("a new update");
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(2));
+    assert_eq!(sessions.stats().redeliveries(), 1);
+}
+
+/// Replica 1 saves update 41 and dies before answering; Telegram delivers it to replica 2,
+/// which recognises it from the store.
+#[tokio::test]
+async fn a_delivery_to_another_replica_after_a_crash_between_save_and_answer_is_recognised() {
+    let memory = MemoryStore::new();
+    let replica1 = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let replica2 = SessionMiddleware::<Counter, Update>::new(memory.clone());
+
+    incrementing(&replica1)
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("saved; the answer is lost");
+    incrementing(&replica2)
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("recognised");
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+    assert_eq!(replica2.stats().redeliveries(), 1);
+}
+
+/// What a redelivered update's handler computes from its writes is what it computed the
+/// first time is not guaranteed, but nothing it writes reaches the store: here it sees the
+/// count after its first delivery, and leaves it there.
+#[tokio::test]
+async fn a_redelivered_update_reads_the_session_and_writes_nothing() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = typed_session::Chain::new()
+        .with(sessions.clone())
+        .handler(|ctx| {
+            Box::pin(async move {
+                let counter = ctx.session().await?;
+                let after = counter.update_count(|c| {
+                    *c += 1;
+                    *c
+                });
+                counter.set_lang("de");
+                ctx.reply_with(serde_json::json!({ "count": after, "seen": counter.count() }));
+                Ok(())
+            })
+        });
+
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("saved");
+    let ctx = typed_session::Context::new(Update::text(41, 7, 7, "+1"));
+    chain.run(&ctx).await.expect("handled");
+
+    assert_eq!(
+        ctx.take_reply(),
+        Some(serde_json::json!({ "count": 2, "seen": 1 }))
+    );
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+    assert_eq!(
+        sessions.stats().writes(),
+        1,
+        "the second delivery wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn recognition_can_be_turned_off() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::builder(memory.clone())
+        .recognize_redelivery(false)
+        .build();
+    let chain = incrementing(&sessions);
+
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("saved");
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("applied again");
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(2));
+    assert_eq!(sessions.stats().redeliveries(), 0);
+}

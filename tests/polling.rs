@@ -451,22 +451,7 @@ async fn a_strict_stale_write_is_saved_and_confirmed_not_held_as_unsaved() {
     let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
         .stale_writes(typed_session::StalePolicy::Error)
         .build();
-    let other = Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.set_count(100);
-            Ok(())
-        })
-    });
-    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
-        let other = other.clone();
-        Box::pin(async move {
-            let counter = ctx.session().await?;
-            let seen = counter.count();
-            other.run_update(Update::text(99, 7, 7, "other")).await?;
-            counter.set_count(seen + 1);
-            Ok(())
-        })
-    });
+    let chain = common::stale_writer(&sessions, 99);
     fake.push([Update::text(1, 7, 7, "hi")]);
 
     let (stop, run) = spawn(polling(chain, &api));

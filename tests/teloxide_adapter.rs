@@ -76,6 +76,25 @@ fn bot(sessions: SessionMiddleware<Counter, Update>) -> Handler<'static, Handler
     )
 }
 
+/// Reads `count`, lets another update of the same chat (through the same middleware) set it to
+/// 100 and save, then sets it to what it read plus one: a stale write.
+fn stale_writer(sessions: &SessionMiddleware<Counter, Update>) -> Handler<'static, HandlerResult> {
+    let other = common::sets_count_to_100(sessions);
+    dptree::entry().chain(attach(sessions.clone())).branch(
+        dptree::filter_map(messages)
+            .chain(load::<Counter, _, _>())
+            .endpoint(move |counter: CounterHandle<'static>| {
+                let other = other.clone();
+                async move {
+                    let seen = counter.count();
+                    other.run_update(text(2, 7, "other")).await?;
+                    counter.set_count(seen + 1);
+                    Ok(())
+                }
+            }),
+    )
+}
+
 async fn dispatch(
     bot: &Handler<'static, HandlerResult>,
     update: Update,
@@ -264,29 +283,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
         .stale_writes(typed_session::StalePolicy::Error)
         .build();
-    // Another update of the same chat, through the same middleware, sets `count` to 100.
-    let other = typed_session::Chain::new()
-        .with(sessions.clone())
-        .handler(|ctx| {
-            Box::pin(async move {
-                ctx.session_of::<Counter>().await?.set_count(100);
-                Ok(())
-            })
-        });
-    let bot: Handler<'static, HandlerResult> =
-        dptree::entry().chain(attach(sessions.clone())).branch(
-            dptree::filter_map(messages)
-                .chain(load::<Counter, _, _>())
-                .endpoint(move |counter: CounterHandle<'static>| {
-                    let other = other.clone();
-                    async move {
-                        let seen = counter.count();
-                        other.run_update(text(2, 7, "other")).await?;
-                        counter.set_count(seen + 1);
-                        Ok(())
-                    }
-                }),
-        );
+    let bot = stale_writer(&sessions);
 
     let flow = dispatch(&bot, text(1, 7, "count")).await;
 
@@ -314,28 +311,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
 async fn under_a_dispatcher_a_stale_write_stands_rather_than_being_refused() {
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    let other = typed_session::Chain::new()
-        .with(sessions.clone())
-        .handler(|ctx| {
-            Box::pin(async move {
-                ctx.session_of::<Counter>().await?.set_count(100);
-                Ok(())
-            })
-        });
-    let bot: Handler<'static, HandlerResult> =
-        dptree::entry().chain(attach(sessions.clone())).branch(
-            dptree::filter_map(messages)
-                .chain(load::<Counter, _, _>())
-                .endpoint(move |counter: CounterHandle<'static>| {
-                    let other = other.clone();
-                    async move {
-                        let seen = counter.count();
-                        other.run_update(text(2, 7, "other")).await?;
-                        counter.set_count(seen + 1);
-                        Ok(())
-                    }
-                }),
-        );
+    let bot = stale_writer(&sessions);
 
     let flow = dispatch(&bot, text(1, 7, "count")).await;
 

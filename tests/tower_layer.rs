@@ -269,14 +269,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     let sessions = SessionMiddleware::with_key(store.clone(), by_user_header())
         .stale_writes(typed_session::StalePolicy::Error)
         .build();
-    let other = typed_session::Chain::new()
-        .with(sessions.clone())
-        .handler(|ctx| {
-            Box::pin(async move {
-                ctx.session_of::<Counter>().await?.set_count(100);
-                Ok(())
-            })
-        });
+    let other = common::sets_count_to_100(&sessions);
     let layer: SessionLayer<Counter, Request<String>> = sessions.clone().into();
     let mut service = layer.layer(StaleApp { other });
 

@@ -436,22 +436,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
         .stale_writes(typed_session::StalePolicy::Error)
         .build();
-    let other = Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.set_count(100);
-            Ok(())
-        })
-    });
-    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
-        let other = other.clone();
-        Box::pin(async move {
-            let counter = ctx.session().await?;
-            let seen = counter.count();
-            other.run_update(Update::text(2, 5, 5, "other")).await?;
-            counter.set_count(seen + 1);
-            Ok(())
-        })
-    });
+    let chain = common::stale_writer(&sessions, 2);
     let (addr, _stop) = serve(chain).await;
 
     let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;

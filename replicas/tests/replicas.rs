@@ -125,6 +125,19 @@ async fn redeliveries(kind: &str, url: &str, table: &str, observer: Arc<dyn Stor
     assert!(redelivered > 0);
 }
 
+/// Both runs on one store: replicas sharing a chat, then redeliveries.
+async fn both(
+    kind: &str,
+    url: &str,
+    table: &str,
+    observer: Arc<dyn Store>,
+    updates: u64,
+    redelivered_updates: u64,
+) {
+    replicas(kind, url, table, Arc::clone(&observer), updates).await;
+    redeliveries(kind, url, table, observer, redelivered_updates).await;
+}
+
 /// Runs the replicas against `store`, seen by the test through `observer`.
 async fn replicas(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
     let key = format!("Tally:{USER}:{USER}");
@@ -190,16 +203,15 @@ async fn sqlite_file() {
     let url = format!("sqlite://{}", dir.join("bot.db").display());
     let observer = SqliteStore::connect(&url).await.expect("connect");
     observer.migrate().await.expect("migrate");
-    let observer: Arc<dyn Store> = Arc::new(observer);
-    replicas(
+    both(
         "sqlite",
         &url,
         "typed_sessions",
-        Arc::clone(&observer),
+        Arc::new(observer),
         UPDATES,
+        300,
     )
     .await;
-    redeliveries("sqlite", &url, "typed_sessions", observer, 300).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -215,9 +227,7 @@ async fn postgres() {
         .with_table(&table)
         .expect("table");
     observer.migrate().await.expect("migrate");
-    let observer: Arc<dyn Store> = Arc::new(observer);
-    replicas("postgres", &url, &table, Arc::clone(&observer), UPDATES).await;
-    redeliveries("postgres", &url, &table, observer, 300).await;
+    both("postgres", &url, &table, Arc::new(observer), UPDATES, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,9 +242,7 @@ async fn mysql() {
         .with_table(&table)
         .expect("table");
     observer.migrate().await.expect("migrate");
-    let observer: Arc<dyn Store> = Arc::new(observer);
-    replicas("mysql", &url, &table, Arc::clone(&observer), UPDATES).await;
-    redeliveries("mysql", &url, &table, observer, 300).await;
+    both("mysql", &url, &table, Arc::new(observer), UPDATES, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,9 +255,7 @@ async fn redis() {
         .await
         .expect("connect")
         .with_prefix(&prefix);
-    let observer: Arc<dyn Store> = Arc::new(observer);
-    replicas("redis", &url, &prefix, Arc::clone(&observer), UPDATES).await;
-    redeliveries("redis", &url, &prefix, observer, 300).await;
+    both("redis", &url, &prefix, Arc::new(observer), UPDATES, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +270,5 @@ async fn mongodb() {
         .with_collection(&collection)
         .expect("collection");
     // SecantusDB, the MongoDB stand-in here, is a Python server: a smaller run.
-    let observer: Arc<dyn Store> = Arc::new(observer);
-    replicas("mongodb", &url, &collection, Arc::clone(&observer), 200).await;
-    redeliveries("mongodb", &url, &collection, observer, 100).await;
+    both("mongodb", &url, &collection, Arc::new(observer), 200, 100).await;
 }

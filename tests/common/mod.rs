@@ -259,6 +259,51 @@ pub fn incrementing(
         })
 }
 
+/// A chain of another update that sets `count` to 100 through `sessions`, and saves.
+pub fn sets_count_to_100<U: Send + Sync + 'static>(
+    sessions: &typed_session::SessionMiddleware<Counter, U>,
+) -> typed_session::Chain<U> {
+    typed_session::Chain::new()
+        .with(sessions.clone())
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session_of::<Counter>().await?.set_count(100);
+                Ok(())
+            })
+        })
+}
+
+/// A chain whose handler reads `count`, lets another update of the same chat (`other`, id
+/// `other_id`) set it to 100 and save, then sets it to what it read plus one: a stale write.
+pub fn stale_writer(
+    sessions: &typed_session::SessionMiddleware<Counter, typed_session::telegram::Update>,
+    other_id: i64,
+) -> typed_session::Chain<typed_session::telegram::Update> {
+    let other = sets_count_to_100(sessions);
+    typed_session::Chain::new()
+        .with(sessions.clone())
+        .handler(move |ctx| {
+            let other = other.clone();
+            Box::pin(async move {
+                let counter = ctx.session().await?;
+                let seen = counter.count();
+                let (user, chat) = {
+                    use typed_session::UpdateKeys;
+                    (ctx.update().user_id(), ctx.update().chat_id())
+                };
+                let update = typed_session::telegram::Update::text(
+                    other_id,
+                    user.unwrap_or_default(),
+                    chat.unwrap_or_default(),
+                    "other",
+                );
+                other.run_update(update).await?;
+                counter.set_count(seen + 1);
+                Ok(())
+            })
+        })
+}
+
 /// Reads a stored field of the `Counter` session of `key` straight from the memory store
 /// (where it is stored under the type's namespace), decoded.
 pub fn stored<T: serde::de::DeserializeOwned>(

@@ -220,13 +220,7 @@ impl MySqlStore {
     /// Patches the record if the versions are as expected; `false` when no row matched.
     async fn update(&self, key: &str, patch: &Patch<'_>, now: i64) -> Result<bool, StoreError> {
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
-        let written_paths: Vec<String> = patch
-            .set
-            .iter()
-            .map(|(f, _)| *f)
-            .chain(patch.remove.iter().copied())
-            .map(|f| json_path(BACKEND, key, f))
-            .collect::<Result<_, _>>()?;
+        let written_paths = written_paths(key, patch)?;
         let expected: Vec<(String, i64)> = patch
             .expect
             .iter()
@@ -268,13 +262,7 @@ impl MySqlStore {
     /// Creates the record; `false` when a row is there already.
     async fn insert(&self, key: &str, patch: &Patch<'_>) -> Result<bool, StoreError> {
         let (_, set) = patch_paths(BACKEND, key, patch)?;
-        let written_paths: Vec<String> = patch
-            .set
-            .iter()
-            .map(|(f, _)| *f)
-            .chain(patch.remove.iter().copied())
-            .map(|f| json_path(BACKEND, key, f))
-            .collect::<Result<_, _>>()?;
+        let written_paths = written_paths(key, patch)?;
         let sql = self.insert_sql(patch);
         let mut query = sqlx::query(&sql).bind(key_hash(key)).bind(key);
         for (path, (_, value)) in set.iter().zip(&patch.set) {
@@ -313,6 +301,17 @@ impl MySqlStore {
         };
         conflict(BACKEND, key, patch, &stored)
     }
+}
+
+/// The JSON paths of every field a patch writes (sets, then removes).
+fn written_paths(key: &str, patch: &Patch<'_>) -> Result<Vec<String>, StoreError> {
+    patch
+        .set
+        .iter()
+        .map(|(f, _)| *f)
+        .chain(patch.remove.iter().copied())
+        .map(|f| json_path(BACKEND, key, f))
+        .collect()
 }
 
 /// How many fields a patch writes (sets or removes).

@@ -84,8 +84,15 @@
 //!
 //! See the README's table. In short: no write on read, no write of unchanged or untouched
 //! fields, one patch of only the changed fields per update, no lost update between concurrent
-//! updates of one key in a process, and no lost update between processes that change
-//! different fields.
+//! updates of one key in a process, and none between processes either: every stored field has
+//! a version, and a write based on an older value than the store holds is refused
+//! ([`SessionError::Conflict`]) and the update runs again on the newer one. A save that fails
+//! takes the update's writes back so that its redelivery applies it once ([`SaveFailure`]); a
+//! delivery of an update already saved is recognised by its id and not applied again
+//! ([`SessionBuilder::recognize_redelivery`]); a stale `set_*` is refused and retried
+//! ([`StalePolicy`]); [`SessionBuilder::exclusive`] runs one update per key at a time. Two
+//! session types on one store never share a record (each has its namespace). Whether an update
+//! must run again is [`Context::must_retry`]; the webhook and the poller do it for you.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -384,9 +384,12 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         key: hold.entry.key.to_string(),
         field,
     });
-    if let Some(stale) = stale.filter(|_| sessions.stale == StalePolicy::Retry && hold.retried) {
+    if sessions.stale == StalePolicy::Retry
+        && let Some(stale) = stale
+    {
         // The stale write was never applied; the others of this update are taken back too,
-        // so that it runs again whole, on the newer value.
+        // so that it runs again whole, on the newer value. (A hold records a stale write only
+        // where its update can run again, or under `StalePolicy::Error`.)
         hold.revert(true);
         hold.entry.lock().settle();
         let persisted = sessions.persist(&hold.entry).await;
@@ -394,14 +397,8 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         hold.give_turn_back();
         return Closed::Retry(stale);
     }
-    let refused = match hold.stale_field() {
-        Some(field) if !failed => Some(SessionError::StaleWrite {
-            session: S::NAME,
-            key: hold.entry.key.to_string(),
-            field,
-        }),
-        _ => None,
-    };
+    // Under `StalePolicy::Error` the stale write is saved, and the update fails for it.
+    let refused = stale.filter(|_| !failed);
     if (failed || refused.is_some()) && sessions.on_error == ErrorPolicy::Discard {
         hold.revert(false);
     }

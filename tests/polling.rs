@@ -468,3 +468,26 @@ async fn a_strict_stale_write_is_saved_and_confirmed_not_held_as_unsaved() {
         logs.lines()
     );
 }
+
+/// Saves that keep failing past the runs an update gets at once: the update stays
+/// unconfirmed, the poller runs it again (from its text) before taking anything new, and once
+/// the store is back each update counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_whose_saves_keep_failing_run_again_later_and_count_once() {
+    let (fake, api) = FakeBotApi::start().await;
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::new(memory.clone());
+    probe.fail_next_applies(25);
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    fake.push([Update::text(1, 7, 7, "hi"), Update::text(2, 8, 8, "hi")]);
+
+    let (stop, run) = spawn(polling(counting(&sessions), &api));
+    fake.wait_until(|s| s.pending.is_empty()).await;
+    stop.send(()).expect("the poller is running");
+    let report = run.await.expect("no panic").expect("polling ends cleanly");
+
+    assert!(report.unsaved.is_empty(), "{:?}", report.unsaved);
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+    assert_eq!(stored::<u64>(&memory, "8:8", "count"), Some(1));
+    assert_eq!(probe.applies(), 27, "25 refused, then one save each");
+}

@@ -523,3 +523,35 @@ async fn a_failed_save_is_answered_for_redelivery_and_the_redelivery_counts_once
     assert_eq!(status, 200);
     assert_eq!(stored::<u64>(&memory, "5:5", "count"), Some(1), "once");
 }
+
+/// When chain errors are answered `200` (to drop failed updates), an update whose session is
+/// not saved still gets a status Telegram retries.
+#[tokio::test]
+async fn an_unsaved_session_gets_a_retried_status_even_when_errors_answer_200() {
+    let memory = MemoryStore::new();
+    let probe = common::ProbeStore::new(memory.clone());
+    probe.fail_next_applies(1);
+    let chain = Chain::new()
+        .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(
+            &probe,
+        )))
+        .handler(|ctx| {
+            Box::pin(async move {
+                ctx.session().await?.update_count(|c| *c += 1);
+                Ok(())
+            })
+        });
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free loopback port");
+    let addr = listener.local_addr().expect("bound");
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let webhook = Webhook::new(chain).path("/tg").error_status(StatusCode::OK);
+    tokio::spawn(webhook.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE.as_u16());
+}

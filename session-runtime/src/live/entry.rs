@@ -671,7 +671,53 @@ impl<S: Schema> Entry<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_json;
+    use super::{Dirty, FieldState, same_json};
+
+    fn field() -> FieldState {
+        FieldState {
+            version: 1,
+            dirty: Dirty::Clean,
+            stored: None,
+            stored_version: 0,
+            writer: None,
+            wrote_by: None,
+            decided: 0,
+            discarded: Vec::new(),
+            in_flight: None,
+        }
+    }
+
+    #[test]
+    fn a_write_is_saved_once_a_persist_covered_it_and_discarded_once_a_conflict_dropped_it() {
+        let mut f = field();
+        // Local versions 2 and 3 are written, then a patch carrying version 3 lands.
+        f.version = 3;
+        f.decided = 3;
+        assert!(f.is_saved(2) && f.is_saved(3));
+        // Versions 4 and 5 are written, then a conflict drops them.
+        f.version = 5;
+        f.discard();
+        assert!(f.was_discarded(4) && f.was_discarded(5));
+        assert!(!f.was_discarded(3) && !f.is_saved(4));
+        // Version 6 is written and saved: the earlier discard does not reach it.
+        f.version = 6;
+        f.decided = 6;
+        assert!(f.is_saved(6) && !f.was_discarded(6));
+        assert!(!f.is_saved(5), "a discarded write is never saved");
+    }
+
+    #[test]
+    fn only_the_newest_discards_are_remembered() {
+        let mut f = field();
+        for version in 1..=20 {
+            f.version = version;
+            f.discard();
+        }
+        assert!(f.was_discarded(20) && f.was_discarded(13));
+        assert!(!f.was_discarded(12), "older than the kept ranges");
+        f.discard();
+        assert_eq!(f.discarded.len(), super::DISCARDS_KEPT, "nothing new to discard");
+    }
 
     #[test]
     fn json_values_compare_by_content_not_by_text() {

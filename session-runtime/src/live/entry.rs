@@ -716,7 +716,11 @@ mod tests {
         assert!(f.was_discarded(20) && f.was_discarded(13));
         assert!(!f.was_discarded(12), "older than the kept ranges");
         f.discard();
-        assert_eq!(f.discarded.len(), super::DISCARDS_KEPT, "nothing new to discard");
+        assert_eq!(
+            f.discarded.len(),
+            super::DISCARDS_KEPT,
+            "nothing new to discard"
+        );
     }
 
     #[test]

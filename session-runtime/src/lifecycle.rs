@@ -351,8 +351,7 @@ impl<S: Session> Drop for Scope<S> {
                     unsaved,
                     "update {how} outside a tokio runtime; its session is written by the next update of its key or a flush"
                 );
-                hold.sessions.registry.release(&hold.entry, unsaved);
-                hold.give_turn_back();
+                hold.release(unsaved);
             }
         }
     }
@@ -390,11 +389,9 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         // The stale write was never applied; the others of this update are taken back too,
         // so that it runs again whole, on the newer value. (A hold records a stale write only
         // where its update can run again, or under `StalePolicy::Error`.)
-        hold.revert(true);
-        hold.entry.lock().settle();
+        hold.take_back();
         let persisted = sessions.persist(&hold.entry).await;
-        sessions.registry.release(&hold.entry, persisted.is_err());
-        hold.give_turn_back();
+        hold.release(persisted.is_err() && hold.entry.lock().has_changes());
         return Closed::Retry(stale);
     }
     // Under `StalePolicy::Error` the stale write is saved, and the update fails for it.
@@ -409,17 +406,10 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         Err(_) => hold.retried && sessions.save_failure == SaveFailure::Retry,
     };
     if take_back {
-        hold.revert(true);
-        hold.entry.lock().settle();
+        hold.take_back();
     }
-    let unsaved = match &persisted {
-        Ok(()) => false,
-        Err(_) if !take_back && !matches!(persisted, Err(SessionError::Conflict { .. })) => true,
-        // What is still dirty (other updates' writes) has to be written.
-        Err(_) => hold.entry.lock().has_changes(),
-    };
-    sessions.registry.release(&hold.entry, unsaved);
-    hold.give_turn_back();
+    // What is still dirty (kept writes, other updates' writes) has to be written later.
+    hold.release(persisted.is_err() && hold.entry.lock().has_changes());
     if !discarded.is_empty() {
         return Closed::Retry(SessionError::Conflict {
             session: S::NAME,

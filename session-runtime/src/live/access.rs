@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
+use crate::error::SessionError;
 use crate::live::entry::{Dirty, Entry, State};
 use crate::live::sessions::Sessions;
 use crate::schema::Schema;
@@ -50,10 +51,9 @@ pub(crate) struct Hold<S: Schema> {
     pub(crate) retried: bool,
     /// The update's own id, recorded as the writer of what it writes.
     update_id: Option<i64>,
-    /// A field still holds this update's id as its writer: it was saved by an earlier
-    /// delivery, and its writes are not applied again.
-    replayed: AtomicBool,
-    replay_checked: std::sync::Once,
+    /// Known once the session is loaded: a field still holds this update's id as its
+    /// writer, so an earlier delivery was saved and its writes are not applied again.
+    replayed: OnceLock<bool>,
     /// In exclusive mode: taken once, on the first access; given back when the update ends.
     turn_taken: tokio::sync::OnceCell<()>,
     turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
@@ -77,8 +77,7 @@ impl<S: Schema> Hold<S> {
             finished: AtomicBool::new(false),
             retried,
             update_id,
-            replayed: AtomicBool::new(false),
-            replay_checked: std::sync::Once::new(),
+            replayed: OnceLock::new(),
             turn_taken: tokio::sync::OnceCell::new(),
             turn: Mutex::new(None),
             sessions,
@@ -87,11 +86,8 @@ impl<S: Schema> Hold<S> {
     }
 
     /// In exclusive mode, waits until no other update of this process holds the key (at most
-    /// `wait`), then holds it until [`give_turn_back`](Self::give_turn_back).
-    pub(crate) async fn take_turn(
-        &self,
-        wait: std::time::Duration,
-    ) -> Result<(), crate::error::SessionError> {
+    /// `wait`), then holds it until [`release`](Self::release).
+    pub(crate) async fn take_turn(&self, wait: std::time::Duration) -> Result<(), SessionError> {
         self.turn_taken
             .get_or_try_init(|| async {
                 let turn = Arc::clone(&self.entry.turn);
@@ -100,7 +96,7 @@ impl<S: Schema> Hold<S> {
                         *self.turn.lock() = Some(guard);
                         Ok(())
                     }
-                    Err(_) => Err(crate::error::SessionError::Busy {
+                    Err(_) => Err(SessionError::Busy {
                         session: S::NAME,
                         key: self.entry.key.to_string(),
                         waited: wait,
@@ -115,10 +111,9 @@ impl<S: Schema> Hold<S> {
     /// writer, that is, whether an earlier delivery of it was saved.
     pub(crate) fn check_redelivery(&self) {
         let Some(id) = self.update_id else { return };
-        self.replay_checked.call_once(|| {
+        self.replayed.get_or_init(|| {
             let saved = self.entry.lock().fields.iter().any(|f| f.writer == Some(id));
             if saved {
-                self.replayed.store(true, Ordering::Release);
                 self.sessions
                     .stats
                     .redeliveries
@@ -130,15 +125,18 @@ impl<S: Schema> Hold<S> {
                     "a delivery of an update whose writes are saved already: they are not applied again"
                 );
             }
+            saved
         });
     }
 
     fn is_replay(&self) -> bool {
-        self.replayed.load(Ordering::Acquire)
+        self.replayed.get().copied().unwrap_or(false)
     }
 
-    /// Lets the next update of the key have its turn.
-    pub(crate) fn give_turn_back(&self) {
+    /// Gives the entry back to the registry (kept if `unsaved`) and lets the next update of
+    /// the key have its turn: the update is over.
+    pub(crate) fn release(&self, unsaved: bool) {
+        self.sessions.registry.release(&self.entry, unsaved);
         self.turn.lock().take();
     }
 
@@ -184,6 +182,13 @@ impl<S: Schema> Hold<S> {
         self.marks[index].written.store(version, Ordering::Relaxed);
         state.fields[index].wrote_by = self.update_id;
         self.wrote(index, version);
+    }
+
+    /// Takes back this update's writes that are not in the store, so that it can run again:
+    /// what is restored equals what the store holds, and needs no write.
+    pub(crate) fn take_back(&self) {
+        self.revert(true);
+        self.entry.lock().settle();
     }
 
     /// Takes back this update's writes that no other update has overwritten since (and, with
@@ -334,7 +339,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
             // the field is put back as it was.
             let before = state.save_field(index);
             let out = f(&mut state.value);
-            state.put_back(index, before.as_deref());
+            state.set_from(index, before.as_deref());
             return out;
         }
         self.hold.remember(&state, index);

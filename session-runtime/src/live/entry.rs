@@ -58,6 +58,21 @@ pub(crate) struct FieldState {
 const DISCARDS_KEPT: usize = 8;
 
 impl FieldState {
+    /// A field with nothing in the store and nothing written.
+    fn new() -> Self {
+        FieldState {
+            version: 1,
+            dirty: Dirty::Clean,
+            stored: None,
+            stored_version: 0,
+            writer: None,
+            wrote_by: None,
+            decided: 0,
+            discarded: Vec::new(),
+            in_flight: None,
+        }
+    }
+
     /// Drops the writes not yet written, and remembers which local versions they were.
     fn discard(&mut self) {
         if self.version > self.decided {
@@ -132,26 +147,34 @@ impl<S: Schema> State<S> {
             if self.fields[index].dirty != Dirty::Set {
                 continue;
             }
-            let same = match (&self.fields[index].stored, self.value.encode_field(index)) {
-                (Some(stored), Ok(encoded)) => same_json(stored, &encoded),
-                // Nothing stored reads back as the default.
-                (None, Ok(encoded)) => defaults
-                    .get_or_insert_with(S::default)
-                    .encode_field(index)
-                    .is_ok_and(|d| same_json(&d, &encoded)),
-                _ => false,
-            };
+            let same = self
+                .value
+                .encode_field(index)
+                .is_ok_and(|encoded| self.holds(index, &encoded, &mut defaults));
             if same {
                 self.fields[index].dirty = Dirty::Clean;
             }
         }
     }
 
-    /// Puts field `index` back to an encoding taken with [`save_field`](Self::save_field),
-    /// as if it had not changed: no new version, no mark.
-    pub(crate) fn put_back(&mut self, index: usize, saved: Option<&str>) {
-        let restored = saved.is_some_and(|text| self.value.decode_field(index, text).is_ok());
-        if !restored {
+    /// Whether the store holds `encoded` for field `index`. Nothing stored reads back as the
+    /// default, built at most once per caller in `defaults`.
+    fn holds(&self, index: usize, encoded: &str, defaults: &mut Option<S>) -> bool {
+        match &self.fields[index].stored {
+            Some(stored) => same_json(stored, encoded),
+            None => defaults
+                .get_or_insert_with(S::default)
+                .encode_field(index)
+                .is_ok_and(|d| same_json(&d, encoded)),
+        }
+    }
+
+    /// Sets field `index` from an encoding (one taken with [`save_field`](Self::save_field),
+    /// or the store's), or to its default when there is none or it does not decode (as a load
+    /// does for a `reset_on_error` field). No new version, no mark.
+    pub(crate) fn set_from(&mut self, index: usize, text: Option<&str>) {
+        let decoded = text.is_some_and(|text| self.value.decode_field(index, text).is_ok());
+        if !decoded {
             self.value.reset_field(index);
         }
     }
@@ -164,13 +187,9 @@ impl<S: Schema> State<S> {
     /// Puts back into field `index` what the store holds for it (its default if nothing), as
     /// a new local version that needs no write.
     pub(crate) fn restore_stored(&mut self, index: usize) {
-        let restored = match &self.fields[index].stored {
-            Some(text) => self.value.decode_field(index, text).is_ok(),
-            None => false,
-        };
-        if !restored {
-            self.value.reset_field(index);
-        }
+        let stored = self.fields[index].stored.take();
+        self.set_from(index, stored.as_deref());
+        self.fields[index].stored = stored;
         self.bump(index, Dirty::Clean);
     }
 
@@ -199,25 +218,11 @@ impl<S: Schema> State<S> {
                             return Err((spec.name, source));
                         }
                     };
-                    let unchanged = match &self.fields[index].stored {
-                        Some(stored) => same_json(stored, &encoded),
-                        // Nothing stored reads back as the default (built once per persist).
-                        None => defaults
-                            .get_or_insert_with(S::default)
-                            .encode_field(index)
-                            .is_ok_and(|d| same_json(&d, &encoded)),
-                    };
-                    if unchanged {
+                    if self.holds(index, &encoded, &mut defaults) {
                         self.fields[index].dirty = Dirty::Clean;
                     } else {
                         patch.set.push((spec.name, encoded));
-                        patch
-                            .expect
-                            .push((spec.name, self.fields[index].stored_version));
-                        if let Some(id) = self.fields[index].wrote_by {
-                            patch.writers.push((spec.name, id));
-                        }
-                        self.fields[index].in_flight = Some((version, true));
+                        self.stage(index, version, true, patch);
                     }
                 }
                 Dirty::Remove => {
@@ -225,18 +230,23 @@ impl<S: Schema> State<S> {
                         self.fields[index].dirty = Dirty::Clean;
                     } else {
                         patch.remove.push(spec.name);
-                        patch
-                            .expect
-                            .push((spec.name, self.fields[index].stored_version));
-                        if let Some(id) = self.fields[index].wrote_by {
-                            patch.writers.push((spec.name, id));
-                        }
-                        self.fields[index].in_flight = Some((version, false));
+                        self.stage(index, version, false, patch);
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Puts into `patch` what writing field `index` (local `version`; set, else removed)
+    /// expects of the store and which update wrote it, and marks it in flight.
+    fn stage(&mut self, index: usize, version: u64, set: bool, patch: &mut Patch<'_>) {
+        let (name, field) = (S::FIELDS[index].name, &mut self.fields[index]);
+        patch.expect.push((name, field.stored_version));
+        if let Some(id) = field.wrote_by {
+            patch.writers.push((name, id));
+        }
+        field.in_flight = Some((version, set));
     }
 
     /// After a patch was written: what it set is now what the store holds, and the fields not
@@ -334,20 +344,7 @@ pub(crate) struct Entry<S> {
 
 impl<S: Schema> Entry<S> {
     pub(crate) fn new(key: Arc<str>) -> Self {
-        let fields = S::FIELDS
-            .iter()
-            .map(|_| FieldState {
-                version: 1,
-                dirty: Dirty::Clean,
-                stored: None,
-                stored_version: 0,
-                writer: None,
-                wrote_by: None,
-                decided: 0,
-                discarded: Vec::new(),
-                in_flight: None,
-            })
-            .collect();
+        let fields = S::FIELDS.iter().map(|_| FieldState::new()).collect();
         Entry {
             key,
             loaded: OnceCell::new(),
@@ -564,15 +561,8 @@ impl<S: Schema> Entry<S> {
             field.writer = writer;
             field.dirty = Dirty::Clean;
             if changed {
-                let restored = match &state.fields[index].stored {
-                    Some(text) => state.value.decode_field(index, text).is_ok(),
-                    None => false,
-                };
-                if !restored {
-                    state.value.reset_field(index);
-                }
                 // A new local version: a `set_*` based on a read before this is stale.
-                state.bump(index, Dirty::Clean);
+                state.restore_stored(index);
             }
         }
     }
@@ -671,20 +661,10 @@ impl<S: Schema> Entry<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Dirty, FieldState, same_json};
+    use super::{FieldState, same_json};
 
     fn field() -> FieldState {
-        FieldState {
-            version: 1,
-            dirty: Dirty::Clean,
-            stored: None,
-            stored_version: 0,
-            writer: None,
-            wrote_by: None,
-            decided: 0,
-            discarded: Vec::new(),
-            in_flight: None,
-        }
+        FieldState::new()
     }
 
     #[test]

@@ -263,47 +263,39 @@ impl Store for PostgresStore {
                 .map(|(f, _)| *f)
                 .chain(patch.remove.iter().copied())
                 .collect();
+            // The expectations as the statements take them: the non-zero versions as one
+            // object, the fields expected never written as a list.
             let (fields, versions) = expectations(BACKEND, key, patch)?;
-            let nonzero: serde_json::Map<String, serde_json::Value> = fields
-                .iter()
-                .zip(&versions)
-                .filter(|(_, v)| **v != 0)
-                .map(|(f, v)| ((*f).to_owned(), (*v).into()))
-                .collect();
+            let mut nonzero = serde_json::Map::new();
+            let mut zero = Vec::new();
+            for (field, version) in fields.iter().zip(&versions) {
+                match version {
+                    0 => zero.push(*field),
+                    v => {
+                        nonzero.insert((*field).to_owned(), (*v).into());
+                    }
+                }
+            }
+            let may_create = nonzero.is_empty();
             let nonzero = serde_json::Value::Object(nonzero).to_string();
-            let zero: Vec<&str> = fields
-                .iter()
-                .zip(&versions)
-                .filter(|(_, v)| **v == 0)
-                .map(|(f, _)| *f)
-                .collect();
-            let (fields, versions) = (&nonzero, &zero);
-            let writers = writers_object(patch);
             let now = self.clock.now_ms();
-            let query = if nonzero == "{}" {
+            // The two statements take the same parameters, but for the key the insert needs.
+            let mut query = if may_create {
                 sqlx::query(&self.sql.create_or_apply)
                     .bind(key_hash(key))
                     .bind(key.as_bytes())
-                    .bind(set_object(patch))
-                    .bind(self.clock.expiry(patch.ttl))
-                    .bind(now)
-                    .bind(&patch.remove)
-                    .bind(&written)
-                    .bind(fields)
-                    .bind(versions)
-                    .bind(&writers)
             } else {
-                sqlx::query(&self.sql.apply)
-                    .bind(key_hash(key))
-                    .bind(set_object(patch))
-                    .bind(self.clock.expiry(patch.ttl))
-                    .bind(now)
-                    .bind(&patch.remove)
-                    .bind(&written)
-                    .bind(fields)
-                    .bind(versions)
-                    .bind(&writers)
+                sqlx::query(&self.sql.apply).bind(key_hash(key))
             };
+            query = query
+                .bind(set_object(patch))
+                .bind(self.clock.expiry(patch.ttl))
+                .bind(now)
+                .bind(&patch.remove)
+                .bind(&written)
+                .bind(nonzero)
+                .bind(&zero)
+                .bind(writers_object(patch));
             let done = query
                 .execute(&self.pool)
                 .await

@@ -269,15 +269,21 @@ async fn in_exclusive_mode_a_key_busy_past_the_wait_is_a_typed_error() {
     let sessions = SessionMiddleware::<Counter, Update>::builder(memory.clone())
         .exclusive(std::time::Duration::from_secs(1))
         .build();
-    let slow = Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.update_count(|c| *c += 1);
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            Ok(())
-        })
+    let has_key = Arc::new(tokio::sync::Notify::new());
+    let slow = Chain::new().with(sessions.clone()).handler({
+        let has_key = Arc::clone(&has_key);
+        move |ctx| {
+            let has_key = Arc::clone(&has_key);
+            Box::pin(async move {
+                ctx.session().await?.update_count(|c| *c += 1);
+                has_key.notify_one();
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                Ok(())
+            })
+        }
     });
     let slow = tokio::spawn(async move { slow.run_update(Update::text(1, 7, 7, "slow")).await });
-    tokio::task::yield_now().await; // the slow update has the key
+    has_key.notified().await; // the slow update has the key
     let error = common::incrementing(&sessions)
         .run_update(Update::text(2, 7, 7, "+1"))
         .await

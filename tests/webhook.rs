@@ -67,6 +67,29 @@ async fn post(
     (status, body)
 }
 
+/// Serves `webhook` on a free loopback port until the returned sender is used (or dropped);
+/// returns the address, that sender, and the server's task.
+async fn spawn_webhook<U>(
+    webhook: Webhook<U>,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)
+where
+    U: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free loopback port");
+    let addr = listener.local_addr().expect("bound");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(webhook.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, served)
+}
+
 struct Server {
     addr: std::net::SocketAddr,
     store: MemoryStore,
@@ -106,18 +129,11 @@ async fn start(gate: Option<Gate>) -> Server {
                 Ok(())
             })
         });
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free loopback port");
-    let addr = listener.local_addr().expect("bound");
-    let (stop, stopped) = oneshot::channel::<()>();
     let webhook = Webhook::new(chain)
         .path("/tg")
         .secret_token(SECRET)
         .body_limit(4096);
-    let done = tokio::spawn(webhook.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, done) = spawn_webhook(webhook).await;
     Server {
         addr,
         store,
@@ -290,12 +306,7 @@ async fn teloxide_core_updates_are_served_too() {
                 Ok(())
             })
         });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
-    let addr = listener.local_addr().expect("bound");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(Webhook::new(chain).serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, done) = spawn_webhook(Webhook::new(chain)).await;
 
     let callback = serde_json::json!({
         "update_id": 1,
@@ -383,16 +394,9 @@ async fn replicas_sharing_a_store_see_each_others_saves_because_the_answer_waits
     }
 }
 
-/// Serves `chain` on a free port; returns the address and the stop sender.
+/// Serves `chain` on `/tg` on a free port; returns the address and the stop sender.
 async fn serve(chain: Chain<Update>) -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free loopback port");
-    let addr = listener.local_addr().expect("bound");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(Webhook::new(chain).path("/tg").serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, _) = spawn_webhook(Webhook::new(chain).path("/tg")).await;
     (addr, stop)
 }
 
@@ -472,14 +476,7 @@ async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
                     Ok(())
                 })
             });
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free loopback port");
-        let addr = listener.local_addr().expect("bound");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(Webhook::new(chain).path("/tg").serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop, served) = spawn_webhook(Webhook::new(chain).path("/tg")).await;
 
         let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
         assert_eq!(status, 500, "the save failed: Telegram must redeliver");
@@ -541,15 +538,8 @@ async fn an_unsaved_session_gets_a_retried_status_even_when_errors_answer_200() 
                 Ok(())
             })
         });
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free loopback port");
-    let addr = listener.local_addr().expect("bound");
-    let (_stop, stopped) = oneshot::channel::<()>();
     let webhook = Webhook::new(chain).path("/tg").error_status(StatusCode::OK);
-    tokio::spawn(webhook.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let (addr, _stop, _) = spawn_webhook(webhook).await;
 
     let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
 

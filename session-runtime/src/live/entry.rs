@@ -47,9 +47,20 @@ pub(crate) struct FieldState {
     /// The local versions `(after, up_to]` whose writes were discarded after a conflict (the
     /// newest few), so the updates that made them learn it.
     discarded: Vec<(u64, u64)>,
-    /// The version the persist under way is writing (there is at most one per entry, behind
-    /// its write gate), and whether it sets rather than removes the field.
-    in_flight: Option<(u64, bool)>,
+    /// What the persist under way writes of the field (there is at most one per entry,
+    /// behind its write gate).
+    in_flight: Option<InFlight>,
+}
+
+/// A field's write in the patch under way.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// The local version written.
+    version: u64,
+    /// Set, rather than removed.
+    set: bool,
+    /// The update recorded as its writer, if one is.
+    writer: Option<i64>,
 }
 
 /// How many discarded ranges a field remembers: an update that made a write this many
@@ -246,7 +257,11 @@ impl<S: Schema> State<S> {
         if let Some(id) = field.wrote_by {
             patch.writers.push((name, id));
         }
-        field.in_flight = Some((version, set));
+        field.in_flight = Some(InFlight {
+            version,
+            set,
+            writer: field.wrote_by,
+        });
     }
 
     /// After a patch was written: what it set is now what the store holds, and the fields not
@@ -254,17 +269,15 @@ impl<S: Schema> State<S> {
     fn reconcile(&mut self, patch: Patch<'_>) {
         // Fields were pushed in index order, so the set values come back in the same order.
         let mut values = patch.set.into_iter().map(|(_, value)| value);
-        for (field, spec) in self.fields.iter_mut().zip(S::FIELDS) {
-            let Some((version, was_set)) = field.in_flight.take() else {
+        for field in self.fields.iter_mut() {
+            let Some(written) = field.in_flight.take() else {
                 continue;
             };
-            if let Some((_, id)) = patch.writers.iter().find(|(name, _)| *name == spec.name) {
-                field.writer = Some(*id);
-            }
-            field.stored = if was_set { values.next() } else { None };
+            field.writer = written.writer.or(field.writer);
+            field.stored = if written.set { values.next() } else { None };
             field.stored_version += 1;
-            field.decided = field.decided.max(version);
-            if field.version == version {
+            field.decided = field.decided.max(written.version);
+            if field.version == written.version {
                 field.dirty = Dirty::Clean;
             }
         }

@@ -464,18 +464,11 @@ async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
         let memory = MemoryStore::new();
         let probe = common::ProbeStore::new(memory.clone());
         probe.fail_next_applies(if store_recovers { 1 } else { usize::MAX });
-        let chain = Chain::new()
-            .with(
-                SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
-                    .on_save_failure(typed_session::SaveFailure::Keep)
-                    .build(),
-            )
-            .handler(|ctx| {
-                Box::pin(async move {
-                    ctx.session().await?.update_count(|c| *c += 1);
-                    Ok(())
-                })
-            });
+        let chain = common::incrementing(
+            &SessionMiddleware::builder(Arc::clone(&probe))
+                .on_save_failure(typed_session::SaveFailure::Keep)
+                .build(),
+        );
         let (addr, stop, served) = spawn_webhook(Webhook::new(chain).path("/tg")).await;
 
         let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
@@ -501,16 +494,7 @@ async fn a_failed_save_is_answered_for_redelivery_and_the_redelivery_counts_once
     let memory = MemoryStore::new();
     let probe = common::ProbeStore::new(memory.clone());
     probe.fail_next_applies(1);
-    let chain = Chain::new()
-        .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(
-            &probe,
-        )))
-        .handler(|ctx| {
-            Box::pin(async move {
-                ctx.session().await?.update_count(|c| *c += 1);
-                Ok(())
-            })
-        });
+    let chain = common::incrementing(&SessionMiddleware::new(Arc::clone(&probe)));
     let (addr, _stop) = serve(chain).await;
 
     let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
@@ -528,16 +512,7 @@ async fn an_unsaved_session_gets_a_retried_status_even_when_errors_answer_200() 
     let memory = MemoryStore::new();
     let probe = common::ProbeStore::new(memory.clone());
     probe.fail_next_applies(1);
-    let chain = Chain::new()
-        .with(SessionMiddleware::<Counter, Update>::new(Arc::clone(
-            &probe,
-        )))
-        .handler(|ctx| {
-            Box::pin(async move {
-                ctx.session().await?.update_count(|c| *c += 1);
-                Ok(())
-            })
-        });
+    let chain = common::incrementing(&SessionMiddleware::new(Arc::clone(&probe)));
     let webhook = Webhook::new(chain).path("/tg").error_status(StatusCode::OK);
     let (addr, _stop, _) = spawn_webhook(webhook).await;
 

@@ -419,8 +419,113 @@ macro_rules! conformance {
                 chain.run_update(Update::text(2, user, user, "x")).await.expect("second");
                 assert_eq!(sessions.stats().writes(), after_first, "the reloaded values compare equal");
             }
+
+            #[tokio::test]
+            async fn across_processes_one_update_per_key_runs_at_a_time() {
+                let Some((one, two)) = $make("across_processes_one_update_per_key_runs_at_a_time").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                // Two middlewares on two connections: two processes, as far as the key knows.
+                let (a, chain_a) = leased(one.clone(), Duration::from_secs(30));
+                let (b, chain_b) = leased(two, Duration::from_secs(30));
+                let (chain_a, chain_b) = (std::sync::Arc::new(chain_a), std::sync::Arc::new(chain_b));
+                let mut runs = tokio::task::JoinSet::new();
+                for i in 0..16 {
+                    let chain = std::sync::Arc::clone(if i % 2 == 0 { &chain_a } else { &chain_b });
+                    runs.spawn(async move { chain.run_update(Update::text(i + 1, user, user, "+1")).await });
+                }
+                while let Some(outcome) = runs.join_next().await {
+                    outcome.expect("no panic").expect("each update runs");
+                }
+                let record = one.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("exists");
+                assert_eq!(record.get("a"), Some("16"), "read, .await, write: no increment lost");
+                let stats = (a.stats(), b.stats());
+                assert_eq!(stats.0.stale_writes() + stats.1.stale_writes(), 0);
+                assert_eq!(stats.0.conflicts() + stats.1.conflicts(), 0);
+            }
+
+            #[tokio::test]
+            async fn across_processes_a_lease_taken_over_refuses_the_old_holders_save() {
+                let Some((one, two)) = $make("across_processes_a_lease_taken_over_refuses_the_old_holders_save").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let key = format!("Pair:{user}:{user}");
+                let sessions = SessionMiddleware::<Pair, Update>::builder(one)
+                    .exclusive_across_processes(Duration::from_secs(5), Duration::from_secs(30))
+                    .build();
+                let (has_key, go_on) = (std::sync::Arc::new(tokio::sync::Notify::new()), std::sync::Arc::new(tokio::sync::Notify::new()));
+                let chain = Chain::new().with(sessions.clone()).handler({
+                    let (has_key, go_on) = (has_key.clone(), go_on.clone());
+                    move |ctx| {
+                        let (has_key, go_on) = (has_key.clone(), go_on.clone());
+                        Box::pin(async move {
+                            ctx.pair().await?.update_a(|a| *a += 1);
+                            has_key.notify_one();
+                            go_on.notified().await;
+                            Ok(())
+                        })
+                    }
+                });
+                let holder = tokio::spawn(async move { chain.run_update(Update::text(1, user, user, "+1")).await });
+                has_key.notified().await;
+                // Another process takes the lease over (as after this one stalled past it).
+                let version = two.load(&key).await.expect("load").expect("the lease is stored").version("@lease");
+                let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() + 60_000;
+                let takeover = format!(r#"{{"holder":"another process","until":{until}}}"#);
+                two.apply(&key, &Patch::new().set_field("@lease", takeover).expect_version("@lease", version)).await.expect("taken over");
+                go_on.notify_one();
+                let error = holder.await.expect("no panic").expect_err("the old holder's save is refused");
+                let error = error.downcast::<typed_session::SessionError>().expect("typed");
+                assert!(matches!(*error, typed_session::SessionError::LeaseLost { .. }), "{error}");
+                let record = two.load(&key).await.expect("load").expect("exists");
+                assert_eq!(record.get("a"), None, "nothing of the refused save was written");
+                assert_eq!(sessions.stats().leases_lost(), 1);
+            }
+
+            #[tokio::test]
+            async fn across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for() {
+                let Some((one, two)) = $make("across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let key = format!("Pair:{user}:{user}");
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis();
+                // A process crashed holding the key: its lease runs out 300 ms from now.
+                let crashed = format!(r#"{{"holder":"a crashed process","until":{}}}"#, now + 300);
+                two.apply(&key, &Patch::new().set_field("@lease", crashed)).await.expect("leased");
+
+                // Waiting less than that is a typed error, and writes nothing.
+                let (impatient, chain) = leased(two.clone(), Duration::from_millis(50));
+                let error = chain.run_update(Update::text(1, user, user, "+1")).await.expect_err("busy");
+                let error = error.downcast::<typed_session::SessionError>().expect("typed");
+                assert!(matches!(*error, typed_session::SessionError::Busy { .. }), "{error}");
+                assert_eq!(impatient.stats().writes(), 0);
+
+                // Waiting longer takes the lease over once it has run out.
+                let (patient, chain) = leased(one, Duration::from_secs(10));
+                let started = std::time::Instant::now();
+                chain.run_update(Update::text(2, user, user, "+1")).await.expect("taken over");
+                assert!(started.elapsed() >= Duration::from_millis(200), "waited for the lease to run out");
+                assert_eq!(patient.stats().lease_takeovers(), 1);
+                let record = two.load(&key).await.expect("load").expect("exists");
+                assert_eq!(record.get("a"), Some("1"));
+            }
         }
     };
+}
+
+/// A middleware in exclusive mode across processes, waiting at most `wait` for a key, and a
+/// chain that increments `a` by reading it, awaiting, and setting it.
+fn leased<S: Store>(store: S, wait: Duration) -> (SessionMiddleware<Pair, Update>, Chain<Update>) {
+    let sessions = SessionMiddleware::<Pair, Update>::builder(store)
+        .exclusive_across_processes(wait, Duration::from_secs(10))
+        .build();
+    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let pair = ctx.pair().await?;
+            let seen = pair.a();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            pair.set_a(seen + 1);
+            Ok(())
+        })
+    });
+    (sessions, chain)
 }
 
 /// Holds each `apply` until the test opens the gate; tells the test when one arrives.

@@ -6,11 +6,18 @@
 //! their own deliver every 7th update twice, as after a crash between the save and the
 //! answer: each update counts once.
 //!
+//! In exclusive mode across processes (a lease per key in the store), the same shared-chat
+//! run has no conflict at all; a lease holder killed with SIGKILL while it holds the key
+//! leaves a lease the others take over once it runs out; a holder paused with SIGSTOP past its
+//! lease and resumed has its save refused and runs the update again. In each, the stored count
+//! equals the acknowledged updates exactly.
+//!
 //! Server-backed cases read `POSTGRES_URL`, `MYSQL_URL`, `REDIS_URL` and `MONGODB_URL`;
 //! without one, the case prints `SKIPPED replicas::<store>` and passes, unless
 //! `TYPED_SESSION_REQUIRE_SERVERS` is set (as `.ci/run` does).
 
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,7 +67,26 @@ fn spawn(
     i: usize,
     updates: u64,
     redeliver_every: Option<u64>,
-) -> std::process::Child {
+) -> Child {
+    replica(kind, url, table, user, i, updates, redeliver_every, &[])
+}
+
+/// The first update id of replica `i`.
+fn first_id(i: usize) -> u64 {
+    i as u64 * 1_000_000 + 1
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replica(
+    kind: &str,
+    url: &str,
+    table: &str,
+    user: i64,
+    i: usize,
+    updates: u64,
+    redeliver_every: Option<u64>,
+    extra: &[String],
+) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_replica"));
     command
         .args(["--store", kind, "--url", url, "--table", table])
@@ -70,8 +96,9 @@ fn spawn(
             "--updates",
             &updates.to_string(),
         ])
-        .args(["--first-id", &(i as u64 * 1_000_000 + 1).to_string()])
+        .args(["--first-id", &first_id(i).to_string()])
         .args(["--fail-every", "13"])
+        .args(extra)
         .stdout(Stdio::piped());
     if let Some(every) = redeliver_every {
         command.args(["--redeliver-every", &every.to_string()]);
@@ -79,14 +106,223 @@ fn spawn(
     command.spawn().expect("the replica binary starts")
 }
 
-/// What a replica printed.
-async fn report(child: std::process::Child) -> serde_json::Value {
+/// What a replica reported in its last line.
+async fn report(child: Child) -> serde_json::Value {
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("no panic")
         .expect("the replica runs");
     assert!(output.status.success(), "a replica failed: {output:?}");
-    serde_json::from_slice(&output.stdout).expect("the replica's JSON line")
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().expect("the replica printed");
+    serde_json::from_str(last).expect("the replica's JSON line")
+}
+
+/// Reads a replica's output until it says it holds the key; returns how many updates it
+/// acknowledged before, and the rest of its output, read on a thread of its own until it
+/// ends.
+async fn until_holding(child: &mut Child) -> (u64, std::thread::JoinHandle<String>) {
+    let stdout = child.stdout.take().expect("piped");
+    tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut acked = 0;
+        for line in lines.by_ref() {
+            let line = line.expect("the replica's output");
+            if line.starts_with("holding") {
+                let rest = std::thread::spawn(move || {
+                    lines.map_while(Result::ok).last().unwrap_or_default()
+                });
+                return (acked, rest);
+            }
+            acked += u64::from(line.starts_with("ack "));
+        }
+        panic!("the replica ended before it held the key")
+    })
+    .await
+    .expect("no panic")
+}
+
+/// Sends `signal` (`KILL`, `STOP`, `CONT`) to a replica.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+fn lease_args(lease_ms: u64, hold: Option<(u64, u64)>) -> Vec<String> {
+    let mut args = vec!["--lease-ms".to_owned(), lease_ms.to_string()];
+    if let Some((at, ms)) = hold {
+        args.extend([
+            "--hold-at".to_owned(),
+            at.to_string(),
+            "--hold-ms".to_owned(),
+            ms.to_string(),
+        ]);
+    }
+    args
+}
+
+/// Exclusive mode across processes: three replicas on one chat, every 13th store write
+/// failing (lease claims included): no conflict ever, and every increment stored once.
+async fn exclusive(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
+    let user = USER + 10;
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|i| {
+            replica(
+                kind,
+                url,
+                table,
+                user,
+                i,
+                updates,
+                None,
+                &lease_args(2_000, None),
+            )
+        })
+        .collect();
+    let (mut acked, mut conflicts, mut failed) = (0, 0, 0);
+    for child in children {
+        let line = report(child).await;
+        let field = |name: &str| line[name].as_u64().expect("a count");
+        acked += field("acked");
+        conflicts += field("conflicts") + field("conflicts_counted");
+        failed += field("failed_saves") + field("failed_loads");
+    }
+    let stored = count(
+        observer
+            .load(&format!("Tally:{user}:{user}"))
+            .await
+            .expect("load"),
+    );
+    eprintln!(
+        "replicas::{kind} exclusive: {PROCESSES} processes x {updates} updates: acknowledged {acked}, stored {stored}, \
+         conflicts {conflicts}, failed loads and saves {failed}"
+    );
+    assert_eq!(acked, PROCESSES as u64 * updates);
+    assert_eq!(stored, acked, "stored equals acknowledged, exactly");
+    assert_eq!(
+        conflicts, 0,
+        "one writer at a time: nothing to conflict with"
+    );
+    assert!(failed > 0, "the injected failures happened");
+}
+
+/// A replica killed (SIGKILL) while it holds the key's lease: the two others wait for the
+/// lease to run out, take it over, and finish; nothing acknowledged is lost.
+async fn killed_holder(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
+    let user = USER + 20;
+    let lease = 1_000;
+    let mut holder = replica(
+        kind,
+        url,
+        table,
+        user,
+        0,
+        10,
+        None,
+        &lease_args(lease, Some((first_id(0) + 2, 600_000))),
+    );
+    let (acked_before, _rest) = until_holding(&mut holder).await;
+    let others: Vec<_> = (1..PROCESSES)
+        .map(|i| {
+            replica(
+                kind,
+                url,
+                table,
+                user,
+                i,
+                updates,
+                None,
+                &lease_args(lease, None),
+            )
+        })
+        .collect();
+    signal(&holder, "KILL");
+    let _ = holder.wait();
+    let (mut acked, mut takeovers) = (acked_before, 0);
+    for child in others {
+        let line = report(child).await;
+        acked += line["acked"].as_u64().expect("a count");
+        takeovers += line["lease_takeovers"].as_u64().expect("a count");
+    }
+    let stored = count(
+        observer
+            .load(&format!("Tally:{user}:{user}"))
+            .await
+            .expect("load"),
+    );
+    eprintln!(
+        "replicas::{kind} lease holder killed: acknowledged {acked} ({acked_before} by the killed one), stored {stored}, lease take-overs {takeovers}"
+    );
+    assert_eq!(acked, acked_before + (PROCESSES as u64 - 1) * updates);
+    assert_eq!(stored, acked, "stored equals acknowledged, exactly");
+    assert!(takeovers >= 1, "the killed holder's lease was taken over");
+}
+
+/// A replica paused (SIGSTOP) while it holds the key's lease, past its end: another takes the
+/// lease over and finishes; resumed (SIGCONT), the paused one's save is refused, and its
+/// update runs again and counts once.
+async fn paused_holder(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
+    let user = USER + 30;
+    let lease = 500;
+    let mut zombie = replica(
+        kind,
+        url,
+        table,
+        user,
+        0,
+        3,
+        None,
+        &lease_args(lease, Some((first_id(0) + 1, 1_500))),
+    );
+    let (_, last_line) = until_holding(&mut zombie).await;
+    signal(&zombie, "STOP");
+    let other = replica(
+        kind,
+        url,
+        table,
+        user,
+        1,
+        updates,
+        None,
+        &lease_args(lease, None),
+    );
+    let other = report(other).await;
+    signal(&zombie, "CONT");
+    let status = tokio::task::spawn_blocking(move || zombie.wait())
+        .await
+        .expect("no panic")
+        .expect("the replica runs");
+    assert!(status.success(), "the resumed replica failed: {status:?}");
+    let last_line = last_line.join().expect("the reader thread");
+    let zombie: serde_json::Value =
+        serde_json::from_str(&last_line).expect("the replica's JSON line");
+    let field = |line: &serde_json::Value, name: &str| line[name].as_u64().expect("a count");
+    let acked = field(&zombie, "acked") + field(&other, "acked");
+    let stored = count(
+        observer
+            .load(&format!("Tally:{user}:{user}"))
+            .await
+            .expect("load"),
+    );
+    eprintln!(
+        "replicas::{kind} lease holder paused past its lease: acknowledged {acked}, stored {stored}, \
+         take-overs {}, refused saves of the resumed holder {}",
+        field(&other, "lease_takeovers"),
+        field(&zombie, "leases_lost"),
+    );
+    assert_eq!(acked, 3 + updates);
+    assert_eq!(stored, acked, "stored equals acknowledged, exactly");
+    assert!(
+        field(&other, "lease_takeovers") >= 1,
+        "the paused holder's lease was taken over"
+    );
+    assert!(
+        field(&zombie, "leases_lost") >= 1,
+        "the resumed holder's save was refused"
+    );
 }
 
 /// Three replicas, each on a chat of its own, each delivering every 7th acknowledged update
@@ -125,7 +361,8 @@ async fn redeliveries(kind: &str, url: &str, table: &str, observer: Arc<dyn Stor
     assert!(redelivered > 0);
 }
 
-/// Both runs on one store: replicas sharing a chat, then redeliveries.
+/// Every run on one store: replicas sharing a chat, redeliveries, then exclusive mode across
+/// processes with its faults.
 async fn both(
     kind: &str,
     url: &str,
@@ -135,7 +372,17 @@ async fn both(
     redelivered_updates: u64,
 ) {
     replicas(kind, url, table, Arc::clone(&observer), updates).await;
-    redeliveries(kind, url, table, observer, redelivered_updates).await;
+    redeliveries(kind, url, table, Arc::clone(&observer), redelivered_updates).await;
+    exclusive(kind, url, table, Arc::clone(&observer), updates).await;
+    killed_holder(
+        kind,
+        url,
+        table,
+        Arc::clone(&observer),
+        redelivered_updates / 3,
+    )
+    .await;
+    paused_holder(kind, url, table, observer, redelivered_updates / 3).await;
 }
 
 /// Runs the replicas against `store`, seen by the test through `observer`.

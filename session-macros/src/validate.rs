@@ -54,6 +54,12 @@ pub(crate) fn check(model: &Model, errors: &mut Errors) -> bool {
         if field.stored.value.is_empty() {
             errors.at(field.stored.span, "a stored field name cannot be empty");
         }
+        if field.stored.value.starts_with('@') {
+            errors.at(
+                field.stored.span,
+                "stored field names starting with '@' are reserved for the runtime (the exclusive-mode lease is stored as \"@lease\")",
+            );
+        }
         let name = field.name();
         if HANDLE_METHODS.contains(&name.as_str()) {
             errors.spanned(

@@ -271,6 +271,18 @@ pub enum SessionError {
         /// How long this update waited.
         waited: std::time::Duration,
     },
+    /// In exclusive mode across processes, this process's lease on the key ran out (the
+    /// process was paused or the store was slow) or another process took it over before the
+    /// save: nothing of this update was written. Run it again.
+    #[error(
+        "session `{session}` key {key:?}: this process's lease on the key ran out or was taken over before the save; nothing was written: run the update again"
+    )]
+    LeaseLost {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+    },
     /// The chain panicked or its future was dropped before it finished.
     #[error("the chain for session `{session}` key {key:?} was {how} before it finished")]
     Interrupted {

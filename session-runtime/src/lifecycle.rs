@@ -390,7 +390,7 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         // so that it runs again whole, on the newer value. (A hold records a stale write only
         // where its update can run again, or under `StalePolicy::Error`.)
         hold.take_back();
-        let persisted = sessions.persist(&hold.entry).await;
+        let persisted = hold.persist().await;
         hold.release(persisted.is_err() && hold.entry.lock().has_changes());
         return Closed::Retry(stale);
     }
@@ -399,7 +399,7 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     if (failed || refused.is_some()) && sessions.on_error == ErrorPolicy::Discard {
         hold.revert(false);
     }
-    let persisted = sessions.persist(&hold.entry).await;
+    let persisted = hold.persist().await;
     let discarded = hold.discarded_writes();
     let take_back = match &persisted {
         Ok(()) | Err(SessionError::Conflict { .. }) => false,

@@ -47,6 +47,7 @@ pub struct SessionBuilder<S: Session, U> {
     stale: StalePolicy,
     save_failure: SaveFailure,
     exclusive: Option<Duration>,
+    lease: Option<Duration>,
     redelivery: bool,
     ttl: Option<Duration>,
     _session: PhantomData<fn() -> S>,
@@ -60,6 +61,7 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
             .field("on_error", &self.on_error)
             .field("stale_writes", &self.stale)
             .field("exclusive", &self.exclusive)
+            .field("lease", &self.lease)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
@@ -106,6 +108,29 @@ impl<S: Session, U> SessionBuilder<S, U> {
     /// handler for another update of the same key: that other one waits for it.
     pub fn exclusive(mut self, wait: Duration) -> Self {
         self.exclusive = Some(wait);
+        self.lease = None;
+        self
+    }
+
+    /// Runs one update per key at a time across every process that shares the store with
+    /// this mode on: [`exclusive`](Self::exclusive) in this process, plus a lease on the key
+    /// held in the store while the update runs (ARCHITECTURE.md, "Exclusive mode").
+    ///
+    /// An update waits for its turn here, then for the lease (at most `wait` in all, then
+    /// [`SessionError::Busy`]), loads the session with the lease, and releases it in the
+    /// patch that saves its writes. The lease lasts `lease` (at least 100 ms) and is renewed
+    /// every third of that while the update runs, so a long handler keeps it; a process that
+    /// crashes or hangs lets it run out, and another takes it over then. The lease field's
+    /// version is a fencing token: a holder that lost its lease (paused past its end, cut off
+    /// from the store) has its save refused whole, with [`SessionError::LeaseLost`], and its
+    /// update runs again. Each update costs one more write than without: the claim.
+    ///
+    /// Takeover timing reads `until` with the reader's clock, so keep the clocks of the
+    /// processes within a small part of `lease` of each other (NTP does); whether a write
+    /// applies never depends on a clock.
+    pub fn exclusive_across_processes(mut self, wait: Duration, lease: Duration) -> Self {
+        self.exclusive = Some(wait);
+        self.lease = Some(lease.max(crate::live::lease::MIN_LEASE));
         self
     }
 
@@ -134,6 +159,9 @@ impl<S: Session, U> SessionBuilder<S, U> {
                 stale: self.stale,
                 save_failure: self.save_failure,
                 exclusive: self.exclusive,
+                lease: self
+                    .lease
+                    .map(|term| (crate::live::lease::new_holder(), term)),
                 redelivery: self.redelivery,
                 ttl: self.ttl,
                 stats: Stats::default(),
@@ -230,6 +258,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             stale: StalePolicy::default(),
             save_failure: SaveFailure::default(),
             exclusive: None,
+            lease: None,
             redelivery: true,
             ttl: S::TTL,
             _session: PhantomData,

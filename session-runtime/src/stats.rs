@@ -13,6 +13,8 @@ pub struct Stats {
     pub(crate) late_accesses: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) redeliveries: AtomicU64,
+    pub(crate) lease_takeovers: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
 }
 
 impl Stats {
@@ -43,6 +45,16 @@ impl Stats {
     /// Deliveries of an update whose writes were saved already: not applied again.
     pub fn redeliveries(&self) -> u64 {
         self.redeliveries.load(Ordering::Relaxed)
+    }
+    /// In exclusive mode across processes: leases taken over from a holder that let them
+    /// expire (a process that crashed, hung or was paused while it held the key).
+    pub fn lease_takeovers(&self) -> u64 {
+        self.lease_takeovers.load(Ordering::Relaxed)
+    }
+    /// In exclusive mode across processes: saves refused because this process's lease had run
+    /// out or been taken over; nothing of them was written.
+    pub fn leases_lost(&self) -> u64 {
+        self.leases_lost.load(Ordering::Relaxed)
     }
     /// Uses of a handle after its update was persisted.
     pub fn late_accesses(&self) -> u64 {

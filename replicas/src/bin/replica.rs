@@ -9,11 +9,21 @@
 //! when the answer was lost (a crash between the save and the answer): it must not count
 //! twice.
 //!
+//! `--lease-ms T` runs it in exclusive mode across processes, with a lease of `T` ms;
+//! `--hold-at ID --hold-ms M` makes the first delivery of update `ID` keep its session (and
+//! the lease) for `M` ms after its write, announced by a `holding ID` line, so that a test can
+//! kill or pause the process while it holds the key.
+//!
+//! Besides the final JSON line, it prints `ack ID` as each update is acknowledged, so a test
+//! that kills it still knows what it acknowledged.
+//!
 //! `replica --store sqlite|postgres|mysql|redis|mongodb --url URL --table NAME --user ID
-//!  --first-id N --updates N [--fail-every K] [--redeliver-every K]`
+//!  --first-id N --updates N [--fail-every K] [--redeliver-every K] [--lease-ms T]
+//!  [--hold-at ID --hold-ms M]`
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use typed_session::store::{Patch, Record, StoreFuture};
 use typed_session::telegram::Update;
@@ -103,15 +113,30 @@ async fn main() -> Result<(), BoxError> {
         every,
         applies: AtomicU64::new(0),
     };
-    let sessions = SessionMiddleware::<Tally, Update>::new(store);
-    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+    let hold_at: Option<i64> = arg(&args, "--hold-at").map(|v| v.parse()).transpose()?;
+    let hold = Duration::from_millis(arg(&args, "--hold-ms").map_or(Ok(0), |v| v.parse())?);
+    let mut builder = SessionMiddleware::<Tally, Update>::builder(store);
+    if let Some(lease) = arg(&args, "--lease-ms") {
+        let lease = Duration::from_millis(lease.parse()?);
+        builder = builder.exclusive_across_processes(Duration::from_secs(120), lease);
+    }
+    let sessions = builder.build();
+    let held = Arc::new(AtomicBool::new(false));
+    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let held = Arc::clone(&held);
         Box::pin(async move {
             ctx.session().await?.update_count(|c| *c += 1);
+            if hold_at == Some(ctx.update().update_id) && !held.swap(true, Ordering::Relaxed) {
+                println!("holding {}", ctx.update().update_id);
+                // The slow handler a test kills or pauses this process in.
+                tokio::time::sleep(hold).await;
+            }
             Ok(())
         })
     });
 
     let (mut acked, mut conflicts, mut failed_saves) = (0_u64, 0_u64, 0_u64);
+    let mut failed_loads = 0_u64;
     let mut redelivered = 0_u64;
     for id in first..first + updates {
         let deliveries = if redeliver > 0 && (id - first + 1) % redeliver == 0 {
@@ -127,7 +152,7 @@ async fn main() -> Result<(), BoxError> {
                 user,
                 &mut acked,
                 &mut conflicts,
-                &mut failed_saves,
+                (&mut failed_saves, &mut failed_loads),
             )
             .await?;
         }
@@ -141,6 +166,9 @@ async fn main() -> Result<(), BoxError> {
             "failed_saves": failed_saves,
             "conflicts_counted": sessions.stats().conflicts(),
             "redeliveries_recognised": sessions.stats().redeliveries(),
+            "failed_loads": failed_loads,
+            "lease_takeovers": sessions.stats().lease_takeovers(),
+            "leases_lost": sessions.stats().leases_lost(),
         })
     );
     Ok(())
@@ -153,14 +181,25 @@ async fn deliver(
     user: i64,
     acked: &mut u64,
     conflicts: &mut u64,
-    failed_saves: &mut u64,
+    (failed_saves, failed_loads): (&mut u64, &mut u64),
 ) -> Result<(), BoxError> {
     loop {
         let ctx = Context::new(Update::text(id, user, user, "+1"));
         match chain.run(&ctx).await {
             Ok(()) => {
                 *acked += 1;
+                println!("ack {id}");
                 return Ok(());
+            }
+            // The session could not be loaded (in exclusive mode, the lease claim failed):
+            // the webhook answers with an error status, and Telegram delivers it again.
+            Err(error)
+                if matches!(
+                    error.downcast_ref::<SessionError>(),
+                    Some(SessionError::Load { .. })
+                ) =>
+            {
+                *failed_loads += 1;
             }
             Err(error) if ctx.must_retry() => {
                 match error.downcast_ref::<SessionError>() {

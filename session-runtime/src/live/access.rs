@@ -4,12 +4,14 @@
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::error::SessionError;
 use crate::live::entry::{Dirty, Entry, State};
+use crate::live::lease;
 use crate::live::sessions::Sessions;
 use crate::schema::Schema;
 
@@ -57,6 +59,10 @@ pub(crate) struct Hold<S: Schema> {
     /// In exclusive mode: taken once, on the first access; given back when the update ends.
     turn_taken: tokio::sync::OnceCell<()>,
     turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
+    /// In exclusive mode across processes: the lease this update holds in the store (`None`
+    /// inside once released), and the task renewing it.
+    lease: Option<lease::Held>,
+    renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl<S: Schema> Hold<S> {
@@ -80,31 +86,94 @@ impl<S: Schema> Hold<S> {
             replayed: OnceLock::new(),
             turn_taken: tokio::sync::OnceCell::new(),
             turn: Mutex::new(None),
+            lease: sessions
+                .lease
+                .as_ref()
+                .map(|_| Arc::new(tokio::sync::Mutex::new(None))),
+            renewer: Mutex::new(None),
             sessions,
             entry,
         }
     }
 
-    /// In exclusive mode, waits until no other update of this process holds the key (at most
-    /// `wait`), then holds it until [`release`](Self::release).
-    pub(crate) async fn take_turn(&self, wait: std::time::Duration) -> Result<(), SessionError> {
+    /// In exclusive mode, waits until no other update of this process holds the key, and
+    /// across processes until this one holds the key's lease in the store (at most `wait` in
+    /// all), then holds the key until [`release`](Self::release).
+    pub(crate) async fn take_turn(&self, wait: Duration) -> Result<(), SessionError> {
         self.turn_taken
             .get_or_try_init(|| async {
+                let started = Instant::now();
                 let turn = Arc::clone(&self.entry.turn);
-                match tokio::time::timeout(wait, turn.lock_owned()).await {
-                    Ok(guard) => {
-                        *self.turn.lock() = Some(guard);
-                        Ok(())
-                    }
-                    Err(_) => Err(SessionError::Busy {
+                let Ok(guard) = tokio::time::timeout(wait, turn.lock_owned()).await else {
+                    return Err(SessionError::Busy {
                         session: S::NAME,
                         key: self.entry.key.to_string(),
                         waited: wait,
-                    }),
+                    });
+                };
+                *self.turn.lock() = Some(guard);
+                if let Err(error) = self.take_lease((started, started + wait)).await {
+                    // The next access starts over.
+                    self.turn.lock().take();
+                    return Err(error);
                 }
+                Ok(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// Across processes: takes the key's lease (which loads the session) and starts renewing
+    /// it.
+    async fn take_lease(&self, wait: (Instant, Instant)) -> Result<(), SessionError> {
+        let (Some(held), Some((holder, term))) = (&self.lease, &self.sessions.lease) else {
+            return Ok(());
+        };
+        let sessions = &self.sessions;
+        let lease = self
+            .entry
+            .take_lease(
+                &*sessions.store,
+                (holder, *term),
+                sessions.ttl,
+                wait,
+                &sessions.stats,
+            )
+            .await?;
+        *held.lock().await = Some(lease);
+        let renewal = lease::renew(
+            Arc::clone(held),
+            Arc::clone(&sessions.store),
+            Arc::clone(&self.entry.key),
+            sessions.ttl,
+        );
+        *self.renewer.lock() = Some(tokio::spawn(renewal));
+        Ok(())
+    }
+
+    /// Writes what the entry has unsaved; under a lease, releases it in the same patch.
+    pub(crate) async fn persist(&self) -> Result<(), SessionError> {
+        let Some(held) = &self.lease else {
+            return self.sessions.persist(&self.entry).await;
+        };
+        if let Some(renewer) = self.renewer.lock().take() {
+            renewer.abort();
+        }
+        let mut lease = held.lock().await;
+        let sessions = &self.sessions;
+        let persisted = self
+            .entry
+            .persist(
+                &*sessions.store,
+                sessions.ttl,
+                &sessions.stats,
+                lease.as_mut(),
+            )
+            .await;
+        if persisted.is_ok() {
+            *lease = None;
+        }
+        persisted
     }
 
     /// Once the session is loaded: whether a field still holds this update's id as its
@@ -136,6 +205,9 @@ impl<S: Schema> Hold<S> {
     /// Gives the entry back to the registry (kept if `unsaved`) and lets the next update of
     /// the key have its turn: the update is over.
     pub(crate) fn release(&self, unsaved: bool) {
+        if let Some(renewer) = self.renewer.lock().take() {
+            renewer.abort();
+        }
         self.sessions.registry.release(&self.entry, unsaved);
         self.turn.lock().take();
     }

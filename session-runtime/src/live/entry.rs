@@ -4,13 +4,14 @@
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use crate::error::{SessionError, StoreError};
+use crate::live::lease::{self, Lease};
 use crate::schema::Schema;
 use crate::stats::Stats;
 use crate::store::{Patch, Record, Store};
@@ -425,9 +426,13 @@ impl<S: Schema> Entry<S> {
         let Some(record) = record else {
             return Ok(());
         };
-        let (value, stored) = self
-            .decode(record, store.returns_written_text())
-            .map_err(|error| *error)?;
+        self.fill(record, store.returns_written_text())
+            .map_err(|error| *error)
+    }
+
+    /// Takes a record read from the store as the live state of an entry nothing has used yet.
+    fn fill(&self, record: Record, verbatim: bool) -> Result<(), Box<SessionError>> {
+        let (value, stored) = self.decode(record, verbatim)?;
         let mut state = self.lock();
         state.value = value;
         for (
@@ -512,7 +517,19 @@ impl<S: Schema> Entry<S> {
     /// they were based on an older value). Dirty fields not in conflict keep their value, to be
     /// written by the next persist.
     async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str]) {
-        let loaded = match store.load(&self.key).await {
+        let loaded = store.load(&self.key).await;
+        self.merge(loaded, store.returns_written_text(), conflicts);
+    }
+
+    /// Takes what the store holds (`loaded`) for every field that is not dirty, and for every
+    /// field in `conflicts`, whose local writes are discarded.
+    fn merge(
+        &self,
+        loaded: Result<Option<Record>, StoreError>,
+        verbatim: bool,
+        conflicts: &[&'static str],
+    ) {
+        let loaded = match loaded {
             Ok(record) => record.map_or_else(
                 || {
                     let none = || Stored {
@@ -522,7 +539,7 @@ impl<S: Schema> Entry<S> {
                     };
                     Ok((S::default(), S::FIELDS.iter().map(|_| none()).collect()))
                 },
-                |record| self.decode(record, store.returns_written_text()),
+                |record| self.decode(record, verbatim),
             ),
             Err(source) => Err(Box::new(SessionError::Load {
                 session: S::NAME,
@@ -580,13 +597,89 @@ impl<S: Schema> Entry<S> {
         }
     }
 
+    /// Takes the store lease of this key for `term` (exclusive mode across processes): reads
+    /// the record until no other process holds an unexpired lease (until `deadline`, then
+    /// [`SessionError::Busy`]), claims it with a write conditional on the lease's version, and
+    /// takes the record as read into the live state. Whoever saved last released the lease in
+    /// the patch that saved its writes, so the record read holds them.
+    pub(crate) async fn take_lease(
+        &self,
+        store: &dyn Store,
+        (holder, term): (&Arc<str>, Duration),
+        expiry: Option<Duration>,
+        (started, deadline): (Instant, Instant),
+        stats: &Stats,
+    ) -> Result<Lease, SessionError> {
+        let load_error = |source| SessionError::Load {
+            session: S::NAME,
+            key: self.key.to_string(),
+            source,
+        };
+        let mut pause = Duration::from_millis(1);
+        loop {
+            stats.loads.fetch_add(1, Ordering::Relaxed);
+            let record = store.load(&self.key).await.map_err(load_error)?;
+            let observed = lease::observe(record.as_ref(), holder);
+            if let Some(held_for) = observed.held_for {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(SessionError::Busy {
+                        session: S::NAME,
+                        key: self.key.to_string(),
+                        waited: now - started,
+                    });
+                }
+                // Poll with a growing pause, never past the lease's end or the deadline.
+                tokio::time::sleep(pause.min(held_for).min(deadline - now)).await;
+                pause = (pause * 2).min(Duration::from_millis(25));
+                continue;
+            }
+            let claimed = Instant::now();
+            let claim = Lease::claim(holder, observed.version, term, expiry);
+            match store.apply(&self.key, &claim).await {
+                Ok(()) => {}
+                // Another process claimed it first: wait for it like for any holder.
+                Err(error) if lease::lost(&error) => continue,
+                Err(source) => return Err(load_error(source)),
+            }
+            if observed.expired {
+                stats.lease_takeovers.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    session = S::NAME,
+                    key = &*self.key,
+                    "took over a lease its holder let expire"
+                );
+            }
+            let lease = Lease {
+                version: observed.version + 1,
+                deadline: claimed + term,
+                ttl: term,
+                holder: Arc::clone(holder),
+            };
+            let verbatim = store.returns_written_text();
+            match record {
+                Some(record) if !self.loaded.initialized() => {
+                    self.fill(record, verbatim).map_err(|error| *error)?;
+                }
+                record => self.merge(Ok(record), verbatim, &[]),
+            }
+            let _ = self.loaded.set(());
+            return Ok(lease);
+        }
+    }
+
     /// Writes the dirty fields, whoever changed them, as one patch; a pending `clear()` first
     /// deletes the record. A field written again while the patch is in flight stays dirty.
+    ///
+    /// Under a `lease`, nothing is written once it has run out, the patch releases it, and
+    /// the store refuses the patch whole if another process has taken it over
+    /// ([`SessionError::LeaseLost`]).
     pub(crate) async fn persist(
         &self,
         store: &dyn Store,
         ttl: Option<Duration>,
         stats: &Stats,
+        mut lease: Option<&mut Lease>,
     ) -> Result<(), SessionError> {
         let persist_error = |source| SessionError::Persist {
             session: S::NAME,
@@ -595,6 +688,16 @@ impl<S: Schema> Entry<S> {
             chain: None,
         };
         let _in_order = self.write_gate.lock().await;
+        let lease_lost = || {
+            stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+            SessionError::LeaseLost {
+                session: S::NAME,
+                key: self.key.to_string(),
+            }
+        };
+        if lease.as_ref().is_some_and(|lease| !lease.is_live()) {
+            return Err(lease_lost());
+        }
 
         let delete_pending = self.lock().delete_pending;
         if delete_pending {
@@ -611,6 +714,10 @@ impl<S: Schema> Entry<S> {
             // between the delete and this point. What was written after such a clear is dirty
             // and goes into the patch below; deleting again later would lose it.
             state.delete_pending = false;
+            if let Some(lease) = lease.as_mut() {
+                // The lease went with the record: the patch below claims the key afresh.
+                lease.version = 0;
+            }
         }
 
         let mut patch = Patch::new().with_ttl(ttl);
@@ -622,6 +729,9 @@ impl<S: Schema> Entry<S> {
                 field,
                 source,
             })?;
+        if let Some(lease) = &lease {
+            lease.release_in(&mut patch);
+        }
         if patch.is_empty() {
             return Ok(());
         }
@@ -629,6 +739,15 @@ impl<S: Schema> Entry<S> {
         let bytes = patch.bytes();
         match store.apply(&self.key, &patch).await {
             Ok(()) => {}
+            Err(error) if lease.is_some() && lease::lost(&error) => {
+                self.lock().forget_in_flight();
+                tracing::warn!(
+                    session = S::NAME,
+                    key = &*self.key,
+                    "another process took over the lease on this key: nothing was written"
+                );
+                return Err(lease_lost());
+            }
             Err(StoreError::Conflict { fields, .. }) => {
                 self.lock().forget_in_flight();
                 let fields: Vec<&'static str> = S::FIELDS

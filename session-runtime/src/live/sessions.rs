@@ -27,14 +27,18 @@ pub(crate) struct Sessions<S> {
     pub(crate) redelivery: bool,
     /// In exclusive mode, how long an update waits for its turn on a key.
     pub(crate) exclusive: Option<Duration>,
+    /// In exclusive mode across processes, who holds this middleware's leases, and their term.
+    pub(crate) lease: Option<(Arc<str>, Duration)>,
     pub(crate) ttl: Option<Duration>,
     pub(crate) stats: Stats,
 }
 
 impl<S: Schema> Sessions<S> {
-    /// Writes what `entry` has unsaved, as one patch.
+    /// Writes what `entry` has unsaved, as one patch (without a lease: no update holds it).
     pub(crate) async fn persist(&self, entry: &Entry<S>) -> Result<(), SessionError> {
-        entry.persist(&*self.store, self.ttl, &self.stats).await
+        entry
+            .persist(&*self.store, self.ttl, &self.stats, None)
+            .await
     }
 
     /// Retries the persist of every session whose last persist failed and that no update

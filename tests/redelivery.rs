@@ -7,7 +7,7 @@ mod common;
 
 use common::{Counter, CounterAccess, incrementing, stored};
 use typed_session::telegram::Update;
-use typed_session::{MemoryStore, SessionMiddleware};
+use typed_session::{MemoryStore, SessionMiddleware, Store};
 
 #[tokio::test]
 async fn an_update_delivered_twice_is_counted_once() {
@@ -30,6 +30,59 @@ async fn an_update_delivered_twice_is_counted_once() {
 
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(2));
     assert_eq!(sessions.stats().redeliveries(), 1);
+}
+
+/// Update 41 is saved and its answer lost; update 42 then writes the same field, so the field
+/// no longer names 41 as its writer. The session's window of recent update ids still does:
+/// the second delivery of 41 counts nothing, on another replica too.
+#[tokio::test]
+async fn a_redelivery_after_a_later_update_rewrote_its_fields_is_still_recognised() {
+    let memory = MemoryStore::new();
+    let replica1 = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let replica2 = SessionMiddleware::<Counter, Update>::new(memory.clone());
+
+    for id in [41, 42] {
+        incrementing(&replica1)
+            .run_update(Update::text(id, 7, 7, "+1"))
+            .await
+            .expect("saved");
+    }
+    incrementing(&replica2)
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("recognised");
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(2));
+    assert_eq!(replica2.stats().redeliveries(), 1);
+}
+
+/// The window is bounded: after more than 16 later updates wrote the session, an old update
+/// id is forgotten (and a delivery of it would run again).
+#[tokio::test]
+async fn the_window_of_recent_updates_is_bounded() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    for id in 1..=40 {
+        incrementing(&sessions)
+            .run_update(Update::text(id, 7, 7, "+1"))
+            .await
+            .expect("saved");
+    }
+    let record = memory
+        .load("Counter:7:7")
+        .await
+        .expect("load")
+        .expect("stored");
+    let mut window: Vec<i64> = (0..32)
+        .filter_map(|slot| record.writers.get(&format!("@{slot}")).copied())
+        .collect();
+    window.sort_unstable();
+    assert_eq!(window, (25..=40).collect::<Vec<_>>(), "the 16 latest");
+    assert_eq!(
+        record.fields.keys().filter(|f| f.starts_with('@')).count(),
+        0,
+        "the window is bookkeeping beside the fields, not a field"
+    );
 }
 
 /// Replica 1 saves update 41 and dies before answering; Telegram delivers it to replica 2,

@@ -185,7 +185,7 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
     let path =
         std::env::temp_dir().join(format!("typed-session-restart-{}.db", std::process::id()));
     let url = format!("sqlite://{}", path.display());
-    for run in 1..=2u64 {
+    for run in 1..=2i64 {
         // A fresh store, pool and middleware each time: nothing survives but the file.
         let store = typed_session::SqliteStore::connect(&url)
             .await
@@ -201,7 +201,8 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
             });
         for i in 0..3 {
             chain
-                .run_update(Update::text(i, 5, 5, "hi"))
+                // Update ids are unique per bot, across restarts too.
+                .run_update(Update::text(run * 10 + i, 5, 5, "hi"))
                 .await
                 .expect("update");
         }

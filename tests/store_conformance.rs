@@ -128,6 +128,20 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn a_writer_is_recorded_under_a_name_the_patch_does_not_write() {
+                let Some((store, _)) = $make("a_writer_is_recorded_under_a_name_the_patch_does_not_write").await else { return };
+                let key = unique("writer_only");
+                store.apply(&key, &patch(&[("a", "1")], &[], None).written_by("a", 7).written_by("@0", 7)).await.expect("apply");
+                store.apply(&key, &patch(&[("a", "2")], &[], None).written_by("a", 8).written_by("@1", 8)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!((record.writers.get("@0"), record.writers.get("@1")), (Some(&7), Some(&8)));
+                assert_eq!(record.get("@0"), None, "a writer alone is no field");
+                store.apply(&key, &patch(&[("a", "3")], &[], None).written_by("@0", 9)).await.expect("apply");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!(record.writers.get("@0"), Some(&9), "overwritten");
+            }
+
+            #[tokio::test]
             async fn a_patch_records_the_update_that_wrote_each_field() {
                 let Some((store, _)) = $make("a_patch_records_the_update_that_wrote_each_field").await else { return };
                 let key = unique("writers");

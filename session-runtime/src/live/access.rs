@@ -181,7 +181,10 @@ impl<S: Schema> Hold<S> {
     pub(crate) fn check_redelivery(&self) {
         let Some(id) = self.update_id else { return };
         self.replayed.get_or_init(|| {
-            let saved = self.entry.lock().fields.iter().any(|f| f.writer == Some(id));
+            let state = self.entry.lock();
+            let saved = state.recent.contains(&Some(id))
+                || state.fields.iter().any(|f| f.writer == Some(id));
+            drop(state);
             if saved {
                 self.sessions
                     .stats

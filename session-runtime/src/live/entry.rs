@@ -118,6 +118,27 @@ pub(crate) struct State<S> {
     pub(crate) delete_pending: bool,
     /// Counts `clear()` calls, so the error policy takes back only this update's own clear.
     pub(crate) clear_epoch: u64,
+    /// The ids of the latest updates whose writes the store holds: how a redelivery is
+    /// recognised after another update wrote the same fields.
+    pub(crate) recent: Window,
+}
+
+/// How many update ids a session remembers besides each field's last writer.
+pub(crate) const RECENT_UPDATES: usize = 16;
+
+/// The window's slots, stored among the field writers under names no field can have ('@' is
+/// reserved for the runtime).
+const SLOTS: [&str; RECENT_UPDATES] = [
+    "@0", "@1", "@2", "@3", "@4", "@5", "@6", "@7", "@8", "@9", "@10", "@11", "@12", "@13", "@14",
+    "@15",
+];
+
+/// A session's window of recent update ids, by slot.
+pub(crate) type Window = [Option<i64>; RECENT_UPDATES];
+
+/// The window a record holds.
+fn recent_updates(record: &Record) -> Window {
+    SLOTS.map(|slot| record.writers.get(slot).copied())
 }
 
 impl<S: Schema> State<S> {
@@ -203,6 +224,27 @@ impl<S: Schema> State<S> {
         self.set_from(index, stored.as_deref());
         self.fields[index].stored = stored;
         self.bump(index, Dirty::Clean);
+    }
+
+    /// Adds the updates that wrote `patch`'s fields to the window of recent update ids, in the
+    /// slots of the oldest (ids grow with time), and returns the window the store will hold
+    /// once the patch is written. The slots are written like any field writer, without a
+    /// condition: the window never makes two writers conflict (a concurrent writer's id may
+    /// then drop out of it; its fields still name it as their writer).
+    fn with_writers_of(&self, patch: &mut Patch<'_>) -> Window {
+        let mut recent = self.recent;
+        for index in 0..patch.writers.len() {
+            let id = patch.writers[index].1;
+            if recent.contains(&Some(id)) {
+                continue;
+            }
+            let slot = (0..RECENT_UPDATES)
+                .min_by_key(|&slot| recent[slot].unwrap_or(i64::MIN))
+                .unwrap_or(0);
+            recent[slot] = Some(id);
+            patch.writers.push((SLOTS[slot], id));
+        }
+        recent
     }
 
     /// Forgets what a persist that did not complete was writing: those fields stay dirty.
@@ -368,6 +410,7 @@ impl<S: Schema> Entry<S> {
                 clock: 1,
                 delete_pending: false,
                 clear_epoch: 0,
+                recent: [None; RECENT_UPDATES],
             }),
             write_gate: tokio::sync::Mutex::new(()),
             turn: Arc::new(tokio::sync::Mutex::new(())),
@@ -432,9 +475,11 @@ impl<S: Schema> Entry<S> {
 
     /// Takes a record read from the store as the live state of an entry nothing has used yet.
     fn fill(&self, record: Record, verbatim: bool) -> Result<(), Box<SessionError>> {
+        let recent = recent_updates(&record);
         let (value, stored) = self.decode(record, verbatim)?;
         let mut state = self.lock();
         state.value = value;
+        state.recent = recent;
         for (
             field,
             Stored {
@@ -529,6 +574,10 @@ impl<S: Schema> Entry<S> {
         verbatim: bool,
         conflicts: &[&'static str],
     ) {
+        let recent = match &loaded {
+            Ok(record) => record.as_ref().map(recent_updates),
+            Err(_) => None,
+        };
         let loaded = match loaded {
             Ok(record) => record.map_or_else(
                 || {
@@ -549,7 +598,10 @@ impl<S: Schema> Entry<S> {
         };
         let mut state = self.lock();
         let stored = match loaded {
-            Ok((_, stored)) => stored,
+            Ok((_, stored)) => {
+                state.recent = recent.unwrap_or([None; RECENT_UPDATES]);
+                stored
+            }
             Err(error) => {
                 // The conflicting writes are dropped all the same; what the store holds for
                 // them stays unknown, so their next write conflicts and refreshes again.
@@ -709,6 +761,7 @@ impl<S: Schema> Entry<S> {
                 field.stored_version = 0;
                 field.writer = None;
             }
+            state.recent = [None; RECENT_UPDATES];
             // Every clear() so far is satisfied, also one made while the delete was in flight:
             // the record is gone, and the write gate lets no write of this entry reach the store
             // between the delete and this point. What was written after such a clear is dirty
@@ -721,14 +774,18 @@ impl<S: Schema> Entry<S> {
         }
 
         let mut patch = Patch::new().with_ttl(ttl);
-        self.lock()
-            .diff(&mut patch)
-            .map_err(|(field, source)| SessionError::Encode {
-                session: S::NAME,
-                key: self.key.to_string(),
-                field,
-                source,
-            })?;
+        let recent = {
+            let mut state = self.lock();
+            state
+                .diff(&mut patch)
+                .map_err(|(field, source)| SessionError::Encode {
+                    session: S::NAME,
+                    key: self.key.to_string(),
+                    field,
+                    source,
+                })?;
+            state.with_writers_of(&mut patch)
+        };
         if let Some(lease) = &lease {
             lease.release_in(&mut patch);
         }
@@ -786,7 +843,9 @@ impl<S: Schema> Entry<S> {
             bytes,
             "session persisted"
         );
-        self.lock().reconcile(patch);
+        let mut state = self.lock();
+        state.reconcile(patch);
+        state.recent = recent;
         Ok(())
     }
 }

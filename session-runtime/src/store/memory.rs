@@ -223,7 +223,7 @@ impl Fields {
                 written.set(sets + i);
                 out.push(name, None, version + 1, writer(name, field.writer));
             } else {
-                out.push(name, field.value, version, field.writer);
+                out.push(name, field.value, version, writer(name, field.writer));
             }
         }
         for (i, (name, value)) in patch.set.iter().enumerate() {
@@ -234,6 +234,16 @@ impl Fields {
         for (i, name) in patch.remove.iter().enumerate() {
             if !written.get(sets + i) {
                 out.push(name, None, 1, writer(name, NO_WRITER));
+            }
+        }
+        // Writers of names neither held nor written (the runtime's window of recent updates).
+        for (name, id) in &patch.writers {
+            let named = |n: &str| n == *name;
+            if !patch.set.iter().any(|(n, _)| named(n))
+                && !patch.remove.iter().any(|n| named(n))
+                && !self.iter().any(|f| named(f.name))
+            {
+                out.push(name, None, 0, *id);
             }
         }
         out

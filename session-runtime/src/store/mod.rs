@@ -219,7 +219,9 @@ pub struct Patch<'a> {
     /// expectation are written whatever their version.
     pub expect: Vec<(&'a str, u64)>,
     /// The update that wrote each of these fields, stored as its writer (fields without one
-    /// keep the writer they had).
+    /// keep the writer they had). A store records every name given here, also one the patch
+    /// does not set or remove: the runtime keeps its window of recent update ids that way,
+    /// under names starting with `@`.
     pub writers: Vec<(&'a str, i64)>,
 }
 

@@ -56,7 +56,7 @@ async fn a_redelivery_after_a_later_update_rewrote_its_fields_is_still_recognise
     assert_eq!(replica2.stats().redeliveries(), 1);
 }
 
-/// The window is bounded: after more than 16 later updates wrote the session, an old update
+/// The window is bounded: after more than 4 later updates wrote the session, an old update
 /// id is forgotten (and a delivery of it would run again).
 #[tokio::test]
 async fn the_window_of_recent_updates_is_bounded() {
@@ -77,7 +77,7 @@ async fn the_window_of_recent_updates_is_bounded() {
         .filter_map(|slot| record.writers.get(&format!("@{slot}")).copied())
         .collect();
     window.sort_unstable();
-    assert_eq!(window, (25..=40).collect::<Vec<_>>(), "the 16 latest");
+    assert_eq!(window, (37..=40).collect::<Vec<_>>(), "the 4 latest");
     assert_eq!(
         record.fields.keys().filter(|f| f.starts_with('@')).count(),
         0,

@@ -124,14 +124,11 @@ pub(crate) struct State<S> {
 }
 
 /// How many update ids a session remembers besides each field's last writer.
-pub(crate) const RECENT_UPDATES: usize = 16;
+pub(crate) const RECENT_UPDATES: usize = 4;
 
 /// The window's slots, stored among the field writers under names no field can have ('@' is
 /// reserved for the runtime).
-const SLOTS: [&str; RECENT_UPDATES] = [
-    "@0", "@1", "@2", "@3", "@4", "@5", "@6", "@7", "@8", "@9", "@10", "@11", "@12", "@13", "@14",
-    "@15",
-];
+const SLOTS: [&str; RECENT_UPDATES] = ["@0", "@1", "@2", "@3"];
 
 /// A session's window of recent update ids, by slot.
 pub(crate) type Window = [Option<i64>; RECENT_UPDATES];

@@ -173,7 +173,9 @@ impl Fields {
                     .fields
                     .insert(field.name.to_owned(), value.to_owned());
             }
-            record.versions.insert(field.name.to_owned(), field.version);
+            if field.version != 0 {
+                record.versions.insert(field.name.to_owned(), field.version);
+            }
             if field.writer != NO_WRITER {
                 record.writers.insert(field.name.to_owned(), field.writer);
             }

@@ -50,7 +50,7 @@ async fn main() -> Result<(), BoxError> {
     );
     let served = Webhook::new(chain)
         .path("/telegram")
-        .secret_token("change-me")
+        .secret_token("change-me")?
         .serve(listener, async {
             // Stop accepting on Ctrl-C; updates in flight still finish and persist.
             let _ = tokio::signal::ctrl_c().await;

@@ -132,6 +132,7 @@ async fn start(gate: Option<Gate>) -> Server {
     let webhook = Webhook::new(chain)
         .path("/tg")
         .secret_token(SECRET)
+        .expect("a valid token")
         .body_limit(4096);
     let (addr, stop, done) = spawn_webhook(webhook).await;
     Server {
@@ -519,4 +520,23 @@ async fn an_unsaved_session_gets_a_retried_status_even_when_errors_answer_200() 
     let (status, _) = post(addr, "/tg", None, &telegram_update(1, 5, "hi")).await;
 
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE.as_u16());
+}
+
+/// An empty secret (an unset environment variable) would turn authentication off, and Telegram
+/// refuses tokens outside `[A-Za-z0-9_-]{1,256}`: all are refused when the webhook is built,
+/// without the token in the message.
+#[test]
+fn a_secret_token_telegram_would_refuse_is_refused_at_construction() {
+    let webhook = || Webhook::new(Chain::<Update>::new().handler(|_| Box::pin(async { Ok(()) })));
+    for bad in ["", "has space", "ünïcode", &"x".repeat(257)] {
+        let error = webhook().secret_token(bad).expect_err("refused");
+        let message = error.to_string();
+        assert!(message.contains("1 to 256 characters"), "{message}");
+        assert!(
+            bad.is_empty() || !message.contains(bad),
+            "the token leaks: {message}"
+        );
+    }
+    assert!(webhook().secret_token("A-z_0-9").is_ok());
+    assert!(webhook().secret_token("x".repeat(256)).is_ok());
 }

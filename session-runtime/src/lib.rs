@@ -45,7 +45,7 @@ pub use integrations::polling::{Polling, PollingError, Stopped};
 pub use integrations::tower::{SessionLayer, SessionService};
 #[cfg(feature = "webhook")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
-pub use integrations::webhook::Webhook;
+pub use integrations::webhook::{InvalidSecretToken, Webhook};
 #[cfg(feature = "mongodb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mongodb")))]
 pub use store::MongoStore;

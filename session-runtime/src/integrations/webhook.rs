@@ -27,6 +27,22 @@ use crate::context::Context;
 /// The header Telegram sends the webhook's `secret_token` in.
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
+/// A webhook secret token Telegram would refuse (see [`Webhook::secret_token`]). The token
+/// itself is not part of the message.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the webhook secret token ({len} bytes) must be 1 to 256 characters of A-Z, a-z, 0-9, '_' and '-'"
+)]
+pub struct InvalidSecretToken {
+    len: usize,
+}
+
+impl From<InvalidSecretToken> for std::io::Error {
+    fn from(error: InvalidSecretToken) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, error)
+    }
+}
+
 /// Serves Telegram's webhook POSTs for one [`Chain`].
 ///
 /// * `POST {path}` with a JSON update runs the chain; the answer is sent after the sessions
@@ -73,7 +89,7 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 /// let (_stop, stopped) = tokio::sync::oneshot::channel::<()>(); // e.g. sent on SIGTERM
 /// Webhook::new(chain)
 ///     .path("/telegram")
-///     .secret_token("a-long-random-secret")
+///     .secret_token("a-long-random-secret")?
 ///     .serve(listener, async { let _ = stopped.await; })
 ///     .await
 /// # }
@@ -129,9 +145,20 @@ where
     }
 
     /// The `secret_token` given to `setWebhook`; requests without it are refused with `401`.
-    pub fn secret_token(mut self, token: impl Into<String>) -> Self {
-        self.secret = Some(token.into());
-        self
+    ///
+    /// # Errors
+    ///
+    /// A token Telegram would not accept either: empty (say, from an unset environment
+    /// variable, which would otherwise turn authentication off), longer than 256 characters, or
+    /// with characters other than `A-Z`, `a-z`, `0-9`, `_` and `-`.
+    pub fn secret_token(mut self, token: impl Into<String>) -> Result<Self, InvalidSecretToken> {
+        let token = token.into();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if token.is_empty() || token.len() > 256 || !token.chars().all(allowed) {
+            return Err(InvalidSecretToken { len: token.len() });
+        }
+        self.secret = Some(token);
+        Ok(self)
     }
 
     /// The largest body accepted, in bytes; larger ones get `413`.

@@ -40,6 +40,15 @@ impl fmt::Display for StoreOp {
     }
 }
 
+/// " session \"{key}\"", or nothing for an operation on no single key (connect, migrate).
+fn on_key(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" session {key:?}")
+    }
+}
+
 /// An error reported by a [`Store`](crate::Store).
 ///
 /// A store never turns a failed read into "no session": an outage is an error, not a new user
@@ -48,7 +57,7 @@ impl fmt::Display for StoreOp {
 #[non_exhaustive]
 pub enum StoreError {
     /// The backend failed (I/O, protocol, server error).
-    #[error("{backend} store: cannot {op} session {key:?}: {source}")]
+    #[error("{backend} store: cannot {op}{}: {source}", on_key(key))]
     Backend {
         /// Which store, e.g. `"memory"` or `"postgres"`.
         backend: &'static str,
@@ -96,6 +105,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Which store reported it, e.g. `"memory"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            StoreError::Backend { backend, .. }
+            | StoreError::Malformed { backend, .. }
+            | StoreError::Conflict { backend, .. }
+            | StoreError::Config { backend, .. } => backend,
+        }
+    }
+
     /// Shorthand for [`StoreError::Backend`].
     pub fn backend(
         backend: &'static str,

@@ -3,14 +3,14 @@
 //! (ARCHITECTURE.md, "Dirty tracking" and "Persist after the chain").
 
 use std::cell::Cell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::error::{SessionError, StoreError};
+use crate::error::{SessionError, StoreError, StoreOp};
 use crate::live::lease::{self, Lease};
 use crate::schema::Schema;
 use crate::stats::Stats;
@@ -324,6 +324,14 @@ impl<S: Schema> State<S> {
     }
 }
 
+/// How a persist attempt ended, for the updates that waited for it.
+struct Attempt {
+    number: u64,
+    /// `None`: saved. Otherwise the store's error (its backend, and as text: the error itself
+    /// went to the update that made the attempt).
+    failure: Option<(&'static str, String)>,
+}
+
 /// What the store holds of one field: its encoding, version and writer.
 pub(crate) struct Stored {
     raw: Option<String>,
@@ -391,6 +399,11 @@ pub(crate) struct Entry<S> {
     state: Mutex<State<S>>,
     /// Held for the whole of a persist, so the patches of one key never reorder.
     write_gate: tokio::sync::Mutex<()>,
+    /// Persist attempts begun so far, and how the last one ended: an update that waited at
+    /// the gate while an attempt carrying its writes ran takes that outcome instead of making
+    /// the same attempt again (waits for a slow store do not add up per waiting update).
+    attempts: AtomicU64,
+    last_attempt: Mutex<Option<Attempt>>,
     /// In exclusive mode, held by the one update of this key that may use it.
     pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
 }
@@ -410,6 +423,8 @@ impl<S: Schema> Entry<S> {
                 recent: [None; RECENT_UPDATES],
             }),
             write_gate: tokio::sync::Mutex::new(()),
+            attempts: AtomicU64::new(0),
+            last_attempt: Mutex::new(None),
             turn: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -736,7 +751,30 @@ impl<S: Schema> Entry<S> {
             source,
             chain: None,
         };
+        let seen = self.attempts.load(Ordering::Acquire);
         let _in_order = self.write_gate.lock().await;
+        if let Some(attempt) = self.last_attempt.lock().as_ref()
+            && attempt.number > seen
+        {
+            // It began after this call: its patch held everything written before.
+            return match &attempt.failure {
+                None => Ok(()),
+                Some((backend, message)) => Err(persist_error(StoreError::backend(
+                    backend,
+                    StoreOp::Apply,
+                    &*self.key,
+                    format!("the save that carried this update's writes failed: {message}"),
+                ))),
+            };
+        }
+        let number = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        *self.last_attempt.lock() = None;
+        let ended = |failure: Option<&StoreError>| {
+            *self.last_attempt.lock() = Some(Attempt {
+                number,
+                failure: failure.map(|error| (error.backend_name(), error.to_string())),
+            });
+        };
         let lease_lost = || {
             stats.leases_lost.fetch_add(1, Ordering::Relaxed);
             SessionError::LeaseLost {
@@ -787,6 +825,7 @@ impl<S: Schema> Entry<S> {
             lease.release_in(&mut patch);
         }
         if patch.is_empty() {
+            ended(None);
             return Ok(());
         }
 
@@ -825,9 +864,11 @@ impl<S: Schema> Entry<S> {
             }
             Err(source) => {
                 self.lock().forget_in_flight();
+                ended(Some(&source));
                 return Err(persist_error(source));
             }
         }
+        ended(None);
         stats.writes.fetch_add(1, Ordering::Relaxed);
         stats
             .bytes_written

@@ -27,6 +27,8 @@ pub use self::mongodb::MongoStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub use sql::SqlOptions;
 #[cfg(feature = "mysql")]
 pub use sql::mysql::MySqlStore;
 #[cfg(feature = "postgres")]

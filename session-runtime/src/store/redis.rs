@@ -1,8 +1,10 @@
 //! [`RedisStore`]: one Redis hash per session (feature `redis`).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 
 use super::{Patch, Record, Store, StoreFuture};
 use crate::error::{StoreError, StoreOp};
@@ -19,10 +21,21 @@ const BACKEND: &str = "redis";
 /// 4) "\"de\""
 /// ```
 ///
-/// Field values are the JSON text of each field. A patch is `HSET` of the set fields, `HDEL`
-/// of the removed ones and `PEXPIRE` for the expiry, sent as one `MULTI`/`EXEC` pipeline: one
-/// round trip, applied atomically, touching no other field. A load is one `HGETALL`. Expiry is
-/// Redis's own, so expired sessions vanish without a sweep.
+/// Field values are the JSON text of each field. A patch is one Lua script (`EVALSHA`): it
+/// checks the versions the patch expects, then `HSET`s the set fields, `HDEL`s the removed
+/// ones and renews the expiry: one round trip, applied atomically, touching no other field. A
+/// load is one `HGETALL`. Expiry is Redis's own, so expired sessions vanish without a sweep.
+///
+/// # Deadlines
+///
+/// Every call fails with a [`StoreError::Backend`] naming the deadline once it has waited
+/// [`timeout`](Self::with_timeout) (default [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT), 2 s) for
+/// an answer: a Redis that is stopped or unreachable makes updates fail fast rather than hang,
+/// and their writes are taken back for the redelivery. A patch whose answer was lost may still
+/// have been applied; its redelivery is then recognised by its update id. The connection
+/// [`connect`](Self::connect) makes reconnects on its own, each attempt bounded by the same
+/// deadline and at most a second apart, so sessions are served again within seconds of Redis's
+/// return.
 ///
 /// # Example
 ///
@@ -37,6 +50,7 @@ const BACKEND: &str = "redis";
 pub struct RedisStore<C = ConnectionManager> {
     connection: C,
     prefix: Arc<str>,
+    timeout: Duration,
 }
 
 impl<C> std::fmt::Debug for RedisStore<C> {
@@ -48,14 +62,54 @@ impl<C> std::fmt::Debug for RedisStore<C> {
 }
 
 impl RedisStore<ConnectionManager> {
+    /// How long a call waits for Redis by default, connecting included.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
     /// Connects to `url` (`redis://host:port/db`) through a [`ConnectionManager`], which
-    /// reconnects by itself.
+    /// reconnects by itself, with the default deadline (see "Deadlines" above).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, Self::DEFAULT_TIMEOUT).await
+    }
+
+    /// [`connect`](Self::connect) with another deadline for connecting and for every call.
+    pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let error = |e: redis::RedisError| StoreError::backend(BACKEND, StoreOp::Connect, "", e);
         let client = redis::Client::open(url).map_err(error)?;
-        let connection = ConnectionManager::new(client).await.map_err(error)?;
-        Ok(Self::from_connection(connection))
+        // The driver's defaults wait for an answer forever and back off for up to a minute
+        // between reconnects; bound both.
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(timeout)
+            .set_connection_timeout(timeout)
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(1_000);
+        let connection = within(
+            timeout,
+            StoreOp::Connect,
+            "",
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await?
+        .map_err(error)?;
+        Ok(Self::from_connection(connection).with_timeout(timeout))
     }
+}
+
+/// `call`'s answer, or a backend error once it has waited `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    op: StoreOp,
+    key: &str,
+    call: impl Future<Output = T>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call).await.map_err(|_| {
+        StoreError::backend(
+            BACKEND,
+            op,
+            key,
+            format!("no answer from Redis within {timeout:?}"),
+        )
+    })
 }
 
 impl<C> RedisStore<C>
@@ -68,7 +122,14 @@ where
         RedisStore {
             connection,
             prefix: Arc::from("typed_session:"),
+            timeout: RedisStore::DEFAULT_TIMEOUT,
         }
+    }
+
+    /// How long each call waits for an answer before it fails (default 2 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Puts sessions under `{prefix}{key}` (default `typed_session:`).
@@ -145,11 +206,16 @@ where
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         StoreFuture::new(async move {
             let mut connection = self.connection.clone();
-            let hash: Vec<(String, String)> = redis::cmd("HGETALL")
-                .arg(self.redis_key(key))
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))?;
+            let mut command = redis::cmd("HGETALL");
+            command.arg(self.redis_key(key));
+            let hash: Vec<(String, String)> = within(
+                self.timeout,
+                StoreOp::Load,
+                key,
+                command.query_async(&mut connection),
+            )
+            .await?
+            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))?;
             // Redis removes a hash with its last field: an empty reply is no session.
             if hash.is_empty() {
                 return Ok(None);
@@ -214,10 +280,14 @@ where
             });
             invocation.arg(ttl_ms);
             let mut connection = self.connection.clone();
-            let conflicts: Vec<String> = invocation
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))?;
+            let conflicts: Vec<String> = within(
+                self.timeout,
+                StoreOp::Apply,
+                key,
+                invocation.invoke_async(&mut connection),
+            )
+            .await?
+            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))?;
             if conflicts.is_empty() {
                 Ok(())
             } else {
@@ -233,11 +303,16 @@ where
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
             let mut connection = self.connection.clone();
-            redis::cmd("DEL")
-                .arg(self.redis_key(key))
-                .query_async::<()>(&mut connection)
-                .await
-                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
+            let mut command = redis::cmd("DEL");
+            command.arg(self.redis_key(key));
+            within(
+                self.timeout,
+                StoreOp::Delete,
+                key,
+                command.query_async::<()>(&mut connection),
+            )
+            .await?
+            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
         })
     }
 

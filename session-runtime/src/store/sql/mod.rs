@@ -292,17 +292,65 @@ pub(crate) fn db_error(
     StoreError::backend(backend, op, key, error)
 }
 
-/// A pool of its own for a store given a URL (the server stores hold up to 8 connections).
+/// The pool and deadlines of a PostgreSQL or MySQL/MariaDB store that connects by itself.
+///
+/// * `max_connections` (default 16): the pool's size. A store call holds a connection for one
+///   statement, so 16 serve hundreds of updates in flight; raise it only if the database has
+///   the connections to spare.
+/// * `timeout` (default 2 s): how long a call waits for a connection from the pool, and how
+///   long the database lets one of its statements run or wait for a row lock
+///   (`statement_timeout` and `lock_timeout` in PostgreSQL, `innodb_lock_wait_timeout`, in
+///   whole seconds, in MySQL/MariaDB). A key whose row another client keeps locked then fails
+///   its updates within the deadline instead of holding connections that other keys need.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use typed_session::store::SqlOptions;
+/// use typed_session::PostgresStore;
+///
+/// # async fn run() -> Result<(), typed_session::StoreError> {
+/// let options = SqlOptions::default().max_connections(32).timeout(Duration::from_secs(5));
+/// let store = PostgresStore::connect_with("postgres://postgres@127.0.0.1/test", options).await?;
+/// # Ok(()) }
+/// ```
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) async fn connect_pool<DB: sqlx::Database>(
-    backend: &'static str,
-    url: &str,
-) -> Result<sqlx::Pool<DB>, StoreError> {
-    sqlx::pool::PoolOptions::<DB>::new()
-        .max_connections(8)
-        .connect(url)
-        .await
-        .map_err(|e| db_error(backend, StoreOp::Connect, "", e))
+#[derive(Debug, Clone, Copy)]
+pub struct SqlOptions {
+    pub(crate) max_connections: u32,
+    pub(crate) timeout: Duration,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl Default for SqlOptions {
+    fn default() -> Self {
+        SqlOptions {
+            max_connections: 16,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl SqlOptions {
+    /// The pool's size (at least 1).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// The deadline for a connection from the pool and for each statement (at least 1 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    pub(crate) fn pool<DB: sqlx::Database>(&self) -> sqlx::pool::PoolOptions<DB> {
+        sqlx::pool::PoolOptions::<DB>::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.timeout)
+    }
 }
 
 /// Runs `sweep` every `every` until the returned handle is aborted or dropped with the runtime.

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 
 use super::{
-    Clock, DEFAULT_TABLE, conflict, connect_pool, db_error, edit_expression, json_path, key_hash,
+    Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, edit_expression, json_path, key_hash,
     parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
@@ -85,9 +85,32 @@ impl Statements {
 }
 
 impl MySqlStore {
-    /// Connects to `url` (`mysql://user:password@host:port/database`) with a pool of its own.
+    /// Connects to `url` (`mysql://user:password@host:port/database`) with a pool of its own,
+    /// of the default size and deadlines ([`SqlOptions`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Ok(Self::from_pool(connect_pool(BACKEND, url).await?))
+        Self::connect_with(url, SqlOptions::default()).await
+    }
+
+    /// [`connect`](Self::connect) with another pool size and deadline. The row-lock wait is
+    /// `innodb_lock_wait_timeout`, which counts whole seconds: the deadline rounded up.
+    pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self, StoreError> {
+        let error = |e| db_error(BACKEND, StoreOp::Connect, "", e);
+        let connect: MySqlConnectOptions = url.parse().map_err(error)?;
+        let seconds = options.timeout.as_secs() + u64::from(options.timeout.subsec_nanos() > 0);
+        let set = format!("SET SESSION innodb_lock_wait_timeout = {}", seconds.max(1));
+        let pool = options
+            .pool()
+            .after_connect(move |connection, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(connection, set.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .map_err(error)?;
+        Ok(Self::from_pool(pool))
     }
 
     /// A store over an existing pool, used as it is.

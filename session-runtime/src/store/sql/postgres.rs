@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::{
-    Clock, DEFAULT_TABLE, conflict, connect_pool, db_error, expectations, key_hash, parse_record,
+    Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, expectations, key_hash, parse_record,
     parse_versions, parse_writers, set_object, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
@@ -143,9 +143,20 @@ fn expected(versions: &str, nonzero: &str, zero: &str) -> String {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host:port/database`) with a pool of its own.
+    /// Connects to `url` (`postgres://user@host:port/database`) with a pool of its own, of the
+    /// default size and deadlines ([`SqlOptions`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Ok(Self::from_pool(connect_pool(BACKEND, url).await?))
+        Self::connect_with(url, SqlOptions::default()).await
+    }
+
+    /// [`connect`](Self::connect) with another pool size and deadline.
+    pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self, StoreError> {
+        let error = |e| db_error(BACKEND, StoreOp::Connect, "", e);
+        let connect: PgConnectOptions = url.parse().map_err(error)?;
+        let ms = options.timeout.as_millis().to_string();
+        let connect = connect.options([("statement_timeout", &ms), ("lock_timeout", &ms)]);
+        let pool = options.pool().connect_with(connect).await.map_err(error)?;
+        Ok(Self::from_pool(pool))
     }
 
     /// A store over an existing pool, used as it is.

@@ -128,6 +128,37 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn every_rust_string_round_trips_nul_included() {
+                let Some((one, _)) = $make("every_rust_string_round_trips_nul_included").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let sessions = SessionMiddleware::<Everything, Update>::new(one.clone());
+                let texts = ["a\0b", "\0", "tab\tnew\nline\u{1}\u{7f}", "émoji 🦀 \u{fffd}", "{\"@json\":\"x\"}"];
+                for (i, text) in texts.iter().enumerate() {
+                    let text = text.to_string();
+                    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
+                        let text = text.clone();
+                        Box::pin(async move {
+                            ctx.everything().await?.set_nothing(Some(text));
+                            Ok(())
+                        })
+                    });
+                    chain.run_update(Update::text(i as i64 + 1, user, user, "x")).await.expect("saved");
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let tx = std::sync::Mutex::new(Some(tx));
+                    let read = Chain::new().with(SessionMiddleware::<Everything, Update>::new(one.clone())).handler(move |ctx| {
+                        let tx = tx.lock().expect("not poisoned").take();
+                        Box::pin(async move {
+                            let value = ctx.everything().await?.nothing();
+                            if let Some(tx) = tx { let _ = tx.send(value); }
+                            Ok(())
+                        })
+                    });
+                    read.run_update(Update::text(100 + i as i64, user, user, "r")).await.expect("read");
+                    assert_eq!(rx.await.expect("read ran").as_deref(), Some(texts[i]));
+                }
+            }
+
+            #[tokio::test]
             async fn a_writer_is_recorded_under_a_name_the_patch_does_not_write() {
                 let Some((store, _)) = $make("a_writer_is_recorded_under_a_name_the_patch_does_not_write").await else { return };
                 let key = unique("writer_only");

@@ -54,6 +54,14 @@ pub(crate) fn check(model: &Model, errors: &mut Errors) -> bool {
         if field.stored.value.is_empty() {
             errors.at(field.stored.span, "a stored field name cannot be empty");
         }
+        if field.stored.value.contains(['"', '\\'])
+            || field.stored.value.chars().any(char::is_control)
+        {
+            errors.at(
+                field.stored.span,
+                "a stored field name cannot contain '\"', '\\' or control characters (SQL stores address fields by JSON path)",
+            );
+        }
         if field.stored.value.starts_with('@') {
             errors.at(
                 field.stored.span,

@@ -18,8 +18,9 @@
 //! application's clock. A load ignores an expired row; a write to an expired row starts from
 //! an empty object; `sweep()` deletes expired rows, and `spawn_sweeper` runs it periodically.
 //!
-//! Table names are validated (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 characters) before they are
-//! put into SQL; keys, field names and values are always bound parameters.
+//! Table names are validated (`[A-Za-z_][A-Za-z0-9_]*`, at most 52 characters, no SQL reserved
+//! word) before they are put into SQL; keys, field names and values are always bound
+//! parameters.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,22 +43,88 @@ pub(crate) mod sqlite;
 /// The table name used when none is given.
 pub(crate) const DEFAULT_TABLE: &str = "typed_sessions";
 
+/// The longest table name: PostgreSQL keeps 63 bytes of an identifier, and the expiry index is
+/// named `{table}_expires_at`.
+const MAX_TABLE: usize = 63 - "_expires_at".len();
+
+/// Words that cannot name a table unquoted in one of the SQL databases (the ones a session
+/// table is likely to be called; the rest fail the first statement with the database's error).
+const RESERVED: &[&str] = &[
+    "all",
+    "and",
+    "as",
+    "by",
+    "case",
+    "check",
+    "column",
+    "constraint",
+    "create",
+    "default",
+    "delete",
+    "desc",
+    "distinct",
+    "drop",
+    "else",
+    "end",
+    "exists",
+    "from",
+    "group",
+    "having",
+    "in",
+    "index",
+    "insert",
+    "into",
+    "is",
+    "join",
+    "key",
+    "keys",
+    "limit",
+    "not",
+    "null",
+    "on",
+    "or",
+    "order",
+    "primary",
+    "references",
+    "select",
+    "session",
+    "set",
+    "table",
+    "then",
+    "to",
+    "union",
+    "unique",
+    "update",
+    "user",
+    "using",
+    "values",
+    "when",
+    "where",
+    "with",
+];
+
 /// Checks a table name before it is spliced into SQL (the one thing that cannot be bound).
 pub(crate) fn table_name(backend: &'static str, name: &str) -> Result<Arc<str>, StoreError> {
     let mut chars = name.chars();
     let valid_start = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if valid_start && name.len() <= 63 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        Ok(Arc::from(name))
-    } else {
-        Err(StoreError::Config {
-            backend,
-            message: format!(
-                "table name {name:?} is not allowed: use letters, digits and '_', starting with a letter or '_', at most 63 characters"
-            ),
-        })
+    let refused = |why: &str| StoreError::Config {
+        backend,
+        message: format!("table name {name:?} is not allowed: {why}"),
+    };
+    if !valid_start
+        || name.len() > MAX_TABLE
+        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(refused(&format!(
+            "use letters, digits and '_', starting with a letter or '_', at most {MAX_TABLE} characters"
+        )));
     }
+    if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(refused("it is a reserved word in SQL"));
+    }
+    Ok(Arc::from(name))
 }
 
 /// Milliseconds since the Unix epoch; replaceable so tests can move time.
@@ -108,8 +175,35 @@ pub(crate) fn json_path(
     Ok(format!("$.\"{field}\""))
 }
 
-/// The fields a patch sets, as one JSON object (the values are already JSON).
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+/// What a value stored in PostgreSQL's `jsonb` as `{"@json": "<its JSON text>"}` starts with.
+/// `jsonb` refuses U+0000 in any string, so a value holding one is stored that way, as is a
+/// value that starts like the wrapper itself, so that unwrapping never mistakes one.
+#[cfg(feature = "postgres")]
+const WRAPPED: &str = "{\"@json\"";
+
+#[cfg(feature = "postgres")]
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wrapped {
+    #[serde(rename = "@json")]
+    json: String,
+}
+
+/// Puts back the values [`set_object`] wrapped.
+#[cfg(feature = "postgres")]
+pub(crate) fn unwrap_values(record: &mut Record) {
+    for value in record.fields.values_mut() {
+        if value.starts_with(WRAPPED)
+            && let Ok(Wrapped { json }) = serde_json::from_str(value)
+        {
+            *value = json;
+        }
+    }
+}
+
+/// The fields a patch sets, as one JSON object (the values are already JSON), values holding
+/// U+0000 wrapped (see [`WRAPPED`]).
+#[cfg(feature = "postgres")]
 pub(crate) fn set_object(patch: &Patch<'_>) -> String {
     let mut object = String::with_capacity(2 + patch.bytes() + 4 * patch.set.len());
     object.push('{');
@@ -120,7 +214,14 @@ pub(crate) fn set_object(patch: &Patch<'_>) -> String {
         // A string always serialises; the fallback keeps this total.
         object.push_str(&serde_json::to_string(field).unwrap_or_else(|_| "\"\"".to_owned()));
         object.push(':');
-        object.push_str(value);
+        // `\u0000` in JSON text is U+0000 (or, harmlessly, an escaped backslash before "u0000").
+        if value.contains("\\u0000") || value.starts_with(WRAPPED) {
+            object.push_str("{\"@json\":");
+            object.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned()));
+            object.push('}');
+        } else {
+            object.push_str(value);
+        }
     }
     object.push('}');
     object
@@ -381,11 +482,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_names_are_identifiers_of_at_most_63_characters() {
-        for good in ["typed_sessions", "_t", "T1", &"a".repeat(63)] {
+    fn table_names_are_identifiers_short_enough_for_their_index_and_not_reserved() {
+        for good in ["typed_sessions", "_t", "T1", "orders", &"a".repeat(52)] {
             assert_eq!(table_name("sqlite", good).as_deref().ok(), Some(good));
         }
-        for bad in ["", "1t", "t-1", "t;drop", "t t", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1t",
+            "t-1",
+            "t;drop",
+            "t t",
+            "é",
+            &"a".repeat(53),
+            "order",
+            "USER",
+        ] {
             assert!(
                 matches!(table_name("sqlite", bad), Err(StoreError::Config { .. })),
                 "{bad:?}"

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::{
     Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, expectations, key_hash, parse_record,
-    parse_versions, parse_writers, set_object, table_name, writers_object,
+    parse_versions, parse_writers, set_object, table_name, unwrap_values, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -256,6 +256,7 @@ impl Store for PostgresStore {
                     .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))
             };
             let mut record = parse_record(BACKEND, key, column(0)?)?;
+            unwrap_values(&mut record);
             record.versions = parse_versions(BACKEND, key, column(1)?)?;
             record.writers = parse_writers(BACKEND, key, column(2)?)?;
             Ok(Some(record))

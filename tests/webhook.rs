@@ -540,3 +540,124 @@ fn a_secret_token_telegram_would_refuse_is_refused_at_construction() {
     assert!(webhook().secret_token("A-z_0-9").is_ok());
     assert!(webhook().secret_token("x".repeat(256)).is_ok());
 }
+
+/// Updates without a session key (a channel post has no sender; a poll has neither sender nor
+/// chat) fail the documented `ctx.session().await?` pattern; they are answered `200` so that
+/// Telegram does not deliver them again for a day, and a configured status otherwise.
+#[tokio::test]
+async fn an_update_without_a_session_key_is_answered_200_unless_configured_otherwise() {
+    let keyless = [
+        serde_json::json!({"update_id": 7001, "channel_post": {"message_id": 1, "date": 1_700_000_000,
+            "chat": {"id": -100_123, "title": "news", "type": "channel"}, "text": "hello"}}),
+        serde_json::json!({"update_id": 7002, "poll": {"id": "p1", "question": "?", "options": [],
+            "total_voter_count": 0, "is_closed": false, "is_anonymous": true, "type": "regular",
+            "allows_multiple_answers": false}}),
+    ];
+    for (status, expected) in [(None, 200), (Some(StatusCode::INTERNAL_SERVER_ERROR), 500)] {
+        let store = MemoryStore::new();
+        let chain = Chain::new()
+            .with(SessionMiddleware::<Counter, Update>::new(store.clone()))
+            .handler(|ctx| {
+                Box::pin(async move {
+                    ctx.session().await?.update_count(|c| *c += 1);
+                    Ok(())
+                })
+            });
+        let webhook = Webhook::new(chain).path("/tg");
+        let webhook = match status {
+            Some(status) => webhook.keyless_status(status),
+            None => webhook,
+        };
+        let (addr, stop, done) = spawn_webhook(webhook).await;
+        for update in &keyless {
+            let (got, _) = post(addr, "/tg", None, &update.to_string()).await;
+            assert_eq!(got, expected, "{update}");
+        }
+        let (ok, _) = post(addr, "/tg", None, &telegram_update(7003, 5, "hi")).await;
+        assert_eq!(ok, 200, "keyed updates are served as before");
+        let _ = stop.send(());
+        done.await.expect("no panic").expect("served");
+        assert_eq!(store.len(), 1, "only the keyed update wrote a session");
+    }
+}
+
+/// A webhook whose handler counts messages, with short client deadlines.
+fn strict(store: &MemoryStore, max_connections: usize) -> Webhook<Update> {
+    Webhook::new(common::incrementing(
+        &SessionMiddleware::<Counter, Update>::new(store.clone()),
+    ))
+    .path("/tg")
+    .header_timeout(std::time::Duration::from_millis(300))
+    .body_timeout(std::time::Duration::from_millis(300))
+    .max_connections(max_connections)
+}
+
+/// Reads until the server closes the connection (within 10 s, far above the deadlines under
+/// test); returns what it sent.
+async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut seen),
+    )
+    .await
+    .expect("the server closes the connection")
+    .expect("read");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
+    let store = MemoryStore::new();
+    let (addr, stop, done) = spawn_webhook(strict(&store, 16)).await;
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    let mut half = TcpStream::connect(addr).await.expect("connect");
+    half.write_all(b"POST /tg HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a header");
+    // Both are closed by the server (a read that never ends would hang the test).
+    until_closed(&mut idle).await;
+    until_closed(&mut half).await;
+    let (status, _) = post(addr, "/tg", None, &telegram_update(8001, 5, "hi")).await;
+    assert_eq!(status, 200, "the server still serves");
+    let _ = stop.send(());
+    done.await.expect("no panic").expect("served");
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408_and_nothing_is_written() {
+    let store = MemoryStore::new();
+    let (addr, stop, done) = spawn_webhook(strict(&store, 16)).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /tg HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900\r\n\r\n{\"update_id\":",
+        )
+        .await
+        .expect("the headers and a little");
+    let answer = until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(store.len(), 0);
+    let _ = stop.send(());
+    done.await.expect("no panic").expect("served");
+}
+
+#[tokio::test]
+async fn idle_connections_beyond_the_limit_wait_and_good_requests_are_served_when_they_go() {
+    let store = MemoryStore::new();
+    let (addr, stop, done) = spawn_webhook(strict(&store, 2)).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Both connection slots are taken by clients that send nothing; this request waits in the
+    // backlog until the header timeout frees a slot, and is then served.
+    let (status, _) = post(addr, "/tg", None, &telegram_update(8101, 5, "hi")).await;
+    assert_eq!(status, 200);
+    for stream in &mut idle {
+        until_closed(stream).await;
+    }
+    assert_eq!(stored::<u64>(&store, "5:5", "count"), Some(1));
+    let _ = stop.send(());
+    done.await.expect("no panic").expect("served");
+}

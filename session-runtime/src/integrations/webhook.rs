@@ -14,15 +14,17 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::de::DeserializeOwned;
 
 use crate::chain::Chain;
 use crate::context::Context;
+use crate::error::SessionError;
 
 /// The header Telegram sends the webhook's `secret_token` in.
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -51,6 +53,12 @@ impl From<InvalidSecretToken> for std::io::Error {
 /// * A wrong or missing `X-Telegram-Bot-Api-Secret-Token` (when a secret is set) gets `401`,
 ///   compared in constant time; a body over the limit `413`; a body that is not an update
 ///   `400`. None of them stops the server.
+/// * An update the chain failed on only for want of a session key (a channel post, a poll)
+///   gets [`keyless_status`](Self::keyless_status) (default `200`, logged as a warning).
+/// * [`serve`](Self::serve) closes a connection whose request headers take longer than
+///   [`header_timeout`](Self::header_timeout) (idle kept-alive ones too), answers `408` to a
+///   body slower than [`body_timeout`](Self::body_timeout), and keeps at most
+///   [`max_connections`](Self::max_connections) open: slow or idle clients cannot hold it.
 /// * A chain error gets [`error_status`](Self::error_status) (default `500`). Telegram
 ///   retries updates that did not get a 2xx, so the failed update comes again; with the
 ///   default [`ErrorPolicy::Persist`](crate::ErrorPolicy) its session changes were saved and
@@ -100,6 +108,16 @@ pub struct Webhook<U> {
     secret: Option<String>,
     body_limit: usize,
     error_status: StatusCode,
+    keyless_status: StatusCode,
+    limits: Limits,
+}
+
+/// What [`Webhook::serve`] allows a client.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    body_timeout: Duration,
+    max_connections: usize,
 }
 
 impl<U> std::fmt::Debug for Webhook<U> {
@@ -109,6 +127,8 @@ impl<U> std::fmt::Debug for Webhook<U> {
             .field("secret_token", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("body_limit", &self.body_limit)
             .field("error_status", &self.error_status)
+            .field("keyless_status", &self.keyless_status)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -116,7 +136,10 @@ impl<U> std::fmt::Debug for Webhook<U> {
 struct Shared<U> {
     chain: Arc<Chain<U>>,
     secret: Option<String>,
+    body_limit: usize,
+    body_timeout: Duration,
     error_status: StatusCode,
+    keyless_status: StatusCode,
     /// What an update whose session is not saved gets: a status Telegram retries, even when
     /// chain errors are answered `200`.
     unsaved_status: StatusCode,
@@ -135,7 +158,35 @@ where
             secret: None,
             body_limit: 1 << 20,
             error_status: StatusCode::INTERNAL_SERVER_ERROR,
+            keyless_status: StatusCode::OK,
+            limits: Limits {
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(10),
+                max_connections: 256,
+            },
         }
+    }
+
+    /// How long [`serve`](Self::serve) waits for a request's headers, on a new connection and
+    /// on an idle kept-alive one, before it closes the connection (default 10 s).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.header_timeout = timeout;
+        self
+    }
+
+    /// How long a request's body may take to arrive, in full, before the request is answered
+    /// `408` (default 10 s). Telegram sends an update in one go.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.body_timeout = timeout;
+        self
+    }
+
+    /// How many connections [`serve`](Self::serve) keeps open at once (default 256; at least
+    /// 1); more wait in the listener's backlog. Telegram opens at most `setWebhook`'s
+    /// `max_connections` (40 unless set, 100 at most).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n.max(1);
+        self
     }
 
     /// The path Telegram posts to (the path of the URL given to `setWebhook`).
@@ -174,7 +225,21 @@ where
         self
     }
 
-    /// The webhook as an axum [`Router`], to serve yourself or merge into an app.
+    /// The status answered when the chain failed only because the update has no session key
+    /// ([`SessionError::NoKey`]: `my_chat_member`, sent when a user blocks the bot, channel
+    /// posts, polls, ... reaching a handler that does `ctx.session().await?`). Default `200`,
+    /// with a warning logged: running it again would fail the same way, and any other status
+    /// makes Telegram deliver it again, for a day. Handlers that do want such updates check
+    /// for a key first (or match on `NoKey`).
+    pub fn keyless_status(mut self, status: StatusCode) -> Self {
+        self.keyless_status = status;
+        self
+    }
+
+    /// The webhook as an axum [`Router`], to serve yourself or merge into an app. The body
+    /// limit and timeout hold; the connection limits ([`header_timeout`](Self::header_timeout),
+    /// [`max_connections`](Self::max_connections)) are [`serve`](Self::serve)'s, and are then
+    /// up to the server you use.
     pub fn router(self) -> Router {
         let unsaved_status = if self.error_status.is_success() {
             StatusCode::SERVICE_UNAVAILABLE
@@ -184,12 +249,16 @@ where
         let shared = Arc::new(Shared {
             chain: self.chain,
             secret: self.secret,
+            body_limit: self.body_limit,
+            body_timeout: self.limits.body_timeout,
             error_status: self.error_status,
+            keyless_status: self.keyless_status,
             unsaved_status,
         });
         Router::new()
             .route(&self.path, post(handle::<U>))
-            .layer(DefaultBodyLimit::max(self.body_limit))
+            // The handler reads the body itself, with its limit and deadline.
+            .layer(DefaultBodyLimit::disable())
             .with_state(shared)
     }
 
@@ -209,9 +278,49 @@ where
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let chain = Arc::clone(&self.chain);
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let limits = self.limits;
+        let router = self.router();
+        let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&connections).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // never closed
+                },
+                () = &mut shutdown => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!(%error, "webhook cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let connection = http.serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(router.clone()),
+            );
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "webhook connection closed");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        // Requests in flight finish and persist; idle connections are closed.
+        graceful.shutdown().await;
         chain.flush().await.map_err(|error| {
             tracing::error!(%error, "sessions still unsaved at shutdown");
             std::io::Error::other(error)
@@ -219,10 +328,12 @@ where
     }
 }
 
-async fn handle<U>(State(hook): State<Arc<Shared<U>>>, headers: HeaderMap, body: Bytes) -> Response
+async fn handle<U>(State(hook): State<Arc<Shared<U>>>, request: Request) -> Response
 where
     U: DeserializeOwned + Send + Sync + 'static,
 {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     if let Some(secret) = &hook.secret {
         let given = headers
             .get(SECRET_HEADER)
@@ -232,6 +343,34 @@ where
             return StatusCode::UNAUTHORIZED.into_response();
         }
     }
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > hook.body_limit as u64) {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    }
+    let body = match tokio::time::timeout(
+        hook.body_timeout,
+        axum::body::to_bytes(body, hook.body_limit),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE.into_response()
+            } else {
+                StatusCode::BAD_REQUEST.into_response()
+            };
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?hook.body_timeout, "a webhook request's body did not arrive in time");
+            return StatusCode::REQUEST_TIMEOUT.into_response();
+        }
+    };
     let update: U = match serde_json::from_slice(&body) {
         Ok(update) => update,
         Err(error) => {
@@ -263,6 +402,15 @@ where
                 .into_response(),
             None => StatusCode::OK.into_response(),
         },
+        Err(error)
+            if matches!(
+                error.downcast_ref::<SessionError>(),
+                Some(SessionError::NoKey { .. })
+            ) =>
+        {
+            tracing::warn!(%error, status = %hook.keyless_status, "an update without a session key failed; answered so that Telegram does not deliver it again");
+            hook.keyless_status.into_response()
+        }
         Err(error) => {
             tracing::error!(%error, "update failed");
             hook.error_status.into_response()

@@ -1,4 +1,5 @@
-//! Faults an operator causes: a Redis of the test's own (started and signalled by the test on a
+//! Faults an operator causes: a SQLite file another process holds locked, a PostgreSQL row
+//! another client holds locked, a Redis of the test's own (started and signalled by the test on a
 //! spare port) stopped with SIGSTOP, killed and restarted while updates keep coming. Every
 //! call fails within the store's deadline while it is gone, sessions are served again within
 //! seconds of its return, and, with each failed update delivered again as Telegram does, what
@@ -7,7 +8,10 @@
 //! Needs `redis-server` on the `PATH`; without it the tests print `SKIPPED faults::<test>` and
 //! pass, unless `TYPED_SESSION_REQUIRE_SERVERS` is set (as `.ci/run` does).
 
-#![cfg(feature = "redis")]
+#![cfg_attr(
+    not(all(feature = "redis", feature = "postgres", feature = "sqlite")),
+    allow(dead_code, unused_imports)
+)]
 
 mod common;
 
@@ -17,17 +21,21 @@ use std::time::{Duration, Instant};
 
 use common::{Counter, CounterAccess};
 use typed_session::telegram::Update;
-use typed_session::{Chain, Context, RedisStore, SessionMiddleware, Store, StoreError, StoreOp};
+use typed_session::{Chain, Context, SessionMiddleware};
+#[cfg(feature = "redis")]
+use typed_session::{RedisStore, Store, StoreError, StoreOp};
 
 /// The deadline the faulty stores are given.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A `redis-server` of this test's own.
+#[cfg(feature = "redis")]
 struct OwnRedis {
     port: u16,
     child: Child,
 }
 
+#[cfg(feature = "redis")]
 impl OwnRedis {
     fn start(test: &str) -> Option<Self> {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -85,6 +93,7 @@ impl OwnRedis {
     }
 }
 
+#[cfg(feature = "redis")]
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -121,6 +130,7 @@ fn incrementing(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> 
     })
 }
 
+#[cfg(feature = "redis")]
 async fn stored_count(store: &RedisStore) -> u64 {
     let record = store.load("Counter:7:7").await.expect("load");
     record
@@ -128,6 +138,7 @@ async fn stored_count(store: &RedisStore) -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_then_resumed_fails_fast_recovers_and_loses_nothing() {
     let Some(redis) = OwnRedis::start("redis_stopped_then_resumed") else {
@@ -186,6 +197,7 @@ async fn redis_stopped_then_resumed_fails_fast_recovers_and_loses_nothing() {
     assert_eq!(stored, 40, "stored equals acknowledged, exactly");
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_is_reconnected_within_seconds() {
     let Some(redis) = OwnRedis::start("redis_killed_and_restarted") else {
@@ -223,6 +235,7 @@ async fn redis_killed_and_restarted_is_reconnected_within_seconds() {
     drop(redis);
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn connecting_to_a_port_where_nothing_listens_fails_within_the_deadline() {
     let port = TcpListener::bind("127.0.0.1:0")
@@ -322,4 +335,82 @@ async fn a_postgres_row_locked_by_another_client_fails_its_key_fast_and_serves_t
     let _ = typed_session::sqlx::query(&format!("DROP TABLE {table}"))
         .execute(store.pool())
         .await;
+}
+
+/// Another connection (another process, a backup, `sqlite3` in a shell) holds the database's
+/// write lock: the update waiting for it waits off the async runtime, so a task on the same
+/// current-thread runtime keeps running meanwhile, and the update saves once the lock is gone.
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_locked_sqlite_file_does_not_stall_the_runtime() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use typed_session::SqliteStore;
+
+    let path = std::env::temp_dir().join(format!("typed-session-locked-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::connect(&url).await.expect("open");
+    store.migrate().await.expect("migrate");
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let chain = incrementing(&sessions);
+    deliver(&chain, 1).await;
+
+    let (locked, unlock) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let (locked_tx, locked_rx) = locked;
+    let (unlock_tx, unlock_rx) = unlock;
+    let locker = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let other =
+                typed_session::rusqlite::Connection::open(&path).expect("another connection");
+            other
+                .execute_batch("BEGIN IMMEDIATE")
+                .expect("the write lock");
+            locked_tx.send(()).expect("the test waits");
+            let _ = unlock_rx.recv();
+            other.execute_batch("COMMIT").expect("released");
+        }
+    });
+    locked_rx.recv().expect("locked");
+
+    let ticks = std::sync::Arc::new(AtomicU64::new(0));
+    let ticker = tokio::spawn({
+        let ticks = std::sync::Arc::clone(&ticks);
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let update = tokio::spawn({
+        let chain = chain.clone();
+        async move { chain.run_update(Update::text(2, 7, 7, "+1")).await }
+    });
+    // The runtime keeps ticking while the update waits for the lock...
+    let started = Instant::now();
+    while ticks.load(Ordering::Relaxed) < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the runtime stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!update.is_finished(), "the update waits for the lock");
+    // ...and the update saves once the lock is released.
+    unlock_tx.send(()).expect("the locker waits");
+    update
+        .await
+        .expect("no panic")
+        .expect("saved after the lock");
+    locker.join().expect("the locker");
+    ticker.abort();
+    let record = store
+        .load("Counter:7:7")
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(record["count"], "2");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }

@@ -53,6 +53,7 @@ pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     sql: Arc<Statements>,
     clock: Clock,
+    busy_timeout: Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -95,7 +96,9 @@ fn error(op: StoreOp, key: &str, e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens `url`: `sqlite://path/to/file.db` or a plain path (created if missing; WAL
-    /// journal, `synchronous=NORMAL`, 5 s busy timeout), or `sqlite::memory:`.
+    /// journal, `synchronous=NORMAL`), or `sqlite::memory:`. A call that meets another
+    /// connection's lock waits for it on a blocking thread, never on the async runtime, up to
+    /// the busy timeout (5 s, [`with_busy_timeout`](Self::with_busy_timeout)).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
@@ -117,19 +120,27 @@ impl SqliteStore {
                 .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
                 .map_err(|e| error(StoreOp::Connect, "", e))?;
         }
-        connection
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(|e| error(StoreOp::Connect, "", e))?;
         Ok(Self::from_connection(connection))
     }
 
-    /// A store over a connection the application opened, used as it is.
+    /// A store over a connection the application opened. Its busy timeout is set to none:
+    /// the store never waits for a lock on the calling task, and waits at most
+    /// [`with_busy_timeout`](Self::with_busy_timeout) on a blocking thread instead.
     pub fn from_connection(connection: Connection) -> Self {
+        let _ = connection.busy_timeout(Duration::ZERO);
         SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
+            busy_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// How long a call waits for another connection's (or process's) lock on the database,
+    /// on a blocking thread, before it fails (default 5 s).
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
     }
 
     /// Uses table `name` instead of `typed_sessions`.
@@ -149,23 +160,33 @@ impl SqliteStore {
         self
     }
 
-    /// The connection, locked: for queries of your own. Do not hold it across an `.await`.
+    /// The connection, locked: for queries of your own. Do not hold it across an `.await`, and
+    /// mind that its busy timeout is none (a query meeting another connection's lock fails at
+    /// once with `SQLITE_BUSY`).
     pub fn connection(&self) -> MutexGuard<'_, Connection> {
         self.connection.lock()
     }
 
     /// Creates the table and its expiry index if they do not exist.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.run(
+            StoreOp::Migrate,
+            "",
+            |connection| self.migrate_on(connection),
+            || Box::new(|store, connection| store.migrate_on(connection)),
+        )
+        .await
+    }
+
+    fn migrate_on(&self, connection: &mut Connection) -> Result<(), StoreError> {
         let t = &self.sql.table;
-        self.connection
-            .lock()
+        connection
             .execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, versions TEXT NOT NULL DEFAULT '{{}}', writers TEXT NOT NULL DEFAULT '{{}}', expires_at INTEGER); \
                  CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at);"
             ))
             .map_err(|e| error(StoreOp::Migrate, "", e))?;
         // Tables made before field versions and writers existed.
-        let connection = self.connection.lock();
         for column in ["versions", "writers"] {
             let present: bool = connection
                 .query_row(
@@ -190,13 +211,20 @@ impl SqliteStore {
 
     /// Deletes expired sessions; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let removed = self
-            .connection
-            .lock()
-            .prepare_cached(&self.sql.sweep)
-            .and_then(|mut statement| statement.execute([self.clock.now_ms()]))
-            .map_err(|e| error(StoreOp::Sweep, "", e))?;
-        Ok(removed as u64)
+        let sweep = |store: &SqliteStore, connection: &mut Connection| {
+            connection
+                .prepare_cached(&store.sql.sweep)
+                .and_then(|mut statement| statement.execute([store.clock.now_ms()]))
+                .map(|removed| removed as u64)
+                .map_err(|e| error(StoreOp::Sweep, "", e))
+        };
+        self.run(
+            StoreOp::Sweep,
+            "",
+            |connection| sweep(self, connection),
+            || Box::new(sweep),
+        )
+        .await
     }
 
     /// Runs [`sweep`](Self::sweep) every `every` on a tokio task.
@@ -208,8 +236,7 @@ impl SqliteStore {
         })
     }
 
-    fn load_now(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let connection = self.connection.lock();
+    fn load_on(&self, connection: &Connection, key: &str) -> Result<Option<Record>, StoreError> {
         let row: Option<(String, String, String)> = connection
             .prepare_cached(&self.sql.load)
             .and_then(|mut statement| {
@@ -233,7 +260,12 @@ impl SqliteStore {
     /// row as the statement writes it (SQLite runs one writer at a time), and the new versions
     /// (one more than expected) are merged into the row's. A patch that expects every field
     /// never written may create the row; one that expects a field must find it live.
-    fn apply_now(&self, key: &str, patch: &Patch<'_>) -> Result<(), StoreError> {
+    fn apply_on(
+        &self,
+        connection: &mut Connection,
+        key: &str,
+        patch: &Patch<'_>,
+    ) -> Result<(), StoreError> {
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
         let mut expected = Vec::with_capacity(patch.expect.len());
         let mut bumped = serde_json::Map::new();
@@ -257,7 +289,7 @@ impl SqliteStore {
         if written().any(|field| !bumped.contains_key(field)) {
             // A write that expects nothing of a field (an admin's, not the middleware's):
             // its version is read and bumped in a transaction.
-            return self.apply_unconditionally(key, patch, &removed, &set);
+            return self.apply_unconditionally(connection, key, patch, &removed, &set);
         }
         let bumped = serde_json::Value::Object(bumped).to_string();
         let writers = writers_object(patch);
@@ -296,7 +328,7 @@ impl SqliteStore {
             for (path, version) in &expected {
                 params.extend([&now as &dyn ToSql, path, version]);
             }
-            self.execute(key, &sql, params)?
+            execute(connection, key, &sql, params)?
         } else {
             let update = edit_expression("data", patch.remove.len(), patch.set.len(), "json(?)");
             let condition = condition("versions", expected.len());
@@ -312,14 +344,12 @@ impl SqliteStore {
             for (path, version) in &expected {
                 params.extend([path as &dyn ToSql, version]);
             }
-            self.execute(key, &sql, params)?
+            execute(connection, key, &sql, params)?
         };
         if changed > 0 {
             return Ok(());
         }
-        let current: Option<String> = self
-            .connection
-            .lock()
+        let current: Option<String> = connection
             .prepare_cached(&self.sql.versions)
             .and_then(|mut statement| statement.query_row((key, now), |row| row.get(0)).optional())
             .map_err(|e| error(StoreOp::Apply, key, e))?;
@@ -330,25 +360,17 @@ impl SqliteStore {
         Err(conflict(BACKEND, key, patch, &versions))
     }
 
-    fn execute(&self, key: &str, sql: &str, params: Vec<&dyn ToSql>) -> Result<usize, StoreError> {
-        self.connection
-            .lock()
-            .prepare_cached(sql)
-            .and_then(|mut statement| statement.execute(params_from_iter(params)))
-            .map_err(|e| error(StoreOp::Apply, key, e))
-    }
-
     /// A patch with fields it expects nothing of, in one immediate transaction: the versions
     /// are read and bumped, then the row is written. The write lock is taken at `BEGIN`, so no
     /// other connection or process writes the row between the two.
     fn apply_unconditionally(
         &self,
+        connection: &mut Connection,
         key: &str,
         patch: &Patch<'_>,
         removed: &[String],
         set: &[String],
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection.lock();
         let tx = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| error(StoreOp::Apply, key, e))?;
@@ -407,6 +429,76 @@ impl SqliteStore {
     }
 }
 
+fn execute(
+    connection: &Connection,
+    key: &str,
+    sql: &str,
+    params: Vec<&dyn ToSql>,
+) -> Result<usize, StoreError> {
+    connection
+        .prepare_cached(sql)
+        .and_then(|mut statement| statement.execute(params_from_iter(params)))
+        .map_err(|e| error(StoreOp::Apply, key, e))
+}
+
+/// Whether SQLite refused for a lock another connection holds (the fast path waits for none).
+fn is_busy(error: &StoreError) -> bool {
+    let StoreError::Backend { source, .. } = error else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<rusqlite::Error>(),
+        Some(rusqlite::Error::SqliteFailure(failure, _))
+            if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// A patch's contents, owned, to move to a blocking thread.
+struct OwnedPatch {
+    set: Vec<(String, String)>,
+    remove: Vec<String>,
+    ttl: Option<Duration>,
+    expect: Vec<(String, u64)>,
+    writers: Vec<(String, i64)>,
+}
+
+impl OwnedPatch {
+    fn new(patch: &Patch<'_>) -> Self {
+        OwnedPatch {
+            set: patch
+                .set
+                .iter()
+                .map(|(f, v)| ((*f).to_owned(), v.clone()))
+                .collect(),
+            remove: patch.remove.iter().map(|f| (*f).to_owned()).collect(),
+            ttl: patch.ttl,
+            expect: patch
+                .expect
+                .iter()
+                .map(|(f, v)| ((*f).to_owned(), *v))
+                .collect(),
+            writers: patch
+                .writers
+                .iter()
+                .map(|(f, v)| ((*f).to_owned(), *v))
+                .collect(),
+        }
+    }
+
+    fn patch(&self) -> Patch<'_> {
+        let mut patch = Patch::new().with_ttl(self.ttl);
+        patch.set = self
+            .set
+            .iter()
+            .map(|(f, v)| (f.as_str(), v.clone()))
+            .collect();
+        patch.remove = self.remove.iter().map(String::as_str).collect();
+        patch.expect = self.expect.iter().map(|(f, v)| (f.as_str(), *v)).collect();
+        patch.writers = self.writers.iter().map(|(f, v)| (f.as_str(), *v)).collect();
+        patch
+    }
+}
+
 /// `n` conditions, each that the version at path `?` in `versions` is `?` (absent is 0).
 fn condition(versions: &str, n: usize) -> String {
     let mut condition = String::from("1");
@@ -418,9 +510,67 @@ fn condition(versions: &str, n: usize) -> String {
     condition
 }
 
+impl SqliteStore {
+    /// Runs `work` on the connection: on the calling task when the connection is free and
+    /// SQLite takes no lock wait (the usual case, no thread hop), otherwise on a blocking
+    /// thread, where waiting for the connection and for another connection's lock is bounded
+    /// by the busy timeout. `owned` is `work` again, taking what it needs by value.
+    fn run<'a, T: Send + 'static>(
+        &'a self,
+        op: StoreOp,
+        key: &'a str,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+        owned: impl FnOnce() -> Box<
+            dyn FnOnce(&SqliteStore, &mut Connection) -> Result<T, StoreError> + Send,
+        >,
+    ) -> StoreFuture<'a, Result<T, StoreError>> {
+        if let Some(mut connection) = self.connection.try_lock() {
+            match work(&mut connection) {
+                Err(error) if is_busy(&error) => {}
+                done => return StoreFuture::ready(done),
+            }
+        }
+        let owned = owned();
+        let store = self.clone();
+        StoreFuture::new(async move {
+            let wait = store.busy_timeout;
+            let blocking = tokio::task::spawn_blocking(move || {
+                let Some(mut connection) = store.connection.try_lock_for(wait) else {
+                    return Err(StoreError::backend(
+                        BACKEND,
+                        op,
+                        "",
+                        format!("the SQLite connection stayed busy for {wait:?}"),
+                    ));
+                };
+                let _ = connection.busy_timeout(wait);
+                let done = owned(&store, &mut connection);
+                let _ = connection.busy_timeout(Duration::ZERO);
+                done
+            });
+            blocking.await.unwrap_or_else(|error| {
+                Err(StoreError::backend(
+                    BACKEND,
+                    op,
+                    key,
+                    format!("the SQLite call failed: {error}"),
+                ))
+            })
+        })
+    }
+}
+
 impl Store for SqliteStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
-        StoreFuture::ready(self.load_now(key))
+        self.run(
+            StoreOp::Load,
+            key,
+            |connection| self.load_on(connection, key),
+            || {
+                let key = key.to_owned();
+                Box::new(move |store, connection| store.load_on(connection, &key))
+            },
+        )
     }
 
     fn apply<'a>(
@@ -428,17 +578,33 @@ impl Store for SqliteStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::ready(self.apply_now(key, patch))
+        self.run(
+            StoreOp::Apply,
+            key,
+            |connection| self.apply_on(connection, key, patch),
+            || {
+                let (key, patch) = (key.to_owned(), OwnedPatch::new(patch));
+                Box::new(move |store, connection| store.apply_on(connection, &key, &patch.patch()))
+            },
+        )
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
-        let result = self
-            .connection
-            .lock()
-            .prepare_cached(&self.sql.delete)
-            .and_then(|mut statement| statement.execute([key]))
-            .map(|_| ())
-            .map_err(|e| error(StoreOp::Delete, key, e));
-        StoreFuture::ready(result)
+        let delete = |store: &SqliteStore, connection: &mut Connection, key: &str| {
+            connection
+                .prepare_cached(&store.sql.delete)
+                .and_then(|mut statement| statement.execute([key]))
+                .map(|_| ())
+                .map_err(|e| error(StoreOp::Delete, key, e))
+        };
+        self.run(
+            StoreOp::Delete,
+            key,
+            |connection| delete(self, connection, key),
+            || {
+                let key = key.to_owned();
+                Box::new(move |store, connection| delete(store, connection, &key))
+            },
+        )
     }
 }

@@ -9,7 +9,12 @@
 //! pass, unless `TYPED_SESSION_REQUIRE_SERVERS` is set (as `.ci/run` does).
 
 #![cfg_attr(
-    not(all(feature = "redis", feature = "postgres", feature = "sqlite")),
+    not(all(
+        feature = "redis",
+        feature = "postgres",
+        feature = "sqlite",
+        feature = "mongodb"
+    )),
     allow(dead_code, unused_imports)
 )]
 
@@ -413,4 +418,29 @@ async fn a_locked_sqlite_file_does_not_stall_the_runtime() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
+}
+
+/// A MongoDB that is not there: the first call fails within the deadline (the driver alone
+/// would wait 30 s to select a server), and the error says what was tried.
+#[cfg(feature = "mongodb")]
+#[tokio::test]
+async fn a_mongodb_that_is_not_there_fails_a_call_within_the_deadline() {
+    use typed_session::{MongoStore, Store};
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let store =
+        MongoStore::connect_with_timeout(&format!("mongodb://127.0.0.1:{port}"), "faults", TIMEOUT)
+            .await
+            .expect("the client is lazy");
+    let started = Instant::now();
+    let error = store
+        .load("Counter:7:7")
+        .await
+        .expect_err("nothing listens");
+    let waited = started.elapsed();
+    eprintln!("faults::mongodb nothing listening: {error} after {waited:?}");
+    assert!(waited < TIMEOUT * 3, "{waited:?}");
 }

@@ -43,6 +43,7 @@ pub struct MongoStore {
     client: Client,
     database: Database,
     collection: Collection<Document>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -55,12 +56,57 @@ impl std::fmt::Debug for MongoStore {
 }
 
 impl MongoStore {
-    /// Connects to `url` (`mongodb://host:port`) and uses database `database`.
+    /// How long a call waits by default, server selection included.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Connects to `url` (`mongodb://host:port`) and uses database `database`, with the
+    /// default deadline: every call fails once it has waited 2 s (the driver's own defaults
+    /// wait 30 s to select a server while it is down).
     pub async fn connect(url: &str, database: &str) -> Result<Self, StoreError> {
-        let client = Client::with_uri_str(url)
+        Self::connect_with_timeout(url, database, Self::DEFAULT_TIMEOUT).await
+    }
+
+    /// [`connect`](Self::connect) with another deadline for connecting, selecting a server
+    /// and every call. A patch whose answer did not come in time may still have been applied;
+    /// the update's redelivery is then recognised by its id.
+    pub async fn connect_with_timeout(
+        url: &str,
+        database: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let error = |e| StoreError::backend(BACKEND, StoreOp::Connect, "", e);
+        let mut options = mongodb::options::ClientOptions::parse(url)
             .await
-            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Connect, "", e))?;
-        Self::from_client(client, database)
+            .map_err(error)?;
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        let client = Client::with_options(options).map_err(error)?;
+        Ok(Self::from_client(client, database)?.with_timeout(timeout))
+    }
+
+    /// How long each call waits for an answer before it fails (default 2 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn within<T>(
+        &self,
+        op: StoreOp,
+        key: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::backend(
+                    BACKEND,
+                    op,
+                    key,
+                    format!("no answer from MongoDB within {timeout:?}"),
+                ))
+            })
     }
 
     /// A store over a client the application already has, used as it is.
@@ -86,6 +132,7 @@ impl MongoStore {
             client,
             database,
             collection,
+            timeout: Self::DEFAULT_TIMEOUT,
         })
     }
 
@@ -258,7 +305,7 @@ impl MongoStore {
 
 impl Store for MongoStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
-        StoreFuture::new(async move {
+        StoreFuture::new(self.within(StoreOp::Load, key, async move {
             let found = self
                 .collection
                 .find_one(doc! { "_id": key })
@@ -294,7 +341,7 @@ impl Store for MongoStore {
                 .map(|(field, id)| (field, id as i64))
                 .collect();
             Ok(Some(record))
-        })
+        }))
     }
 
     fn apply<'a>(
@@ -302,7 +349,7 @@ impl Store for MongoStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(async move {
+        StoreFuture::new(self.within(StoreOp::Apply, key, async move {
             let mut set = Document::new();
             for (field, value) in &patch.set {
                 let json: serde_json::Value = serde_json::from_str(value)
@@ -415,17 +462,17 @@ impl Store for MongoStore {
                 }
                 Err(e) => Err(StoreError::backend(BACKEND, StoreOp::Apply, key, e)),
             }
-        })
+        }))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(async move {
+        StoreFuture::new(self.within(StoreOp::Delete, key, async move {
             self.collection
                 .delete_one(doc! { "_id": key })
                 .await
                 .map(|_| ())
                 .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
-        })
+        }))
     }
 }
 

@@ -491,3 +491,42 @@ async fn updates_whose_saves_keep_failing_run_again_later_and_count_once() {
     assert_eq!(stored::<u64>(&memory, "8:8", "count"), Some(1));
     assert_eq!(probe.applies(), 27, "25 refused, then one save each");
 }
+
+/// A Bot API that cannot be reached: the retry warning names the cause (the refused
+/// connection, not just "error sending request"), and never the token.
+#[tokio::test(flavor = "current_thread")]
+async fn a_network_error_is_logged_with_its_cause_and_without_the_token() {
+    let (logs, _guard) = common::logs::Logs::capture();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let sessions = SessionMiddleware::<Counter, Update>::new(MemoryStore::new());
+    let (stop, run) = {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let polling = polling(counting(&sessions), &format!("http://127.0.0.1:{port}"));
+        (
+            stop,
+            tokio::spawn(polling.run(async {
+                let _ = stopped.await;
+            })),
+        )
+    };
+    let started = std::time::Instant::now();
+    while !logs.contain("getUpdates failed") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no retry was logged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(()).expect("the poller is running");
+    run.await.expect("no panic").expect("polling ends cleanly");
+    let line = logs
+        .lines()
+        .into_iter()
+        .find(|line| line.contains("getUpdates failed"))
+        .expect("logged");
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(!line.contains(TOKEN), "the token leaked: {line}");
+}

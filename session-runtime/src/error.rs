@@ -49,6 +49,15 @@ fn on_key(key: &str) -> String {
     }
 }
 
+/// " field \"{field}\"", or what an empty field name means: the whole record.
+fn which_part(field: &str) -> String {
+    if field.is_empty() {
+        ", the whole record,".to_owned()
+    } else {
+        format!(" field {field:?}")
+    }
+}
+
 /// An error reported by a [`Store`](crate::Store).
 ///
 /// A store never turns a failed read into "no session": an outage is an error, not a new user
@@ -70,7 +79,7 @@ pub enum StoreError {
         source: BoxError,
     },
     /// The backend holds something this store cannot read as a session record.
-    #[error("{backend} store: session {key:?} field {field:?} is malformed: {message}")]
+    #[error("{backend} store: session {key:?}{} is malformed: {message}", which_part(field))]
     Malformed {
         /// Which store.
         backend: &'static str,
@@ -332,5 +341,37 @@ impl fmt::Display for ChainSuffix<'_> {
             Some(chain) => write!(f, "; the chain had failed as well: {chain}"),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StoreError, StoreOp};
+
+    #[test]
+    fn messages_name_the_session_and_field_or_say_there_is_none() {
+        let whole = StoreError::Malformed {
+            backend: "sqlite",
+            key: "7:7".into(),
+            field: String::new(),
+            message: "not a JSON object".into(),
+        };
+        assert_eq!(
+            whole.to_string(),
+            "sqlite store: session \"7:7\", the whole record, is malformed: not a JSON object"
+        );
+        let field = StoreError::Malformed {
+            backend: "redis",
+            key: "7:7".into(),
+            field: "count".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(
+            field.to_string(),
+            "redis store: session \"7:7\" field \"count\" is malformed: bad"
+        );
+        let connect = StoreError::backend("redis", StoreOp::Connect, "", "refused");
+        assert_eq!(connect.to_string(), "redis store: cannot connect: refused");
+        assert_eq!(connect.backend_name(), "redis");
     }
 }

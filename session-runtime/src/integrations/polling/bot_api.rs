@@ -51,9 +51,21 @@ impl BotApi {
         params: &serde_json::Value,
         timeout: Duration,
     ) -> Result<Answer, CallError> {
-        let retry = |reason: String| CallError::Retry {
-            reason,
-            after: None,
+        // The whole chain of causes ("error sending request" alone says nothing), with the
+        // URL, which holds the bot's token, left out.
+        let retry = |error: reqwest::Error| {
+            let error = error.without_url();
+            let mut reason = format!("{method}: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                reason.push_str(": ");
+                reason.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            CallError::Retry {
+                reason: reason.replace(&*self.base, "<the Bot API URL>"),
+                after: None,
+            }
         };
         let response = self
             .client
@@ -63,16 +75,12 @@ impl BotApi {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|error| retry(error.without_url().to_string()))?;
+            .map_err(retry)?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| retry(error.without_url().to_string()))?;
-        serde_json::from_slice(&body).map_err(|error| {
-            retry(format!(
-                "{method} answered {status} with no Bot API answer: {error}"
-            ))
+        let body = response.bytes().await.map_err(retry)?;
+        serde_json::from_slice(&body).map_err(|error| CallError::Retry {
+            reason: format!("{method} answered {status} with no Bot API answer: {error}"),
+            after: None,
         })
     }
 

@@ -159,6 +159,21 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn a_patch_of_more_fields_than_the_limit_is_refused_whole_in_every_store() {
+                let Some((store, _)) = $make("a_patch_of_more_fields_than_the_limit_is_refused_whole_in_every_store").await else { return };
+                let limit = typed_session::store::MAX_PATCH_FIELDS;
+                let names: Vec<String> = (0..=limit).map(|i| format!("f{i}")).collect();
+                let (key, fits) = (unique("limit"), unique("limit"));
+                let too_many = names.iter().fold(Patch::new(), |p, n| p.set_field(n, "1"));
+                let error = store.apply(&key, &too_many).await.expect_err("refused");
+                assert!(matches!(error, typed_session::StoreError::Config { .. }), "{error}");
+                assert_eq!(store.load(&key).await.expect("load"), None, "nothing written");
+                let at_limit = names[..limit].iter().fold(Patch::new(), |p, n| p.set_field(n, "1"));
+                store.apply(&fits, &at_limit).await.expect("the limit itself fits");
+                assert_eq!(store.load(&fits).await.expect("load").expect("stored").len(), limit);
+            }
+
+            #[tokio::test]
             async fn a_writer_is_recorded_under_a_name_the_patch_does_not_write() {
                 let Some((store, _)) = $make("a_writer_is_recorded_under_a_name_the_patch_does_not_write").await else { return };
                 let key = unique("writer_only");

@@ -79,7 +79,10 @@ pub enum StoreError {
         source: BoxError,
     },
     /// The backend holds something this store cannot read as a session record.
-    #[error("{backend} store: session {key:?}{} is malformed: {message}", which_part(field))]
+    #[error(
+        "{backend} store: session {key:?}{} is malformed: {message}",
+        which_part(field)
+    )]
     Malformed {
         /// Which store.
         backend: &'static str,

@@ -395,6 +395,9 @@ impl Store for MemoryStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
+        if let Err(error) = super::check_size("memory", patch) {
+            return StoreFuture::ready(Err(error));
+        }
         let too_long = patch
             .set
             .iter()

@@ -36,6 +36,25 @@ pub use sql::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite::SqliteStore;
 
+/// The most fields one patch may write (set and removed together), in every store: SQLite
+/// binds a few parameters per field and allows 32,766 per statement; the derive refuses a
+/// session type with more persisted fields than this.
+pub const MAX_PATCH_FIELDS: usize = 1_000;
+
+/// The error every store returns for a patch of more than [`MAX_PATCH_FIELDS`] fields.
+pub(crate) fn check_size(backend: &'static str, patch: &Patch<'_>) -> Result<(), StoreError> {
+    let fields = patch.set.len() + patch.remove.len();
+    if fields > MAX_PATCH_FIELDS {
+        return Err(StoreError::Config {
+            backend,
+            message: format!(
+                "a patch writes at most {MAX_PATCH_FIELDS} fields; this one writes {fields}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// What the [`Store`] methods return: a value that is already there, or a boxed future.
 ///
 /// A store that answers without waiting (memory, a cache hit) returns

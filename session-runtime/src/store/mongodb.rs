@@ -350,6 +350,7 @@ impl Store for MongoStore {
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(self.within(StoreOp::Apply, key, async move {
+            crate::store::check_size(BACKEND, patch)?;
             let mut set = Document::new();
             for (field, value) in &patch.set {
                 let json: serde_json::Value = serde_json::from_str(value)

@@ -257,6 +257,7 @@ where
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
+            crate::store::check_size(BACKEND, patch)?;
             let mut invocation = APPLY.prepare_invoke();
             invocation.key(self.redis_key(key));
             invocation.arg(patch.expect.len());

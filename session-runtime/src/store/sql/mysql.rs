@@ -377,6 +377,7 @@ impl Store for MySqlStore {
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
+            crate::store::check_size(BACKEND, patch)?;
             let now = self.clock.now_ms();
             // Most writes patch a record that exists: one statement. A new record takes a
             // second, the insert, which fails if another writer created it meanwhile.

@@ -269,6 +269,7 @@ impl Store for PostgresStore {
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
+            crate::store::check_size(BACKEND, patch)?;
             let written: Vec<&str> = patch
                 .set
                 .iter()

@@ -578,6 +578,9 @@ impl Store for SqliteStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
+        if let Err(error) = crate::store::check_size(BACKEND, patch) {
+            return StoreFuture::ready(Err(error));
+        }
         self.run(
             StoreOp::Apply,
             key,

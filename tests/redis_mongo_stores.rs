@@ -102,6 +102,42 @@ mod redis_store {
     }
 }
 
+#[cfg(feature = "redis")]
+mod redis_bad_bytes {
+    use super::*;
+    use typed_session::RedisStore;
+
+    /// Something else wrote bytes that are not UTF-8 into a session hash: the read error names
+    /// the field.
+    #[tokio::test]
+    async fn a_value_that_is_not_utf8_is_a_read_error_naming_its_field() {
+        let Some(url) = server_url("REDIS_URL", "redis", "a_value_that_is_not_utf8") else {
+            return;
+        };
+        let client = typed_session::redis::Client::open(url.as_str()).expect("url");
+        let mut raw = typed_session::redis::aio::ConnectionManager::new(client)
+            .await
+            .expect("connect");
+        let store = RedisStore::connect(&url)
+            .await
+            .expect("connect")
+            .with_prefix("ts_test:");
+        let key = unique("utf8");
+        typed_session::redis::cmd("HSET")
+            .arg(format!("ts_test:{key}"))
+            .arg("lang")
+            .arg(&[0xff_u8, 0xfe][..])
+            .query_async::<()>(&mut raw)
+            .await
+            .expect("HSET");
+        let error = store.load(&key).await.expect_err("not UTF-8");
+        assert!(
+            matches!(error, StoreError::Malformed { ref field, .. } if field == "lang"),
+            "{error}"
+        );
+    }
+}
+
 #[cfg(feature = "mongodb")]
 mod mongo_store {
     use super::*;

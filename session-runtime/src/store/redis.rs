@@ -208,7 +208,7 @@ where
             let mut connection = self.connection.clone();
             let mut command = redis::cmd("HGETALL");
             command.arg(self.redis_key(key));
-            let hash: Vec<(String, String)> = within(
+            let hash: Vec<(Vec<u8>, Vec<u8>)> = within(
                 self.timeout,
                 StoreOp::Load,
                 key,
@@ -222,6 +222,19 @@ where
             }
             let mut record = Record::default();
             for (name, value) in hash {
+                // Names and values are UTF-8 as this store writes them; say which is not.
+                let name = String::from_utf8(name).map_err(|error| StoreError::Malformed {
+                    backend: BACKEND,
+                    key: key.to_owned(),
+                    field: String::from_utf8_lossy(error.as_bytes()).into_owned(),
+                    message: "the stored field name is not UTF-8".to_owned(),
+                })?;
+                let value = String::from_utf8(value).map_err(|_| StoreError::Malformed {
+                    backend: BACKEND,
+                    key: key.to_owned(),
+                    field: name.trim_start_matches('\0').to_owned(),
+                    message: "the stored value is not UTF-8".to_owned(),
+                })?;
                 if let Some(field) = name.strip_prefix(WRITER_PREFIX) {
                     let writer = value.parse().map_err(|_| StoreError::Malformed {
                         backend: BACKEND,

@@ -403,6 +403,8 @@ pub(crate) fn db_error(
 ///   (`statement_timeout` and `lock_timeout` in PostgreSQL, `innodb_lock_wait_timeout`, in
 ///   whole seconds, in MySQL/MariaDB). A key whose row another client keeps locked then fails
 ///   its updates within the deadline instead of holding connections that other keys need.
+///   The store itself gives up on a call after twice the deadline (a connection that died
+///   without a word); over a pool of your own (`from_pool`), after 4 s.
 ///
 /// # Example
 ///
@@ -452,6 +454,27 @@ impl SqlOptions {
             .max_connections(self.max_connections)
             .acquire_timeout(self.timeout)
     }
+}
+
+/// `call`'s answer, or a backend error once it has waited `deadline`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) async fn within<T>(
+    backend: &'static str,
+    deadline: Duration,
+    op: StoreOp,
+    key: &str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::backend(
+                backend,
+                op,
+                key,
+                format!("no answer from the database within {deadline:?}"),
+            ))
+        })
 }
 
 /// Runs `sweep` every `every` until the returned handle is aborted or dropped with the runtime.

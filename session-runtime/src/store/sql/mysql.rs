@@ -8,7 +8,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 
 use super::{
     Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, edit_expression, json_path, key_hash,
-    parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
+    parse_record, parse_versions, parse_writers, patch_paths, table_name, within, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -48,6 +48,9 @@ pub struct MySqlStore {
     pool: MySqlPool,
     sql: Arc<Statements>,
     clock: Clock,
+    /// The client's own bound on a call (twice the server-side deadline): a connection that
+    /// died without a word does not hold an update forever.
+    deadline: Duration,
 }
 
 impl std::fmt::Debug for MySqlStore {
@@ -110,7 +113,9 @@ impl MySqlStore {
             .connect_with(connect)
             .await
             .map_err(error)?;
-        Ok(Self::from_pool(pool))
+        let mut store = Self::from_pool(pool);
+        store.deadline = options.timeout * 2;
+        Ok(store)
     }
 
     /// A store over an existing pool, used as it is.
@@ -119,6 +124,7 @@ impl MySqlStore {
             pool,
             sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
+            deadline: SqlOptions::default().timeout * 2,
         }
     }
 
@@ -344,31 +350,37 @@ fn written(patch: &Patch<'_>) -> usize {
 
 impl Store for MySqlStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
-        StoreFuture::new(async move {
-            let row = sqlx::query(&self.sql.load)
-                .bind(key_hash(key))
-                .bind(self.clock.now_ms())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-            let Some(row) = row else { return Ok(None) };
-            // A binary collation makes the server describe the column as a BLOB: read bytes.
-            let text = |column: usize| -> Result<&str, StoreError> {
-                let bytes: &[u8] = row
-                    .try_get(column)
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::Load,
+            key,
+            async move {
+                let row = sqlx::query(&self.sql.load)
+                    .bind(key_hash(key))
+                    .bind(self.clock.now_ms())
+                    .fetch_optional(&self.pool)
+                    .await
                     .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-                std::str::from_utf8(bytes).map_err(|e| StoreError::Malformed {
-                    backend: BACKEND,
-                    key: key.to_owned(),
-                    field: String::new(),
-                    message: format!("the stored session is not UTF-8: {e}"),
-                })
-            };
-            let mut record = parse_record(BACKEND, key, text(0)?)?;
-            record.versions = parse_versions(BACKEND, key, text(1)?)?;
-            record.writers = parse_writers(BACKEND, key, text(2)?)?;
-            Ok(Some(record))
-        })
+                let Some(row) = row else { return Ok(None) };
+                // A binary collation makes the server describe the column as a BLOB: read bytes.
+                let text = |column: usize| -> Result<&str, StoreError> {
+                    let bytes: &[u8] = row
+                        .try_get(column)
+                        .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
+                    std::str::from_utf8(bytes).map_err(|e| StoreError::Malformed {
+                        backend: BACKEND,
+                        key: key.to_owned(),
+                        field: String::new(),
+                        message: format!("the stored session is not UTF-8: {e}"),
+                    })
+                };
+                let mut record = parse_record(BACKEND, key, text(0)?)?;
+                record.versions = parse_versions(BACKEND, key, text(1)?)?;
+                record.writers = parse_writers(BACKEND, key, text(2)?)?;
+                Ok(Some(record))
+            },
+        ))
     }
 
     fn apply<'a>(
@@ -376,37 +388,49 @@ impl Store for MySqlStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(async move {
-            crate::store::check_size(BACKEND, patch)?;
-            let now = self.clock.now_ms();
-            // Most writes patch a record that exists: one statement. A new record takes a
-            // second, the insert, which fails if another writer created it meanwhile.
-            let may_create = patch.expect.iter().all(|(_, version)| *version == 0);
-            // Twice: a record another writer created between our update and our insert is
-            // updated on the second pass.
-            for _ in 0..2 {
-                if self.update(key, patch, now).await? {
-                    return Ok(());
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::Apply,
+            key,
+            async move {
+                crate::store::check_size(BACKEND, patch)?;
+                let now = self.clock.now_ms();
+                // Most writes patch a record that exists: one statement. A new record takes a
+                // second, the insert, which fails if another writer created it meanwhile.
+                let may_create = patch.expect.iter().all(|(_, version)| *version == 0);
+                // Twice: a record another writer created between our update and our insert is
+                // updated on the second pass.
+                for _ in 0..2 {
+                    if self.update(key, patch, now).await? {
+                        return Ok(());
+                    }
+                    if !may_create {
+                        break;
+                    }
+                    if self.insert(key, patch).await? {
+                        return Ok(());
+                    }
                 }
-                if !may_create {
-                    break;
-                }
-                if self.insert(key, patch).await? {
-                    return Ok(());
-                }
-            }
-            Err(self.conflict(key, patch, now).await)
-        })
+                Err(self.conflict(key, patch, now).await)
+            },
+        ))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(async move {
-            sqlx::query(&self.sql.delete)
-                .bind(key_hash(key))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Delete, key, e))?;
-            Ok(())
-        })
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::Delete,
+            key,
+            async move {
+                sqlx::query(&self.sql.delete)
+                    .bind(key_hash(key))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| db_error(BACKEND, StoreOp::Delete, key, e))?;
+                Ok(())
+            },
+        ))
     }
 }

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::{
     Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, expectations, key_hash, parse_record,
-    parse_versions, parse_writers, set_object, table_name, unwrap_values, writers_object,
+    parse_versions, parse_writers, set_object, table_name, unwrap_values, within, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Patch, Record, Store, StoreFuture};
@@ -46,6 +46,9 @@ pub struct PostgresStore {
     pool: PgPool,
     sql: Arc<Statements>,
     clock: Clock,
+    /// The client's own bound on a call (twice the server-side deadline): a connection that
+    /// died without a word does not hold an update forever.
+    deadline: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -156,7 +159,9 @@ impl PostgresStore {
         let ms = options.timeout.as_millis().to_string();
         let connect = connect.options([("statement_timeout", &ms), ("lock_timeout", &ms)]);
         let pool = options.pool().connect_with(connect).await.map_err(error)?;
-        Ok(Self::from_pool(pool))
+        let mut store = Self::from_pool(pool);
+        store.deadline = options.timeout * 2;
+        Ok(store)
     }
 
     /// A store over an existing pool, used as it is.
@@ -165,6 +170,7 @@ impl PostgresStore {
             pool,
             sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
+            deadline: SqlOptions::default().timeout * 2,
         }
     }
 
@@ -243,24 +249,30 @@ impl PostgresStore {
 
 impl Store for PostgresStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
-        StoreFuture::new(async move {
-            let row = sqlx::query(&self.sql.load)
-                .bind(key_hash(key))
-                .bind(self.clock.now_ms())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-            let Some(row) = row else { return Ok(None) };
-            let column = |i: usize| -> Result<&str, StoreError> {
-                row.try_get(i)
-                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))
-            };
-            let mut record = parse_record(BACKEND, key, column(0)?)?;
-            unwrap_values(&mut record);
-            record.versions = parse_versions(BACKEND, key, column(1)?)?;
-            record.writers = parse_writers(BACKEND, key, column(2)?)?;
-            Ok(Some(record))
-        })
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::Load,
+            key,
+            async move {
+                let row = sqlx::query(&self.sql.load)
+                    .bind(key_hash(key))
+                    .bind(self.clock.now_ms())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
+                let Some(row) = row else { return Ok(None) };
+                let column = |i: usize| -> Result<&str, StoreError> {
+                    row.try_get(i)
+                        .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))
+                };
+                let mut record = parse_record(BACKEND, key, column(0)?)?;
+                unwrap_values(&mut record);
+                record.versions = parse_versions(BACKEND, key, column(1)?)?;
+                record.writers = parse_writers(BACKEND, key, column(2)?)?;
+                Ok(Some(record))
+            },
+        ))
     }
 
     fn apply<'a>(
@@ -268,82 +280,94 @@ impl Store for PostgresStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(async move {
-            crate::store::check_size(BACKEND, patch)?;
-            let written: Vec<&str> = patch
-                .set
-                .iter()
-                .map(|(f, _)| *f)
-                .chain(patch.remove.iter().copied())
-                .collect();
-            // The expectations as the statements take them: the non-zero versions as one
-            // object, the fields expected never written as a list.
-            let (fields, versions) = expectations(BACKEND, key, patch)?;
-            let mut nonzero = serde_json::Map::new();
-            let mut zero = Vec::new();
-            for (field, version) in fields.iter().zip(&versions) {
-                match version {
-                    0 => zero.push(*field),
-                    v => {
-                        nonzero.insert((*field).to_owned(), (*v).into());
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::Apply,
+            key,
+            async move {
+                crate::store::check_size(BACKEND, patch)?;
+                let written: Vec<&str> = patch
+                    .set
+                    .iter()
+                    .map(|(f, _)| *f)
+                    .chain(patch.remove.iter().copied())
+                    .collect();
+                // The expectations as the statements take them: the non-zero versions as one
+                // object, the fields expected never written as a list.
+                let (fields, versions) = expectations(BACKEND, key, patch)?;
+                let mut nonzero = serde_json::Map::new();
+                let mut zero = Vec::new();
+                for (field, version) in fields.iter().zip(&versions) {
+                    match version {
+                        0 => zero.push(*field),
+                        v => {
+                            nonzero.insert((*field).to_owned(), (*v).into());
+                        }
                     }
                 }
-            }
-            let may_create = nonzero.is_empty();
-            let nonzero = serde_json::Value::Object(nonzero).to_string();
-            let now = self.clock.now_ms();
-            // The two statements take the same parameters, but for the key the insert needs.
-            let mut query = if may_create {
-                sqlx::query(&self.sql.create_or_apply)
-                    .bind(key_hash(key))
-                    .bind(key.as_bytes())
-            } else {
-                sqlx::query(&self.sql.apply).bind(key_hash(key))
-            };
-            query = query
-                .bind(set_object(patch))
-                .bind(self.clock.expiry(patch.ttl))
-                .bind(now)
-                .bind(&patch.remove)
-                .bind(&written)
-                .bind(nonzero)
-                .bind(&zero)
-                .bind(writers_object(patch));
-            let done = query
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-            if done.rows_affected() > 0 {
-                return Ok(());
-            }
-            // Refused: read the versions to name the fields that differ.
-            let row = sqlx::query(&self.sql.versions)
-                .bind(key_hash(key))
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-            let stored = match row {
-                Some(row) => {
-                    let text: &str = row
-                        .try_get(0)
-                        .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-                    parse_versions(BACKEND, key, text)?
+                let may_create = nonzero.is_empty();
+                let nonzero = serde_json::Value::Object(nonzero).to_string();
+                let now = self.clock.now_ms();
+                // The two statements take the same parameters, but for the key the insert needs.
+                let mut query = if may_create {
+                    sqlx::query(&self.sql.create_or_apply)
+                        .bind(key_hash(key))
+                        .bind(key.as_bytes())
+                } else {
+                    sqlx::query(&self.sql.apply).bind(key_hash(key))
+                };
+                query = query
+                    .bind(set_object(patch))
+                    .bind(self.clock.expiry(patch.ttl))
+                    .bind(now)
+                    .bind(&patch.remove)
+                    .bind(&written)
+                    .bind(nonzero)
+                    .bind(&zero)
+                    .bind(writers_object(patch));
+                let done = query
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+                if done.rows_affected() > 0 {
+                    return Ok(());
                 }
-                None => Default::default(),
-            };
-            Err(conflict(BACKEND, key, patch, &stored))
-        })
+                // Refused: read the versions to name the fields that differ.
+                let row = sqlx::query(&self.sql.versions)
+                    .bind(key_hash(key))
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+                let stored = match row {
+                    Some(row) => {
+                        let text: &str = row
+                            .try_get(0)
+                            .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+                        parse_versions(BACKEND, key, text)?
+                    }
+                    None => Default::default(),
+                };
+                Err(conflict(BACKEND, key, patch, &stored))
+            },
+        ))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(async move {
-            sqlx::query(&self.sql.delete)
-                .bind(key_hash(key))
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(BACKEND, StoreOp::Delete, key, e))?;
-            Ok(())
-        })
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::Delete,
+            key,
+            async move {
+                sqlx::query(&self.sql.delete)
+                    .bind(key_hash(key))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| db_error(BACKEND, StoreOp::Delete, key, e))?;
+                Ok(())
+            },
+        ))
     }
 }

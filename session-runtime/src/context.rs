@@ -48,6 +48,8 @@ pub struct Context<U> {
     unsaved: AtomicBool,
     /// Writes of this update were discarded after a conflict: it must run again.
     retry: AtomicBool,
+    /// A session was asked for and the update has no key for it.
+    keyless: AtomicBool,
 }
 
 impl<U: fmt::Debug> fmt::Debug for Context<U> {
@@ -69,6 +71,7 @@ impl<U> Context<U> {
             reply: Mutex::new(None),
             unsaved: AtomicBool::new(false),
             retry: AtomicBool::new(false),
+            keyless: AtomicBool::new(false),
         }
     }
 
@@ -118,6 +121,18 @@ impl<U> Context<U> {
 
     pub(crate) fn mark_retry(&self) {
         self.retry.store(true, Ordering::Release);
+    }
+
+    /// Whether a handler asked for a session this update has no key for
+    /// ([`SessionError::NoKey`](crate::SessionError::NoKey): a channel post has no sender, a
+    /// poll neither sender nor chat). Running such an update again fails the same way, so a
+    /// runner should not ask for it again; the webhook answers it with its `keyless_status`.
+    pub fn lacked_session_key(&self) -> bool {
+        self.keyless.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_keyless(&self) {
+        self.keyless.store(true, Ordering::Release);
     }
 
     /// Attaches `value`, found again by its type with [`attached`](Self::attached).

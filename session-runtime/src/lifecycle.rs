@@ -156,7 +156,11 @@ impl<U> Context<U> {
         let slot = self
             .attached::<Slot<S>>()
             .ok_or(SessionError::NotAttached { session: S::NAME })?;
-        slot.hold().await
+        let hold = slot.hold().await;
+        if let Err(SessionError::NoKey { .. }) = &hold {
+            self.mark_keyless();
+        }
+        hold
     }
 }
 

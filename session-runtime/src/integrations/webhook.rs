@@ -24,7 +24,6 @@ use serde::de::DeserializeOwned;
 
 use crate::chain::Chain;
 use crate::context::Context;
-use crate::error::SessionError;
 
 /// The header Telegram sends the webhook's `secret_token` in.
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -53,8 +52,9 @@ impl From<InvalidSecretToken> for std::io::Error {
 /// * A wrong or missing `X-Telegram-Bot-Api-Secret-Token` (when a secret is set) gets `401`,
 ///   compared in constant time; a body over the limit `413`; a body that is not an update
 ///   `400`. None of them stops the server.
-/// * An update the chain failed on only for want of a session key (a channel post, a poll)
-///   gets [`keyless_status`](Self::keyless_status) (default `200`, logged as a warning).
+/// * An update the chain failed on after a handler asked for a session it has no key for (a
+///   channel post, a poll; [`Context::lacked_session_key`]) gets
+///   [`keyless_status`](Self::keyless_status) (default `200`, logged as a warning).
 /// * [`serve`](Self::serve) closes a connection whose request headers take longer than
 ///   [`header_timeout`](Self::header_timeout) (idle kept-alive ones too), answers `408` to a
 ///   body slower than [`body_timeout`](Self::body_timeout), and keeps at most
@@ -402,12 +402,7 @@ where
                 .into_response(),
             None => StatusCode::OK.into_response(),
         },
-        Err(error)
-            if matches!(
-                error.downcast_ref::<SessionError>(),
-                Some(SessionError::NoKey { .. })
-            ) =>
-        {
+        Err(error) if ctx.lacked_session_key() => {
             tracing::warn!(%error, status = %hook.keyless_status, "an update without a session key failed; answered so that Telegram does not deliver it again");
             hook.keyless_status.into_response()
         }

@@ -17,12 +17,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::store::{Patch, Record, Store};
+use crate::store::{Patch, Record, Store, unix_ms as now_ms};
 
 /// The stored name of the lease field. `@` cannot start a Rust field name, and the derive
 /// refuses it in a `rename`, so no session field can collide with it.
@@ -46,12 +46,6 @@ pub(crate) fn new_holder() -> Arc<str> {
     let started = *STARTED.get_or_init(now_ms);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     Arc::from(format!("pid {} started {started} #{n}", std::process::id()))
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn encode(holder: &str, until: i64) -> String {

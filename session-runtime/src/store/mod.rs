@@ -36,6 +36,40 @@ pub use sql::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sql::sqlite::SqliteStore;
 
+/// Milliseconds since the Unix epoch, by the system clock (0 before 1970).
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `call`'s answer, or a [`StoreError::Backend`] once it has waited `deadline`: how the stores
+/// that talk to a server bound each call (ARCHITECTURE.md, "Deadlines").
+#[cfg(any(
+    feature = "redis",
+    feature = "mongodb",
+    feature = "postgres",
+    feature = "mysql"
+))]
+pub(crate) async fn within<T>(
+    backend: &'static str,
+    deadline: Duration,
+    op: crate::error::StoreOp,
+    key: &str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::backend(
+                backend,
+                op,
+                key,
+                format!("no answer from {backend} within {deadline:?}"),
+            ))
+        })
+}
+
 /// The most fields one patch may write (set and removed together), in every store: SQLite
 /// binds a few parameters per field and allows 32,766 per statement; the derive refuses a
 /// session type with more persisted fields than this.

@@ -1,13 +1,13 @@
 //! [`MongoStore`]: one MongoDB document per session, fields as native BSON (feature `mongodb`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::{Patch, Record, Store, StoreFuture};
+use super::{Patch, Record, Store, StoreFuture, within};
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "mongodb";
@@ -90,25 +90,6 @@ impl MongoStore {
         self
     }
 
-    async fn within<T>(
-        &self,
-        op: StoreOp,
-        key: &str,
-        call: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::backend(
-                    BACKEND,
-                    op,
-                    key,
-                    format!("no answer from MongoDB within {timeout:?}"),
-                ))
-            })
-    }
-
     /// A store over a client the application already has, used as it is.
     ///
     /// # Errors
@@ -182,10 +163,7 @@ impl MongoStore {
 }
 
 fn now() -> bson::DateTime {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    bson::DateTime::from_millis(ms)
+    bson::DateTime::from_millis(super::unix_ms())
 }
 
 fn malformed(key: &str, field: &str, message: impl Into<String>) -> StoreError {
@@ -305,43 +283,49 @@ impl MongoStore {
 
 impl Store for MongoStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
-        StoreFuture::new(self.within(StoreOp::Load, key, async move {
-            let found = self
-                .collection
-                .find_one(doc! { "_id": key })
-                .await
-                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))?;
-            let Some(document) = found else {
-                return Ok(None);
-            };
-            // The TTL monitor runs about once a minute: an expired document may still be here.
-            if let Ok(expires_at) = document.get_datetime("expires_at")
-                && *expires_at <= now()
-            {
-                return Ok(None);
-            }
-            let data = match document.get("data") {
-                Some(Bson::Document(data)) => data.clone(),
-                None => Document::new(),
-                Some(other) => {
-                    return Err(malformed(
-                        key,
-                        "data",
-                        format!("expected a document, found {other}"),
-                    ));
+        StoreFuture::new(within(
+            BACKEND,
+            self.timeout,
+            StoreOp::Load,
+            key,
+            async move {
+                let found = self
+                    .collection
+                    .find_one(doc! { "_id": key })
+                    .await
+                    .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))?;
+                let Some(document) = found else {
+                    return Ok(None);
+                };
+                // The TTL monitor runs about once a minute: an expired document may still be here.
+                if let Ok(expires_at) = document.get_datetime("expires_at")
+                    && *expires_at <= now()
+                {
+                    return Ok(None);
                 }
-            };
-            let mut record: Record = data
-                .into_iter()
-                .map(|(field, value)| (field, value.into_relaxed_extjson().to_string()))
-                .collect();
-            record.versions = versions_of(&document);
-            record.writers = versions_of_in(&document, "writers")
-                .into_iter()
-                .map(|(field, id)| (field, id as i64))
-                .collect();
-            Ok(Some(record))
-        }))
+                let data = match document.get("data") {
+                    Some(Bson::Document(data)) => data.clone(),
+                    None => Document::new(),
+                    Some(other) => {
+                        return Err(malformed(
+                            key,
+                            "data",
+                            format!("expected a document, found {other}"),
+                        ));
+                    }
+                };
+                let mut record: Record = data
+                    .into_iter()
+                    .map(|(field, value)| (field, value.into_relaxed_extjson().to_string()))
+                    .collect();
+                record.versions = versions_of(&document);
+                record.writers = versions_of_in(&document, "writers")
+                    .into_iter()
+                    .map(|(field, id)| (field, id as i64))
+                    .collect();
+                Ok(Some(record))
+            },
+        ))
     }
 
     fn apply<'a>(
@@ -349,131 +333,145 @@ impl Store for MongoStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(self.within(StoreOp::Apply, key, async move {
-            crate::store::check_size(BACKEND, patch)?;
-            let mut set = Document::new();
-            for (field, value) in &patch.set {
-                let json: serde_json::Value = serde_json::from_str(value)
-                    .map_err(|e| malformed(key, field, format!("not JSON: {e}")))?;
-                set.insert(
-                    field_path(key, field)?,
-                    to_bson(json).map_err(|m| malformed(key, field, m))?,
-                );
-            }
-            let mut unset = Document::new();
-            for field in &patch.remove {
-                unset.insert(field_path(key, field)?, "");
-            }
-            let mut inc = Document::new();
-            for field in patch
-                .set
-                .iter()
-                .map(|(f, _)| *f)
-                .chain(patch.remove.iter().copied())
-            {
-                inc.insert(version_path(key, field)?, 1_i64);
-            }
-            for (field, writer) in &patch.writers {
-                set.insert(
-                    format!(
-                        "writers.{}",
-                        field_path(key, field)?.trim_start_matches("data.")
-                    ),
-                    *writer,
-                );
-            }
-            let now = now();
-            let expires_at = patch.ttl.map(|ttl| {
-                let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-                bson::DateTime::from_millis(now.timestamp_millis().saturating_add(ms))
-            });
-            if let Some(at) = expires_at {
-                set.insert("expires_at", at);
-            }
-            let mut update = Document::new();
-            if !set.is_empty() {
-                update.insert("$set", set.clone());
-            }
-            if !unset.is_empty() {
-                update.insert("$unset", unset);
-            }
-            if !inc.is_empty() {
-                update.insert("$inc", inc);
-            }
-            if update.is_empty() {
-                return Ok(());
-            }
-            // Only a live document whose versions are the expected ones is patched. An expired
-            // one still waiting for the TTL monitor counts as absent.
-            let mut filter = doc! { "_id": key, "$or": [ { "expires_at": Bson::Null }, { "expires_at": { "$gt": now } } ] };
-            for (field, version) in &patch.expect {
-                let path = version_path(key, field)?;
-                // Not `null`: an upsert copies the filter's equalities into the new document.
-                match i64::try_from(*version) {
-                    Ok(0) => filter.insert(path, doc! { "$exists": false }),
-                    Ok(version) => filter.insert(path, version),
-                    Err(_) => return Err(malformed(key, field, "a version beyond i64")),
-                };
-            }
-            // A new document is created only when the patch expects nothing to be there.
-            let may_create = patch.expect.iter().all(|(_, version)| *version == 0);
-            let outcome = self
-                .collection
-                .update_one(filter, update)
-                .upsert(may_create)
-                .await;
-            match outcome {
-                Ok(result) if result.matched_count > 0 || result.upserted_id.is_some() => Ok(()),
-                Ok(_) => Err(self.conflict(key, patch, now).await),
-                Err(e) if is_duplicate_key(&e) => {
-                    // A document is there: live (its versions differ) or expired (replaced).
-                    let existing = self
-                        .collection
-                        .find_one(doc! { "_id": key })
-                        .await
-                        .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))?;
-                    if existing.as_ref().is_some_and(|d| is_live(d, now)) {
-                        return Err(self.conflict(key, patch, now).await);
-                    }
-                    let mut data = Document::new();
-                    for (path, value) in set {
-                        if let Some(field) = path.strip_prefix("data.") {
-                            data.insert(field, value);
-                        }
-                    }
-                    let mut versions = Document::new();
-                    for field in patch
-                        .set
-                        .iter()
-                        .map(|(f, _)| *f)
-                        .chain(patch.remove.iter().copied())
-                    {
-                        versions.insert(field, 1_i64);
-                    }
-                    let mut fresh = doc! { "_id": key, "data": data, "versions": versions };
-                    if let Some(at) = expires_at {
-                        fresh.insert("expires_at", at);
-                    }
-                    self.collection
-                        .replace_one(doc! { "_id": key }, fresh)
-                        .upsert(true)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))
+        StoreFuture::new(within(
+            BACKEND,
+            self.timeout,
+            StoreOp::Apply,
+            key,
+            async move {
+                crate::store::check_size(BACKEND, patch)?;
+                let mut set = Document::new();
+                for (field, value) in &patch.set {
+                    let json: serde_json::Value = serde_json::from_str(value)
+                        .map_err(|e| malformed(key, field, format!("not JSON: {e}")))?;
+                    set.insert(
+                        field_path(key, field)?,
+                        to_bson(json).map_err(|m| malformed(key, field, m))?,
+                    );
                 }
-                Err(e) => Err(StoreError::backend(BACKEND, StoreOp::Apply, key, e)),
-            }
-        }))
+                let mut unset = Document::new();
+                for field in &patch.remove {
+                    unset.insert(field_path(key, field)?, "");
+                }
+                let mut inc = Document::new();
+                for field in patch
+                    .set
+                    .iter()
+                    .map(|(f, _)| *f)
+                    .chain(patch.remove.iter().copied())
+                {
+                    inc.insert(version_path(key, field)?, 1_i64);
+                }
+                for (field, writer) in &patch.writers {
+                    set.insert(
+                        format!(
+                            "writers.{}",
+                            field_path(key, field)?.trim_start_matches("data.")
+                        ),
+                        *writer,
+                    );
+                }
+                let now = now();
+                let expires_at = patch.ttl.map(|ttl| {
+                    let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+                    bson::DateTime::from_millis(now.timestamp_millis().saturating_add(ms))
+                });
+                if let Some(at) = expires_at {
+                    set.insert("expires_at", at);
+                }
+                let mut update = Document::new();
+                if !set.is_empty() {
+                    update.insert("$set", set.clone());
+                }
+                if !unset.is_empty() {
+                    update.insert("$unset", unset);
+                }
+                if !inc.is_empty() {
+                    update.insert("$inc", inc);
+                }
+                if update.is_empty() {
+                    return Ok(());
+                }
+                // Only a live document whose versions are the expected ones is patched. An expired
+                // one still waiting for the TTL monitor counts as absent.
+                let mut filter = doc! { "_id": key, "$or": [ { "expires_at": Bson::Null }, { "expires_at": { "$gt": now } } ] };
+                for (field, version) in &patch.expect {
+                    let path = version_path(key, field)?;
+                    // Not `null`: an upsert copies the filter's equalities into the new document.
+                    match i64::try_from(*version) {
+                        Ok(0) => filter.insert(path, doc! { "$exists": false }),
+                        Ok(version) => filter.insert(path, version),
+                        Err(_) => return Err(malformed(key, field, "a version beyond i64")),
+                    };
+                }
+                // A new document is created only when the patch expects nothing to be there.
+                let may_create = patch.expect.iter().all(|(_, version)| *version == 0);
+                let outcome = self
+                    .collection
+                    .update_one(filter, update)
+                    .upsert(may_create)
+                    .await;
+                match outcome {
+                    Ok(result) if result.matched_count > 0 || result.upserted_id.is_some() => {
+                        Ok(())
+                    }
+                    Ok(_) => Err(self.conflict(key, patch, now).await),
+                    Err(e) if is_duplicate_key(&e) => {
+                        // A document is there: live (its versions differ) or expired (replaced).
+                        let existing = self
+                            .collection
+                            .find_one(doc! { "_id": key })
+                            .await
+                            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))?;
+                        if existing.as_ref().is_some_and(|d| is_live(d, now)) {
+                            return Err(self.conflict(key, patch, now).await);
+                        }
+                        let mut data = Document::new();
+                        for (path, value) in set {
+                            if let Some(field) = path.strip_prefix("data.") {
+                                data.insert(field, value);
+                            }
+                        }
+                        let mut versions = Document::new();
+                        for field in patch
+                            .set
+                            .iter()
+                            .map(|(f, _)| *f)
+                            .chain(patch.remove.iter().copied())
+                        {
+                            versions.insert(field, 1_i64);
+                        }
+                        let mut fresh = doc! { "_id": key, "data": data, "versions": versions };
+                        if let Some(at) = expires_at {
+                            fresh.insert("expires_at", at);
+                        }
+                        self.collection
+                            .replace_one(doc! { "_id": key }, fresh)
+                            .upsert(true)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))
+                    }
+                    Err(e) => Err(StoreError::backend(BACKEND, StoreOp::Apply, key, e)),
+                }
+            },
+        ))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(self.within(StoreOp::Delete, key, async move {
-            self.collection
-                .delete_one(doc! { "_id": key })
-                .await
-                .map(|_| ())
-                .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
-        }))
+        StoreFuture::new(within(
+            BACKEND,
+            self.timeout,
+            StoreOp::Delete,
+            key,
+            async move {
+                self.collection
+                    .delete_one(doc! { "_id": key })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
+            },
+        ))
     }
 }
 

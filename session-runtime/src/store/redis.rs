@@ -1,12 +1,11 @@
 //! [`RedisStore`]: one Redis hash per session (feature `redis`).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 
-use super::{Patch, Record, Store, StoreFuture};
+use super::{Patch, Record, Store, StoreFuture, within};
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "redis";
@@ -83,33 +82,14 @@ impl RedisStore<ConnectionManager> {
             .set_number_of_retries(2)
             .set_factor(50)
             .set_max_delay(1_000);
-        let connection = within(
-            timeout,
-            StoreOp::Connect,
-            "",
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await?
-        .map_err(error)?;
+        let connection = within(BACKEND, timeout, StoreOp::Connect, "", async {
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(error)
+        })
+        .await?;
         Ok(Self::from_connection(connection).with_timeout(timeout))
     }
-}
-
-/// `call`'s answer, or a backend error once it has waited `timeout`.
-async fn within<T>(
-    timeout: Duration,
-    op: StoreOp,
-    key: &str,
-    call: impl Future<Output = T>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(timeout, call).await.map_err(|_| {
-        StoreError::backend(
-            BACKEND,
-            op,
-            key,
-            format!("no answer from Redis within {timeout:?}"),
-        )
-    })
 }
 
 impl<C> RedisStore<C>
@@ -208,14 +188,14 @@ where
             let mut connection = self.connection.clone();
             let mut command = redis::cmd("HGETALL");
             command.arg(self.redis_key(key));
-            let hash: Vec<(Vec<u8>, Vec<u8>)> = within(
-                self.timeout,
-                StoreOp::Load,
-                key,
-                command.query_async(&mut connection),
-            )
-            .await?
-            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))?;
+            let hash: Vec<(Vec<u8>, Vec<u8>)> =
+                within(BACKEND, self.timeout, StoreOp::Load, key, async {
+                    command
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(|e| StoreError::backend(BACKEND, StoreOp::Load, key, e))
+                })
+                .await?;
             // Redis removes a hash with its last field: an empty reply is no session.
             if hash.is_empty() {
                 return Ok(None);
@@ -294,14 +274,14 @@ where
             });
             invocation.arg(ttl_ms);
             let mut connection = self.connection.clone();
-            let conflicts: Vec<String> = within(
-                self.timeout,
-                StoreOp::Apply,
-                key,
-                invocation.invoke_async(&mut connection),
-            )
-            .await?
-            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))?;
+            let conflicts: Vec<String> =
+                within(BACKEND, self.timeout, StoreOp::Apply, key, async {
+                    invocation
+                        .invoke_async(&mut connection)
+                        .await
+                        .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))
+                })
+                .await?;
             if conflicts.is_empty() {
                 Ok(())
             } else {
@@ -319,14 +299,13 @@ where
             let mut connection = self.connection.clone();
             let mut command = redis::cmd("DEL");
             command.arg(self.redis_key(key));
-            within(
-                self.timeout,
-                StoreOp::Delete,
-                key,
-                command.query_async::<()>(&mut connection),
-            )
-            .await?
-            .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
+            within(BACKEND, self.timeout, StoreOp::Delete, key, async {
+                command
+                    .query_async::<()>(&mut connection)
+                    .await
+                    .map_err(|e| StoreError::backend(BACKEND, StoreOp::Delete, key, e))
+            })
+            .await
         })
     }
 

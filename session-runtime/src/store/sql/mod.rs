@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 
@@ -143,9 +143,7 @@ impl Clock {
     pub(crate) fn now_ms(&self) -> i64 {
         match &self.0 {
             Some(f) => f(),
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            None => crate::store::unix_ms(),
         }
     }
 
@@ -449,32 +447,17 @@ impl SqlOptions {
         self
     }
 
+    /// How long the store itself waits for a call: twice the server-side deadline, which
+    /// should fire first.
+    pub(crate) fn client_deadline(&self) -> Duration {
+        self.timeout * 2
+    }
+
     pub(crate) fn pool<DB: sqlx::Database>(&self) -> sqlx::pool::PoolOptions<DB> {
         sqlx::pool::PoolOptions::<DB>::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.timeout)
     }
-}
-
-/// `call`'s answer, or a backend error once it has waited `deadline`.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) async fn within<T>(
-    backend: &'static str,
-    deadline: Duration,
-    op: StoreOp,
-    key: &str,
-    call: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(deadline, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::backend(
-                backend,
-                op,
-                key,
-                format!("no answer from the database within {deadline:?}"),
-            ))
-        })
 }
 
 /// Runs `sweep` every `every` until the returned handle is aborted or dropped with the runtime.

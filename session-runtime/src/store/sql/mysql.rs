@@ -8,10 +8,10 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 
 use super::{
     Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, edit_expression, json_path, key_hash,
-    parse_record, parse_versions, parse_writers, patch_paths, table_name, within, writers_object,
+    parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Patch, Record, Store, StoreFuture};
+use crate::store::{Patch, Record, Store, StoreFuture, within};
 
 const BACKEND: &str = "mysql";
 
@@ -114,7 +114,7 @@ impl MySqlStore {
             .await
             .map_err(error)?;
         let mut store = Self::from_pool(pool);
-        store.deadline = options.timeout * 2;
+        store.deadline = options.client_deadline();
         Ok(store)
     }
 
@@ -124,7 +124,7 @@ impl MySqlStore {
             pool,
             sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
-            deadline: SqlOptions::default().timeout * 2,
+            deadline: SqlOptions::default().client_deadline(),
         }
     }
 

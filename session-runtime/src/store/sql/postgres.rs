@@ -8,10 +8,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::{
     Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, expectations, key_hash, parse_record,
-    parse_versions, parse_writers, set_object, table_name, unwrap_values, within, writers_object,
+    parse_versions, parse_writers, set_object, table_name, unwrap_values, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Patch, Record, Store, StoreFuture};
+use crate::store::{Patch, Record, Store, StoreFuture, within};
 
 const BACKEND: &str = "postgres";
 
@@ -160,7 +160,7 @@ impl PostgresStore {
         let connect = connect.options([("statement_timeout", &ms), ("lock_timeout", &ms)]);
         let pool = options.pool().connect_with(connect).await.map_err(error)?;
         let mut store = Self::from_pool(pool);
-        store.deadline = options.timeout * 2;
+        store.deadline = options.client_deadline();
         Ok(store)
     }
 
@@ -170,7 +170,7 @@ impl PostgresStore {
             pool,
             sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
-            deadline: SqlOptions::default().timeout * 2,
+            deadline: SqlOptions::default().client_deadline(),
         }
     }
 

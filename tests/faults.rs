@@ -24,7 +24,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Counter, CounterAccess};
+use common::{Counter, incrementing};
 use typed_session::telegram::Update;
 use typed_session::{Chain, Context, SessionMiddleware};
 #[cfg(feature = "redis")]
@@ -43,11 +43,7 @@ struct OwnRedis {
 #[cfg(feature = "redis")]
 impl OwnRedis {
     fn start(test: &str) -> Option<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        Self::on(port, test)
+        Self::on(free_port(), test)
     }
 
     fn on(port: u16, test: &str) -> Option<Self> {
@@ -126,13 +122,22 @@ async fn deliver(chain: &Chain<Update>, id: i64) -> (u32, Duration) {
     }
 }
 
-fn incrementing(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {
-    Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.update_count(|c| *c += 1);
-            Ok(())
-        })
-    })
+/// A loopback port nothing listens on (yet).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A store on `redis` with the test's deadline, and a counting chain over it.
+#[cfg(feature = "redis")]
+async fn counting_on(redis: &OwnRedis) -> (RedisStore, Chain<Update>) {
+    let store = RedisStore::connect_with_timeout(&redis.url(), TIMEOUT)
+        .await
+        .expect("connect");
+    let chain = incrementing(&SessionMiddleware::<Counter, Update>::new(store.clone()));
+    (store, chain)
 }
 
 #[cfg(feature = "redis")]
@@ -149,11 +154,7 @@ async fn redis_stopped_then_resumed_fails_fast_recovers_and_loses_nothing() {
     let Some(redis) = OwnRedis::start("redis_stopped_then_resumed") else {
         return;
     };
-    let store = RedisStore::connect_with_timeout(&redis.url(), TIMEOUT)
-        .await
-        .expect("connect");
-    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    let chain = incrementing(&sessions);
+    let (store, chain) = counting_on(&redis).await;
     for id in 1..=20 {
         deliver(&chain, id).await;
     }
@@ -208,11 +209,7 @@ async fn redis_killed_and_restarted_is_reconnected_within_seconds() {
     let Some(redis) = OwnRedis::start("redis_killed_and_restarted") else {
         return;
     };
-    let store = RedisStore::connect_with_timeout(&redis.url(), TIMEOUT)
-        .await
-        .expect("connect");
-    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    let chain = incrementing(&sessions);
+    let (store, chain) = counting_on(&redis).await;
     deliver(&chain, 1).await;
 
     // Killed: nothing is kept on disk, so the restarted server starts empty.
@@ -243,10 +240,7 @@ async fn redis_killed_and_restarted_is_reconnected_within_seconds() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn connecting_to_a_port_where_nothing_listens_fails_within_the_deadline() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let started = Instant::now();
     let error = RedisStore::connect_with_timeout(&format!("redis://127.0.0.1:{port}"), TIMEOUT)
         .await
@@ -282,13 +276,7 @@ async fn a_postgres_row_locked_by_another_client_fails_its_key_fast_and_serves_t
         .with_table(&table)
         .expect("a table name");
     store.migrate().await.expect("migrate");
-    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
-        Box::pin(async move {
-            ctx.session().await?.update_count(|c| *c += 1);
-            Ok(())
-        })
-    });
+    let chain = incrementing(&SessionMiddleware::<Counter, Update>::new(store.clone()));
     chain
         .run_update(Update::text(1, 7, 7, "+1"))
         .await
@@ -427,10 +415,7 @@ async fn a_locked_sqlite_file_does_not_stall_the_runtime() {
 async fn a_mongodb_that_is_not_there_fails_a_call_within_the_deadline() {
     use typed_session::{MongoStore, Store};
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let store =
         MongoStore::connect_with_timeout(&format!("mongodb://127.0.0.1:{port}"), "faults", TIMEOUT)
             .await

@@ -52,6 +52,16 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{nanos}", std::process::id())
 }
 
+/// The count the store holds for `user`'s private chat.
+async fn stored_count(observer: &dyn Store, user: i64) -> u64 {
+    count(
+        observer
+            .load(&format!("Tally:{user}:{user}"))
+            .await
+            .expect("load"),
+    )
+}
+
 fn count(record: Option<typed_session::store::Record>) -> u64 {
     record
         .and_then(|r| r.get("count").map(|c| c.parse().expect("a count")))
@@ -190,12 +200,7 @@ async fn exclusive(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>,
         conflicts += field("conflicts") + field("conflicts_counted");
         failed += field("failed_saves") + field("failed_loads");
     }
-    let stored = count(
-        observer
-            .load(&format!("Tally:{user}:{user}"))
-            .await
-            .expect("load"),
-    );
+    let stored = stored_count(&*observer, user).await;
     eprintln!(
         "replicas::{kind} exclusive: {PROCESSES} processes x {updates} updates: acknowledged {acked}, stored {stored}, \
          conflicts {conflicts}, failed loads and saves {failed}"
@@ -247,12 +252,7 @@ async fn killed_holder(kind: &str, url: &str, table: &str, observer: Arc<dyn Sto
         acked += line["acked"].as_u64().expect("a count");
         takeovers += line["lease_takeovers"].as_u64().expect("a count");
     }
-    let stored = count(
-        observer
-            .load(&format!("Tally:{user}:{user}"))
-            .await
-            .expect("load"),
-    );
+    let stored = stored_count(&*observer, user).await;
     eprintln!(
         "replicas::{kind} lease holder killed: acknowledged {acked} ({acked_before} by the killed one), stored {stored}, lease take-overs {takeovers}"
     );
@@ -301,12 +301,7 @@ async fn paused_holder(kind: &str, url: &str, table: &str, observer: Arc<dyn Sto
         serde_json::from_str(&last_line).expect("the replica's JSON line");
     let field = |line: &serde_json::Value, name: &str| line[name].as_u64().expect("a count");
     let acked = field(&zombie, "acked") + field(&other, "acked");
-    let stored = count(
-        observer
-            .load(&format!("Tally:{user}:{user}"))
-            .await
-            .expect("load"),
-    );
+    let stored = stored_count(&*observer, user).await;
     eprintln!(
         "replicas::{kind} lease holder paused past its lease: acknowledged {acked}, stored {stored}, \
          take-overs {}, refused saves of the resumed holder {}",
@@ -337,12 +332,7 @@ async fn redeliveries(kind: &str, url: &str, table: &str, observer: Arc<dyn Stor
         let line = report(child).await;
         let field = |name: &str| line[name].as_u64().expect("a count");
         let user = USER + 1 + i as i64;
-        let stored = count(
-            observer
-                .load(&format!("Tally:{user}:{user}"))
-                .await
-                .expect("load"),
-        );
+        let stored = stored_count(&*observer, user).await;
         assert_eq!(
             field("acked"),
             updates + field("redelivered"),

@@ -162,7 +162,11 @@ async fn redis_stopped_then_resumed_fails_fast_recovers_and_loses_nothing() {
     // Stopped (SIGSTOP): the socket stays open, nothing answers.
     redis.signal("STOP");
     let started = Instant::now();
-    let error = store.load("Counter:7:7").await.expect_err("no answer");
+    // Bounded here too, so that a store without a deadline fails this test instead of hanging it.
+    let error = tokio::time::timeout(Duration::from_secs(10), store.load("Counter:7:7"))
+        .await
+        .expect("the store gave up within its deadline")
+        .expect_err("no answer");
     let waited = started.elapsed();
     assert!(waited < TIMEOUT * 3, "failed after {waited:?}");
     assert!(
@@ -311,7 +315,12 @@ async fn a_postgres_row_locked_by_another_client_fails_its_key_fast_and_serves_t
     }
     let mut slowest_locked = Duration::ZERO;
     for update in locked {
-        let (failed, took) = update.await.expect("no panic");
+        // Bounded here too: without a lock deadline these wait for the lock, which the test
+        // releases only after them.
+        let (failed, took) = tokio::time::timeout(Duration::from_secs(10), update)
+            .await
+            .expect("the locked key's update gave up within the deadline")
+            .expect("no panic");
         assert!(failed, "an update of the locked key cannot have saved");
         slowest_locked = slowest_locked.max(took);
     }

@@ -226,7 +226,7 @@ where
     }
 
     /// The status answered when the chain failed only because the update has no session key
-    /// ([`SessionError::NoKey`]: `my_chat_member`, sent when a user blocks the bot, channel
+    /// ([`SessionError::NoKey`](crate::SessionError::NoKey): `my_chat_member`, sent when a user blocks the bot, channel
     /// posts, polls, ... reaching a handler that does `ctx.session().await?`). Default `200`,
     /// with a warning logged: running it again would fail the same way, and any other status
     /// makes Telegram deliver it again, for a day. Handlers that do want such updates check

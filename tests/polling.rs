@@ -5,7 +5,7 @@
 //! "Persist after the chain" at the poller: an update is confirmed to Telegram only once its persist is done;
 //! "Errors in the chain": a save that fails keeps the session live and the update unconfirmed until a retry
 //! writes it. One chat's updates run one at a time, in order; other chats go on meanwhile.
-#![cfg(all(feature = "polling", feature = "webhook"))]
+#![cfg(all(feature = "polling", feature = "testing"))]
 
 mod common;
 
@@ -13,13 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::bot_api::{FakeBotApi, TOKEN};
 use common::{Counter, CounterAccess, ProbeStore, stored};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{Barrier, oneshot};
 use typed_session::telegram::Update;
+use typed_session::testing::BotApiDouble;
 use typed_session::{Chain, MemoryStore, Polling, PollingError, SessionMiddleware, UpdateKeys};
+
+/// How long a test waits for the poller to get somewhere before it fails.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Counts each user's updates and replies with the count.
 fn counting(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update> {
@@ -78,7 +81,7 @@ fn counting_held(sessions: &SessionMiddleware<Counter, Update>, hold: &Arc<Hold>
 }
 
 fn polling(chain: Chain<Update>, api: &str) -> Polling<Update> {
-    Polling::new(TOKEN, chain)
+    Polling::new(BotApiDouble::TOKEN, chain)
         .api_url(api)
         .timeout(Duration::from_secs(5))
         .backoff(Duration::from_millis(1), Duration::from_millis(20))
@@ -100,13 +103,17 @@ fn spawn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_update_is_handled_once_replied_to_and_confirmed() {
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    fake.push((1..=30).map(|id| Update::text(id, 100 + id % 3, 100 + id % 3, "hi")));
+    fake.push((1..=30).map(|id| Update::text(id, 100 + id % 3, 100 + id % 3, "hi")))
+        .expect("updates are JSON");
 
     let (stop, run) = spawn(polling(counting(&sessions), &api));
-    fake.wait_until(|s| s.sent.len() == 30).await;
+    fake.wait_until(WAIT, |s| s.sent.len() == 30)
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
@@ -114,32 +121,34 @@ async fn every_update_is_handled_once_replied_to_and_confirmed() {
         let key = format!("{user}:{user}");
         assert_eq!(stored::<u64>(&store, &key, "count"), Some(10), "{key}");
         // One chat's updates run one at a time, in order: its replies count up.
-        let replies: Vec<String> = fake.state(|s| {
+        let replies: Vec<String> = fake.seen(|s| {
             s.sent
                 .iter()
-                .filter(|(chat, _)| *chat == user)
-                .map(|(_, text)| text.clone())
+                .filter(|m| m.chat_id == user)
+                .map(|m| m.text.clone())
                 .collect()
         });
         let expected: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
         assert_eq!(replies, expected, "replies to {user}");
     }
-    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(31));
-    assert!(fake.state(|s| s.pending.is_empty()), "all 30 confirmed");
+    assert_eq!(fake.seen(|s| s.offsets.last().copied()), Some(31));
+    assert!(fake.seen(|s| s.pending.is_empty()), "all 30 confirmed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_save_holds_the_offset_back_until_a_retry_saves_it() {
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let memory = MemoryStore::new();
     let probe = ProbeStore::new(memory.clone());
     probe.fail_next_applies(3);
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
-    fake.push((1..=3).map(|id| Update::text(id, 7, 7, "hi")));
+    fake.push((1..=3).map(|id| Update::text(id, 7, 7, "hi")))
+        .expect("updates are JSON");
 
     // What the store held whenever the poller asked with an offset past update 1.
     let seen_past_1 = Arc::new(Mutex::new(Vec::new()));
-    fake.state.lock().on_get_updates = Some(Arc::new({
+    fake.on_get_updates({
         let (memory, seen) = (memory.clone(), Arc::clone(&seen_past_1));
         move |offset| {
             if offset > 1 {
@@ -147,10 +156,12 @@ async fn a_failed_save_holds_the_offset_back_until_a_retry_saves_it() {
                     .push((offset, stored::<u64>(&memory, "7:7", "count")));
             }
         }
-    }));
+    });
 
     let (stop, run) = spawn(polling(counting(&sessions), &api));
-    fake.wait_until(|s| s.offsets.contains(&4)).await;
+    fake.wait_until(WAIT, |s| s.offsets.contains(&4))
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
@@ -175,7 +186,8 @@ async fn a_failed_save_holds_the_offset_back_until_a_retry_saves_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_while_a_save_fails_it_confirms_only_what_was_saved_and_the_rest_comes_again() {
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let memory = MemoryStore::new();
     let probe = ProbeStore::new(memory.clone());
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
@@ -198,7 +210,8 @@ async fn stopped_while_a_save_fails_it_confirms_only_what_was_saved_and_the_rest
             })
         }
     });
-    fake.push([Update::text(1, 7, 7, "hi"), Update::text(2, 8, 8, "hi")]);
+    fake.push([Update::text(1, 7, 7, "hi"), Update::text(2, 8, 8, "hi")])
+        .expect("updates are JSON");
     let first = polling(chain, &api).max_concurrency(1);
     let report = first
         .run(async {
@@ -212,11 +225,11 @@ async fn stopped_while_a_save_fails_it_confirms_only_what_was_saved_and_the_rest
         "the run says which update is not saved"
     );
 
-    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(2));
+    assert_eq!(fake.seen(|s| s.offsets.last().copied()), Some(2));
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
     assert_eq!(stored::<u64>(&memory, "8:8", "count"), None);
     assert_eq!(
-        fake.state(|s| s.pending.len()),
+        fake.seen(|s| s.pending.len()),
         1,
         "update 2 is still Telegram's"
     );
@@ -225,34 +238,41 @@ async fn stopped_while_a_save_fails_it_confirms_only_what_was_saved_and_the_rest
     let store = MemoryStore::new();
     let restarted = SessionMiddleware::<Counter, Update>::new(store.clone());
     let (stop, run) = spawn(polling(counting(&restarted), &api));
-    fake.wait_until(|s| s.sent.len() == 1).await;
+    fake.wait_until(WAIT, |s| s.sent.len() == 1)
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
     assert_eq!(stored::<u64>(&store, "8:8", "count"), Some(1));
-    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(3));
+    assert_eq!(fake.seen(|s| s.offsets.last().copied()), Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_errors_are_retried_with_backoff() {
-    let (fake, api) = FakeBotApi::start().await;
-    fake.state.lock().fail_next = 3;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
+    fake.fail_get_updates(3);
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    fake.push([Update::text(1, 7, 7, "hi")]);
+    fake.push([Update::text(1, 7, 7, "hi")])
+        .expect("updates are JSON");
 
     let (stop, run) = spawn(polling(counting(&sessions), &api));
-    fake.wait_until(|s| s.sent.len() == 1).await;
+    fake.wait_until(WAIT, |s| s.sent.len() == 1)
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
-    assert_eq!(fake.state(|s| s.offsets[..4].to_vec()), vec![0, 0, 0, 0]);
+    assert_eq!(fake.seen(|s| s.offsets[..4].to_vec()), vec![0, 0, 0, 0]);
     assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1));
 }
 
 #[tokio::test]
 async fn a_rejected_token_ends_polling_with_an_error() {
-    let (fake, api) = FakeBotApi::start().await;
-    fake.state.lock().reject_token = true;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
+    fake.reject_token(true);
     let sessions = SessionMiddleware::<Counter, Update>::new(MemoryStore::new());
 
     let result = polling(counting(&sessions), &api)
@@ -268,7 +288,8 @@ async fn a_rejected_token_ends_polling_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_runs_at_most_max_concurrency_updates_at_once() {
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
     let running = Arc::new(AtomicUsize::new(0));
@@ -289,10 +310,13 @@ async fn a_batch_runs_at_most_max_concurrency_updates_at_once() {
             })
         }
     });
-    fake.push((1..=8).map(|id| Update::text(id, 200 + id, 200 + id, "hi")));
+    fake.push((1..=8).map(|id| Update::text(id, 200 + id, 200 + id, "hi")))
+        .expect("updates are JSON");
 
     let (stop, run) = spawn(polling(chain, &api).max_concurrency(2));
-    fake.wait_until(|s| s.offsets.contains(&9)).await;
+    fake.wait_until(WAIT, |s| s.offsets.contains(&9))
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
@@ -305,21 +329,25 @@ async fn a_batch_runs_at_most_max_concurrency_updates_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_wait_is_retried_after_telegrams_retry_after_not_the_backoff() {
-    let (fake, api) = FakeBotApi::start().await;
-    fake.state.lock().flood_next = 2;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
+    fake.flood_get_updates(2);
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    fake.push([Update::text(1, 7, 7, "hi")]);
+    fake.push([Update::text(1, 7, 7, "hi")])
+        .expect("updates are JSON");
 
     // A backoff of a minute: only `retry_after` (0 s) lets the update through in time.
     let patient = polling(counting(&sessions), &api)
         .backoff(Duration::from_secs(60), Duration::from_secs(60));
     let (stop, run) = spawn(patient);
-    fake.wait_until(|s| s.sent.len() == 1).await;
+    fake.wait_until(WAIT, |s| s.sent.len() == 1)
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
-    assert_eq!(fake.state(|s| s.offsets[..3].to_vec()), vec![0, 0, 0]);
+    assert_eq!(fake.seen(|s| s.offsets[..3].to_vec()), vec![0, 0, 0]);
     assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1));
 }
 
@@ -329,7 +357,8 @@ async fn a_flood_wait_is_retried_after_telegrams_retry_after_not_the_backoff() {
 async fn teloxide_core_updates_are_polled_too() {
     use typed_session::teloxide_core::types::Update as TgUpdate;
 
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let store = MemoryStore::new();
     let chain = Chain::new()
         .with(SessionMiddleware::<Counter, TgUpdate>::new(store.clone()))
@@ -345,40 +374,48 @@ async fn teloxide_core_updates_are_polled_too() {
                 Ok(())
             })
         });
-    fake.push((1..=3).map(|id| Update::text(id, 7, 7, "hi")));
+    fake.push((1..=3).map(|id| Update::text(id, 7, 7, "hi")))
+        .expect("updates are JSON");
 
     let (stop, stopped) = oneshot::channel::<()>();
     let run = tokio::spawn(
-        Polling::new(TOKEN, chain)
+        Polling::new(BotApiDouble::TOKEN, chain)
             .api_url(&api)
             .timeout(Duration::from_secs(5))
             .run(async {
                 let _ = stopped.await;
             }),
     );
-    fake.wait_until(|s| s.sent.len() == 3).await;
+    fake.wait_until(WAIT, |s| s.sent.len() == 3)
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
     assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(3));
-    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(4));
+    assert_eq!(fake.seen(|s| s.offsets.last().copied()), Some(4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_update_does_not_hold_back_the_next_ones_only_the_offset() {
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
     let hold = Arc::new(Hold::default());
     let chain = counting_held(&sessions, &hold);
-    fake.push([Update::text(1, 7, 7, "slow")]);
+    fake.push([Update::text(1, 7, 7, "slow")])
+        .expect("updates are JSON");
     let (stop, run) = spawn(polling(chain, &api));
     hold.entered.notified().await;
 
     // While update 1 runs, updates 2 and 3 arrive, are handled and answered.
-    fake.push([Update::text(2, 8, 8, "hi"), Update::text(3, 9, 9, "hi")]);
-    fake.wait_until(|s| s.sent.len() == 2).await;
-    let chats: Vec<i64> = fake.state(|s| s.sent.iter().map(|(chat, _)| *chat).collect());
+    fake.push([Update::text(2, 8, 8, "hi"), Update::text(3, 9, 9, "hi")])
+        .expect("updates are JSON");
+    fake.wait_until(WAIT, |s| s.sent.len() == 2)
+        .await
+        .expect("the poller got there");
+    let chats: Vec<i64> = fake.seen(|s| s.sent.iter().map(|m| m.chat_id).collect());
     assert_eq!(
         chats.iter().filter(|&&c| c == 8 || c == 9).count(),
         2,
@@ -386,14 +423,15 @@ async fn a_slow_update_does_not_hold_back_the_next_ones_only_the_offset() {
     );
     // ... but nothing past update 1 is confirmed while it runs.
     assert!(
-        fake.state(|s| s.offsets.iter().all(|&o| o <= 1)),
+        fake.seen(|s| s.offsets.iter().all(|&o| o <= 1)),
         "{:?}",
-        fake.state(|s| s.offsets.clone())
+        fake.seen(|s| s.offsets.clone())
     );
 
     hold.release.notify_one();
-    fake.wait_until(|s| s.sent.len() == 3 && s.offsets.contains(&4))
-        .await;
+    fake.wait_until(WAIT, |s| s.sent.len() == 3 && s.offsets.contains(&4))
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
     for user in [7, 8, 9] {
@@ -404,21 +442,25 @@ async fn a_slow_update_does_not_hold_back_the_next_ones_only_the_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_chats_updates_run_one_at_a_time_in_order_while_other_chats_go_on() {
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
     let hold = Arc::new(Hold::default());
     let chain = counting_held(&sessions, &hold);
-    fake.push([Update::text(1, 7, 7, "first")]);
+    fake.push([Update::text(1, 7, 7, "first")])
+        .expect("updates are JSON");
     let (stop, run) = spawn(polling(chain, &api));
     hold.entered.notified().await;
 
     fake.push([
         Update::text(2, 7, 7, "second"),
         Update::text(3, 8, 8, "other chat"),
-    ]);
-    fake.wait_until(|s| s.sent.iter().any(|(chat, _)| *chat == 8))
-        .await;
+    ])
+    .expect("updates are JSON");
+    fake.wait_until(WAIT, |s| s.sent.iter().any(|m| m.chat_id == 8))
+        .await
+        .expect("the poller got there");
     assert_eq!(
         hold.second_started.load(Ordering::SeqCst),
         0,
@@ -426,18 +468,20 @@ async fn one_chats_updates_run_one_at_a_time_in_order_while_other_chats_go_on() 
     );
 
     hold.release.notify_one();
-    fake.wait_until(|s| s.sent.len() == 3).await;
+    fake.wait_until(WAIT, |s| s.sent.len() == 3)
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
-    let chat_7: Vec<String> = fake.state(|s| {
+    let chat_7: Vec<String> = fake.seen(|s| {
         s.sent
             .iter()
-            .filter(|(chat, _)| *chat == 7)
-            .map(|(_, text)| text.clone())
+            .filter(|m| m.chat_id == 7)
+            .map(|m| m.text.clone())
             .collect()
     });
     assert_eq!(chat_7, ["1", "2"]);
-    assert_eq!(fake.state(|s| s.offsets.last().copied()), Some(4));
+    assert_eq!(fake.seen(|s| s.offsets.last().copied()), Some(4));
 }
 
 /// Under the strict stale-write policy the update fails, but its session was saved: the
@@ -446,16 +490,20 @@ async fn one_chats_updates_run_one_at_a_time_in_order_while_other_chats_go_on() 
 #[tokio::test]
 async fn a_strict_stale_write_is_saved_and_confirmed_not_held_as_unsaved() {
     let (logs, _capture) = common::logs::Logs::capture();
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
         .stale_writes(typed_session::StalePolicy::Error)
         .build();
     let chain = common::stale_writer(&sessions, 99);
-    fake.push([Update::text(1, 7, 7, "hi")]);
+    fake.push([Update::text(1, 7, 7, "hi")])
+        .expect("updates are JSON");
 
     let (stop, run) = spawn(polling(chain, &api));
-    fake.wait_until(|s| s.pending.is_empty()).await;
+    fake.wait_until(WAIT, |s| s.pending.is_empty())
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     run.await.expect("no panic").expect("polling ends cleanly");
 
@@ -474,15 +522,19 @@ async fn a_strict_stale_write_is_saved_and_confirmed_not_held_as_unsaved() {
 /// the store is back each update counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_whose_saves_keep_failing_run_again_later_and_count_once() {
-    let (fake, api) = FakeBotApi::start().await;
+    let fake = BotApiDouble::start().await.expect("a loopback port");
+    let api = fake.url().to_owned();
     let memory = MemoryStore::new();
     let probe = ProbeStore::new(memory.clone());
     probe.fail_next_applies(25);
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
-    fake.push([Update::text(1, 7, 7, "hi"), Update::text(2, 8, 8, "hi")]);
+    fake.push([Update::text(1, 7, 7, "hi"), Update::text(2, 8, 8, "hi")])
+        .expect("updates are JSON");
 
     let (stop, run) = spawn(polling(counting(&sessions), &api));
-    fake.wait_until(|s| s.pending.is_empty()).await;
+    fake.wait_until(WAIT, |s| s.pending.is_empty())
+        .await
+        .expect("the poller got there");
     stop.send(()).expect("the poller is running");
     let report = run.await.expect("no panic").expect("polling ends cleanly");
 
@@ -528,5 +580,8 @@ async fn a_network_error_is_logged_with_its_cause_and_without_the_token() {
         .find(|line| line.contains("getUpdates failed"))
         .expect("logged");
     assert!(line.contains("Connection refused"), "{line}");
-    assert!(!line.contains(TOKEN), "the token leaked: {line}");
+    assert!(
+        !line.contains(BotApiDouble::TOKEN),
+        "the token leaked: {line}"
+    );
 }

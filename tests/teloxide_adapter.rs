@@ -62,10 +62,10 @@ fn messages(update: Update) -> Option<Message> {
 /// Messages saying "count" increment the counter; "fail" increments and then fails; other
 /// updates fall through every branch.
 fn bot(sessions: SessionMiddleware<Counter, Update>) -> Handler<'static, HandlerResult> {
-    dptree::entry().chain(attach(sessions)).branch(
+    dptree::entry().chain(sessions.attach()).branch(
         dptree::filter_map(messages)
             .filter(|m: Message| matches!(m.text(), Some("count" | "fail")))
-            .chain(load::<Counter, _, _>())
+            .chain(sessions.load())
             .endpoint(|counter: CounterHandle<'static>, m: Message| async move {
                 counter.update_count(|c| *c += 1);
                 match m.text() {
@@ -80,9 +80,9 @@ fn bot(sessions: SessionMiddleware<Counter, Update>) -> Handler<'static, Handler
 /// 100 and save, then sets it to what it read plus one: a stale write.
 fn stale_writer(sessions: &SessionMiddleware<Counter, Update>) -> Handler<'static, HandlerResult> {
     let other = common::sets_count_to_100(sessions);
-    dptree::entry().chain(attach(sessions.clone())).branch(
+    dptree::entry().chain(sessions.attach()).branch(
         dptree::filter_map(messages)
-            .chain(load::<Counter, _, _>())
+            .chain(sessions.load())
             .endpoint(move |counter: CounterHandle<'static>| {
                 let other = other.clone();
                 async move {
@@ -175,8 +175,8 @@ async fn an_update_without_a_key_ends_the_loading_branch_with_the_typed_error() 
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
     let bot: Handler<'static, HandlerResult> = dptree::entry()
-        .chain(attach(sessions))
-        .chain(load::<Counter, _, _>())
+        .chain(sessions.attach())
+        .chain(sessions.load())
         .endpoint(|_: CounterHandle<'static>| async { Ok(()) });
 
     let flow = dispatch(&bot, channel_post(1)).await;
@@ -197,8 +197,8 @@ async fn a_handle_kept_after_the_handler_is_detected_as_a_late_access() {
     let (kept_tx, kept_rx) = std::sync::mpsc::channel::<CounterHandle<'static>>();
     let kept_tx = Arc::new(parking_lot::Mutex::new(kept_tx));
     let bot: Handler<'static, HandlerResult> = dptree::entry()
-        .chain(attach(sessions.clone()))
-        .chain(load::<Counter, _, _>())
+        .chain(sessions.attach())
+        .chain(sessions.load())
         .endpoint(move |counter: CounterHandle<'static>| {
             let kept_tx = Arc::clone(&kept_tx);
             async move {
@@ -321,5 +321,37 @@ async fn under_a_dispatcher_a_stale_write_stands_rather_than_being_refused() {
         stored::<u64>(&store, "7:7", "count"),
         Some(1),
         "the write stands"
+    );
+}
+
+/// Handlers with teloxide's own `ResponseResult<()>` use sessions unchanged: a session error
+/// reaches the dispatcher as a `RequestError`, with the typed session error inside.
+#[tokio::test]
+async fn handlers_returning_teloxide_response_result_get_session_errors_as_request_errors() {
+    use typed_session::dispatching::session_error;
+    use typed_session::teloxide_core::RequestError;
+
+    let store = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let bot: Handler<'static, Result<(), RequestError>> = dptree::entry()
+        .chain(sessions.attach())
+        .chain(sessions.load())
+        .endpoint(|counter: CounterHandle<'static>| async move {
+            counter.update_count(|c| *c += 1);
+            Ok(())
+        });
+
+    let flow = bot.dispatch(dptree::deps![text(1, 7, "count")]).await;
+    assert!(matches!(flow, ControlFlow::Break(Ok(()))), "{flow:?}");
+    assert_eq!(stored::<u64>(&store, "7:7", "count"), Some(1));
+
+    let flow = bot.dispatch(dptree::deps![channel_post(2)]).await;
+    let ControlFlow::Break(Err(error)) = flow else {
+        panic!("expected the NoKey error as a RequestError: {flow:?}");
+    };
+    assert!(matches!(error, RequestError::Io(_)), "{error:?}");
+    assert!(
+        matches!(session_error(&error), Some(SessionError::NoKey { .. })),
+        "{error}"
     );
 }

@@ -8,7 +8,6 @@
 //! and their sessions are written before it exits.
 
 use teloxide::prelude::*;
-use typed_session::dispatching::{attach, load};
 use typed_session::{BoxError, Session, SessionMiddleware, SqliteStore};
 
 #[derive(Session, Clone, Debug)]
@@ -22,7 +21,7 @@ async fn on_message(
     bot: Bot,
     message: Message,
     visitor: VisitorHandle<'static>,
-) -> Result<(), BoxError> {
+) -> ResponseResult<()> {
     let text = message.text().unwrap_or_default();
     let answer = if let Some(name) = text.strip_prefix("/name ") {
         visitor.set_name(Some(name.trim().to_owned()));
@@ -51,9 +50,9 @@ async fn main() -> Result<(), BoxError> {
     store.migrate().await?;
     let sessions = SessionMiddleware::<Visitor, Update>::new(store);
 
-    let handler = dptree::entry().chain(attach(sessions.clone())).branch(
+    let handler = dptree::entry().chain(sessions.attach()).branch(
         Update::filter_message()
-            .chain(load::<Visitor, _, _>())
+            .chain(sessions.load())
             .endpoint(on_message),
     );
     Dispatcher::builder(Bot::new(token), handler)

@@ -2,35 +2,16 @@
 //! double (the Telegram servers cannot be part of a test run), with sessions from one `attach`
 //! line. It lives here, beside the teloxide example, so that only this crate builds teloxide.
 
-#[path = "../../tests/common/bot_api.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod bot_api;
+use std::time::Duration;
 
-use bot_api::{FakeBotApi, TOKEN};
-use serde_json::json;
-use typed_session::dispatching::{attach, load};
 use typed_session::dptree;
 use typed_session::teloxide_core::types::{Message, Update};
-use typed_session::{BoxError, MemoryStore, Session, SessionMiddleware};
+use typed_session::testing::BotApiDouble;
+use typed_session::{BoxError, MemoryStore, Session, SessionMiddleware, telegram};
 
 #[derive(Session)]
 struct Counter {
     count: u64,
-}
-
-fn text(update_id: i64, user: i64, text: &str) -> Update {
-    serde_json::from_str(
-        &json!({
-            "update_id": update_id,
-            "message": {
-                "message_id": update_id, "date": 1_700_000_000, "text": text,
-                "from": {"id": user, "is_bot": false, "first_name": "Ada"},
-                "chat": {"id": user, "type": "private", "first_name": "Ada"},
-            }
-        })
-        .to_string(),
-    )
-    .expect("a Bot API update")
 }
 
 fn stored<T: serde::de::DeserializeOwned>(
@@ -49,31 +30,35 @@ async fn a_teloxide_dispatcher_gets_field_level_sessions_from_one_line() {
     use teloxide::dispatching::UpdateFilterExt;
     use teloxide::prelude::{Bot, Dispatcher, Requester};
 
-    let (fake, api) = FakeBotApi::start().await;
-    fake.push((1..=6).map(|id| text(id, 7 + id % 2, "count")));
+    let telegram = BotApiDouble::start().await.expect("a loopback port");
+    telegram
+        .push((1..=6).map(|id| telegram::Update::text(id, 7 + id % 2, 7 + id % 2, "count")))
+        .expect("updates are JSON");
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
 
-    let handler = dptree::entry().chain(attach(sessions.clone())).branch(
-        Update::filter_message()
-            .chain(load::<Counter, _, _>())
-            .endpoint(
-                |bot: Bot, message: Message, counter: CounterHandle<'static>| async move {
-                    let count = counter.update_count(|c| {
-                        *c += 1;
-                        *c
-                    });
-                    bot.send_message(message.chat.id, count.to_string()).await?;
-                    Ok::<(), BoxError>(())
-                },
-            ),
+    let handler = dptree::entry().chain(sessions.attach()).branch(
+        Update::filter_message().chain(sessions.load()).endpoint(
+            |bot: Bot, message: Message, counter: CounterHandle<'static>| async move {
+                let count = counter.update_count(|c| {
+                    *c += 1;
+                    *c
+                });
+                bot.send_message(message.chat.id, count.to_string()).await?;
+                Ok::<(), BoxError>(())
+            },
+        ),
     );
-    let bot = Bot::new(TOKEN).set_api_url(api.parse().expect("the double's URL"));
+    let bot = Bot::new(BotApiDouble::TOKEN)
+        .set_api_url(telegram.url().parse().expect("the double's URL"));
     let mut dispatcher = Dispatcher::builder(bot, handler).build();
     let shutdown = dispatcher.shutdown_token();
     let running = tokio::spawn(async move { dispatcher.dispatch().await });
 
-    fake.wait_until(|s| s.sent.len() == 6).await;
+    telegram
+        .wait_until(Duration::from_secs(30), |seen| seen.sent.len() == 6)
+        .await
+        .expect("six replies");
     shutdown
         .shutdown()
         .expect("the dispatcher is running")
@@ -83,11 +68,11 @@ async fn a_teloxide_dispatcher_gets_field_level_sessions_from_one_line() {
     for user in [7, 8] {
         let key = format!("Counter:{user}:{user}");
         assert_eq!(stored::<u64>(&store, &key, "count"), Some(3), "{key}");
-        let mut replies: Vec<String> = fake.state(|s| {
-            s.sent
+        let mut replies: Vec<String> = telegram.seen(|seen| {
+            seen.sent
                 .iter()
-                .filter(|(chat, _)| *chat == user)
-                .map(|(_, text)| text.clone())
+                .filter(|message| message.chat_id == user)
+                .map(|message| message.text.clone())
                 .collect()
         });
         replies.sort();

@@ -7,8 +7,6 @@
 // Test support shared by several test crates: `pub` so each can use it, unused in some.
 #![allow(dead_code, unreachable_pub)]
 
-#[cfg(feature = "webhook")]
-pub mod bot_api;
 pub mod logs;
 
 use std::collections::BTreeMap;

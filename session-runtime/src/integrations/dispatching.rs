@@ -1,15 +1,22 @@
 //! Sessions for teloxide bots: dptree handlers that attach a session before the handlers and
 //! persist it after them (feature `teloxide`).
 //!
-//! [`attach`] is the one line a teloxide bot adds: it gives every handler after it a
-//! [`LazySession<S>`] dependency, and when the handlers are done (whichever branch took the
-//! update, or none), it persists the fields they changed, as one patch, before the dispatcher
-//! moves on. [`load`] goes one step further for the branches that use the session: it loads
-//! it and hands the handlers the typed handle itself.
+//! [`SessionMiddleware::attach`] is the one line a teloxide bot adds: it gives every handler
+//! after it a [`LazySession<S>`] dependency, and when the handlers are done (whichever branch
+//! took the update, or none), it persists the fields they changed, as one patch, before the
+//! dispatcher moves on. [`SessionMiddleware::load`] goes one step further for the branches
+//! that use the session: it loads it and hands the handlers the typed handle itself.
+//!
+//! Handlers keep teloxide's own signatures: `ResponseResult<()>`, a boxed error, `anyhow`, or
+//! an error type of yours. A session error reaches the dispatcher's error handler as that
+//! type: the handlers' error type `E` needs `From<SessionError>`, which `Box<dyn Error + Send +
+//! Sync>` and `anyhow::Error` have, and which this crate gives teloxide's `RequestError`
+//! (as its `Io` variant; [`session_error`] finds it again).
 //!
 //! ```
-//! use typed_session::dispatching::{attach, load};
+//! use typed_session::teloxide_core::prelude::*;
 //! use typed_session::teloxide_core::types::{Message, Update};
+//! use typed_session::teloxide_core::RequestError;
 //! use typed_session::{MemoryStore, Session, SessionMiddleware};
 //! use typed_session::dptree::{self, Handler};
 //!
@@ -18,28 +25,45 @@
 //!     count: u64,
 //! }
 //!
-//! type HandlerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-//!
-//! async fn count(visits: VisitsHandle<'static>, _message: Message) -> HandlerResult {
-//!     visits.update_count(|c| *c += 1);
+//! async fn count(bot: Bot, message: Message, visits: VisitsHandle<'static>) -> Result<(), RequestError> {
+//!     let count = visits.update_count(|c| { *c += 1; *c });
+//!     bot.send_message(message.chat.id, format!("message {count}")).await?;
 //!     Ok(())
 //! }
 //!
 //! let sessions = SessionMiddleware::<Visits, Update>::new(MemoryStore::new());
-//! let handler: Handler<'static, HandlerResult> = dptree::entry()
-//!     .chain(attach(sessions))
+//! let handler: Handler<'static, Result<(), RequestError>> = dptree::entry()
+//!     .chain(sessions.attach())
 //!     .branch(
 //!         dptree::filter_map(|update: Update| match update.kind {
 //!             typed_session::teloxide_core::types::UpdateKind::Message(m) => Some(m),
 //!             _ => None,
 //!         })
-//!         .chain(load::<Visits, _, _>())
+//!         .chain(sessions.load())
 //!         .endpoint(count),
 //!     );
 //! // With teloxide: `Dispatcher::builder(bot, handler)`, where the update filters are
 //! // `Update::filter_message()` and friends.
 //! # let _ = handler;
 //! ```
+//!
+//! # A dialogue: state in an enum field, routed with `dptree::case!`
+//!
+//! A session field of an enum type is a teloxide-style dialogue state, kept per user and chat
+//! beside the other fields (and saved, field-level, with them). Map the handle to the state
+//! and route on it:
+//!
+//! ```ignore
+//! Update::filter_message()
+//!     .chain(sessions.load())
+//!     .map(|signup: SignupHandle<'static>| signup.step())
+//!     .branch(dptree::case![Step::Start].endpoint(start))
+//!     .branch(dptree::case![Step::AskAge { name }].endpoint(ask_age))
+//! ```
+//!
+//! A handler moves the dialogue on with `signup.set_step(Step::AskAge { name })`; the
+//! repository's `teloxide-bot/examples/teloxide_dialogue.rs` is a whole one, tested inside a
+//! real `Dispatcher`.
 //!
 //! A handle a handler keeps after it returned (moved into a spawned task, say) is over: using
 //! it is reported as a late access ([`Stats::late_accesses`](crate::Stats::late_accesses) and
@@ -53,9 +77,10 @@ use std::sync::Arc;
 
 use dptree::di::DependencyMap;
 use dptree::{HandlerDescription, HandlerSignature, Type};
+use teloxide_core::RequestError;
 use teloxide_core::types::Update;
 
-use crate::error::{BoxError, SessionError};
+use crate::error::SessionError;
 use crate::lifecycle::{Ended, LazySession};
 use crate::middleware::SessionMiddleware;
 use crate::session::Session;
@@ -73,16 +98,15 @@ use crate::session::Session;
 /// [`StalePolicy::Error`](crate::StalePolicy::Error) is saved, and its
 /// [`SessionError::StaleWrite`] becomes the outcome.
 ///
-/// The handlers' error type `E` must take a [`BoxError`]: `Box<dyn Error + Send + Sync>`
-/// does, and so does an error type of yours with a `From<BoxError>` impl (teloxide's
-/// `RequestError` does not; convert it with `?` into one that does).
+/// The handlers' error type `E` takes session errors through `From<SessionError>` (see the
+/// [module docs](self)). [`SessionMiddleware::attach`] is the same, without naming `S`.
 #[track_caller]
 pub fn attach<S, E, D>(
     middleware: SessionMiddleware<S, Update>,
 ) -> dptree::Handler<'static, Result<(), E>, D>
 where
     S: Session,
-    E: From<BoxError> + Send + Sync + 'static,
+    E: From<SessionError> + Send + Sync + 'static,
     D: HandlerDescription,
 {
     let middleware = Arc::new(middleware);
@@ -111,7 +135,7 @@ where
                     | Ended::Retry {
                         error,
                         handlers: None,
-                    } => ControlFlow::Break(Err(E::from(error.into()))),
+                    } => ControlFlow::Break(Err(E::from(error))),
                     Ended::Retry {
                         error,
                         handlers: Some(handlers),
@@ -122,7 +146,7 @@ where
                     Ended::Unsaved {
                         error,
                         handlers: None,
-                    } => ControlFlow::Break(Err(E::from(error.into()))),
+                    } => ControlFlow::Break(Err(E::from(error))),
                     Ended::Unsaved {
                         error,
                         handlers: Some(handlers),
@@ -143,12 +167,13 @@ where
 ///
 /// An update with no key, or a load that fails, ends the branch with `Err(E::from(error))`:
 /// put it on the branches that need the session, after the filters that pick their updates.
+/// [`SessionMiddleware::load`] is the same, without naming `S`, `E` and `D`.
 #[track_caller]
 pub fn load<S, E, D>() -> dptree::Handler<'static, Result<(), E>, D>
 where
     S: Session,
     for<'a> S::Handle<'a>: Clone + Send + Sync,
-    E: From<BoxError> + Send + Sync + 'static,
+    E: From<SessionError> + Send + Sync + 'static,
     D: HandlerDescription,
 {
     dptree::from_fn_with_description(
@@ -158,7 +183,7 @@ where
         move |deps: DependencyMap, next| async move {
             let Some(session) = deps.try_get::<LazySession<S>>() else {
                 let error = SessionError::NotAttached { session: S::NAME };
-                return ControlFlow::Break(Err(E::from(error.into())));
+                return ControlFlow::Break(Err(E::from(error)));
             };
             match session.get().await {
                 Ok(handle) => {
@@ -166,11 +191,60 @@ where
                     inner.insert(handle);
                     restore(Some(next(inner).await), deps)
                 }
-                Err(error) => ControlFlow::Break(Err(E::from(error.into()))),
+                Err(error) => ControlFlow::Break(Err(E::from(error))),
             }
         },
         signature::<LazySession<S>, S::Handle<'static>>(Location::caller()),
     )
+}
+
+impl<S: Session> SessionMiddleware<S, Update> {
+    /// A dptree handler that gives the handlers chained after it this session, as a
+    /// [`LazySession<S>`] dependency, and persists it once they are done: [`attach`] for this
+    /// middleware. Chain it first, before the branches.
+    #[track_caller]
+    pub fn attach<E, D>(&self) -> dptree::Handler<'static, Result<(), E>, D>
+    where
+        E: From<SessionError> + Send + Sync + 'static,
+        D: HandlerDescription,
+    {
+        attach(self.clone())
+    }
+
+    /// A dptree handler that loads this session and gives the handlers chained after it the
+    /// typed handle (`VisitsHandle<'static>` for `struct Visits`): [`load`] for this
+    /// middleware's session type. Chain it on the branches that use the session, after
+    /// [`attach`](Self::attach).
+    #[track_caller]
+    pub fn load<E, D>(&self) -> dptree::Handler<'static, Result<(), E>, D>
+    where
+        for<'a> S::Handle<'a>: Clone + Send + Sync,
+        E: From<SessionError> + Send + Sync + 'static,
+        D: HandlerDescription,
+    {
+        load::<S, E, D>()
+    }
+}
+
+/// A session error as a teloxide [`RequestError`]: its `Io` variant, with the session error
+/// inside (find it again with [`session_error`]). It lets handlers that return teloxide's
+/// `ResponseResult<()>` use sessions unchanged.
+impl From<SessionError> for RequestError {
+    fn from(error: SessionError) -> Self {
+        RequestError::Io(Arc::new(std::io::Error::other(error)))
+    }
+}
+
+/// The [`SessionError`] inside an error a dispatcher's error handler got, if it is one: a
+/// `RequestError` made from it, or a boxed one.
+pub fn session_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a SessionError> {
+    if let Some(found) = error.downcast_ref::<SessionError>() {
+        return Some(found);
+    }
+    match error.downcast_ref::<RequestError>() {
+        Some(RequestError::Io(io)) => io.get_ref()?.downcast_ref::<SessionError>(),
+        _ => None,
+    }
 }
 
 /// Hands the caller's dependencies back when no handler took the update, so the branches that

@@ -42,7 +42,9 @@
 //! * `{Name}Handle<'_>`, with per field: a getter (for `Clone` types), `with_x(|&x| ..)`,
 //!   `set_x(v)` (a `String` field also takes a `&str`), `update_x(|&mut x| ..)` and
 //!   `reset_x()`; plus `snapshot()`, `replace(v)`, `clear()` and `key()`;
-//! * `{Name}Access`, a trait that adds the accessor (`ctx.session()`) to [`Context`].
+//! * `{Name}Access`, a trait that adds the accessor (`ctx.session()`) to [`Context`];
+//! * with the `axum` feature, an extractor impl for `{Name}Handle<'static>`, so an axum
+//!   handler takes the loaded session as an argument.
 //!
 //! Attributes on the struct, in `#[session(...)]`: `accessor = "name"` (the context method,
 //! default `session`), `key = "user_in_chat" | "chat" | "user"`, `ttl = 3600` or
@@ -60,11 +62,16 @@
 //!   update's sessions are saved, optionally with a webhook reply;
 //! * `polling`: [`Polling`], a `getUpdates` loop that confirms an update to Telegram only after
 //!   its sessions are saved;
-//! * `teloxide`: [`dispatching::attach`] and [`dispatching::load`], dptree handlers that give a
-//!   teloxide dispatcher's handlers the session and persist after them;
+//! * `teloxide`: [`SessionMiddleware::attach`] and [`SessionMiddleware::load`], dptree
+//!   handlers that give a teloxide dispatcher's handlers the session and persist after them
+//!   (see [`dispatching`]; handlers may return teloxide's `ResponseResult<()>`);
 //! * `telegram` (included in `teloxide`): [`UpdateKeys`] for teloxide-core's `Update`
 //!   (see [`telegram`]);
-//! * `tower`: [`SessionLayer`], the middleware as a tower `Layer` over `http` requests.
+//! * `tower`: [`SessionLayer`], the middleware as a tower `Layer` over `http` requests;
+//! * `axum` (includes `tower`): the derive's `{Name}Handle<'static>` and [`LazySession`] as
+//!   extractors, and [`SessionError`] as a response (a status per kind);
+//! * `testing`: [`testing::BotApiDouble`], a test double of the Telegram Bot API, to run a bot
+//!   offline in tests.
 //!
 //! Stores: `sqlite`, `postgres`, `mysql`, `redis`, `mongodb` (see [`store`]).
 //!

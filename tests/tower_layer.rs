@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use common::{Counter, ProbeStore, stored};
 use tower_layer::Layer;
 use tower_service::Service;
+use typed_session::http::request::Parts;
 use typed_session::http::{Request, Response, StatusCode};
 use typed_session::{
     ErrorPolicy, Key, LazySession, MemoryStore, SessionError, SessionLayer, SessionMiddleware,
@@ -73,17 +74,8 @@ fn respond(status: StatusCode, body: &str) -> Response<String> {
     response
 }
 
-fn by_user_header() -> Key<Request<String>> {
-    Key::custom("x-user-id", |request: &Request<String>| {
-        Some(
-            request
-                .headers()
-                .get("x-user-id")?
-                .to_str()
-                .ok()?
-                .to_owned(),
-        )
-    })
+fn by_user_header() -> Key<Parts> {
+    Key::header("x-user-id")
 }
 
 fn request(path: &str, user: Option<&str>) -> Request<String> {
@@ -105,10 +97,9 @@ async fn send<S: Service<Request<String>, Response = Response<String>, Error = I
 #[tokio::test]
 async fn the_response_comes_after_the_session_is_persisted() {
     let store = MemoryStore::new();
-    let layer: SessionLayer<Counter, Request<String>> =
-        SessionMiddleware::with_key(store.clone(), by_user_header())
-            .build()
-            .into();
+    let layer: SessionLayer<Counter> = SessionMiddleware::with_key(store.clone(), by_user_header())
+        .build()
+        .into();
     let mut service = layer.layer(App);
 
     for expected in 1..=3u64 {
@@ -128,7 +119,7 @@ async fn the_response_comes_after_the_session_is_persisted() {
 #[tokio::test]
 async fn a_request_without_a_key_gets_no_session_and_nothing_is_written() {
     let probe = ProbeStore::new(MemoryStore::new());
-    let layer: SessionLayer<Counter, Request<String>> =
+    let layer: SessionLayer<Counter> =
         SessionMiddleware::with_key(Arc::clone(&probe), by_user_header())
             .build()
             .into();
@@ -143,11 +134,10 @@ async fn a_request_without_a_key_gets_no_session_and_nothing_is_written() {
 #[tokio::test]
 async fn a_server_error_response_is_a_failure_for_the_discard_policy() {
     let store = MemoryStore::new();
-    let layer: SessionLayer<Counter, Request<String>> =
-        SessionMiddleware::with_key(store.clone(), by_user_header())
-            .on_error(ErrorPolicy::Discard)
-            .build()
-            .into();
+    let layer: SessionLayer<Counter> = SessionMiddleware::with_key(store.clone(), by_user_header())
+        .on_error(ErrorPolicy::Discard)
+        .build()
+        .into();
     let mut service = layer.layer(App);
 
     assert_eq!(
@@ -169,20 +159,18 @@ async fn a_server_error_response_is_a_failure_for_the_discard_policy() {
 }
 
 #[tokio::test]
-async fn a_persist_that_fails_turns_the_response_into_a_500_and_keeps_the_session() {
+async fn a_persist_that_fails_turns_the_response_into_a_503_and_keeps_the_session() {
     let probe = ProbeStore::new(MemoryStore::new());
-    let sessions = SessionMiddleware::<Counter, Request<String>>::with_key(
-        Arc::clone(&probe),
-        by_user_header(),
-    )
-    .on_save_failure(typed_session::SaveFailure::Keep)
-    .build();
+    let sessions =
+        SessionMiddleware::<Counter, Parts>::with_key(Arc::clone(&probe), by_user_header())
+            .on_save_failure(typed_session::SaveFailure::Keep)
+            .build();
     let mut service = SessionLayer::from(sessions.clone()).layer(App);
 
     probe.fail_next_applies(1);
     let response = send(&mut service, request("/", Some("cy"))).await;
 
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         sessions.unsaved_sessions(),
         1,
@@ -213,7 +201,7 @@ impl Service<Request<String>> for Plain {
 #[tokio::test]
 async fn a_service_that_never_touches_the_session_costs_no_store_call() {
     let probe = ProbeStore::new(MemoryStore::new());
-    let layer: SessionLayer<Counter, Request<String>> =
+    let layer: SessionLayer<Counter> =
         SessionMiddleware::with_key(Arc::clone(&probe), by_user_header())
             .build()
             .into();
@@ -230,7 +218,7 @@ async fn a_service_that_never_touches_the_session_costs_no_store_call() {
 /// set it to 100 and save, then sets `count` to what it read plus one: a stale write.
 #[derive(Clone)]
 struct StaleApp {
-    other: typed_session::Chain<Request<String>>,
+    other: typed_session::Chain<Parts>,
 }
 
 impl Service<Request<String>> for StaleApp {
@@ -251,7 +239,7 @@ impl Service<Request<String>> for StaleApp {
             let counter = session.expect("layered").get().await.expect("loads");
             let seen = counter.count();
             other
-                .run_update(self::request("/", Some("ada")))
+                .run_update(self::request("/", Some("ada")).into_parts().0)
                 .await
                 .expect("the other update saves");
             counter.set_count(seen + 1);
@@ -270,7 +258,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
         .stale_writes(typed_session::StalePolicy::Error)
         .build();
     let other = common::sets_count_to_100(&sessions);
-    let layer: SessionLayer<Counter, Request<String>> = sessions.clone().into();
+    let layer: SessionLayer<Counter> = sessions.clone().into();
     let mut service = layer.layer(StaleApp { other });
 
     let response = send(&mut service, request("/", Some("ada"))).await;

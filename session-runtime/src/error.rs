@@ -180,7 +180,7 @@ pub enum SessionError {
     /// The update carries no session key (a channel post for a per-user session, an inline
     /// query for a per-chat one). Nothing is loaded and nothing can be written for it.
     #[error(
-        "session `{session}` is unavailable: this update has no session key under the `{strategy}` strategy"
+        "session `{session}` is unavailable: this update (or request) has no session key under the `{strategy}` key"
     )]
     NoKey {
         /// The session type.
@@ -199,7 +199,7 @@ pub enum SessionError {
     /// The session was asked for after its middleware had persisted it (Telegraf's "session
     /// accessed after the middleware chain exhausted").
     #[error(
-        "session `{session}` of key {key:?} was used after its update was persisted; a write now would be lost"
+        "session `{session}` of key {key:?} was used after its update (or request) was persisted; a write now would be lost"
     )]
     AfterPersist {
         /// The session type.
@@ -279,7 +279,7 @@ pub enum SessionError {
     /// holds the newer values. Run the update again (a webhook answers with an error status,
     /// so Telegram delivers it again).
     #[error(
-        "session `{session}` key {key:?} was changed by another writer (fields {fields:?}); this update's writes to them were not saved: run it again"
+        "session `{session}` key {key:?} was changed by another writer (fields {fields:?}); the writes to them of this update (or request) were not saved: run it again"
     )]
     Conflict {
         /// The session type.
@@ -292,7 +292,7 @@ pub enum SessionError {
     /// In exclusive mode, another update of the same key kept it longer than the middleware
     /// waits for its turn.
     #[error(
-        "session `{session}` key {key:?} stayed busy with another update for {waited:?}; try again later"
+        "session `{session}` key {key:?} stayed busy with another update (or request) for {waited:?}; try again later"
     )]
     Busy {
         /// The session type.
@@ -306,7 +306,7 @@ pub enum SessionError {
     /// process was paused or the store was slow) or another process took it over before the
     /// save: nothing of this update was written. Run it again.
     #[error(
-        "session `{session}` key {key:?}: this process's lease on the key ran out or was taken over before the save; nothing was written: run the update again"
+        "session `{session}` key {key:?}: this process's lease on the key ran out or was taken over before the save; nothing was written: run the update (or request) again"
     )]
     LeaseLost {
         /// The session type.

@@ -40,6 +40,9 @@ pub use integrations::dispatching;
 #[cfg(feature = "polling")]
 #[cfg_attr(docsrs, doc(cfg(feature = "polling")))]
 pub use integrations::polling::{Polling, PollingError, Stopped};
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub use integrations::testing;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use integrations::tower::{SessionLayer, SessionService};
@@ -77,14 +80,17 @@ pub use teloxide_core;
 #[cfg_attr(docsrs, doc(cfg(feature = "teloxide")))]
 pub use dptree;
 
-/// http 1, for the request types [`SessionLayer`] wraps.
+/// http 1, for the requests [`SessionLayer`] wraps and the [`Key`]s that read them.
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use http;
 
-/// axum 0.8, for merging [`Webhook::router`] into an app.
-#[cfg(feature = "webhook")]
-#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+/// axum 0.8: the framework the `axum` feature's extractor is for, and `Webhook::router`'s.
+#[cfg(any(feature = "axum", feature = "webhook", feature = "testing"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "axum", feature = "webhook", feature = "testing")))
+)]
 pub use axum;
 
 /// sqlx 0.8, for pools to pass to [`PostgresStore`] and [`MySqlStore`].
@@ -92,7 +98,7 @@ pub use axum;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "mysql"))))]
 pub use sqlx;
 
-/// rusqlite 0.37, for connections to pass to [`SqliteStore`].
+/// rusqlite 0.32, for connections to pass to [`SqliteStore`].
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use rusqlite;
@@ -106,6 +112,23 @@ pub use redis;
 #[cfg(feature = "mongodb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mongodb")))]
 pub use mongodb;
+
+/// Emits the items it wraps when the `axum` feature is on (the derive's extractor impl for the
+/// typed handle), and nothing otherwise: the derive cannot see this crate's features.
+#[cfg(feature = "axum")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_axum {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// Without the `axum` feature, the extractor impl the derive asks for is not emitted.
+#[cfg(not(feature = "axum"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_axum {
+    ($($item:tt)*) => {};
+}
 
 /// Items the derive's generated code names. Not part of the public API.
 #[doc(hidden)]
@@ -162,6 +185,15 @@ pub mod __private {
             Some(self.to_owned())
         }
     }
+
+    #[cfg(feature = "axum")]
+    pub use crate::integrations::axum::extract_handle;
+    #[cfg(feature = "axum")]
+    pub use axum::extract::FromRequestParts;
+    #[cfg(feature = "axum")]
+    pub use http::request::Parts;
+
+    pub use crate::__if_axum as if_axum;
 
     /// The error of the per-field codec.
     pub type CodecError = serde_json::Error;

@@ -1,10 +1,11 @@
 //! Generated code, one module per item: the `Default` impl, the `Session` impl, the typed
-//! handle and the context accessor. Generated code names runtime items only through
+//! handle, the context accessor and the axum extractor. Generated code names runtime items only through
 //! `<crate>::__private` and `::core`/`::std` paths, so user code that shadows `Option`,
 //! `Result` or `serde` cannot break it.
 
 mod accessor;
 mod default_impl;
+mod extractor;
 mod handle;
 mod session_impl;
 
@@ -24,7 +25,8 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
             let session_impl = session_impl::expand(&model);
             let handle = handle::expand(&model);
             let accessor = accessor::expand(&model);
-            quote! { #default_impl #session_impl #handle #accessor }
+            let extractor = extractor::expand(&model);
+            quote! { #default_impl #session_impl #handle #accessor #extractor }
         }
         _ => TokenStream::new(),
     };

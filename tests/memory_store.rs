@@ -121,3 +121,65 @@ async fn the_ttl_named_in_the_derive_expires_idle_sessions() {
     tokio::time::advance(Duration::from_secs(2)).await;
     assert_eq!(store.sweep(), 1);
 }
+
+/// The scenario: `ttl = 60`, set a field, then only read it every 40 s. Renewed on
+/// write only, the session is gone at 80 s; renewed on access, it lives as long as it is read,
+/// at one renewal per read (each comes more than a quarter of the term after the last).
+#[tokio::test(start_paused = true)]
+async fn a_session_read_every_40_s_with_a_60_s_ttl_lives_on_access_and_dies_on_write() {
+    use typed_session::Renewal;
+
+    #[derive(Session)]
+    struct Prefs {
+        lang: Option<String>,
+    }
+
+    for renewal in [Renewal::OnWrite, Renewal::OnAccess] {
+        let store = MemoryStore::new();
+        let sessions = SessionMiddleware::<Prefs, Update>::builder(store.clone())
+            .ttl(Some(Duration::from_secs(60)))
+            .renewal(renewal)
+            .build();
+        let set = Chain::new().with(sessions.clone()).handler(|ctx| {
+            Box::pin(async move {
+                ctx.session_of::<Prefs>().await?.set_lang(Some("de".into()));
+                Ok(())
+            })
+        });
+        let read = Chain::new().with(sessions.clone()).handler(|ctx| {
+            Box::pin(async move {
+                let _ = ctx.session_of::<Prefs>().await?.lang();
+                Ok(())
+            })
+        });
+        set.run_update(Update::text(1, 7, 7, "/lang de"))
+            .await
+            .expect("set");
+        for (n, id) in (2..=11).enumerate() {
+            tokio::time::advance(Duration::from_secs(40)).await;
+            let alive = store.load("Prefs:7:7").await.expect("load").is_some();
+            match renewal {
+                Renewal::OnAccess => assert!(alive, "read {n}, at {} s", 40 * (n + 1)),
+                _ if n == 0 => assert!(alive, "40 s after the write"),
+                _ => assert!(
+                    !alive,
+                    "{} s after the write, renewed on write only",
+                    40 * (n + 1)
+                ),
+            }
+            read.run_update(Update::text(id, 7, 7, "read"))
+                .await
+                .expect("read");
+        }
+        let renewals = sessions.stats().renewals();
+        match renewal {
+            Renewal::OnAccess => assert_eq!(renewals, 10, "one per read, each 40 s apart"),
+            _ => assert_eq!(renewals, 0),
+        }
+        assert_eq!(
+            sessions.stats().writes(),
+            1,
+            "{renewal:?}: only the set wrote a field"
+        );
+    }
+}

@@ -64,6 +64,39 @@ macro_rules! sql_store_tests {
                 assert_eq!(store.sweep().await.expect("sweep"), 0);
             }
 
+            /// Renewed on access, a session only read lives on; renewed on write, it expires a
+            /// term after its last write. The store's clock is moved, the middleware's is not.
+            #[tokio::test]
+            async fn a_read_renews_the_expiry_on_access_and_not_on_write() {
+                use typed_session::telegram::Update;
+                use typed_session::{Chain, Renewal, SessionMiddleware};
+
+                let now = Arc::new(AtomicI64::new(1_000_000));
+                let clock = Arc::clone(&now);
+                let Some(store) = $make("a_read_renews_the_expiry_on_access_and_not_on_write", &unique_table("ts_renewal"), move || clock.load(Ordering::SeqCst)).await else { return };
+                store.migrate().await.expect("migrate");
+                let store = Arc::new(store);
+                let ttl = Duration::from_secs(60);
+                for (user, renewal) in [(1, Renewal::OnWrite), (2, Renewal::OnAccess)] {
+                    let key = format!("Counter:{user}:{user}");
+                    store.apply(&key, &one_field(Some(ttl))).await.expect("apply");
+                    let sessions = SessionMiddleware::<common::Counter, Update>::builder(Arc::clone(&store))
+                        .ttl(Some(ttl))
+                        .renewal(renewal)
+                        .build();
+                    let read = Chain::new().with(sessions.clone()).handler(|ctx| Box::pin(async move {
+                        assert_eq!(ctx.session_of::<common::Counter>().await?.count(), 1);
+                        Ok(())
+                    }));
+                    now.store(1_040_000, Ordering::SeqCst);
+                    read.run_update(Update::text(user, user, user, "read")).await.expect("read");
+                    now.store(1_080_000, Ordering::SeqCst);
+                    let alive = store.load(&key).await.expect("load").is_some();
+                    assert_eq!(alive, renewal == Renewal::OnAccess, "{renewal:?}: 80 s after the write, read at 40 s");
+                    now.store(1_000_000, Ordering::SeqCst);
+                }
+            }
+
             #[tokio::test]
             async fn migrate_is_idempotent() {
                 let Some(store) = $make("migrate_is_idempotent", &unique_table("ts_migrate"), || 0).await else { return };

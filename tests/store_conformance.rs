@@ -116,6 +116,58 @@ macro_rules! conformance {
             }
 
             #[tokio::test]
+            async fn a_patch_that_only_renews_creates_nothing_and_brings_nothing_back() {
+                let Some((store, _)) = $make("a_patch_that_only_renews_creates_nothing_and_brings_nothing_back").await else { return };
+                let renew = Patch::new().with_ttl(Some(Duration::from_secs(600)));
+                assert!(renew.only_renews());
+                let (missing, deleted, live) = (unique("renew_missing"), unique("renew_deleted"), unique("renew_live"));
+                store.apply(&missing, &renew).await.expect("renew");
+                assert_eq!(store.load(&missing).await.expect("load"), None, "not created");
+                store_apply(&store, &deleted, "a").await;
+                store.delete(&deleted).await.expect("delete");
+                store.apply(&deleted, &renew).await.expect("renew");
+                assert_eq!(store.load(&deleted).await.expect("load"), None, "not brought back");
+                store.apply(&live, &patch(&[("a", "1")], &[], Some(Duration::from_secs(60)))).await.expect("apply");
+                store.apply(&live, &renew).await.expect("renew");
+                let record = store.load(&live).await.expect("load").expect("still there");
+                assert_eq!((record.get("a"), record.version("a"), record.len()), (Some("1"), 1, 1), "fields untouched");
+            }
+
+            #[tokio::test]
+            async fn reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write() {
+                let Some((store, _)) = $make("reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write").await else { return };
+                for renewal in [typed_session::Renewal::OnWrite, typed_session::Renewal::OnAccess] {
+                    let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                    store.apply(&format!("Pair:{user}:{user}"), &patch(&[("a", "7")], &[], Some(Duration::from_secs(60)))).await.expect("apply");
+                    let sessions = SessionMiddleware::<Pair, Update>::builder(store.clone())
+                        .ttl(Some(Duration::from_secs(600)))
+                        .renewal(renewal)
+                        .build();
+                    let read = Chain::new().with(sessions.clone()).handler(|ctx| Box::pin(async move {
+                        assert_eq!(ctx.pair().await?.a(), 7);
+                        Ok(())
+                    }));
+                    // A burst of 20 concurrent reads, then 5 one after another.
+                    let mut burst = tokio::task::JoinSet::new();
+                    for i in 0..20 {
+                        let read = read.clone();
+                        burst.spawn(async move { read.run_update(Update::text(i, user, user, "read")).await });
+                    }
+                    while let Some(result) = burst.join_next().await {
+                        result.expect("no panic").expect("read");
+                    }
+                    for i in 20..25 {
+                        read.run_update(Update::text(i, user, user, "read")).await.expect("read");
+                    }
+                    let expected = if renewal == typed_session::Renewal::OnAccess { 1 } else { 0 };
+                    assert_eq!(sessions.stats().renewals(), expected, "{renewal:?}");
+                    assert_eq!(sessions.stats().writes(), 0, "{renewal:?}: reads write no field");
+                    let record = store.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("there");
+                    assert_eq!((record.get("a"), record.version("a")), (Some("7"), 1), "{renewal:?}");
+                }
+            }
+
+            #[tokio::test]
             async fn every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it() {
                 let Some((store, _)) = $make("every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it").await else { return };
                 let key = unique("versions");

@@ -21,6 +21,8 @@ pub(crate) struct Model<'a> {
     /// What sets the type's stored records apart, when `namespace = "..."` names it.
     pub namespace: Option<String>,
     pub ttl_secs: Option<u64>,
+    /// `renewal = "on_access"`.
+    pub renew_on_access: bool,
     pub fields: Vec<Field<'a>>,
     pub derives_default: Option<Span>,
     /// The generated handle type.
@@ -164,6 +166,7 @@ pub(crate) fn build<'a>(input: &'a DeriveInput, errors: &mut Errors) -> Option<M
         key,
         namespace,
         ttl_secs: attrs.ttl.map(|t| t.value),
+        renew_on_access: attrs.renew_on_access.is_some_and(|r| r.value),
         fields,
         derives_default: attrs.derives_default,
         handle: format_ident!("{}Handle", input.ident),

@@ -7,7 +7,7 @@ use syn::{Attribute, Expr, LitInt, LitStr, Path};
 
 use crate::errors::Errors;
 
-pub(crate) const STRUCT_KEYS: &str = "accessor, crate, key, namespace, ttl";
+pub(crate) const STRUCT_KEYS: &str = "accessor, crate, key, namespace, renewal, ttl";
 pub(crate) const FIELD_KEYS: &str = "rename, skip, reset_on_error";
 
 /// A value and where it was written.
@@ -25,6 +25,8 @@ pub(crate) struct StructAttrs {
     pub key: Option<Spanned<String>>,
     pub namespace: Option<Spanned<String>>,
     pub ttl: Option<Spanned<u64>>,
+    /// `true` for `renewal = "on_access"`, `false` for `"on_write"`.
+    pub renew_on_access: Option<Spanned<bool>>,
     /// Where a `#[derive(Default)]` beside ours was seen.
     pub derives_default: Option<Span>,
 }
@@ -114,6 +116,23 @@ pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAt
                     Ok(ttl) => set_once(&mut out.ttl, ttl, &meta, errors),
                     Err(e) => errors.push(e),
                 }
+            } else if meta.path.is_ident("renewal") {
+                let value = string(&meta)?;
+                let on_access = match value.value.as_str() {
+                    "on_access" => true,
+                    "on_write" => false,
+                    _ => {
+                        return Err(syn::Error::new(
+                            value.span,
+                            "renewal must be \"on_write\" (writes renew the expiry, the default) or \"on_access\" (reads renew it too)",
+                        ));
+                    }
+                };
+                let value = Spanned {
+                    value: on_access,
+                    span: value.span,
+                };
+                set_once(&mut out.renew_on_access, value, &meta, errors);
             } else if FIELD_KEYS.split(", ").any(|k| meta.path.is_ident(k)) {
                 return Err(meta.error("this key belongs on a field, not on the struct"));
             } else {

@@ -47,3 +47,18 @@ pub enum StalePolicy {
     /// which the error policy then applies to.
     Error,
 }
+
+/// What renews a stored session's expiry (its `ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Renewal {
+    /// Every write renews it: a session that is only read expires a `ttl` after its last
+    /// write.
+    #[default]
+    OnWrite,
+    /// Every use renews it, reads included: a session expires a `ttl` after it was last used.
+    /// A read that writes nothing renews with a patch that changes no field; those renewals
+    /// are coalesced, at most one per key per quarter of the `ttl` in each process, so a
+    /// burst of reads costs at most one extra store write.
+    OnAccess,
+}

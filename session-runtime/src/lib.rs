@@ -23,7 +23,7 @@ mod stats;
 pub mod store;
 
 pub use chain::{Chain, Middleware, Next};
-pub use config::{ErrorPolicy, SaveFailure, StalePolicy};
+pub use config::{ErrorPolicy, Renewal, SaveFailure, StalePolicy};
 pub use context::Context;
 pub use error::{BoxError, SessionError, StoreError, StoreOp};
 pub use integrations::telegram;
@@ -133,6 +133,7 @@ macro_rules! __if_axum {
 /// Items the derive's generated code names. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::config::Renewal;
     pub use crate::context::Context;
     pub use crate::error::SessionError;
     pub use crate::key::KeyKind;

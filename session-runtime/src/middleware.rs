@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chain::{ChainFuture, Middleware, Next};
-use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
+use crate::config::{ErrorPolicy, Renewal, SaveFailure, StalePolicy};
 use crate::context::Context;
 use crate::error::SessionError;
 use crate::key::{Key, KeyKind, UpdateKeys};
 use crate::lifecycle::Scope;
+use crate::live::expiry::Expiry;
 use crate::live::registry::Registry;
 use crate::live::sessions::Sessions;
 use crate::session::Session;
@@ -50,6 +51,7 @@ pub struct SessionBuilder<S: Session, U> {
     lease: Option<Duration>,
     redelivery: bool,
     ttl: Option<Duration>,
+    renewal: Renewal,
     _session: PhantomData<fn() -> S>,
 }
 
@@ -63,6 +65,7 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
             .field("exclusive", &self.exclusive)
             .field("lease", &self.lease)
             .field("ttl", &self.ttl)
+            .field("renewal", &self.renewal)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +151,14 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self
     }
 
+    /// What renews the expiry: writes only, or every use, reads included (default:
+    /// `#[session(renewal = ..)]`, else [`Renewal::OnWrite`]). Reads renew at most once per
+    /// key per quarter of the `ttl` in each process; see [`Renewal::OnAccess`].
+    pub fn renewal(mut self, renewal: Renewal) -> Self {
+        self.renewal = renewal;
+        self
+    }
+
     /// The middleware.
     pub fn build(self) -> SessionMiddleware<S, U> {
         SessionMiddleware {
@@ -164,7 +175,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
                     .lease
                     .map(|term| (crate::live::lease::new_holder(), term)),
                 redelivery: self.redelivery,
-                ttl: self.ttl,
+                expiry: Expiry::new(self.ttl, self.renewal),
                 stats: Stats::default(),
             }),
             key: self.key,
@@ -220,7 +231,8 @@ impl<S: Session, U> fmt::Debug for SessionMiddleware<S, U> {
             .field("key", &self.key)
             .field("on_error", &self.sessions.on_error)
             .field("stale_writes", &self.sessions.stale)
-            .field("ttl", &self.sessions.ttl)
+            .field("ttl", &self.sessions.expiry.ttl)
+            .field("renewal", &self.sessions.expiry.renewal())
             .field("live_sessions", &self.live_sessions())
             .finish()
     }
@@ -262,6 +274,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             lease: None,
             redelivery: true,
             ttl: S::TTL,
+            renewal: S::RENEWAL,
             _session: PhantomData,
         }
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::config::Renewal;
 use crate::key::KeyKind;
 
 /// A persisted field of a session type, as the derive describes it.
@@ -39,6 +40,9 @@ pub trait Schema: Default + Send + Sync + 'static {
 
     /// The expiry `#[session(ttl = "...")]` chose; sliding on every write.
     const TTL: Option<Duration> = None;
+
+    /// What renews the expiry, `#[session(renewal = "on_access")]` or on write (the default).
+    const RENEWAL: Renewal = Renewal::OnWrite;
 
     /// Encodes persisted field `index` of `self`.
     fn encode_field(&self, index: usize) -> Result<String, serde_json::Error>;

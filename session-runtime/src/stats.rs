@@ -15,6 +15,7 @@ pub struct Stats {
     pub(crate) redeliveries: AtomicU64,
     pub(crate) lease_takeovers: AtomicU64,
     pub(crate) leases_lost: AtomicU64,
+    pub(crate) renewals: AtomicU64,
 }
 
 impl Stats {
@@ -22,9 +23,14 @@ impl Stats {
     pub fn loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
     }
-    /// Patches written to the store.
+    /// Patches written to the store that changed fields.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+    /// Expiry renewals of sessions that were used and not written (under
+    /// [`Renewal::OnAccess`](crate::Renewal::OnAccess)): patches that change no field.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
     }
     /// Records deleted by `clear()`.
     pub fn deletes(&self) -> u64 {

@@ -4,7 +4,7 @@ use typed_session::schema::Schema;
 use typed_session::{Chain, Key, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session, Clone, Debug, PartialEq)]
-#[session(accessor = "profile", key = "user", ttl = "7d", namespace = "profile_v1")]
+#[session(accessor = "profile", key = "user", ttl = "7d", renewal = "on_access", namespace = "profile_v1")]
 pub struct Profile {
     /// How many messages.
     #[default(0)]
@@ -32,6 +32,8 @@ fn main() {
     assert_eq!(<Profile as Schema>::FIELDS.len(), 4);
     assert_eq!(<Profile as Schema>::NAMESPACE, "profile_v1");
     assert_eq!(<Profile as Schema>::FIELDS[2].name, "seen");
+    assert_eq!(<Profile as Schema>::RENEWAL, typed_session::Renewal::OnAccess);
+    assert_eq!(<Plain as Schema>::RENEWAL, typed_session::Renewal::OnWrite);
     let _ = Plain::default().r#type;
 
     let chain = Chain::new()

@@ -71,6 +71,9 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let ttl = model.ttl_secs.map(|secs| {
         quote!(const TTL: ::core::option::Option<#private::Duration> = ::core::option::Option::Some(#private::Duration::from_secs(#secs));)
     });
+    let renewal = model
+        .renew_on_access
+        .then(|| quote!(const RENEWAL: #private::Renewal = #private::Renewal::OnAccess;));
     let name_str = name.to_string();
 
     quote! {
@@ -80,6 +83,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             #key
             #namespace
             #ttl
+            #renewal
 
             fn encode_field(
                 &self,

@@ -135,7 +135,7 @@ impl<S: Schema> Hold<S> {
             .take_lease(
                 &*sessions.store,
                 (holder, *term),
-                sessions.ttl,
+                sessions.expiry.ttl,
                 wait,
                 &sessions.stats,
             )
@@ -145,7 +145,7 @@ impl<S: Schema> Hold<S> {
             Arc::clone(held),
             Arc::clone(&sessions.store),
             Arc::clone(&self.entry.key),
-            sessions.ttl,
+            sessions.expiry.ttl,
         );
         *self.renewer.lock() = Some(tokio::spawn(renewal));
         Ok(())
@@ -165,7 +165,7 @@ impl<S: Schema> Hold<S> {
             .entry
             .persist(
                 &*sessions.store,
-                sessions.ttl,
+                &sessions.expiry,
                 &sessions.stats,
                 lease.as_mut(),
             )

@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use crate::error::{SessionError, StoreError, StoreOp};
+use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::schema::Schema;
 use crate::stats::Stats;
@@ -142,6 +143,14 @@ impl<S: Schema> State<S> {
     /// Whether anything here still has to reach the store.
     pub(crate) fn has_changes(&self) -> bool {
         self.delete_pending || self.fields.iter().any(|f| f.dirty != Dirty::Clean)
+    }
+
+    /// Whether the store held the record when it was last read or written (a field of it
+    /// has a stored value or a version), so that renewing its expiry has something to renew.
+    pub(crate) fn is_stored(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|f| f.stored.is_some() || f.stored_version > 0)
     }
 
     /// Records a write of field `index` and returns its new version.
@@ -732,6 +741,27 @@ impl<S: Schema> Entry<S> {
         }
     }
 
+    /// Renews the record's expiry after a use that wrote nothing (under
+    /// [`Renewal::OnAccess`](crate::Renewal::OnAccess)). A renewal that fails costs the update
+    /// nothing but a warning: the session is saved as it was, and the next read tries again.
+    async fn renew(&self, store: &dyn Store, expiry: &Expiry, stats: &Stats) {
+        let renewal = Patch::new().with_ttl(expiry.ttl);
+        match store.apply(&self.key, &renewal).await {
+            Ok(()) => {
+                stats.renewals.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                expiry.failed(&self.key);
+                tracing::warn!(
+                    session = S::NAME,
+                    key = &*self.key,
+                    %error,
+                    "could not renew the session's expiry after a read; the next read tries again"
+                );
+            }
+        }
+    }
+
     /// Writes the dirty fields, whoever changed them, as one patch; a pending `clear()` first
     /// deletes the record. A field written again while the patch is in flight stays dirty.
     ///
@@ -741,7 +771,7 @@ impl<S: Schema> Entry<S> {
     pub(crate) async fn persist(
         &self,
         store: &dyn Store,
-        ttl: Option<Duration>,
+        expiry: &Expiry,
         stats: &Stats,
         mut lease: Option<&mut Lease>,
     ) -> Result<(), SessionError> {
@@ -808,7 +838,7 @@ impl<S: Schema> Entry<S> {
             }
         }
 
-        let mut patch = Patch::new().with_ttl(ttl);
+        let mut patch = Patch::new().with_ttl(expiry.ttl);
         let recent = {
             let mut state = self.lock();
             state
@@ -826,6 +856,9 @@ impl<S: Schema> Entry<S> {
         }
         if patch.is_empty() {
             ended(None);
+            if self.lock().is_stored() && expiry.claim_renewal(&self.key) {
+                self.renew(store, expiry, stats).await;
+            }
             return Ok(());
         }
 
@@ -869,6 +902,9 @@ impl<S: Schema> Entry<S> {
             }
         }
         ended(None);
+        if patch.ttl.is_some() {
+            expiry.written(&self.key);
+        }
         stats.writes.fetch_add(1, Ordering::Relaxed);
         stats
             .bytes_written

@@ -4,11 +4,13 @@
 //! * [`entry`]: one live value, its per-field bookkeeping and its codec both ways;
 //! * [`registry`]: the entries of one middleware by key, with their hold counts;
 //! * [`sessions`]: what one middleware's updates share (registry, store, policies, counters);
+//! * [`expiry`]: the term of stored sessions, and the coalesced renewals of reads;
 //! * [`access`]: one update's hold on an entry, and the [`SessionRef`] typed handles wrap;
 //! * [`lease`]: exclusive mode across processes, a lease on a key kept in its record.
 
 pub(crate) mod access;
 pub(crate) mod entry;
+pub(crate) mod expiry;
 pub(crate) mod lease;
 pub(crate) mod registry;
 pub(crate) mod sessions;

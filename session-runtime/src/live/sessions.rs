@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::error::SessionError;
 use crate::live::entry::Entry;
+use crate::live::expiry::Expiry;
 use crate::live::registry::Registry;
 use crate::schema::Schema;
 use crate::stats::Stats;
@@ -29,7 +30,7 @@ pub(crate) struct Sessions<S> {
     pub(crate) exclusive: Option<Duration>,
     /// In exclusive mode across processes, who holds this middleware's leases, and their term.
     pub(crate) lease: Option<(Arc<str>, Duration)>,
-    pub(crate) ttl: Option<Duration>,
+    pub(crate) expiry: Expiry,
     pub(crate) stats: Stats,
 }
 
@@ -37,7 +38,7 @@ impl<S: Schema> Sessions<S> {
     /// Writes what `entry` has unsaved, as one patch (without a lease: no update holds it).
     pub(crate) async fn persist(&self, entry: &Entry<S>) -> Result<(), SessionError> {
         entry
-            .persist(&*self.store, self.ttl, &self.stats, None)
+            .persist(&*self.store, &self.expiry, &self.stats, None)
             .await
     }
 

@@ -431,6 +431,8 @@ impl Store for MemoryStore {
         }
         let stored = match records.map.get_mut(key) {
             Some(stored) => stored,
+            // A renewal of a record that is gone (expired and swept above, or deleted).
+            None if patch.only_renews() => return StoreFuture::ready(Ok(())),
             None => records.map.entry(Key::new(key)).or_insert_with(|| Stored {
                 fields: Fields::default(),
                 expires_at: None,

@@ -316,6 +316,13 @@ impl<'a> Patch<'a> {
         self
     }
 
+    /// Whether the patch does nothing but renew the record's expiry: it sets, removes, records
+    /// and expects nothing. A store applies such a patch to a live record only (see
+    /// [`Store::apply`]); the runtime sends one when a read renews a session's expiry.
+    pub fn only_renews(&self) -> bool {
+        self.is_empty() && self.writers.is_empty() && self.expect.is_empty()
+    }
+
     /// Whether the patch would change nothing.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()
@@ -358,6 +365,10 @@ pub trait Store: Send + Sync + 'static {
     /// the version of each, and applies its expiry, all at once, and only if every field
     /// `patch.expect` names has the version it expects (otherwise nothing is written and the
     /// result is [`StoreError::Conflict`]). Fields the patch does not name stay as they are.
+    ///
+    /// A patch that [only renews](Patch::only_renews) the expiry (it sets, removes, records
+    /// and expects nothing) renews it on a live record and does nothing otherwise: it never
+    /// creates a record, nor brings back one that expired or was deleted.
     fn apply<'a>(
         &'a self,
         key: &'a str,

@@ -404,15 +404,19 @@ impl Store for MongoStore {
                         Err(_) => return Err(malformed(key, field, "a version beyond i64")),
                     };
                 }
-                // A new document is created only when the patch expects nothing to be there.
-                let may_create = patch.expect.iter().all(|(_, version)| *version == 0);
+                // A new document is created only when the patch expects nothing to be there,
+                // and never by a patch that only renews the expiry.
+                let renews = patch.only_renews();
+                let may_create = !renews && patch.expect.iter().all(|(_, version)| *version == 0);
                 let outcome = self
                     .collection
                     .update_one(filter, update)
                     .upsert(may_create)
                     .await;
                 match outcome {
-                    Ok(result) if result.matched_count > 0 || result.upserted_id.is_some() => {
+                    Ok(result)
+                        if renews || result.matched_count > 0 || result.upserted_id.is_some() =>
+                    {
                         Ok(())
                     }
                     Ok(_) => Err(self.conflict(key, patch, now).await),

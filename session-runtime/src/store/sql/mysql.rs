@@ -66,6 +66,8 @@ struct Statements {
     table: Arc<str>,
     load: String,
     versions: String,
+    /// A patch that only renews the expiry of a live row.
+    renew: String,
     delete: String,
     sweep: String,
 }
@@ -79,6 +81,9 @@ impl Statements {
             ),
             versions: format!(
                 "SELECT versions FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
+            ),
+            renew: format!(
+                "UPDATE {t} SET expires_at = ? WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
             ),
             delete: format!("DELETE FROM {t} WHERE key_hash = ?"),
             sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"),
@@ -396,6 +401,18 @@ impl Store for MySqlStore {
             async move {
                 crate::store::check_size(BACKEND, patch)?;
                 let now = self.clock.now_ms();
+                if patch.only_renews() {
+                    if let Some(expires_at) = self.clock.expiry(patch.ttl) {
+                        sqlx::query(&self.sql.renew)
+                            .bind(expires_at)
+                            .bind(key_hash(key))
+                            .bind(now)
+                            .execute(&self.pool)
+                            .await
+                            .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+                    }
+                    return Ok(());
+                }
                 // Most writes patch a record that exists: one statement. A new record takes a
                 // second, the insert, which fails if another writer created it meanwhile.
                 let may_create = patch.expect.iter().all(|(_, version)| *version == 0);

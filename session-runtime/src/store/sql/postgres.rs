@@ -68,6 +68,8 @@ struct Statements {
     create_or_apply: String,
     /// A patch that expects a field to be there: the row must exist and be live.
     apply: String,
+    /// A patch that only renews the expiry of a live row.
+    renew: String,
     versions: String,
     delete: String,
     sweep: String,
@@ -112,6 +114,9 @@ impl Statements {
                  WHERE s.key_hash = $1 AND (s.expires_at IS NULL OR s.expires_at > $4) AND {expected}",
                 bumped = bumped("s.versions", "$6"),
                 expected = expected("s.versions", "$7", "$8"),
+            ),
+            renew: format!(
+                "UPDATE {t} SET expires_at = $2 WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $3)"
             ),
             versions: format!(
                 "SELECT versions::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
@@ -287,6 +292,18 @@ impl Store for PostgresStore {
             key,
             async move {
                 crate::store::check_size(BACKEND, patch)?;
+                if patch.only_renews() {
+                    if let Some(expires_at) = self.clock.expiry(patch.ttl) {
+                        sqlx::query(&self.sql.renew)
+                            .bind(key_hash(key))
+                            .bind(expires_at)
+                            .bind(self.clock.now_ms())
+                            .execute(&self.pool)
+                            .await
+                            .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+                    }
+                    return Ok(());
+                }
                 let written: Vec<&str> = patch
                     .set
                     .iter()

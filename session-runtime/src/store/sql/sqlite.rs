@@ -69,6 +69,8 @@ struct Statements {
     table: Arc<str>,
     load: String,
     versions: String,
+    /// A patch that only renews the expiry of a live row.
+    renew: String,
     delete: String,
     sweep: String,
 }
@@ -82,6 +84,9 @@ impl Statements {
             ),
             versions: format!(
                 "SELECT versions FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+            ),
+            renew: format!(
+                "UPDATE {t} SET expires_at = ?2 WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?3)"
             ),
             delete: format!("DELETE FROM {t} WHERE key = ?1"),
             sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1"),
@@ -266,6 +271,16 @@ impl SqliteStore {
         key: &str,
         patch: &Patch<'_>,
     ) -> Result<(), StoreError> {
+        if patch.only_renews() {
+            if let Some(expires_at) = self.clock.expiry(patch.ttl) {
+                let now = self.clock.now_ms();
+                connection
+                    .prepare_cached(&self.sql.renew)
+                    .and_then(|mut statement| statement.execute((key, expires_at, now)))
+                    .map_err(|e| error(StoreOp::Apply, key, e))?;
+            }
+            return Ok(());
+        }
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
         let mut expected = Vec::with_capacity(patch.expect.len());
         let mut bumped = serde_json::Map::new();

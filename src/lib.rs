@@ -49,7 +49,8 @@
 //! Attributes on the struct, in `#[session(...)]`: `accessor = "name"` (the context method,
 //! default `session`), `key = "user_in_chat" | "chat" | "user"`, `ttl = 3600` or
 //! `ttl = "30d"` (sliding expiry), `renewal = "on_access"` (reads renew the expiry too; the
-//! default renews on writes, see [`Renewal`]), `crate = "path"` (where `typed_session` is, for re-exports).
+//! default renews on writes, see [`Renewal`]), `migrations = [step, ..]` (versioned
+//! migrations of stored records, see [`schema::Migration`]), `crate = "path"` (where `typed_session` is, for re-exports).
 //! On a field: `rename = "stored"` (the stored name; rename a field in code and keep reading
 //! old data), `skip` (not persisted; lives only while the session is live),
 //! `reset_on_error` (a stored value that no longer decodes falls back to the default instead

@@ -104,6 +104,65 @@ struct Pair {
     b: u64,
 }
 
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default)]
+enum Lang {
+    #[default]
+    En,
+    De,
+}
+
+/// A session type at version 2: version 0 stored `lang` as a code, version 1 `timeout` in
+/// seconds.
+#[derive(Session)]
+#[session(accessor = "versioned", migrations = [Versioned::lang_as_enum, Versioned::timeout_in_millis])]
+struct Versioned {
+    lang: Lang,
+    /// Milliseconds.
+    timeout: u64,
+    note: Option<String>,
+}
+
+impl Versioned {
+    fn lang_as_enum(
+        record: &mut typed_session::schema::Migration<'_>,
+    ) -> Result<(), typed_session::schema::MigrationError> {
+        record.try_map("lang", |code: String| match code.as_str() {
+            "en" => Ok(Lang::En),
+            "de" => Ok(Lang::De),
+            other => Err(format!("unknown language code {other:?}")),
+        })
+    }
+
+    fn timeout_in_millis(
+        record: &mut typed_session::schema::Migration<'_>,
+    ) -> Result<(), typed_session::schema::MigrationError> {
+        record.map("timeout", |seconds: u64| seconds * 1000)
+    }
+}
+
+/// Reads the `Versioned` session of `user` and returns it, or the error.
+async fn read_versioned(
+    sessions: &SessionMiddleware<Versioned, Update>,
+    update: i64,
+    user: i64,
+) -> Result<(Lang, u64, Option<String>), typed_session::BoxError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let read = Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let tx = tx.lock().expect("not poisoned").take();
+        Box::pin(async move {
+            let session = ctx.versioned().await?;
+            if let Some(tx) = tx {
+                let _ = tx.send((session.lang(), session.timeout(), session.note()));
+            }
+            Ok(())
+        })
+    });
+    read.run_update(Update::text(update, user, user, "read"))
+        .await?;
+    Ok(rx.await.expect("the handler ran"))
+}
+
 macro_rules! conformance {
     ($store:ident, $make:path) => {
         mod $store {
@@ -165,6 +224,56 @@ macro_rules! conformance {
                     let record = store.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("there");
                     assert_eq!((record.get("a"), record.version("a")), (Some("7"), 1), "{renewal:?}");
                 }
+            }
+
+            #[tokio::test]
+            async fn an_old_record_is_migrated_on_load_and_written_back_once_field_by_field() {
+                let Some((store, _)) = $make("an_old_record_is_migrated_on_load_and_written_back_once_field_by_field").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let key = format!("Versioned:{user}:{user}");
+                // Version 0 (no version stored): a language code, seconds, and a field no step touches.
+                store.apply(&key, &patch(&[("lang", "\"de\""), ("timeout", "30"), ("note", "\"hi\"")], &[], None)).await.expect("apply");
+                let sessions = SessionMiddleware::<Versioned, Update>::new(store.clone());
+
+                let read = read_versioned(&sessions, 1, user).await.expect("migrated");
+                assert_eq!(read, (Lang::De, 30_000, Some("hi".to_owned())));
+                assert_eq!(sessions.stats().writes(), 1, "written back with the update");
+                let record = store.load(&key).await.expect("load").expect("there");
+                let value = |field: &str| record.get(field).map(|raw| serde_json::from_str::<Value>(raw).expect("JSON"));
+                assert_eq!((value("lang"), value("timeout"), value("@version")), (Some(Value::from("De")), Some(Value::from(30_000)), Some(Value::from(2))));
+                assert_eq!((record.version("lang"), record.version("timeout"), record.version("note")), (2, 2, 1), "only the migrated fields were written");
+
+                assert_eq!(read_versioned(&sessions, 2, user).await.expect("read"), (Lang::De, 30_000, Some("hi".to_owned())));
+                let fresh = SessionMiddleware::<Versioned, Update>::new(store.clone());
+                assert_eq!(read_versioned(&fresh, 3, user).await.expect("read"), (Lang::De, 30_000, Some("hi".to_owned())), "not migrated twice");
+                assert_eq!(sessions.stats().writes() + fresh.stats().writes(), 1, "written back once");
+            }
+
+            #[tokio::test]
+            async fn a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version() {
+                let Some((store, _)) = $make("a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version").await else { return };
+                let (new, bad) = ((std::process::id() as i64) * 1_000_000 + (super::counter() as i64), (std::process::id() as i64) * 1_000_000 + (super::counter() as i64));
+                let sessions = SessionMiddleware::<Versioned, Update>::new(store.clone());
+                let write = Chain::new().with(sessions.clone()).handler(|ctx| Box::pin(async move {
+                    ctx.versioned().await?.set_timeout(5);
+                    Ok(())
+                }));
+                write.run_update(Update::text(1, new, new, "set")).await.expect("write");
+                let fresh = SessionMiddleware::<Versioned, Update>::new(store.clone());
+                assert_eq!(read_versioned(&fresh, 2, new).await.expect("read").1, 5, "a new record carries the version: 5 ms stays 5 ms");
+
+                let key = format!("Versioned:{bad}:{bad}");
+                store.apply(&key, &patch(&[("lang", "\"xx\"")], &[], None)).await.expect("apply");
+                let error = read_versioned(&fresh, 3, bad).await.expect_err("an unknown code");
+                match error.downcast_ref::<typed_session::SessionError>() {
+                    Some(typed_session::SessionError::Migrate { key: k, field, version: 0, .. }) => {
+                        assert_eq!((k.as_str(), field.as_str()), (key.as_str(), "lang"));
+                    }
+                    _ => panic!("expected a Migrate error: {error}"),
+                }
+                assert!(error.to_string().contains("unknown language code \"xx\""), "{error}");
+                let record = store.load(&key).await.expect("load").expect("there");
+                assert_eq!((record.get("lang"), record.get("@version")), (Some("\"xx\""), None), "nothing written");
             }
 
             #[tokio::test]

@@ -23,6 +23,8 @@ pub(crate) struct Model<'a> {
     pub ttl_secs: Option<u64>,
     /// `renewal = "on_access"`.
     pub renew_on_access: bool,
+    /// `migrations = [..]`, oldest first.
+    pub migrations: Vec<syn::Expr>,
     pub fields: Vec<Field<'a>>,
     pub derives_default: Option<Span>,
     /// The generated handle type.
@@ -167,6 +169,7 @@ pub(crate) fn build<'a>(input: &'a DeriveInput, errors: &mut Errors) -> Option<M
         namespace,
         ttl_secs: attrs.ttl.map(|t| t.value),
         renew_on_access: attrs.renew_on_access.is_some_and(|r| r.value),
+        migrations: attrs.migrations.unwrap_or_default(),
         fields,
         derives_default: attrs.derives_default,
         handle: format_ident!("{}Handle", input.ident),

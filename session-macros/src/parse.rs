@@ -7,7 +7,7 @@ use syn::{Attribute, Expr, LitInt, LitStr, Path};
 
 use crate::errors::Errors;
 
-pub(crate) const STRUCT_KEYS: &str = "accessor, crate, key, namespace, renewal, ttl";
+pub(crate) const STRUCT_KEYS: &str = "accessor, crate, key, migrations, namespace, renewal, ttl";
 pub(crate) const FIELD_KEYS: &str = "rename, skip, reset_on_error";
 
 /// A value and where it was written.
@@ -27,6 +27,8 @@ pub(crate) struct StructAttrs {
     pub ttl: Option<Spanned<u64>>,
     /// `true` for `renewal = "on_access"`, `false` for `"on_write"`.
     pub renew_on_access: Option<Spanned<bool>>,
+    /// `migrations = [step, ...]`: the migration steps, oldest first.
+    pub migrations: Option<Vec<Expr>>,
     /// Where a `#[derive(Default)]` beside ours was seen.
     pub derives_default: Option<Span>,
 }
@@ -116,6 +118,9 @@ pub(crate) fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAt
                     Ok(ttl) => set_once(&mut out.ttl, ttl, &meta, errors),
                     Err(e) => errors.push(e),
                 }
+            } else if meta.path.is_ident("migrations") {
+                let steps: syn::ExprArray = meta.value()?.parse()?;
+                set_once(&mut out.migrations, steps.elems.into_iter().collect(), &meta, errors);
             } else if meta.path.is_ident("renewal") {
                 let value = string(&meta)?;
                 let on_access = match value.value.as_str() {

@@ -233,6 +233,23 @@ pub enum SessionError {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored record could not be migrated to the session type's version (see
+    /// [`schema::Migration`](crate::schema::Migration)). Nothing was loaded or written.
+    #[error(
+        "cannot migrate session `{session}` key {key:?} from version {version}: field {field:?}: {message}"
+    )]
+    Migrate {
+        /// The session type.
+        session: &'static str,
+        /// The session key.
+        key: String,
+        /// The version the failing step migrates from.
+        version: u32,
+        /// The stored name of the field it failed on.
+        field: String,
+        /// Why.
+        message: String,
+    },
     /// A field could not be encoded (serde_json rejects, for example, maps with non-string keys).
     #[error("cannot encode field {field:?} of session `{session}` key {key:?}: {source}")]
     Encode {

@@ -138,7 +138,7 @@ pub mod __private {
     pub use crate::error::SessionError;
     pub use crate::key::KeyKind;
     pub use crate::live::SessionRef;
-    pub use crate::schema::{FieldSpec, Schema};
+    pub use crate::schema::{FieldSpec, MigrationStep, Schema};
     pub use crate::session::Session;
     pub use core::time::Duration;
     pub use serde;

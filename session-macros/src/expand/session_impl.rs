@@ -74,6 +74,9 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let renewal = model
         .renew_on_access
         .then(|| quote!(const RENEWAL: #private::Renewal = #private::Renewal::OnAccess;));
+    let steps = &model.migrations;
+    let migrations = (!steps.is_empty())
+        .then(|| quote!(const MIGRATIONS: &'static [#private::MigrationStep] = &[#(#steps),*];));
     let name_str = name.to_string();
 
     quote! {
@@ -84,6 +87,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             #namespace
             #ttl
             #renewal
+            #migrations
 
             fn encode_field(
                 &self,

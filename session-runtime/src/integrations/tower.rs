@@ -230,6 +230,7 @@ pub(crate) fn status_of(error: &SessionError) -> http::StatusCode {
         SessionError::NotAttached { .. }
         | SessionError::AfterPersist { .. }
         | SessionError::Decode { .. }
+        | SessionError::Migrate { .. }
         | SessionError::Encode { .. }
         | SessionError::StaleWrite { .. }
         | SessionError::Interrupted { .. } => StatusCode::INTERNAL_SERVER_ERROR,

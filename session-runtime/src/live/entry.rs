@@ -13,7 +13,9 @@ use tracing::Instrument;
 use crate::error::{SessionError, StoreError, StoreOp};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
+use crate::live::migrate::{self, Mark};
 use crate::schema::Schema;
+use crate::schema::VERSION_FIELD;
 use crate::stats::Stats;
 use crate::store::{Patch, Record, Store};
 use std::sync::Arc;
@@ -122,6 +124,8 @@ pub(crate) struct State<S> {
     /// The ids of the latest updates whose writes the store holds: how a redelivery is
     /// recognised after another update wrote the same fields.
     pub(crate) recent: Window,
+    /// The schema version the stored record carries (see `live/migrate`).
+    schema: Mark,
 }
 
 /// How many update ids a session remembers besides each field's last writer.
@@ -151,6 +155,20 @@ impl<S: Schema> State<S> {
         self.fields
             .iter()
             .any(|f| f.stored.is_some() || f.stored_version > 0)
+    }
+
+    /// Adds the type's schema version to a patch that writes a record not known to carry it
+    /// (a new one, or one just migrated), so that the record is never migrated again; returns
+    /// whether it did. Types without migrations write no version.
+    fn stamp_version(&self, patch: &mut Patch<'_>) -> bool {
+        let version = migrate::version::<S>();
+        if version == 0 || self.schema.version == version || (patch.is_empty() && !self.is_stored())
+        {
+            return false;
+        }
+        patch.set.push((VERSION_FIELD, version.to_string()));
+        patch.expect.push((VERSION_FIELD, self.schema.counter));
+        true
     }
 
     /// Records a write of field `index` and returns its new version.
@@ -430,6 +448,7 @@ impl<S: Schema> Entry<S> {
                 delete_pending: false,
                 clear_epoch: 0,
                 recent: [None; RECENT_UPDATES],
+                schema: Mark::default(),
             }),
             write_gate: tokio::sync::Mutex::new(()),
             attempts: AtomicU64::new(0),
@@ -495,12 +514,25 @@ impl<S: Schema> Entry<S> {
     }
 
     /// Takes a record read from the store as the live state of an entry nothing has used yet.
-    fn fill(&self, record: Record, verbatim: bool) -> Result<(), Box<SessionError>> {
+    /// Migrates it to the type's version first; the fields that changed are left dirty, to be
+    /// written back with the update's patch.
+    fn fill(&self, mut record: Record, verbatim: bool) -> Result<(), Box<SessionError>> {
         let recent = recent_updates(&record);
+        let schema = Mark::of(&record);
+        let migrated = migrate::migrate::<S>(&self.key, &mut record)?;
+        // Whether each changed field is set (or removed) in the migrated record.
+        let migrated: Vec<(String, Option<String>, bool)> = migrated
+            .into_iter()
+            .map(|(name, original)| {
+                let set = record.fields.contains_key(&name);
+                (name, original, set)
+            })
+            .collect();
         let (value, stored) = self.decode(record, verbatim)?;
         let mut state = self.lock();
         state.value = value;
         state.recent = recent;
+        state.schema = schema;
         for (
             field,
             Stored {
@@ -513,6 +545,14 @@ impl<S: Schema> Entry<S> {
             field.writer = writer;
             field.stored = raw;
             field.stored_version = version;
+        }
+        for (name, original, set) in migrated {
+            let Some(index) = S::FIELDS.iter().position(|spec| spec.name == name) else {
+                continue;
+            };
+            // What the store holds is the old value: the migrated one differs, and is written.
+            state.fields[index].stored = original;
+            state.bump(index, if set { Dirty::Set } else { Dirty::Remove });
         }
         Ok(())
     }
@@ -599,6 +639,10 @@ impl<S: Schema> Entry<S> {
             Ok(record) => record.as_ref().map(recent_updates),
             Err(_) => None,
         };
+        let schema = match &loaded {
+            Ok(record) => record.as_ref().map(Mark::of),
+            Err(_) => None,
+        };
         let loaded = match loaded {
             Ok(record) => record.map_or_else(
                 || {
@@ -621,6 +665,7 @@ impl<S: Schema> Entry<S> {
         let stored = match loaded {
             Ok((_, stored)) => {
                 state.recent = recent.unwrap_or([None; RECENT_UPDATES]);
+                state.schema = schema.unwrap_or_default();
                 stored
             }
             Err(error) => {
@@ -827,6 +872,7 @@ impl<S: Schema> Entry<S> {
                 field.writer = None;
             }
             state.recent = [None; RECENT_UPDATES];
+            state.schema = Mark::default();
             // Every clear() so far is satisfied, also one made while the delete was in flight:
             // the record is gone, and the write gate lets no write of this entry reach the store
             // between the delete and this point. What was written after such a clear is dirty
@@ -839,7 +885,7 @@ impl<S: Schema> Entry<S> {
         }
 
         let mut patch = Patch::new().with_ttl(expiry.ttl);
-        let recent = {
+        let (recent, stamped) = {
             let mut state = self.lock();
             state
                 .diff(&mut patch)
@@ -849,7 +895,8 @@ impl<S: Schema> Entry<S> {
                     field,
                     source,
                 })?;
-            state.with_writers_of(&mut patch)
+            let stamped = state.stamp_version(&mut patch);
+            (state.with_writers_of(&mut patch), stamped)
         };
         if let Some(lease) = &lease {
             lease.release_in(&mut patch);
@@ -920,6 +967,12 @@ impl<S: Schema> Entry<S> {
         let mut state = self.lock();
         state.reconcile(patch);
         state.recent = recent;
+        if stamped {
+            state.schema = Mark {
+                version: migrate::version::<S>(),
+                counter: state.schema.counter + 1,
+            };
+        }
         Ok(())
     }
 }

@@ -6,12 +6,14 @@
 //! * [`sessions`]: what one middleware's updates share (registry, store, policies, counters);
 //! * [`expiry`]: the term of stored sessions, and the coalesced renewals of reads;
 //! * [`access`]: one update's hold on an entry, and the [`SessionRef`] typed handles wrap;
-//! * [`lease`]: exclusive mode across processes, a lease on a key kept in its record.
+//! * [`lease`]: exclusive mode across processes, a lease on a key kept in its record;
+//! * [`migrate`]: versioned migrations of stored records, run as they are loaded.
 
 pub(crate) mod access;
 pub(crate) mod entry;
 pub(crate) mod expiry;
 pub(crate) mod lease;
+pub(crate) mod migrate;
 pub(crate) mod registry;
 pub(crate) mod sessions;
 

@@ -103,7 +103,7 @@ pub use sqlx;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use rusqlite;
 
-/// redis 0.32, for connections to pass to [`RedisStore`].
+/// redis 1, for connections to pass to [`RedisStore`].
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis;

@@ -77,11 +77,11 @@ impl RedisStore<ConnectionManager> {
         // The driver's defaults wait for an answer forever and back off for up to a minute
         // between reconnects; bound both.
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(timeout)
-            .set_connection_timeout(timeout)
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
             .set_number_of_retries(2)
-            .set_factor(50)
-            .set_max_delay(1_000);
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
         let connection = within(BACKEND, timeout, StoreOp::Connect, "", async {
             ConnectionManager::new_with_config(client, config)
                 .await

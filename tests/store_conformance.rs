@@ -2,7 +2,8 @@
 //! trips, field-level patches ("Field-level patches"), expiry ("expiry"), keys of any content ("keys of any content"), large values, many
 //! fields, concurrent writers, and the middleware on top.
 //!
-//! Server-backed suites read `POSTGRES_URL` and `MYSQL_URL`. Without one, each of their tests
+//! Server-backed suites read `POSTGRES_URL`, `MYSQL_URL`, `REDIS_URL`, `REDIS_CLUSTER_URLS`
+//! and `MONGODB_URL`. Without one, each of their tests
 //! prints `SKIPPED <store>::<test>` and passes; with `TYPED_SESSION_REQUIRE_SERVERS=1` (set by
 //! `.ci/run`) a missing URL fails instead.
 
@@ -907,6 +908,31 @@ mod redis_backend {
 }
 #[cfg(feature = "redis")]
 conformance!(redis, redis_backend::stores);
+
+#[cfg(feature = "redis-cluster")]
+mod redis_cluster_backend {
+    use typed_session::RedisStore;
+    use typed_session::redis::cluster_async::ClusterConnection;
+
+    /// A Redis Cluster (`REDIS_CLUSTER_URLS`, comma-separated node URLs), connected to twice.
+    pub(crate) async fn stores(
+        test: &'static str,
+    ) -> Option<(RedisStore<ClusterConnection>, RedisStore<ClusterConnection>)> {
+        let urls = crate::common::server_url("REDIS_CLUSTER_URLS", "redis-cluster", test)?;
+        let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let one = RedisStore::connect_cluster(&nodes)
+            .await
+            .expect("connect")
+            .with_prefix("typed_session_test:");
+        let two = RedisStore::connect_cluster(&nodes)
+            .await
+            .expect("connect again")
+            .with_prefix("typed_session_test:");
+        Some((one, two))
+    }
+}
+#[cfg(feature = "redis-cluster")]
+conformance!(redis_cluster, redis_cluster_backend::stores);
 
 #[cfg(feature = "mongodb")]
 mod mongodb_backend {

@@ -12,7 +12,8 @@
 //! lease and resumed has its save refused and runs the update again. In each, the stored count
 //! equals the acknowledged updates exactly.
 //!
-//! Server-backed cases read `POSTGRES_URL`, `MYSQL_URL`, `REDIS_URL` and `MONGODB_URL`;
+//! Server-backed cases read `POSTGRES_URL`, `MYSQL_URL`, `REDIS_URL`, `REDIS_CLUSTER_URLS`
+//! and `MONGODB_URL`;
 //! without one, the case prints `SKIPPED replicas::<store>` and passes, unless
 //! `TYPED_SESSION_REQUIRE_SERVERS` is set (as `.ci/run` does).
 
@@ -493,6 +494,30 @@ async fn redis() {
         .expect("connect")
         .with_prefix(&prefix);
     both("redis", &url, &prefix, Arc::new(observer), UPDATES, 300).await;
+}
+
+/// The same on a Redis Cluster (`REDIS_CLUSTER_URLS`: node URLs, comma-separated): each
+/// process reaches the session's node through its own cluster connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster() {
+    let Some(urls) = url("REDIS_CLUSTER_URLS", "redis-cluster") else {
+        return;
+    };
+    let prefix = format!("{}:", unique("replicas"));
+    let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let observer = RedisStore::connect_cluster(&nodes)
+        .await
+        .expect("connect")
+        .with_prefix(&prefix);
+    both(
+        "redis-cluster",
+        &urls,
+        &prefix,
+        Arc::new(observer),
+        UPDATES,
+        300,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@
 //! Besides the final JSON line, it prints `ack ID` as each update is acknowledged, so a test
 //! that kills it still knows what it acknowledged.
 //!
-//! `replica --store sqlite|postgres|mysql|redis|mongodb --url URL --table NAME --user ID
+//! `replica --store sqlite|postgres|mysql|redis|redis-cluster|mongodb --url URL --table NAME --user ID
 //!  --first-id N --updates N [--fail-every K] [--redeliver-every K] [--lease-ms T]
 //!  [--hold-at ID --hold-ms M]`
 
@@ -87,6 +87,15 @@ async fn open(kind: &str, url: &str, table: &str) -> Result<Arc<dyn Store>, BoxE
         "postgres" => Arc::new(PostgresStore::connect(url).await?.with_table(table)?),
         "mysql" => Arc::new(MySqlStore::connect(url).await?.with_table(table)?),
         "redis" => Arc::new(RedisStore::connect(url).await?.with_prefix(table)),
+        // A comma-separated list of the cluster's node URLs.
+        "redis-cluster" => {
+            let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+            Arc::new(
+                RedisStore::connect_cluster(&nodes)
+                    .await?
+                    .with_prefix(table),
+            )
+        }
         "mongodb" => Arc::new(
             MongoStore::connect(url, "typed_session_test")
                 .await?

@@ -36,6 +36,15 @@ const BACKEND: &str = "redis";
 /// deadline and at most a second apart, so sessions are served again within seconds of Redis's
 /// return.
 ///
+/// # Redis Cluster (feature `redis-cluster`)
+///
+/// [`connect_cluster`](Self::connect_cluster) takes the URLs of some of a cluster's nodes and
+/// routes each call to the node that owns its key. Everything of one session (its fields,
+/// their versions and writers, an exclusive-mode lease) is in its one hash, so in one slot: a
+/// patch stays one atomic script on one node, and sessions spread over the masters. Redis
+/// replicates to replicas asynchronously: a write acknowledged by a master that fails before
+/// it reached a replica is lost with it when the replica takes over.
+///
 /// # Example
 ///
 /// ```no_run
@@ -86,6 +95,39 @@ impl RedisStore<ConnectionManager> {
             ConnectionManager::new_with_config(client, config)
                 .await
                 .map_err(error)
+        })
+        .await?;
+        Ok(Self::from_connection(connection).with_timeout(timeout))
+    }
+}
+
+#[cfg(feature = "redis-cluster")]
+impl RedisStore<redis::cluster_async::ClusterConnection> {
+    /// Connects to a Redis Cluster through `nodes` (URLs of some of its nodes, e.g.
+    /// `["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]`), with the default deadline.
+    pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, StoreError> {
+        Self::connect_cluster_with_timeout(nodes, RedisStore::DEFAULT_TIMEOUT).await
+    }
+
+    /// [`connect_cluster`](Self::connect_cluster) with another deadline for connecting and for
+    /// every call.
+    pub async fn connect_cluster_with_timeout(
+        nodes: &[&str],
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let error = |e: redis::RedisError| StoreError::backend(BACKEND, StoreOp::Connect, "", e);
+        // Redirections (a slot that moved, a failover) are retried a few times, at most a
+        // second apart, within each call's deadline.
+        let client = redis::cluster::ClusterClient::builder(nodes.iter().copied())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(3)
+            .min_retry_wait(50)
+            .max_retry_wait(1_000)
+            .build()
+            .map_err(error)?;
+        let connection = within(BACKEND, timeout, StoreOp::Connect, "", async {
+            client.get_async_connection().await.map_err(error)
         })
         .await?;
         Ok(Self::from_connection(connection).with_timeout(timeout))

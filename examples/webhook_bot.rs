@@ -1,8 +1,9 @@
 //! A Telegram webhook bot, offline on 127.0.0.1:8080, with its sessions in a SQLite file.
 //! It answers each update with a webhook reply (a `sendMessage` in the HTTP response), sent
-//! only after the session is saved.
+//! only after the session is saved, and exports its session metrics in Prometheus's text
+//! format on 127.0.0.1:9090/metrics.
 //!
-//! `cargo run --features sqlite,webhook --example webhook_bot`, then post an update:
+//! `cargo run --features sqlite,webhook,metrics --example webhook_bot`, then post an update:
 //!
 //! ```sh
 //! curl -s localhost:8080/telegram -H 'X-Telegram-Bot-Api-Secret-Token: change-me' \
@@ -11,9 +12,13 @@
 //!        "from":{"id":42,"is_bot":false,"first_name":"Ada"},"chat":{"id":42,"type":"private"}}}'
 //! ```
 //!
+//! and read the metrics: `curl -s localhost:9090/metrics`.
+//!
 //! Stop it with Ctrl-C (in-flight updates finish and persist) and start it again: the count
 //! goes on.
 
+use metrics_exporter_prometheus::PrometheusBuilder;
+use typed_session::axum::{Router, routing::get};
 use typed_session::telegram::Update;
 use typed_session::{BoxError, Chain, Session, SessionMiddleware, SqliteStore, Webhook};
 
@@ -25,6 +30,12 @@ struct Profile {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
+    // Every session metric goes to this recorder; /metrics renders it.
+    let metrics = PrometheusBuilder::new().install_recorder()?;
+    let exporter = Router::new().route("/metrics", get(move || async move { metrics.render() }));
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:9090").await?;
+    tokio::spawn(async move { typed_session::axum::serve(metrics_listener, exporter).await });
+
     let store = SqliteStore::connect("sqlite://webhook-sessions.db").await?;
     store.migrate().await?;
     let chain = Chain::new()

@@ -74,6 +74,8 @@
 //!   extractors, and [`SessionError`] as a response (a status per kind);
 //! * `testing`: [`testing::BotApiDouble`], a test double of the Telegram Bot API, to run a bot
 //!   offline in tests.
+//! * `metrics`: what [`Stats`] counts, and load and save latencies, through the `metrics`
+//!   facade (the README lists the metrics).
 //!
 //! Stores: `sqlite`, `postgres`, `mysql`, `redis`, `mongodb` (see [`store`]).
 //!

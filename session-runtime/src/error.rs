@@ -127,6 +127,17 @@ impl StoreError {
         }
     }
 
+    /// Whether the store gave up on the call because its deadline passed (the backend did not
+    /// answer in time), rather than because the backend answered with an error.
+    pub fn is_deadline(&self) -> bool {
+        match self {
+            StoreError::Backend { source, .. } => source
+                .downcast_ref::<crate::store::DeadlineExceeded>()
+                .is_some(),
+            _ => false,
+        }
+    }
+
     /// Shorthand for [`StoreError::Backend`].
     pub fn backend(
         backend: &'static str,

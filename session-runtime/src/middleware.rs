@@ -176,7 +176,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
                     .map(|term| (crate::live::lease::new_holder(), term)),
                 redelivery: self.redelivery,
                 expiry: Expiry::new(self.ttl, self.renewal),
-                stats: Stats::default(),
+                stats: Stats::new(S::NAME),
             }),
             key: self.key,
         }

@@ -14,6 +14,7 @@ use crate::live::entry::{Dirty, Entry, State};
 use crate::live::lease;
 use crate::live::sessions::Sessions;
 use crate::schema::Schema;
+use crate::stats::Count;
 
 /// What one update needs to take its writes back (under [`ErrorPolicy::Discard`], after a
 /// failed save, a stale write): the values before its first write of each field that the
@@ -188,8 +189,7 @@ impl<S: Schema> Hold<S> {
             if saved {
                 self.sessions
                     .stats
-                    .redeliveries
-                    .fetch_add(1, Ordering::Relaxed);
+                    .add(Count::Redeliveries, 1);
                 tracing::info!(
                     session = S::NAME,
                     key = &*self.entry.key,
@@ -356,11 +356,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         if self.is_live() {
             return;
         }
-        self.hold
-            .sessions
-            .stats
-            .late_accesses
-            .fetch_add(1, Ordering::Relaxed);
+        self.hold.sessions.stats.add(Count::LateAccesses, 1);
         tracing::error!(
             session = S::NAME,
             key = self.key(),
@@ -499,11 +495,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
 
     fn report_stale(&self, index: usize) {
         let field = S::FIELDS[index].name;
-        self.hold
-            .sessions
-            .stats
-            .stale_writes
-            .fetch_add(1, Ordering::Relaxed);
+        self.hold.sessions.stats.add(Count::StaleWrites, 1);
         tracing::warn!(
             session = S::NAME,
             key = self.key(),

@@ -16,7 +16,7 @@ use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
 use crate::schema::Schema;
 use crate::schema::VERSION_FIELD;
-use crate::stats::Stats;
+use crate::stats::{Count, Latency, Stats};
 use crate::store::{Patch, Record, Store};
 use std::sync::Arc;
 
@@ -488,24 +488,42 @@ impl<S: Schema> Entry<S> {
     ) -> Result<(), SessionError> {
         self.loaded
             .get_or_try_init(|| {
-                stats.loads.fetch_add(1, Ordering::Relaxed);
-                self.load(store)
+                stats.add(Count::Loads, 1);
+                self.load(store, stats)
             })
             .await
             .map(|_| ())
     }
 
-    async fn load(&self, store: &dyn Store) -> Result<(), SessionError> {
-        let span = tracing::debug_span!("session.load", session = S::NAME, key = &*self.key);
-        let record = store
-            .load(&self.key)
-            .instrument(span)
-            .await
-            .map_err(|source| SessionError::Load {
+    async fn load(&self, store: &dyn Store, stats: &Stats) -> Result<(), SessionError> {
+        let span = tracing::debug_span!(
+            "session.load",
+            session = S::NAME,
+            key = &*self.key,
+            outcome = tracing::field::Empty
+        );
+        let started = Instant::now();
+        let loaded = store.load(&self.key).instrument(span.clone()).await;
+        stats.took(Latency::Load, started.elapsed());
+        span.record(
+            "outcome",
+            match &loaded {
+                Ok(Some(_)) => "found",
+                Ok(None) => "none",
+                Err(error) if error.is_deadline() => "deadline",
+                Err(_) => "error",
+            },
+        );
+        let record = loaded.map_err(|source| {
+            if source.is_deadline() {
+                stats.add(Count::Deadlines, 1);
+            }
+            SessionError::Load {
                 session: S::NAME,
                 key: self.key.to_string(),
                 source,
-            })?;
+            }
+        })?;
         let Some(record) = record else {
             return Ok(());
         };
@@ -735,7 +753,7 @@ impl<S: Schema> Entry<S> {
         };
         let mut pause = Duration::from_millis(1);
         loop {
-            stats.loads.fetch_add(1, Ordering::Relaxed);
+            stats.add(Count::Loads, 1);
             let record = store.load(&self.key).await.map_err(load_error)?;
             let observed = lease::observe(record.as_ref(), holder);
             if let Some(held_for) = observed.held_for {
@@ -761,7 +779,7 @@ impl<S: Schema> Entry<S> {
                 Err(source) => return Err(load_error(source)),
             }
             if observed.expired {
-                stats.lease_takeovers.fetch_add(1, Ordering::Relaxed);
+                stats.add(Count::LeaseTakeovers, 1);
                 tracing::info!(
                     session = S::NAME,
                     key = &*self.key,
@@ -793,7 +811,7 @@ impl<S: Schema> Entry<S> {
         let renewal = Patch::new().with_ttl(expiry.ttl);
         match store.apply(&self.key, &renewal).await {
             Ok(()) => {
-                stats.renewals.fetch_add(1, Ordering::Relaxed);
+                stats.add(Count::Renewals, 1);
             }
             Err(error) => {
                 expiry.failed(&self.key);
@@ -851,7 +869,7 @@ impl<S: Schema> Entry<S> {
             });
         };
         let lease_lost = || {
-            stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+            stats.add(Count::LeasesLost, 1);
             SessionError::LeaseLost {
                 session: S::NAME,
                 key: self.key.to_string(),
@@ -864,7 +882,7 @@ impl<S: Schema> Entry<S> {
         let delete_pending = self.lock().delete_pending;
         if delete_pending {
             store.delete(&self.key).await.map_err(persist_error)?;
-            stats.deletes.fetch_add(1, Ordering::Relaxed);
+            stats.add(Count::Deletes, 1);
             let mut state = self.lock();
             for field in state.fields.iter_mut() {
                 field.stored = None;
@@ -910,7 +928,31 @@ impl<S: Schema> Entry<S> {
         }
 
         let bytes = patch.bytes();
-        match store.apply(&self.key, &patch).await {
+        let span = tracing::debug_span!(
+            "session.persist",
+            session = S::NAME,
+            key = &*self.key,
+            set = patch.set.len(),
+            removed = patch.remove.len(),
+            bytes,
+            outcome = tracing::field::Empty
+        );
+        let started = Instant::now();
+        let applied = store
+            .apply(&self.key, &patch)
+            .instrument(span.clone())
+            .await;
+        stats.took(Latency::Persist, started.elapsed());
+        span.record(
+            "outcome",
+            match &applied {
+                Ok(()) => "saved",
+                Err(StoreError::Conflict { .. }) => "conflict",
+                Err(error) if error.is_deadline() => "deadline",
+                Err(_) => "error",
+            },
+        );
+        match applied {
             Ok(()) => {}
             Err(error) if lease.is_some() && lease::lost(&error) => {
                 self.lock().forget_in_flight();
@@ -928,7 +970,7 @@ impl<S: Schema> Entry<S> {
                     .map(|spec| spec.name)
                     .filter(|name| fields.iter().any(|f| f == name))
                     .collect();
-                stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                stats.add(Count::Conflicts, 1);
                 tracing::warn!(
                     session = S::NAME,
                     key = &*self.key,
@@ -945,6 +987,10 @@ impl<S: Schema> Entry<S> {
             Err(source) => {
                 self.lock().forget_in_flight();
                 ended(Some(&source));
+                stats.add(Count::FailedSaves, 1);
+                if source.is_deadline() {
+                    stats.add(Count::Deadlines, 1);
+                }
                 return Err(persist_error(source));
             }
         }
@@ -952,10 +998,8 @@ impl<S: Schema> Entry<S> {
         if patch.ttl.is_some() {
             expiry.written(&self.key);
         }
-        stats.writes.fetch_add(1, Ordering::Relaxed);
-        stats
-            .bytes_written
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        stats.add(Count::Writes, 1);
+        stats.add(Count::BytesWritten, bytes as u64);
         tracing::debug!(
             session = S::NAME,
             key = &*self.key,

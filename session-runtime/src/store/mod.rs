@@ -65,9 +65,18 @@ pub(crate) async fn within<T>(
                 backend,
                 op,
                 key,
-                format!("no answer from {backend} within {deadline:?}"),
+                DeadlineExceeded { backend, deadline },
             ))
         })
+}
+
+/// The source of a [`StoreError::Backend`] for a call that got no answer within the store's
+/// deadline ([`StoreError::is_deadline`] finds it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no answer from {backend} within {deadline:?}")]
+pub struct DeadlineExceeded {
+    backend: &'static str,
+    deadline: Duration,
 }
 
 /// The most fields one patch may write (set and removed together), in every store: SQLite

@@ -2,35 +2,19 @@
 //! test double: each user's state machine advances one message at a time, a wrong answer is
 //! counted and asked again, `/reset` starts over, and the state is in the store after each step.
 
+mod common;
+
 #[path = "../examples/teloxide_dialogue.rs"]
 #[allow(dead_code)]
 mod dialogue;
 
 use std::time::Duration;
 
+use common::{replies_to, stored};
 use dialogue::{Signup, Step};
 use teloxide::prelude::{Bot, Dispatcher};
 use typed_session::testing::BotApiDouble;
 use typed_session::{MemoryStore, SessionMiddleware, telegram};
-
-fn stored<T: serde::de::DeserializeOwned>(
-    store: &MemoryStore,
-    key: &str,
-    field: &str,
-) -> Option<T> {
-    let raw = store.raw(key)?.remove(field)?;
-    Some(serde_json::from_str(&raw).expect("stored fields are JSON"))
-}
-
-fn replies_to(telegram: &BotApiDouble, chat: i64) -> Vec<String> {
-    telegram.seen(|seen| {
-        seen.sent
-            .iter()
-            .filter(|message| message.chat_id == chat)
-            .map(|message| message.text.clone())
-            .collect()
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enum_state_machine_in_a_session_field_drives_the_dialogue() {

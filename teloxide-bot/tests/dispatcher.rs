@@ -2,8 +2,11 @@
 //! double (the Telegram servers cannot be part of a test run), with sessions from one `attach`
 //! line. It lives here, beside the teloxide example, so that only this crate builds teloxide.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{replies_to, stored};
 use typed_session::dptree;
 use typed_session::teloxide_core::types::{Message, Update};
 use typed_session::testing::BotApiDouble;
@@ -12,15 +15,6 @@ use typed_session::{BoxError, MemoryStore, Session, SessionMiddleware, telegram}
 #[derive(Session)]
 struct Counter {
     count: u64,
-}
-
-fn stored<T: serde::de::DeserializeOwned>(
-    store: &MemoryStore,
-    key: &str,
-    field: &str,
-) -> Option<T> {
-    let raw = store.raw(key)?.remove(field)?;
-    Some(serde_json::from_str(&raw).expect("stored fields are JSON"))
 }
 
 /// A real teloxide `Dispatcher`, polling the local Bot API test double: the one `attach` line
@@ -68,13 +62,7 @@ async fn a_teloxide_dispatcher_gets_field_level_sessions_from_one_line() {
     for user in [7, 8] {
         let key = format!("Counter:{user}:{user}");
         assert_eq!(stored::<u64>(&store, &key, "count"), Some(3), "{key}");
-        let mut replies: Vec<String> = telegram.seen(|seen| {
-            seen.sent
-                .iter()
-                .filter(|message| message.chat_id == user)
-                .map(|message| message.text.clone())
-                .collect()
-        });
+        let mut replies = replies_to(&telegram, user);
         replies.sort();
         assert_eq!(replies, ["1", "2", "3"], "replies to {user}");
     }

@@ -3,9 +3,8 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::GenericParam;
 
-use super::bounded_generics;
+use super::{bounded_generics, type_args};
 use crate::model::Model;
 
 pub(crate) fn expand(model: &Model) -> TokenStream {
@@ -14,16 +13,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let private = quote!(#krate::__private);
     let generics = bounded_generics(model);
     let (trait_impl_g, ty_g, where_c) = generics.split_for_impl();
-    let args: Vec<_> = model
-        .generics
-        .params
-        .iter()
-        .filter_map(|p| match p {
-            GenericParam::Type(t) => Some(t.ident.clone()),
-            GenericParam::Const(c) => Some(c.ident.clone()),
-            GenericParam::Lifetime(_) => None,
-        })
-        .collect();
+    let args = type_args(model);
     let trait_args = (!args.is_empty()).then(|| quote!(<#(#args),*>));
 
     let mut impl_generics = generics.clone();

@@ -3,9 +3,8 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::GenericParam;
 
-use super::bounded_generics;
+use super::{bounded_generics, type_args};
 use crate::model::Model;
 
 pub(crate) fn expand(model: &Model) -> TokenStream {
@@ -13,16 +12,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let private = quote!(#krate::__private);
     let generics = bounded_generics(model);
     let (_, ty_g, where_c) = generics.split_for_impl();
-    let args: Vec<_> = model
-        .generics
-        .params
-        .iter()
-        .filter_map(|p| match p {
-            GenericParam::Type(t) => Some(t.ident.clone()),
-            GenericParam::Const(c) => Some(c.ident.clone()),
-            GenericParam::Lifetime(_) => None,
-        })
-        .collect();
+    let args = type_args(model);
     let mut impl_generics = generics.clone();
     impl_generics.params.push(syn::parse_quote!(
         __St: ::core::marker::Send + ::core::marker::Sync

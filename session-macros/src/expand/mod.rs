@@ -74,6 +74,21 @@ pub(crate) fn bounded_generics(model: &Model) -> Generics {
     generics
 }
 
+/// The struct's type and const parameters, by name, as the generated handle takes them after
+/// its lifetime (`CartHandle<'a, T, N>`).
+pub(crate) fn type_args(model: &Model) -> Vec<Ident> {
+    model
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Type(t) => Some(t.ident.clone()),
+            GenericParam::Const(c) => Some(c.ident.clone()),
+            GenericParam::Lifetime(_) => None,
+        })
+        .collect()
+}
+
 fn mentions(ty: &Type, params: &[Ident]) -> bool {
     fn walk(tokens: TokenStream, params: &[Ident]) -> bool {
         tokens.into_iter().any(|t| match t {

@@ -53,12 +53,41 @@
 //! beside the other fields (and saved, field-level, with them). Map the handle to the state
 //! and route on it:
 //!
-//! ```ignore
-//! Update::filter_message()
+//! ```
+//! # use typed_session::dptree::{self, Handler};
+//! # use typed_session::teloxide_core::types::Update;
+//! # use typed_session::teloxide_core::RequestError;
+//! # use typed_session::{MemoryStore, Session, SessionMiddleware};
+//! #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+//! enum Step {
+//!     #[default]
+//!     Start,
+//!     AskAge { name: String },
+//! }
+//!
+//! #[derive(Session)]
+//! struct Signup {
+//!     step: Step,
+//! }
+//!
+//! async fn start(signup: SignupHandle<'static>) -> Result<(), RequestError> {
+//!     signup.set_step(Step::AskAge { name: "Ada".into() });
+//!     Ok(())
+//! }
+//!
+//! async fn ask_age(name: String) -> Result<(), RequestError> {
+//! #   let _ = name;
+//!     Ok(())
+//! }
+//!
+//! let sessions = SessionMiddleware::<Signup, Update>::new(MemoryStore::new());
+//! let dialogue: Handler<'static, Result<(), RequestError>> = dptree::entry()
+//!     .chain(sessions.attach())
 //!     .chain(sessions.load())
 //!     .map(|signup: SignupHandle<'static>| signup.step())
 //!     .branch(dptree::case![Step::Start].endpoint(start))
-//!     .branch(dptree::case![Step::AskAge { name }].endpoint(ask_age))
+//!     .branch(dptree::case![Step::AskAge { name }].endpoint(ask_age));
+//! # let _ = dialogue;
 //! ```
 //!
 //! A handler moves the dialogue on with `signup.set_step(Step::AskAge { name })`; the

@@ -39,17 +39,28 @@ for port in "${PORTS[@]}"; do
   done
 done
 
-cluster_ok() { redis-cli -p 7000 cluster info 2>/dev/null | grep -q 'cluster_state:ok'; }
+# Up, with every master's replica connected and in sync (writes that wait for a replica
+# need one).
+cluster_ok() {
+  redis-cli -p 7000 cluster info 2>/dev/null | grep -q 'cluster_state:ok' || return 1
+  local port role
+  for port in "${PORTS[@]}"; do
+    role=$(redis-cli -p "$port" info replication 2>/dev/null | tr -d '\r')
+    if grep -q '^role:master' <<<"$role" && ! grep -q 'state=online' <<<"$role"; then
+      return 1
+    fi
+  done
+}
 
 if ! cluster_ok; then
   if ! redis-cli -p 7000 cluster info 2>/dev/null | grep -q 'cluster_slots_assigned:16384'; then
     redis-cli --cluster create 127.0.0.1:7000 127.0.0.1:7001 127.0.0.1:7002 \
       127.0.0.1:7003 127.0.0.1:7004 127.0.0.1:7005 --cluster-replicas 1 --cluster-yes >/dev/null
   fi
-  for _ in $(seq 100); do
-    cluster_ok && break
-    sleep 0.1
-  done
 fi
+for _ in $(seq 300); do
+  cluster_ok && break
+  sleep 0.1
+done
 cluster_ok || { echo "redis-cluster: the cluster on 7000-7005 is not ok" >&2; exit 1; }
 echo "redis-cluster: ok on 127.0.0.1:7000-7005"

@@ -151,6 +151,41 @@ mod redis_store {
         .await;
     }
 
+    /// A write that must reach a replica, on a Redis with none: it fails, naming why, once
+    /// the wait is over; it is on the master all the same (the redelivery of its update is
+    /// recognised by its id).
+    #[tokio::test]
+    async fn a_write_no_replica_acknowledged_fails_and_says_so() {
+        let Some((store, _)) =
+            connection("a_write_no_replica_acknowledged_fails_and_says_so").await
+        else {
+            return;
+        };
+        let store = store.wait_for_replicas(1, Duration::from_millis(100));
+        let key = unique("unreplicated");
+        let started = std::time::Instant::now();
+        let error = store
+            .apply(&key, &patch(&[("a", "1")], None))
+            .await
+            .expect_err("no replica");
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "waited for the replicas"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("0 of 1 replicas acknowledged it"),
+            "{error}"
+        );
+        let record = store
+            .load(&key)
+            .await
+            .expect("load")
+            .expect("on the master");
+        assert_eq!(record.get("a"), Some("1"));
+    }
+
     #[tokio::test]
     async fn a_key_holding_something_else_is_a_read_error_not_an_empty_session() {
         let Some((store, mut raw)) =

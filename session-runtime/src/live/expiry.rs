@@ -34,6 +34,23 @@ struct Renewed {
     pruned_at: usize,
 }
 
+impl Renewed {
+    /// Records `key` as renewed `now`; forgets the keys renewed more than `period` ago once
+    /// the map has doubled since it last did, so it holds about the keys of one period.
+    fn mark(&mut self, key: &str, now: Instant, period: std::time::Duration) {
+        match self.at.get_mut(key) {
+            Some(at) => *at = now,
+            None => {
+                self.at.insert(key.into(), now);
+            }
+        }
+        if self.at.len() >= 2 * self.pruned_at.max(512) {
+            self.at.retain(|_, at| now.duration_since(*at) < period);
+            self.pruned_at = self.at.len();
+        }
+    }
+}
+
 impl Expiry {
     pub(crate) fn new(ttl: Option<Duration>, renewal: Renewal) -> Self {
         let renewed = (ttl.is_some() && renewal == Renewal::OnAccess).then(Mutex::default);
@@ -41,11 +58,17 @@ impl Expiry {
     }
 
     pub(crate) fn renewal(&self) -> Renewal {
-        if self.renewed.is_some() {
+        if self.reads_renew() {
             Renewal::OnAccess
         } else {
             Renewal::OnWrite
         }
+    }
+
+    /// Whether reads renew at all (a term, under [`Renewal::OnAccess`]): the cheap test that
+    /// spares everything else its work on the default configuration.
+    pub(crate) fn reads_renew(&self) -> bool {
+        self.renewed.is_some()
     }
 
     fn period(&self) -> Duration {
@@ -59,25 +82,20 @@ impl Expiry {
             return false;
         };
         let now = Instant::now();
-        let period = self.period();
         let mut renewed = renewed.lock();
         if let Some(at) = renewed.at.get(key)
-            && now.duration_since(*at) < period
+            && now.duration_since(*at) < self.period()
         {
             return false;
         }
-        renewed.at.insert(key.into(), now);
-        if renewed.at.len() >= 2 * renewed.pruned_at.max(512) {
-            renewed.at.retain(|_, at| now.duration_since(*at) < period);
-            renewed.pruned_at = renewed.at.len();
-        }
+        renewed.mark(key, now, self.period());
         true
     }
 
     /// A write of `key` carried the term: it counts as a renewal.
     pub(crate) fn written(&self, key: &str) {
         if let Some(renewed) = &self.renewed {
-            renewed.lock().at.insert(key.into(), Instant::now());
+            renewed.lock().mark(key, Instant::now(), self.period());
         }
     }
 
@@ -124,6 +142,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         for n in 0..1100 {
             assert!(expiry.claim_renewal(&format!("new {n}")));
+        }
+        assert!(expiry.remembered() <= 1100, "{}", expiry.remembered());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_only_written_are_forgotten_too() {
+        let expiry = Expiry::new(Some(Duration::from_secs(40)), Renewal::OnAccess);
+        for n in 0..1000 {
+            expiry.written(&format!("old {n}"));
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        for n in 0..1100 {
+            expiry.written(&format!("new {n}"));
         }
         assert!(expiry.remembered() <= 1100, "{}", expiry.remembered());
     }

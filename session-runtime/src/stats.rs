@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug)]
 pub struct Stats {
     session: &'static str,
-    counts: [AtomicU64; Count::ALL.len()],
+    counts: [AtomicU64; Count::KINDS],
 }
 
 /// What [`Stats`] counts; the metric of each is `typed_session_{name}_total`.
@@ -34,21 +34,8 @@ pub(crate) enum Count {
 }
 
 impl Count {
-    const ALL: [Count; 13] = [
-        Count::Loads,
-        Count::Writes,
-        Count::Deletes,
-        Count::BytesWritten,
-        Count::StaleWrites,
-        Count::LateAccesses,
-        Count::Conflicts,
-        Count::Redeliveries,
-        Count::LeaseTakeovers,
-        Count::LeasesLost,
-        Count::Renewals,
-        Count::FailedSaves,
-        Count::Deadlines,
-    ];
+    /// How many kinds of count there are (the last variant's index, plus one).
+    const KINDS: usize = Count::Deadlines as usize + 1;
 
     #[cfg(feature = "metrics")]
     fn metric(self) -> &'static str {

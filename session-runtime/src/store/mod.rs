@@ -332,6 +332,15 @@ impl<'a> Patch<'a> {
         self.is_empty() && self.writers.is_empty() && self.expect.is_empty()
     }
 
+    /// The name of every field the patch writes: those it sets, then those it removes (each
+    /// write adds one to the field's version).
+    pub fn written_fields(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.set
+            .iter()
+            .map(|(field, _)| *field)
+            .chain(self.remove.iter().copied())
+    }
+
     /// Whether the patch would change nothing.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()

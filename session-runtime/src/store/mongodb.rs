@@ -354,12 +354,7 @@ impl Store for MongoStore {
                     unset.insert(field_path(key, field)?, "");
                 }
                 let mut inc = Document::new();
-                for field in patch
-                    .set
-                    .iter()
-                    .map(|(f, _)| *f)
-                    .chain(patch.remove.iter().copied())
-                {
+                for field in patch.written_fields() {
                     inc.insert(version_path(key, field)?, 1_i64);
                 }
                 for (field, writer) in &patch.writers {
@@ -437,12 +432,7 @@ impl Store for MongoStore {
                             }
                         }
                         let mut versions = Document::new();
-                        for field in patch
-                            .set
-                            .iter()
-                            .map(|(f, _)| *f)
-                            .chain(patch.remove.iter().copied())
-                        {
+                        for field in patch.written_fields() {
                             versions.insert(field, 1_i64);
                         }
                         let mut fresh = doc! { "_id": key, "data": data, "versions": versions };

@@ -243,6 +243,14 @@ return {}
     )
 });
 
+/// A duration as the whole milliseconds Redis takes, at least 1 (0 means "none" to `PEXPIRE`'s
+/// caller here and "forever" to `WAIT`).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// The patch script and a `WAIT` for `replicas` in one pipeline, so both go to the node that
 /// owns the key (a cluster routes the pipeline by its one keyed command), and `WAIT` covers
 /// the script's write. Loads the script first if the server does not know it.
@@ -252,7 +260,7 @@ async fn replicated<C: ConnectionLike>(
     replicas: u32,
     wait: Duration,
 ) -> redis::RedisResult<(Vec<String>, u32)> {
-    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+    let wait_ms = millis(wait);
     let run = |load: bool| {
         let mut pipe = redis::pipe();
         if load {
@@ -364,9 +372,7 @@ where
             for (field, writer) in &patch.writers {
                 invocation.arg(*field).arg(*writer);
             }
-            let ttl_ms = patch.ttl.map_or(0, |ttl| {
-                u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-            });
+            let ttl_ms = patch.ttl.map_or(0, millis);
             invocation.arg(ttl_ms);
             let mut connection = self.connection.clone();
             let failed = |e| StoreError::backend(BACKEND, StoreOp::Apply, key, e);

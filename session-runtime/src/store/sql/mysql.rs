@@ -340,10 +340,7 @@ impl MySqlStore {
 /// The JSON paths of every field a patch writes (sets, then removes).
 fn written_paths(key: &str, patch: &Patch<'_>) -> Result<Vec<String>, StoreError> {
     patch
-        .set
-        .iter()
-        .map(|(f, _)| *f)
-        .chain(patch.remove.iter().copied())
+        .written_fields()
         .map(|f| json_path(BACKEND, key, f))
         .collect()
 }

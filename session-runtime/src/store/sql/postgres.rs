@@ -304,12 +304,7 @@ impl Store for PostgresStore {
                     }
                     return Ok(());
                 }
-                let written: Vec<&str> = patch
-                    .set
-                    .iter()
-                    .map(|(f, _)| *f)
-                    .chain(patch.remove.iter().copied())
-                    .collect();
+                let written: Vec<&str> = patch.written_fields().collect();
                 // The expectations as the statements take them: the non-zero versions as one
                 // object, the fields expected never written as a list.
                 let (fields, versions) = expectations(BACKEND, key, patch)?;

@@ -294,14 +294,10 @@ impl SqliteStore {
             expected.push((json_path(BACKEND, key, field)?, version));
             bumped.insert((*field).to_owned(), (version + 1).into());
         }
-        let written = || {
-            patch
-                .set
-                .iter()
-                .map(|(f, _)| *f)
-                .chain(patch.remove.iter().copied())
-        };
-        if written().any(|field| !bumped.contains_key(field)) {
+        if patch
+            .written_fields()
+            .any(|field| !bumped.contains_key(field))
+        {
             // A write that expects nothing of a field (an admin's, not the middleware's):
             // its version is read and bumped in a transaction.
             return self.apply_unconditionally(connection, key, patch, &removed, &set);
@@ -402,12 +398,7 @@ impl SqliteStore {
         if matches!(&refused, StoreError::Conflict { fields, .. } if !fields.is_empty()) {
             return Err(refused);
         }
-        for field in patch
-            .set
-            .iter()
-            .map(|(f, _)| *f)
-            .chain(patch.remove.iter().copied())
-        {
+        for field in patch.written_fields() {
             *versions.entry(field.to_owned()).or_insert(0) += 1;
         }
         let versions = serde_json::to_string(&versions).unwrap_or_else(|_| "{}".to_owned());

@@ -285,9 +285,11 @@ async fn failover(test: &str, wait: Option<(u32, Duration)>) -> Option<u64> {
 
     // One writer per user: sequential updates, each delivered until acknowledged.
     let killed = Arc::new(AtomicBool::new(false));
+    // Every writer past its 100th acknowledged update: the load is on before the kill.
+    let loaded = Arc::new(tokio::sync::Barrier::new(USERS as usize + 1));
     let mut writers = tokio::task::JoinSet::new();
     for user in 1..=USERS {
-        let (chain, killed) = (chain.clone(), Arc::clone(&killed));
+        let (chain, killed, loaded) = (chain.clone(), Arc::clone(&killed), Arc::clone(&loaded));
         writers.spawn(async move {
             let (mut acked, mut longest_after_kill) = (0u64, Duration::ZERO);
             let mut id = user * 1_000_000;
@@ -297,6 +299,9 @@ async fn failover(test: &str, wait: Option<(u32, Duration)>) -> Option<u64> {
                 id += 1;
                 let took = deliver(&chain, id, user).await;
                 acked += 1;
+                if acked == 100 {
+                    loaded.wait().await;
+                }
                 if killed.load(Ordering::Acquire) {
                     after_kill += 1;
                     longest_after_kill = longest_after_kill.max(took);
@@ -307,7 +312,7 @@ async fn failover(test: &str, wait: Option<(u32, Duration)>) -> Option<u64> {
     }
 
     // Under load, kill the first master.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    loaded.wait().await;
     let victim = cluster.masters()[0];
     let on_victim = slots_of(victim);
     cluster.kill(victim);

@@ -475,3 +475,52 @@ async fn a_write_after_a_clear_that_raced_another_clear_is_saved() {
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), None, "cleared");
     assert_eq!(probe.deletes(), 1, "one delete satisfied both clears");
 }
+
+/// Diagnostics: each load and each save is a span with the session type, the key and the
+/// outcome; a save's span also carries the fields it set and removed and the bytes it wrote.
+#[tokio::test]
+async fn each_load_and_each_save_is_a_span_with_its_key_outcome_and_size() {
+    let (logs, _capture) = common::logs::Logs::capture();
+    let probe = ProbeStore::new(MemoryStore::new());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = common::incrementing(&sessions);
+    chain
+        .run_update(Update::text(1, 7, 7, "+1"))
+        .await
+        .expect("saved");
+    probe.fail_next_applies(1);
+    chain
+        .run_update(Update::text(2, 8, 8, "+1"))
+        .await
+        .expect_err("the store failed the save");
+
+    let spans: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|line| line.starts_with("span "))
+        .collect();
+    let span = |name: &str, key: &str| {
+        spans
+            .iter()
+            .find(|line| {
+                line.starts_with(&format!("span {name} "))
+                    && line.contains(&format!("key=\"Counter:{key}\""))
+            })
+            .unwrap_or_else(|| panic!("no {name} span of {key}: {spans:?}"))
+            .clone()
+    };
+    let (load, save) = (span("session.load", "7:7"), span("session.persist", "7:7"));
+    assert!(
+        load.contains("session=\"Counter\"") && load.contains("outcome=\"none\""),
+        "{load}"
+    );
+    assert!(
+        save.contains("set=1")
+            && save.contains("removed=0")
+            && save.contains("bytes=6")
+            && save.contains("outcome=\"saved\""),
+        "{save}"
+    );
+    let failed = span("session.persist", "8:8");
+    assert!(failed.contains("outcome=\"error\""), "{failed}");
+}

@@ -175,6 +175,7 @@ macro_rules! conformance {
                 assert_eq!(store.load(&unique("missing")).await.expect("load"), None);
             }
 
+            /// "The store contract", expiry: a renewal touches a live record only.
             #[tokio::test]
             async fn a_patch_that_only_renews_creates_nothing_and_brings_nothing_back() {
                 let Some((store, _)) = $make("a_patch_that_only_renews_creates_nothing_and_brings_nothing_back").await else { return };
@@ -193,6 +194,7 @@ macro_rules! conformance {
                 assert_eq!((record.get("a"), record.version("a"), record.len()), (Some("1"), 1, 1), "fields untouched");
             }
 
+            /// "Expiry": reads renew under `Renewal::OnAccess`, coalesced; never by default.
             #[tokio::test]
             async fn reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write() {
                 let Some((store, _)) = $make("reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write").await else { return };
@@ -227,6 +229,8 @@ macro_rules! conformance {
                 }
             }
 
+            /// "Schema evolution": a record of an older version is migrated as it is read, and
+            /// written back once, field by field.
             #[tokio::test]
             async fn an_old_record_is_migrated_on_load_and_written_back_once_field_by_field() {
                 let Some((store, _)) = $make("an_old_record_is_migrated_on_load_and_written_back_once_field_by_field").await else { return };
@@ -250,6 +254,8 @@ macro_rules! conformance {
                 assert_eq!(sessions.stats().writes() + fresh.stats().writes(), 1, "written back once");
             }
 
+            /// "Schema evolution": new records carry the version; a failing step is an error
+            /// naming key, field and version, and writes nothing.
             #[tokio::test]
             async fn a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version() {
                 let Some((store, _)) = $make("a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version").await else { return };

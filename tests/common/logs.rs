@@ -1,5 +1,6 @@
 //! Captures what the crate logs through `tracing` while a test runs, so a test can assert
-//! which message an outcome produced (a minimal subscriber: every event, as one line).
+//! which message an outcome produced (a minimal subscriber: every event as one line, and every
+//! span as one line `span <name> <fields>` that the fields recorded later are appended to).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -43,10 +44,21 @@ impl Subscriber for Logs {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
     }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
+    fn new_span(&self, attributes: &Attributes<'_>) -> Id {
+        let mut line = Line(format!("span {}", attributes.metadata().name()));
+        attributes.record(&mut line);
+        let mut lines = self.0.lock();
+        lines.push(line.0);
+        // The span's id is its line's number, plus one (ids are never 0).
+        Id::from_u64(lines.len() as u64)
     }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        let mut line = Line(String::new());
+        values.record(&mut line);
+        if let Some(text) = self.0.lock().get_mut(span.into_u64() as usize - 1) {
+            text.push_str(&line.0);
+        }
+    }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, event: &Event<'_>) {
         let mut line = Line(event.metadata().level().to_string());

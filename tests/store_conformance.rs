@@ -97,6 +97,20 @@ pub struct Everything {
     pair: (u8, char),
 }
 
+/// A session per user (for erasure across types).
+#[derive(Session)]
+#[session(accessor = "per_user", key = "user")]
+struct PerUser {
+    lang: String,
+}
+
+/// A session per chat, shared by its members (for erasure across types).
+#[derive(Session)]
+#[session(accessor = "per_chat", key = "chat")]
+struct PerChat {
+    topic: String,
+}
+
 /// Two fields that two "processes" increment independently.
 #[derive(Session)]
 #[session(accessor = "pair")]
@@ -522,10 +536,197 @@ macro_rules! conformance {
                 assert_eq!(record["field_199"], "199");
             }
 
+            /// "The store contract", listing: every key of the prefix once, in pages, nothing
+            /// outside it; a cursor read back from its text goes on in another connection.
+            #[tokio::test]
+            async fn keys_lists_every_key_of_a_prefix_in_pages_and_nothing_else() {
+                let Some((one, two)) = $make("keys_lists_every_key_of_a_prefix_in_pages_and_nothing_else").await else { return };
+                let base = unique("list");
+                let prefix = format!("{base}:");
+                // Characters a LIKE pattern or a glob would read as wildcards, NUL and non-ASCII.
+                let mut inside: Vec<String> = (0..23).map(|i| format!("{prefix}{i}")).collect();
+                for odd in ["%", "_", "*", "?", "[x]", "\\", "!", "a b ", "\0", "ü🙂"] {
+                    inside.push(format!("{prefix}{odd}"));
+                }
+                let outside = [base.clone(), format!("{base};"), format!("{base}0:1"), format!("{}:x", &base[..base.len() - 1])];
+                for key in inside.iter().chain(&outside) {
+                    store_apply(&one, key, "a").await;
+                }
+                let deleted = format!("{prefix}deleted");
+                store_apply(&one, &deleted, "a").await;
+                one.delete(&deleted).await.expect("delete");
+                let (mut seen, mut cursor, mut pages) = (Vec::new(), None, 0);
+                loop {
+                    // Every other page through the other connection, the cursor as text.
+                    let store: &dyn Store = if pages % 2 == 0 { &one } else { &two };
+                    let page = store.keys(&prefix, cursor.as_ref(), 7).await.expect("list");
+                    // Redis's SCAN hands back whole batches (up to 100 slots each); the ordered
+                    // stores never pass the limit.
+                    let most = if stringify!($store).starts_with("redis") { 7 + inside.len() } else { 7 };
+                    assert!(page.keys.len() <= most, "{} keys in a page of 7", page.keys.len());
+                    seen.extend(page.keys);
+                    pages += 1;
+                    assert!(pages < 1_000, "the walk ends");
+                    match page.next {
+                        Some(next) => cursor = Some(typed_session::store::Cursor::new(next.to_string())),
+                        None => break,
+                    }
+                }
+                let seen: std::collections::BTreeSet<String> = seen.into_iter().collect();
+                let inside: std::collections::BTreeSet<String> = inside.into_iter().collect();
+                assert_eq!(seen, inside, "every key of the prefix, none outside it, none deleted");
+                assert!(pages >= 2, "more keys than a page: {pages} pages");
+                let none = one.keys(&format!("{base}-none:"), None, 10).await.expect("list");
+                assert!(none.keys.is_empty() && none.next.is_none(), "{none:?}");
+            }
+
+            /// "The store contract", listing under concurrent writes: a key that exists for the
+            /// whole walk is listed, whatever is written and deleted between pages.
+            #[tokio::test]
+            async fn a_walk_lists_every_key_that_exists_throughout_while_others_come_and_go() {
+                let Some((one, two)) = $make("a_walk_lists_every_key_that_exists_throughout_while_others_come_and_go").await else { return };
+                let prefix = format!("{}:", unique("walk"));
+                let steady: Vec<String> = (0..60).map(|i| format!("{prefix}s{i:02}")).collect();
+                for key in &steady {
+                    store_apply(&one, key, "a").await;
+                }
+                let (mut seen, mut cursor, mut round) = (std::collections::BTreeSet::new(), None, 0);
+                loop {
+                    let page = one.keys(&prefix, cursor.as_ref(), 5).await.expect("list");
+                    seen.extend(page.keys);
+                    // Another writer adds keys before and after the cursor, and deletes some.
+                    for i in 0..4 {
+                        let key = format!("{prefix}{}{round:03}{i}", ["a", "m", "t", "z"][i]);
+                        store_apply(&two, &key, "a").await;
+                        if i % 2 == 0 {
+                            two.delete(&key).await.expect("delete");
+                        }
+                    }
+                    round += 1;
+                    assert!(round < 1_000, "the walk ends");
+                    match page.next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                let missed: Vec<&String> = steady.iter().filter(|key| !seen.contains(*key)).collect();
+                assert!(missed.is_empty(), "keys that existed throughout and were not listed: {missed:?}");
+            }
+
+            /// "Erasure": every session of a user across types and chats, and no one else's; a
+            /// second call deletes nothing.
+            #[tokio::test]
+            async fn erase_user_deletes_every_session_of_the_user_and_no_one_elses() {
+                let Some((one, _)) = $make("erase_user_deletes_every_session_of_the_user_and_no_one_elses").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64) * 10;
+                // A neighbour whose id starts with the user's digits, and a group.
+                let (other, group) = (user * 10 + 1, -user);
+                let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
+                let per_user = SessionMiddleware::<PerUser, Update>::new(one.clone());
+                let per_chat = SessionMiddleware::<PerChat, Update>::new(one.clone());
+                let chain = Chain::new().with(pairs.clone()).with(per_user.clone()).with(per_chat.clone()).handler(|ctx| Box::pin(async move {
+                    ctx.pair().await?.update_a(|a| *a += 1);
+                    ctx.per_user().await?.set_lang("de");
+                    ctx.per_chat().await?.set_topic("rust");
+                    Ok(())
+                }));
+                let mut id = 0;
+                for (from, chat) in [(user, user), (user, group), (other, other), (other, group)] {
+                    id += 1;
+                    chain.run_update(Update::text(id, from, chat, "hi")).await.expect("update");
+                }
+                let erasure = typed_session::Erasure::new().register(&pairs).register(&per_user).register(&per_chat);
+                let erased = erasure.erase_user(user).await.expect("erase");
+                let mut got: Vec<(&str, String)> = erased.sessions.iter().map(|s| (s.session, s.key.clone())).collect();
+                got.sort();
+                let mut want = vec![
+                    ("Pair", format!("{user}:{user}")),
+                    ("Pair", format!("{user}:{group}")),
+                    ("PerChat", format!("{user}")),
+                    ("PerUser", format!("{user}")),
+                ];
+                want.sort();
+                assert_eq!(got, want);
+                assert!(erased.not_covered.is_empty());
+                for key in [format!("Pair:{user}:{user}"), format!("Pair:{user}:{group}"), format!("PerUser:{user}"), format!("PerChat:{user}")] {
+                    assert_eq!(one.load(&key).await.expect("load"), None, "{key} erased");
+                }
+                for key in [format!("Pair:{other}:{other}"), format!("Pair:{other}:{group}"), format!("PerUser:{other}"), format!("PerChat:{group}"), format!("PerChat:{other}")] {
+                    assert!(one.load(&key).await.expect("load").is_some(), "{key} kept");
+                }
+                assert!(erasure.erase_user(user).await.expect("again").is_empty(), "idempotent");
+                assert_eq!(pairs.live_sessions() + per_user.live_sessions() + per_chat.live_sessions(), 0);
+            }
+
+            /// "Erasure": an update of the user running across the erasure does not bring the
+            /// erased values back, and the next update starts from defaults.
+            #[tokio::test]
+            async fn an_update_running_across_an_erasure_brings_nothing_back() {
+                let Some((one, _)) = $make("an_update_running_across_an_erasure_brings_nothing_back").await else { return };
+                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+                let key = format!("Pair:{user}:{user}");
+                let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
+                let seed = Chain::new().with(pairs.clone()).handler(|ctx| Box::pin(async move {
+                    let pair = ctx.pair().await?;
+                    pair.set_a(41);
+                    pair.set_b(7);
+                    Ok(())
+                }));
+                seed.run_update(Update::text(1, user, user, "seed")).await.expect("seed");
+                // An update that read the session, then waits while the user is erased, then
+                // writes a value derived from what it read.
+                let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+                let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+                let slots = std::sync::Arc::new(parking_lot::Mutex::new(Some((read_tx, go_rx))));
+                let across = Chain::new().with(pairs.clone()).handler(move |ctx| {
+                    let slots = slots.lock().take();
+                    Box::pin(async move {
+                        let (read_tx, go_rx) = slots.expect("runs once");
+                        let pair = ctx.pair().await?;
+                        let a = pair.a();
+                        let _ = read_tx.send(a);
+                        let _ = go_rx.await;
+                        pair.set_a(a + 1);
+                        Ok(())
+                    })
+                });
+                let running = tokio::spawn(async move { across.run_update(Update::text(2, user, user, "+1")).await });
+                assert_eq!(read_rx.await.expect("the update read"), 41);
+                let erased = pairs.erase_user(user).await.expect("erase");
+                assert_eq!(erased.sessions.len(), 1);
+                assert_eq!(pairs.live_sessions(), 1, "the running update still holds the live entry");
+                let read = |id: i64| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let tx = parking_lot::Mutex::new(Some(tx));
+                    let chain = Chain::new().with(pairs.clone()).handler(move |ctx| {
+                        let tx = tx.lock().take();
+                        Box::pin(async move {
+                            let pair = ctx.pair().await?;
+                            let _ = tx.expect("once").send((pair.a(), pair.b()));
+                            Ok(())
+                        })
+                    });
+                    async move {
+                        chain.run_update(Update::text(id, user, user, "read")).await.expect("read");
+                        rx.await.expect("read ran")
+                    }
+                };
+                assert_eq!(read(3).await, (0, 0), "an update sharing the live entry sees the erasure");
+                let _ = go_tx.send(());
+                let outcome = running.await.expect("no panic");
+                let record = one.load(&key).await.expect("load");
+                let a = record.as_ref().and_then(|r| r.get("a").map(str::to_owned));
+                let b = record.as_ref().and_then(|r| r.get("b").map(str::to_owned));
+                assert_eq!((a.as_deref(), b.as_deref()), (None, None), "nothing erased came back ({outcome:?})");
+                assert!(outcome.is_err(), "the update's write, based on erased data, is refused");
+                assert_eq!(read(4).await, (0, 0), "the next update starts from defaults");
+            }
+
             #[tokio::test]
             async fn a_record_expires_and_a_write_after_expiry_starts_empty() {
                 let Some((store, _)) = $make("a_record_expires_and_a_write_after_expiry_starts_empty").await else { return };
-                let (gone, kept, renewed) = (unique("ttl"), unique("ttl"), unique("ttl"));
+                let base = unique("ttl");
+                let (gone, kept, renewed) = (format!("{base}:gone"), format!("{base}:kept"), format!("{base}:renewed"));
                 let short = Some(Duration::from_millis(600));
                 store.apply(&gone, &patch(&[("a", "1")], &[], short)).await.expect("apply");
                 store.apply(&renewed, &patch(&[("a", "1")], &[], short)).await.expect("apply");
@@ -534,6 +735,8 @@ macro_rules! conformance {
                 tokio::time::sleep(Duration::from_millis(1200)).await;
                 assert_eq!(store.load(&gone).await.expect("load"), None);
                 assert!(store.load(&kept).await.expect("load").is_some());
+                let listed = store.keys(&format!("{base}:"), None, 10).await.expect("list").keys;
+                assert!(!listed.contains(&gone) && listed.contains(&kept), "an expired record is not listed: {listed:?}");
                 store.apply(&renewed, &patch(&[("b", "2")], &[], None)).await.expect("apply");
                 assert_eq!(values(store.load(&renewed).await.expect("load")), expect(&[("b", 2.into())]));
             }

@@ -23,6 +23,8 @@ pub enum StoreOp {
     Migrate,
     /// Removing expired records.
     Sweep,
+    /// Listing keys.
+    List,
     /// Connecting to the backend.
     Connect,
 }
@@ -35,6 +37,7 @@ impl fmt::Display for StoreOp {
             StoreOp::Delete => "delete",
             StoreOp::Migrate => "migrate",
             StoreOp::Sweep => "sweep",
+            StoreOp::List => "list keys",
             StoreOp::Connect => "connect",
         })
     }
@@ -106,6 +109,13 @@ pub enum StoreError {
         /// The stored names of the fields whose version differed.
         fields: Vec<String>,
     },
+    /// The store does not do this operation (a store of your own that does not list its
+    /// keys, say).
+    #[error("this store cannot {operation}")]
+    Unsupported {
+        /// What it cannot do, e.g. `"list its keys"`.
+        operation: &'static str,
+    },
     /// The store was configured with something it cannot use (a table name, a URL).
     #[error("{backend} store: invalid configuration: {message}")]
     Config {
@@ -124,6 +134,7 @@ impl StoreError {
             | StoreError::Malformed { backend, .. }
             | StoreError::Conflict { backend, .. }
             | StoreError::Config { backend, .. } => backend,
+            StoreError::Unsupported { .. } => "custom",
         }
     }
 

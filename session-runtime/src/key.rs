@@ -45,6 +45,16 @@ impl KeyKind {
         }
     }
 
+    /// Where the keys of user `user` are, under this strategy: the one key of their own
+    /// (per user; per chat, their private chat with the bot, whose id is theirs), or the
+    /// prefix of every key of theirs (per user per chat: `"{user}:"`).
+    pub(crate) fn keys_of_user(self, user: i64) -> UserKeys {
+        match self {
+            KeyKind::UserInChat => UserKeys::Prefix(format!("{user}:")),
+            KeyKind::User | KeyKind::Chat => UserKeys::Exact(user.to_string()),
+        }
+    }
+
     /// The key of `update`, after `prefix`.
     fn key_of<U: UpdateKeys>(self, update: &U, prefix: &str) -> Option<Arc<str>> {
         use std::fmt::Write;
@@ -68,6 +78,15 @@ impl KeyKind {
         ids(&mut long)?;
         Some(Arc::from(long))
     }
+}
+
+/// The keys of one user under a built-in strategy (see [`KeyKind::keys_of_user`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UserKeys {
+    /// This one key.
+    Exact(String),
+    /// Every key that starts with this.
+    Prefix(String),
 }
 
 /// Room for a namespace of some 50 bytes, two `i64` and the separators.
@@ -124,6 +143,8 @@ type KeyFn<U> = dyn Fn(&U, &str) -> Option<Arc<str>> + Send + Sync;
 /// ```
 pub struct Key<U> {
     name: &'static str,
+    /// The built-in strategy, if it is one: it tells which keys are a user's.
+    kind: Option<KeyKind>,
     f: Arc<KeyFn<U>>,
     /// The update's id, where the update type says it.
     id: Option<Arc<IdFn<U>>>,
@@ -135,6 +156,7 @@ impl<U> Clone for Key<U> {
     fn clone(&self) -> Self {
         Key {
             name: self.name,
+            kind: self.kind,
             f: Arc::clone(&self.f),
             id: self.id.clone(),
         }
@@ -167,6 +189,7 @@ impl<U: UpdateKeys + 'static> Key<U> {
     pub fn builtin(kind: KeyKind) -> Self {
         Key {
             name: kind.name(),
+            kind: Some(kind),
             f: Arc::new(move |u: &U, prefix: &str| kind.key_of(u, prefix)),
             id: Some(Arc::new(|u: &U| u.update_id())),
         }
@@ -181,6 +204,7 @@ impl<U> Key<U> {
     ) -> Self {
         Key {
             name,
+            kind: None,
             f: Arc::new(move |u: &U, prefix: &str| {
                 f(u).map(|key| {
                     if prefix.is_empty() {
@@ -224,6 +248,11 @@ impl<U> Key<U> {
     /// The strategy's name.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The built-in strategy this is, if it is one.
+    pub fn kind(&self) -> Option<KeyKind> {
+        self.kind
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod chain;
 mod config;
 mod context;
+mod erasure;
 mod error;
 mod integrations;
 mod key;
@@ -25,6 +26,7 @@ pub mod store;
 pub use chain::{Chain, Middleware, Next};
 pub use config::{ErrorPolicy, Renewal, SaveFailure, StalePolicy};
 pub use context::Context;
+pub use erasure::{EraseFuture, EraseUser, Erased, ErasedSession, Erasure};
 pub use error::{BoxError, SessionError, StoreError, StoreOp};
 pub use integrations::telegram;
 pub use key::{Key, KeyKind, UpdateKeys};

@@ -9,15 +9,19 @@ use std::time::Duration;
 use crate::chain::{ChainFuture, Middleware, Next};
 use crate::config::{ErrorPolicy, Renewal, SaveFailure, StalePolicy};
 use crate::context::Context;
-use crate::error::SessionError;
-use crate::key::{Key, KeyKind, UpdateKeys};
+use crate::erasure::{EraseFuture, EraseUser, Erased, sealed};
+use crate::error::{SessionError, StoreError};
+use crate::key::{Key, KeyKind, UpdateKeys, UserKeys};
 use crate::lifecycle::Scope;
 use crate::live::expiry::Expiry;
 use crate::live::registry::Registry;
 use crate::live::sessions::Sessions;
 use crate::session::Session;
 use crate::stats::Stats;
-use crate::store::Store;
+use crate::store::{Cursor, Page, Store};
+
+/// How many keys of a user one listing brings while erasing them.
+const ERASE_PAGE: usize = 100;
 
 /// Configures a [`SessionMiddleware`]; see [`SessionMiddleware::builder`].
 ///
@@ -307,6 +311,109 @@ impl<S: Session, U> SessionMiddleware<S, U> {
         self.sessions.flush().await
     }
 
+    /// Lists the keys of this session type's stored sessions that start with `prefix` (keys as
+    /// the key strategy makes them, without the type's namespace), a page of about `limit` at
+    /// a time: pass the page's [`next`](Page::next) cursor back for the following one. A
+    /// session that exists for the whole walk is listed at least once, whatever is written
+    /// meanwhile; see [`Store::keys`].
+    ///
+    /// ```
+    /// use typed_session::telegram::Update;
+    /// use typed_session::{MemoryStore, Session, SessionMiddleware};
+    ///
+    /// #[derive(Session)]
+    /// struct Visits {
+    ///     count: u64,
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let sessions = SessionMiddleware::<Visits, Update>::new(MemoryStore::new());
+    /// let mut cursor = None;
+    /// loop {
+    ///     let page = sessions.keys("", cursor.as_ref(), 100).await?;
+    ///     for key in &page.keys {
+    ///         println!("{key}");
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => cursor = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok::<(), typed_session::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn keys(
+        &self,
+        prefix: &str,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let namespace = &*self.sessions.prefix;
+        let mut page = self
+            .sessions
+            .store
+            .keys(&format!("{namespace}{prefix}"), cursor, limit)
+            .await?;
+        for key in &mut page.keys {
+            key.drain(..namespace.len().min(key.len()));
+        }
+        Ok(page)
+    }
+
+    /// Deletes the session of `key` (as the key strategy makes it), in the store and in this
+    /// process: an update of the key running meanwhile does not bring the deleted values
+    /// back, and one writing them takes its writes back and runs again on an empty session
+    /// (ARCHITECTURE.md, "Erasure"). Deleting a session that does not exist is not an error.
+    pub async fn erase(&self, key: &str) -> Result<(), StoreError> {
+        let stored: Arc<str> = Arc::from(format!("{}{key}", self.sessions.prefix));
+        self.sessions.erase(&stored).await
+    }
+
+    /// Deletes every session of this type that belongs to user `user` and returns their keys:
+    /// per user per chat, each of their chats (`"{user}:{chat}"`); per user, theirs; per chat,
+    /// their private chat with the bot (its id is theirs; group chats are shared and kept).
+    /// Each is deleted as [`erase`](Self::erase) does; calling it again deletes nothing more.
+    /// A custom key strategy cannot tell which keys are a user's: nothing is deleted, and the
+    /// type is named in [`Erased::not_covered`].
+    pub async fn erase_user(&self, user: i64) -> Result<Erased, StoreError> {
+        let mut erased = Erased::default();
+        let Some(kind) = self.key.kind() else {
+            erased.not_covered.push(S::NAME);
+            return Ok(erased);
+        };
+        let namespace = &*self.sessions.prefix;
+        match kind.keys_of_user(user) {
+            UserKeys::Exact(key) => {
+                let stored: Arc<str> = Arc::from(format!("{namespace}{key}"));
+                if self.sessions.store.load(&stored).await?.is_some() {
+                    self.sessions.erase(&stored).await?;
+                    erased.push(S::NAME, key);
+                }
+            }
+            UserKeys::Prefix(prefix) => {
+                let prefix = format!("{namespace}{prefix}");
+                let mut cursor = None;
+                loop {
+                    let page = self
+                        .sessions
+                        .store
+                        .keys(&prefix, cursor.as_ref(), ERASE_PAGE)
+                        .await?;
+                    for stored in page.keys {
+                        let stored: Arc<str> = Arc::from(stored);
+                        self.sessions.erase(&stored).await?;
+                        erased.push(S::NAME, stored[namespace.len()..].to_owned());
+                    }
+                    match page.next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(erased)
+    }
+
     /// Begins the session scope of `update` (`None`: an update the adapter could not read,
     /// which has no key).
     pub(crate) fn begin(&self, update: Option<&U>) -> Scope<S> {
@@ -345,5 +452,17 @@ impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S
                     error.into()
                 })
         })
+    }
+}
+
+impl<S: Session, U> sealed::Sealed for SessionMiddleware<S, U> {}
+
+impl<S: Session, U: 'static> EraseUser for SessionMiddleware<S, U> {
+    fn session(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn erase_user(&self, user: i64) -> EraseFuture<'_> {
+        Box::pin(SessionMiddleware::erase_user(self, user))
     }
 }

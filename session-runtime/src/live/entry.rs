@@ -804,6 +804,26 @@ impl<S: Schema> Entry<S> {
         }
     }
 
+    /// Deletes the stored record and makes the live state forget it (ARCHITECTURE.md,
+    /// "Erasure"): every field back to its default with nothing stored, the writes not yet
+    /// saved discarded (the updates that made them learn it, as after a conflict). It waits
+    /// for a load or a persist of the key under way, so neither can bring the old values back
+    /// after it.
+    pub(crate) async fn erase(&self, store: &dyn Store, stats: &Stats) -> Result<(), StoreError> {
+        // An entry nobody loaded holds nothing of the record: take it as loaded empty rather
+        // than read what is about to be deleted. One whose load is under way waits for it.
+        if self.loaded.set(()).is_err() {
+            let _ = self.ensure_loaded(store, stats).await;
+        }
+        let _in_order = self.write_gate.lock().await;
+        store.delete(&self.key).await?;
+        stats.add(Count::Deletes, 1);
+        let every_field: Vec<&'static str> = S::FIELDS.iter().map(|spec| spec.name).collect();
+        self.merge(Ok(None), true, &every_field);
+        self.lock().delete_pending = false;
+        Ok(())
+    }
+
     /// Renews the record's expiry after a use that wrote nothing (under
     /// [`Renewal::OnAccess`](crate::Renewal::OnAccess)). A renewal that fails costs the update
     /// nothing but a warning: the session is saved as it was, and the next read tries again.

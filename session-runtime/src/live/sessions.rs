@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
-use crate::error::SessionError;
+use crate::error::{SessionError, StoreError};
 use crate::live::entry::Entry;
 use crate::live::expiry::Expiry;
 use crate::live::registry::Registry;
@@ -42,6 +42,16 @@ impl<S: Schema> Sessions<S> {
             .await
     }
 
+    /// Deletes the stored session of `key` (a stored key, namespace included) and makes a live
+    /// entry of it in this process forget it (ARCHITECTURE.md, "Erasure").
+    pub(crate) async fn erase(&self, key: &Arc<str>) -> Result<(), StoreError> {
+        let held = Held {
+            registry: &self.registry,
+            entry: self.registry.acquire(key),
+        };
+        held.entry.erase(&*self.store, &self.stats).await
+    }
+
     /// Retries the persist of every session whose last persist failed and that no update
     /// holds; returns how many are still unsaved, with the first error.
     pub(crate) async fn flush(&self) -> Result<(), (usize, SessionError)> {
@@ -59,5 +69,19 @@ impl<S: Schema> Sessions<S> {
             None => Ok(()),
             Some(error) => Err((failed, error)),
         }
+    }
+}
+
+/// A hold on an entry taken outside an update, given back when dropped (also when the future
+/// holding it is cancelled). An entry kept for unsaved writes stays kept while it has some.
+struct Held<'a, S: Schema> {
+    registry: &'a Registry<S>,
+    entry: Arc<Entry<S>>,
+}
+
+impl<S: Schema> Drop for Held<'_, S> {
+    fn drop(&mut self) {
+        let unsaved = self.entry.lock().has_changes();
+        self.registry.release(&self.entry, unsaved);
     }
 }

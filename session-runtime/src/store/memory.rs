@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Patch, Record, Store, StoreFuture};
+use super::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of};
 use crate::error::StoreError;
 
 /// An in-process store. It holds encoded copies of the fields, never live values, so it
@@ -455,6 +455,39 @@ impl Store for MemoryStore {
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         self.inner.lock().remove(key);
         StoreFuture::ready(Ok(()))
+    }
+
+    /// A page costs one pass over the keys held, under the store's lock; the page itself is
+    /// the only memory it takes.
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        let after = cursor.map(Cursor::as_str);
+        let now = Instant::now();
+        let records = self.inner.lock();
+        // The `limit` least keys after the cursor, in a max-heap; one more tells whether the
+        // walk goes on.
+        let mut least = std::collections::BinaryHeap::with_capacity(limit.min(1024) + 1);
+        for (key, stored) in &records.map {
+            let key = key.as_str();
+            let live = stored.expires_at.is_none_or(|at| at > now);
+            if live && key.starts_with(prefix) && after.is_none_or(|after| key > after) {
+                least.push(key);
+                if least.len() > limit.saturating_add(1) {
+                    least.pop();
+                }
+            }
+        }
+        let keys: Vec<String> = least
+            .into_sorted_vec()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        drop(records);
+        StoreFuture::ready(Ok(page_of(keys, limit)))
     }
 
     fn returns_written_text(&self) -> bool {

@@ -354,6 +354,75 @@ impl<'a> Patch<'a> {
     }
 }
 
+/// Where a walk over a store's keys stands: what [`Store::keys`] returns with a page, to be
+/// passed back for the next one.
+///
+/// Its text is the store's own (the last key listed, or a scan position) and means something
+/// only to the store that returned it, for the same prefix. It can be printed and read back
+/// ([`Cursor::new`]), so a walk can continue in another process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cursor(String);
+
+impl Cursor {
+    /// A cursor from the text of one a store returned.
+    pub fn new(text: impl Into<String>) -> Self {
+        Cursor(text.into())
+    }
+
+    /// The cursor's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One page of a walk over a store's keys ([`Store::keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Page {
+    /// The keys of this page, in the store's order.
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` when the walk is over.
+    pub next: Option<Cursor>,
+}
+
+/// The least string that is greater than every string starting with `prefix` (by code point,
+/// which is also the byte order of UTF-8), or `None` when there is none (an empty prefix, or one
+/// of `char::MAX` only): the end of a key range scan.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mongodb")),
+    allow(dead_code)
+)]
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut end: Vec<char> = prefix.chars().collect();
+    while let Some(last) = end.pop() {
+        // The next scalar value, stepping over the surrogates.
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            end.push(next);
+            return Some(end.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// A page of at most `limit` keys from the `limit + 1` a query read: the extra one says that
+/// the walk goes on, from the page's last key.
+pub(crate) fn page_of(mut keys: Vec<String>, limit: usize) -> Page {
+    let next = if keys.len() > limit {
+        keys.truncate(limit);
+        keys.last().cloned().map(Cursor::new)
+    } else {
+        None
+    };
+    Page { keys, next }
+}
+
 /// Where sessions live between updates.
 ///
 /// Object safe and async: every method returns a [`StoreFuture`]. Each method is one round trip
@@ -396,6 +465,30 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the whole record of `key`; removing a missing record is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>>;
 
+    /// Lists the keys that start with `prefix`, a page at a time: the keys after `cursor`
+    /// (`None`: from the start of the walk), about `limit` of them, and the cursor of the next
+    /// page (`None`: the walk is over).
+    ///
+    /// A key whose record exists for the whole walk is listed at least once; one written or
+    /// deleted during the walk may be listed or not. Expired records are not listed. Each page
+    /// is one bounded query, so a walk over millions of sessions holds one page in memory.
+    /// Ordered stores (memory, SQL, MongoDB) list in key order and never more than `limit`
+    /// keys a page; Redis follows `SCAN`, whose pages may hold a few more.
+    ///
+    /// Stores that cannot list (the default for a store of your own) return
+    /// [`StoreError::Unsupported`].
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        let _ = (prefix, cursor, limit);
+        StoreFuture::ready(Err(StoreError::Unsupported {
+            operation: "list its keys",
+        }))
+    }
+
     /// Whether [`load`](Store::load) returns each field's value as the exact text
     /// [`apply`](Store::apply) was given. Stores that normalise JSON (PostgreSQL `jsonb`, MySQL
     /// `JSON`, BSON) return `false`, and the runtime re-encodes what they load so that an
@@ -422,7 +515,37 @@ impl<T: Store + ?Sized> Store for Arc<T> {
         (**self).delete(key)
     }
 
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        (**self).keys(prefix, cursor, limit)
+    }
+
     fn returns_written_text(&self) -> bool {
         (**self).returns_written_text()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn the_end_of_a_prefix_range_is_the_next_string_past_every_key_that_starts_with_it() {
+        assert_eq!(prefix_end("Cart:42:").as_deref(), Some("Cart:42;"));
+        assert_eq!(prefix_end("").as_deref(), None);
+        assert_eq!(prefix_end("a\u{d7ff}").as_deref(), Some("a\u{e000}"));
+        assert_eq!(prefix_end("b\u{10ffff}").as_deref(), Some("c"));
+        assert_eq!(prefix_end("\u{10ffff}"), None);
+        let end = prefix_end("k\u{7f}").expect("an end");
+        for key in ["k\u{7f}", "k\u{7f}\u{10ffff}\u{10ffff}", "k\u{7f}zz"] {
+            assert!(
+                key < end.as_str() && key.as_bytes() < end.as_bytes(),
+                "{key:?}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::{Patch, Record, Store, StoreFuture, within};
+use super::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of, within};
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "mongodb";
@@ -448,6 +448,52 @@ impl Store for MongoStore {
                     }
                     Err(e) => Err(StoreError::backend(BACKEND, StoreOp::Apply, key, e)),
                 }
+            },
+        ))
+    }
+
+    /// One range query on `_id` (its own index) per page, in key order.
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        StoreFuture::new(within(
+            BACKEND,
+            self.timeout,
+            StoreOp::List,
+            "",
+            async move {
+                let failed = |e| StoreError::backend(BACKEND, StoreOp::List, "", e);
+                let mut range = match cursor.map(Cursor::as_str) {
+                    Some(after) if after >= prefix => doc! { "$gt": after },
+                    _ => doc! { "$gte": prefix },
+                };
+                if let Some(end) = super::prefix_end(prefix) {
+                    range.insert("$lt", end);
+                }
+                let filter = doc! {
+                    "_id": range,
+                    "$or": [ { "expires_at": Bson::Null }, { "expires_at": { "$gt": now() } } ],
+                };
+                let read = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+                let mut found = self
+                    .collection
+                    .find(filter)
+                    .sort(doc! { "_id": 1 })
+                    .projection(doc! { "_id": 1 })
+                    .limit(read)
+                    .await
+                    .map_err(failed)?;
+                let mut keys = Vec::new();
+                while found.advance().await.map_err(failed)? {
+                    let document = found.deserialize_current().map_err(failed)?;
+                    if let Ok(key) = document.get_str("_id") {
+                        keys.push(key.to_owned());
+                    }
+                }
+                Ok(page_of(keys, limit))
             },
         ))
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 
-use super::{Patch, Record, Store, StoreFuture, within};
+use super::{Cursor, Page, Patch, Record, Store, StoreFuture, within};
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "redis";
@@ -62,6 +62,10 @@ pub struct RedisStore<C = ConnectionManager> {
     timeout: Duration,
     /// How many replicas must acknowledge a write, and how long the master waits for them.
     replicas: Option<(u32, Duration)>,
+    /// On a cluster, a connection that can address each master: listing keys scans every
+    /// master in turn.
+    #[cfg(feature = "redis-cluster")]
+    cluster: Option<redis::cluster_async::ClusterConnection>,
 }
 
 impl<C> std::fmt::Debug for RedisStore<C> {
@@ -134,7 +138,16 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             client.get_async_connection().await.map_err(error)
         })
         .await?;
-        Ok(Self::from_connection(connection).with_timeout(timeout))
+        Ok(Self::from_cluster_connection(connection).with_timeout(timeout))
+    }
+
+    /// A store over a cluster connection the application already has. Use this rather than
+    /// [`from_connection`](RedisStore::from_connection) for a cluster: listing keys
+    /// ([`Store::keys`]) must scan every master.
+    pub fn from_cluster_connection(connection: redis::cluster_async::ClusterConnection) -> Self {
+        let mut store = Self::from_connection(connection.clone());
+        store.cluster = Some(connection);
+        store
     }
 }
 
@@ -150,6 +163,8 @@ where
             prefix: Arc::from("typed_session:"),
             timeout: RedisStore::DEFAULT_TIMEOUT,
             replicas: None,
+            #[cfg(feature = "redis-cluster")]
+            cluster: None,
         }
     }
 
@@ -180,6 +195,61 @@ where
     pub fn with_prefix(mut self, prefix: &str) -> Self {
         self.prefix = Arc::from(prefix);
         self
+    }
+
+    /// `SCAN` from `position` until about `limit` keys starting with `prefix` are found, the
+    /// scan is over (`0`), or half the deadline is spent; returns the keys (without the
+    /// store's prefix) and where the scan stands. `on` sends one `SCAN` to the node scanned.
+    async fn scan<F, Fut>(
+        &self,
+        prefix: &str,
+        mut position: u64,
+        limit: usize,
+        mut on: F,
+    ) -> Result<(Vec<String>, u64), StoreError>
+    where
+        F: FnMut(redis::Cmd) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<(u64, Vec<Vec<u8>>)>>,
+    {
+        let failed = |e| StoreError::backend(BACKEND, StoreOp::List, "", e);
+        let mut pattern = Vec::with_capacity(self.prefix.len() + prefix.len() + 1);
+        for &byte in self.prefix.as_bytes().iter().chain(prefix.as_bytes()) {
+            if matches!(byte, b'*' | b'?' | b'[' | b']' | b'\\') {
+                pattern.push(b'\\');
+            }
+            pattern.push(byte);
+        }
+        pattern.push(b'*');
+        let budget = tokio::time::Instant::now() + self.timeout / 2;
+        let mut keys = Vec::new();
+        loop {
+            let mut command = redis::cmd("SCAN");
+            command
+                .arg(position)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(limit.clamp(100, 10_000));
+            let (next, found) = within(BACKEND, self.timeout, StoreOp::List, "", async {
+                on(command).await.map_err(failed)
+            })
+            .await?;
+            for key in found {
+                let key = key.strip_prefix(self.prefix.as_bytes()).unwrap_or(&key);
+                keys.push(
+                    String::from_utf8(key.to_vec()).map_err(|e| StoreError::Malformed {
+                        backend: BACKEND,
+                        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        field: String::new(),
+                        message: "the key is not UTF-8".to_owned(),
+                    })?,
+                );
+            }
+            position = next;
+            if position == 0 || keys.len() >= limit || tokio::time::Instant::now() >= budget {
+                return Ok((keys, position));
+            }
+        }
     }
 
     fn redis_key(&self, key: &str) -> Vec<u8> {
@@ -420,6 +490,40 @@ where
         })
     }
 
+    /// `SCAN` with `MATCH` on the prefix (on a cluster, every master in turn): the cursor is
+    /// the scan's position. A page may hold a few more keys than `limit`, or fewer while the
+    /// walk goes on (a scan that found little within half the deadline hands back its
+    /// position).
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        StoreFuture::new(async move {
+            let bad_cursor = |cursor: &Cursor| StoreError::Config {
+                backend: BACKEND,
+                message: format!("{cursor:?} is not a cursor of this store"),
+            };
+            #[cfg(feature = "redis-cluster")]
+            if let Some(cluster) = &self.cluster {
+                return cluster::keys(self, cluster, prefix, cursor, limit).await;
+            }
+            let position = match cursor {
+                Some(cursor) => cursor.as_str().parse().map_err(|_| bad_cursor(cursor))?,
+                None => 0,
+            };
+            let (keys, position) = self
+                .scan(prefix, position, limit, |command| {
+                    let mut connection = self.connection.clone();
+                    async move { command.query_async(&mut connection).await }
+                })
+                .await?;
+            let next = (position != 0).then(|| Cursor::new(position.to_string()));
+            Ok(Page { keys, next })
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
             let mut connection = self.connection.clone();
@@ -439,3 +543,7 @@ where
         true
     }
 }
+
+/// Listing the keys of a cluster: one scan per master, in the order of their addresses.
+#[cfg(feature = "redis-cluster")]
+mod cluster;

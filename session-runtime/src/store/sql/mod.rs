@@ -225,6 +225,55 @@ pub(crate) fn set_object(patch: &Patch<'_>) -> String {
     object
 }
 
+/// The keys one page of a walk may hold, in key order: those from the prefix (or after the
+/// cursor, when it is past the prefix) up to the end of the prefix's range.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Clone)]
+pub(crate) struct KeyRange {
+    /// The least key of the page, itself included unless `after`.
+    pub(crate) from: String,
+    /// Whether `from` is the last key of the page before (excluded).
+    pub(crate) after: bool,
+    /// Every key of the page is less than this; `None`: no end.
+    pub(crate) to: Option<String>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl KeyRange {
+    /// The range of the page after `cursor` (a key) of the walk over `prefix`; `None` when the
+    /// cursor is past the prefix's range (the walk is over).
+    pub(crate) fn new(prefix: &str, cursor: Option<&crate::store::Cursor>) -> Option<Self> {
+        let to = crate::store::prefix_end(prefix);
+        let range = match cursor.map(crate::store::Cursor::as_str) {
+            Some(after) if after >= prefix => KeyRange {
+                from: after.to_owned(),
+                after: true,
+                to,
+            },
+            _ => KeyRange {
+                from: prefix.to_owned(),
+                after: false,
+                to,
+            },
+        };
+        match &range.to {
+            Some(to) if range.from.as_str() >= to.as_str() => None,
+            _ => Some(range),
+        }
+    }
+
+    /// The `WHERE` condition on `column`, with `from` as parameter `from` and `to` as
+    /// parameter `to` (each written by `param`), e.g. `key > $1 AND key < $2`.
+    pub(crate) fn condition(&self, column: &str, param: impl Fn(usize) -> String) -> String {
+        let op = if self.after { ">" } else { ">=" };
+        let mut condition = format!("{column} {op} {}", param(1));
+        if self.to.is_some() {
+            condition.push_str(&format!(" AND {column} < {}", param(2)));
+        }
+        condition
+    }
+}
+
 /// A stored JSON object into a record of field -> JSON text.
 pub(crate) fn parse_record(
     backend: &'static str,

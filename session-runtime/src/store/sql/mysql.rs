@@ -11,7 +11,7 @@ use super::{
     parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Patch, Record, Store, StoreFuture, within};
+use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, within};
 
 const BACKEND: &str = "mysql";
 
@@ -431,6 +431,77 @@ impl Store for MySqlStore {
         ))
     }
 
+    /// Pages in the order of the primary key (the keys' SHA-256), each a scan from the
+    /// cursor that keeps the keys starting with `prefix` (`LIKE`, which unlike `=` and `<`
+    /// minds trailing spaces under the table's collation). A walk reads the table once,
+    /// however selective the prefix.
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::List,
+            "",
+            async move {
+                let t = &self.sql.table;
+                let failed = |e| db_error(BACKEND, StoreOp::List, "", e);
+                let after = match cursor {
+                    Some(cursor) => {
+                        hex_decode(cursor.as_str()).ok_or_else(|| StoreError::Config {
+                            backend: BACKEND,
+                            message: format!("{cursor:?} is not a cursor of this store"),
+                        })?
+                    }
+                    None => Vec::new(),
+                };
+                let pattern: String = prefix
+                    .chars()
+                    .flat_map(|c| match c {
+                        '!' | '%' | '_' => vec!['!', c],
+                        c => vec![c],
+                    })
+                    .chain(['%'])
+                    .collect();
+                let read = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+                let mut rows = sqlx::query(&format!(
+                "SELECT key_hash, session_key FROM {t} WHERE key_hash > ? AND session_key LIKE ? ESCAPE '!' \
+                 AND (expires_at IS NULL OR expires_at > ?) ORDER BY key_hash LIMIT ?"
+            ))
+            .bind(after)
+            .bind(pattern)
+            .bind(self.clock.now_ms())
+            .bind(read)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                let next = match rows.last().filter(|_| more) {
+                    Some(row) => Some(Cursor::new(hex_encode(
+                        &row.try_get::<Vec<u8>, _>(0).map_err(failed)?,
+                    ))),
+                    None => None,
+                };
+                let mut keys = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    // A binary collation makes the column a BLOB to the driver.
+                    let bytes: Vec<u8> = row.try_get(1).map_err(failed)?;
+                    keys.push(String::from_utf8(bytes).map_err(|e| StoreError::Malformed {
+                        backend: BACKEND,
+                        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        field: String::new(),
+                        message: "the stored key is not UTF-8".to_owned(),
+                    })?);
+                }
+                Ok(Page { keys, next })
+            },
+        ))
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(within(
             BACKEND,
@@ -447,4 +518,24 @@ impl Store for MySqlStore {
             },
         ))
     }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
+fn hex_decode(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }

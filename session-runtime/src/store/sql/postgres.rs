@@ -7,11 +7,12 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::{
-    Clock, DEFAULT_TABLE, SqlOptions, conflict, db_error, expectations, key_hash, parse_record,
-    parse_versions, parse_writers, set_object, table_name, unwrap_values, writers_object,
+    Clock, DEFAULT_TABLE, KeyRange, SqlOptions, conflict, db_error, expectations, key_hash,
+    parse_record, parse_versions, parse_writers, set_object, table_name, unwrap_values,
+    writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Patch, Record, Store, StoreFuture, within};
+use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of, within};
 
 const BACKEND: &str = "postgres";
 
@@ -226,6 +227,8 @@ impl PostgresStore {
             format!(
                 "CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at) WHERE expires_at IS NOT NULL"
             ),
+            // Listing keys by prefix (`Store::keys`) is a range scan of this index.
+            format!("CREATE INDEX IF NOT EXISTS {t}_key ON {t} (key)"),
         ] {
             sqlx::query(&sql).execute(&mut *tx).await.map_err(error)?;
         }
@@ -362,6 +365,58 @@ impl Store for PostgresStore {
                     None => Default::default(),
                 };
                 Err(conflict(BACKEND, key, patch, &stored))
+            },
+        ))
+    }
+
+    /// One range scan of the key index per page (made by [`migrate`](Self::migrate)), in
+    /// byte order of the keys.
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        let Some(range) = KeyRange::new(prefix, cursor) else {
+            return StoreFuture::ready(Ok(Page::default()));
+        };
+        StoreFuture::new(within(
+            BACKEND,
+            self.deadline,
+            StoreOp::List,
+            "",
+            async move {
+                let t = &self.sql.table;
+                let failed = |e| db_error(BACKEND, StoreOp::List, "", e);
+                let bounded = usize::from(range.to.is_some());
+                let condition = range.condition("key", |n| format!("${n}"));
+                let sql = format!(
+                    "SELECT key FROM {t} WHERE {condition} AND (expires_at IS NULL OR expires_at > ${}) ORDER BY key LIMIT ${}",
+                    2 + bounded,
+                    3 + bounded
+                );
+                let mut query = sqlx::query(&sql).bind(range.from.as_bytes());
+                if let Some(to) = &range.to {
+                    query = query.bind(to.as_bytes());
+                }
+                let read = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+                let rows = query
+                    .bind(self.clock.now_ms())
+                    .bind(read)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(failed)?;
+                let mut keys = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let bytes: Vec<u8> = row.try_get(0).map_err(failed)?;
+                    keys.push(String::from_utf8(bytes).map_err(|e| StoreError::Malformed {
+                        backend: BACKEND,
+                        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        field: String::new(),
+                        message: "the stored key is not UTF-8".to_owned(),
+                    })?);
+                }
+                Ok(page_of(keys, limit))
             },
         ))
     }

@@ -7,11 +7,11 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
 use super::{
-    Clock, DEFAULT_TABLE, conflict, edit_expression, json_path, parse_record, parse_versions,
-    parse_writers, patch_paths, table_name, writers_object,
+    Clock, DEFAULT_TABLE, KeyRange, conflict, edit_expression, json_path, parse_record,
+    parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Patch, Record, Store, StoreFuture};
+use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of};
 
 const BACKEND: &str = "sqlite";
 
@@ -239,6 +239,31 @@ impl SqliteStore {
             let store = store.clone();
             async move { store.sweep().await }
         })
+    }
+
+    fn keys_on(
+        &self,
+        connection: &Connection,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let t = &self.sql.table;
+        let condition = range.condition("key", |n| format!("?{n}"));
+        let sql = format!(
+            "SELECT key FROM {t} WHERE {condition} AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key LIMIT ?4"
+        );
+        let failed = |e| error(StoreOp::List, "", e);
+        let mut statement = connection.prepare_cached(&sql).map_err(failed)?;
+        let read = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        // An unbounded range does not name ?2; SQLite numbers parameters up to the highest.
+        let rows = statement
+            .query_map(
+                (&range.from, range.to.as_deref(), self.clock.now_ms(), read),
+                |row| row.get(0),
+            )
+            .map_err(failed)?;
+        let keys = rows.collect::<Result<Vec<String>, _>>().map_err(failed)?;
+        Ok(page_of(keys, limit))
     }
 
     fn load_on(&self, connection: &Connection, key: &str) -> Result<Option<Record>, StoreError> {
@@ -594,6 +619,27 @@ impl Store for SqliteStore {
             || {
                 let (key, patch) = (key.to_owned(), OwnedPatch::new(patch));
                 Box::new(move |store, connection| store.apply_on(connection, &key, &patch.patch()))
+            },
+        )
+    }
+
+    /// One indexed range query on the primary key per page, in key order.
+    fn keys<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'a, Result<Page, StoreError>> {
+        let Some(range) = KeyRange::new(prefix, cursor) else {
+            return StoreFuture::ready(Ok(Page::default()));
+        };
+        self.run(
+            StoreOp::List,
+            "",
+            |connection| self.keys_on(connection, &range, limit),
+            || {
+                let range = range.clone();
+                Box::new(move |store, connection| store.keys_on(connection, &range, limit))
             },
         )
     }

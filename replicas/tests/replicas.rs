@@ -20,7 +20,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use typed_session::{MongoStore, MySqlStore, PostgresStore, RedisStore, SqliteStore, Store};
@@ -373,7 +373,82 @@ async fn both(
         redelivered_updates / 3,
     )
     .await;
-    paused_holder(kind, url, table, observer, redelivered_updates / 3).await;
+    paused_holder(
+        kind,
+        url,
+        table,
+        Arc::clone(&observer),
+        redelivered_updates / 3,
+    )
+    .await;
+    erased_midway(kind, url, table, observer, redelivered_updates).await;
+}
+
+/// The session type the replicas write (`Tally` in `src/bin/replica.rs`): same name, same
+/// namespace, same field.
+#[derive(typed_session::Session)]
+struct Tally {
+    count: u64,
+}
+
+/// Erasure across processes: two replicas increment one chat's count while this process (an
+/// operator's tool, as far as they know) erases the user. Every increment acknowledged before
+/// the erasure began is gone with it, and none comes back through an update that was in flight
+/// across it: the stored count is at most the updates acknowledged after the erasure began.
+async fn erased_midway(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
+    const ERASED: i64 = 777_001;
+    let acked = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut running = Vec::new();
+    for i in 0..2 {
+        let mut child = spawn(kind, url, table, ERASED, 10 + i, updates, None);
+        let stdout = child.stdout.take().expect("piped");
+        let (acked, tx) = (Arc::clone(&acked), tx.clone());
+        let reader = std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ack ") {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    let _ = tx.send(());
+                }
+                last = line;
+            }
+            last
+        });
+        running.push((child, reader));
+    }
+    drop(tx);
+    while acked.load(Ordering::SeqCst) < 100 && rx.recv().await.is_some() {}
+    let before = acked.load(Ordering::SeqCst);
+    let sessions = typed_session::SessionMiddleware::<Tally, typed_session::telegram::Update>::new(
+        Arc::clone(&observer),
+    );
+    let erased = sessions.erase_user(ERASED).await.expect("erase");
+    assert_eq!(erased.sessions.len(), 1, "{erased:?}");
+
+    let mut total = 0;
+    for (mut child, reader) in running {
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("no panic")
+            .expect("the replica runs");
+        assert!(status.success(), "a replica failed: {status:?}");
+        let last = reader.join().expect("the reader ends");
+        let line: serde_json::Value = serde_json::from_str(&last).expect("the replica's JSON line");
+        total += line["acked"].as_u64().expect("a count");
+    }
+    let stored = stored_count(&*observer, ERASED).await;
+    eprintln!(
+        "replicas::{kind}: erased after {before} of {total} acknowledged updates; stored {stored}"
+    );
+    assert_eq!(total, 2 * updates, "each update acknowledged once");
+    assert!(
+        stored <= total - before,
+        "the count holds {stored}, more than the {} updates acknowledged after the erasure began: \
+         erased increments came back",
+        total - before
+    );
+    assert!(stored > 0, "the updates after the erasure were stored");
 }
 
 /// Runs the replicas against `store`, seen by the test through `observer`.

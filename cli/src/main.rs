@@ -333,11 +333,23 @@ fn record_json(key: &str, record: &Record) -> serde_json::Value {
             (name.clone(), value)
         })
         .collect();
+    // Names starting with '@' that are no field: the runtime's window of recent update ids.
+    let (recent, writers): (Vec<_>, Vec<_>) = record
+        .writers
+        .iter()
+        .partition(|(name, _)| name.starts_with('@') && !record.fields.contains_key(*name));
+    let mut recent: Vec<i64> = recent.into_iter().map(|(_, id)| *id).collect();
+    recent.sort_unstable();
+    let writers: serde_json::Map<String, serde_json::Value> = writers
+        .into_iter()
+        .map(|(name, id)| (name.clone(), (*id).into()))
+        .collect();
     serde_json::json!({
         "key": key,
         "fields": fields,
         "versions": record.versions,
-        "writers": record.writers,
+        "writers": writers,
+        "recent_updates": recent,
     })
 }
 
@@ -353,8 +365,8 @@ fn is_users(key: &str, user: &str) -> bool {
             .is_some_and(|tail| tail.starts_with(':'))
 }
 
-async fn erase_user(store: &dyn Store, options: &Options, user: i64) -> Result<(), Failure> {
-    let user = user.to_string();
+async fn erase_user(store: &dyn Store, options: &Options, id: i64) -> Result<(), Failure> {
+    let user = id.to_string();
     let prefixes: Vec<String> = if options.types.is_empty() {
         vec![String::new()]
     } else {
@@ -387,7 +399,7 @@ async fn erase_user(store: &dyn Store, options: &Options, user: i64) -> Result<(
         } else {
             "erased"
         };
-        println!("{}", serde_json::json!({ "user": user, done: keys }));
+        println!("{}", serde_json::json!({ "user": id, done: keys }));
     } else {
         let verb = if options.dry_run {
             "would erase"
@@ -397,7 +409,12 @@ async fn erase_user(store: &dyn Store, options: &Options, user: i64) -> Result<(
         for key in &theirs {
             println!("{verb} {key}");
         }
-        println!("{verb} {} sessions of user {user}", theirs.len());
+        let sessions = if theirs.len() == 1 {
+            "session"
+        } else {
+            "sessions"
+        };
+        println!("{verb} {} {sessions} of user {user}", theirs.len());
     }
     Ok(())
 }

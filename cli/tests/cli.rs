@@ -137,7 +137,8 @@ async fn exercise(store: &dyn Store, connection: &[&str]) {
         serde_json::json!({"name": "Ada", "visits": 2})
     );
     assert_eq!(shown["versions"]["visits"], 1);
-    assert_eq!(shown["writers"]["visits"], 1001);
+    assert_eq!(shown["writers"], serde_json::json!({"visits": 1001}));
+    assert_eq!(shown["recent_updates"], serde_json::json!([]));
     let missing = run(&["show", &format!("{ns}:nobody")]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no session"));

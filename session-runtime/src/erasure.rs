@@ -71,15 +71,16 @@ pub(crate) mod sealed {
 ///
 /// ```
 /// use typed_session::telegram::Update;
-/// use typed_session::{Chain, Erasure, Key, MemoryStore, Session, SessionMiddleware};
+/// use typed_session::{Chain, Erasure, MemoryStore, Session, SessionMiddleware};
 ///
 /// #[derive(Session)]
+/// #[session(accessor = "profile")]
 /// struct Profile {
 ///     name: String,
 /// }
 ///
 /// #[derive(Session)]
-/// #[session(key = "user")]
+/// #[session(accessor = "settings", key = "user")]
 /// struct Settings {
 ///     lang: String,
 /// }

@@ -88,6 +88,7 @@ struct Options {
     users: usize,
     runs: usize,
     batch: usize,
+    width: usize,
     max_others: f64,
 }
 
@@ -102,6 +103,7 @@ fn options() -> Result<Options, BoxError> {
         users: 0,
         runs: 0,
         batch: 1000,
+        width: 100,
         max_others: 10.0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -119,6 +121,7 @@ fn options() -> Result<Options, BoxError> {
             "--users" => o.users = value.parse()?,
             "--runs" => o.runs = value.parse()?,
             "--batch" => o.batch = value.parse()?,
+            "--width" => o.width = value.parse()?,
             "--max_others" => o.max_others = value.parse()?,
             other => return Err(format!("unknown flag {other}").into()),
         }
@@ -199,6 +202,14 @@ async fn feed(
         }
         return Ok(());
     }
+    if workload == "window" {
+        let chain = Arc::clone(chain);
+        return window(seq, batch, move |i, u| {
+            let chain = Arc::clone(&chain);
+            async move { chain.run_update(make_update(i, u)).await }
+        })
+        .await;
+    }
     for start in (0..seq.len()).step_by(batch) {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, &u) in seq.iter().enumerate().skip(start).take(batch) {
@@ -208,6 +219,28 @@ async fn feed(
         while let Some(done) = tasks.join_next().await {
             done??;
         }
+    }
+    Ok(())
+}
+
+/// `width` updates always in flight, no barrier (lib.js `feedWindow`): each finished one is
+/// replaced by the next.
+async fn window<F, Fut>(seq: &[u32], width: usize, run: F) -> Result<(), BoxError>
+where
+    F: Fn(usize, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, &u) in seq.iter().enumerate() {
+        if tasks.len() >= width
+            && let Some(done) = tasks.join_next().await
+        {
+            done??;
+        }
+        tasks.spawn(run(i, u));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
     }
     Ok(())
 }
@@ -612,9 +645,44 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
         if ups.len() >= o.runs {
             break;
         }
+        if o.variant == "raw" {
+            let raw = Arc::new(raw::Raw::open(&o.store, run).await?);
+            let m = if o.workload == "window" {
+                let r = Arc::clone(&raw);
+                measure(window(&seq, o.width, move |_, u| {
+                    let r = Arc::clone(&r);
+                    async move { r.increment(&raw_key(u)).await }
+                }))
+                .await?
+            } else {
+                measure(async {
+                    for &u in &seq {
+                        raw.increment(&raw_key(u)).await?;
+                    }
+                    Ok(())
+                })
+                .await?
+            };
+            let warmup = run == 0;
+            tries += 1;
+            if !warmup && m.others_pct > o.max_others && tries < 5 * o.runs {
+                rejected += 1;
+            } else if !warmup {
+                ups.push((o.updates as f64 / m.wall).round());
+                others.push(m.others_pct);
+                cpu_wall.push((m.cpu / m.wall * 100.0).round() / 100.0);
+                round_trips = (1.0, 1.0);
+            }
+            lost = 0;
+            for (u, n) in expected_counts(&seq) {
+                lost += n.saturating_sub(raw.count(&raw_key(u)).await?);
+            }
+            raw.close().await?;
+            continue;
+        }
         let store = Arc::new(Counted::new(open_store(&o.store, run).await?));
         let chain = Arc::new(count_chain(Arc::clone(&store) as Arc<dyn Store>));
-        let m = measure(feed(&chain, &seq, "seq", 1)).await?;
+        let m = measure(feed(&chain, &seq, &o.workload, o.width)).await?;
         let warmup = run == 0;
         tries += 1;
         if !warmup && m.others_pct > o.max_others && tries < 5 * o.runs {
@@ -628,12 +696,8 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
                 store.applies.load(Ordering::Relaxed) as f64 / o.updates as f64,
             );
         }
-        let mut expected: HashMap<u32, u64> = HashMap::new();
-        for &u in &seq {
-            *expected.entry(u).or_default() += 1;
-        }
         lost = 0;
-        for (u, n) in expected {
+        for (u, n) in expected_counts(&seq) {
             // Stored under the session type's namespace.
             let key = format!("{}:{1}:{1}", Count::NAMESPACE, user_id(u));
             let stored = store
@@ -650,13 +714,208 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
         "sqlite-memory" => ("sqlite", "memory"),
         _ => ("store", ""),
     };
+    let fw = if o.variant == "raw" {
+        "raw-driver"
+    } else {
+        "typed-session"
+    };
+    let width = if o.workload == "window" { o.width } else { 1 };
     Ok(json!({
-        "bench": bench, "fw": "typed-session", "store": o.store, "journal": journal, "workload": "seq",
+        "bench": bench, "fw": fw, "store": o.store, "journal": journal, "workload": o.workload, "width": width,
         "updates": o.updates, "users": o.users, "median_ups": med, "us_per_update": r3(1e6 / med),
         "runs_ups": ups, "runs_cpu_wall": cpu_wall, "runs_others_busy_pct": others, "rejected_runs": rejected,
         "lost_updates": lost, "loads_per_update": r3(round_trips.0), "writes_per_update": r3(round_trips.1),
         "peak_rss_mb": peak_rss_mb(), "api_calls": 0, "sink_ok": true,
     }))
+}
+
+/// How many updates each user gets in `seq`.
+fn expected_counts(seq: &[u32]) -> HashMap<u32, u64> {
+    let mut expected: HashMap<u32, u64> = HashMap::new();
+    for &u in seq {
+        *expected.entry(u).or_default() += 1;
+    }
+    expected
+}
+
+fn raw_key(u: u32) -> String {
+    format!("{0}:{0}", user_id(u))
+}
+
+/// The physical limit of this design on each store: the same two round trips per update (read
+/// the session by key, write the changed field back merged into it), hand-written through the
+/// driver, with nothing else: no versions, no writers, no condition (so, like Telegraf, it
+/// loses increments when updates of one user overlap).
+mod raw {
+    use std::sync::Arc;
+
+    use typed_session::BoxError;
+    use typed_session::redis::AsyncCommands;
+    use typed_session::sqlx::{self, Row};
+
+    pub(crate) enum Raw {
+        Postgres(sqlx::PgPool, String),
+        MySql(sqlx::MySqlPool, String),
+        Redis(typed_session::redis::aio::ConnectionManager, String),
+        Sqlite(Arc<parking_lot::Mutex<typed_session::rusqlite::Connection>>),
+    }
+
+    fn count_of(data: Option<String>) -> u64 {
+        data.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0)
+    }
+
+    impl Raw {
+        pub(crate) async fn open(store: &str, run: usize) -> Result<Self, BoxError> {
+            let table = format!("raw_{}_{run}", std::process::id());
+            let env =
+                |var: &str| std::env::var(var).map_err(|_| format!("--store {store} needs {var}"));
+            Ok(match store {
+                "postgres" => {
+                    let pool = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(16)
+                        .connect(&env("POSTGRES_URL")?)
+                        .await?;
+                    sqlx::query(&format!(
+                        "CREATE TABLE {table} (key TEXT PRIMARY KEY, data JSONB NOT NULL)"
+                    ))
+                    .execute(&pool)
+                    .await?;
+                    Raw::Postgres(pool, table)
+                }
+                "mysql" => {
+                    let pool = sqlx::mysql::MySqlPoolOptions::new()
+                        .max_connections(16)
+                        .connect(&env("MYSQL_URL")?)
+                        .await?;
+                    sqlx::query(&format!(
+                        "CREATE TABLE {table} (k VARCHAR(100) PRIMARY KEY, data JSON NOT NULL)"
+                    ))
+                    .execute(&pool)
+                    .await?;
+                    Raw::MySql(pool, table)
+                }
+                "redis" => {
+                    let client = typed_session::redis::Client::open(env("REDIS_URL")?)?;
+                    let connection =
+                        typed_session::redis::aio::ConnectionManager::new(client).await?;
+                    Raw::Redis(connection, format!("{table}:"))
+                }
+                "sqlite-wal" => {
+                    let path = std::env::temp_dir().join(format!("{table}.db"));
+                    for suffix in ["", "-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                    }
+                    let connection = typed_session::rusqlite::Connection::open(&path)?;
+                    connection.execute_batch(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         CREATE TABLE sessions (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL);",
+                    )?;
+                    Raw::Sqlite(Arc::new(parking_lot::Mutex::new(connection)))
+                }
+                other => return Err(format!("no raw row for {other}").into()),
+            })
+        }
+
+        /// Reads the session, adds one to `count`, writes the field back.
+        pub(crate) async fn increment(&self, key: &str) -> Result<(), BoxError> {
+            let count = self.count(key).await? + 1;
+            let data = format!("{{\"count\":{count}}}");
+            match self {
+                Raw::Postgres(pool, t) => {
+                    sqlx::query(&format!(
+                        "INSERT INTO {t} (key, data) VALUES ($1, $2::jsonb) \
+                         ON CONFLICT (key) DO UPDATE SET data = {t}.data || EXCLUDED.data"
+                    ))
+                    .bind(key)
+                    .bind(data)
+                    .execute(pool)
+                    .await?;
+                }
+                Raw::MySql(pool, t) => {
+                    sqlx::query(&format!(
+                        "INSERT INTO {t} (k, data) VALUES (?, ?) \
+                         ON DUPLICATE KEY UPDATE data = JSON_MERGE_PATCH(data, VALUES(data))"
+                    ))
+                    .bind(key)
+                    .bind(data)
+                    .execute(pool)
+                    .await?;
+                }
+                Raw::Redis(connection, prefix) => {
+                    let mut connection = connection.clone();
+                    let () = connection
+                        .hset(format!("{prefix}{key}"), "count", count)
+                        .await?;
+                }
+                Raw::Sqlite(connection) => {
+                    connection
+                        .lock()
+                        .prepare_cached(
+                            "INSERT INTO sessions (key, data) VALUES (?1, ?2) \
+                         ON CONFLICT (key) DO UPDATE SET data = json_patch(data, excluded.data)",
+                        )?
+                        .execute((key, data))?;
+                }
+            }
+            Ok(())
+        }
+
+        pub(crate) async fn count(&self, key: &str) -> Result<u64, BoxError> {
+            Ok(match self {
+                Raw::Postgres(pool, t) => count_of(
+                    sqlx::query(&format!("SELECT data::text FROM {t} WHERE key = $1"))
+                        .bind(key)
+                        .fetch_optional(pool)
+                        .await?
+                        .map(|row| row.try_get(0))
+                        .transpose()?,
+                ),
+                Raw::MySql(pool, t) => count_of(
+                    sqlx::query(&format!("SELECT CAST(data AS CHAR) FROM {t} WHERE k = ?"))
+                        .bind(key)
+                        .fetch_optional(pool)
+                        .await?
+                        .map(|row| row.try_get(0))
+                        .transpose()?,
+                ),
+                Raw::Redis(connection, prefix) => {
+                    let mut connection = connection.clone();
+                    let count: Option<u64> =
+                        connection.hget(format!("{prefix}{key}"), "count").await?;
+                    count.unwrap_or(0)
+                }
+                Raw::Sqlite(connection) => {
+                    use typed_session::rusqlite::OptionalExtension;
+                    count_of(
+                        connection
+                            .lock()
+                            .prepare_cached("SELECT data FROM sessions WHERE key = ?1")?
+                            .query_row([key], |row| row.get(0))
+                            .optional()?,
+                    )
+                }
+            })
+        }
+
+        pub(crate) async fn close(&self) -> Result<(), BoxError> {
+            match self {
+                Raw::Postgres(pool, t) => {
+                    sqlx::query(&format!("DROP TABLE {t}"))
+                        .execute(pool)
+                        .await?;
+                }
+                Raw::MySql(pool, t) => {
+                    sqlx::query(&format!("DROP TABLE {t}"))
+                        .execute(pool)
+                        .await?;
+                }
+                Raw::Redis(..) | Raw::Sqlite(..) => {}
+            }
+            Ok(())
+        }
+    }
 }
 
 fn main() -> Result<(), BoxError> {

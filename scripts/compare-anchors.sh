@@ -6,7 +6,8 @@
 # usage: scripts/compare-anchors.sh [ANCHORS_DIR]
 #   ANCHORS_DIR  a writable copy of the anchors with `npm ci` done; without it, the script
 #                copies ../shared/anchors to a temporary folder and runs `npm ci` there.
-#   PARTS="A C D" (default) picks the anchors' parts; NO_WAIT=1 skips their idle-wait.
+#   PARTS="A C D" (default) picks the anchors' parts, "A C D E" when POSTGRES_URL, MYSQL_URL and
+#   REDIS_URL are set (E: @telegraf/session's server stores); NO_WAIT=1 skips their idle-wait.
 #   POSTGRES_URL, MYSQL_URL, REDIS_URL, MONGODB_URL add those stores to our store rows.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,8 +22,11 @@ out=${OUT:-$root/target/compare-anchors.jsonl}
 mkdir -p "$(dirname "$out")"
 : > "$out"
 
-echo "# anchors: PARTS=${PARTS:-A C D} (about 7 minutes)" >&2
-(cd "$anchors" && OUT="$out.anchors" PARTS="${PARTS:-A C D}" ./run-all.sh > /dev/null)
+parts="A C D"
+if [ -n "${POSTGRES_URL:-}" ] && [ -n "${MYSQL_URL:-}" ] && [ -n "${REDIS_URL:-}" ]; then parts="A C D E"; fi
+parts=${PARTS:-$parts}
+echo "# anchors: PARTS=$parts (about 7 minutes, 12 with E)" >&2
+(cd "$anchors" && OUT="$out.anchors" PARTS="$parts" ./run-all.sh > /dev/null)
 cat "$out.anchors" >> "$out"
 
 echo "# typed-session" >&2
@@ -39,9 +43,19 @@ done
 for store in sqlite-memory sqlite-wal; do "$bench" --bench store --store "$store" | tee -a "$out"; done
 # A server's own CPU time is part of the work here, not disturbance: no rejection.
 server() { "$bench" --bench store --max_others 100 --store "$@" | tee -a "$out"; }
-if [ -n "${POSTGRES_URL:-}" ]; then server postgres; fi
-if [ -n "${MYSQL_URL:-}" ]; then server mysql; fi
-if [ -n "${REDIS_URL:-}" ]; then server redis; fi
+# Part E beside the anchors': the raw driver and ours, one at a time and 100 in flight.
+rows() {
+  for workload in seq window; do
+    for variant in raw session; do server "$1" --variant "$variant" --workload "$workload"; done
+  done
+}
+rows sqlite-wal
+if [ -n "${POSTGRES_URL:-}" ]; then rows postgres; fi
+if [ -n "${MYSQL_URL:-}" ]; then rows mysql; fi
+if [ -n "${REDIS_URL:-}" ]; then rows redis; fi
+if [ -n "${REDIS_CLUSTER_URLS:-}" ]; then
+  for workload in seq window; do server redis-cluster --workload "$workload"; done
+fi
 # SecantusDB (the MongoDB stand-in here) is a Python server: a smaller run, one timed pass.
 if [ -n "${MONGODB_URL:-}" ]; then server mongodb --updates 2000 --users 100 --runs 1; fi
 

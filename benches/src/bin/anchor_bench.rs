@@ -618,6 +618,15 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
                 .await?
                 .with_prefix(&format!("{table}:")),
         ),
+        "redis-cluster" => {
+            let urls = env("REDIS_CLUSTER_URLS")?;
+            let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+            Arc::new(
+                typed_session::RedisStore::connect_cluster(&nodes)
+                    .await?
+                    .with_prefix(&format!("{table}:")),
+            )
+        }
         "mongodb" => {
             let store =
                 typed_session::MongoStore::connect(&env("MONGODB_URL")?, "typed_session_bench")

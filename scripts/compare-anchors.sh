@@ -40,7 +40,8 @@ for workload in seq conc; do
   done
 done
 "$bench" --bench writes | tee -a "$out"
-for store in sqlite-memory sqlite-wal; do "$bench" --bench store --store "$store" | tee -a "$out"; done
+"$bench" --bench store --store sqlite-memory | tee -a "$out"
+"$bench" --bench allocs | tee -a "$out"
 # A server's own CPU time is part of the work here, not disturbance: no rejection.
 server() { "$bench" --bench store --max_others 100 --store "$@" | tee -a "$out"; }
 # Part E beside the anchors': the raw driver and ours, one at a time and 100 in flight.

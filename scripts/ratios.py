@@ -69,3 +69,8 @@ for store in ["redis", "redis-cluster", "postgres", "mysql", "sqlite-wal"]:
         limit = f"{raw['median_ups'] / ours['median_ups']:.2f}" if raw else "–"
         feed = "seq" if wl == "seq" else f"{ours.get('width', 100)} in flight"
         print(f"| {store} | {feed} | {cell(tele)} | {cell(raw)} | {cell(ours)} | {versus} | {limit} |")
+
+allocs = find(bench="allocs")
+if allocs:
+    per = allocs["allocations_per_update"]
+    print(f"\nAllocations per update (memory store, seq): baseline {per['baseline']}, session {per['session']}")

@@ -411,6 +411,17 @@ pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// A key a listing read back as bytes (a `BYTEA` or binary column, a Redis key), as a string.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "mysql"))]
+pub(crate) fn listed_key(backend: &'static str, bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|e| StoreError::Malformed {
+        backend,
+        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        field: String::new(),
+        message: "the stored key is not UTF-8".to_owned(),
+    })
+}
+
 /// A page of at most `limit` keys from the `limit + 1` a query read: the extra one says that
 /// the walk goes on, from the page's last key.
 pub(crate) fn page_of(mut keys: Vec<String>, limit: usize) -> Page {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 
-use super::{Cursor, Page, Patch, Record, Store, StoreFuture, within};
+use super::{Cursor, Page, Patch, Record, Store, StoreFuture, listed_key, within};
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "redis";
@@ -236,14 +236,7 @@ where
             .await?;
             for key in found {
                 let key = key.strip_prefix(self.prefix.as_bytes()).unwrap_or(&key);
-                keys.push(
-                    String::from_utf8(key.to_vec()).map_err(|e| StoreError::Malformed {
-                        backend: BACKEND,
-                        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                        field: String::new(),
-                        message: "the key is not UTF-8".to_owned(),
-                    })?,
-                );
+                keys.push(listed_key(BACKEND, key.to_vec())?);
             }
             position = next;
             if position == 0 || keys.len() >= limit || tokio::time::Instant::now() >= budget {

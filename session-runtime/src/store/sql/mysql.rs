@@ -11,7 +11,7 @@ use super::{
     parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, within};
+use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, listed_key, within};
 
 const BACKEND: &str = "mysql";
 
@@ -490,12 +490,7 @@ impl Store for MySqlStore {
                 for row in &rows {
                     // A binary collation makes the column a BLOB to the driver.
                     let bytes: Vec<u8> = row.try_get(1).map_err(failed)?;
-                    keys.push(String::from_utf8(bytes).map_err(|e| StoreError::Malformed {
-                        backend: BACKEND,
-                        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                        field: String::new(),
-                        message: "the stored key is not UTF-8".to_owned(),
-                    })?);
+                    keys.push(listed_key(BACKEND, bytes)?);
                 }
                 Ok(Page { keys, next })
             },

@@ -12,7 +12,7 @@ use super::{
     writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of, within};
+use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, listed_key, page_of, within};
 
 const BACKEND: &str = "postgres";
 
@@ -409,12 +409,7 @@ impl Store for PostgresStore {
                 let mut keys = Vec::with_capacity(rows.len());
                 for row in rows {
                     let bytes: Vec<u8> = row.try_get(0).map_err(failed)?;
-                    keys.push(String::from_utf8(bytes).map_err(|e| StoreError::Malformed {
-                        backend: BACKEND,
-                        key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                        field: String::new(),
-                        message: "the stored key is not UTF-8".to_owned(),
-                    })?);
+                    keys.push(listed_key(BACKEND, bytes)?);
                 }
                 Ok(page_of(keys, limit))
             },

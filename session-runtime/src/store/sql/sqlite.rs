@@ -368,15 +368,27 @@ impl SqliteStore {
         } else {
             let update = edit_expression("data", patch.remove.len(), patch.set.len(), "json(?)");
             let condition = condition("versions", expected.len());
+            // The row is live (the condition says so): without a ttl its expiry stays as it
+            // is, and is not named at all. Naming it, even unchanged, rewrites its index
+            // entry: a second page, and a second WAL frame, in every commit.
+            let renew = if expires_at.is_some() {
+                ", expires_at = ?"
+            } else {
+                ""
+            };
             let sql = format!(
                 "UPDATE {t} SET data = {update}, versions = json_patch(versions, ?), \
-                 writers = json_patch(writers, ?), expires_at = COALESCE(?, expires_at) \
+                 writers = json_patch(writers, ?){renew} \
                  WHERE key = ? AND (expires_at IS NULL OR expires_at > ?) AND {condition}"
             );
             let mut params: Vec<&dyn ToSql> =
                 removed.iter().map(|path| path as &dyn ToSql).collect();
             params.extend(set_pairs());
-            params.extend([&bumped as &dyn ToSql, &writers, &expires_at, &key, &now]);
+            params.extend([&bumped as &dyn ToSql, &writers]);
+            if expires_at.is_some() {
+                params.push(&expires_at);
+            }
+            params.extend([&key as &dyn ToSql, &now]);
             for (path, version) in &expected {
                 params.extend([path as &dyn ToSql, version]);
             }

@@ -635,6 +635,12 @@ macro_rules! conformance {
                     id += 1;
                     chain.run_update(Update::text(id, from, chat, "hi")).await.expect("update");
                 }
+                // Listed per type, without the namespace.
+                let mut listed = pairs.keys(&format!("{user}:"), None, 10).await.expect("list").keys;
+                listed.sort();
+                let mut chats = vec![format!("{user}:{user}"), format!("{user}:{group}")];
+                chats.sort();
+                assert_eq!(listed, chats);
                 let erasure = typed_session::Erasure::new().register(&pairs).register(&per_user).register(&per_chat);
                 let erased = erasure.erase_user(user).await.expect("erase");
                 let mut got: Vec<(&str, String)> = erased.sessions.iter().map(|s| (s.session, s.key.clone())).collect();

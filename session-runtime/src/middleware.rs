@@ -400,9 +400,14 @@ impl<S: Session, U> SessionMiddleware<S, U> {
                         .keys(&prefix, cursor.as_ref(), ERASE_PAGE)
                         .await?;
                     for stored in page.keys {
-                        let stored: Arc<str> = Arc::from(stored);
-                        self.sessions.erase(&stored).await?;
-                        erased.push(S::NAME, stored[namespace.len()..].to_owned());
+                        let key = &stored[namespace.len()..];
+                        // A scan (Redis) may list a key twice; it is reported once.
+                        if erased.sessions.iter().any(|done| done.key == key) {
+                            continue;
+                        }
+                        let key = key.to_owned();
+                        self.sessions.erase(&Arc::from(stored)).await?;
+                        erased.push(S::NAME, key);
                     }
                     match page.next {
                         Some(next) => cursor = Some(next),

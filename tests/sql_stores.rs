@@ -64,6 +64,30 @@ macro_rules! sql_store_tests {
                 assert_eq!(store.sweep().await.expect("sweep"), 0);
             }
 
+            /// "Expiry": the middleware's conditional write leaves the expiry as it is without a
+            /// ttl, and renews it with one (the statement names `expires_at` only then).
+            #[tokio::test]
+            async fn a_conditional_write_without_a_ttl_keeps_the_expiry_and_one_with_a_ttl_renews_it() {
+                let now = Arc::new(AtomicI64::new(1_000_000));
+                let clock = Arc::clone(&now);
+                let Some(store) = $make("a_conditional_write_without_a_ttl_keeps_the_expiry_and_one_with_a_ttl_renews_it", &unique_table("ts_cond"), move || clock.load(Ordering::SeqCst)).await else { return };
+                store.migrate().await.expect("migrate");
+                let ttl = Some(Duration::from_secs(10));
+                let write = |value: &'static str, version: u64, ttl| {
+                    Patch::new().set_field("count", value).expect_version("count", version).with_ttl(ttl)
+                };
+                for key in ["kept", "renewed"] {
+                    store.apply(key, &write("1", 0, ttl)).await.expect("first write");
+                }
+                now.fetch_add(8_000, Ordering::SeqCst);
+                store.apply("kept", &write("2", 1, None)).await.expect("no ttl");
+                store.apply("renewed", &write("2", 1, ttl)).await.expect("ttl");
+                now.fetch_add(3_000, Ordering::SeqCst);
+                assert_eq!(store.load("kept").await.expect("load"), None, "expired 10 s after its first write");
+                let renewed = store.load("renewed").await.expect("load").expect("renewed at 8 s");
+                assert_eq!(renewed.get("count"), Some("2"));
+            }
+
             /// Renewed on access, a session only read lives on; renewed on write, it expires a
             /// term after its last write. The store's clock is moved, the middleware's is not.
             #[tokio::test]

@@ -59,7 +59,7 @@ impl<S: Session> Slot<S> {
             match &state.hold {
                 Some(hold) => Arc::clone(hold),
                 None => {
-                    let entry = self.sessions.registry.acquire(key);
+                    let entry = self.sessions.registry.acquire(key, &*self.sessions.store);
                     let hold = Arc::new(Hold::new(
                         Arc::clone(&self.sessions),
                         entry,

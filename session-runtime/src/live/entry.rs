@@ -17,7 +17,7 @@ use crate::live::migrate::{self, Mark};
 use crate::schema::Schema;
 use crate::schema::VERSION_FIELD;
 use crate::stats::{Count, Latency, Stats};
-use crate::store::{Patch, Record, Store};
+use crate::store::{Patch, Record, Revision, Store};
 use std::sync::Arc;
 
 /// Whether a field differs from what the store holds, and how.
@@ -433,6 +433,11 @@ pub(crate) struct Entry<S> {
     last_attempt: Mutex<Option<Attempt>>,
     /// In exclusive mode, held by the one update of this key that may use it.
     pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
+    /// The store's revision of the record that what this entry holds as stored was read from
+    /// or written to; [`Revision::Unknown`] when it may differ from the store. An entry no
+    /// update holds is kept, decoded, while the store's revision is still this one
+    /// (ARCHITECTURE.md, "Decoded between updates").
+    seen: Mutex<Revision>,
 }
 
 impl<S: Schema> Entry<S> {
@@ -454,7 +459,54 @@ impl<S: Schema> Entry<S> {
             attempts: AtomicU64::new(0),
             last_attempt: Mutex::new(None),
             turn: Arc::new(tokio::sync::Mutex::new(())),
+            seen: Mutex::new(Revision::Unknown),
         }
+    }
+
+    /// The revision of the record this entry holds as stored, if it is known.
+    pub(crate) fn seen(&self) -> Revision {
+        *self.seen.lock()
+    }
+
+    /// Runs `read`, a read of the whole record, and records the revision it read when it
+    /// succeeded and the store's revision was the same before and after it (nothing was
+    /// written in between).
+    async fn bracketed(
+        &self,
+        store: &dyn Store,
+        read: impl Future<Output = Result<Option<Record>, StoreError>>,
+    ) -> Result<Option<Record>, StoreError> {
+        let before = store.revision(&self.key);
+        let read = read.await;
+        let after = store.revision(&self.key);
+        *self.seen.lock() = if read.is_ok() && before == after {
+            after
+        } else {
+            Revision::Unknown
+        };
+        read
+    }
+
+    /// Forgets the revision: what the entry holds as stored may differ from the store.
+    fn unseen(&self) {
+        *self.seen.lock() = Revision::Unknown;
+    }
+
+    /// Applies a patch of this entry's (behind its write gate). Once it is written, the entry
+    /// holds as stored the record at the store's new revision if that revision is what this
+    /// one apply made of the one the entry had seen (no other write came in between).
+    async fn write(&self, store: &dyn Store, patch: &Patch<'_>) -> Result<(), StoreError> {
+        let before = store.revision(&self.key);
+        let applied = store.apply(&self.key, patch).await;
+        let after = store.revision(&self.key);
+        let mut seen = self.seen.lock();
+        *seen = match &applied {
+            Ok(()) if after.follows(before) && *seen == before => after,
+            // Refused whole: the store is as it was.
+            Err(StoreError::Conflict { .. }) if before == after && *seen == before => before,
+            _ => Revision::Unknown,
+        };
+        applied
     }
 
     /// Locks the live state.
@@ -503,7 +555,9 @@ impl<S: Schema> Entry<S> {
             outcome = tracing::field::Empty
         );
         let timer = stats.start();
-        let loaded = store.load(&self.key).instrument(span.clone()).await;
+        let loaded = self
+            .bracketed(store, store.load(&self.key).instrument(span.clone()))
+            .await;
         stats.took(Latency::Load, timer);
         span.record(
             "outcome",
@@ -641,7 +695,7 @@ impl<S: Schema> Entry<S> {
     /// they were based on an older value). Dirty fields not in conflict keep their value, to be
     /// written by the next persist.
     async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str]) {
-        let loaded = store.load(&self.key).await;
+        let loaded = self.bracketed(store, store.load(&self.key)).await;
         self.merge(loaded, store.returns_written_text(), conflicts);
     }
 
@@ -751,6 +805,8 @@ impl<S: Schema> Entry<S> {
             key: self.key.to_string(),
             source,
         };
+        // Across processes the lease, not the revision, says who may use the record.
+        self.unseen();
         let mut pause = Duration::from_millis(1);
         loop {
             stats.add(Count::Loads, 1);
@@ -816,6 +872,7 @@ impl<S: Schema> Entry<S> {
             let _ = self.ensure_loaded(store, stats).await;
         }
         let _in_order = self.write_gate.lock().await;
+        self.unseen();
         store.delete(&self.key).await?;
         stats.add(Count::Deletes, 1);
         let every_field: Vec<&'static str> = S::FIELDS.iter().map(|spec| spec.name).collect();
@@ -829,7 +886,7 @@ impl<S: Schema> Entry<S> {
     /// nothing but a warning: the session is saved as it was, and the next read tries again.
     async fn renew(&self, store: &dyn Store, expiry: &Expiry, stats: &Stats) {
         let renewal = Patch::new().with_ttl(expiry.ttl);
-        match store.apply(&self.key, &renewal).await {
+        match self.write(store, &renewal).await {
             Ok(()) => {
                 stats.add(Count::Renewals, 1);
             }
@@ -901,6 +958,7 @@ impl<S: Schema> Entry<S> {
 
         let delete_pending = self.lock().delete_pending;
         if delete_pending {
+            self.unseen();
             store.delete(&self.key).await.map_err(persist_error)?;
             stats.add(Count::Deletes, 1);
             let mut state = self.lock();
@@ -958,10 +1016,7 @@ impl<S: Schema> Entry<S> {
             outcome = tracing::field::Empty
         );
         let timer = stats.start();
-        let applied = store
-            .apply(&self.key, &patch)
-            .instrument(span.clone())
-            .await;
+        let applied = self.write(store, &patch).instrument(span.clone()).await;
         stats.took(Latency::Persist, timer);
         span.record(
             "outcome",

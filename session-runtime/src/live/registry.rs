@@ -4,8 +4,13 @@
 //! An update takes a hold on its first session access and gives it back only after its
 //! persist has finished, so an update that arrives while an earlier one is still writing joins
 //! the same entry and sees that write, never the older stored value.
+//!
+//! An entry no update holds is kept, decoded, while the store can tell that its record is
+//! still the one the entry last read or wrote (ARCHITECTURE.md, "Decoded between updates"):
+//! the next update of the key takes it without a load. At most [`IDLE_KEPT`] are kept; the
+//! one idle longest goes first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -13,18 +18,59 @@ use tokio::sync::Notify;
 
 use crate::live::entry::Entry;
 use crate::schema::Schema;
+use crate::store::Store;
+
+/// How many entries no update holds a middleware keeps decoded.
+pub(crate) const IDLE_KEPT: usize = 10_000;
 
 struct Live<S> {
     entry: Arc<Entry<S>>,
     holders: usize,
     /// Its last persist failed: it is kept, dirty fields and all, until one succeeds.
     unsaved: bool,
+    /// Kept decoded with no holder: when it was released (its place in `Entries::kept`).
+    idle: Option<u64>,
 }
 
 struct Entries<S> {
-    by_key: HashMap<Arc<str>, Live<S>>,
+    by_key: HashMap<Arc<str>, Live<S>, foldhash::fast::RandomState>,
     /// How many entries have at least one holder.
     held: usize,
+    /// The entries kept decoded with no holder, oldest first, by key and release stamp; a
+    /// stamp that no longer matches its entry's is a leftover, skipped.
+    kept: VecDeque<(Arc<str>, u64)>,
+    /// How many entries are kept decoded with no holder.
+    idle_count: usize,
+    /// The stamp of the next release.
+    releases: u64,
+}
+
+impl<S> Entries<S> {
+    /// Drops the entries idle longest until at most `kept` are, and the leftovers of the
+    /// queue once they outnumber the entries in it.
+    fn trim(&mut self, kept: usize) {
+        while self.idle_count > kept {
+            let Some((key, stamp)) = self.kept.pop_front() else {
+                break;
+            };
+            if self
+                .by_key
+                .get(&key)
+                .is_some_and(|live| live.idle == Some(stamp))
+            {
+                self.by_key.remove(&key);
+                self.idle_count -= 1;
+            }
+        }
+        if self.kept.len() > 2 * self.idle_count + 64 {
+            let by_key = &self.by_key;
+            self.kept.retain(|(key, stamp)| {
+                by_key
+                    .get(key)
+                    .is_some_and(|live| live.idle == Some(*stamp))
+            });
+        }
+    }
 }
 
 /// The live entries of one session middleware, by key.
@@ -37,22 +83,26 @@ impl<S: Schema> Registry<S> {
     pub(crate) fn new() -> Self {
         Registry {
             entries: Mutex::new(Entries {
-                by_key: HashMap::new(),
+                by_key: HashMap::default(),
                 held: 0,
+                kept: VecDeque::new(),
+                idle_count: 0,
+                releases: 0,
             }),
             idle: Notify::new(),
         }
     }
 
-    /// Takes a hold on the entry of `key`, creating it if no update holds it.
-    pub(crate) fn acquire(&self, key: &Arc<str>) -> Arc<Entry<S>> {
-        if let Some(entry) = self.hold_existing(&mut self.entries.lock(), key) {
+    /// Takes a hold on the entry of `key`, creating it if no update holds it and none is
+    /// kept decoded that `store` says is still current.
+    pub(crate) fn acquire(&self, key: &Arc<str>, store: &dyn Store) -> Arc<Entry<S>> {
+        if let Some(entry) = self.hold_existing(&mut self.entries.lock(), key, store) {
             return entry;
         }
         // Build the entry (which runs the user's defaults) outside the lock.
         let fresh = Arc::new(Entry::new(Arc::clone(key)));
         let mut entries = self.entries.lock();
-        if let Some(entry) = self.hold_existing(&mut entries, key) {
+        if let Some(entry) = self.hold_existing(&mut entries, key, store) {
             return entry;
         }
         entries.by_key.insert(
@@ -61,14 +111,29 @@ impl<S: Schema> Registry<S> {
                 entry: Arc::clone(&fresh),
                 holders: 1,
                 unsaved: false,
+                idle: None,
             },
         );
         entries.held += 1;
         fresh
     }
 
-    fn hold_existing(&self, entries: &mut Entries<S>, key: &str) -> Option<Arc<Entry<S>>> {
+    fn hold_existing(
+        &self,
+        entries: &mut Entries<S>,
+        key: &str,
+        store: &dyn Store,
+    ) -> Option<Arc<Entry<S>>> {
         let live = entries.by_key.get_mut(key)?;
+        if live.idle.take().is_some() {
+            entries.idle_count -= 1;
+            // Kept decoded: still current only if the store's record is the one it saw.
+            let seen = live.entry.seen();
+            if !seen.is_known() || store.revision(key) != seen {
+                entries.by_key.remove(key);
+                return None;
+            }
+        }
         live.holders += 1;
         let entry = Arc::clone(&live.entry);
         if live.holders == 1 {
@@ -80,7 +145,8 @@ impl<S: Schema> Registry<S> {
     /// Gives back a hold. The entry is dropped with its last holder, unless that holder's
     /// persist failed (`unsaved`): then it stays, so its changes are not lost.
     pub(crate) fn release(&self, entry: &Arc<Entry<S>>, unsaved: bool) {
-        let mut entries = self.entries.lock();
+        let mut guard = self.entries.lock();
+        let entries = &mut *guard;
         let Some(live) = entries.by_key.get_mut(&entry.key) else {
             return;
         };
@@ -92,10 +158,20 @@ impl<S: Schema> Registry<S> {
         if live.holders > 0 {
             return;
         }
-        if !unsaved {
-            entries.by_key.remove(&entry.key);
+        let keep = entry.seen().is_known();
+        let stamp = entries.releases;
+        if !unsaved && keep {
+            live.idle = Some(stamp);
         }
         entries.held -= 1;
+        if !unsaved && keep {
+            entries.releases += 1;
+            entries.kept.push_back((Arc::clone(&entry.key), stamp));
+            entries.idle_count += 1;
+            entries.trim(IDLE_KEPT);
+        } else if !unsaved {
+            entries.by_key.remove(&entry.key);
+        }
         if entries.held == 0 {
             self.idle.notify_waiters();
         }
@@ -115,15 +191,21 @@ impl<S: Schema> Registry<S> {
         held
     }
 
-    /// The number of live entries, unsaved ones included.
+    /// The number of live entries, unsaved ones included (not those only kept decoded).
     pub(crate) fn len(&self) -> usize {
-        self.entries.lock().by_key.len()
+        let entries = self.entries.lock();
+        entries.by_key.len() - entries.idle_count
     }
 
     /// The number of entries kept only because their last persist failed.
     pub(crate) fn unsaved(&self) -> usize {
         let entries = self.entries.lock();
-        entries.by_key.len() - entries.held
+        entries.by_key.len() - entries.held - entries.idle_count
+    }
+
+    /// The number of entries no update holds that are kept decoded.
+    pub(crate) fn idle(&self) -> usize {
+        self.entries.lock().idle_count
     }
 
     /// Waits until no update holds an entry.

@@ -47,7 +47,7 @@ impl<S: Schema> Sessions<S> {
     pub(crate) async fn erase(&self, key: &Arc<str>) -> Result<(), StoreError> {
         let held = Held {
             registry: &self.registry,
-            entry: self.registry.acquire(key),
+            entry: self.registry.acquire(key, &*self.store),
         };
         held.entry.erase(&*self.store, &self.stats).await
     }

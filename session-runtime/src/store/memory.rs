@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of};
+use super::{Cursor, Page, Patch, Record, Revision, Store, StoreFuture, page_of};
 use crate::error::StoreError;
 
 /// An in-process store. It holds encoded copies of the fields, never live values, so it
@@ -55,11 +55,22 @@ struct Records {
     /// The buffer the next patched record is written into (the replaced one becomes the next
     /// scratch), so steady-state writes do not allocate.
     scratch: Vec<u8>,
+    /// Records created so far: the `life` of the next one (see [`Revision`]).
+    lives: u64,
 }
 
 struct Stored {
     fields: Fields,
     expires_at: Option<Instant>,
+    /// Which record of its key this is, and the applies since it was created.
+    life: u64,
+    writes: u64,
+}
+
+impl Stored {
+    fn is_live(&self, now: impl FnOnce() -> Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now())
+    }
 }
 
 const INLINE: usize = 30;
@@ -83,32 +94,35 @@ impl Key {
         }
     }
 
-    fn as_str(&self) -> &str {
+    /// The key's bytes: what the table hashes and compares, so a lookup checks no UTF-8.
+    fn as_bytes(&self) -> &[u8] {
         match self {
-            // Always the bytes of a `&str` (see `new`), so this never falls back.
-            Key::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            Key::Heap(key) => key,
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(key) => key.as_bytes(),
         }
+    }
+
+    fn as_str(&self) -> &str {
+        // Always the bytes of a `&str` (see `new`), so this never falls back.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
-impl Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        self.as_str()
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
     }
 }
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
+        self.as_bytes().hash(state)
     }
 }
 
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -120,9 +134,10 @@ impl PartialOrd for Key {
     }
 }
 
+// Byte order is the code point order of UTF-8, the order keys are listed in.
 impl Ord for Key {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
@@ -139,10 +154,11 @@ const REMOVED: u32 = u32::MAX;
 /// The writer of a field no update id was given for.
 const NO_WRITER: i64 = i64::MIN;
 
-/// One field of a stored record.
+/// One field of a stored record, as the bytes of the text it was written from (checked as
+/// UTF-8 only when a record is read out, by [`Fields::to_record`]).
 struct Field<'a> {
-    name: &'a str,
-    value: Option<&'a str>,
+    name: &'a [u8],
+    value: Option<&'a [u8]>,
     version: u64,
     writer: i64,
 }
@@ -168,16 +184,15 @@ impl Fields {
     fn to_record(&self) -> Record {
         let mut record = Record::default();
         for field in self.iter() {
+            let name = text(field.name);
             if let Some(value) = field.value {
-                record
-                    .fields
-                    .insert(field.name.to_owned(), value.to_owned());
+                record.fields.insert(name.clone(), text(value));
             }
             if field.version != 0 {
-                record.versions.insert(field.name.to_owned(), field.version);
+                record.versions.insert(name.clone(), field.version);
             }
             if field.writer != NO_WRITER {
-                record.writers.insert(field.name.to_owned(), field.writer);
+                record.writers.insert(name, field.writer);
             }
         }
         record
@@ -189,7 +204,7 @@ impl Fields {
         for (field, expected) in &patch.expect {
             let version = self
                 .iter()
-                .find(|f| f.name == *field)
+                .find(|f| f.name == field.as_bytes())
                 .map_or(0, |f| f.version);
             if version != *expected {
                 conflicts.push((*field).to_owned());
@@ -208,20 +223,20 @@ impl Fields {
             .reserve(self.0.len() + patch.bytes() + 16 * (patch.set.len() + patch.remove.len()));
         let sets = patch.set.len();
         let mut written = Marks::new(sets + patch.remove.len());
-        let writer = |name: &str, old: i64| {
+        let writer = |name: &[u8], old: i64| {
             patch
                 .writers
                 .iter()
-                .find(|(n, _)| *n == name)
+                .find(|(n, _)| n.as_bytes() == name)
                 .map_or(old, |(_, id)| *id)
         };
         for field in self.iter() {
             let (name, version) = (field.name, field.version);
-            if let Some(i) = patch.set.iter().position(|(n, _)| *n == name) {
+            if let Some(i) = patch.set.iter().position(|(n, _)| n.as_bytes() == name) {
                 written.set(i);
-                let value = Some(patch.set[i].1.as_str());
+                let value = Some(patch.set[i].1.as_bytes());
                 out.push(name, value, version + 1, writer(name, field.writer));
-            } else if let Some(i) = patch.remove.iter().position(|n| *n == name) {
+            } else if let Some(i) = patch.remove.iter().position(|n| n.as_bytes() == name) {
                 written.set(sets + i);
                 out.push(name, None, version + 1, writer(name, field.writer));
             } else {
@@ -230,11 +245,13 @@ impl Fields {
         }
         for (i, (name, value)) in patch.set.iter().enumerate() {
             if !written.get(i) {
-                out.push(name, Some(value), 1, writer(name, NO_WRITER));
+                let name = name.as_bytes();
+                out.push(name, Some(value.as_bytes()), 1, writer(name, NO_WRITER));
             }
         }
         for (i, name) in patch.remove.iter().enumerate() {
             if !written.get(sets + i) {
+                let name = name.as_bytes();
                 out.push(name, None, 1, writer(name, NO_WRITER));
             }
         }
@@ -243,23 +260,23 @@ impl Fields {
             let named = |n: &str| n == *name;
             if !patch.set.iter().any(|(n, _)| named(n))
                 && !patch.remove.iter().any(|n| named(n))
-                && !self.iter().any(|f| named(f.name))
+                && !self.iter().any(|f| f.name == name.as_bytes())
             {
-                out.push(name, None, 0, *id);
+                out.push(name.as_bytes(), None, 0, *id);
             }
         }
         out
     }
 
-    fn push(&mut self, name: &str, value: Option<&str>, version: u64, writer: i64) {
+    fn push(&mut self, name: &[u8], value: Option<&[u8]>, version: u64, writer: i64) {
         // `apply` refuses parts of 4 GiB or more before they get here.
-        let len = |part: &str| u32::try_from(part.len()).unwrap_or(REMOVED - 1);
+        let len = |part: &[u8]| u32::try_from(part.len()).unwrap_or(REMOVED - 1);
         self.0.extend_from_slice(&len(name).to_le_bytes());
-        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(name);
         match value {
             Some(value) => {
                 self.0.extend_from_slice(&len(value).to_le_bytes());
-                self.0.extend_from_slice(value.as_bytes());
+                self.0.extend_from_slice(value);
             }
             None => self.0.extend_from_slice(&REMOVED.to_le_bytes()),
         }
@@ -300,7 +317,7 @@ impl Marks {
 }
 
 /// A value: `None` for a removed field.
-fn take_value<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a str>> {
+fn take_value<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     let (len, tail) = rest.split_first_chunk::<4>()?;
     if u32::from_le_bytes(*len) == REMOVED {
         *rest = tail;
@@ -309,12 +326,17 @@ fn take_value<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a str>> {
     take(rest).map(Some)
 }
 
-fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (len, tail) = rest.split_first_chunk::<4>()?;
     let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
     let (part, tail) = (tail.get(..len)?, tail.get(len..)?);
     *rest = tail;
-    std::str::from_utf8(part).ok()
+    Some(part)
+}
+
+/// A name or value as text: always the bytes of a `&str` a patch held, so nothing is replaced.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl Records {
@@ -325,7 +347,7 @@ impl Records {
                 expires_at: Some(at),
                 ..
             },
-        )) = self.map.remove_entry(key)
+        )) = self.map.remove_entry(key.as_bytes())
         {
             self.expiry.remove(&(at, key));
         }
@@ -338,7 +360,7 @@ impl Records {
                 break;
             }
             if let Some((_, key)) = self.expiry.pop_first() {
-                self.map.remove(key.as_str());
+                self.map.remove(key.as_bytes());
                 removed += 1;
             }
         }
@@ -369,18 +391,19 @@ impl MemoryStore {
 
     /// A copy of the record of `key` as stored, ignoring expiry (for tests and debugging).
     pub fn raw(&self, key: &str) -> Option<Record> {
-        self.inner.lock().map.get(key).map(|s| s.fields.to_record())
+        self.inner
+            .lock()
+            .map
+            .get(key.as_bytes())
+            .map(|s| s.fields.to_record())
     }
 }
 
 impl Store for MemoryStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         let mut records = self.inner.lock();
-        let found = match records.map.get(key) {
-            Some(Stored {
-                expires_at: Some(at),
-                ..
-            }) if *at <= Instant::now() => {
+        let found = match records.map.get(key.as_bytes()) {
+            Some(stored) if !stored.is_live(Instant::now) => {
                 records.remove(key);
                 None
             }
@@ -417,7 +440,7 @@ impl Store for MemoryStore {
         }
         let records = &mut *records;
         if !patch.expect.is_empty() {
-            let conflicts = match records.map.get(key) {
+            let conflicts = match records.map.get(key.as_bytes()) {
                 Some(stored) => stored.fields.conflicts(patch),
                 None => Fields::default().conflicts(patch),
             };
@@ -429,14 +452,23 @@ impl Store for MemoryStore {
                 }));
             }
         }
-        let stored = match records.map.get_mut(key) {
-            Some(stored) => stored,
+        let stored = match records.map.get_mut(key.as_bytes()) {
+            Some(stored) => {
+                stored.writes += 1;
+                stored
+            }
             // A renewal of a record that is gone (expired and swept above, or deleted).
             None if patch.only_renews() => return StoreFuture::ready(Ok(())),
-            None => records.map.entry(Key::new(key)).or_insert_with(|| Stored {
-                fields: Fields::default(),
-                expires_at: None,
-            }),
+            None => {
+                records.lives += 1;
+                let life = records.lives;
+                records.map.entry(Key::new(key)).or_insert(Stored {
+                    fields: Fields::default(),
+                    expires_at: None,
+                    life,
+                    writes: 0,
+                })
+            }
         };
         let patched = stored
             .fields
@@ -492,5 +524,16 @@ impl Store for MemoryStore {
 
     fn returns_written_text(&self) -> bool {
         true
+    }
+
+    /// Read under the store's lock: one table lookup.
+    fn revision(&self, key: &str) -> Revision {
+        match self.inner.lock().map.get(key.as_bytes()) {
+            Some(stored) if stored.is_live(Instant::now) => Revision::At {
+                life: stored.life,
+                writes: stored.writes,
+            },
+            _ => Revision::Absent,
+        }
     }
 }

@@ -354,6 +354,63 @@ impl<'a> Patch<'a> {
     }
 }
 
+/// Where the record of a key stands in its history, as [`Store::revision`] tells it: how live
+/// sessions learn, without a load, that what they decoded is still what the store holds
+/// (ARCHITECTURE.md, "Decoded between updates").
+///
+/// # Example
+///
+/// ```
+/// use typed_session::store::{Patch, Revision};
+/// use typed_session::{MemoryStore, Store};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// assert_eq!(store.revision("1:1"), Revision::Absent);
+/// store.apply("1:1", &Patch::new().set_field("count", "1")).await?;
+/// let created = store.revision("1:1");
+/// store.apply("1:1", &Patch::new().set_field("count", "2")).await?;
+/// assert!(store.revision("1:1").follows(created));
+/// # Ok::<(), typed_session::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Revision {
+    /// The store cannot tell without I/O (every store but [`MemoryStore`] by default).
+    #[default]
+    Unknown,
+    /// The key has no record (never written, deleted, or expired).
+    Absent,
+    /// The record after `writes` successful applies since the one that created it. `life`
+    /// tells it apart from every earlier record of the key: a record created anew, after a
+    /// delete or an expiry, has a `life` no earlier one had.
+    At {
+        /// Which record of the key this is.
+        life: u64,
+        /// The applies since it was created.
+        writes: u64,
+    },
+}
+
+impl Revision {
+    /// Whether `self` is what exactly one successful apply makes of `before`: one more write
+    /// of the same record, or the first of a new one where there was none.
+    pub fn follows(self, before: Revision) -> bool {
+        match (before, self) {
+            (Revision::At { life, writes }, Revision::At { life: l, writes: w }) => {
+                l == life && Some(w) == writes.checked_add(1)
+            }
+            (Revision::Absent, Revision::At { writes, .. }) => writes == 0,
+            _ => false,
+        }
+    }
+
+    /// Whether the store told anything.
+    pub fn is_known(self) -> bool {
+        self != Revision::Unknown
+    }
+}
+
 /// Where a walk over a store's keys stands: what [`Store::keys`] returns with a page, to be
 /// passed back for the next one.
 ///
@@ -507,6 +564,20 @@ pub trait Store: Send + Sync + 'static {
     fn returns_written_text(&self) -> bool {
         false
     }
+
+    /// Where the record of `key` stands ([`Revision`]), if the store can tell at once, without
+    /// I/O; [`Revision::Unknown`] otherwise (the default).
+    ///
+    /// A store that tells promises that every successful [`apply`](Store::apply) to a record
+    /// adds one to its `writes` (a renewal too), that one creating a record starts it at 0
+    /// with a `life` the key never had, that nothing else changes a record without changing
+    /// its revision, and that an expired record is [`Revision::Absent`]. The runtime then
+    /// keeps a session decoded between updates and skips the load while the revision is the
+    /// one it last saw.
+    fn revision(&self, key: &str) -> Revision {
+        let _ = key;
+        Revision::Unknown
+    }
 }
 
 impl<T: Store + ?Sized> Store for Arc<T> {
@@ -537,6 +608,10 @@ impl<T: Store + ?Sized> Store for Arc<T> {
 
     fn returns_written_text(&self) -> bool {
         (**self).returns_written_text()
+    }
+
+    fn revision(&self, key: &str) -> Revision {
+        (**self).revision(key)
     }
 }
 

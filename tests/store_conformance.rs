@@ -1157,13 +1157,19 @@ mod mongodb_backend {
 
     pub(crate) async fn stores(test: &'static str) -> Option<(MongoStore, MongoStore)> {
         let url = crate::common::server_url("MONGODB_URL", "mongodb", test)?;
+        // The server here is SecantusDB, written in Python: a patch of 1,000 fields takes it
+        // about 2 s, the store's default deadline (a real MongoDB, milliseconds). These tests
+        // are about what is stored; `tests/faults.rs` is about deadlines.
+        let patient = std::time::Duration::from_secs(20);
         let one = MongoStore::connect(&url, "typed_session_test")
             .await
-            .expect("connect");
+            .expect("connect")
+            .with_timeout(patient);
         one.migrate().await.expect("migrate");
         let two = MongoStore::connect(&url, "typed_session_test")
             .await
-            .expect("connect again");
+            .expect("connect again")
+            .with_timeout(patient);
         Some((one, two))
     }
 }

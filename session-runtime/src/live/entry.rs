@@ -499,12 +499,12 @@ impl<S: Schema> Entry<S> {
         let before = store.revision(&self.key);
         let applied = store.apply(&self.key, patch).await;
         let after = store.revision(&self.key);
+        // A refused patch is followed by a refresh, which reads the revision again.
         let mut seen = self.seen.lock();
-        *seen = match &applied {
-            Ok(()) if after.follows(before) && *seen == before => after,
-            // Refused whole: the store is as it was.
-            Err(StoreError::Conflict { .. }) if before == after && *seen == before => before,
-            _ => Revision::Unknown,
+        *seen = if applied.is_ok() && after.follows(before) && *seen == before {
+            after
+        } else {
+            Revision::Unknown
         };
         applied
     }

@@ -143,7 +143,8 @@ impl<S: Schema> Registry<S> {
     }
 
     /// Gives back a hold. The entry is dropped with its last holder, unless that holder's
-    /// persist failed (`unsaved`): then it stays, so its changes are not lost.
+    /// persist failed (`unsaved`): then it stays, so its changes are not lost; or the store's
+    /// revision of what it holds is known: then it is kept decoded for the next update.
     pub(crate) fn release(&self, entry: &Arc<Entry<S>>, unsaved: bool) {
         let mut guard = self.entries.lock();
         let entries = &mut *guard;
@@ -158,18 +159,17 @@ impl<S: Schema> Registry<S> {
         if live.holders > 0 {
             return;
         }
-        let keep = entry.seen().is_known();
-        let stamp = entries.releases;
-        if !unsaved && keep {
-            live.idle = Some(stamp);
-        }
         entries.held -= 1;
-        if !unsaved && keep {
+        if unsaved {
+            // Kept for its changes, see `hold_unsaved`.
+        } else if entry.seen().is_known() {
+            let stamp = entries.releases;
+            live.idle = Some(stamp);
             entries.releases += 1;
             entries.kept.push_back((Arc::clone(&entry.key), stamp));
             entries.idle_count += 1;
             entries.trim(IDLE_KEPT);
-        } else if !unsaved {
+        } else {
             entries.by_key.remove(&entry.key);
         }
         if entries.held == 0 {

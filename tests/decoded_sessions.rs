@@ -123,6 +123,30 @@ async fn at_most_ten_thousand_are_kept_and_the_one_idle_longest_goes_first() {
 }
 
 #[tokio::test]
+async fn keep_decoded_bounds_the_idle_sessions_and_zero_keeps_none() {
+    for keep in [0, 2] {
+        let sessions = SessionMiddleware::<Counter, Update>::builder(MemoryStore::new())
+            .keep_decoded(keep)
+            .build();
+        let chain = incrementing(&sessions);
+        for user in 0..3 {
+            chain
+                .run_update(Update::text(user + 1, user, user, "+1"))
+                .await
+                .expect("update");
+        }
+        assert_eq!(sessions.idle_sessions(), keep, "keep_decoded({keep})");
+        let loads = sessions.stats().loads();
+        chain
+            .run_update(Update::text(10, 2, 2, "+1"))
+            .await
+            .expect("the newest again");
+        let expected = if keep == 0 { loads + 1 } else { loads };
+        assert_eq!(sessions.stats().loads(), expected, "keep_decoded({keep})");
+    }
+}
+
+#[tokio::test]
 async fn a_store_that_tells_no_revision_is_read_by_every_update() {
     let probe = ProbeStore::new(MemoryStore::new());
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));

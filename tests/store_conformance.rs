@@ -1061,6 +1061,25 @@ mod sqlite_backends {
         Some((one, two))
     }
 
+    /// A file database in WAL mode with group commit, opened twice.
+    pub(crate) async fn file_grouped(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
+        let path = std::env::temp_dir().join(format!(
+            "typed-session-conformance-grouped-{}.db",
+            std::process::id()
+        ));
+        let url = format!("sqlite://{}", path.display());
+        let one = SqliteStore::connect(&url)
+            .await
+            .expect("open")
+            .with_group_commit();
+        one.migrate().await.expect("migrate");
+        let two = SqliteStore::connect(&url)
+            .await
+            .expect("open again")
+            .with_group_commit();
+        Some((one, two))
+    }
+
     /// An in-memory database (one connection, shared by both handles).
     pub(crate) async fn memory(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
@@ -1070,6 +1089,8 @@ mod sqlite_backends {
 }
 #[cfg(feature = "sqlite")]
 conformance!(sqlite_file, sqlite_backends::file);
+#[cfg(feature = "sqlite")]
+conformance!(sqlite_file_grouped, sqlite_backends::file_grouped);
 
 #[cfg(feature = "postgres")]
 mod postgres_backend {

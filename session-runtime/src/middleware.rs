@@ -56,6 +56,7 @@ pub struct SessionBuilder<S: Session, U> {
     redelivery: bool,
     ttl: Option<Duration>,
     renewal: Renewal,
+    keep_decoded: usize,
     _session: PhantomData<fn() -> S>,
 }
 
@@ -70,6 +71,7 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
             .field("lease", &self.lease)
             .field("ttl", &self.ttl)
             .field("renewal", &self.renewal)
+            .field("keep_decoded", &self.keep_decoded)
             .finish_non_exhaustive()
     }
 }
@@ -163,11 +165,20 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self
     }
 
+    /// How many sessions no update holds are kept decoded, so that the next update of their
+    /// key skips the load (default 10,000; 0 keeps none). Only a store that tells revisions
+    /// ([`Store::revision`], the memory store) lets any be kept; the one idle longest is
+    /// dropped first. Each costs its decoded session plus about 100 bytes.
+    pub fn keep_decoded(mut self, sessions: usize) -> Self {
+        self.keep_decoded = sessions;
+        self
+    }
+
     /// The middleware.
     pub fn build(self) -> SessionMiddleware<S, U> {
         SessionMiddleware {
             sessions: Arc::new(Sessions {
-                registry: Registry::new(),
+                registry: Registry::new(self.keep_decoded),
                 prefix: Arc::from(format!("{}:", S::NAMESPACE)),
                 store: self.store,
                 strategy: self.key.name(),
@@ -279,6 +290,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             redelivery: true,
             ttl: S::TTL,
             renewal: S::RENEWAL,
+            keep_decoded: crate::live::registry::IDLE_KEPT,
             _session: PhantomData,
         }
     }
@@ -297,7 +309,8 @@ impl<S: Session, U> SessionMiddleware<S, U> {
     /// The number of sessions no update holds that are kept decoded, so that the next update
     /// of their key needs no load: with a store that tells revisions ([`Store::revision`],
     /// the memory store), while the stored record is still the one they read or wrote, at
-    /// most 10,000 per middleware (ARCHITECTURE.md, "Decoded between updates").
+    /// most 10,000 per middleware unless [`SessionBuilder::keep_decoded`] says otherwise
+    /// (ARCHITECTURE.md, "Decoded between updates").
     pub fn idle_sessions(&self) -> usize {
         self.sessions.registry.idle()
     }

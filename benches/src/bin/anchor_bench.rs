@@ -580,7 +580,7 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
     let env = |var: &str| std::env::var(var).map_err(|_| format!("--store {name} needs {var}"));
     Ok(match name {
         "memory" => Arc::new(MemoryStore::new()),
-        "sqlite-memory" | "sqlite-wal" => {
+        "sqlite-memory" | "sqlite-wal" | "sqlite-wal-group" => {
             let url = if name == "sqlite-memory" {
                 "sqlite::memory:".to_owned()
             } else {
@@ -593,9 +593,12 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
                 }
                 format!("sqlite://{}", path.display())
             };
-            let store = typed_session::SqliteStore::connect(&url)
+            let mut store = typed_session::SqliteStore::connect(&url)
                 .await?
                 .with_table(&table)?;
+            if name == "sqlite-wal-group" {
+                store = store.with_group_commit();
+            }
             store.migrate().await?;
             Arc::new(store)
         }
@@ -720,6 +723,7 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
     let med = median(&ups);
     let (bench, journal) = match o.store.as_str() {
         "sqlite-wal" => ("sqlite", "wal-normal"),
+        "sqlite-wal-group" => ("sqlite", "wal-normal-group-commit"),
         "sqlite-memory" => ("sqlite", "memory"),
         _ => ("store", ""),
     };

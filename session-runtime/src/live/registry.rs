@@ -7,8 +7,8 @@
 //!
 //! An entry no update holds is kept, decoded, while the store can tell that its record is
 //! still the one the entry last read or wrote (ARCHITECTURE.md, "Decoded between updates"):
-//! the next update of the key takes it without a load. At most [`IDLE_KEPT`] are kept; the
-//! one idle longest goes first.
+//! the next update of the key takes it without a load. At most [`IDLE_KEPT`] are kept unless
+//! the middleware is built with another bound; the one idle longest goes first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::live::entry::Entry;
 use crate::schema::Schema;
 use crate::store::Store;
 
-/// How many entries no update holds a middleware keeps decoded.
+/// How many entries no update holds a middleware keeps decoded, by default.
 pub(crate) const IDLE_KEPT: usize = 10_000;
 
 struct Live<S> {
@@ -77,11 +77,14 @@ impl<S> Entries<S> {
 pub(crate) struct Registry<S> {
     entries: Mutex<Entries<S>>,
     idle: Notify,
+    /// The most entries kept decoded with no holder.
+    keep: usize,
 }
 
 impl<S: Schema> Registry<S> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(keep: usize) -> Self {
         Registry {
+            keep,
             entries: Mutex::new(Entries {
                 by_key: HashMap::default(),
                 held: 0,
@@ -162,13 +165,13 @@ impl<S: Schema> Registry<S> {
         entries.held -= 1;
         if unsaved {
             // Kept for its changes, see `hold_unsaved`.
-        } else if entry.seen().is_known() {
+        } else if self.keep > 0 && entry.seen().is_known() {
             let stamp = entries.releases;
             live.idle = Some(stamp);
             entries.releases += 1;
             entries.kept.push_back((Arc::clone(&entry.key), stamp));
             entries.idle_count += 1;
-            entries.trim(IDLE_KEPT);
+            entries.trim(self.keep);
         } else {
             entries.by_key.remove(&entry.key);
         }

@@ -1,0 +1,173 @@
+//! SQLite group commit (`SqliteStore::with_group_commit`): the patches of concurrent updates
+//! share one transaction, and each caller is answered only after its commit.
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Counter, incrementing};
+use typed_session::store::Patch;
+use typed_session::telegram::Update;
+use typed_session::{SessionMiddleware, SqliteStore, Store};
+
+/// A fresh WAL database file for `test`, opened twice: with group commit, and plainly (a
+/// second connection, to see only what is committed).
+async fn database(test: &str) -> (SqliteStore, SqliteStore, PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "typed-session-group-{test}-{}.db",
+        std::process::id()
+    ));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let url = format!("sqlite://{}", path.display());
+    let grouped = SqliteStore::connect(&url)
+        .await
+        .expect("open")
+        .with_group_commit();
+    grouped.migrate().await.expect("migrate");
+    let other = SqliteStore::connect(&url).await.expect("open again");
+    (grouped, other, path)
+}
+
+/// The frames in the WAL file: each commit appends at least one.
+fn wal_frames(store: &SqliteStore) -> i64 {
+    store
+        .connection()
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
+        .expect("checkpoint")
+}
+
+fn empty_wal(store: &SqliteStore) {
+    let _: i64 = store
+        .connection()
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .expect("truncate");
+    assert_eq!(wal_frames(store), 0);
+}
+
+fn count(record: Option<typed_session::store::Record>) -> u64 {
+    record
+        .and_then(|r| r.get("count").and_then(|c| c.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn concurrent_updates_share_commits_and_every_acknowledged_one_is_stored() {
+    const UPDATES: i64 = 300;
+    const USERS: i64 = 30;
+    let (grouped, other, path) = database("concurrent").await;
+    empty_wal(&grouped);
+    let sessions = SessionMiddleware::<Counter, Update>::new(grouped.clone());
+    let chain = incrementing(&sessions);
+    let mut updates = tokio::task::JoinSet::new();
+    for id in 0..UPDATES {
+        let chain = chain.clone();
+        let user = id % USERS;
+        updates.spawn(async move {
+            chain
+                .run_update(Update::text(id + 1, user, user, "+1"))
+                .await
+        });
+    }
+    let mut acknowledged = 0;
+    while let Some(done) = updates.join_next().await {
+        if done.expect("task").is_ok() {
+            acknowledged += 1;
+        }
+    }
+    assert_eq!(acknowledged, UPDATES, "every update succeeds");
+    let mut stored = 0;
+    for user in 0..USERS {
+        let key = format!("Counter:{user}:{user}");
+        stored += count(other.load(&key).await.expect("load"));
+    }
+    assert_eq!(
+        stored, acknowledged as u64,
+        "acknowledged = stored, seen from another connection"
+    );
+    let frames = wal_frames(&grouped);
+    assert!(
+        frames < UPDATES / 4,
+        "{frames} WAL frames for {UPDATES} updates: commits were shared"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_patch_is_answered_only_after_its_commit_and_a_load_of_its_key_commits_first() {
+    let (grouped, other, path) = database("answered").await;
+    // What the middleware writes: the field's version is its condition (0: never written).
+    let patch = Patch::new()
+        .set_field("count", "1")
+        .expect_version("count", 0);
+    let mut apply = std::pin::pin!(grouped.apply("7:7", &patch));
+    tokio::select! {
+        biased;
+        _ = &mut apply => panic!("answered before the others ready to run could join"),
+        () = std::future::ready(()) => {}
+    }
+    assert_eq!(
+        other.load("7:7").await.expect("load"),
+        None,
+        "not committed yet"
+    );
+    assert_eq!(count(grouped.load("7:7").await.expect("load")), 1);
+    assert_eq!(
+        count(other.load("7:7").await.expect("load")),
+        1,
+        "the load of a key the open transaction wrote committed it first"
+    );
+    apply.await.expect("committed");
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_caller_cancelled_while_waiting_still_has_its_patch_committed() {
+    let (grouped, other, path) = database("cancelled").await;
+    let patch = Patch::new()
+        .set_field("count", "5")
+        .expect_version("count", 0);
+    {
+        let apply = grouped.apply("7:7", &patch);
+        tokio::select! {
+            biased;
+            _ = apply => panic!("answered before yielding"),
+            () = std::future::ready(()) => {}
+        }
+    }
+    assert_eq!(
+        count(other.load("7:7").await.expect("load")),
+        5,
+        "committed when its last caller went away: the write lock is not kept"
+    );
+    other
+        .apply("8:8", &Patch::new().set_field("count", "1"))
+        .await
+        .expect("another connection can write");
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_refused_patch_leaves_no_transaction_open() {
+    let (grouped, other, path) = database("refused").await;
+    let first = Patch::new()
+        .set_field("count", "1")
+        .expect_version("count", 0);
+    grouped.apply("7:7", &first).await.expect("first");
+    let stale = Patch::new()
+        .set_field("count", "2")
+        .expect_version("count", 7);
+    let refused = grouped.apply("7:7", &stale).await;
+    assert!(
+        matches!(refused, Err(typed_session::StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    other
+        .apply("8:8", &Patch::new().set_field("count", "1"))
+        .await
+        .expect("the write lock was given back");
+    assert_eq!(count(grouped.load("7:7").await.expect("load")), 1);
+    let _ = std::fs::remove_file(path);
+}

@@ -173,7 +173,9 @@ impl SqliteStore {
     /// committed, and what is committed is as durable as with a transaction per patch (WAL
     /// with `synchronous=NORMAL`: it survives a crash of the process, and a power loss may
     /// take back the last commits). One commit per group saves most of the cost of a commit
-    /// per update when many are in flight; one update at a time gains nothing.
+    /// per update when many are in flight (measured with 100 in flight: 1.8× the throughput);
+    /// one update at a time there is nothing to share and the yield and the explicit
+    /// transaction cost about a quarter of the throughput, hence off by default.
     ///
     /// While a group transaction is open, this process holds the database's write lock:
     /// other processes' writes wait for it (within their busy timeout), never longer than

@@ -47,6 +47,15 @@ fn empty_wal(store: &SqliteStore) {
     assert_eq!(wal_frames(store), 0);
 }
 
+/// Polls `apply` once: a grouped patch yields before its commit, so it is not answered yet.
+async fn assert_pending<F: std::future::Future + Unpin>(apply: &mut F) {
+    tokio::select! {
+        biased;
+        _ = apply => panic!("answered before the others ready to run could join"),
+        () = std::future::ready(()) => {}
+    }
+}
+
 fn count(record: Option<typed_session::store::Record>) -> u64 {
     record
         .and_then(|r| r.get("count").and_then(|c| c.parse().ok()))
@@ -102,12 +111,8 @@ async fn a_patch_is_answered_only_after_its_commit_and_a_load_of_its_key_commits
     let patch = Patch::new()
         .set_field("count", "1")
         .expect_version("count", 0);
-    let mut apply = std::pin::pin!(grouped.apply("7:7", &patch));
-    tokio::select! {
-        biased;
-        _ = &mut apply => panic!("answered before the others ready to run could join"),
-        () = std::future::ready(()) => {}
-    }
+    let mut apply = grouped.apply("7:7", &patch);
+    assert_pending(&mut apply).await;
     assert_eq!(
         other.load("7:7").await.expect("load"),
         None,
@@ -129,14 +134,9 @@ async fn a_caller_cancelled_while_waiting_still_has_its_patch_committed() {
     let patch = Patch::new()
         .set_field("count", "5")
         .expect_version("count", 0);
-    {
-        let apply = grouped.apply("7:7", &patch);
-        tokio::select! {
-            biased;
-            _ = apply => panic!("answered before yielding"),
-            () = std::future::ready(()) => {}
-        }
-    }
+    let mut apply = grouped.apply("7:7", &patch);
+    assert_pending(&mut apply).await;
+    drop(apply);
     assert_eq!(
         count(other.load("7:7").await.expect("load")),
         5,

@@ -171,3 +171,34 @@ async fn a_refused_patch_leaves_no_transaction_open() {
     assert_eq!(count(grouped.load("7:7").await.expect("load")), 1);
     let _ = std::fs::remove_file(path);
 }
+
+/// Another connection holds the write lock: a grouped patch cannot open its transaction, waits
+/// for the lock off the runtime within the busy timeout, fails with a clear error when it
+/// stays taken, and is written once it is free.
+#[tokio::test]
+async fn a_locked_database_is_waited_for_within_the_busy_timeout() {
+    let (grouped, other, path) = database("locked").await;
+    let grouped = grouped.with_busy_timeout(std::time::Duration::from_millis(100));
+    other
+        .connection()
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("the write lock");
+    let patch = Patch::new()
+        .set_field("count", "1")
+        .expect_version("count", 0);
+    let refused = grouped.apply("7:7", &patch).await;
+    assert!(
+        matches!(&refused, Err(typed_session::StoreError::Backend { .. })),
+        "{refused:?}"
+    );
+    other
+        .connection()
+        .execute_batch("COMMIT")
+        .expect("released");
+    grouped
+        .apply("7:7", &patch)
+        .await
+        .expect("written once free");
+    assert_eq!(count(other.load("7:7").await.expect("load")), 1);
+    let _ = std::fs::remove_file(path);
+}

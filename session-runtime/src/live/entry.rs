@@ -496,12 +496,16 @@ impl<S: Schema> Entry<S> {
     /// holds as stored the record at the store's new revision if that revision is what this
     /// one apply made of the one the entry had seen (no other write came in between).
     async fn write(&self, store: &dyn Store, patch: &Patch<'_>) -> Result<(), StoreError> {
-        let before = store.revision(&self.key);
         let applied = store.apply(&self.key, patch).await;
-        let after = store.revision(&self.key);
-        // A refused patch is followed by a refresh, which reads the revision again.
+        // One apply past the revision seen is this one: no other write came in between, so
+        // the revision before the apply needs no reading of its own. A refused patch is
+        // followed by a refresh, which reads the revision again.
+        let after = match applied {
+            Ok(()) => store.revision(&self.key),
+            Err(_) => Revision::Unknown,
+        };
         let mut seen = self.seen.lock();
-        *seen = if applied.is_ok() && after.follows(before) && *seen == before {
+        *seen = if after.follows(*seen) {
             after
         } else {
             Revision::Unknown

@@ -70,6 +70,15 @@ struct Group {
     keys: HashSet<String>,
 }
 
+impl Group {
+    /// Whether `batch` is the transaction open now.
+    fn is_open(&self, batch: &Arc<Batch>) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|open| Arc::ptr_eq(open, batch))
+    }
+}
+
 /// The patches of one group transaction.
 #[derive(Default)]
 struct Batch {
@@ -227,12 +236,7 @@ impl SqliteStore {
             return;
         };
         let mut group = group.lock();
-        if only.is_some_and(|batch| {
-            !group
-                .open
-                .as_ref()
-                .is_some_and(|open| Arc::ptr_eq(open, batch))
-        }) {
+        if only.is_some_and(|batch| !group.is_open(batch)) {
             return;
         }
         let Some(batch) = group.open.take() else {
@@ -304,11 +308,7 @@ impl SqliteStore {
             return Err(refused);
         }
         let mut group = group.lock();
-        if !group
-            .open
-            .as_ref()
-            .is_some_and(|open| Arc::ptr_eq(open, &batch))
-        {
+        if !group.is_open(&batch) {
             // The patch needed a transaction of its own, which ended the group first.
             return Ok(None);
         }

@@ -8,7 +8,14 @@ use crate::errors::Errors;
 use crate::model::Model;
 
 /// Names the handle uses for its own methods; a field of that name would clash.
-pub(crate) const HANDLE_METHODS: &[&str] = &["key", "is_live", "snapshot", "replace", "clear"];
+pub(crate) const HANDLE_METHODS: &[&str] = &[
+    "key",
+    "is_live",
+    "is_redelivery",
+    "snapshot",
+    "replace",
+    "clear",
+];
 
 /// Reports what is wrong; returns `false` when generating code would only add errors that
 /// follow from the ones reported (U5).

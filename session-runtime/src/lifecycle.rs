@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
+use crate::config::{ErrorPolicy, StalePolicy};
 use crate::context::Context;
 use crate::error::{BoxError, SessionError};
 use crate::live::SessionRef;
-use crate::live::access::Hold;
+use crate::live::access::{Hold, Writes};
 use crate::live::sessions::Sessions;
 use crate::session::Session;
 
@@ -370,6 +370,10 @@ impl<S: Session> fmt::Debug for Scope<S> {
     }
 }
 
+/// How many times an update whose own writes are still pending after a conflict on other
+/// fields writes them again before it is told the conflict.
+const CONFLICT_RETRIES: usize = 3;
+
 enum Closed {
     Saved,
     Refused(SessionError),
@@ -403,22 +407,52 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     if (failed || refused.is_some()) && sessions.on_error == ErrorPolicy::Discard {
         hold.revert(false);
     }
-    let persisted = hold.persist().await;
-    let discarded = hold.discarded_writes();
+    let mut persisted = hold.persist().await;
+    // A conflict on fields this update did not write leaves its own writes pending, to be
+    // written on the refreshed session: write them now, so that the update learns their fate.
+    for _ in 0..CONFLICT_RETRIES {
+        let pending = hold.writes() == Writes::Pending;
+        if !(pending && matches!(persisted, Err(SessionError::Conflict { .. }))) {
+            break;
+        }
+        persisted = hold.persist().await;
+    }
+    // The update is told what became of its own writes (ARCHITECTURE.md, "Exactly once"):
+    // the persist it ran also carries other updates' writes, and may fail for theirs after
+    // its own were saved by an earlier patch.
+    let writes = hold.writes();
+    // A redelivery recognised as saved wrote nothing: it is saved, whatever the persist of
+    // other updates' writes it ran met (run again, it might no longer be recognised).
+    let saved = writes == Writes::Saved || (writes == Writes::None && hold.is_replay());
+    if saved && let Err(error) = &persisted {
+        tracing::debug!(session = S::NAME, key = &*hold.entry.key, %error, "this update's writes were saved by an earlier patch; the failed one carried other updates' writes");
+        persisted = Ok(());
+    }
     let take_back = match &persisted {
         Ok(()) | Err(SessionError::Conflict { .. }) => false,
-        Err(_) => hold.retried && sessions.save_failure == SaveFailure::Retry,
+        Err(_) => hold.takes_back(),
     };
     if take_back {
         hold.take_back();
     }
     // What is still dirty (kept writes, other updates' writes) has to be written later.
     hold.release(persisted.is_err() && hold.entry.lock().has_changes());
-    if !discarded.is_empty() {
-        return Closed::Retry(SessionError::Conflict {
-            session: S::NAME,
-            key: hold.entry.key.to_string(),
-            fields: discarded,
+    if let Writes::Discarded { fields, sure } = writes {
+        // Taken back: the update runs again. A conflict says the store holds none of it; a
+        // failed save says it may (then its redelivery is recognised by its id).
+        return Closed::Retry(match persisted {
+            Err(error @ SessionError::Persist { .. }) if !sure => error,
+            _ if !sure => SessionError::Persist {
+                session: S::NAME,
+                key: hold.entry.key.to_string(),
+                source: hold.entry.failed_save(),
+                chain: None,
+            },
+            _ => SessionError::Conflict {
+                session: S::NAME,
+                key: hold.entry.key.to_string(),
+                fields,
+            },
         });
     }
     if take_back && let Err(error) = persisted {

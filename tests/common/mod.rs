@@ -7,6 +7,7 @@
 // Test support shared by several test crates: `pub` so each can use it, unused in some.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod history;
 pub mod logs;
 
 use std::collections::BTreeMap;

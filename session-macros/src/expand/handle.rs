@@ -168,6 +168,17 @@ fn own_methods(model: &Model, session_ty: &TokenStream) -> Vec<TokenStream> {
             },
         ),
         (
+            "is_redelivery",
+            quote! {
+                /// Whether this update was recognised as a delivery of one whose session writes
+                /// are saved already: its writes are not applied again. Effects outside the
+                /// session (a message sent) are the handler's to skip.
+                pub fn is_redelivery(&self) -> bool {
+                    self.inner.is_redelivery()
+                }
+            },
+        ),
+        (
             "snapshot",
             quote! {
                 /// A copy of the whole session.

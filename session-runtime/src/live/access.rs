@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::error::SessionError;
-use crate::live::entry::{Dirty, Entry, State};
+use crate::live::entry::{Dirty, Entry, Fate, State};
 use crate::live::lease;
 use crate::live::sessions::Sessions;
 use crate::schema::Schema;
@@ -38,6 +38,23 @@ struct Marks {
     written: AtomicU64,
     /// Last changed in any way, `clear()` included: what taking back looks for.
     changed: AtomicU64,
+}
+
+/// What became of one update's own writes (ARCHITECTURE.md, "Exactly once").
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Writes {
+    /// It wrote nothing.
+    None,
+    /// All of them are in the store (saved by its own patch or by another update's).
+    Saved,
+    /// Some are not written yet, and none was taken back.
+    Pending,
+    /// These fields' writes were taken back: the store refused them or was never sent them
+    /// (`sure`), or a save that carried them failed, so the store may hold them.
+    Discarded {
+        fields: Vec<&'static str>,
+        sure: bool,
+    },
 }
 
 /// One update's hold on a live entry.
@@ -152,10 +169,16 @@ impl<S: Schema> Hold<S> {
         Ok(())
     }
 
+    /// Whether a failed save takes this update's writes back, so that it can run again.
+    pub(crate) fn takes_back(&self) -> bool {
+        self.retried && self.sessions.save_failure == SaveFailure::Retry
+    }
+
     /// Writes what the entry has unsaved; under a lease, releases it in the same patch.
     pub(crate) async fn persist(&self) -> Result<(), SessionError> {
+        let take_back = self.takes_back();
         let Some(held) = &self.lease else {
-            return self.sessions.persist(&self.entry).await;
+            return self.sessions.persist(&self.entry, take_back).await;
         };
         if let Some(renewer) = self.renewer.lock().take() {
             renewer.abort();
@@ -169,6 +192,7 @@ impl<S: Schema> Hold<S> {
                 &sessions.expiry,
                 &sessions.stats,
                 lease.as_mut(),
+                take_back,
             )
             .await;
         if persisted.is_ok() {
@@ -183,7 +207,7 @@ impl<S: Schema> Hold<S> {
         let Some(id) = self.update_id else { return };
         self.replayed.get_or_init(|| {
             let state = self.entry.lock();
-            let saved = state.recent.contains(&Some(id))
+            let saved = state.recent.contains(id)
                 || state.fields.iter().any(|f| f.writer == Some(id));
             drop(state);
             if saved {
@@ -201,7 +225,8 @@ impl<S: Schema> Hold<S> {
         });
     }
 
-    fn is_replay(&self) -> bool {
+    /// Whether this update was recognised as a delivery of one saved before.
+    pub(crate) fn is_replay(&self) -> bool {
         self.replayed.get().copied().unwrap_or(false)
     }
 
@@ -237,25 +262,48 @@ impl<S: Schema> Hold<S> {
         self.marks[index].changed.store(version, Ordering::Relaxed);
     }
 
-    /// The fields whose last write by this update was discarded after a conflict: another
-    /// writer had changed them, so the write was never saved.
-    pub(crate) fn discarded_writes(&self) -> Vec<&'static str> {
+    /// What became of this update's writes: each field's last write by it is saved, pending,
+    /// or was taken back.
+    pub(crate) fn writes(&self) -> Writes {
         let state = self.entry.lock();
-        S::FIELDS
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| {
-                let written = self.marks[*index].written.load(Ordering::Relaxed);
-                written != 0 && state.fields[*index].was_discarded(written)
-            })
-            .map(|(_, spec)| spec.name)
-            .collect()
+        let (mut any, mut pending, mut sure) = (false, false, true);
+        let mut discarded = Vec::new();
+        for (index, spec) in S::FIELDS.iter().enumerate() {
+            let written = self.marks[index].written.load(Ordering::Relaxed);
+            if written == 0 {
+                continue;
+            }
+            any = true;
+            match state.fields[index].fate(written) {
+                Fate::Saved => {}
+                Fate::Pending => pending = true,
+                Fate::Discarded { sure: known } => {
+                    discarded.push(spec.name);
+                    sure &= known;
+                }
+            }
+        }
+        if !discarded.is_empty() {
+            Writes::Discarded {
+                fields: discarded,
+                sure,
+            }
+        } else if pending {
+            Writes::Pending
+        } else if any {
+            Writes::Saved
+        } else {
+            Writes::None
+        }
     }
 
     /// Records a write of field `index` by this update.
     fn wrote_field(&self, state: &mut State<S>, index: usize, version: u64) {
         self.marks[index].written.store(version, Ordering::Relaxed);
-        state.fields[index].wrote_by = self.update_id;
+        match self.update_id {
+            Some(id) => state.fields[index].written_by(version, id),
+            None => state.fields[index].wrote_by = None,
+        }
         self.wrote(index, version);
     }
 
@@ -286,6 +334,11 @@ impl<S: Schema> Hold<S> {
                 }
                 Some((_, None)) => {}
                 None => state.restore_stored(index),
+            }
+            // Its write is gone: no patch records this update for it.
+            marks.written.store(0, Ordering::Relaxed);
+            if let Some(id) = self.update_id {
+                state.fields[index].unwritten_by(id);
             }
         }
         if let Some((before, epoch)) = undo.clear
@@ -350,6 +403,13 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// write then is reported and not saved by that update.
     pub fn is_live(&self) -> bool {
         !self.hold.finished.load(Ordering::Acquire)
+    }
+
+    /// Whether this update was recognised as a delivery of one whose session writes are
+    /// saved already (ARCHITECTURE.md, "Redelivery"): its writes are not applied again, and
+    /// effects outside the session (a reply sent) are the handler's to skip.
+    pub fn is_redelivery(&self) -> bool {
+        self.hold.is_replay()
     }
 
     fn check_live(&self, what: &'static str) {

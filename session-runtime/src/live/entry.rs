@@ -14,6 +14,7 @@ use crate::error::{SessionError, StoreError, StoreOp};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
+use crate::live::window::Window;
 use crate::schema::Schema;
 use crate::schema::VERSION_FIELD;
 use crate::stats::{Count, Latency, Stats};
@@ -48,12 +49,37 @@ pub(crate) struct FieldState {
     pub(crate) wrote_by: Option<i64>,
     /// The newest local version whose fate is known: written to the store, or discarded.
     decided: u64,
-    /// The local versions `(after, up_to]` whose writes were discarded after a conflict (the
-    /// newest few), so the updates that made them learn it.
-    discarded: Vec<(u64, u64)>,
+    /// The local versions whose writes were discarded (the newest few ranges), so the
+    /// updates that made them learn it.
+    discarded: Vec<Discard>,
+    /// The updates whose writes of this field are not decided yet, by the local version they
+    /// made: the patch that carries the field records them all as saved updates.
+    pending: Vec<(u64, i64)>,
     /// What the persist under way writes of the field (there is at most one per entry,
     /// behind its write gate).
     in_flight: Option<InFlight>,
+}
+
+/// Local versions `(after, up_to]` of a field whose writes were discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Discard {
+    after: u64,
+    up_to: u64,
+    /// Whether the store certainly holds none of them: the store refused their patch (a
+    /// conflict), or they were never sent. Otherwise a save that carried them failed in a
+    /// way that leaves the store's state unknown (a timeout may follow an applied write).
+    sure: bool,
+}
+
+/// What became of a write a field remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// In the store.
+    Saved,
+    /// Not written yet.
+    Pending,
+    /// Taken back: the store holds none of it (`sure`), or may hold it (a failed save).
+    Discarded { sure: bool },
 }
 
 /// A field's write in the patch under way.
@@ -67,10 +93,10 @@ struct InFlight {
     writer: Option<i64>,
 }
 
-/// How many discarded ranges a field remembers: an update that made a write this many
-/// conflicts ago on the same field is no longer told (it would take that many persists of one
-/// field while one update runs).
-const DISCARDS_KEPT: usize = 8;
+/// How many discarded ranges a field remembers. Consecutive discards with no save between
+/// them make one range, so an update is told of a discarded write unless, while it ran, one
+/// field had this many discards each followed by a save.
+const DISCARDS_KEPT: usize = 32;
 
 impl FieldState {
     /// A field with nothing in the store and nothing written.
@@ -84,31 +110,76 @@ impl FieldState {
             wrote_by: None,
             decided: 0,
             discarded: Vec::new(),
+            pending: Vec::new(),
             in_flight: None,
         }
     }
 
-    /// Drops the writes not yet written, and remembers which local versions they were.
-    fn discard(&mut self) {
-        if self.version > self.decided {
-            if self.discarded.len() == DISCARDS_KEPT {
-                self.discarded.remove(0);
+    /// Drops the writes not yet written, and remembers which local versions they were:
+    /// `sure` when the store holds none of them.
+    fn discard(&mut self, sure: bool) {
+        self.pending.clear();
+        if self.version <= self.decided {
+            return;
+        }
+        match self.discarded.last_mut() {
+            // Nothing was saved since the last discard: one range, unsure if either is.
+            Some(last) if last.up_to == self.decided => {
+                last.up_to = self.version;
+                last.sure &= sure;
             }
-            self.discarded.push((self.decided, self.version));
-            self.decided = self.version;
+            _ => {
+                if self.discarded.len() == DISCARDS_KEPT {
+                    self.discarded.remove(0);
+                }
+                self.discarded.push(Discard {
+                    after: self.decided,
+                    up_to: self.version,
+                    sure,
+                });
+            }
+        }
+        self.decided = self.version;
+    }
+
+    /// What became of the write that made local version `version`.
+    pub(crate) fn fate(&self, version: u64) -> Fate {
+        if let Some(discard) = self
+            .discarded
+            .iter()
+            .find(|d| d.after < version && version <= d.up_to)
+        {
+            return Fate::Discarded { sure: discard.sure };
+        }
+        if version <= self.decided {
+            Fate::Saved
+        } else {
+            Fate::Pending
         }
     }
 
     /// Whether the write that made local version `version` is in the store.
     pub(crate) fn is_saved(&self, version: u64) -> bool {
-        version <= self.decided && !self.was_discarded(version)
+        self.fate(version) == Fate::Saved
     }
 
-    /// Whether the write that made local version `version` was discarded after a conflict.
-    pub(crate) fn was_discarded(&self, version: u64) -> bool {
-        self.discarded
-            .iter()
-            .any(|&(after, up_to)| after < version && version <= up_to)
+    /// The store already holds what the field has: nothing to write, and every write of it
+    /// so far is as good as saved.
+    fn settled(&mut self) {
+        self.dirty = Dirty::Clean;
+        self.decided = self.decided.max(self.version);
+        self.pending.clear();
+    }
+
+    /// Records that update `id` made local version `version` of this field.
+    pub(crate) fn written_by(&mut self, version: u64, id: i64) {
+        self.wrote_by = Some(id);
+        self.pending.push((version, id));
+    }
+
+    /// Forgets that update `id` wrote this field: its write was taken back.
+    pub(crate) fn unwritten_by(&mut self, id: i64) {
+        self.pending.retain(|&(_, by)| by != id);
     }
 }
 
@@ -126,21 +197,6 @@ pub(crate) struct State<S> {
     pub(crate) recent: Window,
     /// The schema version the stored record carries (see `live/migrate`).
     schema: Mark,
-}
-
-/// How many update ids a session remembers besides each field's last writer.
-pub(crate) const RECENT_UPDATES: usize = 4;
-
-/// The window's slots, stored among the field writers under names no field can have ('@' is
-/// reserved for the runtime).
-const SLOTS: [&str; RECENT_UPDATES] = ["@0", "@1", "@2", "@3"];
-
-/// A session's window of recent update ids, by slot.
-pub(crate) type Window = [Option<i64>; RECENT_UPDATES];
-
-/// The window a record holds.
-fn recent_updates(record: &Record) -> Window {
-    SLOTS.map(|slot| record.writers.get(slot).copied())
 }
 
 impl<S: Schema> State<S> {
@@ -209,7 +265,7 @@ impl<S: Schema> State<S> {
                 .encode_field(index)
                 .is_ok_and(|encoded| self.holds(index, &encoded, &mut defaults));
             if same {
-                self.fields[index].dirty = Dirty::Clean;
+                self.fields[index].settled();
             }
         }
     }
@@ -250,27 +306,6 @@ impl<S: Schema> State<S> {
         self.bump(index, Dirty::Clean);
     }
 
-    /// Adds the updates that wrote `patch`'s fields to the window of recent update ids, in the
-    /// slots of the oldest (ids grow with time), and returns the window the store will hold
-    /// once the patch is written. The slots are written like any field writer, without a
-    /// condition: the window never makes two writers conflict (a concurrent writer's id may
-    /// then drop out of it; its fields still name it as their writer).
-    fn with_writers_of(&self, patch: &mut Patch<'_>) -> Window {
-        let mut recent = self.recent;
-        for index in 0..patch.writers.len() {
-            let id = patch.writers[index].1;
-            if recent.contains(&Some(id)) {
-                continue;
-            }
-            let slot = (0..RECENT_UPDATES)
-                .min_by_key(|&slot| recent[slot].unwrap_or(i64::MIN))
-                .unwrap_or(0);
-            recent[slot] = Some(id);
-            patch.writers.push((SLOTS[slot], id));
-        }
-        recent
-    }
-
     /// Forgets what a persist that did not complete was writing: those fields stay dirty.
     fn forget_in_flight(&mut self) {
         for field in self.fields.iter_mut() {
@@ -278,10 +313,27 @@ impl<S: Schema> State<S> {
         }
     }
 
+    /// After a save that failed: takes back every write it carried, and every later write of
+    /// those fields (built on them), back to what the store held before it. The store may
+    /// hold them after all (a timeout can follow an applied write), so the discard is not
+    /// sure: the updates that made them run again, and are recognised if it was applied.
+    fn discard_in_flight(&mut self) {
+        for index in 0..self.fields.len() {
+            if self.fields[index].in_flight.take().is_some() {
+                self.fields[index].discard(false);
+                self.restore_stored(index);
+            }
+        }
+    }
+
     /// Encodes the dirty fields, drops those whose encoding equals what the store holds, and
     /// adds the rest to `patch`, marking them in flight. A field that cannot be encoded is
     /// returned by name, with nothing marked in flight.
-    fn diff(&mut self, patch: &mut Patch<'_>) -> Result<(), (&'static str, serde_json::Error)> {
+    fn diff(
+        &mut self,
+        patch: &mut Patch<'_>,
+        ids: &mut Vec<i64>,
+    ) -> Result<(), (&'static str, serde_json::Error)> {
         let mut defaults: Option<S> = None;
         for (index, spec) in S::FIELDS.iter().enumerate() {
             let field = &self.fields[index];
@@ -297,18 +349,18 @@ impl<S: Schema> State<S> {
                         }
                     };
                     if self.holds(index, &encoded, &mut defaults) {
-                        self.fields[index].dirty = Dirty::Clean;
+                        self.fields[index].settled();
                     } else {
                         patch.set.push((spec.name, encoded));
-                        self.stage(index, version, true, patch);
+                        self.stage(index, version, true, patch, ids);
                     }
                 }
                 Dirty::Remove => {
                     if self.fields[index].stored.is_none() {
-                        self.fields[index].dirty = Dirty::Clean;
+                        self.fields[index].settled();
                     } else {
                         patch.remove.push(spec.name);
-                        self.stage(index, version, false, patch);
+                        self.stage(index, version, false, patch, ids);
                     }
                 }
             }
@@ -317,12 +369,25 @@ impl<S: Schema> State<S> {
     }
 
     /// Puts into `patch` what writing field `index` (local `version`; set, else removed)
-    /// expects of the store and which update wrote it, and marks it in flight.
-    fn stage(&mut self, index: usize, version: u64, set: bool, patch: &mut Patch<'_>) {
+    /// expects of the store and which update wrote it last, adds every update whose write of
+    /// it the patch carries to `ids`, and marks it in flight.
+    fn stage(
+        &mut self,
+        index: usize,
+        version: u64,
+        set: bool,
+        patch: &mut Patch<'_>,
+        ids: &mut Vec<i64>,
+    ) {
         let (name, field) = (S::FIELDS[index].name, &mut self.fields[index]);
         patch.expect.push((name, field.stored_version));
         if let Some(id) = field.wrote_by {
             patch.writers.push((name, id));
+        }
+        for &(_, id) in &field.pending {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
         }
         field.in_flight = Some(InFlight {
             version,
@@ -344,12 +409,20 @@ impl<S: Schema> State<S> {
             field.stored = if written.set { values.next() } else { None };
             field.stored_version += 1;
             field.decided = field.decided.max(written.version);
+            field
+                .pending
+                .retain(|&(version, _)| version > written.version);
             if field.version == written.version {
                 field.dirty = Dirty::Clean;
             }
         }
     }
 }
+
+/// How many times a patch whose call met its deadline is sent again before its updates are
+/// told it failed (see [`Entry::send`]); a second deadline ends the resends, so a store that
+/// does not answer costs an update at most two deadlines.
+const RESENDS: usize = 3;
 
 /// How a persist attempt ended, for the updates that waited for it.
 struct Attempt {
@@ -452,7 +525,7 @@ impl<S: Schema> Entry<S> {
                 clock: 1,
                 delete_pending: false,
                 clear_epoch: 0,
-                recent: [None; RECENT_UPDATES],
+                recent: Window::default(),
                 schema: Mark::default(),
             }),
             write_gate: tokio::sync::Mutex::new(()),
@@ -485,6 +558,27 @@ impl<S: Schema> Entry<S> {
             Revision::Unknown
         };
         read
+    }
+
+    /// The error of the last save of this entry that failed, for the updates whose writes it
+    /// carried (and took back) while they were still running.
+    pub(crate) fn failed_save(&self) -> StoreError {
+        let failure = self
+            .last_attempt
+            .lock()
+            .as_ref()
+            .and_then(|attempt| attempt.failure.clone());
+        let (backend, message) =
+            failure.unwrap_or(("store", String::from("the store did not confirm it")));
+        StoreError::backend(
+            backend,
+            StoreOp::Apply,
+            &*self.key,
+            format!(
+                "a save that carried this update's writes failed ({message}); they were taken \
+                 back, and the store may hold them: deliver the update again"
+            ),
+        )
     }
 
     /// Forgets the revision: what the entry holds as stored may differ from the store.
@@ -593,7 +687,7 @@ impl<S: Schema> Entry<S> {
     /// Migrates it to the type's version first; the fields that changed are left dirty, to be
     /// written back with the update's patch.
     fn fill(&self, mut record: Record, verbatim: bool) -> Result<(), Box<SessionError>> {
-        let recent = recent_updates(&record);
+        let recent = Window::of(&record);
         let schema = Mark::of::<S>(&record);
         let migrated = migrate::migrate::<S>(&self.key, &mut record)?;
         // Whether each changed field is set (or removed) in the migrated record.
@@ -694,13 +788,81 @@ impl<S: Schema> Entry<S> {
         Ok((value, stored))
     }
 
+    /// Sends a patch of this entry's (behind its write gate) until the store answers whether
+    /// it applied it. A call that met its deadline does not say: the store may have applied
+    /// the patch after the caller stopped waiting, so the same patch is sent again, at most
+    /// [`RESENDS`] times. Both expect the same versions, so at most one of them applies; a
+    /// resend refused with a conflict means the first was applied or another writer came in
+    /// between, and the record says which: it names the updates the patch carried (`ids`)
+    /// as saved. Returns the outcome, and whether a conflict may hide an applied send
+    /// (nothing the record showed could tell).
+    async fn send(
+        &self,
+        store: &dyn Store,
+        patch: &Patch<'_>,
+        ids: &[i64],
+    ) -> (Result<(), StoreError>, bool) {
+        let mut applied = self.write(store, patch).await;
+        let (mut resent, mut deadlines) = (0, 0);
+        // After a deadline, resend until the store answers; a second deadline ends it (a store
+        // that is down costs at most two), a fast failure is tried again, a few times.
+        while resent < RESENDS
+            && let Err(error @ StoreError::Backend { .. }) = &applied
+            && (error.is_deadline() || deadlines > 0)
+        {
+            if error.is_deadline() {
+                deadlines += 1;
+                if deadlines > 1 {
+                    break;
+                }
+            }
+            resent += 1;
+            applied = self.write(store, patch).await;
+        }
+        if resent == 0 || !matches!(applied, Err(StoreError::Conflict { .. })) {
+            return (applied, false);
+        }
+        // A conflict after a failed send: was the failed one applied? Without update ids the
+        // record cannot tell.
+        if ids.is_empty() {
+            return (applied, true);
+        }
+        for _ in 0..=RESENDS {
+            let Ok(record) = store.load(&self.key).await else {
+                continue;
+            };
+            let window = record.as_ref().map(Window::of).unwrap_or_default();
+            let names = |id: &i64| {
+                window.contains(*id)
+                    || record.as_ref().is_some_and(|record| {
+                        S::FIELDS
+                            .iter()
+                            .any(|spec| record.writers.get(spec.name) == Some(id))
+                    })
+            };
+            if !ids.iter().all(names) {
+                // Not applied, unless later patches took every id out of the record.
+                return (applied, ids.iter().any(names));
+            }
+            tracing::info!(
+                session = S::NAME,
+                key = &*self.key,
+                "a save that failed had been applied; its resend was refused"
+            );
+            self.unseen();
+            return (Ok(()), false);
+        }
+        (applied, true)
+    }
+
     /// After a conflict: reads the record again and takes the store's value of every field
     /// that is not dirty, and of every field in `conflicts` (whose local writes are discarded:
     /// they were based on an older value). Dirty fields not in conflict keep their value, to be
     /// written by the next persist.
-    async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str]) {
+    /// `sure`: the store holds none of the discarded writes.
+    async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str], sure: bool) {
         let loaded = self.bracketed(store, store.load(&self.key)).await;
-        self.merge(loaded, store.returns_written_text(), conflicts);
+        self.merge(loaded, store.returns_written_text(), conflicts, sure);
     }
 
     /// Takes what the store holds (`loaded`) for every field that is not dirty, and for every
@@ -710,9 +872,10 @@ impl<S: Schema> Entry<S> {
         loaded: Result<Option<Record>, StoreError>,
         verbatim: bool,
         conflicts: &[&'static str],
+        sure: bool,
     ) {
         let recent = match &loaded {
-            Ok(record) => record.as_ref().map(recent_updates),
+            Ok(record) => record.as_ref().map(Window::of),
             Err(_) => None,
         };
         let schema = match &loaded {
@@ -740,7 +903,7 @@ impl<S: Schema> Entry<S> {
         let mut state = self.lock();
         let stored = match loaded {
             Ok((_, stored)) => {
-                state.recent = recent.unwrap_or([None; RECENT_UPDATES]);
+                state.recent = recent.unwrap_or_default();
                 state.schema = schema.unwrap_or_default();
                 stored
             }
@@ -751,7 +914,7 @@ impl<S: Schema> Entry<S> {
                 for (index, spec) in S::FIELDS.iter().enumerate() {
                     if conflicts.contains(&spec.name) {
                         let field = &mut state.fields[index];
-                        field.discard();
+                        field.discard(sure);
                         field.dirty = Dirty::Clean;
                     }
                 }
@@ -777,7 +940,7 @@ impl<S: Schema> Entry<S> {
                 continue;
             }
             if field.dirty != Dirty::Clean {
-                field.discard();
+                field.discard(sure);
             }
             let changed = conflicting || field.stored_version != version;
             field.stored = raw;
@@ -857,7 +1020,7 @@ impl<S: Schema> Entry<S> {
                 Some(record) if !self.loaded.initialized() => {
                     self.fill(record, verbatim).map_err(|error| *error)?;
                 }
-                record => self.merge(Ok(record), verbatim, &[]),
+                record => self.merge(Ok(record), verbatim, &[], true),
             }
             let _ = self.loaded.set(());
             return Ok(lease);
@@ -880,7 +1043,7 @@ impl<S: Schema> Entry<S> {
         store.delete(&self.key).await?;
         stats.add(Count::Deletes, 1);
         let every_field: Vec<&'static str> = S::FIELDS.iter().map(|spec| spec.name).collect();
-        self.merge(Ok(None), true, &every_field);
+        self.merge(Ok(None), true, &every_field, true);
         self.lock().delete_pending = false;
         Ok(())
     }
@@ -912,12 +1075,17 @@ impl<S: Schema> Entry<S> {
     /// Under a `lease`, nothing is written once it has run out, the patch releases it, and
     /// the store refuses the patch whole if another process has taken it over
     /// ([`SessionError::LeaseLost`]).
+    ///
+    /// When the store fails the patch, its writes are taken back (`take_back`, for updates
+    /// that are delivered again: ARCHITECTURE.md, "Exactly once") or stay dirty for a later
+    /// persist.
     pub(crate) async fn persist(
         &self,
         store: &dyn Store,
         expiry: &Expiry,
         stats: &Stats,
         mut lease: Option<&mut Lease>,
+        take_back: bool,
     ) -> Result<(), SessionError> {
         let persist_error = |source| SessionError::Persist {
             session: S::NAME,
@@ -971,7 +1139,7 @@ impl<S: Schema> Entry<S> {
                 field.stored_version = 0;
                 field.writer = None;
             }
-            state.recent = [None; RECENT_UPDATES];
+            state.recent = Window::default();
             state.schema = Mark::default();
             // Every clear() so far is satisfied, also one made while the delete was in flight:
             // the record is gone, and the write gate lets no write of this entry reach the store
@@ -985,10 +1153,11 @@ impl<S: Schema> Entry<S> {
         }
 
         let mut patch = Patch::new().with_ttl(expiry.ttl);
+        let mut ids = Vec::new();
         let (recent, stamped) = {
             let mut state = self.lock();
             state
-                .diff(&mut patch)
+                .diff(&mut patch, &mut ids)
                 .map_err(|(field, source)| SessionError::Encode {
                     session: S::NAME,
                     key: self.key.to_string(),
@@ -996,7 +1165,7 @@ impl<S: Schema> Entry<S> {
                     source,
                 })?;
             let stamped = state.stamp_version(&mut patch);
-            (state.with_writers_of(&mut patch), stamped)
+            (state.recent.with(&ids, &mut patch), stamped)
         };
         if let Some(lease) = &lease {
             lease.release_in(&mut patch);
@@ -1020,7 +1189,10 @@ impl<S: Schema> Entry<S> {
             outcome = tracing::field::Empty
         );
         let timer = stats.start();
-        let applied = self.write(store, &patch).instrument(span.clone()).await;
+        let (applied, unsure) = self
+            .send(store, &patch, &ids)
+            .instrument(span.clone())
+            .await;
         stats.took(Latency::Persist, timer);
         span.record(
             "outcome",
@@ -1056,7 +1228,7 @@ impl<S: Schema> Entry<S> {
                     ?fields,
                     "write conflict: another writer changed these fields; refreshing the session"
                 );
-                self.refresh(store, &fields).await;
+                self.refresh(store, &fields, !unsure).await;
                 return Err(SessionError::Conflict {
                     session: S::NAME,
                     key: self.key.to_string(),
@@ -1064,7 +1236,11 @@ impl<S: Schema> Entry<S> {
                 });
             }
             Err(source) => {
-                self.lock().forget_in_flight();
+                if take_back {
+                    self.lock().discard_in_flight();
+                } else {
+                    self.lock().forget_in_flight();
+                }
                 ended(Some(&source));
                 stats.add(Count::FailedSaves, 1);
                 if source.is_deadline() {
@@ -1102,7 +1278,7 @@ impl<S: Schema> Entry<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{FieldState, same_json};
+    use super::{Fate, FieldState, same_json};
 
     fn field() -> FieldState {
         FieldState::new()
@@ -1117,31 +1293,75 @@ mod tests {
         assert!(f.is_saved(2) && f.is_saved(3));
         // Versions 4 and 5 are written, then a conflict drops them.
         f.version = 5;
-        f.discard();
-        assert!(f.was_discarded(4) && f.was_discarded(5));
-        assert!(!f.was_discarded(3) && !f.is_saved(4));
+        assert_eq!(f.fate(4), Fate::Pending);
+        f.discard(true);
+        assert_eq!(f.fate(4), Fate::Discarded { sure: true });
+        assert_eq!(f.fate(5), Fate::Discarded { sure: true });
+        assert_eq!(f.fate(3), Fate::Saved);
         // Version 6 is written and saved: the earlier discard does not reach it.
         f.version = 6;
         f.decided = 6;
-        assert!(f.is_saved(6) && !f.was_discarded(6));
+        assert!(f.is_saved(6));
         assert!(!f.is_saved(5), "a discarded write is never saved");
+    }
+
+    #[test]
+    fn a_failed_save_leaves_its_writes_unsure_and_consecutive_discards_join() {
+        let mut f = field();
+        f.version = 2;
+        f.discard(true);
+        // Nothing saved in between: one range, unsure since part of it may be stored.
+        f.version = 4;
+        f.discard(false);
+        assert_eq!(f.discarded.len(), 1);
+        assert_eq!(f.fate(1), Fate::Discarded { sure: false });
+        assert_eq!(f.fate(4), Fate::Discarded { sure: false });
+        // A save in between keeps the next discard apart.
+        f.version = 5;
+        f.decided = 5;
+        f.version = 6;
+        f.discard(true);
+        assert_eq!(f.discarded.len(), 2);
+        assert_eq!(f.fate(6), Fate::Discarded { sure: true });
+        assert_eq!(f.fate(5), Fate::Saved);
     }
 
     #[test]
     fn only_the_newest_discards_are_remembered() {
         let mut f = field();
-        for version in 1..=20 {
+        for version in (2..=80).step_by(2) {
+            // A save, then a write discarded.
+            f.decided = version - 1;
             f.version = version;
-            f.discard();
+            f.discard(true);
         }
-        assert!(f.was_discarded(20) && f.was_discarded(13));
-        assert!(!f.was_discarded(12), "older than the kept ranges");
-        f.discard();
+        assert_eq!(f.discarded.len(), super::DISCARDS_KEPT);
+        assert_eq!(f.fate(80), Fate::Discarded { sure: true });
+        assert_eq!(f.fate(18), Fate::Discarded { sure: true });
+        assert_eq!(f.fate(16), Fate::Saved, "older than the kept ranges");
+        f.discard(true);
         assert_eq!(
             f.discarded.len(),
             super::DISCARDS_KEPT,
             "nothing new to discard"
         );
+    }
+
+    #[test]
+    fn the_updates_a_field_waits_to_write_are_forgotten_once_decided_or_taken_back() {
+        let mut f = field();
+        f.version = 2;
+        f.written_by(2, 10);
+        f.version = 3;
+        f.written_by(3, 11);
+        f.unwritten_by(10);
+        assert_eq!(f.pending, [(3, 11)]);
+        f.settled();
+        assert!(f.pending.is_empty() && f.is_saved(3));
+        f.version = 4;
+        f.written_by(4, 12);
+        f.discard(false);
+        assert!(f.pending.is_empty());
     }
 
     #[test]

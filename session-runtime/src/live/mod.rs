@@ -7,7 +7,8 @@
 //! * [`expiry`]: the term of stored sessions, and the coalesced renewals of reads;
 //! * [`access`]: one update's hold on an entry, and the [`SessionRef`] typed handles wrap;
 //! * [`lease`]: exclusive mode across processes, a lease on a key kept in its record;
-//! * [`migrate`]: versioned migrations of stored records, run as they are loaded.
+//! * [`migrate`]: versioned migrations of stored records, run as they are loaded;
+//! * [`window`]: the ids of the latest updates a session saved, to recognise redeliveries.
 
 pub(crate) mod access;
 pub(crate) mod entry;
@@ -16,5 +17,6 @@ pub(crate) mod lease;
 pub(crate) mod migrate;
 pub(crate) mod registry;
 pub(crate) mod sessions;
+pub(crate) mod window;
 
 pub use access::SessionRef;

@@ -36,9 +36,14 @@ pub(crate) struct Sessions<S> {
 
 impl<S: Schema> Sessions<S> {
     /// Writes what `entry` has unsaved, as one patch (without a lease: no update holds it).
-    pub(crate) async fn persist(&self, entry: &Entry<S>) -> Result<(), SessionError> {
+    /// `take_back`: a failed save takes back the writes it carried (see [`Entry::persist`]).
+    pub(crate) async fn persist(
+        &self,
+        entry: &Entry<S>,
+        take_back: bool,
+    ) -> Result<(), SessionError> {
         entry
-            .persist(&*self.store, &self.expiry, &self.stats, None)
+            .persist(&*self.store, &self.expiry, &self.stats, None, take_back)
             .await
     }
 
@@ -58,7 +63,8 @@ impl<S: Schema> Sessions<S> {
         let mut failed = 0;
         let mut first = None;
         for entry in self.registry.hold_unsaved() {
-            let result = self.persist(&entry).await;
+            // What a flush writes belongs to no update that is delivered again: kept.
+            let result = self.persist(&entry, false).await;
             self.registry.release(&entry, result.is_err());
             if let Err(error) = result {
                 failed += 1;

@@ -79,6 +79,30 @@ pub struct DeadlineExceeded {
     deadline: Duration,
 }
 
+impl DeadlineExceeded {
+    /// The source a store of one's own gives a call it stopped waiting for after `deadline`.
+    /// The runtime takes such a write as one the store may have applied: it sends it once
+    /// more, and the record then says which of the two applied (ARCHITECTURE.md, "Exactly
+    /// once").
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use typed_session::store::DeadlineExceeded;
+    /// use typed_session::{StoreError, StoreOp};
+    ///
+    /// let error = StoreError::backend(
+    ///     "mine",
+    ///     StoreOp::Apply,
+    ///     "Cart:1:1",
+    ///     DeadlineExceeded::new("mine", Duration::from_secs(2)),
+    /// );
+    /// assert!(error.is_deadline());
+    /// ```
+    pub fn new(backend: &'static str, deadline: Duration) -> Self {
+        DeadlineExceeded { backend, deadline }
+    }
+}
+
 /// The most fields one patch may write (set and removed together), in every store: SQLite
 /// binds a few parameters per field and allows 32,766 per statement; the derive refuses a
 /// session type with more persisted fields than this.

@@ -1,0 +1,223 @@
+//! The window of recent update ids a session keeps, so that a delivery of an update already
+//! saved is recognised (ARCHITECTURE.md, "Redelivery").
+//!
+//! The ids are stored among the field writers, in slots named `@0`, `@1`, … (names no field
+//! can have: '@' is reserved for the runtime), and the slot the next id takes in `@next`. The
+//! slots form a ring, so an id stays in the window until as many ids as it has slots were
+//! saved after it. Every patch records the ids of all the updates whose writes it carries; a
+//! patch that carries more of them than the window has slots adds slots, up to
+//! [`RECENT_MAX`].
+
+use crate::store::{Patch, Record};
+
+/// How many slots a window has at least.
+pub(crate) const RECENT_UPDATES: usize = 8;
+
+/// How many slots it has at most.
+pub(crate) const RECENT_MAX: usize = 64;
+
+/// The slots' names.
+const SLOTS: [&str; RECENT_MAX] = [
+    "@0", "@1", "@2", "@3", "@4", "@5", "@6", "@7", "@8", "@9", "@10", "@11", "@12", "@13", "@14",
+    "@15", "@16", "@17", "@18", "@19", "@20", "@21", "@22", "@23", "@24", "@25", "@26", "@27",
+    "@28", "@29", "@30", "@31", "@32", "@33", "@34", "@35", "@36", "@37", "@38", "@39", "@40",
+    "@41", "@42", "@43", "@44", "@45", "@46", "@47", "@48", "@49", "@50", "@51", "@52", "@53",
+    "@54", "@55", "@56", "@57", "@58", "@59", "@60", "@61", "@62", "@63",
+];
+
+/// The name under which the ring's cursor is stored: its size times [`RECENT_MAX`] plus the
+/// slot the next id takes (the size is stored, since the slots not written yet are not).
+const NEXT: &str = "@next";
+
+/// A session's window of recent update ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// By slot; `None`: a slot nothing holds.
+    ids: Vec<Option<i64>>,
+    /// The slot the next id takes.
+    next: usize,
+}
+
+impl Window {
+    /// The window a record holds.
+    pub(crate) fn of(record: &Record) -> Self {
+        let mut window = Window::default();
+        for (name, &id) in &record.writers {
+            if name == NEXT {
+                let cursor = usize::try_from(id).unwrap_or(0);
+                let size = (cursor / RECENT_MAX).min(RECENT_MAX);
+                if window.ids.len() < size {
+                    window.ids.resize(size, None);
+                }
+                window.next = cursor % RECENT_MAX;
+                continue;
+            }
+            let Some(slot) = name
+                .strip_prefix('@')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&slot| slot < RECENT_MAX)
+            else {
+                continue;
+            };
+            if window.ids.len() <= slot {
+                window.ids.resize(slot + 1, None);
+            }
+            window.ids[slot] = Some(id);
+        }
+        window
+    }
+
+    /// Whether the window holds `id`.
+    pub(crate) fn contains(&self, id: i64) -> bool {
+        self.ids.contains(&Some(id))
+    }
+
+    /// Adds `ids` (the updates whose writes `patch` carries) that it does not hold yet, each
+    /// in the slot after the last one written, growing to [`RECENT_UPDATES`] slots more than
+    /// there are new ids (up to [`RECENT_MAX`]; past that, the earliest are left out), and puts the
+    /// slots it wrote and the cursor into `patch`. Returns the window the store holds once
+    /// the patch is written. The slots are written without a condition: the window never
+    /// makes two writers conflict (two writers of different fields at the same instant may
+    /// take the same slot, and one id drop out).
+    pub(crate) fn with(&self, ids: &[i64], patch: &mut Patch<'_>) -> Window {
+        let mut fresh: Vec<i64> = Vec::new();
+        for &id in ids {
+            if !self.contains(id) && !fresh.contains(&id) {
+                fresh.push(id);
+            }
+        }
+        if fresh.is_empty() {
+            return self.clone();
+        }
+        let mut window = self.clone();
+        // Room for this patch's ids and as many more as the least window holds, so that the
+        // next patches do not push this one's ids out at once.
+        let size = (fresh.len() + RECENT_UPDATES).min(RECENT_MAX);
+        if window.ids.len() < size {
+            window.ids.resize(size, None);
+        }
+        let size = window.ids.len();
+        let skip = fresh.len().saturating_sub(size);
+        for &id in &fresh[skip..] {
+            let slot = window.next % size;
+            window.ids[slot] = Some(id);
+            patch.writers.push((SLOTS[slot], id));
+            window.next = (slot + 1) % size;
+        }
+        let cursor = size * RECENT_MAX + window.next;
+        patch
+            .writers
+            .push((NEXT, i64::try_from(cursor).unwrap_or(0)));
+        window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RECENT_MAX, RECENT_UPDATES, Window};
+    use crate::store::{Patch, Record};
+
+    /// The record a store holds after `patch` was applied over `record`'s writers.
+    fn stored(mut record: Record, patch: &Patch<'_>) -> Record {
+        for (name, id) in &patch.writers {
+            record.writers.insert((*name).to_owned(), *id);
+        }
+        record
+    }
+
+    /// Saves `ids` one patch each over `record`.
+    fn save_each(mut record: Record, ids: &[i64]) -> Record {
+        for &id in ids {
+            let mut patch = Patch::new();
+            Window::of(&record).with(&[id], &mut patch);
+            record = stored(record, &patch);
+        }
+        record
+    }
+
+    #[test]
+    fn an_id_stays_until_as_many_ids_as_there_are_slots_came_after_it() {
+        // One id a patch: a ring of one slot for it and the least headroom.
+        let slots = 1 + RECENT_UPDATES as i64;
+        let ids: Vec<i64> = (1..=3 * slots).collect();
+        let mut record = Record::default();
+        for &id in &ids {
+            record = save_each(record, &[id]);
+            let window = Window::of(&record);
+            for kept in (id - slots + 1).max(1)..=id {
+                assert!(window.contains(kept), "{kept} after {id}");
+            }
+            if id > slots {
+                assert!(!window.contains(id - slots), "{} after {id}", id - slots);
+            }
+        }
+    }
+
+    #[test]
+    fn eviction_follows_the_order_of_saves_not_the_ids() {
+        // A redelivered small id saved after larger ones is kept as the newest.
+        let mut ids: Vec<i64> = (1..=RECENT_UPDATES as i64).map(|i| i * 100).collect();
+        ids.push(5);
+        ids.extend([1_000, 2_000]);
+        let window = Window::of(&save_each(Record::default(), &ids));
+        assert!(window.contains(5) && window.contains(2_000));
+        assert!(!window.contains(100) && !window.contains(200));
+        assert!(window.contains(300));
+    }
+
+    #[test]
+    fn a_patch_carrying_many_updates_records_them_all() {
+        let ids: Vec<i64> = (1..=20).collect();
+        let mut patch = Patch::new();
+        let window = Window::default().with(&ids, &mut patch);
+        let record = stored(Record::default(), &patch);
+        assert_eq!(Window::of(&record), window);
+        assert!(ids.iter().all(|&id| window.contains(id)));
+        // Beyond the most slots there are, the earliest are left out, and no slot is named
+        // twice in one patch.
+        let many: Vec<i64> = (1..=(RECENT_MAX as i64 + 6)).collect();
+        let mut patch = Patch::new();
+        let window = Window::default().with(&many, &mut patch);
+        assert!(!window.contains(6) && window.contains(7) && window.contains(70));
+        assert_eq!(window.ids.len(), RECENT_MAX);
+        let mut names: Vec<&str> = patch.writers.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), patch.writers.len());
+    }
+
+    #[test]
+    fn ids_already_held_are_not_written_again() {
+        let mut patch = Patch::new();
+        let window = Window::default().with(&[7, 8], &mut patch);
+        let mut again = Patch::new();
+        assert_eq!(window.with(&[8, 7, 8], &mut again), window);
+        assert!(again.writers.is_empty());
+        assert_eq!(window.ids.len(), RECENT_UPDATES + 2);
+    }
+
+    #[test]
+    fn the_ring_keeps_its_size_when_its_last_slots_are_empty() {
+        let mut patch = Patch::new();
+        let window = Window::default().with(&(1..=10).collect::<Vec<_>>(), &mut patch);
+        let record = stored(Record::default(), &patch);
+        assert_eq!(Window::of(&record), window);
+        assert_eq!(window.ids.len(), 10 + RECENT_UPDATES);
+    }
+
+    #[test]
+    fn the_ids_of_a_large_patch_survive_the_next_few() {
+        let mut record = Record::default();
+        let burst: Vec<i64> = (1..=10).collect();
+        let mut patch = Patch::new();
+        Window::of(&record).with(&burst, &mut patch);
+        record = stored(record, &patch);
+        for id in 11..=(10 + RECENT_UPDATES as i64) {
+            let mut patch = Patch::new();
+            Window::of(&record).with(&[id], &mut patch);
+            record = stored(record, &patch);
+        }
+        let window = Window::of(&record);
+        assert!(burst.iter().all(|&id| window.contains(id)));
+    }
+}

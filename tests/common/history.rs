@@ -22,7 +22,7 @@
 //! suite can append theirs to a file, and the test checks the merged history.
 //!
 //! Included by path from `replicas/tests`, so it uses nothing but `std`.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -14,18 +14,30 @@
 //! the lease) for `M` ms after its write, announced by a `holding ID` line, so that a test can
 //! kill or pause the process while it holds the key.
 //!
+//! `--concurrent N` keeps N updates of the chat in flight at once instead of one: each is
+//! delivered again as soon as it fails, concurrently with the others, until acknowledged.
+//! `--timeout-every K` answers every K-th save with a deadline error after the store applied
+//! it (the caller cannot tell it landed). `--history PATH` appends every delivery to PATH as a
+//! line of the exactly-once checker's history (`tests/common/history.rs`), for the test to
+//! check across processes.
+//!
 //! Besides the final JSON line, it prints `ack ID` as each update is acknowledged, so a test
 //! that kills it still knows what it acknowledged.
 //!
 //! `replica --store sqlite|postgres|mysql|redis|redis-cluster|mongodb --url URL --table NAME --user ID
-//!  --first-id N --updates N [--fail-every K] [--redeliver-every K] [--lease-ms T]
-//!  [--hold-at ID --hold-ms M]`
+//!  --first-id N --updates N [--fail-every K] [--timeout-every K] [--redeliver-every K]
+//!  [--lease-ms T] [--hold-at ID --hold-ms M] [--concurrent N --history PATH]`
 
-use std::sync::Arc;
+#[path = "../../../tests/common/history.rs"]
+mod history;
+
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use typed_session::store::{Patch, Record, StoreFuture};
+use history::{Event, History, Outcome};
+use typed_session::store::{DeadlineExceeded, Patch, Record, StoreFuture};
 use typed_session::telegram::Update;
 use typed_session::{
     BoxError, Chain, Context, MongoStore, MySqlStore, PostgresStore, RedisStore, Session,
@@ -37,10 +49,12 @@ struct Tally {
     count: u64,
 }
 
-/// A store whose every `every`-th apply fails before reaching the real one (0: never).
+/// A store whose every `every`-th apply fails before reaching the real one, and every
+/// `timeout_every`-th is applied and then answered with a deadline error (0: never).
 struct Failing {
     inner: Arc<dyn Store>,
     every: u64,
+    timeout_every: u64,
     applies: AtomicU64,
 }
 
@@ -62,6 +76,17 @@ impl Store for Failing {
                 key,
                 "injected save failure",
             )));
+        }
+        if self.timeout_every > 0 && n.is_multiple_of(self.timeout_every) {
+            return StoreFuture::new(async move {
+                self.inner.apply(key, patch).await?;
+                Err(StoreError::backend(
+                    "injected",
+                    StoreOp::Apply,
+                    key,
+                    DeadlineExceeded::new("injected", Duration::ZERO),
+                ))
+            });
         }
         self.inner.apply(key, patch)
     }
@@ -117,9 +142,11 @@ async fn main() -> Result<(), BoxError> {
     // Update ids are unique per bot: each replica gets its own.
     let first: i64 = need("--first-id")?.parse()?;
 
+    let timeout_every: u64 = arg(&args, "--timeout-every").map_or(Ok(0), |v| v.parse())?;
     let store = Failing {
         inner: open(&kind, &url, &table).await?,
         every,
+        timeout_every,
         applies: AtomicU64::new(0),
     };
     let hold_at: Option<i64> = arg(&args, "--hold-at").map(|v| v.parse()).transpose()?;
@@ -130,6 +157,28 @@ async fn main() -> Result<(), BoxError> {
         builder = builder.exclusive_across_processes(Duration::from_secs(120), lease);
     }
     let sessions = builder.build();
+    if let Some(concurrent) = arg(&args, "--concurrent") {
+        let history = need("--history")?;
+        let process = u32::try_from(first / 1_000_000)?;
+        let run = Contended {
+            sessions: sessions.clone(),
+            user,
+            process,
+        };
+        let acked = run
+            .deliver_all(first, updates, concurrent.parse()?, &history)
+            .await?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "acked": acked,
+                "redeliveries_recognised": sessions.stats().redeliveries(),
+                "conflicts_counted": sessions.stats().conflicts(),
+                "failed_saves": sessions.stats().failed_saves(),
+            })
+        );
+        return Ok(());
+    }
     let held = Arc::new(AtomicBool::new(false));
     let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
         let held = Arc::clone(&held);
@@ -219,5 +268,125 @@ async fn deliver(
             }
             Err(error) => return Err(error),
         }
+    }
+}
+
+/// Several updates of one chat in flight at once, each delivered again until acknowledged,
+/// every delivery written to a history.
+struct Contended {
+    sessions: SessionMiddleware<Tally, Update>,
+    user: i64,
+    process: u32,
+}
+
+impl Contended {
+    /// Delivers updates `first..first + updates`, `concurrent` at a time; returns how many
+    /// were acknowledged (all of them, or an error).
+    async fn deliver_all(
+        &self,
+        first: i64,
+        updates: i64,
+        concurrent: usize,
+        history: &str,
+    ) -> Result<u64, BoxError> {
+        // What each delivery's handler made: (update, delivery) -> (count, recognised).
+        type Made = Arc<Mutex<Vec<((i64, u32), (u64, bool))>>>;
+        let made: Made = Arc::default();
+        let chain = {
+            let made = Arc::clone(&made);
+            Chain::new()
+                .with(self.sessions.clone())
+                .handler(move |ctx| {
+                    let made = Arc::clone(&made);
+                    Box::pin(async move {
+                        let tally = ctx.session().await?;
+                        let count = tally.update_count(|c| {
+                            *c += 1;
+                            *c
+                        });
+                        let delivery = ctx
+                            .update()
+                            .text_of()
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(0);
+                        if let Ok(mut made) = made.lock() {
+                            made.push((
+                                (ctx.update().update_id, delivery),
+                                (count, tally.is_redelivery()),
+                            ));
+                        }
+                        // Let the others of the chat run between the write and the save.
+                        tokio::task::yield_now().await;
+                        Ok(())
+                    })
+                })
+        };
+        let log = Arc::new(History::new(History::wall_clock));
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrent.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in first..first + updates {
+            let (chain, made, log, permits) = (
+                chain.clone(),
+                Arc::clone(&made),
+                Arc::clone(&log),
+                Arc::clone(&permits),
+            );
+            let (user, process) = (self.user, self.process);
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await?;
+                for delivery in 1..=1_000_u32 {
+                    let invoked = log.now();
+                    let ctx = Context::new(Update::text(id, user, user, &delivery.to_string()));
+                    let result = chain.run(&ctx).await;
+                    let ended = log.now();
+                    let mine = made.lock().ok().and_then(|made| {
+                        made.iter()
+                            .find(|(at, _)| *at == (id, delivery))
+                            .map(|&(_, made)| made)
+                    });
+                    let recognised = mine.is_some_and(|(_, recognised)| recognised);
+                    let outcome = match &result {
+                        Ok(()) if recognised => Outcome::Recognised,
+                        Ok(()) => Outcome::Saved,
+                        Err(error) => match error.downcast_ref::<SessionError>() {
+                            Some(SessionError::Conflict { .. }) => Outcome::Retry,
+                            _ => Outcome::Indeterminate,
+                        },
+                    };
+                    let wrote = mine.filter(|_| !recognised).map(|(count, _)| count);
+                    log.record(Event {
+                        process,
+                        key: format!("Tally:{user}:{user}"),
+                        update: id,
+                        delivery,
+                        invoked,
+                        ended,
+                        outcome,
+                        read: wrote.map(|c| c - 1),
+                        wrote,
+                    });
+                    if result.is_ok() {
+                        println!("ack {id}");
+                        return Ok::<u64, BoxError>(1);
+                    }
+                    if !ctx.must_retry() && !matches!(outcome, Outcome::Indeterminate) {
+                        return Err(format!("update {id} failed for good: {result:?}").into());
+                    }
+                }
+                Err(format!("update {id} was never acknowledged").into())
+            });
+        }
+        let mut acked = 0;
+        while let Some(done) = tasks.join_next().await {
+            acked += done??;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(history)?;
+        for event in log.events() {
+            writeln!(file, "{}", event.to_line())?;
+        }
+        Ok(acked)
     }
 }

@@ -524,3 +524,69 @@ async fn each_load_and_each_save_is_a_span_with_its_key_outcome_and_size() {
     let failed = span("session.persist", "8:8");
     assert!(failed.contains("outcome=\"error\""), "{failed}");
 }
+
+/// Durations a user may give for "no limit" (`Duration::MAX`): `try_build` refuses them and
+/// names the setting; `build` clamps them (a day of waiting, a day of lease, ten years of
+/// expiry), and updates then run and save instead of panicking on "overflow when adding
+/// duration to instant".
+#[tokio::test]
+async fn absurd_durations_are_refused_by_try_build_and_clamped_by_build() {
+    use std::time::Duration;
+    let builder = || SessionMiddleware::<Counter, Update>::builder(MemoryStore::new());
+    let refused = |b: typed_session::SessionBuilder<Counter, Update>| {
+        b.try_build().expect_err("beyond its limit")
+    };
+    let wait = refused(builder().exclusive(Duration::MAX));
+    assert_eq!((wait.setting, wait.value), ("exclusive", Duration::MAX));
+    assert!(wait.to_string().contains("exclusive"), "{wait}");
+    let lease = refused(
+        builder()
+            .exclusive_across_processes(Duration::from_secs(1), Duration::from_secs(2 * 86_400)),
+    );
+    assert_eq!(lease.setting, "exclusive_across_processes");
+    let ttl = refused(builder().ttl(Some(Duration::MAX)));
+    assert_eq!(ttl.setting, "ttl");
+    assert!(
+        builder()
+            .exclusive(Duration::from_secs(10))
+            .ttl(Some(Duration::from_secs(86_400)))
+            .try_build()
+            .is_ok()
+    );
+
+    for sessions in [
+        builder().exclusive(Duration::MAX).build(),
+        builder()
+            .exclusive_across_processes(Duration::MAX, Duration::MAX)
+            .build(),
+        builder().ttl(Some(Duration::MAX)).build(),
+    ] {
+        let chain = common::incrementing(&sessions);
+        chain
+            .run_update(Update::text(1, 7, 7, "+1"))
+            .await
+            .expect("runs and saves");
+        chain
+            .run_update(Update::text(2, 7, 7, "+1"))
+            .await
+            .expect("runs and saves");
+        assert_eq!(sessions.stats().writes(), 2);
+    }
+}
+
+/// A patch with an expiry no clock can represent, written straight to the memory store (as a
+/// tool may): kept as "for ever", not a panic.
+#[tokio::test]
+async fn the_memory_store_takes_an_unrepresentable_expiry_as_for_ever() {
+    let memory = MemoryStore::new();
+    memory
+        .apply(
+            "Counter:7:7",
+            &Patch::new()
+                .set_field("count", "1")
+                .with_ttl(Some(std::time::Duration::MAX)),
+        )
+        .await
+        .expect("applied");
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(1));
+}

@@ -62,3 +62,31 @@ pub enum Renewal {
     /// burst of reads costs at most one extra store write.
     OnAccess,
 }
+
+/// A setting of a [`SessionBuilder`](crate::SessionBuilder) beyond what it can mean, refused by
+/// [`try_build`](crate::SessionBuilder::try_build) (and clamped, with a warning, by
+/// [`build`](crate::SessionBuilder::build)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session {session}: {setting} of {value:?} is beyond the most it can be, {limit:?}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The session type.
+    pub session: &'static str,
+    /// The setting, as the builder method that sets it: `"exclusive"` (the wait),
+    /// `"exclusive_across_processes"` (the lease), `"ttl"`.
+    pub setting: &'static str,
+    /// What it was given.
+    pub value: std::time::Duration,
+    /// The most it may be.
+    pub limit: std::time::Duration,
+}
+
+/// The longest an update waits for its turn in exclusive mode, and the longest lease: a day.
+/// Longer is taken for a mistake (`Duration::MAX` for "no limit"): an update that waits that
+/// long was given up on by Telegram long before.
+pub(crate) const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// The longest expiry a store is asked for: ten years (every store can represent it, in
+/// milliseconds since the epoch or as a deadline on its clock).
+pub(crate) const MAX_TTL: std::time::Duration =
+    std::time::Duration::from_secs(10 * 365 * 24 * 60 * 60);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chain::{ChainFuture, Middleware, Next};
-use crate::config::{ErrorPolicy, Renewal, SaveFailure, StalePolicy};
+use crate::config::{
+    ConfigError, ErrorPolicy, MAX_TTL, MAX_WAIT, Renewal, SaveFailure, StalePolicy,
+};
 use crate::context::Context;
 use crate::erasure::{EraseFuture, EraseUser, Erased, sealed};
 use crate::error::{SessionError, StoreError};
@@ -100,7 +102,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
     /// applied again (default: on). An update's id comes from the key strategy
     /// ([`UpdateKeys::update_id`], Telegram's `update_id`; [`Key::with_update_id`] for a
     /// custom key); the store keeps, beside each field, the id of the update that last wrote
-    /// it, and the ids of the session's 4 latest writing updates. A delivery of an update
+    /// it, and the ids of the session's latest saved updates (at least 9). A delivery of an update
     /// still named there runs with its session writes not applied (they were saved by the
     /// first delivery), and ends as handled. What the handler does besides (a message it
     /// sends) happens again (ARCHITECTURE.md, "Redelivery", says exactly what holds). Turn it
@@ -174,8 +176,70 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self
     }
 
-    /// The middleware.
-    pub fn build(self) -> SessionMiddleware<S, U> {
+    /// The durations set beyond their limits, with the limit of each (see
+    /// [`try_build`](Self::try_build)).
+    fn beyond_limits(&self) -> Vec<ConfigError> {
+        let settings = [
+            ("exclusive", self.exclusive, MAX_WAIT),
+            ("exclusive_across_processes", self.lease, MAX_WAIT),
+            ("ttl", self.ttl, MAX_TTL),
+        ];
+        settings
+            .into_iter()
+            .filter_map(|(setting, value, limit)| {
+                value
+                    .filter(|&value| value > limit)
+                    .map(|value| ConfigError {
+                        session: S::NAME,
+                        setting,
+                        value,
+                        limit,
+                    })
+            })
+            .collect()
+    }
+
+    /// The middleware, or the first setting beyond its limit: the wait of
+    /// [`exclusive`](Self::exclusive) and the lease of
+    /// [`exclusive_across_processes`](Self::exclusive_across_processes) at most a day, the
+    /// [`ttl`](Self::ttl) at most ten years.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use typed_session::telegram::Update;
+    /// use typed_session::{MemoryStore, Session, SessionMiddleware};
+    ///
+    /// #[derive(Session)]
+    /// struct Visits {
+    ///     count: u64,
+    /// }
+    ///
+    /// let refused = SessionMiddleware::<Visits, Update>::builder(MemoryStore::new())
+    ///     .exclusive(Duration::MAX)
+    ///     .try_build()
+    ///     .unwrap_err();
+    /// assert_eq!(refused.setting, "exclusive");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`], naming the setting, what it was given and its limit.
+    pub fn try_build(self) -> Result<SessionMiddleware<S, U>, ConfigError> {
+        match self.beyond_limits().into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(self.build()),
+        }
+    }
+
+    /// The middleware. A setting beyond its limit (see [`try_build`](Self::try_build), which
+    /// refuses it instead) is clamped to the limit, with a warning that names it.
+    pub fn build(mut self) -> SessionMiddleware<S, U> {
+        for error in self.beyond_limits() {
+            tracing::warn!(%error, "clamped to the limit");
+        }
+        self.exclusive = self.exclusive.map(|wait| wait.min(MAX_WAIT));
+        self.lease = self.lease.map(|lease| lease.min(MAX_WAIT));
+        self.ttl = self.ttl.map(|ttl| ttl.min(MAX_TTL));
         SessionMiddleware {
             sessions: Arc::new(Sessions {
                 registry: Registry::new(self.keep_decoded),

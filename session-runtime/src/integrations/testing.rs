@@ -70,6 +70,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::clock::Later;
+
 /// A test double of the Telegram Bot API on a free loopback port, for running a bot offline
 /// (see the [module docs](self)).
 ///
@@ -318,7 +320,7 @@ async fn get_updates(double: &Double, params: &Value) -> Response {
         .as_u64()
         .map_or(100, |limit| usize::try_from(limit).unwrap_or(100));
     let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or_default());
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now().later(timeout);
     let observe = double.state.lock().on_get_updates.clone();
     if let Some(observe) = observe {
         observe(offset);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::clock::Later;
 use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
 use crate::error::SessionError;
 use crate::live::entry::{Dirty, Entry, Fate, State};
@@ -130,7 +131,7 @@ impl<S: Schema> Hold<S> {
                     });
                 };
                 *self.turn.lock() = Some(guard);
-                if let Err(error) = self.take_lease((started, started + wait)).await {
+                if let Err(error) = self.take_lease((started, started.later(wait))).await {
                     // The next access starts over.
                     self.turn.lock().take();
                     return Err(error);

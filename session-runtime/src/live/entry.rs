@@ -10,6 +10,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
+use crate::clock::Later;
 use crate::error::{SessionError, StoreError, StoreOp};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
@@ -1011,7 +1012,7 @@ impl<S: Schema> Entry<S> {
             }
             let lease = Lease {
                 version: observed.version + 1,
-                deadline: claimed + term,
+                deadline: claimed.later(term),
                 ttl: term,
                 holder: Arc::clone(holder),
             };

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Later;
 use crate::error::StoreError;
 use crate::store::{Patch, Record, Store, unix_ms as now_ms};
 
@@ -162,7 +163,7 @@ pub(crate) async fn renew(
         match tokio::time::timeout(left, store.apply(&key, &patch)).await {
             Ok(Ok(())) => {
                 lease.version += 1;
-                lease.deadline = started + lease.ttl;
+                lease.deadline = started.later(lease.ttl);
             }
             Ok(Err(error)) if lost(&error) => {
                 tracing::warn!(

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{Cursor, Page, Patch, Record, Revision, Store, StoreFuture, page_of};
+use crate::clock::Later;
 use crate::error::StoreError;
 
 /// An in-process store. It holds encoded copies of the fields, never live values, so it
@@ -475,7 +476,7 @@ impl Store for MemoryStore {
             .patch_into(patch, std::mem::take(&mut records.scratch));
         records.scratch = std::mem::replace(&mut stored.fields, patched).0;
         if let (Some(ttl), Some(now)) = (patch.ttl, now) {
-            let at = now + ttl.max(Duration::from_nanos(1));
+            let at = now.later(ttl.max(Duration::from_nanos(1)));
             if let Some(old) = stored.expires_at.replace(at) {
                 records.expiry.remove(&(old, Key::new(key)));
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 
 use super::{Cursor, Page, Patch, Record, Store, StoreFuture, listed_key, within};
+use crate::clock::Later;
 use crate::error::{StoreError, StoreOp};
 
 const BACKEND: &str = "redis";
@@ -220,7 +221,7 @@ where
             pattern.push(byte);
         }
         pattern.push(b'*');
-        let budget = tokio::time::Instant::now() + self.timeout / 2;
+        let budget = tokio::time::Instant::now().later(self.timeout / 2);
         let mut keys = Vec::new();
         loop {
             let mut command = redis::cmd("SCAN");
@@ -475,7 +476,7 @@ where
                     .await?
                 }
                 Some((replicas, wait)) => {
-                    let deadline = self.timeout + wait;
+                    let deadline = self.timeout.saturating_add(wait);
                     let (conflicts, acknowledged): (Vec<String>, u32) =
                         within(BACKEND, deadline, StoreOp::Apply, key, async {
                             replicated(&mut connection, &invocation, replicas, wait)

@@ -120,7 +120,77 @@ pub(super) fn parse_result<T: DeserializeOwned>(answer: Answer) -> Result<T, Cal
         after: answer
             .parameters
             .and_then(|p| p.retry_after)
-            .map(Duration::from_secs),
+            .map(retry_after),
         reason: format!("{code}: {description}"),
     })
+}
+
+/// The longest pause a `retry_after` from the Bot API (or a proxy in front of it) imposes: a
+/// larger one is taken as this, and logged, so a misbehaving peer cannot park the poller for
+/// good.
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// The pause a `retry_after` of `seconds` asks for, at most [`MAX_RETRY_AFTER`].
+fn retry_after(seconds: u64) -> Duration {
+    let asked = Duration::from_secs(seconds);
+    if asked > MAX_RETRY_AFTER {
+        tracing::warn!(
+            retry_after = seconds,
+            "the Bot API asked to wait longer than an hour before the next call; waiting an hour"
+        );
+        return MAX_RETRY_AFTER;
+    }
+    asked
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Answer, CallError, MAX_RETRY_AFTER, parse_result};
+
+    fn retry_after_of(answer: &str) -> Option<Duration> {
+        let answer: Answer = serde_json::from_str(answer).expect("an answer");
+        match parse_result::<()>(answer) {
+            Err(CallError::Retry { after, .. }) => after,
+            other => panic!("not a retry: {other:?}"),
+        }
+    }
+
+    fn flood(retry_after: &str) -> String {
+        format!(
+            r#"{{"ok":false,"error_code":429,"description":"Too Many Requests","parameters":{{"retry_after":{retry_after}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_retry_after_is_obeyed_up_to_an_hour() {
+        assert_eq!(retry_after_of(&flood("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after_of(&flood("3600")), Some(MAX_RETRY_AFTER));
+        // What a misbehaving API or proxy may send: an hour, never a panic or a wait for good.
+        for absurd in [
+            "3601",
+            "1000000000000000000",
+            "9223372036854775807",
+            "18446744073709551615",
+        ] {
+            assert_eq!(
+                retry_after_of(&flood(absurd)),
+                Some(MAX_RETRY_AFTER),
+                "{absurd}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_answer_without_a_retry_after_leaves_the_pause_to_the_backoff() {
+        assert_eq!(
+            retry_after_of(r#"{"ok":false,"error_code":502,"description":"Bad Gateway"}"#),
+            None
+        );
+        assert_eq!(
+            retry_after_of(r#"{"ok":false,"error_code":429,"parameters":{}}"#),
+            None
+        );
+    }
 }

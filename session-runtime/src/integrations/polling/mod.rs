@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use self::bot_api::{BotApi, CallError, NETWORK_GRACE, parse_result};
 use self::schedule::{Backoff, Running, Status, Window};
 use crate::chain::Chain;
+use crate::clock::Later;
 use crate::context::Context;
 use crate::key::UpdateKeys;
 
@@ -298,7 +299,7 @@ where
                             if started == 0 && !running.is_empty() {
                                 // Nothing new while updates run: ask again when one finishes
                                 // and moves the offset, or after a while.
-                                pause = Some((Instant::now() + REPOLL, true));
+                                pause = Some((Instant::now().later(REPOLL), true));
                             }
                         }
                         Err(CallError::Unauthorized { code, description }) => {
@@ -307,7 +308,7 @@ where
                         Err(CallError::Retry { reason, after }) => {
                             let wait = after.unwrap_or_else(|| backoff.next());
                             tracing::warn!(%reason, ?wait, "getUpdates failed; retrying");
-                            pause = Some((Instant::now() + wait, false));
+                            pause = Some((Instant::now().later(wait), false));
                         }
                     }
                 }

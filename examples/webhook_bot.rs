@@ -55,13 +55,16 @@ async fn main() -> Result<(), BoxError> {
             })
         });
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    let webhook = Webhook::new(chain)
+        .path("/telegram")
+        .secret_token("change-me")?;
+    // A listener with the webhook's backlog (1024), so a burst of connections waits for its
+    // turn instead of being dropped.
+    let listener = webhook.bind("127.0.0.1:8080".parse()?)?;
     println!(
         "webhook on http://127.0.0.1:8080/telegram (secret token: change-me); Ctrl-C stops it"
     );
-    let served = Webhook::new(chain)
-        .path("/telegram")
-        .secret_token("change-me")?
+    let served = webhook
         .serve(listener, async {
             // Stop accepting on Ctrl-C; updates in flight still finish and persist.
             let _ = tokio::signal::ctrl_c().await;

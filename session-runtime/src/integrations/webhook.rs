@@ -58,7 +58,12 @@ impl From<InvalidSecretToken> for std::io::Error {
 /// * [`serve`](Self::serve) closes a connection whose request headers take longer than
 ///   [`header_timeout`](Self::header_timeout) (idle kept-alive ones too), answers `408` to a
 ///   body slower than [`body_timeout`](Self::body_timeout), and keeps at most
-///   [`max_connections`](Self::max_connections) open: slow or idle clients cannot hold it.
+///   [`max_connections`](Self::max_connections) open; at that limit, a new connection takes
+///   the place of the one that has waited longest without a request in progress (a slow or
+///   idle client), so slow clients cannot keep a good request out. [`bind`](Self::bind) makes
+///   a listener whose [`backlog`](Self::backlog) (default 1024) holds a burst of new
+///   connections rather than letting the kernel drop them (a client then waits seconds for its
+///   SYN to be sent again).
 /// * A chain error gets [`error_status`](Self::error_status) (default `500`). Telegram
 ///   retries updates that did not get a 2xx, so the failed update comes again; with the
 ///   default [`ErrorPolicy::Persist`](crate::ErrorPolicy) its session changes were saved and
@@ -93,13 +98,12 @@ impl From<InvalidSecretToken> for std::io::Error {
 ///         }
 ///         Ok(())
 ///     }));
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 /// let (_stop, stopped) = tokio::sync::oneshot::channel::<()>(); // e.g. sent on SIGTERM
-/// Webhook::new(chain)
+/// let webhook = Webhook::new(chain)
 ///     .path("/telegram")
-///     .secret_token("a-long-random-secret")?
-///     .serve(listener, async { let _ = stopped.await; })
-///     .await
+///     .secret_token("a-long-random-secret")?;
+/// let listener = webhook.bind("127.0.0.1:8080".parse().expect("an address"))?;
+/// webhook.serve(listener, async { let _ = stopped.await; }).await
 /// # }
 /// ```
 pub struct Webhook<U> {
@@ -118,6 +122,7 @@ struct Limits {
     header_timeout: Duration,
     body_timeout: Duration,
     max_connections: usize,
+    backlog: u32,
 }
 
 impl<U> std::fmt::Debug for Webhook<U> {
@@ -163,6 +168,7 @@ where
                 header_timeout: Duration::from_secs(10),
                 body_timeout: Duration::from_secs(10),
                 max_connections: 256,
+                backlog: 1024,
             },
         }
     }
@@ -182,11 +188,38 @@ where
     }
 
     /// How many connections [`serve`](Self::serve) keeps open at once (default 256; at least
-    /// 1); more wait in the listener's backlog. Telegram opens at most `setWebhook`'s
-    /// `max_connections` (40 unless set, 100 at most).
+    /// 1). At the limit, a new connection takes the place of the one that has waited longest
+    /// without a request in progress; when every one has a request in progress, new ones wait
+    /// in the listener's backlog. Telegram opens at most `setWebhook`'s `max_connections` (40
+    /// unless set, 100 at most).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.limits.max_connections = n.max(1);
         self
+    }
+
+    /// How many new connections the listener made by [`bind`](Self::bind) holds until they are
+    /// accepted (default 1024; the kernel caps it at `net.core.somaxconn`). A listener the
+    /// application binds itself keeps its own (tokio's `TcpListener::bind`: 128).
+    pub fn backlog(mut self, connections: u32) -> Self {
+        self.limits.backlog = connections.max(1);
+        self
+    }
+
+    /// A listener on `addr` with this webhook's [`backlog`](Self::backlog), for
+    /// [`serve`](Self::serve).
+    ///
+    /// # Errors
+    ///
+    /// The socket's: the address is taken, or not this machine's.
+    pub fn bind(&self, addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(self.limits.backlog)
     }
 
     /// The path Telegram posts to (the path of the URL given to `setWebhook`).
@@ -281,16 +314,10 @@ where
         let limits = self.limits;
         let router = self.router();
         let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let open = Arc::new(OpenConnections::default());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&connections).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break, // never closed
-                },
-                () = &mut shutdown => break,
-            };
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
@@ -303,18 +330,58 @@ where
                 },
                 () = &mut shutdown => break,
             };
+            let permit = match Arc::clone(&connections).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // At the limit: the connection that has waited longest without a request
+                    // in progress makes room; if every one has a request, wait for one to end.
+                    open.shed_oldest_idle();
+                    tokio::select! {
+                        permit = Arc::clone(&connections).acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break, // never closed
+                        },
+                        () = &mut shutdown => break,
+                    }
+                }
+            };
+            let tracked = open.add();
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
-            let connection = http.serve_connection(
-                hyper_util::rt::TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(router.clone()),
-            );
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "webhook connection closed");
+            let router = hyper_util::service::TowerToHyperService::new(router.clone());
+            let busy = Arc::clone(&tracked.connection);
+            let service = hyper::service::service_fn(move |request| {
+                use hyper::service::Service as _;
+                let working = Working::start(&busy);
+                let answer = router.call(request);
+                async move {
+                    // In progress until the answer's body is sent, so the connection is never
+                    // closed to make room while it answers.
+                    let answer = answer.await?;
+                    Ok::<_, std::convert::Infallible>(answer.map(|body| {
+                        axum::body::Body::new(UntilSent {
+                            body,
+                            _working: working,
+                        })
+                    }))
                 }
+            });
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                tokio::select! {
+                    served = connection => {
+                        if let Err(error) = served {
+                            tracing::debug!(%error, "webhook connection closed");
+                        }
+                    }
+                    () = tracked.connection.shed.notified() => {
+                        tracing::debug!("webhook connection closed to make room for a new one");
+                    }
+                }
+                open.remove(tracked.id);
                 drop(permit);
             });
         }
@@ -325,6 +392,105 @@ where
             tracing::error!(%error, "sessions still unsaved at shutdown");
             std::io::Error::other(error)
         })
+    }
+}
+
+/// The connections [`Webhook::serve`] has open, oldest first.
+#[derive(Default)]
+struct OpenConnections {
+    next: std::sync::atomic::AtomicU64,
+    open: parking_lot::Mutex<std::collections::VecDeque<Tracked>>,
+}
+
+/// One open connection: how many of its requests are in progress, and the signal that closes
+/// it to make room.
+#[derive(Default)]
+struct Connection {
+    requests: std::sync::atomic::AtomicUsize,
+    shed: tokio::sync::Notify,
+}
+
+/// A connection's place among the open ones.
+#[derive(Clone)]
+struct Tracked {
+    id: u64,
+    connection: Arc<Connection>,
+}
+
+impl OpenConnections {
+    fn add(&self) -> Tracked {
+        let tracked = Tracked {
+            id: self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            connection: Arc::default(),
+        };
+        self.open.lock().push_back(tracked.clone());
+        tracked
+    }
+
+    fn remove(&self, id: u64) {
+        self.open.lock().retain(|open| open.id != id);
+    }
+
+    /// Closes the oldest connection without a request in progress (still sending its first
+    /// headers, or idle between requests), if there is one.
+    fn shed_oldest_idle(&self) {
+        let open = self.open.lock();
+        let idle = open.iter().find(|open| {
+            open.connection
+                .requests
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+        });
+        if let Some(idle) = idle {
+            idle.connection.shed.notify_one();
+        }
+    }
+}
+
+/// An answer's body, with the request it answers kept in progress until it is sent (or
+/// dropped).
+struct UntilSent {
+    body: axum::body::Body,
+    _working: Working,
+}
+
+impl axum::body::HttpBody for UntilSent {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request in progress on a connection, from its headers to its answer.
+struct Working(Arc<Connection>);
+
+impl Working {
+    fn start(connection: &Arc<Connection>) -> Self {
+        connection
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Working(Arc::clone(connection))
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0
+            .requests
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

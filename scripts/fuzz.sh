@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${1:-60}
 status=0
-for target in webhook_update record_decode patch_round_trip; do
+for target in webhook_update record_decode patch_round_trip bot_api_answer; do
   log=$(mktemp)
   if cargo +nightly fuzz run -O "$target" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
     result=ok

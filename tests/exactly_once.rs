@@ -192,6 +192,11 @@ struct Scenario {
     /// Delays before the session middleware, between it and the handler, in the handler, ms.
     chain_ms: (u64, u64),
     faults: Faults,
+    /// Increments per update, with a wait between them (the handler writes across an
+    /// `.await`).
+    writes: u64,
+    /// In exclusive mode: one update per key at a time in each replica.
+    exclusive: bool,
 }
 
 /// The scenario of the report: two replicas, 50 increments each, store 1–50 ms, chain
@@ -203,6 +208,8 @@ const REPORTED: Scenario = Scenario {
     latency_ms: (1, 50),
     chain_ms: (1, 200),
     faults: NO_FAULTS,
+    writes: 1,
+    exclusive: false,
 };
 
 const KEY: &str = "Counter:1:1";
@@ -282,10 +289,17 @@ fn chain(
             Box::pin(async move {
                 wait(ctx, 3).await;
                 let counter = ctx.session().await?;
-                let count = counter.update_count(|c| {
+                let mut count = counter.update_count(|c| {
                     *c += 1;
                     *c
                 });
+                for _ in 1..scenario.writes {
+                    wait(ctx, 6).await;
+                    count = counter.update_count(|c| {
+                        *c += 1;
+                        *c
+                    });
+                }
                 let delivery = ctx
                     .update()
                     .text_of()
@@ -347,7 +361,11 @@ async fn run(scenario: Scenario, seed: u64) -> Run {
                 latency_ms: scenario.latency_ms,
                 faults: scenario.faults,
             };
-            let sessions = SessionMiddleware::<Counter, Update>::new(store);
+            let mut sessions = SessionMiddleware::<Counter, Update>::builder(store);
+            if scenario.exclusive {
+                sessions = sessions.exclusive(Duration::from_secs(3_600));
+            }
+            let sessions = sessions.build();
             chain(scenario, seed, replica, &sessions, Arc::clone(&made))
         })
         .collect();
@@ -401,7 +419,7 @@ async fn run(scenario: Scenario, seed: u64) -> Run {
                 failed.push((replica, id));
             }
         }
-        if delivery == 1 {
+        if delivery == 1 && scenario.writes == 1 {
             let round: Vec<Event> = history
                 .events()
                 .into_iter()
@@ -422,10 +440,12 @@ async fn run(scenario: Scenario, seed: u64) -> Run {
         });
     }
     let events = history.events();
-    violations.extend(history::check_counter(
-        &events,
-        stored_count(&*shared).await,
-    ));
+    let stored = stored_count(&*shared).await;
+    if scenario.writes == 1 {
+        violations.extend(history::check_counter(&events, stored));
+    } else {
+        violations.extend(history::check_total(&events, stored, scenario.writes));
+    }
     Run {
         events,
         violations,
@@ -574,6 +594,7 @@ fn three_replicas_on_sqlite_with_group_commit_count_each_update_once() {
             fail: 30,
             timeout_after_apply: 30,
         },
+        ..REPORTED
     };
     explore(
         "sqlite group commit, 3 replicas, faults",
@@ -678,4 +699,32 @@ fn events_survive_their_line_format() {
     let e = event(2, -5, 3, (7, 9), Outcome::Indeterminate, None);
     assert_eq!(Event::from_line(&e.to_line()), Some(e));
     assert_eq!(Event::from_line("not\tan event"), None);
+}
+
+/// A handler that increments, waits, and increments again, in exclusive mode: no other update
+/// of the key saves between its two writes, so they land together or not at all, and each
+/// update adds exactly two.
+#[test]
+fn two_writes_across_an_await_in_exclusive_mode_count_each_update_once() {
+    let scenario = Scenario {
+        writes: 2,
+        exclusive: true,
+        ..MEMORY_FAULTS
+    };
+    explore("two writes, exclusive", scenario, &seeds(100));
+}
+
+/// Known hole, kept to be fixed (ARCHITECTURE.md, "Exactly once", last paragraph): without
+/// exclusive mode, another update's patch can save the first of two writes an update makes
+/// across an `.await`, and a conflict can then take back the second; the update runs again,
+/// is recognised as saved, and its second write is never applied (seed 2 of the reported
+/// scenario: 195 stored for 100 updates of two increments each).
+#[test]
+#[ignore = "known hole: writes across an .await without exclusive mode can be saved in part"]
+fn two_writes_across_an_await_count_each_update_once() {
+    let scenario = Scenario {
+        writes: 2,
+        ..REPORTED
+    };
+    explore("two writes", scenario, &seeds(100));
 }

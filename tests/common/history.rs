@@ -337,6 +337,27 @@ pub fn check_counter(events: &[Event], stored: u64) -> Vec<Violation> {
     violations
 }
 
+/// Checks a history of updates that each add `per_update` to one count (in several writes)
+/// whose store now holds `stored`: it holds exactly `per_update` for each update told saved.
+pub fn check_total(events: &[Event], stored: u64, per_update: u64) -> Vec<Violation> {
+    let saved: BTreeSet<i64> = events
+        .iter()
+        .filter(|e| e.outcome.is_saved())
+        .map(|e| e.update)
+        .collect();
+    let expected = per_update * saved.len() as u64;
+    if stored == expected {
+        return Vec::new();
+    }
+    vec![Violation {
+        rule: "exactly once",
+        detail: format!(
+            "the store holds {stored}, but {} updates of {per_update} each were told saved ({expected})",
+            saved.len()
+        ),
+    }]
+}
+
 /// Checks the stored count after a round in which each update of `round` was delivered once:
 /// it holds every update told saved, and none told failed, except those whose outcome the
 /// store could not tell.

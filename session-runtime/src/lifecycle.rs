@@ -411,8 +411,8 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     // A conflict on fields this update did not write leaves its own writes pending, to be
     // written on the refreshed session: write them now, so that the update learns their fate.
     for _ in 0..CONFLICT_RETRIES {
-        let pending = hold.writes() == Writes::Pending;
-        if !(pending && matches!(persisted, Err(SessionError::Conflict { .. }))) {
+        let conflict = matches!(persisted, Err(SessionError::Conflict { .. }));
+        if !conflict || hold.writes() != Writes::Pending {
             break;
         }
         persisted = hold.persist().await;
@@ -421,6 +421,8 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     // the persist it ran also carries other updates' writes, and may fail for theirs after
     // its own were saved by an earlier patch.
     let writes = hold.writes();
+    // Whether the entry may be left with writes no update will save (kept for a flush).
+    let unsaved = persisted.is_err();
     // A redelivery recognised as saved wrote nothing: it is saved, whatever the persist of
     // other updates' writes it ran met (run again, it might no longer be recognised).
     let saved = writes == Writes::Saved || (writes == Writes::None && hold.is_replay());
@@ -436,7 +438,7 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         hold.take_back();
     }
     // What is still dirty (kept writes, other updates' writes) has to be written later.
-    hold.release(persisted.is_err() && hold.entry.lock().has_changes());
+    hold.release(unsaved && hold.entry.lock().has_changes());
     if let Writes::Discarded { fields, sure } = writes {
         // Taken back: the update runs again. A conflict says the store holds none of it; a
         // failed save says it may (then its redelivery is recognised by its id).

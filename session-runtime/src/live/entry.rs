@@ -1266,7 +1266,9 @@ impl<S: Schema> Entry<S> {
         );
         let mut state = self.lock();
         state.reconcile(patch);
-        state.recent = recent;
+        if let Some(recent) = recent {
+            state.recent = recent;
+        }
         if stamped {
             state.schema = Mark {
                 version: migrate::version::<S>(),

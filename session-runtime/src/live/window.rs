@@ -76,10 +76,10 @@ impl Window {
     /// in the slot after the last one written, growing to [`RECENT_UPDATES`] slots more than
     /// there are new ids (up to [`RECENT_MAX`]; past that, the earliest are left out), and puts the
     /// slots it wrote and the cursor into `patch`. Returns the window the store holds once
-    /// the patch is written. The slots are written without a condition: the window never
-    /// makes two writers conflict (two writers of different fields at the same instant may
-    /// take the same slot, and one id drop out).
-    pub(crate) fn with(&self, ids: &[i64], patch: &mut Patch<'_>) -> Window {
+    /// the patch is written, or `None` when it adds nothing. The slots are written without a
+    /// condition: the window never makes two writers conflict (two writers of different
+    /// fields at the same instant may take the same slot, and one id drop out).
+    pub(crate) fn with(&self, ids: &[i64], patch: &mut Patch<'_>) -> Option<Window> {
         let mut fresh: Vec<i64> = Vec::new();
         for &id in ids {
             if !self.contains(id) && !fresh.contains(&id) {
@@ -87,7 +87,7 @@ impl Window {
             }
         }
         if fresh.is_empty() {
-            return self.clone();
+            return None;
         }
         let mut window = self.clone();
         // Room for this patch's ids and as many more as the least window holds, so that the
@@ -108,7 +108,7 @@ impl Window {
         patch
             .writers
             .push((NEXT, i64::try_from(cursor).unwrap_or(0)));
-        window
+        Some(window)
     }
 }
 
@@ -129,7 +129,7 @@ mod tests {
     fn save_each(mut record: Record, ids: &[i64]) -> Record {
         for &id in ids {
             let mut patch = Patch::new();
-            Window::of(&record).with(&[id], &mut patch);
+            let _ = Window::of(&record).with(&[id], &mut patch);
             record = stored(record, &patch);
         }
         record
@@ -169,7 +169,7 @@ mod tests {
     fn a_patch_carrying_many_updates_records_them_all() {
         let ids: Vec<i64> = (1..=20).collect();
         let mut patch = Patch::new();
-        let window = Window::default().with(&ids, &mut patch);
+        let window = Window::default().with(&ids, &mut patch).expect("new ids");
         let record = stored(Record::default(), &patch);
         assert_eq!(Window::of(&record), window);
         assert!(ids.iter().all(|&id| window.contains(id)));
@@ -177,7 +177,7 @@ mod tests {
         // twice in one patch.
         let many: Vec<i64> = (1..=(RECENT_MAX as i64 + 6)).collect();
         let mut patch = Patch::new();
-        let window = Window::default().with(&many, &mut patch);
+        let window = Window::default().with(&many, &mut patch).expect("new ids");
         assert!(!window.contains(6) && window.contains(7) && window.contains(70));
         assert_eq!(window.ids.len(), RECENT_MAX);
         let mut names: Vec<&str> = patch.writers.iter().map(|(name, _)| *name).collect();
@@ -189,9 +189,11 @@ mod tests {
     #[test]
     fn ids_already_held_are_not_written_again() {
         let mut patch = Patch::new();
-        let window = Window::default().with(&[7, 8], &mut patch);
+        let window = Window::default()
+            .with(&[7, 8], &mut patch)
+            .expect("new ids");
         let mut again = Patch::new();
-        assert_eq!(window.with(&[8, 7, 8], &mut again), window);
+        assert_eq!(window.with(&[8, 7, 8], &mut again), None);
         assert!(again.writers.is_empty());
         assert_eq!(window.ids.len(), RECENT_UPDATES + 2);
     }
@@ -199,7 +201,9 @@ mod tests {
     #[test]
     fn the_ring_keeps_its_size_when_its_last_slots_are_empty() {
         let mut patch = Patch::new();
-        let window = Window::default().with(&(1..=10).collect::<Vec<_>>(), &mut patch);
+        let window = Window::default()
+            .with(&(1..=10).collect::<Vec<_>>(), &mut patch)
+            .expect("new ids");
         let record = stored(Record::default(), &patch);
         assert_eq!(Window::of(&record), window);
         assert_eq!(window.ids.len(), 10 + RECENT_UPDATES);
@@ -210,11 +214,11 @@ mod tests {
         let mut record = Record::default();
         let burst: Vec<i64> = (1..=10).collect();
         let mut patch = Patch::new();
-        Window::of(&record).with(&burst, &mut patch);
+        let _ = Window::of(&record).with(&burst, &mut patch);
         record = stored(record, &patch);
         for id in 11..=(10 + RECENT_UPDATES as i64) {
             let mut patch = Patch::new();
-            Window::of(&record).with(&[id], &mut patch);
+            let _ = Window::of(&record).with(&[id], &mut patch);
             record = stored(record, &patch);
         }
         let window = Window::of(&record);

@@ -791,12 +791,14 @@ impl<S: Schema> Entry<S> {
 
     /// Sends a patch of this entry's (behind its write gate) until the store answers whether
     /// it applied it. A call that met its deadline does not say: the store may have applied
-    /// the patch after the caller stopped waiting, so the same patch is sent again, at most
-    /// [`RESENDS`] times. Both expect the same versions, so at most one of them applies; a
-    /// resend refused with a conflict means the first was applied or another writer came in
-    /// between, and the record says which: it names the updates the patch carried (`ids`)
-    /// as saved. Returns the outcome, and whether a conflict may hide an applied send
-    /// (nothing the record showed could tell).
+    /// the patch after the caller stopped waiting. So the record is read at once: it shows
+    /// the patch if it names every update the patch carried (`ids`, in its window) or holds
+    /// a field at the version the patch wrote with the patch's writer of it. If it does not,
+    /// the same patch is sent again, at most [`RESENDS`] times: both sends expect the same
+    /// versions, so at most one applies, and a resend refused with a conflict is looked up
+    /// again. Returns the outcome, and whether a refusal may hide an applied send (nothing the
+    /// record showed could tell: the updates are then told their save failed, and their
+    /// redelivery is recognised by its id if it had landed).
     async fn send(
         &self,
         store: &dyn Store,
@@ -805,8 +807,9 @@ impl<S: Schema> Entry<S> {
     ) -> (Result<(), StoreError>, bool) {
         let mut applied = self.write(store, patch).await;
         let (mut resent, mut deadlines) = (0, 0);
-        // After a deadline, resend until the store answers; a second deadline ends it (a store
-        // that is down costs at most two), a fast failure is tried again, a few times.
+        // After a deadline, find out and resend until the store answers; a second deadline
+        // ends it (a store that does not answer costs at most two), a fast failure is tried
+        // again, a few times.
         while resent < RESENDS
             && let Err(error @ StoreError::Backend { .. }) = &applied
             && (error.is_deadline() || deadlines > 0)
@@ -817,43 +820,59 @@ impl<S: Schema> Entry<S> {
                     break;
                 }
             }
+            if self.landed(store, patch, ids).await == Some(true) {
+                return (Ok(()), false);
+            }
             resent += 1;
             applied = self.write(store, patch).await;
         }
         if resent == 0 || !matches!(applied, Err(StoreError::Conflict { .. })) {
             return (applied, false);
         }
-        // A conflict after a failed send: was the failed one applied? Without update ids the
-        // record cannot tell.
-        if ids.is_empty() {
-            return (applied, true);
-        }
+        // Refused: the first send landed after the look, or another writer came in between.
         for _ in 0..=RESENDS {
-            let Ok(record) = store.load(&self.key).await else {
-                continue;
-            };
-            let window = record.as_ref().map(Window::of).unwrap_or_default();
-            let names = |id: &i64| {
-                window.contains(*id)
-                    || record.as_ref().is_some_and(|record| {
-                        S::FIELDS
-                            .iter()
-                            .any(|spec| record.writers.get(spec.name) == Some(id))
-                    })
-            };
-            if !ids.iter().all(names) {
-                // Not applied, unless later patches took every id out of the record.
-                return (applied, ids.iter().any(names));
+            match self.landed(store, patch, ids).await {
+                Some(true) => return (Ok(()), false),
+                Some(false) => break,
+                None => {}
             }
+        }
+        (applied, true)
+    }
+
+    /// Whether the record shows `patch` applied (see [`send`](Self::send)); `None` when it
+    /// cannot be read.
+    async fn landed(&self, store: &dyn Store, patch: &Patch<'_>, ids: &[i64]) -> Option<bool> {
+        let record = store.load(&self.key).await.ok()?;
+        let Some(record) = record else {
+            return Some(false);
+        };
+        let window = Window::of(&record);
+        let named = |id: &i64| {
+            window.contains(*id)
+                || S::FIELDS
+                    .iter()
+                    .any(|spec| record.writers.get(spec.name) == Some(id))
+        };
+        // A field at the version the patch made, written by the update the patch names as
+        // its writer: only this patch writes that pair.
+        let at_its_version = patch.writers.iter().any(|(field, writer)| {
+            patch.expect.iter().any(|(name, expected)| {
+                name == field
+                    && record.version(name) == expected + 1
+                    && record.writers.get(*name) == Some(writer)
+            })
+        });
+        let landed = at_its_version || (!ids.is_empty() && ids.iter().all(named));
+        if landed {
             tracing::info!(
                 session = S::NAME,
                 key = &*self.key,
-                "a save that failed had been applied; its resend was refused"
+                "a save that met its deadline had been applied"
             );
             self.unseen();
-            return (Ok(()), false);
         }
-        (applied, true)
+        Some(landed)
     }
 
     /// After a conflict: reads the record again and takes the store's value of every field

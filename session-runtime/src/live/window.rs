@@ -29,6 +29,13 @@ const SLOTS: [&str; RECENT_MAX] = [
 /// slot the next id takes (the size is stored, since the slots not written yet are not).
 const NEXT: &str = "@next";
 
+/// The fewest slots a window keeps after a patch that adds `fresh` ids: room for them, for as
+/// many again from the patches that follow (concurrent replicas save their own bursts while
+/// one looks up whether its patch landed), and for the least a window holds.
+fn ring_size(fresh: usize) -> usize {
+    (2 * fresh + RECENT_UPDATES).min(RECENT_MAX)
+}
+
 /// A session's window of recent update ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Window {
@@ -90,9 +97,7 @@ impl Window {
             return None;
         }
         let mut window = self.clone();
-        // Room for this patch's ids and as many more as the least window holds, so that the
-        // next patches do not push this one's ids out at once.
-        let size = (fresh.len() + RECENT_UPDATES).min(RECENT_MAX);
+        let size = ring_size(fresh.len());
         if window.ids.len() < size {
             window.ids.resize(size, None);
         }
@@ -114,7 +119,7 @@ impl Window {
 
 #[cfg(test)]
 mod tests {
-    use super::{RECENT_MAX, RECENT_UPDATES, Window};
+    use super::{RECENT_MAX, Window, ring_size};
     use crate::store::{Patch, Record};
 
     /// The record a store holds after `patch` was applied over `record`'s writers.
@@ -137,8 +142,8 @@ mod tests {
 
     #[test]
     fn an_id_stays_until_as_many_ids_as_there_are_slots_came_after_it() {
-        // One id a patch: a ring of one slot for it and the least headroom.
-        let slots = 1 + RECENT_UPDATES as i64;
+        // One id a patch: the ring's least size for one id.
+        let slots = ring_size(1) as i64;
         let ids: Vec<i64> = (1..=3 * slots).collect();
         let mut record = Record::default();
         for &id in &ids {
@@ -156,13 +161,12 @@ mod tests {
     #[test]
     fn eviction_follows_the_order_of_saves_not_the_ids() {
         // A redelivered small id saved after larger ones is kept as the newest.
-        let mut ids: Vec<i64> = (1..=RECENT_UPDATES as i64).map(|i| i * 100).collect();
-        ids.push(5);
-        ids.extend([1_000, 2_000]);
+        let mut ids: Vec<i64> = (1..=ring_size(1) as i64).map(|i| i * 100).collect();
+        ids.extend([5, 10_000, 20_000]);
         let window = Window::of(&save_each(Record::default(), &ids));
-        assert!(window.contains(5) && window.contains(2_000));
-        assert!(!window.contains(100) && !window.contains(200));
-        assert!(window.contains(300));
+        assert!(window.contains(5) && window.contains(20_000));
+        assert!(!window.contains(100) && !window.contains(300));
+        assert!(window.contains(400));
     }
 
     #[test]
@@ -195,7 +199,7 @@ mod tests {
         let mut again = Patch::new();
         assert_eq!(window.with(&[8, 7, 8], &mut again), None);
         assert!(again.writers.is_empty());
-        assert_eq!(window.ids.len(), RECENT_UPDATES + 2);
+        assert_eq!(window.ids.len(), ring_size(2));
     }
 
     #[test]
@@ -206,7 +210,7 @@ mod tests {
             .expect("new ids");
         let record = stored(Record::default(), &patch);
         assert_eq!(Window::of(&record), window);
-        assert_eq!(window.ids.len(), 10 + RECENT_UPDATES);
+        assert_eq!(window.ids.len(), ring_size(10));
     }
 
     #[test]
@@ -216,7 +220,8 @@ mod tests {
         let mut patch = Patch::new();
         let _ = Window::of(&record).with(&burst, &mut patch);
         record = stored(record, &patch);
-        for id in 11..=(10 + RECENT_UPDATES as i64) {
+        // As many again as the burst, and the least a window holds.
+        for id in 11..(ring_size(10) as i64) {
             let mut patch = Patch::new();
             let _ = Window::of(&record).with(&[id], &mut patch);
             record = stored(record, &patch);

@@ -50,28 +50,34 @@ impl Window {
     pub(crate) fn of(record: &Record) -> Self {
         let mut window = Window::default();
         for (name, &id) in &record.writers {
-            if name == NEXT {
-                let cursor = usize::try_from(id).unwrap_or(0);
-                let size = (cursor / RECENT_MAX).min(RECENT_MAX);
-                if window.ids.len() < size {
-                    window.ids.resize(size, None);
-                }
-                window.next = cursor % RECENT_MAX;
-                continue;
-            }
-            let Some(slot) = name
-                .strip_prefix('@')
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|&slot| slot < RECENT_MAX)
-            else {
-                continue;
-            };
-            if window.ids.len() <= slot {
-                window.ids.resize(slot + 1, None);
-            }
-            window.ids[slot] = Some(id);
+            window.record(name, id);
         }
         window
+    }
+
+    /// Takes in a writer the store holds or was given: a slot, the cursor, or (ignored) the
+    /// writer of a field.
+    fn record(&mut self, name: &str, id: i64) {
+        if name == NEXT {
+            let cursor = usize::try_from(id).unwrap_or(0);
+            let size = (cursor / RECENT_MAX).min(RECENT_MAX);
+            if self.ids.len() < size {
+                self.ids.resize(size, None);
+            }
+            self.next = cursor % RECENT_MAX;
+            return;
+        }
+        let Some(slot) = name
+            .strip_prefix('@')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&slot| slot < RECENT_MAX)
+        else {
+            return;
+        };
+        if self.ids.len() <= slot {
+            self.ids.resize(slot + 1, None);
+        }
+        self.ids[slot] = Some(id);
     }
 
     /// Whether the window holds `id`.
@@ -79,41 +85,44 @@ impl Window {
         self.ids.contains(&Some(id))
     }
 
-    /// Adds `ids` (the updates whose writes `patch` carries) that it does not hold yet, each
-    /// in the slot after the last one written, growing to [`RECENT_UPDATES`] slots more than
-    /// there are new ids (up to [`RECENT_MAX`]; past that, the earliest are left out), and puts the
-    /// slots it wrote and the cursor into `patch`. Returns the window the store holds once
-    /// the patch is written, or `None` when it adds nothing. The slots are written without a
-    /// condition: the window never makes two writers conflict (two writers of different
-    /// fields at the same instant may take the same slot, and one id drop out).
-    pub(crate) fn with(&self, ids: &[i64], patch: &mut Patch<'_>) -> Option<Window> {
-        let mut fresh: Vec<i64> = Vec::new();
+    /// Puts into `patch` the slots that `ids` (the updates whose writes it carries, each once)
+    /// take, those the window does not hold yet, each in the slot after the last one written,
+    /// and the cursor. The ring grows to [`ring_size`] of the new ids (up to [`RECENT_MAX`];
+    /// past that, the earliest are left out). The window itself takes them once the patch is
+    /// written ([`written`](Self::written)). The slots are written without a condition: the
+    /// window never makes two writers conflict (two writers of different fields at the same
+    /// instant may take the same slot, and one id drop out).
+    pub(crate) fn add_to(&self, ids: &[i64], patch: &mut Patch<'_>) {
+        let fresh = ids.iter().filter(|&&id| !self.contains(id)).count();
+        if fresh == 0 {
+            return;
+        }
+        let size = self.ids.len().max(ring_size(fresh));
+        let mut skip = fresh.saturating_sub(size);
+        let mut next = self.next;
         for &id in ids {
-            if !self.contains(id) && !fresh.contains(&id) {
-                fresh.push(id);
+            if self.contains(id) {
+                continue;
             }
-        }
-        if fresh.is_empty() {
-            return None;
-        }
-        let mut window = self.clone();
-        let size = ring_size(fresh.len());
-        if window.ids.len() < size {
-            window.ids.resize(size, None);
-        }
-        let size = window.ids.len();
-        let skip = fresh.len().saturating_sub(size);
-        for &id in &fresh[skip..] {
-            let slot = window.next % size;
-            window.ids[slot] = Some(id);
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            let slot = next % size;
             patch.writers.push((SLOTS[slot], id));
-            window.next = (slot + 1) % size;
+            next = (slot + 1) % size;
         }
-        let cursor = size * RECENT_MAX + window.next;
+        let cursor = size * RECENT_MAX + next;
         patch
             .writers
             .push((NEXT, i64::try_from(cursor).unwrap_or(0)));
-        Some(window)
+    }
+
+    /// Takes in what a written patch put into the window.
+    pub(crate) fn written(&mut self, patch: &Patch<'_>) {
+        for &(name, id) in &patch.writers {
+            self.record(name, id);
+        }
     }
 }
 
@@ -134,7 +143,7 @@ mod tests {
     fn save_each(mut record: Record, ids: &[i64]) -> Record {
         for &id in ids {
             let mut patch = Patch::new();
-            let _ = Window::of(&record).with(&[id], &mut patch);
+            Window::of(&record).add_to(&[id], &mut patch);
             record = stored(record, &patch);
         }
         record
@@ -173,15 +182,19 @@ mod tests {
     fn a_patch_carrying_many_updates_records_them_all() {
         let ids: Vec<i64> = (1..=20).collect();
         let mut patch = Patch::new();
-        let window = Window::default().with(&ids, &mut patch).expect("new ids");
+        Window::default().add_to(&ids, &mut patch);
         let record = stored(Record::default(), &patch);
-        assert_eq!(Window::of(&record), window);
+        let window = Window::of(&record);
+        let mut taken = Window::default();
+        taken.written(&patch);
+        assert_eq!(taken, window, "what the store holds, the window takes");
         assert!(ids.iter().all(|&id| window.contains(id)));
         // Beyond the most slots there are, the earliest are left out, and no slot is named
         // twice in one patch.
         let many: Vec<i64> = (1..=(RECENT_MAX as i64 + 6)).collect();
         let mut patch = Patch::new();
-        let window = Window::default().with(&many, &mut patch).expect("new ids");
+        Window::default().add_to(&many, &mut patch);
+        let window = Window::of(&stored(Record::default(), &patch));
         assert!(!window.contains(6) && window.contains(7) && window.contains(70));
         assert_eq!(window.ids.len(), RECENT_MAX);
         let mut names: Vec<&str> = patch.writers.iter().map(|(name, _)| *name).collect();
@@ -193,11 +206,10 @@ mod tests {
     #[test]
     fn ids_already_held_are_not_written_again() {
         let mut patch = Patch::new();
-        let window = Window::default()
-            .with(&[7, 8], &mut patch)
-            .expect("new ids");
+        Window::default().add_to(&[7, 8], &mut patch);
+        let window = Window::of(&stored(Record::default(), &patch));
         let mut again = Patch::new();
-        assert_eq!(window.with(&[8, 7, 8], &mut again), None);
+        window.add_to(&[8, 7], &mut again);
         assert!(again.writers.is_empty());
         assert_eq!(window.ids.len(), ring_size(2));
     }
@@ -205,11 +217,9 @@ mod tests {
     #[test]
     fn the_ring_keeps_its_size_when_its_last_slots_are_empty() {
         let mut patch = Patch::new();
-        let window = Window::default()
-            .with(&(1..=10).collect::<Vec<_>>(), &mut patch)
-            .expect("new ids");
+        Window::default().add_to(&(1..=10).collect::<Vec<_>>(), &mut patch);
         let record = stored(Record::default(), &patch);
-        assert_eq!(Window::of(&record), window);
+        let window = Window::of(&record);
         assert_eq!(window.ids.len(), ring_size(10));
     }
 
@@ -218,12 +228,12 @@ mod tests {
         let mut record = Record::default();
         let burst: Vec<i64> = (1..=10).collect();
         let mut patch = Patch::new();
-        let _ = Window::of(&record).with(&burst, &mut patch);
+        Window::of(&record).add_to(&burst, &mut patch);
         record = stored(record, &patch);
         // As many again as the burst, and the least a window holds.
         for id in 11..(ring_size(10) as i64) {
             let mut patch = Patch::new();
-            let _ = Window::of(&record).with(&[id], &mut patch);
+            Window::of(&record).add_to(&[id], &mut patch);
             record = stored(record, &patch);
         }
         let window = Window::of(&record);

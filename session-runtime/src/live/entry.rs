@@ -808,7 +808,24 @@ impl<S: Schema> Entry<S> {
         patch: &Patch<'_>,
         ids: &[i64],
     ) -> (Result<(), StoreError>, bool) {
-        let mut applied = self.write(store, patch).await;
+        let applied = self.write(store, patch).await;
+        match &applied {
+            // Rare: boxed, so the future of every persist stays small.
+            Err(error) if error.is_deadline() => {
+                Box::pin(self.resolve(store, patch, ids, applied)).await
+            }
+            _ => (applied, false),
+        }
+    }
+
+    /// After a send met its deadline: looks up and resends (see [`send`](Self::send)).
+    async fn resolve(
+        &self,
+        store: &dyn Store,
+        patch: &Patch<'_>,
+        ids: &[i64],
+        mut applied: Result<(), StoreError>,
+    ) -> (Result<(), StoreError>, bool) {
         let (mut resent, mut deadlines) = (0, 0);
         // After a deadline, find out and resend until the store answers; a second deadline
         // ends it (a store that does not answer costs at most two), a fast failure is tried

@@ -398,17 +398,13 @@ async fn run(scenario: Scenario, seed: u64) -> Run {
                 let outcome = outcome_of(&result, recognised);
                 let wrote = mine.filter(|_| !recognised).map(|(count, _)| count);
                 trace(|| format!("update {id} delivery {delivery} on {replica}: {outcome:?}, made {wrote:?} ({result:?})"));
-                history.record(Event {
-                    process: replica as u32,
-                    key: KEY.to_owned(),
-                    update: id,
-                    delivery,
-                    invoked,
-                    ended,
+                history.record(Event::counted(
+                    (replica as u32, KEY.to_owned()),
+                    (id, delivery),
+                    (invoked, ended),
                     outcome,
-                    read: wrote.map(|c| c - 1),
                     wrote,
-                });
+                ));
                 (replica, id, outcome)
             });
         }
@@ -613,17 +609,13 @@ fn event(
     outcome: Outcome,
     wrote: Option<u64>,
 ) -> Event {
-    Event {
-        process,
-        key: KEY.to_owned(),
-        update,
-        delivery,
-        invoked: span.0,
-        ended: span.1,
+    Event::counted(
+        (process, KEY.to_owned()),
+        (update, delivery),
+        span,
         outcome,
-        read: wrote.map(|w| w - 1),
         wrote,
-    }
+    )
 }
 
 fn rules(violations: &[history::Violation]) -> Vec<&'static str> {

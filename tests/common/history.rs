@@ -87,6 +87,28 @@ pub struct Event {
 }
 
 impl Event {
+    /// A delivery of a counter update that ended `outcome` after it made the count `wrote`
+    /// (having read one less), or made none.
+    pub fn counted(
+        (process, key): (u32, String),
+        (update, delivery): (i64, u32),
+        (invoked, ended): (u64, u64),
+        outcome: Outcome,
+        wrote: Option<u64>,
+    ) -> Self {
+        Event {
+            process,
+            key,
+            update,
+            delivery,
+            invoked,
+            ended,
+            outcome,
+            read: wrote.map(|count| count.saturating_sub(1)),
+            wrote,
+        }
+    }
+
     /// The event as one tab-separated line.
     pub fn to_line(&self) -> String {
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());

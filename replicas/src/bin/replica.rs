@@ -354,17 +354,13 @@ impl Contended {
                         },
                     };
                     let wrote = mine.filter(|_| !recognised).map(|(count, _)| count);
-                    log.record(Event {
-                        process,
-                        key: format!("Tally:{user}:{user}"),
-                        update: id,
-                        delivery,
-                        invoked,
-                        ended,
+                    log.record(Event::counted(
+                        (process, format!("Tally:{user}:{user}")),
+                        (id, delivery),
+                        (invoked, ended),
                         outcome,
-                        read: wrote.map(|c| c - 1),
                         wrote,
-                    });
+                    ));
                     if result.is_ok() {
                         println!("ack {id}");
                         return Ok::<u64, BoxError>(1);

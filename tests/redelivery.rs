@@ -56,8 +56,8 @@ async fn a_redelivery_after_a_later_update_rewrote_its_fields_is_still_recognise
     assert_eq!(replica2.stats().redeliveries(), 1);
 }
 
-/// The window is bounded: a ring of slots, two per update of a patch and 8 more, so with
-/// one update a patch an old update id is forgotten once 10 later updates wrote the session
+/// The window is bounded: a ring of slots, two per update of a patch and 4 more, so with
+/// one update a patch an old update id is forgotten once 6 later updates wrote the session
 /// (and a delivery of it would run again).
 #[tokio::test]
 async fn the_window_of_recent_updates_is_bounded() {
@@ -78,7 +78,7 @@ async fn the_window_of_recent_updates_is_bounded() {
         .filter_map(|slot| record.writers.get(&format!("@{slot}")).copied())
         .collect();
     window.sort_unstable();
-    assert_eq!(window, (31..=40).collect::<Vec<_>>(), "the 10 latest");
+    assert_eq!(window, (35..=40).collect::<Vec<_>>(), "the 6 latest");
     assert_eq!(
         record.fields.keys().filter(|f| f.starts_with('@')).count(),
         0,

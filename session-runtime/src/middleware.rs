@@ -102,7 +102,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
     /// applied again (default: on). An update's id comes from the key strategy
     /// ([`UpdateKeys::update_id`], Telegram's `update_id`; [`Key::with_update_id`] for a
     /// custom key); the store keeps, beside each field, the id of the update that last wrote
-    /// it, and the ids of the session's latest saved updates (at least 10). A delivery of an update
+    /// it, and the ids of the session's latest saved updates (at least 6). A delivery of an update
     /// still named there runs with its session writes not applied (they were saved by the
     /// first delivery), and ends as handled. What the handler does besides (a message it
     /// sends) happens again (ARCHITECTURE.md, "Redelivery", says exactly what holds). Turn it

@@ -11,7 +11,7 @@
 use crate::store::{Patch, Record};
 
 /// How many slots a window has at least.
-pub(crate) const RECENT_UPDATES: usize = 8;
+pub(crate) const RECENT_UPDATES: usize = 4;
 
 /// How many slots it has at most.
 pub(crate) const RECENT_MAX: usize = 64;

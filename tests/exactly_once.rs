@@ -720,3 +720,120 @@ fn two_writes_across_an_await_count_each_update_once() {
     };
     explore("two writes", scenario, &seeds(100));
 }
+
+// Deterministic cases of the rules the explorer checks at random.
+
+/// A chain on `sessions` whose handler increments `count` and then waits for `go`, having
+/// said so on `wrote`; updates with `update_id` 1 go straight through.
+fn held_incrementing(
+    sessions: &SessionMiddleware<Counter, Update>,
+    wrote: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Notify>,
+) -> Chain<Update> {
+    Chain::new().with(sessions.clone()).handler(move |ctx| {
+        let (wrote, go) = (Arc::clone(&wrote), Arc::clone(&go));
+        Box::pin(async move {
+            ctx.session().await?.update_count(|c| *c += 1);
+            if ctx.update().update_id != 1 {
+                wrote.notify_one();
+                go.notified().await;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The reported defect, step by step: A increments and is still running when B's save
+/// carries A's increment to the store; C then increments, and another writer changes `count`
+/// before A ends. A's own save carries only C's write and is refused, yet A is told it was
+/// saved (its increment is stored); C, whose write was refused, is told to run again.
+/// Before, A was told "conflict, run again" and its redelivery counted it twice.
+#[tokio::test]
+async fn an_update_whose_write_another_update_saved_is_told_saved_whatever_its_own_save_meets() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let (wrote, go) = (Arc::default(), Arc::<tokio::sync::Notify>::default());
+    let chain = held_incrementing(&sessions, Arc::clone(&wrote), Arc::clone(&go));
+
+    let a = tokio::spawn({
+        let chain = chain.clone();
+        async move { chain.run_update(Update::text(2, 7, 7, "a")).await }
+    });
+    wrote.notified().await;
+    // B: saved, and its patch carries A's increment.
+    chain
+        .run_update(Update::text(1, 7, 7, "b"))
+        .await
+        .expect("B is saved");
+    assert_eq!(common::stored::<u64>(&memory, "7:7", "count"), Some(2));
+    let c = tokio::spawn({
+        let chain = chain.clone();
+        async move {
+            let ctx = Context::new(Update::text(3, 7, 7, "c"));
+            let result = chain.run(&ctx).await;
+            (result, ctx.must_retry())
+        }
+    });
+    wrote.notified().await;
+    // Another writer (a replica, an admin tool) changes `count`.
+    memory
+        .apply("Counter:7:7", &Patch::new().set_field("count", "100"))
+        .await
+        .expect("written");
+
+    go.notify_one();
+    a.await
+        .expect("no panic")
+        .expect("A's increment is stored: A is saved");
+    go.notify_one();
+    let (c, must_retry) = c.await.expect("no panic");
+    let c = c.expect_err("C's write was refused");
+    assert!(
+        matches!(
+            c.downcast_ref::<SessionError>(),
+            Some(SessionError::Conflict { .. })
+        ),
+        "{c}"
+    );
+    assert!(must_retry, "C runs again");
+    assert_eq!(common::stored::<u64>(&memory, "7:7", "count"), Some(100));
+}
+
+/// An update that wrote only `lang` runs the save that also carries another running update's
+/// write of `count`, which another writer has changed: the refusal is about `count`, so the
+/// update's own write is sent again and saved, and it is told so. Before, it was told the
+/// conflict (run again) while its `lang` stayed in the session to be written later.
+#[tokio::test]
+async fn a_conflict_on_a_field_an_update_did_not_write_does_not_fail_it() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let (wrote, go) = (Arc::default(), Arc::<tokio::sync::Notify>::default());
+    let counting = held_incrementing(&sessions, Arc::clone(&wrote), Arc::clone(&go));
+    let naming = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            ctx.session().await?.set_lang("fr");
+            Ok(())
+        })
+    });
+
+    let c = tokio::spawn(async move { counting.run_update(Update::text(3, 7, 7, "c")).await });
+    wrote.notified().await;
+    memory
+        .apply("Counter:7:7", &Patch::new().set_field("count", "100"))
+        .await
+        .expect("written");
+    naming
+        .run_update(Update::text(4, 7, 7, "fr"))
+        .await
+        .expect("its write of lang is saved");
+    assert_eq!(
+        common::stored::<String>(&memory, "7:7", "lang").as_deref(),
+        Some("fr")
+    );
+    go.notify_one();
+    c.await
+        .expect("no panic")
+        .expect_err("C's write of count was refused");
+    assert_eq!(common::stored::<u64>(&memory, "7:7", "count"), Some(100));
+    assert_eq!(sessions.unsaved_sessions(), 0);
+}

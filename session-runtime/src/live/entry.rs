@@ -795,8 +795,8 @@ impl<S: Schema> Entry<S> {
     /// Sends a patch of this entry's (behind its write gate) until the store answers whether
     /// it applied it. A call that met its deadline does not say: the store may have applied
     /// the patch after the caller stopped waiting. So the record is read at once: it shows
-    /// the patch if it names every update the patch carried (`ids`, in its window) or holds
-    /// a field at the version the patch wrote with the patch's writer of it. If it does not,
+    /// the patch if it names every update the patch carried (`ids`, in its window or as a
+    /// field's writer). If it does not,
     /// the same patch is sent again, at most [`RESENDS`] times: both sends expect the same
     /// versions, so at most one applies, and a resend refused with a conflict is looked up
     /// again. Returns the outcome, and whether a refusal may hide an applied send (nothing the
@@ -840,7 +840,7 @@ impl<S: Schema> Entry<S> {
                     break;
                 }
             }
-            if self.landed(store, patch, ids).await == Some(true) {
+            if self.landed(store, ids).await == Some(true) {
                 return (Ok(()), false);
             }
             resent += 1;
@@ -851,7 +851,7 @@ impl<S: Schema> Entry<S> {
         }
         // Refused: the first send landed after the look, or another writer came in between.
         for _ in 0..=RESENDS {
-            match self.landed(store, patch, ids).await {
+            match self.landed(store, ids).await {
                 Some(true) => return (Ok(()), false),
                 Some(false) => break,
                 None => {}
@@ -860,9 +860,9 @@ impl<S: Schema> Entry<S> {
         (applied, true)
     }
 
-    /// Whether the record shows `patch` applied (see [`send`](Self::send)); `None` when it
-    /// cannot be read.
-    async fn landed(&self, store: &dyn Store, patch: &Patch<'_>, ids: &[i64]) -> Option<bool> {
+    /// Whether the record shows the patch that carried `ids` applied (see
+    /// [`send`](Self::send)); `None` when it cannot be read.
+    async fn landed(&self, store: &dyn Store, ids: &[i64]) -> Option<bool> {
         let record = store.load(&self.key).await.ok()?;
         let Some(record) = record else {
             return Some(false);
@@ -874,16 +874,10 @@ impl<S: Schema> Entry<S> {
                     .iter()
                     .any(|spec| record.writers.get(spec.name) == Some(id))
         };
-        // A field at the version the patch made, written by the update the patch names as
-        // its writer: only this patch writes that pair.
-        let at_its_version = patch.writers.iter().any(|(field, writer)| {
-            patch.expect.iter().any(|(name, expected)| {
-                name == field
-                    && record.version(name) == expected + 1
-                    && record.writers.get(*name) == Some(writer)
-            })
-        });
-        let landed = at_its_version || (!ids.is_empty() && ids.iter().all(named));
+        // Every update the patch carries, not one: an update can also be named by an earlier
+        // patch of its own (a delivery whose save timed out and landed), which proves nothing
+        // of the others this one carries.
+        let landed = !ids.is_empty() && ids.iter().all(named);
         if landed {
             tracing::info!(
                 session = S::NAME,

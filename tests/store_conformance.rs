@@ -397,17 +397,37 @@ macro_rules! conformance {
                     .apply(&key, &patch(&[("a", "2"), ("b", "2")], &[], None).expect_version("a", 1).expect_version("b", 1))
                     .await
                     .expect_err("a newer value of `a` is never overwritten");
-                match refused {
-                    typed_session::StoreError::Conflict { key: k, fields, .. } => {
+                let current = match refused {
+                    typed_session::StoreError::Conflict { key: k, fields, current, .. } => {
                         assert_eq!((k.as_str(), fields), (key.as_str(), vec!["a".to_owned()]));
+                        current
                     }
                     other => panic!("expected a conflict, got {other}"),
-                }
+                };
                 let record = ours.load(&key).await.expect("load").expect("exists");
+                assert_eq!(current.as_deref(), Some(&record), "the refusal carries the record as it is, read in the same call");
                 assert_eq!((record.get("a"), record.get("b")), (Some("5"), Some("1")), "nothing of the refused patch landed");
                 assert_eq!((record.version("a"), record.version("b")), (2, 1));
                 // Different fields never conflict.
                 ours.apply(&key, &patch(&[("b", "2")], &[], None).expect_version("b", 1)).await.expect("b is ours");
+            }
+
+            /// A patch may expect a field it does not write (one its update read): a condition
+            /// only, that field's value and version stay as they are.
+            #[tokio::test]
+            async fn a_field_a_patch_only_expects_keeps_its_value_and_version() {
+                let Some((store, _)) = $make("a_field_a_patch_only_expects_keeps_its_value_and_version").await else { return };
+                let key = unique("read_only");
+                store.apply(&key, &patch(&[("a", "1"), ("b", "1")], &[], None)).await.expect("apply");
+                store.apply(&key, &patch(&[("b", "2")], &[], None).expect_version("a", 1).expect_version("b", 1)).await.expect("a is as read");
+                let record = store.load(&key).await.expect("load").expect("exists");
+                assert_eq!((record.get("a"), record.version("a")), (Some("1"), 1), "only expected, not written");
+                assert_eq!((record.get("b"), record.version("b")), (Some("2"), 2));
+                // Once `a` changed, the same kind of patch is refused, naming `a`.
+                store.apply(&key, &patch(&[("a", "5")], &[], None)).await.expect("their write");
+                let refused = store.apply(&key, &patch(&[("b", "3")], &[], None).expect_version("a", 1).expect_version("b", 2)).await;
+                assert!(matches!(&refused, Err(typed_session::StoreError::Conflict { fields, .. }) if fields == &["a".to_owned()]), "{refused:?}");
+                assert_eq!(store.load(&key).await.expect("load").expect("exists").get("b"), Some("2"));
             }
 
             #[tokio::test]
@@ -415,7 +435,12 @@ macro_rules! conformance {
                 let Some((store, _)) = $make("a_patch_expecting_a_field_of_a_missing_record_is_refused").await else { return };
                 let key = unique("gone");
                 let refused = store.apply(&key, &patch(&[("a", "1")], &[], None).expect_version("a", 3)).await;
-                assert!(matches!(refused, Err(typed_session::StoreError::Conflict { .. })), "{refused:?}");
+                match refused {
+                    Err(typed_session::StoreError::Conflict { current, .. }) => {
+                        assert_eq!(current.as_deref(), Some(&typed_session::store::Record::default()), "no record reads as an empty one");
+                    }
+                    other => panic!("expected a conflict, got {other:?}"),
+                }
                 assert_eq!(store.load(&key).await.expect("load"), None, "nothing created");
                 // Expecting a field never written creates the record.
                 store.apply(&key, &patch(&[("a", "1")], &[], None).expect_version("a", 0)).await.expect("created");

@@ -6,6 +6,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::store::record::Record;
+
 /// The error type middlewares return: anything `Send + Sync` that is an error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -108,6 +110,11 @@ pub enum StoreError {
         key: String,
         /// The stored names of the fields whose version differed.
         fields: Vec<String>,
+        /// The record as the store held it when it refused the patch (an empty one when it
+        /// held none), where the store read it in the same call, as every store of this crate
+        /// does; `None` otherwise. The runtime takes it as the session's new state instead of
+        /// loading the record again.
+        current: Option<Box<Record>>,
     },
     /// The store does not do this operation (a store of your own that does not list its
     /// keys, say).

@@ -21,6 +21,13 @@
 //! line of the exactly-once checker's history (`tests/common/history.rs`), for the test to
 //! check across processes.
 //!
+//! `--on-call alice|bob --rounds N --meet DIR` runs the write-skew check instead: the session
+//! is a `Ward` of two doctors on call, and for each of `N` chats (users `--user` onwards) the
+//! doctor goes off call if the other one is on call. Each handler reads the other's field,
+//! then meets the other process (each leaves a file in `DIR` and waits for the other's), then
+//! writes its own field: both read before either writes. A serializable run leaves at least
+//! one doctor on call in every chat.
+//!
 //! Besides the final JSON line, it prints `ack ID` as each update is acknowledged, so a test
 //! that kills it still knows what it acknowledged.
 //!
@@ -47,6 +54,16 @@ use typed_session::{
 #[derive(Session)]
 struct Tally {
     count: u64,
+}
+
+/// Two doctors; the ward needs at least one on call.
+#[derive(Session)]
+#[session(accessor = "ward")]
+struct Ward {
+    #[default(true)]
+    alice: bool,
+    #[default(true)]
+    bob: bool,
 }
 
 /// A store whose every `every`-th apply fails before reaching the real one, and every
@@ -149,6 +166,14 @@ async fn main() -> Result<(), BoxError> {
         timeout_every,
         applies: AtomicU64::new(0),
     };
+    if let Some(doctor) = arg(&args, "--on-call") {
+        let rounds: i64 = need("--rounds")?.parse()?;
+        let meet = std::path::PathBuf::from(need("--meet")?);
+        let sessions = SessionMiddleware::<Ward, Update>::builder(store).build();
+        let acked = on_call(sessions, &doctor, (user, rounds), first, meet).await?;
+        println!("{}", serde_json::json!({ "acked": acked }));
+        return Ok(());
+    }
     let hold_at: Option<i64> = arg(&args, "--hold-at").map(|v| v.parse()).transpose()?;
     let hold = Duration::from_millis(arg(&args, "--hold-ms").map_or(Ok(0), |v| v.parse())?);
     let mut builder = SessionMiddleware::<Tally, Update>::builder(store);
@@ -385,4 +410,65 @@ impl Contended {
         }
         Ok(acked)
     }
+}
+
+/// The write-skew check (see the top of this file): for each chat, one update that takes
+/// `doctor` off call if the other doctor is on call, delivered again until acknowledged;
+/// returns how many were acknowledged.
+async fn on_call(
+    sessions: SessionMiddleware<Ward, Update>,
+    doctor: &str,
+    (first_user, rounds): (i64, i64),
+    first_id: i64,
+    meet: std::path::PathBuf,
+) -> Result<u64, BoxError> {
+    let alice = match doctor {
+        "alice" => true,
+        "bob" => false,
+        other => return Err(format!("--on-call takes alice or bob, not {other:?}").into()),
+    };
+    let other = if alice { "bob" } else { "alice" };
+    let (mine, theirs) = (doctor.to_owned(), other.to_owned());
+    let chain = Chain::new().with(sessions).handler(move |ctx| {
+        let (meet, mine, theirs) = (meet.clone(), mine.clone(), theirs.clone());
+        Box::pin(async move {
+            let ward = ctx.ward().await?;
+            let other_on_call = if alice { ward.bob() } else { ward.alice() };
+            let chat = ctx.update().text_of().unwrap_or_default().to_owned();
+            std::fs::write(meet.join(format!("{chat}.{mine}")), b"")?;
+            let theirs = meet.join(format!("{chat}.{theirs}"));
+            // Wait for the other process's read, within a deadline.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !theirs.exists() {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("the other doctor never read chat {chat}").into());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if other_on_call {
+                if alice {
+                    ward.set_alice(false);
+                } else {
+                    ward.set_bob(false);
+                }
+            }
+            Ok(())
+        })
+    });
+    let mut acked = 0;
+    for round in 0..rounds {
+        let (id, user) = (first_id + round, first_user + round);
+        for _ in 0..1_000 {
+            let ctx = Context::new(Update::text(id, user, user, &user.to_string()));
+            match chain.run(&ctx).await {
+                Ok(()) => {
+                    acked += 1;
+                    break;
+                }
+                Err(_) if ctx.must_retry() => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(acked)
 }

@@ -39,6 +39,8 @@ struct Marks {
     written: AtomicU64,
     /// Last changed in any way, `clear()` included: what taking back looks for.
     changed: AtomicU64,
+    /// Read by a getter, `with_*` or `update_*` (counted once in the field's readers).
+    read: AtomicBool,
 }
 
 /// What became of one update's own writes (ARCHITECTURE.md, "Exactly once").
@@ -237,8 +239,33 @@ impl<S: Schema> Hold<S> {
         if let Some(renewer) = self.renewer.lock().take() {
             renewer.abort();
         }
+        self.forget_reads();
         self.sessions.registry.release(&self.entry, unsaved);
         self.turn.lock().take();
+    }
+
+    /// Counts field `index` as read by this update, once: the patches written while it runs
+    /// expect the version it read.
+    fn note_read(&self, state: &mut State<S>, index: usize) {
+        if !self.finished.load(Ordering::Acquire)
+            && !self.marks[index].read.swap(true, Ordering::Relaxed)
+        {
+            state.fields[index].readers += 1;
+        }
+    }
+
+    /// The update is over: its reads no longer hold any patch to their versions.
+    fn forget_reads(&self) {
+        if !self.marks.iter().any(|m| m.read.load(Ordering::Relaxed)) {
+            return;
+        }
+        let mut state = self.entry.lock();
+        for (index, marks) in self.marks.iter().enumerate() {
+            if marks.read.swap(false, Ordering::Relaxed) {
+                let field = &mut state.fields[index];
+                field.readers = field.readers.saturating_sub(1);
+            }
+        }
     }
 
     /// The first field this update wrote stale, when stale writes are errors.
@@ -430,11 +457,12 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// reads never mark anything dirty, but they are remembered for stale-write detection.
     pub fn read<R>(&self, index: Option<usize>, f: impl FnOnce(&S) -> R) -> R {
         self.check_live("read");
-        let state = self.hold.entry.lock();
+        let mut state = self.hold.entry.lock();
         if let Some(index) = index {
             self.hold.marks[index]
                 .seen
                 .store(state.fields[index].version, Ordering::Relaxed);
+            self.hold.note_read(&mut state, index);
         }
         f(&state.value)
     }
@@ -474,6 +502,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
             state.set_from(index, before.as_deref());
             return out;
         }
+        self.hold.note_read(&mut state, index);
         self.hold.remember(&state, index);
         let out = f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
@@ -551,7 +580,12 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     where
         S: Clone,
     {
-        self.read(None, S::clone)
+        self.check_live("read");
+        let mut state = self.hold.entry.lock();
+        for index in 0..S::FIELDS.len() {
+            self.hold.note_read(&mut state, index);
+        }
+        state.value.clone()
     }
 
     fn report_stale(&self, index: usize) {

@@ -59,6 +59,10 @@ pub(crate) struct FieldState {
     /// What the persist under way writes of the field (there is at most one per entry,
     /// behind its write gate).
     in_flight: Option<InFlight>,
+    /// How many running updates read the field: while any does, every patch expects the
+    /// version it read, so no write based on a value another process has since changed is
+    /// committed (ARCHITECTURE.md, "Serializable updates").
+    pub(crate) readers: u32,
 }
 
 /// Local versions `(after, up_to]` of a field whose writes were discarded.
@@ -113,6 +117,7 @@ impl FieldState {
             discarded: Vec::new(),
             pending: Vec::new(),
             in_flight: None,
+            readers: 0,
         }
     }
 
@@ -368,7 +373,30 @@ impl<S: Schema> State<S> {
                 }
             }
         }
+        if !patch.is_empty() {
+            self.expect_reads(patch);
+        }
         Ok(())
+    }
+
+    /// Makes `patch` expect the stored version of every field a running update read and the
+    /// patch does not write: the writes it carries may rest on those reads, so it must not
+    /// apply if another process changed them since.
+    fn expect_reads(&self, patch: &mut Patch<'_>) {
+        for (spec, field) in S::FIELDS.iter().zip(self.fields.iter()) {
+            if field.readers > 0 && field.in_flight.is_none() {
+                patch.expect.push((spec.name, field.stored_version));
+            }
+        }
+    }
+
+    /// The names of the fields with writes not yet in the store.
+    fn dirty_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+        S::FIELDS
+            .iter()
+            .zip(self.fields.iter())
+            .filter(|(_, field)| field.dirty != Dirty::Clean)
+            .map(|(spec, _)| spec.name)
     }
 
     /// Puts into `patch` what writing field `index` (local `version`; set, else removed)
@@ -1250,13 +1278,30 @@ impl<S: Schema> Entry<S> {
                 );
                 return Err(lease_lost());
             }
-            Err(StoreError::Conflict { fields, .. }) => {
-                self.lock().forget_in_flight();
+            Err(StoreError::Conflict {
+                fields, current, ..
+            }) => {
                 let fields: Vec<&'static str> = S::FIELDS
                     .iter()
                     .map(|spec| spec.name)
                     .filter(|name| fields.iter().any(|f| f == name))
                     .collect();
+                // A field the patch only read changed: every unsaved write may rest on the
+                // value read, so all of them are taken back, and their updates run again.
+                let read_changed = fields
+                    .iter()
+                    .any(|name| !patch.written_fields().any(|written| written == *name));
+                let taken_back: Vec<&'static str> = {
+                    let mut state = self.lock();
+                    state.forget_in_flight();
+                    if read_changed {
+                        let mut all = fields.clone();
+                        all.extend(state.dirty_fields().filter(|name| !fields.contains(name)));
+                        all
+                    } else {
+                        fields.clone()
+                    }
+                };
                 stats.add(Count::Conflicts, 1);
                 tracing::warn!(
                     session = S::NAME,
@@ -1264,7 +1309,15 @@ impl<S: Schema> Entry<S> {
                     ?fields,
                     "write conflict: another writer changed these fields; refreshing the session"
                 );
-                self.refresh(store, &fields, !unsure).await;
+                match current {
+                    // The store read the record when it refused the patch: no load needed.
+                    Some(record) => {
+                        self.unseen();
+                        let verbatim = store.returns_written_text();
+                        self.merge(Ok(Some(*record)), verbatim, &taken_back, !unsure);
+                    }
+                    None => self.refresh(store, &taken_back, !unsure).await,
+                }
                 return Err(SessionError::Conflict {
                     session: S::NAME,
                     key: self.key.to_string(),

@@ -441,15 +441,18 @@ impl Store for MemoryStore {
         }
         let records = &mut *records;
         if !patch.expect.is_empty() {
-            let conflicts = match records.map.get(key.as_bytes()) {
+            let stored = records.map.get(key.as_bytes());
+            let conflicts = match stored {
                 Some(stored) => stored.fields.conflicts(patch),
                 None => Fields::default().conflicts(patch),
             };
             if !conflicts.is_empty() {
+                let current = stored.map(|s| s.fields.to_record()).unwrap_or_default();
                 return StoreFuture::ready(Err(StoreError::Conflict {
                     backend: "memory",
                     key: key.to_owned(),
                     fields: conflicts,
+                    current: Some(Box::new(current)),
                 }));
             }
         }

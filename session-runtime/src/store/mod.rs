@@ -6,7 +6,6 @@
 //! that change different fields of one session never overwrite each other (ARCHITECTURE.md,
 //! "Field-level patches").
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use crate::error::StoreError;
 
 mod memory;
+pub(crate) mod record;
 #[cfg(feature = "mongodb")]
 mod mongodb;
 #[cfg(feature = "redis")]
@@ -27,6 +27,7 @@ pub use self::mongodb::MongoStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
+pub use record::Record;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use sql::SqlOptions;
 #[cfg(feature = "mysql")]
@@ -208,85 +209,6 @@ impl<T> Future for StoreFuture<'_, T> {
     }
 }
 
-/// A stored session: its fields (stored name to encoded value, JSON text) and the version of
-/// each field the store has written.
-///
-/// A field's version starts at 0 (never written) and every write of the field, set or
-/// removal, adds one; a removed field keeps its version. Deleting the record forgets them.
-/// Versions are what makes writes conditional (see [`Patch::expect_version`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Record {
-    /// The fields, by stored name.
-    pub fields: HashMap<String, String>,
-    /// The version of each field written so far (removed ones included); absent means 0.
-    pub versions: HashMap<String, u64>,
-    /// The update that last wrote each field, where the write named one (Telegram's
-    /// `update_id`): how a delivery of an update already saved is recognised.
-    pub writers: HashMap<String, i64>,
-}
-
-impl Record {
-    /// The encoded value of `field`, if the record holds it.
-    pub fn get(&self, field: &str) -> Option<&str> {
-        self.fields.get(field).map(String::as_str)
-    }
-
-    /// The version of `field`: 0 when it was never written.
-    pub fn version(&self, field: &str) -> u64 {
-        self.versions.get(field).copied().unwrap_or(0)
-    }
-
-    /// Takes the encoded value of `field` out of the record.
-    pub fn remove(&mut self, field: &str) -> Option<String> {
-        self.fields.remove(field)
-    }
-
-    /// The number of fields held.
-    pub fn len(&self) -> usize {
-        self.fields.len()
-    }
-
-    /// Whether the record holds no field.
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
-    }
-}
-
-impl std::ops::Index<&str> for Record {
-    type Output = String;
-
-    /// The encoded value of `field`.
-    ///
-    /// # Panics
-    ///
-    /// When the record does not hold `field` (use [`Record::get`] otherwise).
-    fn index(&self, field: &str) -> &String {
-        &self.fields[field]
-    }
-}
-
-impl IntoIterator for Record {
-    type Item = (String, String);
-    type IntoIter = std::collections::hash_map::IntoIter<String, String>;
-
-    /// The fields, by stored name.
-    fn into_iter(self) -> Self::IntoIter {
-        self.fields.into_iter()
-    }
-}
-
-impl FromIterator<(String, String)> for Record {
-    /// A record of these fields, with no versions.
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(fields: I) -> Self {
-        Record {
-            fields: fields.into_iter().collect(),
-            versions: HashMap::new(),
-            writers: HashMap::new(),
-        }
-    }
-}
-
 /// The changes one persist writes: fields to set, fields to remove, and the expiry.
 ///
 /// Fields the patch does not name are left untouched in the store. Stores read its fields;
@@ -304,7 +226,8 @@ pub struct Patch<'a> {
     /// The version each of these fields must have in the store for the patch to apply (what
     /// the writer based it on; 0: never written). If any differs, nothing is written and
     /// [`Store::apply`] returns [`StoreError::Conflict`] naming them. Fields without an
-    /// expectation are written whatever their version.
+    /// expectation are written whatever their version. A field expected and not written (one
+    /// the writer only read) is a condition only: its value and version stay as they are.
     pub expect: Vec<(&'a str, u64)>,
     /// The update that wrote each of these fields, stored as its writer (fields without one
     /// keep the writer they had). A store records every name given here, also one the patch

@@ -260,25 +260,54 @@ fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 
 impl MongoStore {
     /// The conflict of a refused patch: the fields whose stored version is not the expected
-    /// one (an absent or expired document has none).
+    /// one (an absent or expired document has none), with the record read.
     async fn conflict(&self, key: &str, patch: &Patch<'_>, now: bson::DateTime) -> StoreError {
-        let versions = match self.collection.find_one(doc! { "_id": key }).await {
-            Ok(Some(document)) if is_live(&document, now) => versions_of(&document),
-            Ok(_) => std::collections::HashMap::new(),
+        let current = match self.collection.find_one(doc! { "_id": key }).await {
+            Ok(Some(document)) if is_live(&document, now) => match record_of(key, document) {
+                Ok(record) => record,
+                Err(error) => return error,
+            },
+            Ok(_) => Record::default(),
             Err(e) => return StoreError::backend(BACKEND, StoreOp::Apply, key, e),
         };
         let fields = patch
             .expect
             .iter()
-            .filter(|(field, version)| versions.get(*field).copied().unwrap_or(0) != *version)
+            .filter(|(field, version)| current.version(field) != *version)
             .map(|(field, _)| (*field).to_owned())
             .collect();
         StoreError::Conflict {
             backend: BACKEND,
             key: key.to_owned(),
             fields,
+            current: Some(Box::new(current)),
         }
     }
+}
+
+/// The record a live session document holds.
+fn record_of(key: &str, document: Document) -> Result<Record, StoreError> {
+    let data = match document.get("data") {
+        Some(Bson::Document(data)) => data.clone(),
+        None => Document::new(),
+        Some(other) => {
+            return Err(malformed(
+                key,
+                "data",
+                format!("expected a document, found {other}"),
+            ));
+        }
+    };
+    let mut record: Record = data
+        .into_iter()
+        .map(|(field, value)| (field, value.into_relaxed_extjson().to_string()))
+        .collect();
+    record.versions = versions_of(&document);
+    record.writers = versions_of_in(&document, "writers")
+        .into_iter()
+        .map(|(field, id)| (field, id as i64))
+        .collect();
+    Ok(record)
 }
 
 impl Store for MongoStore {
@@ -298,32 +327,10 @@ impl Store for MongoStore {
                     return Ok(None);
                 };
                 // The TTL monitor runs about once a minute: an expired document may still be here.
-                if let Ok(expires_at) = document.get_datetime("expires_at")
-                    && *expires_at <= now()
-                {
+                if !is_live(&document, now()) {
                     return Ok(None);
                 }
-                let data = match document.get("data") {
-                    Some(Bson::Document(data)) => data.clone(),
-                    None => Document::new(),
-                    Some(other) => {
-                        return Err(malformed(
-                            key,
-                            "data",
-                            format!("expected a document, found {other}"),
-                        ));
-                    }
-                };
-                let mut record: Record = data
-                    .into_iter()
-                    .map(|(field, value)| (field, value.into_relaxed_extjson().to_string()))
-                    .collect();
-                record.versions = versions_of(&document);
-                record.writers = versions_of_in(&document, "writers")
-                    .into_iter()
-                    .map(|(field, id)| (field, id as i64))
-                    .collect();
-                Ok(Some(record))
+                record_of(key, document).map(Some)
             },
         ))
     }

@@ -254,6 +254,51 @@ where
     }
 }
 
+/// The record a session hash holds (its field-value pairs as `HGETALL` returns them).
+fn record_of(key: &str, hash: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Record, StoreError> {
+    let mut record = Record::default();
+    for (name, value) in hash {
+        // Names and values are UTF-8 as this store writes them; say which is not.
+        let name = String::from_utf8(name).map_err(|error| StoreError::Malformed {
+            backend: BACKEND,
+            key: key.to_owned(),
+            field: String::from_utf8_lossy(error.as_bytes()).into_owned(),
+            message: "the stored field name is not UTF-8".to_owned(),
+        })?;
+        let value = String::from_utf8(value).map_err(|_| StoreError::Malformed {
+            backend: BACKEND,
+            key: key.to_owned(),
+            field: name.trim_start_matches('\0').to_owned(),
+            message: "the stored value is not UTF-8".to_owned(),
+        })?;
+        if let Some(field) = name.strip_prefix(WRITER_PREFIX) {
+            let writer = value.parse().map_err(|_| StoreError::Malformed {
+                backend: BACKEND,
+                key: key.to_owned(),
+                field: field.to_owned(),
+                message: format!("the writer {value:?} is not an update id"),
+            })?;
+            record.writers.insert(field.to_owned(), writer);
+            continue;
+        }
+        match name.strip_prefix(VERSION_PREFIX) {
+            Some(field) => {
+                let version = value.parse().map_err(|_| StoreError::Malformed {
+                    backend: BACKEND,
+                    key: key.to_owned(),
+                    field: field.to_owned(),
+                    message: format!("the version {value:?} is not a number"),
+                })?;
+                record.versions.insert(field.to_owned(), version);
+            }
+            None => {
+                record.fields.insert(name, value);
+            }
+        }
+    }
+    Ok(record)
+}
+
 /// The hash field that holds the version of field `f` is `VERSION_PREFIX` + `f`, the one that
 /// holds its writer `WRITER_PREFIX` + `f`; field names cannot start with NUL in any store, so
 /// none of them meet.
@@ -261,7 +306,8 @@ const VERSION_PREFIX: &str = "\0";
 const WRITER_PREFIX: &str = "\0\0";
 
 /// One patch, all or nothing, in one round trip: the versions the patch expects are checked
-/// first (a conflict returns the fields that differ and writes nothing), then each field is set
+/// first (a conflict writes nothing and returns the fields that differ with the whole hash,
+/// so the writer needs no second round trip to catch up), then each field is set
 /// or removed and its version incremented, then the expiry is renewed. It reads every version it
 /// needs with one `HMGET` and writes with one `HDEL` and one `HSET` (values, versions, writers):
 /// Redis runs scripts on its one thread, so with many updates in flight the script's cost is
@@ -306,7 +352,7 @@ for k = 1, expected do
   end
 end
 if #conflicts > 0 then
-  return conflicts
+  return {conflicts, redis.call('HGETALL', hash)}
 end
 for k = expected + 1, #versions do
   set[#set + 1] = versions[k]
@@ -327,10 +373,14 @@ local ttl = tonumber(next_arg())
 if ttl > 0 then
   redis.call('PEXPIRE', hash, ttl)
 end
-return {}
+return {{}, {}}
 "#,
     )
 });
+
+/// What the patch script answers: the fields whose version differed (none: it applied) and,
+/// when some did, the hash as `HGETALL` returns it, names and values in turn.
+type Refusal = (Vec<String>, Vec<Vec<u8>>);
 
 /// A duration as the whole milliseconds Redis takes, at least 1 (0 means "none" to `PEXPIRE`'s
 /// caller here and "forever" to `WAIT`).
@@ -348,7 +398,7 @@ async fn replicated<C: ConnectionLike>(
     invocation: &redis::ScriptInvocation<'_>,
     replicas: u32,
     wait: Duration,
-) -> redis::RedisResult<(Vec<String>, u32)> {
+) -> redis::RedisResult<(Refusal, u32)> {
     let wait_ms = millis(wait);
     let run = |load: bool| {
         let mut pipe = redis::pipe();
@@ -392,47 +442,7 @@ where
             if hash.is_empty() {
                 return Ok(None);
             }
-            let mut record = Record::default();
-            for (name, value) in hash {
-                // Names and values are UTF-8 as this store writes them; say which is not.
-                let name = String::from_utf8(name).map_err(|error| StoreError::Malformed {
-                    backend: BACKEND,
-                    key: key.to_owned(),
-                    field: String::from_utf8_lossy(error.as_bytes()).into_owned(),
-                    message: "the stored field name is not UTF-8".to_owned(),
-                })?;
-                let value = String::from_utf8(value).map_err(|_| StoreError::Malformed {
-                    backend: BACKEND,
-                    key: key.to_owned(),
-                    field: name.trim_start_matches('\0').to_owned(),
-                    message: "the stored value is not UTF-8".to_owned(),
-                })?;
-                if let Some(field) = name.strip_prefix(WRITER_PREFIX) {
-                    let writer = value.parse().map_err(|_| StoreError::Malformed {
-                        backend: BACKEND,
-                        key: key.to_owned(),
-                        field: field.to_owned(),
-                        message: format!("the writer {value:?} is not an update id"),
-                    })?;
-                    record.writers.insert(field.to_owned(), writer);
-                    continue;
-                }
-                match name.strip_prefix(VERSION_PREFIX) {
-                    Some(field) => {
-                        let version = value.parse().map_err(|_| StoreError::Malformed {
-                            backend: BACKEND,
-                            key: key.to_owned(),
-                            field: field.to_owned(),
-                            message: format!("the version {value:?} is not a number"),
-                        })?;
-                        record.versions.insert(field.to_owned(), version);
-                    }
-                    None => {
-                        record.fields.insert(name, value);
-                    }
-                }
-            }
-            Ok(Some(record))
+            record_of(key, hash).map(Some)
         })
     }
 
@@ -465,7 +475,7 @@ where
             invocation.arg(ttl_ms);
             let mut connection = self.connection.clone();
             let failed = |e| StoreError::backend(BACKEND, StoreOp::Apply, key, e);
-            let conflicts: Vec<String> = match self.replicas {
+            let (conflicts, current): Refusal = match self.replicas {
                 None => {
                     within(BACKEND, self.timeout, StoreOp::Apply, key, async {
                         invocation
@@ -477,7 +487,7 @@ where
                 }
                 Some((replicas, wait)) => {
                     let deadline = self.timeout.saturating_add(wait);
-                    let (conflicts, acknowledged): (Vec<String>, u32) =
+                    let ((conflicts, current), acknowledged): (Refusal, u32) =
                         within(BACKEND, deadline, StoreOp::Apply, key, async {
                             replicated(&mut connection, &invocation, replicas, wait)
                                 .await
@@ -494,18 +504,23 @@ where
                             ),
                         ));
                     }
-                    conflicts
+                    (conflicts, current)
                 }
             };
             if conflicts.is_empty() {
-                Ok(())
-            } else {
-                Err(StoreError::Conflict {
-                    backend: BACKEND,
-                    key: key.to_owned(),
-                    fields: conflicts,
-                })
+                return Ok(());
             }
+            let mut flat = current.into_iter();
+            let mut current = Vec::with_capacity(flat.len() / 2);
+            while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                current.push((name, value));
+            }
+            Err(StoreError::Conflict {
+                backend: BACKEND,
+                key: key.to_owned(),
+                fields: conflicts,
+                current: Some(Box::new(record_of(key, current)?)),
+            })
         })
     }
 

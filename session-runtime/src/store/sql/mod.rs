@@ -352,12 +352,13 @@ pub(crate) fn expectations<'p>(
     Ok((fields, versions))
 }
 
-/// The conflict of a refused patch, given the versions the store holds now.
+/// The conflict of a refused patch, given the record the store holds now (an empty one when
+/// it holds none).
 pub(crate) fn conflict(
     backend: &'static str,
     key: &str,
     patch: &Patch<'_>,
-    stored: &HashMap<String, u64>,
+    current: Record,
 ) -> StoreError {
     StoreError::Conflict {
         backend,
@@ -365,9 +366,10 @@ pub(crate) fn conflict(
         fields: patch
             .expect
             .iter()
-            .filter(|(field, version)| stored.get(*field).copied().unwrap_or(0) != *version)
+            .filter(|(field, version)| current.version(field) != *version)
             .map(|(field, _)| (*field).to_owned())
             .collect(),
+        current: Some(Box::new(current)),
     }
 }
 

@@ -65,7 +65,6 @@ impl std::fmt::Debug for MySqlStore {
 struct Statements {
     table: Arc<str>,
     load: String,
-    versions: String,
     /// A patch that only renews the expiry of a live row.
     renew: String,
     delete: String,
@@ -78,9 +77,6 @@ impl Statements {
         Statements {
             load: format!(
                 "SELECT data, versions, writers FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
-            ),
-            versions: format!(
-                "SELECT versions FROM {t} WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = ? WHERE key_hash = ? AND (expires_at IS NULL OR expires_at > ?)"
@@ -317,23 +313,39 @@ impl MySqlStore {
         }
     }
 
-    /// The conflict of a refused patch, with the fields named from the stored versions.
-    async fn conflict(&self, key: &str, patch: &Patch<'_>, now: i64) -> StoreError {
-        let row = sqlx::query(&self.sql.versions)
+    /// The conflict of a refused patch, with the record read to name the fields that differ.
+    async fn conflict(&self, key: &str, patch: &Patch<'_>) -> StoreError {
+        match self.fetch(key, StoreOp::Apply).await {
+            Ok(current) => conflict(BACKEND, key, patch, current.unwrap_or_default()),
+            Err(error) => error,
+        }
+    }
+
+    /// The live record of `key`, read for `op`.
+    async fn fetch(&self, key: &str, op: StoreOp) -> Result<Option<Record>, StoreError> {
+        let row = sqlx::query(&self.sql.load)
             .bind(key_hash(key))
-            .bind(now)
+            .bind(self.clock.now_ms())
             .fetch_optional(&self.pool)
-            .await;
-        let stored = match row {
-            Ok(Some(row)) => match row.try_get::<&[u8], _>(0) {
-                Ok(bytes) => parse_versions(BACKEND, key, &String::from_utf8_lossy(bytes))
-                    .unwrap_or_default(),
-                Err(e) => return db_error(BACKEND, StoreOp::Apply, key, e),
-            },
-            Ok(None) => Default::default(),
-            Err(e) => return db_error(BACKEND, StoreOp::Apply, key, e),
+            .await
+            .map_err(|e| db_error(BACKEND, op, key, e))?;
+        let Some(row) = row else { return Ok(None) };
+        // A binary collation makes the server describe the column as a BLOB: read bytes.
+        let text = |column: usize| -> Result<&str, StoreError> {
+            let bytes: &[u8] = row
+                .try_get(column)
+                .map_err(|e| db_error(BACKEND, op, key, e))?;
+            std::str::from_utf8(bytes).map_err(|e| StoreError::Malformed {
+                backend: BACKEND,
+                key: key.to_owned(),
+                field: String::new(),
+                message: format!("the stored session is not UTF-8: {e}"),
+            })
         };
-        conflict(BACKEND, key, patch, &stored)
+        let mut record = parse_record(BACKEND, key, text(0)?)?;
+        record.versions = parse_versions(BACKEND, key, text(1)?)?;
+        record.writers = parse_writers(BACKEND, key, text(2)?)?;
+        Ok(Some(record))
     }
 }
 
@@ -357,31 +369,7 @@ impl Store for MySqlStore {
             self.deadline,
             StoreOp::Load,
             key,
-            async move {
-                let row = sqlx::query(&self.sql.load)
-                    .bind(key_hash(key))
-                    .bind(self.clock.now_ms())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-                let Some(row) = row else { return Ok(None) };
-                // A binary collation makes the server describe the column as a BLOB: read bytes.
-                let text = |column: usize| -> Result<&str, StoreError> {
-                    let bytes: &[u8] = row
-                        .try_get(column)
-                        .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-                    std::str::from_utf8(bytes).map_err(|e| StoreError::Malformed {
-                        backend: BACKEND,
-                        key: key.to_owned(),
-                        field: String::new(),
-                        message: format!("the stored session is not UTF-8: {e}"),
-                    })
-                };
-                let mut record = parse_record(BACKEND, key, text(0)?)?;
-                record.versions = parse_versions(BACKEND, key, text(1)?)?;
-                record.writers = parse_writers(BACKEND, key, text(2)?)?;
-                Ok(Some(record))
-            },
+            self.fetch(key, StoreOp::Load),
         ))
     }
 
@@ -426,7 +414,7 @@ impl Store for MySqlStore {
                         return Ok(());
                     }
                 }
-                Err(self.conflict(key, patch, now).await)
+                Err(self.conflict(key, patch).await)
             },
         ))
     }

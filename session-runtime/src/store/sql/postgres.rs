@@ -71,7 +71,6 @@ struct Statements {
     apply: String,
     /// A patch that only renews the expiry of a live row.
     renew: String,
-    versions: String,
     delete: String,
     sweep: String,
 }
@@ -118,9 +117,6 @@ impl Statements {
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = $2 WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $3)"
-            ),
-            versions: format!(
-                "SELECT versions::text FROM {t} WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > $2)"
             ),
             delete: format!("DELETE FROM {t} WHERE key_hash = $1"),
             sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= $1"),
@@ -255,6 +251,27 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The live record of `key`, read for `op`.
+    async fn fetch(&self, key: &str, op: StoreOp) -> Result<Option<Record>, StoreError> {
+        let row = sqlx::query(&self.sql.load)
+            .bind(key_hash(key))
+            .bind(self.clock.now_ms())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(BACKEND, op, key, e))?;
+        let Some(row) = row else { return Ok(None) };
+        let column = |i: usize| -> Result<&str, StoreError> {
+            row.try_get(i).map_err(|e| db_error(BACKEND, op, key, e))
+        };
+        let mut record = parse_record(BACKEND, key, column(0)?)?;
+        unwrap_values(&mut record);
+        record.versions = parse_versions(BACKEND, key, column(1)?)?;
+        record.writers = parse_writers(BACKEND, key, column(2)?)?;
+        Ok(Some(record))
+    }
+}
+
 impl Store for PostgresStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         StoreFuture::new(within(
@@ -262,24 +279,7 @@ impl Store for PostgresStore {
             self.deadline,
             StoreOp::Load,
             key,
-            async move {
-                let row = sqlx::query(&self.sql.load)
-                    .bind(key_hash(key))
-                    .bind(self.clock.now_ms())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))?;
-                let Some(row) = row else { return Ok(None) };
-                let column = |i: usize| -> Result<&str, StoreError> {
-                    row.try_get(i)
-                        .map_err(|e| db_error(BACKEND, StoreOp::Load, key, e))
-                };
-                let mut record = parse_record(BACKEND, key, column(0)?)?;
-                unwrap_values(&mut record);
-                record.versions = parse_versions(BACKEND, key, column(1)?)?;
-                record.writers = parse_writers(BACKEND, key, column(2)?)?;
-                Ok(Some(record))
-            },
+            self.fetch(key, StoreOp::Load),
         ))
     }
 
@@ -348,23 +348,10 @@ impl Store for PostgresStore {
                 if done.rows_affected() > 0 {
                     return Ok(());
                 }
-                // Refused: read the versions to name the fields that differ.
-                let row = sqlx::query(&self.sql.versions)
-                    .bind(key_hash(key))
-                    .bind(now)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-                let stored = match row {
-                    Some(row) => {
-                        let text: &str = row
-                            .try_get(0)
-                            .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-                        parse_versions(BACKEND, key, text)?
-                    }
-                    None => Default::default(),
-                };
-                Err(conflict(BACKEND, key, patch, &stored))
+                // Refused: read the record, to name the fields that differ and to hand it to
+                // the writer.
+                let current = self.fetch(key, StoreOp::Apply).await?.unwrap_or_default();
+                Err(conflict(BACKEND, key, patch, current))
             },
         ))
     }

@@ -100,7 +100,6 @@ impl std::fmt::Debug for SqliteStore {
 struct Statements {
     table: Arc<str>,
     load: String,
-    versions: String,
     /// A patch that only renews the expiry of a live row.
     renew: String,
     delete: String,
@@ -113,9 +112,6 @@ impl Statements {
         Statements {
             load: format!(
                 "SELECT data, versions, writers FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
-            ),
-            versions: format!(
-                "SELECT versions FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = ?2 WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?3)"
@@ -433,7 +429,7 @@ impl SqliteStore {
 
     /// One patch in one statement: the versions it expects are its condition, checked on the
     /// row as the statement writes it (SQLite runs one writer at a time), and the new versions
-    /// (one more than expected) are merged into the row's. A patch that expects every field
+    /// of the fields it writes (one more than expected) are merged into the row's. A patch that expects every field
     /// never written may create the row; one that expects a field must find it live.
     fn apply_on(
         &self,
@@ -462,7 +458,10 @@ impl SqliteStore {
                 message: "a version beyond i64".to_owned(),
             })?;
             expected.push((json_path(BACKEND, key, field)?, version));
-            bumped.insert((*field).to_owned(), (version + 1).into());
+            // A field only read is a condition, not a write: its version stays.
+            if patch.written_fields().any(|written| written == *field) {
+                bumped.insert((*field).to_owned(), (version + 1).into());
+            }
         }
         if patch
             .written_fields()
@@ -542,15 +541,8 @@ impl SqliteStore {
         if changed > 0 {
             return Ok(());
         }
-        let current: Option<String> = connection
-            .prepare_cached(&self.sql.versions)
-            .and_then(|mut statement| statement.query_row((key, now), |row| row.get(0)).optional())
-            .map_err(|e| error(StoreOp::Apply, key, e))?;
-        let versions = match &current {
-            Some(text) => parse_versions(BACKEND, key, text)?,
-            None => Default::default(),
-        };
-        Err(conflict(BACKEND, key, patch, &versions))
+        let current = self.load_on(connection, key)?.unwrap_or_default();
+        Err(conflict(BACKEND, key, patch, current))
     }
 
     /// A patch with fields it expects nothing of, in one immediate transaction: the versions
@@ -569,18 +561,15 @@ impl SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| error(StoreOp::Apply, key, e))?;
         let now = self.clock.now_ms();
-        let current: Option<String> = tx
-            .prepare_cached(&self.sql.versions)
-            .and_then(|mut statement| statement.query_row((key, now), |row| row.get(0)).optional())
-            .map_err(|e| error(StoreOp::Apply, key, e))?;
-        let mut versions = match &current {
-            Some(text) => parse_versions(BACKEND, key, text)?,
-            None => Default::default(),
-        };
-        let refused = conflict(BACKEND, key, patch, &versions);
-        if matches!(&refused, StoreError::Conflict { fields, .. } if !fields.is_empty()) {
-            return Err(refused);
+        let current = self.load_on(&tx, key)?.unwrap_or_default();
+        if patch
+            .expect
+            .iter()
+            .any(|(field, version)| current.version(field) != *version)
+        {
+            return Err(conflict(BACKEND, key, patch, current));
         }
+        let mut versions = current.versions;
         for field in patch.written_fields() {
             *versions.entry(field.to_owned()).or_insert(0) += 1;
         }

@@ -370,7 +370,7 @@ async fn both(
     updates: u64,
     redelivered_updates: u64,
 ) {
-    // write_skew(kind, url, table, Arc::clone(&observer)).await;
+    write_skew(kind, url, table, Arc::clone(&observer)).await;
     replicas(kind, url, table, Arc::clone(&observer), updates).await;
     contended(kind, url, table, Arc::clone(&observer), redelivered_updates).await;
     redeliveries(kind, url, table, Arc::clone(&observer), redelivered_updates).await;

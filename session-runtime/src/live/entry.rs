@@ -15,7 +15,7 @@ use crate::error::{SessionError, StoreError, StoreOp};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
-use crate::live::window::Window;
+use crate::live::window::{Signer, Window};
 use crate::schema::Schema;
 use crate::schema::VERSION_FIELD;
 use crate::stats::{Count, Latency, Stats};
@@ -463,6 +463,13 @@ struct Attempt {
     failure: Option<(&'static str, String)>,
 }
 
+/// What a patch carries that tells whether it landed: the updates whose writes it carries,
+/// and its signature.
+struct Carried<'a> {
+    ids: &'a [i64],
+    signature: i64,
+}
+
 /// What the store holds of one field: its encoding, version and writer.
 pub(crate) struct Stored {
     raw: Option<String>,
@@ -542,10 +549,12 @@ pub(crate) struct Entry<S> {
     /// update holds is kept, decoded, while the store's revision is still this one
     /// (ARCHITECTURE.md, "Decoded between updates").
     seen: Mutex<Revision>,
+    /// How the middleware signs the patches it sends (see [`send`](Self::send)).
+    signer: Arc<Signer>,
 }
 
 impl<S: Schema> Entry<S> {
-    pub(crate) fn new(key: Arc<str>) -> Self {
+    pub(crate) fn new(key: Arc<str>, signer: Arc<Signer>) -> Self {
         let fields = S::FIELDS.iter().map(|_| FieldState::new()).collect();
         Entry {
             key,
@@ -565,6 +574,7 @@ impl<S: Schema> Entry<S> {
             last_attempt: Mutex::new(None),
             turn: Arc::new(tokio::sync::Mutex::new(())),
             seen: Mutex::new(Revision::Unknown),
+            signer,
         }
     }
 
@@ -834,13 +844,13 @@ impl<S: Schema> Entry<S> {
         &self,
         store: &dyn Store,
         patch: &Patch<'_>,
-        ids: &[i64],
+        carried: &Carried<'_>,
     ) -> (Result<(), StoreError>, bool) {
         let applied = self.write(store, patch).await;
         match &applied {
             // Rare: boxed, so the future of every persist stays small.
             Err(error) if error.is_deadline() => {
-                Box::pin(self.resolve(store, patch, ids, applied)).await
+                Box::pin(self.resolve(store, patch, carried, applied)).await
             }
             _ => (applied, false),
         }
@@ -851,7 +861,7 @@ impl<S: Schema> Entry<S> {
         &self,
         store: &dyn Store,
         patch: &Patch<'_>,
-        ids: &[i64],
+        carried: &Carried<'_>,
         mut applied: Result<(), StoreError>,
     ) -> (Result<(), StoreError>, bool) {
         let (mut resent, mut deadlines) = (0, 0);
@@ -868,7 +878,7 @@ impl<S: Schema> Entry<S> {
                     break;
                 }
             }
-            if self.landed(store, ids).await == Some(true) {
+            if self.landed(store, carried).await == Some(true) {
                 return (Ok(()), false);
             }
             resent += 1;
@@ -878,8 +888,18 @@ impl<S: Schema> Entry<S> {
             return (applied, false);
         }
         // Refused: the first send landed after the look, or another writer came in between.
+        // The refusal carries the record as the store read it then, before later writers
+        // could push this patch's ids out of the window.
+        if let Err(StoreError::Conflict {
+            current: Some(record),
+            ..
+        }) = &applied
+            && self.shows(record, carried)
+        {
+            return (Ok(()), false);
+        }
         for _ in 0..=RESENDS {
-            match self.landed(store, ids).await {
+            match self.landed(store, carried).await {
                 Some(true) => return (Ok(()), false),
                 Some(false) => break,
                 None => {}
@@ -890,12 +910,23 @@ impl<S: Schema> Entry<S> {
 
     /// Whether the record shows the patch that carried `ids` applied (see
     /// [`send`](Self::send)); `None` when it cannot be read.
-    async fn landed(&self, store: &dyn Store, ids: &[i64]) -> Option<bool> {
+    async fn landed(&self, store: &dyn Store, carried: &Carried<'_>) -> Option<bool> {
         let record = store.load(&self.key).await.ok()?;
         let Some(record) = record else {
             return Some(false);
         };
-        let window = Window::of(&record);
+        Some(self.shows(&record, carried))
+    }
+
+    /// Whether `record` shows the patch that carried `ids` applied: it holds the patch's
+    /// signature, or names every one of them, in its window or as a field's writer.
+    fn shows(&self, record: &Record, carried: &Carried<'_>) -> bool {
+        if self.signer.signed(carried.signature, record) {
+            self.unseen();
+            return true;
+        }
+        let ids = carried.ids;
+        let window = Window::of(record);
         let named = |id: &i64| {
             window.contains(*id)
                 || S::FIELDS
@@ -914,7 +945,7 @@ impl<S: Schema> Entry<S> {
             );
             self.unseen();
         }
-        Some(landed)
+        landed
     }
 
     /// After a conflict: reads the record again and takes the store's value of every field
@@ -1231,6 +1262,8 @@ impl<S: Schema> Entry<S> {
             state.recent.add_to(&ids, &mut patch);
             (ids, stamped)
         };
+        let signature = self.signer.next();
+        self.signer.sign(signature, &mut patch);
         if let Some(lease) = &lease {
             lease.release_in(&mut patch);
         }
@@ -1254,7 +1287,14 @@ impl<S: Schema> Entry<S> {
         );
         let timer = stats.start();
         let (applied, unsure) = self
-            .send(store, &patch, &ids)
+            .send(
+                store,
+                &patch,
+                &Carried {
+                    ids: &ids,
+                    signature,
+                },
+            )
             .instrument(span.clone())
             .await;
         stats.took(Latency::Persist, timer);

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::live::entry::Entry;
+use crate::live::window::Signer;
 use crate::schema::Schema;
 use crate::store::Store;
 
@@ -79,12 +80,15 @@ pub(crate) struct Registry<S> {
     idle: Notify,
     /// The most entries kept decoded with no holder.
     keep: usize,
+    /// How this middleware signs its patches, shared by its entries.
+    signer: Arc<Signer>,
 }
 
 impl<S: Schema> Registry<S> {
     pub(crate) fn new(keep: usize) -> Self {
         Registry {
             keep,
+            signer: Arc::new(Signer::new()),
             entries: Mutex::new(Entries {
                 by_key: HashMap::default(),
                 held: 0,
@@ -103,7 +107,7 @@ impl<S: Schema> Registry<S> {
             return entry;
         }
         // Build the entry (which runs the user's defaults) outside the lock.
-        let fresh = Arc::new(Entry::new(Arc::clone(key)));
+        let fresh = Arc::new(Entry::new(Arc::clone(key), Arc::clone(&self.signer)));
         let mut entries = self.entries.lock();
         if let Some(entry) = self.hold_existing(&mut entries, key, store) {
             return entry;

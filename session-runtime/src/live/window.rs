@@ -25,6 +25,66 @@ const SLOTS: [&str; RECENT_MAX] = [
     "@54", "@55", "@56", "@57", "@58", "@59", "@60", "@61", "@62", "@63",
 ];
 
+/// The slots of the writers' signatures (see [`Signer`]).
+const SIGNATURES: [&str; 32] = [
+    "@s0", "@s1", "@s2", "@s3", "@s4", "@s5", "@s6", "@s7", "@s8", "@s9", "@s10", "@s11", "@s12", "@s13", "@s14", "@s15", "@s16", "@s17", "@s18", "@s19", "@s20", "@s21", "@s22", "@s23", "@s24", "@s25", "@s26", "@s27", "@s28", "@s29", "@s30", "@s31",
+];
+
+/// How one writer (a session middleware, in one process) signs the patches it sends, so that
+/// it can tell later whether one of them landed whatever other writers did since.
+///
+/// Each patch carries a signature of its own in the writer's slot, one of 32 chosen by the
+/// writer's random tag. Other writers leave that slot alone unless their tag picks the same
+/// one, and this writer sends one patch of a key at a time: so a record whose slot holds a
+/// patch's signature shows that patch applied, however many ids other writers have pushed
+/// through the ring since.
+#[derive(Debug)]
+pub(crate) struct Signer {
+    slot: &'static str,
+    tag: u64,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Signer {
+    /// A signer with a random tag.
+    pub(crate) fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let tag = hasher.finish();
+        Signer {
+            slot: SIGNATURES[(tag % SIGNATURES.len() as u64) as usize],
+            tag,
+            sent: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A signature no other patch of this writer carries (positive, as every store keeps
+    /// writers).
+    pub(crate) fn next(&self) -> i64 {
+        let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        // An odd multiplier makes n -> n * m a bijection, and the top bit dropped after it
+        // tells apart only counts 2^63 apart: no two patches share a signature.
+        let signature = (self.tag ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & (i64::MAX as u64);
+        i64::try_from(signature).unwrap_or(1)
+    }
+
+    /// Signs `patch` with `signature`.
+    pub(crate) fn sign(&self, signature: i64, patch: &mut Patch<'_>) {
+        patch.writers.push((self.slot, signature));
+    }
+
+    /// Whether `record` carries `signature`: the patch it signed applied.
+    pub(crate) fn signed(&self, signature: i64, record: &Record) -> bool {
+        record.writers.get(self.slot) == Some(&signature)
+    }
+}
+
 /// The name under which the ring's cursor is stored: its size times [`RECENT_MAX`] plus the
 /// slot the next id takes (the size is stored, since the slots not written yet are not).
 const NEXT: &str = "@next";
@@ -86,24 +146,23 @@ impl Window {
     }
 
     /// Puts into `patch` the slots that `ids` (the updates whose writes it carries, each once)
-    /// take, those the window does not hold yet, each in the slot after the last one written,
-    /// and the cursor. The ring grows to [`ring_size`] of the new ids (up to [`RECENT_MAX`];
-    /// past that, the earliest are left out). The window itself takes them once the patch is
-    /// written ([`written`](Self::written)). The slots are written without a condition: the
-    /// window never makes two writers conflict (two writers of different fields at the same
-    /// instant may take the same slot, and one id drop out).
+    /// take, each in the slot after the last one written, and the cursor. An id the window
+    /// already holds is written again, as the newest: what this process last read of the
+    /// window may be stale (other processes' patches may have pushed it out since), and the
+    /// look-up after a timed-out save wants every id the patch carried in the store. The ring
+    /// grows to [`ring_size`] of the ids (up to [`RECENT_MAX`]; past that, the earliest are
+    /// left out). The window itself takes them once the patch is written
+    /// ([`written`](Self::written)). The slots are written without a condition: the window
+    /// never makes two writers conflict (two writers of different fields at the same instant
+    /// may take the same slot, and one id drop out).
     pub(crate) fn add_to(&self, ids: &[i64], patch: &mut Patch<'_>) {
-        let fresh = ids.iter().filter(|&&id| !self.contains(id)).count();
-        if fresh == 0 {
+        if ids.is_empty() {
             return;
         }
-        let size = self.ids.len().max(ring_size(fresh));
-        let mut skip = fresh.saturating_sub(size);
+        let size = self.ids.len().max(ring_size(ids.len()));
+        let mut skip = ids.len().saturating_sub(size);
         let mut next = self.next;
         for &id in ids {
-            if self.contains(id) {
-                continue;
-            }
             if skip > 0 {
                 skip -= 1;
                 continue;
@@ -204,14 +263,19 @@ mod tests {
     }
 
     #[test]
-    fn ids_already_held_are_not_written_again() {
+    fn ids_already_held_are_written_again_as_the_newest() {
         let mut patch = Patch::new();
         Window::default().add_to(&[7, 8], &mut patch);
-        let window = Window::of(&stored(Record::default(), &patch));
+        let record = stored(Record::default(), &patch);
+        let window = Window::of(&record);
         let mut again = Patch::new();
-        window.add_to(&[8, 7], &mut again);
-        assert!(again.writers.is_empty());
-        assert_eq!(window.ids.len(), ring_size(2));
+        window.add_to(&[8], &mut again);
+        assert_eq!(again.writers.first(), Some(&("@2", 8)));
+        // Then as many ids as the ring has slots but one: 8 stays, 7 is gone.
+        let after: Vec<i64> = (100..100 + ring_size(2) as i64 - 1).collect();
+        let record = save_each(stored(record, &again), &after);
+        let window = Window::of(&record);
+        assert!(window.contains(8) && !window.contains(7));
     }
 
     #[test]

@@ -47,7 +47,7 @@ server() { "$bench" --bench store --max_others 100 --store "$@" | tee -a "$out";
 # Part E beside the anchors': the raw driver and ours, one at a time and 100 in flight.
 rows() {
   for workload in seq window; do
-    for variant in raw session; do server "$1" --variant "$variant" --workload "$workload"; done
+    for variant in raw session cached; do server "$1" --variant "$variant" --workload "$workload"; done
   done
 }
 rows sqlite-wal

@@ -1,16 +1,19 @@
 //! "Decoded between updates": with a store that tells revisions (the memory store), a session
 //! no update holds stays decoded, and the next update of its key takes it without a load while
-//! the stored record is unchanged; any other change of the record makes it load again.
+//! the stored record is unchanged; any other change of the record makes it load again. With
+//! `Freshness::Cached`, sessions stay decoded on a store that tells no revisions too, and a
+//! write based on a value another writer changed is refused and runs again.
 
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use common::{Counter, ProbeStore, incrementing, stored};
+use common::{Counter, CounterAccess, ProbeStore, incrementing, stored};
 use typed_session::store::{Patch, Revision};
 use typed_session::telegram::Update;
-use typed_session::{MemoryStore, SessionMiddleware, Store};
+use typed_session::{Freshness, MemoryStore, SessionMiddleware, Store};
 
 #[tokio::test]
 async fn the_next_update_of_a_key_takes_the_decoded_session_without_a_load() {
@@ -214,4 +217,111 @@ async fn the_memory_store_tells_each_change_of_a_record_by_its_revision() {
     store.apply("k", &renew).await.expect("expiry");
     tokio::time::advance(Duration::from_secs(6)).await;
     assert_eq!(store.revision("k"), Revision::Absent, "expired");
+}
+
+/// Delivers `update` until it is acknowledged, as Telegram does after an error status;
+/// returns how many deliveries it took.
+async fn deliver(chain: &typed_session::Chain<Update>, update: Update) -> usize {
+    for delivery in 1..=10 {
+        let ctx = typed_session::Context::new(update.clone());
+        match chain.run(&ctx).await {
+            Ok(()) => return delivery,
+            Err(_) if ctx.must_retry() => {}
+            Err(error) => panic!("update failed for good: {error}"),
+        }
+    }
+    panic!("update never acknowledged")
+}
+
+/// A middleware of `Freshness::Cached` over `store`.
+fn cached(store: Arc<ProbeStore>) -> SessionMiddleware<Counter, Update> {
+    SessionMiddleware::<Counter, Update>::builder(store)
+        .freshness(Freshness::Cached)
+        .build()
+}
+
+#[tokio::test]
+async fn cached_sessions_cost_one_round_trip_per_writing_update_on_a_store_that_tells_no_revisions()
+{
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::new(memory.clone());
+    let sessions = cached(Arc::clone(&probe));
+    let chain = incrementing(&sessions);
+    for id in 1..=10 {
+        assert_eq!(deliver(&chain, Update::text(id, 7, 7, "+1")).await, 1);
+    }
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(10));
+    let (loads, applies) = (probe.loads.load(SeqCst), probe.applies.load(SeqCst));
+    assert_eq!(
+        (loads, applies),
+        (1, 10),
+        "loaded by the first update only, one patch per update"
+    );
+
+    // Checked (the default) on the same kind of store loads for every update.
+    let probe = ProbeStore::new(MemoryStore::new());
+    let checked = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = incrementing(&checked);
+    for id in 1..=10 {
+        deliver(&chain, Update::text(id, 7, 7, "+1")).await;
+    }
+    assert_eq!(probe.loads.load(SeqCst), 10);
+}
+
+#[tokio::test]
+async fn a_cached_session_another_writer_changed_is_refused_and_runs_again_on_the_record_the_refusal_carried()
+ {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::new(memory.clone());
+    let a = cached(Arc::clone(&probe));
+    let b = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let (chain_a, chain_b) = (incrementing(&a), incrementing(&b));
+    deliver(&chain_a, Update::text(1, 7, 7, "+1")).await;
+    deliver(&chain_b, Update::text(2, 7, 7, "+1")).await;
+    // `a` still holds count 1: its increment is refused once, and saved on the refused
+    // patch's record, with no load.
+    assert_eq!(deliver(&chain_a, Update::text(3, 7, 7, "+1")).await, 2);
+    assert_eq!(
+        stored::<u64>(&memory, "7:7", "count"),
+        Some(3),
+        "no increment lost"
+    );
+    assert_eq!(a.stats().conflicts(), 1);
+    assert_eq!(
+        probe.loads.load(SeqCst),
+        1,
+        "the refusal carried the record"
+    );
+}
+
+/// The price of `Freshness::Cached`, as documented: an update that only reads can see a value
+/// another writer changed since this process last read or wrote it.
+#[tokio::test]
+async fn a_read_only_update_on_a_cached_session_can_see_a_value_another_writer_changed() {
+    let memory = MemoryStore::new();
+    let read_count = |sessions: &SessionMiddleware<Counter, Update>| {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let chain = typed_session::Chain::new().with(sessions.clone()).handler({
+            let seen = Arc::clone(&seen);
+            move |ctx| {
+                let seen = Arc::clone(&seen);
+                Box::pin(async move {
+                    seen.store(ctx.session().await?.count(), SeqCst);
+                    Ok(())
+                })
+            }
+        });
+        (chain, seen)
+    };
+    let a = cached(ProbeStore::new(memory.clone()));
+    let checked = SessionMiddleware::<Counter, Update>::new(ProbeStore::new(memory.clone()));
+    deliver(&incrementing(&a), Update::text(1, 7, 7, "+1")).await;
+    let b = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    deliver(&incrementing(&b), Update::text(2, 7, 7, "+1")).await;
+    let (chain, seen) = read_count(&a);
+    deliver(&chain, Update::text(3, 7, 7, "read")).await;
+    assert_eq!(seen.load(SeqCst), 1, "cached: what this process last wrote");
+    let (chain, seen) = read_count(&checked);
+    deliver(&chain, Update::text(4, 7, 7, "read")).await;
+    assert_eq!(seen.load(SeqCst), 2, "checked: what the store holds");
 }

@@ -859,7 +859,11 @@ const SUITE_RATES: Scenario = Scenario {
 #[cfg(feature = "sqlite")]
 #[test]
 fn three_replicas_at_the_replicas_suites_fault_rates_count_each_update_once() {
-    explore("sqlite, 3 replicas, the suite's fault rates", SUITE_RATES, &seeds(100));
+    explore(
+        "sqlite, 3 replicas, the suite's fault rates",
+        SUITE_RATES,
+        &seeds(100),
+    );
 }
 
 /// Seeds of the suite's fault rates that broke exactly-once:

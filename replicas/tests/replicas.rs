@@ -370,8 +370,10 @@ async fn both(
     updates: u64,
     redelivered_updates: u64,
 ) {
-    write_skew(kind, url, table, Arc::clone(&observer)).await;
-    replicas(kind, url, table, Arc::clone(&observer), updates).await;
+    write_skew(kind, url, table, Arc::clone(&observer), "checked").await;
+    write_skew(kind, url, table, Arc::clone(&observer), "cached").await;
+    replicas(kind, url, table, Arc::clone(&observer), updates, "checked").await;
+    replicas(kind, url, table, Arc::clone(&observer), updates, "cached").await;
     contended(kind, url, table, Arc::clone(&observer), redelivered_updates).await;
     redeliveries(kind, url, table, Arc::clone(&observer), redelivered_updates).await;
     exclusive(kind, url, table, Arc::clone(&observer), updates).await;
@@ -401,9 +403,13 @@ async fn both(
 /// (they meet in between, see `src/bin/replica.rs`). The two writes touch different fields, so
 /// only a patch that also expects the version of the field its update read refuses the
 /// second: at least one doctor stays on call in every chat.
-async fn write_skew(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>) {
+async fn write_skew(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, freshness: &str) {
     const ROUNDS: i64 = 20;
-    const FIRST_USER: i64 = 880_001;
+    let first_user: i64 = if freshness == "cached" {
+        890_001
+    } else {
+        880_001
+    };
     let meet = std::env::temp_dir().join(unique("typed_session_meet"));
     std::fs::create_dir_all(&meet).expect("a temp dir");
     let children: Vec<_> = ["alice", "bob"]
@@ -413,7 +419,8 @@ async fn write_skew(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>
             let mut command = Command::new(env!("CARGO_BIN_EXE_replica"));
             command
                 .args(["--store", kind, "--url", url, "--table", table])
-                .args(["--user", &FIRST_USER.to_string()])
+                .args(["--user", &first_user.to_string()])
+                .args(["--freshness", freshness])
                 .args(["--updates", "0", "--first-id", &first_id(i).to_string()])
                 .args(["--on-call", doctor, "--rounds", &ROUNDS.to_string()])
                 .arg("--meet")
@@ -424,7 +431,11 @@ async fn write_skew(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>
         .collect();
     for child in children {
         let line = report(child).await;
-        assert_eq!(line["acked"].as_i64(), Some(ROUNDS), "every update acknowledged");
+        assert_eq!(
+            line["acked"].as_i64(),
+            Some(ROUNDS),
+            "every update acknowledged"
+        );
     }
     let _ = std::fs::remove_dir_all(&meet);
     let on_call = |record: &Option<typed_session::store::Record>, doctor: &str| {
@@ -434,7 +445,7 @@ async fn write_skew(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>
             .is_none_or(|value| value == "true")
     };
     let mut nobody = Vec::new();
-    for user in FIRST_USER..FIRST_USER + ROUNDS {
+    for user in first_user..first_user + ROUNDS {
         let record = observer
             .load(&format!("Ward:{user}:{user}"))
             .await
@@ -444,7 +455,7 @@ async fn write_skew(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>
         }
     }
     eprintln!(
-        "replicas::{kind}: write skew: {} of {ROUNDS} chats left with nobody on call",
+        "replicas::{kind}: write skew ({freshness}): {} of {ROUNDS} chats left with nobody on call",
         nobody.len()
     );
     assert!(
@@ -595,10 +606,24 @@ async fn contended(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>,
 }
 
 /// Runs the replicas against `store`, seen by the test through `observer`.
-async fn replicas(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, updates: u64) {
-    let key = format!("Tally:{USER}:{USER}");
+async fn replicas(
+    kind: &str,
+    url: &str,
+    table: &str,
+    observer: Arc<dyn Store>,
+    updates: u64,
+    freshness: &str,
+) {
+    // A chat of its own per mode.
+    let user = if freshness == "cached" {
+        USER + 40
+    } else {
+        USER
+    };
+    let key = format!("Tally:{user}:{user}");
+    let extra = ["--freshness".to_owned(), freshness.to_owned()];
     let children: Vec<_> = (0..PROCESSES)
-        .map(|i| spawn(kind, url, table, USER, i, updates, None))
+        .map(|i| replica(kind, url, table, user, i, updates, None, &extra))
         .collect();
 
     // Watch the stored count while they run: it never goes backwards.
@@ -640,7 +665,7 @@ async fn replicas(kind: &str, url: &str, table: &str, observer: Arc<dyn Store>, 
 
     let stored = count(observer.load(&key).await.expect("load"));
     eprintln!(
-        "replicas::{kind}: {PROCESSES} processes x {updates} updates: acknowledged {acked}, stored {stored}, \
+        "replicas::{kind} ({freshness}): {PROCESSES} processes x {updates} updates: acknowledged {acked}, stored {stored}, \
          conflicts {conflicts}, failed saves {failed_saves}, watcher reads {reads}"
     );
     assert_eq!(

@@ -29,6 +29,28 @@ pub enum SaveFailure {
     Keep,
 }
 
+/// What an update reads of a session that this process kept decoded since an earlier update
+/// of its key (ARCHITECTURE.md, "Decoded between updates").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Freshness {
+    /// What the store holds when the update first uses the session: a session kept decoded
+    /// is used only while the store says its record is still the one it decoded (the memory
+    /// store tells revisions); on every other store each update loads it. No update reads a
+    /// value older than one another update was answered for.
+    #[default]
+    Checked,
+    /// The session as this process last read or wrote it, on every store, with no load: a
+    /// writing update costs one round trip, its patch. Its writes expect the versions of every
+    /// field it read, so an update that read a value another process has changed since is
+    /// refused and runs again on the record the refusal carries: no write based on a stale
+    /// read is committed. An update that only reads can see a value another process changed
+    /// or erased since. Safe to read when one process handles each chat (polling, or replicas
+    /// behind routing by chat). Sessions with a ttl are loaded as under `Checked` (the record
+    /// may have expired).
+    Cached,
+}
+
 /// What a stale `set_*` does: a write of a field that another update changed after this one
 /// last read it (ARCHITECTURE.md, "Stale writes"). It is always counted and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

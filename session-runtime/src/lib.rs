@@ -25,7 +25,7 @@ mod stats;
 pub mod store;
 
 pub use chain::{Chain, Middleware, Next};
-pub use config::{ConfigError, ErrorPolicy, Renewal, SaveFailure, StalePolicy};
+pub use config::{ConfigError, ErrorPolicy, Freshness, Renewal, SaveFailure, StalePolicy};
 pub use context::Context;
 pub use erasure::{EraseFuture, EraseUser, Erased, ErasedSession, Erasure};
 pub use error::{BoxError, SessionError, StoreError, StoreOp};

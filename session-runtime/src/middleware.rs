@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::chain::{ChainFuture, Middleware, Next};
 use crate::config::{
-    ConfigError, ErrorPolicy, MAX_TTL, MAX_WAIT, Renewal, SaveFailure, StalePolicy,
+    ConfigError, ErrorPolicy, Freshness, MAX_TTL, MAX_WAIT, Renewal, SaveFailure, StalePolicy,
 };
 use crate::context::Context;
 use crate::erasure::{EraseFuture, EraseUser, Erased, sealed};
@@ -59,6 +59,7 @@ pub struct SessionBuilder<S: Session, U> {
     ttl: Option<Duration>,
     renewal: Renewal,
     keep_decoded: usize,
+    freshness: Freshness,
     _session: PhantomData<fn() -> S>,
 }
 
@@ -74,6 +75,7 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
             .field("ttl", &self.ttl)
             .field("renewal", &self.renewal)
             .field("keep_decoded", &self.keep_decoded)
+            .field("freshness", &self.freshness)
             .finish_non_exhaustive()
     }
 }
@@ -176,6 +178,15 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self
     }
 
+    /// What an update reads of a session kept decoded since an earlier update of its key
+    /// (default [`Freshness::Checked`]: what the store holds). [`Freshness::Cached`] keeps
+    /// sessions decoded on every store and skips the load: one round trip per writing
+    /// update, and a refused write where a read was stale.
+    pub fn freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
+        self
+    }
+
     /// The durations set beyond their limits, with the limit of each (see
     /// [`try_build`](Self::try_build)).
     fn beyond_limits(&self) -> Vec<ConfigError> {
@@ -242,7 +253,10 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self.ttl = self.ttl.map(|ttl| ttl.min(MAX_TTL));
         SessionMiddleware {
             sessions: Arc::new(Sessions {
-                registry: Registry::new(self.keep_decoded),
+                registry: Registry::new(
+                    self.keep_decoded,
+                    self.freshness == Freshness::Cached && self.ttl.is_none(),
+                ),
                 prefix: Arc::from(format!("{}:", S::NAMESPACE)),
                 store: self.store,
                 strategy: self.key.name(),
@@ -355,6 +369,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             ttl: S::TTL,
             renewal: S::RENEWAL,
             keep_decoded: crate::live::registry::IDLE_KEPT,
+            freshness: Freshness::default(),
             _session: PhantomData,
         }
     }

@@ -6,7 +6,8 @@
 //! cargo run --release -p typed-session-bench --bin anchor_bench -- --workload seq --variant session --runtime current-thread
 //! # C: store traffic per update, 20-field session, scenarios write1 / read / none
 //! cargo run --release -p typed-session-bench --bin anchor_bench -- --bench writes
-//! # D-like: the full middleware on a persistent store, sequential
+//! # D-like: the full middleware on a persistent store, sequential (`--variant cached`:
+//! `Freshness::Cached`; `--variant raw`: the driver alone)
 //! cargo run --release -p typed-session-bench --bin anchor_bench -- --bench store --store sqlite-wal
 //! ```
 //!
@@ -27,7 +28,9 @@ use serde_json::json;
 use typed_session::schema::Schema;
 use typed_session::store::{Patch, Record, StoreFuture};
 use typed_session::telegram::{Chat, Message, Update, User};
-use typed_session::{BoxError, Chain, MemoryStore, Session, SessionMiddleware, Store, StoreError};
+use typed_session::{
+    BoxError, Chain, Freshness, MemoryStore, Session, SessionMiddleware, Store, StoreError,
+};
 
 // ---- allocation counter (`--bench allocs`) -----------------------------------------------
 
@@ -339,8 +342,16 @@ struct Count {
 static SINK: AtomicU64 = AtomicU64::new(0);
 
 fn count_chain(store: Arc<dyn Store>) -> Chain<Update> {
+    count_chain_with(store, Freshness::Checked)
+}
+
+fn count_chain_with(store: Arc<dyn Store>, freshness: Freshness) -> Chain<Update> {
     Chain::new()
-        .with(SessionMiddleware::<Count, Update>::new(store))
+        .with(
+            SessionMiddleware::<Count, Update>::builder(store)
+                .freshness(freshness)
+                .build(),
+        )
         .with_fn(|ctx, next| {
             Box::pin(async move {
                 ctx.session().await?.update_count(|c| *c += 1);
@@ -693,7 +704,15 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
             continue;
         }
         let store = Arc::new(Counted::new(open_store(&o.store, run).await?));
-        let chain = Arc::new(count_chain(Arc::clone(&store) as Arc<dyn Store>));
+        let freshness = if o.variant == "cached" {
+            Freshness::Cached
+        } else {
+            Freshness::Checked
+        };
+        let chain = Arc::new(count_chain_with(
+            Arc::clone(&store) as Arc<dyn Store>,
+            freshness,
+        ));
         let m = measure(feed(&chain, &seq, &o.workload, o.width)).await?;
         let warmup = run == 0;
         tries += 1;
@@ -733,8 +752,13 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
         "typed-session"
     };
     let width = if o.workload == "window" { o.width } else { 1 };
+    let freshness = if o.variant == "cached" {
+        "cached"
+    } else {
+        "checked"
+    };
     Ok(json!({
-        "bench": bench, "fw": fw, "store": o.store, "journal": journal, "workload": o.workload, "width": width,
+        "bench": bench, "fw": fw, "store": o.store, "freshness": freshness, "journal": journal, "workload": o.workload, "width": width,
         "updates": o.updates, "users": o.users, "median_ups": med, "us_per_update": r3(1e6 / med),
         "runs_ups": ups, "runs_cpu_wall": cpu_wall, "runs_others_busy_pct": others, "rejected_runs": rejected,
         "lost_updates": lost, "loads_per_update": r3(round_trips.0), "writes_per_update": r3(round_trips.1),

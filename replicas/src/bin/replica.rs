@@ -28,6 +28,9 @@
 //! writes its own field: both read before either writes. A serializable run leaves at least
 //! one doctor on call in every chat.
 //!
+//! `--freshness cached` keeps sessions decoded between updates and uses them without a load
+//! ([`Freshness::Cached`]); the default loads each update's session.
+//!
 //! Besides the final JSON line, it prints `ack ID` as each update is acknowledged, so a test
 //! that kills it still knows what it acknowledged.
 //!
@@ -47,8 +50,8 @@ use history::{Event, History, Outcome};
 use typed_session::store::{DeadlineExceeded, Patch, Record, StoreFuture};
 use typed_session::telegram::Update;
 use typed_session::{
-    BoxError, Chain, Context, MongoStore, MySqlStore, PostgresStore, RedisStore, Session,
-    SessionError, SessionMiddleware, SqliteStore, Store, StoreError, StoreOp,
+    BoxError, Chain, Context, Freshness, MongoStore, MySqlStore, PostgresStore, RedisStore,
+    Session, SessionError, SessionMiddleware, SqliteStore, Store, StoreError, StoreOp,
 };
 
 #[derive(Session)]
@@ -169,14 +172,17 @@ async fn main() -> Result<(), BoxError> {
     if let Some(doctor) = arg(&args, "--on-call") {
         let rounds: i64 = need("--rounds")?.parse()?;
         let meet = std::path::PathBuf::from(need("--meet")?);
-        let sessions = SessionMiddleware::<Ward, Update>::builder(store).build();
+        let sessions = SessionMiddleware::<Ward, Update>::builder(store)
+            .freshness(freshness(&args)?)
+            .build();
         let acked = on_call(sessions, &doctor, (user, rounds), first, meet).await?;
         println!("{}", serde_json::json!({ "acked": acked }));
         return Ok(());
     }
     let hold_at: Option<i64> = arg(&args, "--hold-at").map(|v| v.parse()).transpose()?;
     let hold = Duration::from_millis(arg(&args, "--hold-ms").map_or(Ok(0), |v| v.parse())?);
-    let mut builder = SessionMiddleware::<Tally, Update>::builder(store);
+    let mut builder =
+        SessionMiddleware::<Tally, Update>::builder(store).freshness(freshness(&args)?);
     if let Some(lease) = arg(&args, "--lease-ms") {
         let lease = Duration::from_millis(lease.parse()?);
         builder = builder.exclusive_across_processes(Duration::from_secs(120), lease);
@@ -471,4 +477,13 @@ async fn on_call(
         }
     }
     Ok(acked)
+}
+
+/// The `--freshness` argument: `checked` (the default) or `cached`.
+fn freshness(args: &[String]) -> Result<Freshness, BoxError> {
+    match arg(args, "--freshness").as_deref() {
+        None | Some("checked") => Ok(Freshness::Checked),
+        Some("cached") => Ok(Freshness::Cached),
+        Some(other) => Err(format!("--freshness takes checked or cached, not {other:?}").into()),
+    }
 }

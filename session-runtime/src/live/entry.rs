@@ -578,6 +578,11 @@ impl<S: Schema> Entry<S> {
         }
     }
 
+    /// Whether the entry holds the stored record (a load or a lease claim read it).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded.initialized()
+    }
+
     /// The revision of the record this entry holds as stored, if it is known.
     pub(crate) fn seen(&self) -> Revision {
         *self.seen.lock()

@@ -82,12 +82,16 @@ pub(crate) struct Registry<S> {
     keep: usize,
     /// How this middleware signs its patches, shared by its entries.
     signer: Arc<Signer>,
+    /// Entries are kept decoded on every store and used without a check
+    /// ([`Freshness::Cached`](crate::Freshness::Cached)).
+    cached: bool,
 }
 
 impl<S: Schema> Registry<S> {
-    pub(crate) fn new(keep: usize) -> Self {
+    pub(crate) fn new(keep: usize, cached: bool) -> Self {
         Registry {
             keep,
+            cached,
             signer: Arc::new(Signer::new()),
             entries: Mutex::new(Entries {
                 by_key: HashMap::default(),
@@ -134,9 +138,15 @@ impl<S: Schema> Registry<S> {
         let live = entries.by_key.get_mut(key)?;
         if live.idle.take().is_some() {
             entries.idle_count -= 1;
-            // Kept decoded: still current only if the store's record is the one it saw.
+            // Kept decoded: still current only if the store's record is the one it saw; used
+            // as it is when the store cannot tell and the middleware trusts it.
             let seen = live.entry.seen();
-            if !seen.is_known() || store.revision(key) != seen {
+            let current = if seen.is_known() {
+                store.revision(key) == seen
+            } else {
+                self.cached
+            };
+            if !current {
                 entries.by_key.remove(key);
                 return None;
             }
@@ -169,7 +179,7 @@ impl<S: Schema> Registry<S> {
         entries.held -= 1;
         if unsaved {
             // Kept for its changes, see `hold_unsaved`.
-        } else if self.keep > 0 && entry.seen().is_known() {
+        } else if self.keep > 0 && (entry.seen().is_known() || (self.cached && entry.is_loaded())) {
             let stamp = entries.releases;
             live.idle = Some(stamp);
             entries.releases += 1;

@@ -14,9 +14,9 @@ use std::time::Duration;
 use crate::error::StoreError;
 
 mod memory;
-pub(crate) mod record;
 #[cfg(feature = "mongodb")]
 mod mongodb;
+pub(crate) mod record;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]

@@ -99,8 +99,9 @@ struct InFlight {
 }
 
 /// How many discarded ranges a field remembers. Consecutive discards with no save between
-/// them make one range, so an update is told of a discarded write unless, while it ran, one
-/// field had this many discards each followed by a save.
+/// them make one range when they are alike (both sure, or both not), so an update is told of
+/// a discarded write unless, while it ran, one field had this many discards each followed by
+/// a save or by one of the other kind.
 const DISCARDS_KEPT: usize = 32;
 
 impl FieldState {
@@ -129,10 +130,10 @@ impl FieldState {
             return;
         }
         match self.discarded.last_mut() {
-            // Nothing was saved since the last discard: one range, unsure if either is.
-            Some(last) if last.up_to == self.decided => {
+            // Nothing was saved since the last discard, and the store holds as little of
+            // these as of those: one range.
+            Some(last) if last.up_to == self.decided && last.sure == sure => {
                 last.up_to = self.version;
-                last.sure &= sure;
             }
             _ => {
                 if self.discarded.len() == DISCARDS_KEPT {
@@ -1441,22 +1442,29 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_save_leaves_its_writes_unsure_and_consecutive_discards_join() {
+    fn a_failed_save_leaves_its_writes_unsure_and_consecutive_discards_of_a_kind_join() {
         let mut f = field();
         f.version = 2;
-        f.discard(true);
-        // Nothing saved in between: one range, unsure since part of it may be stored.
-        f.version = 4;
+        f.discard(false);
+        // Nothing saved in between, and as unsure: one range.
+        f.version = 3;
         f.discard(false);
         assert_eq!(f.discarded.len(), 1);
         assert_eq!(f.fate(1), Fate::Discarded { sure: false });
-        assert_eq!(f.fate(4), Fate::Discarded { sure: false });
+        assert_eq!(f.fate(3), Fate::Discarded { sure: false });
+        // A conflict after a failed save: the store holds none of its writes, whatever it
+        // holds of the earlier ones.
+        f.version = 4;
+        f.discard(true);
+        assert_eq!(f.discarded.len(), 2);
+        assert_eq!(f.fate(3), Fate::Discarded { sure: false });
+        assert_eq!(f.fate(4), Fate::Discarded { sure: true });
         // A save in between keeps the next discard apart.
         f.version = 5;
         f.decided = 5;
         f.version = 6;
         f.discard(true);
-        assert_eq!(f.discarded.len(), 2);
+        assert_eq!(f.discarded.len(), 3);
         assert_eq!(f.fate(6), Fate::Discarded { sure: true });
         assert_eq!(f.fate(5), Fate::Saved);
     }

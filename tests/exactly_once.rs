@@ -197,6 +197,8 @@ struct Scenario {
     writes: u64,
     /// In exclusive mode: one update per key at a time in each replica.
     exclusive: bool,
+    /// Sessions kept decoded between updates and used without a load (`Freshness::Cached`).
+    cached: bool,
 }
 
 /// The scenario of the report: two replicas, 50 increments each, store 1–50 ms, chain
@@ -210,6 +212,7 @@ const REPORTED: Scenario = Scenario {
     faults: NO_FAULTS,
     writes: 1,
     exclusive: false,
+    cached: false,
 };
 
 const KEY: &str = "Counter:1:1";
@@ -362,6 +365,9 @@ async fn run(scenario: Scenario, seed: u64) -> Run {
                 faults: scenario.faults,
             };
             let mut sessions = SessionMiddleware::<Counter, Update>::builder(store);
+            if scenario.cached {
+                sessions = sessions.freshness(typed_session::Freshness::Cached);
+            }
             if scenario.exclusive {
                 sessions = sessions.exclusive(Duration::from_secs(3_600));
             }
@@ -876,4 +882,32 @@ fn three_replicas_at_the_replicas_suites_fault_rates_count_each_update_once() {
 #[test]
 fn the_seeds_that_found_each_race_at_the_suites_fault_rates_stay_green() {
     explore("suite's fault rates, anchors", SUITE_RATES, &[287, 1113]);
+}
+
+/// The suite's fault rates with sessions kept decoded and used without a load: each replica
+/// writes on a view other replicas have overtaken, is refused, and runs again on the record
+/// the refusal carried.
+#[cfg(feature = "sqlite")]
+#[test]
+fn three_cached_replicas_at_the_suites_fault_rates_count_each_update_once() {
+    let scenario = Scenario {
+        cached: true,
+        ..SUITE_RATES
+    };
+    explore(
+        "sqlite, 3 cached replicas, the suite's fault rates",
+        scenario,
+        &seeds(100),
+    );
+}
+
+/// Memory, three cached replicas with faults: the memory store tells revisions, so a replica
+/// whose view was overtaken loads again rather than writing on it.
+#[test]
+fn three_cached_replicas_on_the_memory_store_count_each_update_once() {
+    let scenario = Scenario {
+        cached: true,
+        ..MEMORY_FAULTS
+    };
+    explore("memory, 3 cached replicas, faults", scenario, &seeds(100));
 }

@@ -263,6 +263,10 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// How many times one update is delivered before the replica gives up on it (a store that
+/// never answers, a table that was never made).
+const MAX_DELIVERIES: usize = 10_000;
+
 /// Delivers update `id` until it is acknowledged.
 async fn deliver(
     chain: &Chain<Update>,
@@ -272,7 +276,7 @@ async fn deliver(
     conflicts: &mut u64,
     (failed_saves, failed_loads): (&mut u64, &mut u64),
 ) -> Result<(), BoxError> {
-    loop {
+    for _ in 0..MAX_DELIVERIES {
         let ctx = Context::new(Update::text(id, user, user, "+1"));
         match chain.run(&ctx).await {
             Ok(()) => {
@@ -300,6 +304,7 @@ async fn deliver(
             Err(error) => return Err(error),
         }
     }
+    Err(format!("update {id} was not acknowledged after {MAX_DELIVERIES} deliveries").into())
 }
 
 /// Several updates of one chat in flight at once, each delivered again until acknowledged,

@@ -51,8 +51,9 @@ rows() {
   done
 }
 rows sqlite-wal
-# Group commit (SqliteStore::with_group_commit), against the same raw rows.
-for workload in seq window; do server sqlite-wal-group --workload "$workload"; done
+# A commit per patch (SqliteStore::with_group_commit(false); group commit is the default),
+# against the same raw rows.
+for workload in seq window; do server sqlite-wal-single --workload "$workload"; done
 if [ -n "${POSTGRES_URL:-}" ]; then rows postgres; fi
 if [ -n "${MYSQL_URL:-}" ]; then rows mysql; fi
 if [ -n "${REDIS_URL:-}" ]; then rows redis; fi

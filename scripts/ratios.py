@@ -50,7 +50,7 @@ print("|---|---|---|---|---|---|---|")
 for r in rows:
     if r.get("fw") != "typed-session" or r.get("bench") not in ("sqlite", "store") or r.get("workload", "seq") != "seq":
         continue
-    journal = (r.get("journal") or "").removesuffix("-group-commit")
+    journal = (r.get("journal") or "").removesuffix("-group-commit").removesuffix("-single-commit")
     anchor = find(bench="sqlite", fw="telegraf", journal=journal) if journal else None
     ratio = f"{r['median_ups'] / anchor['median_ups']:.1f}× (target ≥ 5 for wal-normal)" if anchor else "–"
     print(f"| {r['store']} {r.get('journal', '')} | {r['median_ups']:,.0f} | {r['us_per_update']} | {r['loads_per_update']} | {r['writes_per_update']} | {r['lost_updates']} | {ratio} |")
@@ -59,13 +59,13 @@ print("\n### E. Server stores: Telegraf, the raw driver, typed-session (20,000 u
 print("| store | feed | Telegraf upd/s (lost) | raw driver upd/s (lost) | typed-session upd/s (lost) | round trips/upd | cached upd/s (lost) | cached round trips/upd | ours ÷ Telegraf (checked / cached) | raw ÷ ours (checked / cached) |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 anchor_names = {"postgres": "pg", "mysql": "mysql", "redis": "redis"}
-for store in ["redis", "redis-cluster", "postgres", "mysql", "sqlite-wal", "sqlite-wal-group"]:
+for store in ["redis", "redis-cluster", "postgres", "mysql", "sqlite-wal", "sqlite-wal-single"]:
     for wl in ["seq", "window"]:
         ours = find(fw="typed-session", store=store, workload=wl, freshness="checked")
         cached = find(fw="typed-session", store=store, workload=wl, freshness="cached")
         if not ours:
             continue
-        raw = find(fw="raw-driver", store=store.removesuffix("-group"), workload=wl)
+        raw = find(fw="raw-driver", store=store.removesuffix("-single"), workload=wl)
         name = anchor_names.get(store)
         tele = find(bench="server-store", fw="telegraf", store=f"@telegraf/session/{name}", workload=wl) if name else None
         cell = lambda r: f"{r['median_ups']:,.0f} ({r['lost_updates']})" if r else "–"

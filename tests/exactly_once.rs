@@ -222,12 +222,10 @@ async fn shared_store(backend: Backend) -> Arc<dyn Store> {
         Backend::Memory => Arc::new(MemoryStore::new()),
         #[cfg(feature = "sqlite")]
         Backend::Sqlite | Backend::SqliteGrouped => {
-            let mut store = typed_session::SqliteStore::connect("sqlite::memory:")
+            let store = typed_session::SqliteStore::connect("sqlite::memory:")
                 .await
-                .expect("an in-memory database");
-            if backend == Backend::SqliteGrouped {
-                store = store.with_group_commit();
-            }
+                .expect("an in-memory database")
+                .with_group_commit(backend == Backend::SqliteGrouped);
             store.migrate().await.expect("migrate");
             Arc::new(store)
         }

@@ -25,7 +25,7 @@ async fn database(test: &str) -> (SqliteStore, SqliteStore, PathBuf) {
     let grouped = SqliteStore::connect(&url)
         .await
         .expect("open")
-        .with_group_commit();
+        .with_group_commit(true);
     grouped.migrate().await.expect("migrate");
     let other = SqliteStore::connect(&url).await.expect("open again");
     (grouped, other, path)
@@ -200,5 +200,93 @@ async fn a_locked_database_is_waited_for_within_the_busy_timeout() {
         .await
         .expect("written once free");
     assert_eq!(count(other.load("7:7").await.expect("load")), 1);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Whether `apply` is answered at its first poll: a patch that commits on its own is; one
+/// written into a group waits for the others ready to run.
+async fn answered_at_once<F>(apply: &mut F) -> bool
+where
+    F: std::future::Future<Output = Result<(), typed_session::StoreError>> + Unpin,
+{
+    tokio::select! {
+        biased;
+        saved = apply => {
+            saved.expect("saved");
+            true
+        }
+        () = std::future::ready(()) => false,
+    }
+}
+
+/// Adaptive group commit: one update at a time, a group finds nobody to share it, so after a
+/// few lonely groups patches commit on their own; every 32nd opens a group again, and a group
+/// that two patches share brings grouping back.
+#[tokio::test]
+async fn patches_that_come_one_at_a_time_commit_on_their_own_and_groups_return_with_company() {
+    let (grouped, _other, path) = database("adaptive").await;
+    // The n-th write of `count` expects the n before it (a conditional patch, as the
+    // middleware writes).
+    let patch = |n: u64| {
+        Patch::new()
+            .set_field("count", n.to_string())
+            .expect_version("count", n)
+    };
+    let mut alone = Vec::new();
+    for n in 0..40 {
+        let written = patch(n);
+        let mut apply = grouped.apply("1:1", &written);
+        let at_once = answered_at_once(&mut apply).await;
+        if !at_once {
+            apply.await.expect("saved");
+        }
+        alone.push(at_once);
+    }
+    assert_eq!(&alone[..4], &[false; 4], "the first patches open groups");
+    assert!(
+        alone[4..36].iter().all(|&a| a),
+        "then they commit on their own"
+    );
+    assert!(!alone[36], "the 33rd after the switch tries a group again");
+    // Two patches in flight together: once a group is tried again, the second joins it, and
+    // grouping is back.
+    let mut version = 40;
+    let mut shared = false;
+    for _ in 0..=32 {
+        let (mine, other_key) = (patch(version), format!("{version}:{version}"));
+        let theirs = Patch::new()
+            .set_field("count", "1")
+            .expect_version("count", 0);
+        let (mut one, mut two) = (
+            grouped.apply("1:1", &mine),
+            grouped.apply(&other_key, &theirs),
+        );
+        let first = answered_at_once(&mut one).await;
+        let second = answered_at_once(&mut two).await;
+        version += 1;
+        if !first {
+            assert!(!second, "the second patch joins the open group");
+            let (one, two) = tokio::join!(one, two);
+            one.and(two).expect("both saved");
+            shared = true;
+            break;
+        }
+        if !second {
+            two.await.expect("saved");
+        }
+    }
+    assert!(shared, "a group was tried again within 33 patches");
+    let last = patch(version);
+    let mut next = grouped.apply("1:1", &last);
+    assert!(
+        !answered_at_once(&mut next).await,
+        "after company, a group again"
+    );
+    next.await.expect("saved");
+    assert_eq!(
+        count(grouped.load("1:1").await.expect("load")),
+        version,
+        "every patch committed"
+    );
     let _ = std::fs::remove_file(path);
 }

@@ -1073,16 +1073,23 @@ conformance!(memory, memory_backend::stores);
 mod sqlite_backends {
     use typed_session::SqliteStore;
 
-    /// A file database in WAL mode, opened twice (two independent pools).
+    /// A file database in WAL mode, opened twice (two independent pools), a commit per patch.
     pub(crate) async fn file(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
         let path = std::env::temp_dir().join(format!(
             "typed-session-conformance-{}.db",
             std::process::id()
         ));
         let url = format!("sqlite://{}", path.display());
-        let one = SqliteStore::connect(&url).await.expect("open");
+        // A commit per patch; `file_grouped` has the default, group commit.
+        let one = SqliteStore::connect(&url)
+            .await
+            .expect("open")
+            .with_group_commit(false);
         one.migrate().await.expect("migrate");
-        let two = SqliteStore::connect(&url).await.expect("open again");
+        let two = SqliteStore::connect(&url)
+            .await
+            .expect("open again")
+            .with_group_commit(false);
         Some((one, two))
     }
 
@@ -1096,12 +1103,12 @@ mod sqlite_backends {
         let one = SqliteStore::connect(&url)
             .await
             .expect("open")
-            .with_group_commit();
+            .with_group_commit(true);
         one.migrate().await.expect("migrate");
         let two = SqliteStore::connect(&url)
             .await
             .expect("open again")
-            .with_group_commit();
+            .with_group_commit(true);
         Some((one, two))
     }
 

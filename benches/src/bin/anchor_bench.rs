@@ -591,7 +591,7 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
     let env = |var: &str| std::env::var(var).map_err(|_| format!("--store {name} needs {var}"));
     Ok(match name {
         "memory" => Arc::new(MemoryStore::new()),
-        "sqlite-memory" | "sqlite-wal" | "sqlite-wal-group" => {
+        "sqlite-memory" | "sqlite-wal" | "sqlite-wal-group" | "sqlite-wal-single" => {
             let url = if name == "sqlite-memory" {
                 "sqlite::memory:".to_owned()
             } else {
@@ -607,8 +607,9 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
             let mut store = typed_session::SqliteStore::connect(&url)
                 .await?
                 .with_table(&table)?;
-            if name == "sqlite-wal-group" {
-                store = store.with_group_commit();
+            // Group commit is on by default; `sqlite-wal-single` measures a commit per patch.
+            if name == "sqlite-wal-single" {
+                store = store.with_group_commit(false);
             }
             store.migrate().await?;
             Arc::new(store)
@@ -743,6 +744,7 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
     let (bench, journal) = match o.store.as_str() {
         "sqlite-wal" => ("sqlite", "wal-normal"),
         "sqlite-wal-group" => ("sqlite", "wal-normal-group-commit"),
+        "sqlite-wal-single" => ("sqlite", "wal-normal-single-commit"),
         "sqlite-memory" => ("sqlite", "memory"),
         _ => ("store", ""),
     };

@@ -18,6 +18,7 @@ use crate::lifecycle::Scope;
 use crate::live::expiry::Expiry;
 use crate::live::registry::Registry;
 use crate::live::sessions::Sessions;
+use crate::live::window::Signer;
 use crate::session::Session;
 use crate::stats::Stats;
 use crate::store::{Cursor, Page, Store};
@@ -60,6 +61,7 @@ pub struct SessionBuilder<S: Session, U> {
     renewal: Renewal,
     keep_decoded: usize,
     freshness: Freshness,
+    writer_tag: Option<u64>,
     _session: PhantomData<fn() -> S>,
 }
 
@@ -188,6 +190,16 @@ impl<S: Session, U> SessionBuilder<S, U> {
         self
     }
 
+    /// Fixes the tag this middleware signs its patches with (default: random per middleware).
+    /// For tests that replay one interleaving of several middlewares: two that share a tag
+    /// share a signature slot, and a look-up after a timed-out save then falls back to the
+    /// window of recent updates.
+    #[doc(hidden)]
+    pub fn writer_tag(mut self, tag: u64) -> Self {
+        self.writer_tag = Some(tag);
+        self
+    }
+
     /// The durations set beyond their limits, with the limit of each (see
     /// [`try_build`](Self::try_build)).
     fn beyond_limits(&self) -> Vec<ConfigError> {
@@ -257,6 +269,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
                 registry: Registry::new(
                     self.keep_decoded,
                     self.freshness == Freshness::Cached && self.ttl.is_none(),
+                    self.writer_tag.map_or_else(Signer::new, Signer::with_tag),
                 ),
                 prefix: Arc::from(format!("{}:", S::NAMESPACE)),
                 store: self.store,
@@ -371,6 +384,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             renewal: S::RENEWAL,
             keep_decoded: crate::live::registry::IDLE_KEPT,
             freshness: Freshness::default(),
+            writer_tag: None,
             _session: PhantomData,
         }
     }

@@ -15,7 +15,7 @@ use crate::error::{SessionError, StoreError, StoreOp};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
-use crate::live::window::{Signer, Window};
+use crate::live::window::{Signature, Signer, Window};
 use crate::schema::Schema;
 use crate::schema::VERSION_FIELD;
 use crate::stats::{Count, Latency, Stats};
@@ -468,7 +468,7 @@ struct Attempt {
 /// and its signature.
 struct Carried<'a> {
     ids: &'a [i64],
-    signature: i64,
+    signature: Option<Signature>,
 }
 
 /// What the store holds of one field: its encoding, version and writer.
@@ -927,7 +927,10 @@ impl<S: Schema> Entry<S> {
     /// Whether `record` shows the patch that carried `ids` applied: it holds the patch's
     /// signature, or names every one of them, in its window or as a field's writer.
     fn shows(&self, record: &Record, carried: &Carried<'_>) -> bool {
-        if self.signer.signed(carried.signature, record) {
+        if carried
+            .signature
+            .is_some_and(|signature| signature.shown_by(record))
+        {
             self.unseen();
             return true;
         }
@@ -1252,7 +1255,7 @@ impl<S: Schema> Entry<S> {
         }
 
         let mut patch = Patch::new().with_ttl(expiry.ttl);
-        let (ids, stamped) = {
+        let (ids, stamped, signature) = {
             let mut state = self.lock();
             let mut ids = std::mem::take(&mut state.ids);
             ids.clear();
@@ -1266,10 +1269,9 @@ impl<S: Schema> Entry<S> {
                 })?;
             let stamped = state.stamp_version(&mut patch);
             state.recent.add_to(&ids, &mut patch);
-            (ids, stamped)
+            let signature = self.signer.sign(&state.recent, &mut patch);
+            (ids, stamped, signature)
         };
-        let signature = self.signer.next();
-        self.signer.sign(signature, &mut patch);
         if let Some(lease) = &lease {
             lease.release_in(&mut patch);
         }

@@ -88,11 +88,11 @@ pub(crate) struct Registry<S> {
 }
 
 impl<S: Schema> Registry<S> {
-    pub(crate) fn new(keep: usize, cached: bool) -> Self {
+    pub(crate) fn new(keep: usize, cached: bool, signer: Signer) -> Self {
         Registry {
             keep,
             cached,
-            signer: Arc::new(Signer::new()),
+            signer: Arc::new(signer),
             entries: Mutex::new(Entries {
                 by_key: HashMap::default(),
                 held: 0,

@@ -8,6 +8,8 @@
 //! patch that carries more of them than the window has slots adds slots, up to
 //! [`RECENT_MAX`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::store::{Patch, Record};
 
 /// How many slots a window has at least.
@@ -35,16 +37,53 @@ const SIGNATURES: [&str; 32] = [
 /// How one writer (a session middleware, in one process) signs the patches it sends, so that
 /// it can tell later whether one of them landed whatever other writers did since.
 ///
-/// Each patch carries a signature of its own in the writer's slot, one of 32 chosen by the
-/// writer's random tag. Other writers leave that slot alone unless their tag picks the same
-/// one, and this writer sends one patch of a key at a time: so a record whose slot holds a
-/// patch's signature shows that patch applied, however many ids other writers have pushed
-/// through the ring since.
+/// Each patch carries a signature of its own in one of 32 signature slots of the record. A
+/// writer keeps to one slot per session, and a slot another writer signed within the last
+/// [`HORIZON_TICKS`] ticks is not its to take: a signature holds the writer's tag and the
+/// tick it was made in. So while a writer sends patches to a session no other writer signs in
+/// its slot, and it sends one patch of a key at a time: a record whose slot holds a patch's
+/// signature shows that patch applied, however many ids other writers have pushed through the
+/// window since (ARCHITECTURE.md, "Exactly once").
+///
+/// A signature is 63 bits: the tag's low [`TAG_BITS`], the tick (minutes, roughly) mod
+/// 2^[`TICK_BITS`], and a count of this writer's patches mod 2^[`COUNT_BITS`].
 #[derive(Debug)]
 pub(crate) struct Signer {
-    slot: &'static str,
+    /// The low [`TAG_BITS`] of the writer's tag.
     tag: u64,
-    sent: std::sync::atomic::AtomicU64,
+    sent: AtomicU64,
+}
+
+/// What a signature holds of the writer's tag: two writers share a slot only if their tags
+/// agree in these bits (one pair in about a million).
+const TAG_BITS: u32 = 20;
+/// What it holds of the tick it was made in.
+const TICK_BITS: u32 = 10;
+/// What it holds of the writer's count of patches: a signature comes back after 2^33 patches.
+const COUNT_BITS: u32 = 33;
+/// Seconds per tick.
+const TICK_SECONDS: u64 = 64;
+/// How many ticks a slot stays its signer's after its last signature: about eleven minutes,
+/// far beyond any save's deadline (the look-up after a timed-out save comes within it) and
+/// any clock skew between hosts worth running on.
+const HORIZON_TICKS: u64 = 10;
+
+const fn low(bits: u32) -> u64 {
+    (1 << bits) - 1
+}
+
+/// A signed patch's signature and the slot it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Signature {
+    slot: &'static str,
+    value: i64,
+}
+
+impl Signature {
+    /// Whether `record` holds this signature: the patch it signed applied.
+    pub(crate) fn shown_by(&self, record: &Record) -> bool {
+        record.writers.get(self.slot) == Some(&self.value)
+    }
 }
 
 impl Signer {
@@ -58,32 +97,67 @@ impl Signer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
         );
-        let tag = hasher.finish();
+        Signer::with_tag(hasher.finish())
+    }
+
+    /// A signer with the given tag (tests that replay an interleaving pick it).
+    pub(crate) fn with_tag(tag: u64) -> Self {
         Signer {
-            slot: SIGNATURES[(tag % SIGNATURES.len() as u64) as usize],
-            tag,
-            sent: std::sync::atomic::AtomicU64::new(0),
+            tag: tag & low(TAG_BITS),
+            sent: AtomicU64::new(0),
         }
     }
 
-    /// A signature no other patch of this writer carries (positive, as every store keeps
-    /// writers).
-    pub(crate) fn next(&self) -> i64 {
-        let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        // An odd multiplier makes n -> n * m a bijection, and the top bit dropped after it
-        // tells apart only counts 2^63 apart: no two patches share a signature.
-        let signature = (self.tag ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & (i64::MAX as u64);
-        i64::try_from(signature).unwrap_or(1)
+    /// The tick now, mod 2^[`TICK_BITS`].
+    fn tick() -> u64 {
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (seconds / TICK_SECONDS) & low(TICK_BITS)
     }
 
-    /// Signs `patch` with `signature`.
-    pub(crate) fn sign(&self, signature: i64, patch: &mut Patch<'_>) {
-        patch.writers.push((self.slot, signature));
+    /// Signs `patch` in this writer's slot of the session whose window is `window`, and
+    /// returns the signature; `None` when every slot is another writer's (32 writers signed
+    /// the session within the horizon): the patch goes unsigned and a look-up after a
+    /// timed-out save relies on the window alone.
+    pub(crate) fn sign(&self, window: &Window, patch: &mut Patch<'_>) -> Option<Signature> {
+        let tick = Self::tick();
+        let slot = self.slot(window, tick)?;
+        let count = self.sent.fetch_add(1, Ordering::Relaxed) % low(COUNT_BITS) + 1;
+        let signature = (self.tag << (TICK_BITS + COUNT_BITS)) | (tick << COUNT_BITS) | count;
+        let value = i64::try_from(signature).ok()?;
+        let slot = SIGNATURES[slot];
+        patch.writers.push((slot, value));
+        Some(Signature { slot, value })
     }
 
-    /// Whether `record` carries `signature`: the patch it signed applied.
-    pub(crate) fn signed(&self, signature: i64, record: &Record) -> bool {
-        record.writers.get(self.slot) == Some(&signature)
+    /// The slot this writer signs in: the one holding its tag, else the first from the slot
+    /// its tag prefers that is empty or whose signature is older than the horizon.
+    fn slot(&self, window: &Window, tick: u64) -> Option<usize> {
+        let signed = |slot: usize| {
+            window
+                .signatures
+                .iter()
+                .find(|(s, _)| usize::from(*s) == slot)
+                .map(|&(_, value)| value)
+        };
+        if let Some(&(slot, _)) = window
+            .signatures
+            .iter()
+            .find(|(_, value)| value >> (TICK_BITS + COUNT_BITS) == self.tag)
+        {
+            return Some(usize::from(slot));
+        }
+        let preferred = usize::try_from(self.tag).unwrap_or(0) % SIGNATURES.len();
+        (0..SIGNATURES.len())
+            .map(|i| (preferred + i) % SIGNATURES.len())
+            .find(|&slot| match signed(slot) {
+                None => true,
+                Some(value) => {
+                    let made = (value >> COUNT_BITS) & low(TICK_BITS);
+                    tick.wrapping_sub(made) & low(TICK_BITS) > HORIZON_TICKS
+                }
+            })
     }
 }
 
@@ -105,6 +179,8 @@ pub(crate) struct Window {
     ids: Vec<Option<i64>>,
     /// The slot the next id takes.
     next: usize,
+    /// The signature slots the record holds, with their signatures (see [`Signer`]).
+    signatures: Vec<(u8, u64)>,
 }
 
 impl Window {
@@ -127,6 +203,18 @@ impl Window {
                 self.ids.resize(size, None);
             }
             self.next = cursor % RECENT_MAX;
+            return;
+        }
+        if let Some(slot) = name
+            .strip_prefix("@s")
+            .and_then(|n| n.parse::<u8>().ok())
+            .filter(|&slot| usize::from(slot) < SIGNATURES.len())
+        {
+            let signature = u64::try_from(id).unwrap_or(0);
+            match self.signatures.iter_mut().find(|(s, _)| *s == slot) {
+                Some(held) => held.1 = signature,
+                None => self.signatures.push((slot, signature)),
+            }
             return;
         }
         let Some(slot) = name
@@ -189,7 +277,9 @@ impl Window {
 
 #[cfg(test)]
 mod tests {
-    use super::{RECENT_MAX, Window, ring_size};
+    use super::{
+        COUNT_BITS, HORIZON_TICKS, RECENT_MAX, SIGNATURES, Signer, TICK_BITS, Window, ring_size,
+    };
     use crate::store::{Patch, Record};
 
     /// The record a store holds after `patch` was applied over `record`'s writers.
@@ -304,5 +394,58 @@ mod tests {
         }
         let window = Window::of(&record);
         assert!(burst.iter().all(|&id| window.contains(id)));
+    }
+
+    /// A window whose record holds, in each of `slots`, a signature of a writer with `tag`
+    /// made at `tick`.
+    fn signed_by(slots: &[(usize, u64, u64)]) -> Window {
+        let mut record = Record::default();
+        for &(slot, tag, tick) in slots {
+            let value = (tag << (TICK_BITS + COUNT_BITS)) | (tick << COUNT_BITS) | 1;
+            record
+                .writers
+                .insert(SIGNATURES[slot].to_owned(), value as i64);
+        }
+        Window::of(&record)
+    }
+
+    #[test]
+    fn two_writers_whose_tags_prefer_one_slot_sign_in_two() {
+        let (first, second) = (Signer::with_tag(3), Signer::with_tag(3 + 32));
+        assert_eq!(first.slot(&Window::default(), 100), Some(3));
+        // The first signed: the second, seeing it, takes the next slot, and the first keeps
+        // its own wherever its preference lies.
+        let window = signed_by(&[(3, 3, 100)]);
+        assert_eq!(second.slot(&window, 100), Some(4));
+        assert_eq!(first.slot(&signed_by(&[(9, 3, 100)]), 100), Some(9));
+    }
+
+    #[test]
+    fn a_slot_is_taken_over_only_past_the_horizon() {
+        let window = signed_by(&[(3, 3, 100)]);
+        let other = Signer::with_tag(3 + 32);
+        assert_eq!(other.slot(&window, 100 + HORIZON_TICKS), Some(4));
+        assert_eq!(other.slot(&window, 100 + HORIZON_TICKS + 1), Some(3));
+        // The tick wraps: a signature made just before the wrap is still recent after it.
+        let window = signed_by(&[(3, 3, (1 << TICK_BITS) - 1)]);
+        assert_eq!(other.slot(&window, 2), Some(4));
+    }
+
+    #[test]
+    fn a_writer_with_every_slot_taken_signs_nothing() {
+        let taken: Vec<_> = (0..SIGNATURES.len())
+            .map(|slot| (slot, 1000 + slot as u64, 7))
+            .collect();
+        let mut patch = Patch::new();
+        let window = signed_by(&taken);
+        assert_eq!(Signer::with_tag(5).slot(&window, 7), None);
+        assert_eq!(Signer::with_tag(1000).slot(&window, 7), Some(0));
+        // The signature a patch carries is in the record the patch leaves, and no other.
+        let signer = Signer::with_tag(5);
+        let signature = signer.sign(&Window::default(), &mut patch);
+        let record = stored(Record::default(), &patch);
+        assert!(signature.is_some_and(|s| s.shown_by(&record)));
+        let next = signer.sign(&Window::of(&record), &mut Patch::new());
+        assert!(next.is_some_and(|s| !s.shown_by(&record)));
     }
 }

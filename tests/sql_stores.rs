@@ -275,3 +275,40 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// `SqliteStore::with_durability` sets what SQLite waits for before a commit returns: the
+/// setting is read back from the connection the store writes on.
+#[tokio::test]
+#[cfg(feature = "sqlite")]
+async fn sqlite_durability_is_the_synchronous_setting_of_the_connection_it_writes_on() {
+    use typed_session::store::Durability;
+
+    let path =
+        std::env::temp_dir().join(format!("typed-session-durability-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    let synchronous = |store: &typed_session::SqliteStore| -> i64 {
+        store
+            .connection()
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .expect("read synchronous")
+    };
+    // SQLite's codes: 1 NORMAL, 2 FULL.
+    let store = typed_session::SqliteStore::connect(&url)
+        .await
+        .expect("open");
+    assert_eq!(synchronous(&store), 1, "the default");
+    let store = store.with_durability(Durability::Full).expect("full");
+    assert_eq!(synchronous(&store), 2);
+    store.migrate().await.expect("migrate");
+    store
+        .apply("1:1", &one_field(None))
+        .await
+        .expect("a patch commits under FULL");
+    assert!(store.load("1:1").await.expect("load").is_some());
+    let store = store.with_durability(Durability::Normal).expect("normal");
+    assert_eq!(synchronous(&store), 1);
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

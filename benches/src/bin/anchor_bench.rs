@@ -591,7 +591,8 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
     let env = |var: &str| std::env::var(var).map_err(|_| format!("--store {name} needs {var}"));
     Ok(match name {
         "memory" => Arc::new(MemoryStore::new()),
-        "sqlite-memory" | "sqlite-wal" | "sqlite-wal-group" | "sqlite-wal-single" => {
+        "sqlite-memory" | "sqlite-wal" | "sqlite-wal-group" | "sqlite-wal-single"
+        | "sqlite-wal-full" => {
             let url = if name == "sqlite-memory" {
                 "sqlite::memory:".to_owned()
             } else {
@@ -610,6 +611,10 @@ async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>, BoxError> 
             // Group commit is on by default; `sqlite-wal-single` measures a commit per patch.
             if name == "sqlite-wal-single" {
                 store = store.with_group_commit(false);
+            }
+            // `sqlite-wal-full`: every commit synced to the disk before it is acknowledged.
+            if name == "sqlite-wal-full" {
+                store = store.with_durability(typed_session::store::Durability::Full)?;
             }
             store.migrate().await?;
             Arc::new(store)
@@ -745,6 +750,7 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
         "sqlite-wal" => ("sqlite", "wal-normal"),
         "sqlite-wal-group" => ("sqlite", "wal-normal-group-commit"),
         "sqlite-wal-single" => ("sqlite", "wal-normal-single-commit"),
+        "sqlite-wal-full" => ("sqlite", "wal-full"),
         "sqlite-memory" => ("sqlite", "memory"),
         _ => ("store", ""),
     };

@@ -224,12 +224,19 @@ impl Fields {
             .reserve(self.0.len() + patch.bytes() + 16 * (patch.set.len() + patch.remove.len()));
         let sets = patch.set.len();
         let mut written = Marks::new(sets + patch.remove.len());
-        let writer = |name: &[u8], old: i64| {
-            patch
-                .writers
-                .iter()
-                .find(|(n, _)| n.as_bytes() == name)
-                .map_or(old, |(_, id)| *id)
+        // The patch's writers taken so far, so the ones left (the runtime's window of recent
+        // updates) are added at the end without reading the record again for each.
+        let mut named = Marks::new(patch.writers.len());
+        let mut writer = |name: &[u8], old: i64| match patch
+            .writers
+            .iter()
+            .position(|(n, _)| n.as_bytes() == name)
+        {
+            Some(j) => {
+                named.set(j);
+                patch.writers[j].1
+            }
+            None => old,
         };
         for field in self.iter() {
             let (name, version) = (field.name, field.version);
@@ -256,13 +263,9 @@ impl Fields {
                 out.push(name, None, 1, writer(name, NO_WRITER));
             }
         }
-        // Writers of names neither held nor written (the runtime's window of recent updates).
-        for (name, id) in &patch.writers {
-            let named = |n: &str| n == *name;
-            if !patch.set.iter().any(|(n, _)| named(n))
-                && !patch.remove.iter().any(|n| named(n))
-                && !self.iter().any(|f| f.name == name.as_bytes())
-            {
+        // Writers of names neither held nor written, each once.
+        for (j, (name, id)) in patch.writers.iter().enumerate() {
+            if !named.get(j) && !patch.writers[..j].iter().any(|(n, _)| n == name) {
                 out.push(name.as_bytes(), None, 0, *id);
             }
         }
@@ -286,8 +289,8 @@ impl Fields {
     }
 }
 
-/// Which of a patch's set fields a record already held: a bit mask for the usual few, a
-/// vector beyond 64.
+/// Which of a patch's entries (fields set or removed, writers) were met in the record: a bit
+/// mask for the usual few, a vector beyond 64.
 enum Marks {
     Few(u64),
     Many(Vec<bool>),

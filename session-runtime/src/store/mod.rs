@@ -35,7 +35,7 @@ pub use sql::mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use sql::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
-pub use sql::sqlite::SqliteStore;
+pub use sql::sqlite::{Durability, SqliteStore};
 
 /// Milliseconds since the Unix epoch, by the system clock (0 before 1970).
 pub(crate) fn unix_ms() -> i64 {

@@ -17,6 +17,24 @@ use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of};
 
 const BACKEND: &str = "sqlite";
 
+/// What an acknowledged write of [`SqliteStore`] survives (SQLite's `synchronous` setting, in
+/// WAL mode; [`SqliteStore::with_durability`]).
+///
+/// | | process killed | OS crash or power loss |
+/// |---|---|---|
+/// | `Normal` | kept | the last commits before it may be lost (never a corrupt file) |
+/// | `Full` | kept | kept |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous = NORMAL`: a commit is acknowledged once it is in the write-ahead log,
+    /// before the log is synced to the disk (synced at checkpoints).
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: a commit is acknowledged once the log is synced to the disk.
+    Full,
+}
+
 /// Sessions in SQLite, embedded: a file, or memory. SQLite is compiled in, so a fresh machine
 /// needs no system library.
 ///
@@ -222,6 +240,24 @@ impl SqliteStore {
     pub fn with_group_commit(mut self, on: bool) -> Self {
         self.group = on.then(Arc::default);
         self
+    }
+
+    /// What a commit waits for before it is acknowledged (default [`Durability::Normal`],
+    /// what [`connect`](Self::connect) sets on a file): [`Durability::Full`] also survives an
+    /// operating-system crash or a power loss, at the cost of a sync of the log per commit.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] if SQLite refuses the setting.
+    pub fn with_durability(self, durability: Durability) -> Result<Self, StoreError> {
+        let pragma = match durability {
+            Durability::Normal => "PRAGMA synchronous = NORMAL",
+            Durability::Full => "PRAGMA synchronous = FULL",
+        };
+        self.connection()
+            .execute_batch(pragma)
+            .map_err(|e| error(StoreOp::Connect, "", e))?;
+        Ok(self)
     }
 
     /// How long a call waits for another connection's (or process's) lock on the database,

@@ -54,6 +54,8 @@ rows sqlite-wal
 # A commit per patch (SqliteStore::with_group_commit(false); group commit is the default),
 # against the same raw rows.
 for workload in seq window; do server sqlite-wal-single --workload "$workload"; done
+# Durability::Full (synchronous=FULL): a sync of the log per commit, beside the anchors' `wal`.
+for workload in seq window; do server sqlite-wal-full --workload "$workload"; done
 if [ -n "${POSTGRES_URL:-}" ]; then rows postgres; fi
 if [ -n "${MYSQL_URL:-}" ]; then rows mysql; fi
 if [ -n "${REDIS_URL:-}" ]; then rows redis; fi

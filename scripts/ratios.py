@@ -59,13 +59,13 @@ print("\n### E. Server stores: Telegraf, the raw driver, typed-session (20,000 u
 print("| store | feed | Telegraf upd/s (lost) | raw driver upd/s (lost) | typed-session upd/s (lost) | round trips/upd | cached upd/s (lost) | cached round trips/upd | ours ÷ Telegraf (checked / cached) | raw ÷ ours (checked / cached) |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 anchor_names = {"postgres": "pg", "mysql": "mysql", "redis": "redis"}
-for store in ["redis", "redis-cluster", "postgres", "mysql", "sqlite-wal", "sqlite-wal-single"]:
+for store in ["redis", "redis-cluster", "postgres", "mysql", "sqlite-wal", "sqlite-wal-single", "sqlite-wal-full"]:
     for wl in ["seq", "window"]:
         ours = find(fw="typed-session", store=store, workload=wl, freshness="checked")
         cached = find(fw="typed-session", store=store, workload=wl, freshness="cached")
         if not ours:
             continue
-        raw = find(fw="raw-driver", store=store.removesuffix("-single"), workload=wl)
+        raw = find(fw="raw-driver", store=store.removesuffix("-single").removesuffix("-full"), workload=wl)
         name = anchor_names.get(store)
         tele = find(bench="server-store", fw="telegraf", store=f"@telegraf/session/{name}", workload=wl) if name else None
         cell = lambda r: f"{r['median_ups']:,.0f} ({r['lost_updates']})" if r else "–"

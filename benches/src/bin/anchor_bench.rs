@@ -750,7 +750,8 @@ async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
         "sqlite-wal" => ("sqlite", "wal-normal"),
         "sqlite-wal-group" => ("sqlite", "wal-normal-group-commit"),
         "sqlite-wal-single" => ("sqlite", "wal-normal-single-commit"),
-        "sqlite-wal-full" => ("sqlite", "wal-full"),
+        // The anchors name WAL with synchronous=FULL plain `wal`.
+        "sqlite-wal-full" => ("sqlite", "wal"),
         "sqlite-memory" => ("sqlite", "memory"),
         _ => ("store", ""),
     };

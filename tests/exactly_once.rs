@@ -165,6 +165,10 @@ impl Store for FaultyStore {
         self.inner.returns_written_text()
     }
 
+    fn reads_are_durable(&self) -> bool {
+        self.inner.reads_are_durable()
+    }
+
     fn revision(&self, key: &str) -> typed_session::store::Revision {
         self.inner.revision(key)
     }

@@ -5,9 +5,13 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use common::{Counter, CounterAccess, incrementing, stored};
+use typed_session::store::{Patch, StoreFuture};
 use typed_session::telegram::Update;
-use typed_session::{MemoryStore, SessionMiddleware, Store};
+use typed_session::{MemoryStore, SessionMiddleware, Store, StoreError};
 
 #[tokio::test]
 async fn an_update_delivered_twice_is_counted_once() {
@@ -167,4 +171,102 @@ async fn recognition_can_be_turned_off() {
 
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(2));
     assert_eq!(sessions.stats().redeliveries(), 0);
+}
+
+/// A store whose reads do not prove a write safe (as `RedisStore::wait_for_replicas`: a read
+/// may return a write the replicas do not have yet), over a memory store: it counts the
+/// writes it is sent, and refuses them while `failing` is set, as a master whose replicas
+/// did not confirm in time.
+#[derive(Clone, Default)]
+struct ReplicatedStore {
+    inner: MemoryStore,
+    writes: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Store for ReplicatedStore {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Result<Option<typed_session::store::Record>, StoreError>> {
+        self.inner.load(key)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return StoreFuture::ready(Err(StoreError::backend(
+                "replicated",
+                typed_session::StoreOp::Apply,
+                key,
+                "0 of 1 replicas acknowledged the write in time",
+            )));
+        }
+        self.inner.apply(key, patch)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        self.inner.delete(key)
+    }
+
+    fn reads_are_durable(&self) -> bool {
+        false
+    }
+}
+
+/// Where a read may return a write the replicas do not have, a delivery found saved is
+/// acknowledged only after a write of its own to the record succeeds (whose replication
+/// covers the earlier writes); while that write fails, the update is told to run again.
+#[tokio::test]
+async fn a_redelivery_found_saved_by_a_read_that_proves_nothing_is_acknowledged_after_a_write() {
+    let store = ReplicatedStore::default();
+    let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
+    let chain = incrementing(&sessions);
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("saved");
+    assert_eq!(store.writes.load(Ordering::SeqCst), 1);
+
+    // Found saved: one write more (a mark, no session field), and acknowledged.
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("recognised, and its mark written");
+    assert_eq!(store.writes.load(Ordering::SeqCst), 2);
+
+    // The mark's write fails: not acknowledged, and counted nowhere.
+    store.failing.store(true, Ordering::SeqCst);
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect_err("the write that would prove it replicated failed");
+    store.failing.store(false, Ordering::SeqCst);
+    chain
+        .run_update(Update::text(41, 7, 7, "+1"))
+        .await
+        .expect("recognised again, and acknowledged");
+
+    assert_eq!(stored::<u64>(&store.inner, "7:7", "count"), Some(1));
+    assert_eq!(sessions.stats().redeliveries(), 3);
+}
+
+/// Where reads are durable (every store but Redis waiting for replicas), a redelivery found
+/// saved writes nothing.
+#[tokio::test]
+async fn a_redelivery_found_saved_where_reads_are_durable_writes_nothing() {
+    let memory = MemoryStore::new();
+    let sessions = SessionMiddleware::<Counter, Update>::new(memory.clone());
+    let chain = incrementing(&sessions);
+    for _ in 0..2 {
+        chain
+            .run_update(Update::text(41, 7, 7, "+1"))
+            .await
+            .expect("saved, then recognised");
+    }
+    assert_eq!(sessions.stats().writes(), 1);
 }

@@ -283,8 +283,10 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
 async fn sqlite_durability_is_the_synchronous_setting_of_the_connection_it_writes_on() {
     use typed_session::store::Durability;
 
-    let path =
-        std::env::temp_dir().join(format!("typed-session-durability-{}.db", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "typed-session-durability-{}.db",
+        std::process::id()
+    ));
     let url = format!("sqlite://{}", path.display());
     let synchronous = |store: &typed_session::SqliteStore| -> i64 {
         store

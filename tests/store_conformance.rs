@@ -1039,6 +1039,10 @@ impl<S: Store> Store for Gated<S> {
     fn returns_written_text(&self) -> bool {
         self.inner.returns_written_text()
     }
+
+    fn reads_are_durable(&self) -> bool {
+        self.inner.reads_are_durable()
+    }
 }
 
 async fn store_apply(store: &impl Store, key: &str, field: &str) {

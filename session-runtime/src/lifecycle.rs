@@ -430,6 +430,14 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         tracing::debug!(session = S::NAME, key = &*hold.entry.key, %error, "this update's writes were saved by an earlier patch; the failed one carried other updates' writes");
         persisted = Ok(());
     }
+    // Where a read does not prove a write as safe as an acknowledgement, a redelivery found
+    // saved by reading is acknowledged only once a write of its own to the record succeeds
+    // (`Store::reads_are_durable`); until then it runs again, and is found saved again.
+    let unconfirmed = if writes == Writes::None && hold.is_replay() {
+        hold.entry.confirm(&*sessions.store).await.0.err()
+    } else {
+        None
+    };
     let take_back = match &persisted {
         Ok(()) | Err(SessionError::Conflict { .. }) => false,
         Err(_) => hold.takes_back(),
@@ -439,6 +447,14 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     }
     // What is still dirty (kept writes, other updates' writes) has to be written later.
     hold.release(unsaved && hold.entry.lock().has_changes());
+    if let Some(source) = unconfirmed {
+        return Closed::Retry(SessionError::Persist {
+            session: S::NAME,
+            key: hold.entry.key.to_string(),
+            source,
+            chain: None,
+        });
+    }
     if let Writes::Discarded { fields, sure } = writes {
         // Taken back: the update runs again. A conflict says the store holds none of it; a
         // failed save says it may (then its redelivery is recognised by its id).

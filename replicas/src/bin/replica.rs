@@ -118,6 +118,10 @@ impl Store for Failing {
     fn returns_written_text(&self) -> bool {
         self.inner.returns_written_text()
     }
+
+    fn reads_are_durable(&self) -> bool {
+        self.inner.reads_are_durable()
+    }
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {

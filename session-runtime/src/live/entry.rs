@@ -885,7 +885,7 @@ impl<S: Schema> Entry<S> {
                 }
             }
             if self.landed(store, carried).await == Some(true) {
-                return (Ok(()), false);
+                return self.confirm(store).await;
             }
             resent += 1;
             applied = self.write(store, patch).await;
@@ -902,16 +902,41 @@ impl<S: Schema> Entry<S> {
         }) = &applied
             && self.shows(record, carried)
         {
-            return (Ok(()), false);
+            return self.confirm(store).await;
         }
         for _ in 0..=RESENDS {
             match self.landed(store, carried).await {
-                Some(true) => return (Ok(()), false),
+                Some(true) => return self.confirm(store).await,
                 Some(false) => break,
                 None => {}
             }
         }
         (applied, true)
+    }
+
+    /// After a read showed this entry's writes saved: where a read does not prove them as
+    /// safe as an acknowledged write ([`Store::reads_are_durable`]), writes a mark to the
+    /// record, whose success does (a store that acknowledges a write once replicas have it
+    /// replicates a record's writes in order). Returns the outcome as [`send`](Self::send)
+    /// does: a failed mark leaves it unknown whether the writes are safe.
+    pub(crate) async fn confirm(&self, store: &dyn Store) -> (Result<(), StoreError>, bool) {
+        if store.reads_are_durable() {
+            return (Ok(()), false);
+        }
+        let mut patch = Patch::new();
+        self.signer.mark(&mut patch);
+        match self.write(store, &patch).await {
+            Ok(()) => (Ok(()), false),
+            Err(error) => {
+                tracing::warn!(
+                    session = S::NAME,
+                    key = &*self.key,
+                    %error,
+                    "the store holds these writes, but could not show them replicated"
+                );
+                (Err(error), true)
+            }
+        }
     }
 
     /// Whether the record shows the patch that carried `ids` applied (see

@@ -131,6 +131,18 @@ impl Signer {
         Some(Signature { slot, value })
     }
 
+    /// A patch that writes nothing of the session, only a mark under a name of the runtime's
+    /// own (a new value each time, so every store counts it as a write): what the runtime
+    /// writes to prove the record's earlier writes replicated where a read does not
+    /// (`Store::reads_are_durable`).
+    pub(crate) fn mark(&self, patch: &mut Patch<'_>) {
+        let count = self.sent.fetch_add(1, Ordering::Relaxed) % low(COUNT_BITS) + 1;
+        let value = (self.tag << COUNT_BITS) | count;
+        patch
+            .writers
+            .push((MARK, i64::try_from(value).unwrap_or(1)));
+    }
+
     /// The slot this writer signs in: the one holding its tag, else the first from the slot
     /// its tag prefers that is empty or whose signature is older than the horizon.
     fn slot(&self, window: &Window, tick: u64) -> Option<usize> {
@@ -160,6 +172,9 @@ impl Signer {
             })
     }
 }
+
+/// The name of the mark [`Signer::mark`] writes.
+const MARK: &str = "@mark";
 
 /// The name under which the ring's cursor is stored: its size times [`RECENT_MAX`] plus the
 /// slot the next id takes (the size is stored, since the slots not written yet are not).

@@ -512,6 +512,17 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Whether a record [`load`](Store::load) returns is as safe as an acknowledged write
+    /// (default `true`). A store that acknowledges a write only once replicas have it
+    /// (`RedisStore::wait_for_replicas`) returns
+    /// `false`: a read may return a write the replicas do not have yet. The runtime then
+    /// acknowledges an update it finds saved by reading (a delivery again of an update saved
+    /// before, a save whose answer was lost) only after a write of its own to the record
+    /// succeeds: a replica that has that write has every earlier one of the record.
+    fn reads_are_durable(&self) -> bool {
+        true
+    }
+
     /// Where the record of `key` stands ([`Revision`]), if the store can tell at once, without
     /// I/O; [`Revision::Unknown`] otherwise (the default).
     ///
@@ -555,6 +566,10 @@ impl<T: Store + ?Sized> Store for Arc<T> {
 
     fn returns_written_text(&self) -> bool {
         (**self).returns_written_text()
+    }
+
+    fn reads_are_durable(&self) -> bool {
+        (**self).reads_are_durable()
     }
 
     fn revision(&self, key: &str) -> Revision {

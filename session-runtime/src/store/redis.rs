@@ -576,6 +576,10 @@ where
     fn returns_written_text(&self) -> bool {
         true
     }
+
+    fn reads_are_durable(&self) -> bool {
+        self.replicas.is_none()
+    }
 }
 
 /// Listing the keys of a cluster: one scan per master, in the order of their addresses.

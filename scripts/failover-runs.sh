@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the Redis Cluster failover test with WAIT (tests/cluster_failover.rs) RUNS times in a
+# row (default 20) and prints one row per run: acknowledged, stored, lost, the longest pause.
+# Exits non-zero if any run failed or lost an acknowledged update.
+#
+# usage: RUNS=20 scripts/failover-runs.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-20}
+export TYPED_SESSION_REQUIRE_SERVERS=1
+cargo test --quiet --all-features --test cluster_failover --no-run 2>/dev/null
+echo "| run | acknowledged | stored | lost | longest pause |"
+echo "|---|---|---|---|---|"
+bad=0
+for ((run = 1; run <= runs; run++)); do
+  if ! out=$(cargo test --quiet --all-features --test cluster_failover with_wait -- --nocapture 2>&1); then
+    bad=1
+  fi
+  line=$(grep -o 'longest pause of an update [^;]*;.*acknowledged [0-9]*, stored [0-9]*, lost [0-9]*' <<< "$out" || true)
+  if [ -z "$line" ]; then
+    echo "| $run | failed | | | |"
+    bad=1
+    continue
+  fi
+  pause=$(sed -E 's/longest pause of an update ([^;]*);.*/\1/' <<< "$line")
+  read -r acked stored lost < <(sed -E 's/.*acknowledged ([0-9]+), stored ([0-9]+), lost ([0-9]+)/\1 \2 \3/' <<< "$line")
+  echo "| $run | $acked | $stored | $lost | $pause |"
+  [ "$lost" = 0 ] || bad=1
+done
+exit $bad

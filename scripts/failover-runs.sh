@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Runs the Redis Cluster failover test with WAIT (tests/cluster_failover.rs) RUNS times in a
+# Runs a Redis Cluster failover test with WAIT (tests/cluster_failover.rs) RUNS times in a
 # row (default 20) and prints one row per run: acknowledged, stored, lost, the longest pause.
 # Exits non-zero if any run failed or lost an acknowledged update.
 #
-# usage: RUNS=20 scripts/failover-runs.sh
+# usage: RUNS=20 TEST=with_wait_for_one_replica scripts/failover-runs.sh
+#   TEST  with_wait_for_one_replica (default: a master killed under load) or replica_lags
+#         (its replica stopped and cut off first, then the master killed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
+test=${TEST:-with_wait_for_one_replica}
 export TYPED_SESSION_REQUIRE_SERVERS=1
 cargo test --quiet --all-features --test cluster_failover --no-run 2>/dev/null
 echo "| run | acknowledged | stored | lost | longest pause |"
 echo "|---|---|---|---|---|"
 bad=0
 for ((run = 1; run <= runs; run++)); do
-  if ! out=$(cargo test --quiet --all-features --test cluster_failover with_wait -- --nocapture 2>&1); then
+  if ! out=$(cargo test --quiet --all-features --test cluster_failover "$test" -- --nocapture 2>&1); then
     bad=1
   fi
   line=$(grep -o 'longest pause of an update [^;]*;.*acknowledged [0-9]*, stored [0-9]*, lost [0-9]*' <<< "$out" || true)

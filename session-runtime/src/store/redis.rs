@@ -183,10 +183,11 @@ where
     /// per write, and no write succeeds on a master that has too few replicas (after a
     /// failover, until a replica joins again).
     ///
-    /// It narrows the window, it does not close it: the failed write is on the master, and
-    /// the redelivery of its update finds it there and is acknowledged without waiting again;
-    /// `tests/cluster_failover.rs` still saw acknowledged updates lost in some runs with it
-    /// (ARCHITECTURE.md, "Redis Cluster").
+    /// A failed write is still on the master, and the redelivery of its update finds it there
+    /// by a read: under this setting the store says reads are not durable
+    /// ([`Store::reads_are_durable`]), and the runtime acknowledges such an update only once
+    /// a write of its own to the session is confirmed by the replicas too (ARCHITECTURE.md,
+    /// "Redis Cluster"; `tests/cluster_failover.rs`).
     pub fn wait_for_replicas(mut self, replicas: u32, wait: Duration) -> Self {
         self.replicas = (replicas > 0).then_some((replicas, wait));
         self

@@ -2,16 +2,23 @@
 """Fails if the runtime's modules import each other in a loop.
 
 Reads every `use crate::...`, `use super::...`, `use self::...` and `use child::...` line of
-session-runtime/src, maps each to the module it names (the longest module path that is a
-prefix of it, followed through a parent's re-export of a child's item), and looks for a cycle
-in that graph. A parent's `pub use` of its own children is a namespace, not a dependency.
-Prints the layers, lowest first.
+session-runtime/src, and every path written inline in code (`crate::store::Foo::new()`,
+`super::Bar`; not in comments), maps each to the module it names (the longest module path
+that is a prefix of it, followed through a parent's re-export of a child's item), and looks
+for a cycle in that graph. A parent's `pub use` of its own children is a namespace, not a
+dependency. Prints the layers, lowest first.
+
+usage: check-module-graph.py [SRC]   (default: session-runtime/src)
 """
 import pathlib
 import re
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent / "session-runtime" / "src"
+ROOT = (
+    pathlib.Path(sys.argv[1]).resolve()
+    if len(sys.argv) > 1
+    else pathlib.Path(__file__).resolve().parent.parent / "session-runtime" / "src"
+)
 
 
 def module_of(path):
@@ -60,6 +67,20 @@ def imports(text):
             yield bool(match.group(1)), re.sub(r"::self$", "", head.split(" as ")[0])
 
 
+INLINE = re.compile(r"\b((?:crate|super)(?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+COMMENT = re.compile(r"//.*$", re.M)
+STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def inline_paths(text):
+    """Paths named in code outside `use` lines: comments (doc links too) and string literals
+    are left out; so are unit tests, as for `imports`."""
+    text = re.split(r"^#\[cfg\(test\)\]\s*\nmod tests\b", text, flags=re.M)[0]
+    text = USE.sub("", COMMENT.sub("", STRING.sub('""', text)))
+    for match in INLINE.finditer(text):
+        yield match.group(1)
+
+
 # Names a module re-exports from its own descendants: name -> the descendant.
 reexports = {m: {} for m in modules}
 for module, path in modules.items():
@@ -78,6 +99,15 @@ for module, path in modules.items():
             continue  # a namespace re-exporting its children
         to = reexports[to].get(head.split("::")[-1], to)
         edges[module].add(to)
+    for head in inline_paths(path.read_text()):
+        to = target(module, head)
+        if to is None or to == module or to == ():
+            continue
+        # `crate::store::Foo::new`: the item may be followed by its own path segments.
+        parts = head.split("::")
+        names = [p for p in parts if p not in ("crate", "super")]
+        item = next((n for n in names if n[:1].isupper()), names[-1] if names else "")
+        edges[module].add(reexports[to].get(item, to))
 
 state, stack = {}, []
 

@@ -3,6 +3,7 @@
 //! the field.
 
 use std::fmt;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -149,9 +150,9 @@ impl StoreError {
     /// answer in time), rather than because the backend answered with an error.
     pub fn is_deadline(&self) -> bool {
         match self {
-            StoreError::Backend { source, .. } => source
-                .downcast_ref::<crate::store::DeadlineExceeded>()
-                .is_some(),
+            StoreError::Backend { source, .. } => {
+                source.downcast_ref::<DeadlineExceeded>().is_some()
+            }
             _ => false,
         }
     }
@@ -422,5 +423,38 @@ mod tests {
         let connect = StoreError::backend("redis", StoreOp::Connect, "", "refused");
         assert_eq!(connect.to_string(), "redis store: cannot connect: refused");
         assert_eq!(connect.backend_name(), "redis");
+    }
+}
+
+/// The source of a [`StoreError::Backend`] for a call that got no answer within the store's
+/// deadline ([`StoreError::is_deadline`] finds it).
+#[derive(Debug, Clone, Error)]
+#[error("no answer from {backend} within {deadline:?}")]
+pub struct DeadlineExceeded {
+    backend: &'static str,
+    deadline: Duration,
+}
+
+impl DeadlineExceeded {
+    /// The source a store of one's own gives a call it stopped waiting for after `deadline`.
+    /// The runtime takes such a write as one the store may have applied: it sends it once
+    /// more, and the record then says which of the two applied (ARCHITECTURE.md, "Exactly
+    /// once").
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use typed_session::store::DeadlineExceeded;
+    /// use typed_session::{StoreError, StoreOp};
+    ///
+    /// let error = StoreError::backend(
+    ///     "mine",
+    ///     StoreOp::Apply,
+    ///     "Cart:1:1",
+    ///     DeadlineExceeded::new("mine", Duration::from_secs(2)),
+    /// );
+    /// assert!(error.is_deadline());
+    /// ```
+    pub fn new(backend: &'static str, deadline: Duration) -> Self {
+        DeadlineExceeded { backend, deadline }
     }
 }

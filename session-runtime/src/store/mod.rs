@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::error::DeadlineExceeded;
 use crate::error::StoreError;
 
 mod memory;
@@ -66,42 +67,9 @@ pub(crate) async fn within<T>(
                 backend,
                 op,
                 key,
-                DeadlineExceeded { backend, deadline },
+                DeadlineExceeded::new(backend, deadline),
             ))
         })
-}
-
-/// The source of a [`StoreError::Backend`] for a call that got no answer within the store's
-/// deadline ([`StoreError::is_deadline`] finds it).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("no answer from {backend} within {deadline:?}")]
-pub struct DeadlineExceeded {
-    backend: &'static str,
-    deadline: Duration,
-}
-
-impl DeadlineExceeded {
-    /// The source a store of one's own gives a call it stopped waiting for after `deadline`.
-    /// The runtime takes such a write as one the store may have applied: it sends it once
-    /// more, and the record then says which of the two applied (ARCHITECTURE.md, "Exactly
-    /// once").
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use typed_session::store::DeadlineExceeded;
-    /// use typed_session::{StoreError, StoreOp};
-    ///
-    /// let error = StoreError::backend(
-    ///     "mine",
-    ///     StoreOp::Apply,
-    ///     "Cart:1:1",
-    ///     DeadlineExceeded::new("mine", Duration::from_secs(2)),
-    /// );
-    /// assert!(error.is_deadline());
-    /// ```
-    pub fn new(backend: &'static str, deadline: Duration) -> Self {
-        DeadlineExceeded { backend, deadline }
-    }
 }
 
 /// The most fields one patch may write (set and removed together), in every store: SQLite

@@ -7,18 +7,8 @@ use syn::GenericParam;
 use crate::errors::Errors;
 use crate::model::Model;
 
-/// Names the handle uses for its own methods; a field of that name would clash.
-pub(crate) const HANDLE_METHODS: &[&str] = &[
-    "key",
-    "is_live",
-    "is_redelivery",
-    "snapshot",
-    "replace",
-    "clear",
-];
-
 /// Reports what is wrong; returns `false` when generating code would only add errors that
-/// follow from the ones reported (U5).
+/// follow from the ones reported.
 pub(crate) fn check(model: &Model, errors: &mut Errors) -> bool {
     let mut generate = true;
     if let Some(span) = model.derives_default {
@@ -76,7 +66,7 @@ pub(crate) fn check(model: &Model, errors: &mut Errors) -> bool {
             );
         }
         let name = field.name();
-        if HANDLE_METHODS.contains(&name.as_str()) {
+        if crate::expand::own_method_names().any(|method| method == name) {
             errors.spanned(
                 field.ident,
                 format!(

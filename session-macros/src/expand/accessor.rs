@@ -45,6 +45,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             fn #accessor(&self) -> #output;
         }
 
+        #[automatically_derived]
         impl #impl_g #access #trait_args for #private::Context<__U> #where_c {
             fn #accessor(&self) -> #output {
                 self.session_of::<#name #ty_g>()

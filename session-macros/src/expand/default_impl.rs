@@ -42,6 +42,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     quote! {
         #default_fns
 
+        #[automatically_derived]
         impl #impl_g ::core::default::Default for #name #ty_g #where_c {
             fn default() -> Self {
                 Self { #(#inits,)* }

@@ -21,6 +21,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
 
     quote! {
         #private::if_axum! {
+            #[automatically_derived]
             impl #impl_g #private::FromRequestParts<__St> for #handle<'static, #(#args),*> #where_c {
                 type Rejection = #private::SessionError;
 

@@ -46,12 +46,14 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             inner: #private::SessionRef<#lifetime, #session_ty>,
         }
 
+        #[automatically_derived]
         impl #impl_g ::core::clone::Clone for #handle #ty_g #where_c {
             fn clone(&self) -> Self {
                 Self { inner: ::core::clone::Clone::clone(&self.inner) }
             }
         }
 
+        #[automatically_derived]
         impl #impl_g ::core::fmt::Debug for #handle #ty_g #where_c {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.debug_struct(::core::stringify!(#handle)).field("key", &self.inner.key()).finish_non_exhaustive()
@@ -147,7 +149,21 @@ fn field_methods(field: &Field, session_ty: &TokenStream, private: &TokenStream)
 /// The handle's own methods, less any a field's getter takes the name of (that clash is
 /// reported by validation; generating both would only add a duplicate-definition error).
 fn own_methods(model: &Model, session_ty: &TokenStream) -> Vec<TokenStream> {
-    let methods = [
+    methods(session_ty)
+        .into_iter()
+        .filter(|(name, _)| !model.fields.iter().any(|f| f.name() == *name))
+        .map(|(_, method)| method)
+        .collect()
+}
+
+/// The names of the handle's own methods: a field of one of these names would clash.
+pub(crate) fn own_method_names() -> impl Iterator<Item = &'static str> {
+    methods(&quote!(Self)).into_iter().map(|(name, _)| name)
+}
+
+/// The handle's own methods, each with its name: the one list of them.
+fn methods(session_ty: &TokenStream) -> [(&'static str, TokenStream); 6] {
+    [
         (
             "key",
             quote! {
@@ -208,11 +224,5 @@ fn own_methods(model: &Model, session_ty: &TokenStream) -> Vec<TokenStream> {
                 }
             },
         ),
-    ];
-    debug_assert_eq!(methods.len(), crate::validate::HANDLE_METHODS.len());
-    methods
-        .into_iter()
-        .filter(|(name, _)| !model.fields.iter().any(|f| f.name() == *name))
-        .map(|(_, method)| method)
-        .collect()
+    ]
 }

@@ -9,6 +9,8 @@ mod extractor;
 mod handle;
 mod session_impl;
 
+pub(crate) use handle::own_method_names;
+
 use proc_macro2::{Ident, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
 use syn::{DeriveInput, GenericParam, Generics, Type, parse_quote};
@@ -116,4 +118,53 @@ pub(crate) fn initial_value(field: &Field, self_ty: &TokenStream) -> TokenStream
 
 pub(crate) fn ty_span(ty: &Type) -> proc_macro2::Span {
     syn::spanned::Spanned::span(ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{derive, own_method_names};
+
+    fn expanded() -> String {
+        let input: syn::DeriveInput = syn::parse_quote! {
+            struct Cart {
+                #[default(0)]
+                items: u32,
+            }
+        };
+        derive(&input).to_string()
+    }
+
+    #[test]
+    fn every_generated_trait_impl_is_marked_automatically_derived() {
+        let file: syn::File = syn::parse_str(&expanded()).expect("the expansion parses");
+        let trait_impls: Vec<&syn::ItemImpl> = file
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                syn::Item::Impl(item) if item.trait_.is_some() => Some(item),
+                _ => None,
+            })
+            .collect();
+        assert!(trait_impls.len() >= 5, "{} trait impls", trait_impls.len());
+        for item in trait_impls {
+            assert!(
+                item.attrs
+                    .iter()
+                    .any(|attr| attr.path().is_ident("automatically_derived")),
+                "not marked: impl of {}",
+                quote::ToTokens::to_token_stream(&item.trait_.as_ref().map(|t| &t.1)).to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn the_handle_defines_each_method_its_names_list() {
+        let code = expanded();
+        for name in own_method_names() {
+            assert!(
+                code.contains(&format!("pub fn {name} (")),
+                "no `{name}` in {code}"
+            );
+        }
+    }
 }

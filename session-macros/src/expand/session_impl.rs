@@ -80,6 +80,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let name_str = name.to_string();
 
     quote! {
+        #[automatically_derived]
         impl #impl_g #private::Schema for #name #ty_g #where_c {
             const NAME: &'static str = #name_str;
             const FIELDS: &'static [#private::FieldSpec] = &[#(#specs),*];
@@ -119,6 +120,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
 
         }
 
+        #[automatically_derived]
         impl #impl_g #private::Session for #name #ty_g #where_c {
             type Handle<'__a> = #handle<'__a, #(#handle_args),*>;
 

@@ -1,5 +1,5 @@
 """Reads the JSON lines of scripts/compare-anchors.sh and prints typed-session against the
-anchors as Markdown tables, with the issue's targets beside each ratio."""
+anchors as Markdown tables, with the project's targets beside each ratio."""
 import json
 import sys
 

@@ -1,6 +1,6 @@
 //! The per-update lifecycle of a session, the one way every adapter (the chain's middleware,
-//! the tower layer, the teloxide handlers) touches sessions (ARCHITECTURE.md, "One update,
-//! start to end").
+//! the tower layer, the teloxide handlers) touches sessions (ARCHITECTURE.md, "How
+//! one update flows").
 //!
 //! An adapter [begins](Scope::begin) a [`Scope`] before its handlers run and hands them a
 //! [`LazySession`] (or attaches it to the [`Context`]); the session is loaded on first use.

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-cargo build -q --release --features sqlite,webhook --example webhook_bot
+cargo build -q --release --features sqlite,webhook,metrics --example webhook_bot
 work=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill -INT "$server" 2>/dev/null && wait "$server"; rm -rf "$work"' EXIT

@@ -8,12 +8,24 @@ use crate::key::KeyKind;
 
 /// A persisted field of a session type, as the derive describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FieldSpec {
     /// The name the field is stored under (`#[session(rename = "...")]`, else the Rust name).
     pub name: &'static str,
     /// Whether a stored value that fails to decode falls back to the default
     /// (`#[session(reset_on_error)]`) instead of failing the load.
     pub reset_on_error: bool,
+}
+
+impl FieldSpec {
+    /// A field stored under `name`, whose undecodable stored value fails the load unless
+    /// `reset_on_error` (for a [`Schema`] implemented by hand; the derive calls it too).
+    pub const fn new(name: &'static str, reset_on_error: bool) -> Self {
+        FieldSpec {
+            name,
+            reset_on_error,
+        }
+    }
 }
 
 /// The stored shape of a session type: its persisted fields and a codec for each.

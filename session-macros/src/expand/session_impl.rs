@@ -35,7 +35,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let specs = persisted.iter().map(|(_, f)| {
         let stored = &f.stored.value;
         let reset = f.reset_on_error.is_some();
-        quote!(#private::FieldSpec { name: #stored, reset_on_error: #reset })
+        quote!(#private::FieldSpec::new(#stored, #reset))
     });
     // The codec calls carry the field type's span: a type that is not serde-able is reported
     // there, naming the missing trait.

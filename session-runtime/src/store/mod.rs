@@ -290,6 +290,7 @@ impl<'a> Patch<'a> {
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Revision {
     /// The store cannot tell without I/O (every store but [`MemoryStore`] by default).
     #[default]

@@ -152,7 +152,7 @@ mod tests {
                     .iter()
                     .any(|attr| attr.path().is_ident("automatically_derived")),
                 "not marked: impl of {}",
-                quote::ToTokens::to_token_stream(&item.trait_.as_ref().map(|t| &t.1)).to_string()
+                quote::ToTokens::to_token_stream(&item.trait_.as_ref().map(|t| &t.1))
             );
         }
     }

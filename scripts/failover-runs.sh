@@ -10,13 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
 test=${TEST:-with_wait_for_one_replica}
+# The short names, each matching one test only (the no-WAIT variants also hold "replica_lags").
+case "$test" in
+  with_wait_for_one_replica) test=with_wait_for_one_replica_nothing_acknowledged_is_lost ;;
+  replica_lags) test=with_wait_a_master_killed_while_its_replica_lags_loses_nothing_acknowledged ;;
+esac
 export TYPED_SESSION_REQUIRE_SERVERS=1
 cargo test --quiet --all-features --test cluster_failover --no-run 2>/dev/null
 echo "| run | acknowledged | stored | lost | longest pause |"
 echo "|---|---|---|---|---|"
 bad=0
 for ((run = 1; run <= runs; run++)); do
-  if ! out=$(cargo test --quiet --all-features --test cluster_failover "$test" -- --nocapture 2>&1); then
+  if ! out=$(cargo test --quiet --all-features --test cluster_failover "$test" -- --exact --nocapture 2>&1); then
     bad=1
   fi
   line=$(grep -o 'longest pause of an update [^;]*;.*acknowledged [0-9]*, stored [0-9]*, lost [0-9]*' <<< "$out" || true)

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::history::{self, Event, History, Outcome};
-use common::{Counter, CounterAccess};
+use common::{Counter, CounterAccess, outcome_of};
 use parking_lot::Mutex;
 use typed_session::store::{DeadlineExceeded, Patch, Record, StoreFuture};
 use typed_session::telegram::Update;
@@ -324,25 +324,6 @@ fn chain(
                 Ok(())
             })
         })
-}
-
-/// How a delivery ended, from the chain's result.
-fn outcome_of(result: &Result<(), typed_session::BoxError>, recognised: bool) -> Outcome {
-    match result {
-        Ok(()) if recognised => Outcome::Recognised,
-        Ok(()) => Outcome::Saved,
-        Err(error) => match error.downcast_ref::<SessionError>() {
-            // The store answered: nothing of the update is stored.
-            Some(
-                SessionError::Conflict { .. }
-                | SessionError::StaleWrite { .. }
-                | SessionError::LeaseLost { .. }
-                | SessionError::Busy { .. },
-            ) => Outcome::Retry,
-            // A store error: the store may or may not have applied the write.
-            _ => Outcome::Indeterminate,
-        },
-    }
 }
 
 /// What one run of a scenario found.

@@ -346,3 +346,27 @@ pub fn unique(prefix: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// How a delivery ended, from the chain's result.
+pub fn outcome_of(
+    result: &Result<(), typed_session::BoxError>,
+    recognised: bool,
+) -> history::Outcome {
+    use history::Outcome;
+    use typed_session::SessionError;
+    match result {
+        Ok(()) if recognised => Outcome::Recognised,
+        Ok(()) => Outcome::Saved,
+        Err(error) => match error.downcast_ref::<SessionError>() {
+            // The store answered: nothing of the update is stored.
+            Some(
+                SessionError::Conflict { .. }
+                | SessionError::StaleWrite { .. }
+                | SessionError::LeaseLost { .. }
+                | SessionError::Busy { .. },
+            ) => Outcome::Retry,
+            // A store error: the store may or may not have applied the write.
+            _ => Outcome::Indeterminate,
+        },
+    }
+}

@@ -17,19 +17,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::history::{self, Event, History};
-use common::{Counter, CounterAccess, outcome_of};
+use common::Counter;
+use common::failover::{Load, Written, deliveries, key_of, violations_of};
 use typed_session::redis::cluster_async::ClusterConnection;
 use typed_session::telegram::Update;
-use typed_session::{Chain, Context, RedisStore, SessionMiddleware, Store};
+use typed_session::{RedisStore, SessionMiddleware, Store};
 
 const USERS: i64 = 24;
 
@@ -277,73 +274,6 @@ fn wait_for(within: Duration, done: impl Fn() -> bool) {
     }
 }
 
-/// The count each delivery's handler made, by (update, delivery), and whether the delivery
-/// was recognised as one of an update saved before.
-type Made = Arc<parking_lot::Mutex<HashMap<(i64, u32), (u64, bool)>>>;
-
-/// A chain that adds one to `count` and notes what it made.
-fn counting(sessions: &SessionMiddleware<Counter, Update>, made: Made) -> Chain<Update> {
-    Chain::new().with(sessions.clone()).handler(move |ctx| {
-        let made = Arc::clone(&made);
-        Box::pin(async move {
-            let counter = ctx.session().await?;
-            let count = counter.update_count(|c| {
-                *c += 1;
-                *c
-            });
-            let delivery = ctx
-                .update()
-                .text_of()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-            made.lock().insert(
-                (ctx.update().update_id, delivery),
-                (count, counter.is_redelivery()),
-            );
-            Ok(())
-        })
-    })
-}
-
-fn key_of(user: i64) -> String {
-    format!("Counter:{user}:{user}")
-}
-
-/// Delivers update `id` of `user` until it is acknowledged, as Telegram does, recording each
-/// delivery in `history`; returns how long it took from the first attempt.
-async fn deliver(
-    (chain, made, history): (&Chain<Update>, &Made, &History),
-    id: i64,
-    user: i64,
-) -> Duration {
-    let started = Instant::now();
-    let mut delivery = 0;
-    loop {
-        delivery += 1;
-        let invoked = history.now();
-        let ctx = Context::new(Update::text(id, user, user, &delivery.to_string()));
-        let result = chain.run(&ctx).await;
-        let ended = history.now();
-        let mine = made.lock().remove(&(id, delivery));
-        let recognised = mine.is_some_and(|(_, recognised)| recognised);
-        history.record(Event::counted(
-            (0, key_of(user)),
-            (id, delivery),
-            (invoked, ended),
-            outcome_of(&result, recognised),
-            mine.filter(|_| !recognised).map(|(count, _)| count),
-        ));
-        if result.is_ok() {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "update {id} of {user} never went through"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_load_pauses_its_keys_until_the_failover_and_nothing_is_applied_twice()
  {
@@ -412,41 +342,10 @@ async fn failover(
         store = store.wait_for_replicas(replicas, within);
     }
     let sessions = SessionMiddleware::<Counter, Update>::new(store.clone());
-    let made = Made::default();
-    let chain = counting(&sessions, Arc::clone(&made));
-    let history = Arc::new(History::new(History::wall_clock));
-
-    // One writer per user: sequential updates, each delivered until acknowledged.
-    let killed = Arc::new(AtomicBool::new(false));
-    // Every writer past its 100th acknowledged update: the load is on before the kill.
-    let loaded = Arc::new(tokio::sync::Barrier::new(USERS as usize + 1));
-    let mut writers = tokio::task::JoinSet::new();
-    for user in 1..=USERS {
-        let (chain, killed, loaded) = (chain.clone(), Arc::clone(&killed), Arc::clone(&loaded));
-        let (made, history) = (Arc::clone(&made), Arc::clone(&history));
-        writers.spawn(async move {
-            let (mut acked, mut longest_after_kill) = (0u64, Duration::ZERO);
-            let mut id = user * 1_000_000;
-            // Until well after the kill: 400 updates, and at least 150 after it.
-            let mut after_kill = 0;
-            while acked < 400 || after_kill < 150 {
-                id += 1;
-                let took = deliver((&chain, &made, &history), id, user).await;
-                acked += 1;
-                if acked == 100 {
-                    loaded.wait().await;
-                }
-                if killed.load(Ordering::Acquire) {
-                    after_kill += 1;
-                    longest_after_kill = longest_after_kill.max(took);
-                }
-            }
-            (user, acked, longest_after_kill)
-        });
-    }
+    let load = Load::start(&sessions, USERS);
 
     // Under load, kill the first master.
-    loaded.wait().await;
+    load.loaded().await;
     let victim = cluster.masters()[0];
     let on_victim = slots_of(victim);
     let mut recognised_in_stall = 0;
@@ -467,8 +366,7 @@ async fn failover(
     } else {
         cluster.kill(victim);
     }
-    killed.store(true, Ordering::Release);
-    let killed_at = Instant::now();
+    let killed_at = load.fault();
     if wait.is_some() {
         // Once a replica has taken over (not before: a master that comes back before it is
         // replaced keeps its slots, empty), the dead master returns, as that replica's replica.
@@ -499,17 +397,19 @@ async fn failover(
         cluster.restart(victim);
     }
 
-    let mut results = Vec::new();
-    while let Some(result) = writers.join_next().await {
-        results.push(result.expect("no panic"));
-    }
+    let (results, history) = load.finish().await;
     let done = killed_at.elapsed();
 
     let (mut acked_total, mut stored_total, mut lost, mut pause) = (0, 0, 0, Duration::ZERO);
-    let mut checked = 0;
-    for (user, acked, longest) in &results {
+    let checked = deliveries(&history);
+    for &Written {
+        user,
+        acked,
+        longest_after_fault,
+    } in &results
+    {
         let stored = store
-            .load(&key_of(*user))
+            .load(&key_of(user))
             .await
             .expect("load after the failover")
             .and_then(|record| {
@@ -519,33 +419,23 @@ async fn failover(
             })
             .unwrap_or(0);
         assert!(
-            stored <= *acked,
+            stored <= acked,
             "user {user}: stored {stored} > acknowledged {acked}: an update was applied twice"
         );
-        let slot = key_slot(&format!("typed_session:{}", key_of(*user)));
+        let slot = key_slot(&format!("typed_session:{}", key_of(user)));
         let on_dead_master = on_victim.iter().any(|range| range.contains(&slot));
         // The exactly-once checker over this key's history: every key, with WAIT; without it
         // the dead master's keys lose what only it held, which the checker reports.
-        let events: Vec<Event> = history
-            .events()
-            .into_iter()
-            .filter(|event| event.key == key_of(*user))
-            .collect();
-        let violations = history::check_counter(&events, stored);
+        let violations = violations_of(&history, user, stored);
         if wait.is_some() || !on_dead_master {
             assert!(
                 violations.is_empty(),
                 "user {user}: {}",
-                violations
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                violations.join("; ")
             );
         }
-        checked += events.len();
         if on_dead_master {
-            if stored < *acked {
+            if stored < acked {
                 eprintln!(
                     "cluster_failover: user {user} (slot {slot}, on the killed master): acknowledged {acked}, stored {stored}"
                 );
@@ -553,13 +443,13 @@ async fn failover(
             lost += acked - stored;
         } else {
             assert_eq!(
-                stored, *acked,
+                stored, acked,
                 "user {user}: slot {slot} is on a master that never failed"
             );
         }
         acked_total += acked;
         stored_total += stored;
-        pause = pause.max(*longest);
+        pause = pause.max(longest_after_fault);
     }
     if stall.is_some() && wait.is_some() {
         // The case this stall makes: updates whose writes the master holds, delivered again

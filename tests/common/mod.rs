@@ -7,6 +7,8 @@
 // Test support shared by several test crates: `pub` so each can use it, unused in some.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "telegram")]
+pub mod failover;
 pub mod history;
 pub mod logs;
 

@@ -37,6 +37,8 @@ use crate::store::{Patch, Record};
 pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "postgres")]
+mod primary;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
+use super::primary::{Hosts, split_hosts};
 use super::{
     Clock, DEFAULT_TABLE, KeyRange, SqlOptions, conflict, db_error, expectations, key_hash,
     parse_record, parse_versions, parse_writers, set_object, table_name, unwrap_values,
@@ -32,6 +33,19 @@ const BACKEND: &str = "postgres";
 /// Every call is one fixed, prepared statement; a patch is
 /// `data = (data - removed_fields) || set_fields`, merged by the database under the row lock.
 ///
+/// # A primary with standbys
+///
+/// The URL may name several hosts, as libpq's do:
+/// `postgres://user@db1:5432,db2:5432/bot?target_session_attrs=read-write`. The store writes
+/// to the first, in that order, that is not a standby, and asks again after a call fails in a
+/// way that says the primary may be gone: the first call after a standby's promotion reaches
+/// it. Calls made while no host accepts writes fail (their updates are delivered again).
+/// With synchronous replication (`synchronous_standby_names` on the primary,
+/// `synchronous_commit = on`), a commit is acknowledged, and seen by other reads, only once a
+/// standby has it, so a failover loses no acknowledged update; with asynchronous
+/// replication, what the primary had not yet sent is lost with it (README, "Running in
+/// production").
+///
 /// # Example
 ///
 /// ```no_run
@@ -45,6 +59,8 @@ const BACKEND: &str = "postgres";
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The hosts of a URL naming several (or asking for the primary), `None` otherwise.
+    hosts: Option<Arc<Hosts>>,
     sql: Arc<Statements>,
     clock: Clock,
     /// The client's own bound on a call (twice the server-side deadline): a connection that
@@ -148,8 +164,9 @@ fn expected(versions: &str, nonzero: &str, zero: &str) -> String {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host:port/database`) with a pool of its own, of the
-    /// default size and deadlines ([`SqlOptions`]).
+    /// Connects to `url` (`postgres://user@host:port/database`, or several hosts as
+    /// `host1:port1,host2:port2`, see [above](Self#a-primary-with-standbys)) with a pool of its
+    /// own, of the default size and deadlines ([`SqlOptions`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, SqlOptions::default()).await
     }
@@ -157,11 +174,39 @@ impl PostgresStore {
     /// [`connect`](Self::connect) with another pool size and deadline.
     pub async fn connect_with(url: &str, options: SqlOptions) -> Result<Self, StoreError> {
         let error = |e| db_error(BACKEND, StoreOp::Connect, "", e);
-        let connect: PgConnectOptions = url.parse().map_err(error)?;
         let ms = options.timeout.as_millis().to_string();
-        let connect = connect.options([("statement_timeout", &ms), ("lock_timeout", &ms)]);
+        let parse = |url: &str| -> Result<PgConnectOptions, StoreError> {
+            let connect: PgConnectOptions = url.parse().map_err(error)?;
+            Ok(connect.options([("statement_timeout", &ms), ("lock_timeout", &ms)]))
+        };
+        let config = |message| StoreError::Config {
+            backend: BACKEND,
+            message,
+        };
+        let (connect, hosts) = match split_hosts(url).map_err(config)? {
+            None => (parse(url)?, None),
+            Some(urls) => {
+                let candidates = urls
+                    .iter()
+                    .map(|url| parse(url))
+                    .collect::<Result<_, _>>()?;
+                let hosts = Hosts::new(candidates, options.timeout);
+                let primary = tokio::time::timeout(options.client_deadline(), hosts.primary())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::backend(
+                            BACKEND,
+                            StoreOp::Connect,
+                            "",
+                            crate::error::DeadlineExceeded::new(BACKEND, options.client_deadline()),
+                        ))
+                    })?;
+                (primary, Some(Arc::new(hosts)))
+            }
+        };
         let pool = options.pool().connect_with(connect).await.map_err(error)?;
         let mut store = Self::from_pool(pool);
+        store.hosts = hosts;
         store.deadline = options.client_deadline();
         Ok(store)
     }
@@ -170,6 +215,7 @@ impl PostgresStore {
     pub fn from_pool(pool: PgPool) -> Self {
         PostgresStore {
             pool,
+            hosts: None,
             sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
             clock: Clock::system(),
             deadline: SqlOptions::default().client_deadline(),
@@ -233,12 +279,15 @@ impl PostgresStore {
 
     /// Deletes expired sessions; returns how many.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(&self.sql.sweep)
-            .bind(self.clock.now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(BACKEND, StoreOp::Sweep, "", e))?;
-        Ok(done.rows_affected())
+        self.call(StoreOp::Sweep, "", async {
+            let done = sqlx::query(&self.sql.sweep)
+                .bind(self.clock.now_ms())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error(BACKEND, StoreOp::Sweep, "", e))?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     /// Runs [`sweep`](Self::sweep) every `every` on a tokio task.
@@ -252,6 +301,30 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// `work` for a call of `op` on `key`, bounded by the store's deadline; with several
+    /// hosts, after finding the primary again if the last call said it may be gone.
+    fn call<'a, T: Send + 'a>(
+        &'a self,
+        op: StoreOp,
+        key: &'a str,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> StoreFuture<'a, Result<T, StoreError>> {
+        let Some(hosts) = &self.hosts else {
+            return StoreFuture::new(within(BACKEND, self.deadline, op, key, work));
+        };
+        StoreFuture::new(async move {
+            let ready_then_work = async {
+                hosts.ready(&self.pool, op, key).await?;
+                work.await
+            };
+            let result = within(BACKEND, self.deadline, op, key, ready_then_work).await;
+            if let Err(error) = &result {
+                hosts.note(error);
+            }
+            result
+        })
+    }
+
     /// The live record of `key`, read for `op`.
     async fn fetch(&self, key: &str, op: StoreOp) -> Result<Option<Record>, StoreError> {
         let row = sqlx::query(&self.sql.load)
@@ -274,13 +347,7 @@ impl PostgresStore {
 
 impl Store for PostgresStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
-        StoreFuture::new(within(
-            BACKEND,
-            self.deadline,
-            StoreOp::Load,
-            key,
-            self.fetch(key, StoreOp::Load),
-        ))
+        self.call(StoreOp::Load, key, self.fetch(key, StoreOp::Load))
     }
 
     fn apply<'a>(
@@ -288,72 +355,66 @@ impl Store for PostgresStore {
         key: &'a str,
         patch: &'a Patch<'a>,
     ) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(within(
-            BACKEND,
-            self.deadline,
-            StoreOp::Apply,
-            key,
-            async move {
-                crate::store::check_size(BACKEND, patch)?;
-                if patch.only_renews() {
-                    if let Some(expires_at) = self.clock.expiry(patch.ttl) {
-                        sqlx::query(&self.sql.renew)
-                            .bind(key_hash(key))
-                            .bind(expires_at)
-                            .bind(self.clock.now_ms())
-                            .execute(&self.pool)
-                            .await
-                            .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-                    }
-                    return Ok(());
-                }
-                let written: Vec<&str> = patch.written_fields().collect();
-                // The expectations as the statements take them: the non-zero versions as one
-                // object, the fields expected never written as a list.
-                let (fields, versions) = expectations(BACKEND, key, patch)?;
-                let mut nonzero = serde_json::Map::new();
-                let mut zero = Vec::new();
-                for (field, version) in fields.iter().zip(&versions) {
-                    match version {
-                        0 => zero.push(*field),
-                        v => {
-                            nonzero.insert((*field).to_owned(), (*v).into());
-                        }
-                    }
-                }
-                let may_create = nonzero.is_empty();
-                let nonzero = serde_json::Value::Object(nonzero).to_string();
-                let now = self.clock.now_ms();
-                // The two statements take the same parameters, but for the key the insert needs.
-                let mut query = if may_create {
-                    sqlx::query(&self.sql.create_or_apply)
+        self.call(StoreOp::Apply, key, async move {
+            crate::store::check_size(BACKEND, patch)?;
+            if patch.only_renews() {
+                if let Some(expires_at) = self.clock.expiry(patch.ttl) {
+                    sqlx::query(&self.sql.renew)
                         .bind(key_hash(key))
-                        .bind(key.as_bytes())
-                } else {
-                    sqlx::query(&self.sql.apply).bind(key_hash(key))
-                };
-                query = query
-                    .bind(set_object(patch))
-                    .bind(self.clock.expiry(patch.ttl))
-                    .bind(now)
-                    .bind(&patch.remove)
-                    .bind(&written)
-                    .bind(nonzero)
-                    .bind(&zero)
-                    .bind(writers_object(patch));
-                let done = query
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
-                if done.rows_affected() > 0 {
-                    return Ok(());
+                        .bind(expires_at)
+                        .bind(self.clock.now_ms())
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
                 }
-                // Refused: read the record, to name the fields that differ and to hand it to
-                // the writer.
-                let current = self.fetch(key, StoreOp::Apply).await?.unwrap_or_default();
-                Err(conflict(BACKEND, key, patch, current))
-            },
-        ))
+                return Ok(());
+            }
+            let written: Vec<&str> = patch.written_fields().collect();
+            // The expectations as the statements take them: the non-zero versions as one
+            // object, the fields expected never written as a list.
+            let (fields, versions) = expectations(BACKEND, key, patch)?;
+            let mut nonzero = serde_json::Map::new();
+            let mut zero = Vec::new();
+            for (field, version) in fields.iter().zip(&versions) {
+                match version {
+                    0 => zero.push(*field),
+                    v => {
+                        nonzero.insert((*field).to_owned(), (*v).into());
+                    }
+                }
+            }
+            let may_create = nonzero.is_empty();
+            let nonzero = serde_json::Value::Object(nonzero).to_string();
+            let now = self.clock.now_ms();
+            // The two statements take the same parameters, but for the key the insert needs.
+            let mut query = if may_create {
+                sqlx::query(&self.sql.create_or_apply)
+                    .bind(key_hash(key))
+                    .bind(key.as_bytes())
+            } else {
+                sqlx::query(&self.sql.apply).bind(key_hash(key))
+            };
+            query = query
+                .bind(set_object(patch))
+                .bind(self.clock.expiry(patch.ttl))
+                .bind(now)
+                .bind(&patch.remove)
+                .bind(&written)
+                .bind(nonzero)
+                .bind(&zero)
+                .bind(writers_object(patch));
+            let done = query
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error(BACKEND, StoreOp::Apply, key, e))?;
+            if done.rows_affected() > 0 {
+                return Ok(());
+            }
+            // Refused: read the record, to name the fields that differ and to hand it to
+            // the writer.
+            let current = self.fetch(key, StoreOp::Apply).await?.unwrap_or_default();
+            Err(conflict(BACKEND, key, patch, current))
+        })
     }
 
     /// One range scan of the key index per page (made by [`migrate`](Self::migrate)), in
@@ -367,9 +428,7 @@ impl Store for PostgresStore {
         let Some(range) = KeyRange::new(prefix, cursor) else {
             return StoreFuture::ready(Ok(Page::default()));
         };
-        StoreFuture::new(within(
-            BACKEND,
-            self.deadline,
+        self.call(
             StoreOp::List,
             "",
             async move {
@@ -400,23 +459,17 @@ impl Store for PostgresStore {
                 }
                 Ok(page_of(keys, limit))
             },
-        ))
+        )
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
-        StoreFuture::new(within(
-            BACKEND,
-            self.deadline,
-            StoreOp::Delete,
-            key,
-            async move {
-                sqlx::query(&self.sql.delete)
-                    .bind(key_hash(key))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| db_error(BACKEND, StoreOp::Delete, key, e))?;
-                Ok(())
-            },
-        ))
+        self.call(StoreOp::Delete, key, async move {
+            sqlx::query(&self.sql.delete)
+                .bind(key_hash(key))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error(BACKEND, StoreOp::Delete, key, e))?;
+            Ok(())
+        })
     }
 }

@@ -105,14 +105,33 @@ impl OwnPair {
         pids
     }
 
-    /// Sends `signal` to every process of `node` at once.
+    /// Sends `signal` to every process of `node` at once. A child may exit between the
+    /// listing and the signal (a backend ending, the walsender just terminated), so `kill`'s
+    /// status is not the check: the postmaster is (there, for `-STOP`/`-CONT`; gone, for
+    /// `-KILL`).
     fn signal(&self, node: &str, signal: &str) {
-        let sent = Command::new("kill")
+        let processes = self.processes(node);
+        let _ = Command::new("kill")
             .arg(signal)
-            .args(self.processes(node))
+            .args(&processes)
             .status()
             .expect("kill runs");
-        assert!(sent.success(), "kill {signal} {node}");
+        let postmaster = Path::new("/proc").join(&processes[0]);
+        if signal == "-KILL" {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            // Gone, or a zombie until its parent reaps it.
+            while std::fs::read_to_string(postmaster.join("stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{node} survived SIGKILL"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        } else {
+            assert!(postmaster.exists(), "{node}'s postmaster is not running");
+        }
     }
 
     /// Ends the primary's walsenders: what the primary writes from now on is in no socket

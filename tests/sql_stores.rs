@@ -314,3 +314,57 @@ async fn sqlite_durability_is_the_synchronous_setting_of_the_connection_it_write
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// `url` with a host where nothing listens put before its own.
+#[cfg(feature = "postgres")]
+fn with_a_dead_host_first(url: &str) -> String {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    match rest.split_once('@') {
+        Some((user, hosts)) => format!("{scheme}://{user}@127.0.0.1:{dead},{hosts}"),
+        None => format!("{scheme}://127.0.0.1:{dead},{rest}"),
+    }
+}
+
+#[tokio::test]
+#[cfg(feature = "postgres")]
+async fn a_postgres_url_of_several_hosts_writes_to_the_one_that_accepts_writes() {
+    let test = "a_postgres_url_of_several_hosts_writes_to_the_one_that_accepts_writes";
+    let Some(url) = server_url("POSTGRES_URL", "postgres", test) else {
+        return;
+    };
+    let url = with_a_dead_host_first(&url);
+    let store = typed_session::PostgresStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    store.migrate().await.expect("migrate");
+    let key = common::unique("several-hosts");
+    store.apply(&key, &one_field(None)).await.expect("apply");
+    let record = store.load(&key).await.expect("load").expect("the record");
+    assert_eq!(record.get("count"), Some("1"));
+    store.delete(&key).await.expect("delete");
+}
+
+#[tokio::test]
+#[cfg(feature = "postgres")]
+async fn a_postgres_url_whose_hosts_are_all_down_fails_to_connect_saying_so() {
+    let dead =
+        with_a_dead_host_first("postgres://postgres@127.0.0.1:1/test").replace(",127.0.0.1:1", "");
+    let two_dead = with_a_dead_host_first(&dead);
+    let error = typed_session::PostgresStore::connect(&two_dead)
+        .await
+        .expect_err("no host to write to");
+    assert!(
+        error.to_string().contains("no host accepts writes"),
+        "{error}"
+    );
+    let refused = typed_session::PostgresStore::connect(
+        "postgres://postgres@127.0.0.1:1,127.0.0.1:2/test?target_session_attrs=read-only",
+    )
+    .await
+    .expect_err("a store writes");
+    assert!(matches!(refused, StoreError::Config { .. }), "{refused}");
+}

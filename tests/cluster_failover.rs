@@ -23,10 +23,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Counter;
-use common::failover::{Load, Written, deliveries, key_of, violations_of};
+use common::failover::{Load, Written, deliveries, key_of, stored_count, violations_of};
 use typed_session::redis::cluster_async::ClusterConnection;
 use typed_session::telegram::Update;
-use typed_session::{RedisStore, SessionMiddleware, Store};
+use typed_session::{RedisStore, SessionMiddleware};
 
 const USERS: i64 = 24;
 
@@ -408,20 +408,7 @@ async fn failover(
         longest_after_fault,
     } in &results
     {
-        let stored = store
-            .load(&key_of(user))
-            .await
-            .expect("load after the failover")
-            .and_then(|record| {
-                record
-                    .get("count")
-                    .map(|c| c.parse::<u64>().expect("a count"))
-            })
-            .unwrap_or(0);
-        assert!(
-            stored <= acked,
-            "user {user}: stored {stored} > acknowledged {acked}: an update was applied twice"
-        );
+        let stored = stored_count(&store, user, acked).await;
         let slot = key_slot(&format!("typed_session:{}", key_of(user)));
         let on_dead_master = on_victim.iter().any(|range| range.contains(&slot));
         // The exactly-once checker over this key's history: every key, with WAIT; without it

@@ -24,11 +24,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Counter;
-use common::failover::{Load, Written, deliveries, key_of, violations_of};
+use common::failover::{Load, Written, deliveries, stored_count, violations_of};
 use typed_session::sqlx::{Connection, PgConnection};
 use typed_session::store::SqlOptions;
 use typed_session::telegram::Update;
-use typed_session::{PostgresStore, SessionMiddleware, Store};
+use typed_session::{PostgresStore, SessionMiddleware};
 
 const USERS: i64 = 24;
 
@@ -259,20 +259,7 @@ async fn failover(test: &str, mode: &str, stall: Option<Duration>) -> Option<u64
         longest_after_fault,
     } in &results
     {
-        let stored = store
-            .load(&key_of(user))
-            .await
-            .expect("load from the new primary")
-            .and_then(|record| {
-                record
-                    .get("count")
-                    .map(|c| c.parse::<u64>().expect("a count"))
-            })
-            .unwrap_or(0);
-        assert!(
-            stored <= acked,
-            "user {user}: stored {stored} > acknowledged {acked}: an update was applied twice"
-        );
+        let stored = stored_count(&store, user, acked).await;
         let violations = violations_of(&history, user, stored);
         if mode == "sync" {
             assert!(

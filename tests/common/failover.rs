@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use typed_session::telegram::Update;
-use typed_session::{Chain, Context, SessionMiddleware};
+use typed_session::{Chain, Context, SessionMiddleware, Store};
 
 use super::history::{self, Event, History};
 use super::{Counter, CounterAccess, outcome_of};
@@ -116,6 +116,26 @@ pub fn violations_of(history: &History, user: i64, stored: u64) -> Vec<String> {
         .iter()
         .map(ToString::to_string)
         .collect()
+}
+
+/// The count `store` holds for `user` after the fault, checked against the `acked` updates
+/// told saved: more would be an update applied twice.
+pub async fn stored_count(store: &impl Store, user: i64, acked: u64) -> u64 {
+    let stored = store
+        .load(&key_of(user))
+        .await
+        .expect("load after the failover")
+        .and_then(|record| {
+            record
+                .get("count")
+                .map(|c| c.parse::<u64>().expect("a count"))
+        })
+        .unwrap_or(0);
+    assert!(
+        stored <= acked,
+        "user {user}: stored {stored} > acknowledged {acked}: an update was applied twice"
+    );
+    stored
 }
 
 /// How many deliveries `history` holds.

@@ -18,7 +18,7 @@ use typed_session::axum::middleware::{self, Next};
 use typed_session::axum::response::Response;
 use typed_session::axum::routing::get;
 use typed_session::axum::{self, Router};
-use typed_session::{Key, MemoryStore, Session, SessionError, SessionLayer};
+use typed_session::{KeyStrategy, MemoryStore, Session, SessionError, SessionLayer};
 
 #[derive(Session)]
 struct Cart {
@@ -87,7 +87,7 @@ async fn main() -> Result<(), typed_session::BoxError> {
     let store = MemoryStore::new();
     let sessions = SessionLayer::<Cart>::new(
         store,
-        Key::from_extension(|user: &UserId| user.0.to_string()),
+        KeyStrategy::from_extension(|user: &UserId| user.0.to_string()),
     );
     let app = Router::new()
         .route("/cart", get(show).post(add))
@@ -106,10 +106,6 @@ async fn main() -> Result<(), typed_session::BoxError> {
         .await?;
     // Every response was sent after its save; a save that failed answered 503 and is retried
     // here once more.
-    sessions
-        .middleware()
-        .flush()
-        .await
-        .map_err(|(unsaved, error)| format!("{unsaved} carts could not be saved: {error}"))?;
+    sessions.middleware().flush().await?;
     Ok(())
 }

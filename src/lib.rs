@@ -38,7 +38,7 @@
 //! * `Default`, from each field's `#[default(expr)]` or `Default::default()` (do not derive
 //!   `Default` as well);
 //! * the [`Session`] impl (and its [`schema::Schema`]): the field names and a serde_json codec
-//!   per persisted field, so the runtime can write one field alone;
+//!   per stored field, so the runtime can write one field alone;
 //! * `{Name}Handle<'_>`, with per field: a getter (for `Clone` types), `with_x(|&x| ..)`,
 //!   `set_x(v)` (a `String` field also takes a `&str`), `update_x(|&mut x| ..)` and
 //!   `reset_x()`; plus `snapshot()`, `replace(v)`, `clear()` and `key()`;
@@ -52,7 +52,7 @@
 //! default renews on writes, see [`Renewal`]), `migrations = [step, ..]` (versioned
 //! migrations of stored records, see [`schema::Migration`]), `crate = "path"` (where `typed_session` is, for re-exports).
 //! On a field: `rename = "stored"` (the stored name; rename a field in code and keep reading
-//! old data), `skip` (not persisted; lives only while the session is live),
+//! old data), `skip` (not saved; lives only while the session is live),
 //! `reset_on_error` (a stored value that no longer decodes falls back to the default instead
 //! of failing the load).
 //!
@@ -65,7 +65,7 @@
 //! * `polling`: [`Polling`], a `getUpdates` loop that confirms an update to Telegram only after
 //!   its sessions are saved;
 //! * `teloxide`: [`SessionMiddleware::attach`] and [`SessionMiddleware::load`], dptree
-//!   handlers that give a teloxide dispatcher's handlers the session and persist after them
+//!   handlers that give a teloxide dispatcher's handlers the session and save after them
 //!   (see [`dispatching`]; handlers may return teloxide's `ResponseResult<()>`);
 //! * `telegram` (included in `teloxide`): [`UpdateKeys`] for teloxide-core's `Update`
 //!   (see [`telegram`]);
@@ -82,7 +82,7 @@
 //! # Where things are
 //!
 //! The crate root holds what a bot names: the derive and [`Session`], [`Chain`],
-//! [`Context`], [`SessionMiddleware`] and its policies, [`Key`], the errors, the stores and
+//! [`Context`], [`SessionMiddleware`] and its policies, [`KeyStrategy`], the errors, the stores and
 //! the integrations. Beside it: [`telegram`] (a small Telegram update type, and keys for
 //! teloxide-core's), [`store`] (the [`Store`] contract: [`store::Patch`], [`store::Record`],
 //! [`store::StoreFuture`], for writing a store), [`chain`] ([`chain::ChainFuture`], for
@@ -98,7 +98,7 @@
 //! updates of one key in a process, and none between processes either: every stored field has
 //! a version, and a write based on an older value than the store holds is refused
 //! ([`SessionError::Conflict`]) and the update runs again on the newer one. A save that fails
-//! takes the update's writes back so that its redelivery applies it once ([`SaveFailure`]); a
+//! takes the update's writes back so that its redelivery applies it once ([`SaveFailurePolicy`]); a
 //! delivery of an update already saved is recognised by its id and not applied again
 //! ([`SessionBuilder::recognize_redelivery`]); a stale `set_*` is refused and retried
 //! ([`StalePolicy`]); [`SessionBuilder::exclusive`] runs one update per key at a time. Two

@@ -16,7 +16,9 @@ use typed_session::axum::routing::{get, post};
 use typed_session::axum::{Extension, Router};
 use typed_session::http::request::Parts;
 use typed_session::http::{Request, StatusCode};
-use typed_session::{Key, LazySession, MemoryStore, SessionError, SessionLayer, SessionMiddleware};
+use typed_session::{
+    KeyStrategy, LazySession, MemoryStore, SessionError, SessionLayer, SessionMiddleware,
+};
 
 async fn count(counter: CounterHandle<'static>) -> Result<String, SessionError> {
     Ok(counter
@@ -57,7 +59,10 @@ async fn send(app: &mut Router, request: Request<Body>) -> (StatusCode, String) 
 #[tokio::test]
 async fn the_handle_is_an_extractor_and_the_answer_comes_after_the_save() {
     let store = MemoryStore::new();
-    let mut app = app(SessionLayer::new(store.clone(), Key::header("x-user-id")));
+    let mut app = app(SessionLayer::new(
+        store.clone(),
+        KeyStrategy::header("x-user-id"),
+    ));
 
     for expected in 1..=3u64 {
         let answer = send(&mut app, request("/count", Some("ada"))).await;
@@ -75,7 +80,7 @@ async fn a_request_without_a_key_gets_400_and_nothing_is_read_or_written() {
     let probe = ProbeStore::new(MemoryStore::new());
     let mut app = app(SessionLayer::new(
         Arc::clone(&probe),
-        Key::header("x-user-id"),
+        KeyStrategy::header("x-user-id"),
     ));
 
     let answer = send(&mut app, request("/count", None)).await;
@@ -96,7 +101,7 @@ async fn a_store_that_fails_the_load_gets_503_with_a_body_that_names_nothing_int
     probe.fail_next_loads(1);
     let mut app = app(SessionLayer::new(
         Arc::clone(&probe),
-        Key::header("x-user-id"),
+        KeyStrategy::header("x-user-id"),
     ));
 
     let (status, body) = send(&mut app, request("/count", Some("ada"))).await;
@@ -134,7 +139,7 @@ async fn a_key_from_an_authenticated_extension_ignores_what_the_client_claims() 
     let store = MemoryStore::new();
     let layer = SessionLayer::<Counter>::new(
         store.clone(),
-        Key::from_extension(|user: &UserId| format!("user-{}", user.0)),
+        KeyStrategy::from_extension(|user: &UserId| format!("user-{}", user.0)),
     );
     // The last layer runs first: the "authentication" sets the identity, then the session.
     let mut app = app(layer).layer(Extension(UserId(42)));
@@ -149,7 +154,7 @@ async fn a_key_from_an_authenticated_extension_ignores_what_the_client_claims() 
 #[tokio::test]
 async fn a_lazy_session_that_is_never_loaded_costs_no_store_call() {
     let probe = ProbeStore::new(MemoryStore::new());
-    let layer = SessionLayer::<Counter>::new(Arc::clone(&probe), Key::header("x-user-id"));
+    let layer = SessionLayer::<Counter>::new(Arc::clone(&probe), KeyStrategy::header("x-user-id"));
     let mut app = Router::new()
         .route(
             "/peek",
@@ -174,9 +179,11 @@ async fn a_lazy_session_that_is_never_loaded_costs_no_store_call() {
 async fn a_write_another_writer_overtook_is_answered_409_and_not_saved() {
     let store = MemoryStore::new();
     // Another replica: its own middleware on the same store.
-    let replica =
-        SessionMiddleware::<Counter, Parts>::with_key(store.clone(), Key::header("x-user-id"))
-            .build();
+    let replica = SessionMiddleware::<Counter, Parts>::with_key(
+        store.clone(),
+        KeyStrategy::header("x-user-id"),
+    )
+    .build();
     let other = common::sets_count_to_100(&replica);
     let mut app = Router::new()
         .route(
@@ -197,7 +204,7 @@ async fn a_write_another_writer_overtook_is_answered_409_and_not_saved() {
         )
         .layer(SessionLayer::<Counter>::new(
             store.clone(),
-            Key::header("x-user-id"),
+            KeyStrategy::header("x-user-id"),
         ));
 
     let (status, _) = send(&mut app, request("/overtaken", Some("ada"))).await;

@@ -292,7 +292,7 @@ async fn in_exclusive_mode_a_key_busy_past_the_wait_is_a_typed_error() {
         .downcast::<typed_session::SessionError>()
         .expect("typed");
     assert!(
-        matches!(*error, typed_session::SessionError::Busy { ref key, .. } if key == "Counter:7:7"),
+        matches!(*error, typed_session::SessionError::Busy { ref key, .. } if key == "7:7"),
         "{error}"
     );
     slow.await

@@ -44,14 +44,14 @@ async fn a_replica_whose_save_failed_holds_nothing_stale() {
     assert_eq!(replica1.stats().conflicts(), 0);
 }
 
-/// The same with `SaveFailure::Keep`: replica 1's session still holds its unsaved 2 when
+/// The same with `SaveFailurePolicy::Keep`: replica 1's session still holds its unsaved 2 when
 /// update 6 comes. Its write is refused instead of putting 3 over 5; run again, it makes 6.
 #[tokio::test]
 async fn a_replica_never_overwrites_a_newer_save_of_another() {
     let memory = MemoryStore::new();
     let probe = ProbeStore::new(memory.clone());
     let replica1 = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
-        .on_save_failure(typed_session::SaveFailure::Keep)
+        .on_save_failure(typed_session::SaveFailurePolicy::Keep)
         .build();
     let replica2 = SessionMiddleware::<Counter, Update>::new(memory.clone());
     let (one, two) = (incrementing(&replica1), incrementing(&replica2));

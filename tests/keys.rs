@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use common::{Counter, CounterAccess, ProbeStore};
 use typed_session::telegram::Update;
-use typed_session::{BoxError, Chain, Key, MemoryStore, Session, SessionError, SessionMiddleware};
+use typed_session::{
+    BoxError, Chain, KeyStrategy, MemoryStore, Session, SessionError, SessionMiddleware,
+};
 
 #[tokio::test]
 async fn an_update_with_no_key_gets_the_no_key_error_and_nothing_is_read_or_written() {
@@ -73,16 +75,24 @@ async fn a_handler_can_serve_keyless_updates_without_a_session() {
 fn the_builtin_strategies_compute_telegraf_compatible_keys() {
     let group_message = Update::text(1, 42, -1001, "hi");
     assert_eq!(
-        Key::user_in_chat().key_of(&group_message).as_deref(),
+        KeyStrategy::user_in_chat()
+            .key_of(&group_message)
+            .as_deref(),
         Some("42:-1001")
     );
-    assert_eq!(Key::chat().key_of(&group_message).as_deref(), Some("-1001"));
-    assert_eq!(Key::user().key_of(&group_message).as_deref(), Some("42"));
+    assert_eq!(
+        KeyStrategy::chat().key_of(&group_message).as_deref(),
+        Some("-1001")
+    );
+    assert_eq!(
+        KeyStrategy::user().key_of(&group_message).as_deref(),
+        Some("42")
+    );
 
     let post = Update::channel_post(2, -100, "news");
-    assert_eq!(Key::user_in_chat().key_of(&post), None);
-    assert_eq!(Key::chat().key_of(&post).as_deref(), Some("-100"));
-    assert_eq!(Key::user().key_of(&post), None);
+    assert_eq!(KeyStrategy::user_in_chat().key_of(&post), None);
+    assert_eq!(KeyStrategy::chat().key_of(&post).as_deref(), Some("-100"));
+    assert_eq!(KeyStrategy::user().key_of(&post), None);
 }
 
 #[test]
@@ -95,7 +105,7 @@ fn updates_parsed_from_bot_api_json_have_keys() {
     )
     .expect("valid update");
     assert_eq!(
-        Key::user_in_chat().key_of(&callback).as_deref(),
+        KeyStrategy::user_in_chat().key_of(&callback).as_deref(),
         Some("1111:2222")
     );
 
@@ -103,9 +113,9 @@ fn updates_parsed_from_bot_api_json_have_keys() {
         r#"{"update_id":11,"inline_query":{"id":"1","from":{"id":3333,"is_bot":false,"first_name":"B"},"query":"q","offset":""}}"#,
     )
     .expect("valid update");
-    assert_eq!(Key::user().key_of(&inline).as_deref(), Some("3333"));
+    assert_eq!(KeyStrategy::user().key_of(&inline).as_deref(), Some("3333"));
     assert_eq!(
-        Key::user_in_chat().key_of(&inline),
+        KeyStrategy::user_in_chat().key_of(&inline),
         None,
         "an inline query has no chat"
     );
@@ -123,7 +133,7 @@ async fn the_key_strategy_named_in_the_derive_is_the_default_and_a_custom_key_ov
     let by_chat = SessionMiddleware::<GroupGame, Update>::new(memory.clone());
     let custom_memory = MemoryStore::new();
     let custom = SessionMiddleware::<GroupGame, Update>::builder(custom_memory.clone())
-        .key(Key::custom("first_word", |u: &Update| {
+        .key(KeyStrategy::custom("first_word", |u: &Update| {
             u.text_of()?.split_whitespace().next().map(str::to_owned)
         }))
         .build();

@@ -209,7 +209,7 @@ async fn a_failed_save_takes_back_the_updates_writes_so_a_redelivery_applies_it_
     let error = increment.run(&ctx).await.expect_err("persist failed");
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::Persist { ref key, .. } if key == "Counter:7:7"),
+        matches!(*error, SessionError::Save { ref key, .. } if key == "7:7"),
         "{error}"
     );
     assert!(ctx.must_retry(), "the caller is told to deliver it again");
@@ -229,7 +229,7 @@ async fn a_failed_save_takes_back_the_updates_writes_so_a_redelivery_applies_it_
     );
 }
 
-/// With `SaveFailure::Keep` (runners that never deliver an update twice) the writes of a
+/// With `SaveFailurePolicy::Keep` (runners that never deliver an update twice) the writes of a
 /// failed save stay live, and the next persist of the key writes them.
 #[tokio::test]
 async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_for_the_next_persist()
@@ -237,7 +237,7 @@ async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_fo
     let memory = seeded(5).await;
     let probe = ProbeStore::new(memory.clone());
     let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
-        .on_save_failure(typed_session::SaveFailure::Keep)
+        .on_save_failure(typed_session::SaveFailurePolicy::Keep)
         .build();
     let increment = common::incrementing(&sessions);
     let read_only = Chain::new().with(sessions.clone()).handler(|ctx| {
@@ -258,7 +258,7 @@ async fn a_store_failure_during_persist_is_returned_and_the_fields_stay_dirty_fo
         .expect_err("persist failed");
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::Persist { ref key, .. } if key == "Counter:7:7"),
+        matches!(*error, SessionError::Save { ref key, .. } if key == "7:7"),
         "{error}"
     );
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(5));
@@ -286,7 +286,7 @@ async fn a_store_failure_after_a_failed_chain_reports_both_errors() {
         .expect_err("both failed");
 
     let error = error.downcast::<SessionError>().expect("a session error");
-    assert!(matches!(*error, SessionError::Persist { .. }), "{error}");
+    assert!(matches!(*error, SessionError::Save { .. }), "{error}");
     assert_eq!(
         error.chain_error().map(ToString::to_string).as_deref(),
         Some("handler failed")
@@ -303,7 +303,7 @@ async fn flush_retries_sessions_whose_persist_failed() {
     let memory = seeded(5).await;
     let probe = ProbeStore::new(memory.clone());
     let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
-        .on_save_failure(typed_session::SaveFailure::Keep)
+        .on_save_failure(typed_session::SaveFailurePolicy::Keep)
         .build();
     let increment = common::incrementing(&sessions);
     probe.fail_next_applies(2);
@@ -312,8 +312,12 @@ async fn flush_retries_sessions_whose_persist_failed() {
         .await
         .expect_err("persist failed");
 
-    let (still_unsaved, _) = sessions.flush().await.expect_err("the store still fails");
-    assert_eq!(still_unsaved, 1);
+    let still_unsaved = sessions.flush().await.expect_err("the store still fails");
+    assert_eq!(still_unsaved.unsaved(), 1);
+    assert!(
+        matches!(still_unsaved.first(), SessionError::Save { key, .. } if key == "7:7"),
+        "{still_unsaved}"
+    );
     sessions.flush().await.expect("the store is back");
 
     assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(6));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{Counter, ProbeStore, incrementing};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use typed_session::telegram::Update;
-use typed_session::{MemoryStore, SaveFailure, SessionMiddleware};
+use typed_session::{MemoryStore, SaveFailurePolicy, SessionMiddleware};
 
 /// The value of the sample `name{session="Counter"}` in `text`.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -28,7 +28,7 @@ async fn counts_and_latencies_reach_the_metrics_facade_labelled_with_the_session
 
     let probe = ProbeStore::new(MemoryStore::new());
     let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&probe))
-        .on_save_failure(SaveFailure::Keep)
+        .on_save_failure(SaveFailurePolicy::Keep)
         .build();
     let chain = incrementing(&sessions);
     for id in 1..=3 {
@@ -70,7 +70,7 @@ async fn counts_and_latencies_reach_the_metrics_facade_labelled_with_the_session
         "{text}"
     );
     assert_eq!(
-        sample(&text, "typed_session_persist_seconds_count"),
+        sample(&text, "typed_session_save_seconds_count"),
         Some(4.0),
         "{text}"
     );

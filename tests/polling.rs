@@ -92,7 +92,7 @@ fn spawn(
     polling: Polling<Update>,
 ) -> (
     oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<typed_session::Stopped, PollingError>>,
+    tokio::task::JoinHandle<Result<typed_session::polling::Stopped, PollingError>>,
 ) {
     let (stop, stopped) = oneshot::channel::<()>();
     let run = tokio::spawn(polling.run(async {
@@ -494,7 +494,7 @@ async fn a_strict_stale_write_is_saved_and_confirmed_not_held_as_unsaved() {
     let api = fake.url().to_owned();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
-        .stale_writes(typed_session::StalePolicy::Error)
+        .on_stale_write(typed_session::StalePolicy::Error)
         .build();
     let chain = common::stale_writer(&sessions, 99);
     fake.push([Update::text(1, 7, 7, "hi")])

@@ -66,12 +66,12 @@ async fn an_undecodable_stored_value_is_an_error_naming_key_and_field() {
     let error = load_v2(&memory).await.expect_err("level is not a u8");
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::Decode { field: "level", ref key, .. } if key == "Counter:7:7"),
+        matches!(*error, SessionError::Decode { field: "level", ref key, .. } if key == "7:7"),
         "{error}"
     );
     let message = error.to_string();
     assert!(
-        message.contains("\"level\"") && message.contains("\"Counter:7:7\""),
+        message.contains("\"level\"") && message.contains("\"7:7\""),
         "{message}"
     );
     assert!(

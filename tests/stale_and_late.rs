@@ -89,7 +89,7 @@ async fn by_default_a_stale_set_is_refused_and_the_update_runs_again_on_the_newe
 async fn a_set_after_another_update_changed_the_field_is_reported_stale() {
     let memory = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::builder(memory.clone())
-        .stale_writes(StalePolicy::Warn)
+        .on_stale_write(StalePolicy::Warn)
         .build();
 
     read_then_race(&sessions, |s, seen| s.set_count(seen + 1))
@@ -121,7 +121,7 @@ async fn update_is_an_atomic_read_modify_write_and_never_stale() {
 async fn in_strict_mode_a_stale_write_fails_the_update() {
     let memory = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::builder(memory.clone())
-        .stale_writes(StalePolicy::Error)
+        .on_stale_write(StalePolicy::Error)
         .build();
 
     let error = read_then_race(&sessions, |s, seen| s.set_count(seen + 1))
@@ -130,7 +130,7 @@ async fn in_strict_mode_a_stale_write_fails_the_update() {
 
     let error = error.downcast::<SessionError>().expect("a session error");
     assert!(
-        matches!(*error, SessionError::StaleWrite { field: "count", ref key, .. } if key == "Counter:7:7"),
+        matches!(*error, SessionError::StaleWrite { field: "count", ref key, .. } if key == "7:7"),
         "{error}"
     );
     assert!(
@@ -198,11 +198,11 @@ async fn asking_for_the_session_after_the_chain_returned_is_an_error() {
             Box::pin(async move {
                 next.run(ctx).await?;
                 match ctx.session().await {
-                    Err(SessionError::AfterPersist { key, .. }) => {
-                        assert_eq!(key, "Counter:7:7");
+                    Err(SessionError::AfterSave { key, .. }) => {
+                        assert_eq!(key, "7:7");
                         Ok(())
                     }
-                    other => Err(format!("expected AfterPersist, got {other:?}").into()),
+                    other => Err(format!("expected AfterSave, got {other:?}").into()),
                 }
             })
         })

@@ -8,7 +8,7 @@ mod common;
 use common::{Counter, CounterAccess};
 use serde_json::{Value, json};
 use typed_session::teloxide_core::types::Update;
-use typed_session::{Chain, Key, MemoryStore, SessionError, SessionMiddleware, UpdateKeys};
+use typed_session::{Chain, KeyStrategy, MemoryStore, SessionError, SessionMiddleware, UpdateKeys};
 
 fn user(id: i64) -> Value {
     json!({"id": id, "is_bot": false, "first_name": "Ada", "language_code": "en"})
@@ -79,9 +79,9 @@ fn poll_answer() -> Update {
 /// `(user_in_chat, chat, user)` keys of an update.
 fn keys(update: &Update) -> [Option<String>; 3] {
     [
-        Key::user_in_chat().key_of(update),
-        Key::chat().key_of(update),
-        Key::user().key_of(update),
+        KeyStrategy::user_in_chat().key_of(update),
+        KeyStrategy::chat().key_of(update),
+        KeyStrategy::user().key_of(update),
     ]
 }
 

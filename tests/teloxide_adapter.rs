@@ -163,7 +163,7 @@ async fn a_save_that_fails_becomes_the_handler_error_and_the_change_stays_live()
     };
     assert!(matches!(
         error.downcast_ref::<SessionError>(),
-        Some(SessionError::Persist { .. })
+        Some(SessionError::Save { .. })
     ));
     assert_eq!(sessions.unsaved_sessions(), 1);
     sessions.flush().await.expect("the store is back");
@@ -281,7 +281,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     let (logs, _capture) = common::logs::Logs::capture();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
-        .stale_writes(typed_session::StalePolicy::Error)
+        .on_stale_write(typed_session::StalePolicy::Error)
         .build();
     let bot = stale_writer(&sessions);
 

@@ -17,7 +17,8 @@ use tower_service::Service;
 use typed_session::http::request::Parts;
 use typed_session::http::{Request, Response, StatusCode};
 use typed_session::{
-    ErrorPolicy, Key, LazySession, MemoryStore, SessionError, SessionLayer, SessionMiddleware,
+    ErrorPolicy, KeyStrategy, LazySession, MemoryStore, SessionError, SessionLayer,
+    SessionMiddleware,
 };
 
 /// The inner service: counts the request in the session; `/fail` answers 500 after counting;
@@ -74,8 +75,8 @@ fn respond(status: StatusCode, body: &str) -> Response<String> {
     response
 }
 
-fn by_user_header() -> Key<Parts> {
-    Key::header("x-user-id")
+fn by_user_header() -> KeyStrategy<Parts> {
+    KeyStrategy::header("x-user-id")
 }
 
 fn request(path: &str, user: Option<&str>) -> Request<String> {
@@ -163,7 +164,7 @@ async fn a_persist_that_fails_turns_the_response_into_a_503_and_keeps_the_sessio
     let probe = ProbeStore::new(MemoryStore::new());
     let sessions =
         SessionMiddleware::<Counter, Parts>::with_key(Arc::clone(&probe), by_user_header())
-            .on_save_failure(typed_session::SaveFailure::Keep)
+            .on_save_failure(typed_session::SaveFailurePolicy::Keep)
             .build();
     let mut service = SessionLayer::from(sessions.clone()).layer(App);
 
@@ -255,7 +256,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     let (logs, _capture) = common::logs::Logs::capture();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::with_key(store.clone(), by_user_header())
-        .stale_writes(typed_session::StalePolicy::Error)
+        .on_stale_write(typed_session::StalePolicy::Error)
         .build();
     let other = common::sets_count_to_100(&sessions);
     let layer: SessionLayer<Counter> = sessions.clone().into();

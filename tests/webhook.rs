@@ -249,7 +249,7 @@ async fn a_handler_error_gets_the_error_status_and_the_session_is_still_persiste
     assert_eq!(
         stored::<u64>(&server.store, "5:5", "count"),
         Some(1),
-        "ErrorPolicy::Persist"
+        "ErrorPolicy::Save"
     );
 }
 
@@ -439,7 +439,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     let (logs, _capture) = common::logs::Logs::capture();
     let store = MemoryStore::new();
     let sessions = SessionMiddleware::<Counter, Update>::builder(store.clone())
-        .stale_writes(typed_session::StalePolicy::Error)
+        .on_stale_write(typed_session::StalePolicy::Error)
         .build();
     let chain = common::stale_writer(&sessions, 2);
     let (addr, _stop) = serve(chain).await;
@@ -457,7 +457,7 @@ async fn a_strict_stale_write_is_saved_and_not_reported_as_unsaved() {
     );
 }
 
-/// A save that failed while serving, its writes kept (`SaveFailure::Keep`), is retried when
+/// A save that failed while serving, its writes kept (`SaveFailurePolicy::Keep`), is retried when
 /// the server stops: `serve` returns only once it is written, or says it is not.
 #[tokio::test]
 async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
@@ -467,7 +467,7 @@ async fn shutdown_saves_what_failed_to_save_or_says_it_could_not() {
         probe.fail_next_applies(if store_recovers { 1 } else { usize::MAX });
         let chain = common::incrementing(
             &SessionMiddleware::builder(Arc::clone(&probe))
-                .on_save_failure(typed_session::SaveFailure::Keep)
+                .on_save_failure(typed_session::SaveFailurePolicy::Keep)
                 .build(),
         );
         let (addr, stop, served) = spawn_webhook(Webhook::new(chain).path("/tg")).await;

@@ -142,7 +142,7 @@ pub(crate) fn build<'a>(input: &'a DeriveInput, errors: &mut Errors) -> Option<M
             "chat" => "Chat",
             "user" => "User",
             _ => {
-                errors.at(span, format!("unknown key strategy {value:?}; expected one of: user_in_chat, chat, user (for a custom key, pass Key::custom to the middleware builder)"));
+                errors.at(span, format!("unknown key strategy {value:?}; expected one of: user_in_chat, chat, user (for a custom key, pass KeyStrategy::custom to the middleware builder)"));
                 return None;
             }
         };

@@ -157,7 +157,7 @@ impl<U: Send + Sync + 'static> Chain<U> {
     }
 
     /// Runs the chain for one update. When the returned future completes, every session
-    /// middleware in the chain has persisted its session.
+    /// middleware in the chain has saved its session.
     pub async fn run_update(&self, update: U) -> Result<(), BoxError> {
         let ctx = Context::new(update);
         self.run(&ctx).await
@@ -171,9 +171,9 @@ impl<U: Send + Sync + 'static> Chain<U> {
         .run(ctx)
     }
 
-    /// Waits until no update of this chain holds a session (persists running on tasks of their
+    /// Waits until no update of this chain holds a session (saves running on tasks of their
     /// own after a panic or a cancelled update included), then writes every session whose
-    /// persist failed. `Ok` means nothing the chain handled is left unsaved; the error is the
+    /// save failed. `Ok` means nothing the chain handled is left unsaved; the error is the
     /// first middleware's that still has something unsaved. For pollers, and for shutdown.
     ///
     /// ```

@@ -6,7 +6,7 @@
 pub enum ErrorPolicy {
     /// Write them anyway, like Telegraf.
     #[default]
-    Persist,
+    Save,
     /// Take back this update's own writes (those no other update overwrote since). What other
     /// updates of the same key changed is still written.
     Discard,
@@ -16,7 +16,7 @@ pub enum ErrorPolicy {
 /// timed out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum SaveFailure {
+pub enum SaveFailurePolicy {
     /// Take back this update's own writes that were not saved, and fail it with
     /// [`Context::must_retry`](crate::Context::must_retry): whoever delivered it delivers it
     /// again, and it is applied once. Telegram redelivers what the webhook answered with an

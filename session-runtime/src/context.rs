@@ -31,7 +31,7 @@ type Attached = Arc<dyn Any + Send + Sync>;
 /// let ctx = Context::new(Update::text(1, 7, 7, "hi"));
 /// chain.run(&ctx).await?;
 /// assert_eq!(ctx.update().text_of(), Some("hi"));
-/// // The chain is over: the session was persisted, and asking for it now is an error.
+/// // The chain is over: the session was saved, and asking for it now is an error.
 /// assert!(ctx.session().await.is_err());
 /// # Ok::<(), typed_session::BoxError>(())
 /// # }).unwrap();
@@ -88,7 +88,7 @@ impl<U> Context<U> {
     /// Asks for `method` (a Bot API call as JSON, e.g.
     /// `{"method": "sendMessage", "chat_id": 42, "text": "hi"}`) to be sent back as the
     /// webhook's HTTP response: Telegram performs it without a separate API request. The
-    /// webhook server sends it only after every session of the update is persisted. A later
+    /// webhook server sends it only after every session of the update is saved. A later
     /// call replaces an earlier one.
     pub fn reply_with(&self, method: serde_json::Value) {
         *self.reply.lock() = Some(method);

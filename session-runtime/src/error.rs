@@ -3,10 +3,13 @@
 //! the field.
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::schema::MigrationError;
 use crate::store::record::Record;
 
 /// The error type middlewares return: anything `Send + Sync` that is an error.
@@ -226,16 +229,16 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
     },
-    /// The session was asked for after its middleware had persisted it (Telegraf's "session
+    /// The session was asked for after its middleware had saved it (Telegraf's "session
     /// accessed after the middleware chain exhausted").
     #[error(
-        "session `{session}` of key {key:?} was used after its update (or request) was persisted; a write now would be lost"
+        "session `{session}` of key {key:?} was used after its update (or request) was saved; a write now would be lost"
     )]
-    AfterPersist {
+    AfterSave {
         /// The session type.
         session: &'static str,
-        /// The session key, if the update had one.
-        key: String,
+        /// The session key, empty if the update had none.
+        key: SessionKey,
     },
     /// The store could not read the session.
     #[error("cannot load session `{session}` of key {key:?}: {source}")]
@@ -243,10 +246,10 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// The store's error.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// A stored field could not be decoded into its Rust type.
     #[error(
@@ -256,7 +259,7 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// The stored field name.
         field: &'static str,
         /// The decoder's error.
@@ -265,20 +268,17 @@ pub enum SessionError {
     },
     /// A stored record could not be migrated to the session type's version (see
     /// [`schema::Migration`](crate::schema::Migration)). Nothing was loaded or written.
-    #[error(
-        "cannot migrate session `{session}` key {key:?} from version {version}: field {field:?}: {message}"
-    )]
+    #[error("cannot migrate session `{session}` key {key:?} from version {version}: {source}")]
     Migrate {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// The version the failing step migrates from.
         version: u32,
-        /// The stored name of the field it failed on.
-        field: String,
-        /// Why.
-        message: String,
+        /// The field it failed on, and why.
+        #[source]
+        source: Box<MigrationError>,
     },
     /// A field could not be encoded (serde_json rejects, for example, maps with non-string keys).
     #[error("cannot encode field {field:?} of session `{session}` key {key:?}: {source}")]
@@ -286,7 +286,7 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// The stored field name.
         field: &'static str,
         /// The encoder's error.
@@ -296,15 +296,15 @@ pub enum SessionError {
     /// Writing the session failed. The changed fields stay dirty, so the next update of the
     /// same key writes them again. If the chain had failed too, its error is kept beside this
     /// one: neither hides the other.
-    #[error("cannot persist session `{session}` of key {key:?}: {source}{}", ChainSuffix(.chain.as_ref()))]
-    Persist {
+    #[error("cannot save session `{session}` of key {key:?}: {source}{}", ChainSuffix(.chain.as_ref()))]
+    Save {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// The store's error.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
         /// The chain's own error, when the chain failed as well.
         chain: Option<BoxError>,
     },
@@ -317,7 +317,7 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// The stored field name.
         field: &'static str,
     },
@@ -332,7 +332,7 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// The stored names of the fields in conflict.
         fields: Vec<&'static str>,
     },
@@ -345,7 +345,7 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// How long this update waited.
         waited: std::time::Duration,
     },
@@ -359,7 +359,7 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
     },
     /// The chain panicked or its future was dropped before it finished.
     #[error("the chain for session `{session}` key {key:?} was {how} before it finished")]
@@ -367,19 +367,144 @@ pub enum SessionError {
         /// The session type.
         session: &'static str,
         /// The session key.
-        key: String,
+        key: SessionKey,
         /// `"panicking"` or `"cancelled"`.
         how: &'static str,
     },
 }
 
 impl SessionError {
-    /// The chain's own error carried by [`SessionError::Persist`], if any.
+    /// The chain's own error carried by [`SessionError::Save`], if any.
     pub fn chain_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         match self {
-            SessionError::Persist { chain, .. } => chain.as_deref(),
+            SessionError::Save { chain, .. } => chain.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// A session's key, as the key strategy made it (without the session type's namespace, which
+/// the store puts before it): what a [`SessionError`] names. It reads as the `&str` it holds,
+/// and cloning it is cheap.
+///
+/// ```
+/// use typed_session::SessionKey;
+///
+/// let key = SessionKey::from("7:-100");
+/// assert_eq!(key, "7:-100");
+/// assert!(key.starts_with("7:"));
+/// assert_eq!(format!("{key:?}"), "\"7:-100\"");
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SessionKey(Option<Arc<str>>);
+
+impl SessionKey {
+    /// The key of `stored`, a key as the store holds it: what follows `namespace` and `:`.
+    pub(crate) fn of_stored(stored: &str, namespace: &str) -> Self {
+        let key = stored
+            .strip_prefix(namespace)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .unwrap_or(stored);
+        SessionKey::from(key)
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl From<&str> for SessionKey {
+    fn from(key: &str) -> Self {
+        SessionKey((!key.is_empty()).then(|| Arc::from(key)))
+    }
+}
+
+impl From<String> for SessionKey {
+    fn from(key: String) -> Self {
+        SessionKey::from(key.as_str())
+    }
+}
+
+impl Deref for SessionKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for SessionKey {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for SessionKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for SessionKey {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for SessionKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for SessionKey {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+/// What [`SessionMiddleware::flush`](crate::SessionMiddleware::flush) could not save: how
+/// many sessions are still unsaved, and the error of the first.
+#[derive(Debug, Error)]
+#[error("{unsaved} session(s) still unsaved; the first: {first}")]
+pub struct FlushError {
+    unsaved: usize,
+    #[source]
+    first: SessionError,
+}
+
+impl FlushError {
+    pub(crate) fn new(unsaved: usize, first: SessionError) -> Self {
+        FlushError { unsaved, first }
+    }
+
+    /// How many sessions are still unsaved (each is tried again by the next update of its key
+    /// or the next flush).
+    pub fn unsaved(&self) -> usize {
+        self.unsaved
+    }
+
+    /// The error of the first session that could not be saved.
+    pub fn first(&self) -> &SessionError {
+        &self.first
+    }
+
+    /// The error of the first session that could not be saved, owned.
+    pub fn into_first(self) -> SessionError {
+        self.first
     }
 }
 
@@ -396,7 +521,31 @@ impl fmt::Display for ChainSuffix<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{StoreError, StoreOp};
+    use super::{SessionError, SessionKey, StoreError, StoreOp};
+
+    #[test]
+    fn a_session_error_is_small_enough_to_return_by_value() {
+        // Every `Result` a handler's `?` passes on carries one: the big parts (a store's
+        // error, a migration's) are boxed, keys are shared.
+        assert_eq!(size_of::<SessionKey>(), 16);
+        assert!(
+            size_of::<SessionError>() <= 64,
+            "SessionError is {} bytes",
+            size_of::<SessionError>()
+        );
+    }
+
+    #[test]
+    fn a_session_key_is_read_without_the_namespace_and_compares_as_a_string() {
+        let key = SessionKey::of_stored("Cart:7:-100", "Cart");
+        assert_eq!(key, "7:-100");
+        assert_eq!(key, String::from("7:-100"));
+        assert_eq!(format!("{key} {key:?}"), "7:-100 \"7:-100\"");
+        // A key not under the namespace (a store of one's own) is kept whole.
+        assert_eq!(SessionKey::of_stored("other:1", "Cart"), "other:1");
+        assert_eq!(SessionKey::default(), "");
+        assert_eq!(SessionKey::from(""), SessionKey::default());
+    }
 
     #[test]
     fn messages_name_the_session_and_field_or_say_there_is_none() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 /// the built-in key strategies.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not say who sent an update or in which chat, so no built-in session key applies",
-    note = "implement `typed_session::UpdateKeys` for `{Self}`, or build the middleware with `SessionMiddleware::with_key(store, Key::custom(..))`"
+    note = "implement `typed_session::UpdateKeys` for `{Self}`, or build the middleware with `SessionMiddleware::with_key(store, KeyStrategy::custom(..))`"
 )]
 pub trait UpdateKeys {
     /// The id of the user the update comes from (Telegram's `from.id`).
@@ -132,16 +132,16 @@ type KeyFn<U> = dyn Fn(&U, &str) -> Option<Arc<str>> + Send + Sync;
 /// # Example
 ///
 /// ```
-/// use typed_session::Key;
+/// use typed_session::KeyStrategy;
 /// use typed_session::telegram::Update;
 ///
 /// let update = Update::text(1, 7, -100, "hi");
-/// assert_eq!(Key::user_in_chat().key_of(&update).as_deref(), Some("7:-100"));
-/// assert_eq!(Key::chat().key_of(&update).as_deref(), Some("-100"));
-/// let by_lang = Key::custom("lang", |u: &Update| Some(format!("lang:{}", u.update_id % 2)));
+/// assert_eq!(KeyStrategy::user_in_chat().key_of(&update).as_deref(), Some("7:-100"));
+/// assert_eq!(KeyStrategy::chat().key_of(&update).as_deref(), Some("-100"));
+/// let by_lang = KeyStrategy::custom("lang", |u: &Update| Some(format!("lang:{}", u.update_id % 2)));
 /// assert_eq!(by_lang.key_of(&update).as_deref(), Some("lang:1"));
 /// ```
-pub struct Key<U> {
+pub struct KeyStrategy<U> {
     name: &'static str,
     /// The built-in strategy, if it is one: it tells which keys are a user's.
     kind: Option<KeyKind>,
@@ -152,9 +152,9 @@ pub struct Key<U> {
 
 type IdFn<U> = dyn Fn(&U) -> Option<i64> + Send + Sync;
 
-impl<U> Clone for Key<U> {
+impl<U> Clone for KeyStrategy<U> {
     fn clone(&self) -> Self {
-        Key {
+        KeyStrategy {
             name: self.name,
             kind: self.kind,
             f: Arc::clone(&self.f),
@@ -163,13 +163,13 @@ impl<U> Clone for Key<U> {
     }
 }
 
-impl<U> fmt::Debug for Key<U> {
+impl<U> fmt::Debug for KeyStrategy<U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Key").field(&self.name).finish()
+        f.debug_tuple("KeyStrategy").field(&self.name).finish()
     }
 }
 
-impl<U: UpdateKeys + 'static> Key<U> {
+impl<U: UpdateKeys + 'static> KeyStrategy<U> {
     /// One session per user per chat: `"{from.id}:{chat.id}"`.
     pub fn user_in_chat() -> Self {
         Self::builtin(KeyKind::UserInChat)
@@ -187,7 +187,7 @@ impl<U: UpdateKeys + 'static> Key<U> {
 
     /// The strategy named by a [`KeyKind`].
     pub fn builtin(kind: KeyKind) -> Self {
-        Key {
+        KeyStrategy {
             name: kind.name(),
             kind: Some(kind),
             f: Arc::new(move |u: &U, prefix: &str| kind.key_of(u, prefix)),
@@ -196,13 +196,13 @@ impl<U: UpdateKeys + 'static> Key<U> {
     }
 }
 
-impl<U> Key<U> {
+impl<U> KeyStrategy<U> {
     /// A key computed by a closure; `name` appears in error messages.
     pub fn custom(
         name: &'static str,
         f: impl Fn(&U) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        Key {
+        KeyStrategy {
             name,
             kind: None,
             f: Arc::new(move |u: &U, prefix: &str| {

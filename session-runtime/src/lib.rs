@@ -25,12 +25,12 @@ mod stats;
 pub mod store;
 
 pub use chain::{Chain, Middleware, Next};
-pub use config::{ConfigError, ErrorPolicy, Freshness, Renewal, SaveFailure, StalePolicy};
+pub use config::{ConfigError, ErrorPolicy, Freshness, Renewal, SaveFailurePolicy, StalePolicy};
 pub use context::Context;
 pub use erasure::{EraseFuture, EraseUser, Erased, ErasedSession, Erasure};
-pub use error::{BoxError, SessionError, StoreError, StoreOp};
+pub use error::{BoxError, FlushError, SessionError, SessionKey, StoreError, StoreOp};
 pub use integrations::telegram;
-pub use key::{Key, KeyKind, UpdateKeys};
+pub use key::{KeyKind, KeyStrategy, UpdateKeys};
 pub use lifecycle::LazySession;
 pub use middleware::{SessionBuilder, SessionMiddleware};
 pub use session::Session;
@@ -42,7 +42,7 @@ pub use store::{MemoryStore, Store};
 pub use integrations::dispatching;
 #[cfg(feature = "polling")]
 #[cfg_attr(docsrs, doc(cfg(feature = "polling")))]
-pub use integrations::polling::{Polling, PollingError, Stopped};
+pub use integrations::polling::{self, Polling, PollingError};
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub use integrations::testing;
@@ -51,7 +51,7 @@ pub use integrations::testing;
 pub use integrations::tower::{SessionLayer, SessionService};
 #[cfg(feature = "webhook")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
-pub use integrations::webhook::{InvalidSecretToken, Webhook};
+pub use integrations::webhook::{self, Webhook};
 #[cfg(feature = "mongodb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mongodb")))]
 pub use store::MongoStore;
@@ -83,7 +83,7 @@ pub use teloxide_core;
 #[cfg_attr(docsrs, doc(cfg(feature = "teloxide")))]
 pub use dptree;
 
-/// http 1, for the requests [`SessionLayer`] wraps and the [`Key`]s that read them.
+/// http 1, for the requests [`SessionLayer`] wraps and the [`KeyStrategy`]s that read them.
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use http;
@@ -202,7 +202,7 @@ pub mod __private {
     /// The error of the per-field codec.
     pub type CodecError = serde_json::Error;
 
-    /// What encoding a persisted field needs, with a message that says what to do.
+    /// What encoding a stored field needs, with a message that says what to do.
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be stored in a session: it does not implement `serde::Serialize`",
         label = "the type of a persisted session field",
@@ -212,7 +212,7 @@ pub mod __private {
 
     impl<T: serde::Serialize> EncodeField for T {}
 
-    /// What decoding a persisted field needs, with a message that says what to do.
+    /// What decoding a stored field needs, with a message that says what to do.
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be loaded from a session: it does not implement `serde::Deserialize`",
         label = "the type of a persisted session field",

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 
 use crate::config::{ErrorPolicy, StalePolicy};
 use crate::context::Context;
-use crate::error::{BoxError, SessionError};
+use crate::error::{BoxError, SessionError, SessionKey};
 use crate::live::SessionRef;
 use crate::live::access::{Hold, Writes};
 use crate::live::sessions::Sessions;
@@ -45,9 +45,13 @@ impl<S: Session> Slot<S> {
         let hold = {
             let mut state = self.state.lock();
             if state.ended {
-                return Err(SessionError::AfterPersist {
+                return Err(SessionError::AfterSave {
                     session: S::NAME,
-                    key: self.key.as_deref().unwrap_or_default().to_owned(),
+                    key: self
+                        .key
+                        .as_deref()
+                        .map(|key| SessionKey::of_stored(key, S::NAMESPACE))
+                        .unwrap_or_default(),
                 });
             }
             let Some(key) = &self.key else {
@@ -82,7 +86,7 @@ impl<S: Session> Slot<S> {
     }
 
     /// Marks the slot ended and hands out its hold, if the session was used. Later accesses
-    /// get [`SessionError::AfterPersist`].
+    /// get [`SessionError::AfterSave`].
     fn end(&self) -> Option<Arc<Hold<S>>> {
         let mut state = self.state.lock();
         state.ended = true;
@@ -98,7 +102,7 @@ impl<S: Session> Slot<S> {
 /// dependency with the teloxide handlers).
 ///
 /// Cloning it is cheap; every clone reaches the same session. Using it after the update was
-/// persisted returns [`SessionError::AfterPersist`] and is counted as a late access
+/// saved returns [`SessionError::AfterSave`] and is counted as a late access
 /// (ARCHITECTURE.md, "Late access").
 pub struct LazySession<S: Session>(Arc<Slot<S>>);
 
@@ -119,7 +123,7 @@ impl<S: Session> fmt::Debug for LazySession<S> {
 
 impl<S: Session> LazySession<S> {
     /// The session, loaded on first use. The handle is `'static`; using it after the update
-    /// was persisted is detected and reported.
+    /// was saved is detected and reported.
     ///
     /// # Errors
     ///
@@ -137,15 +141,15 @@ impl<U> Context<U> {
     /// # Errors
     ///
     /// [`SessionError::NotAttached`] when no middleware for `S` ran before this point,
-    /// [`SessionError::NoKey`] when the update has no key, [`SessionError::AfterPersist`] when
-    /// the middleware has already persisted it, and the load errors of the store.
+    /// [`SessionError::NoKey`] when the update has no key, [`SessionError::AfterSave`] when
+    /// the middleware has already saved it, and the load errors of the store.
     pub async fn session_of<S: Session>(&self) -> Result<S::Handle<'_>, SessionError> {
         let hold = self.hold::<S>().await?;
         Ok(S::new_handle(SessionRef::new(hold)))
     }
 
     /// Like [`Context::session_of`], but the handle does not borrow the context, for framework
-    /// adapters that need `'static` values. Using it after the update was persisted is
+    /// adapters that need `'static` values. Using it after the update was saved is
     /// detected and reported (ARCHITECTURE.md, "Late access").
     pub async fn session_owned<S: Session>(&self) -> Result<S::Handle<'static>, SessionError> {
         let hold = self.hold::<S>().await?;
@@ -184,7 +188,7 @@ pub(crate) enum Ended<E> {
         handlers: Option<E>,
     },
     /// This update's writes are not in the store and were taken back: its save failed (under
-    /// [`SaveFailure::Retry`]), or another writer had changed those fields since the session
+    /// [`SaveFailurePolicy::Retry`]), or another writer had changed those fields since the session
     /// was read (a [`SessionError::Conflict`]; the session now holds the newer values). The
     /// update must run again to be applied, once. `handlers` is their own error, if any.
     Retry {
@@ -213,7 +217,7 @@ impl<E> Ended<E> {
 
 impl Ended<BoxError> {
     /// The chain's result: the handlers' error, the session's, or both in one
-    /// [`SessionError::Persist`] (neither hides the other).
+    /// [`SessionError::Save`] (neither hides the other).
     pub(crate) fn into_result(self, session: &'static str) -> Result<(), BoxError> {
         match self {
             Ended::Saved => Ok(()),
@@ -223,14 +227,14 @@ impl Ended<BoxError> {
                 Err(match (error, handlers) {
                     (error, None) => error.into(),
                     (
-                        SessionError::Persist {
+                        SessionError::Save {
                             session,
                             key,
                             source,
                             chain: None,
                         },
                         Some(handlers),
-                    ) => SessionError::Persist {
+                    ) => SessionError::Save {
                         session,
                         key,
                         source,
@@ -301,7 +305,7 @@ impl<S: Session> Scope<S> {
         ctx.attach(Arc::clone(&self.slot));
     }
 
-    /// Ends the scope with the handlers' outcome: applies the error policy, persists what
+    /// Ends the scope with the handlers' outcome: applies the error policy, saves what
     /// changed as one patch, and releases the live session.
     pub(crate) async fn end<E>(mut self, outcome: Result<(), E>) -> Ended<E> {
         self.open = false;
@@ -381,14 +385,14 @@ enum Closed {
     Retry(SessionError),
 }
 
-/// Applies the error policy to the update behind `hold`, persists, and releases the hold. A
+/// Applies the error policy to the update behind `hold`, saves, and releases the hold. A
 /// save that fails takes back the update's unsaved writes (unless its runner never retries,
 /// or the middleware keeps them), so that the update, delivered again, is applied once.
 async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     let sessions = &hold.sessions;
     let stale = hold.stale_field().map(|field| SessionError::StaleWrite {
         session: S::NAME,
-        key: hold.entry.key.to_string(),
+        key: hold.entry.session_key(),
         field,
     });
     if sessions.stale == StalePolicy::Retry
@@ -448,10 +452,10 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     // What is still dirty (kept writes, other updates' writes) has to be written later.
     hold.release(unsaved && hold.entry.lock().has_changes());
     if let Some(source) = unconfirmed {
-        return Closed::Retry(SessionError::Persist {
+        return Closed::Retry(SessionError::Save {
             session: S::NAME,
-            key: hold.entry.key.to_string(),
-            source,
+            key: hold.entry.session_key(),
+            source: Box::new(source),
             chain: None,
         });
     }
@@ -459,16 +463,16 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         // Taken back: the update runs again. A conflict says the store holds none of it; a
         // failed save says it may (then its redelivery is recognised by its id).
         return Closed::Retry(match persisted {
-            Err(error @ SessionError::Persist { .. }) if !sure => error,
-            _ if !sure => SessionError::Persist {
+            Err(error @ SessionError::Save { .. }) if !sure => error,
+            _ if !sure => SessionError::Save {
                 session: S::NAME,
-                key: hold.entry.key.to_string(),
-                source: hold.entry.failed_save(),
+                key: hold.entry.session_key(),
+                source: Box::new(hold.entry.failed_save()),
                 chain: None,
             },
             _ => SessionError::Conflict {
                 session: S::NAME,
-                key: hold.entry.key.to_string(),
+                key: hold.entry.session_key(),
                 fields,
             },
         });
@@ -480,14 +484,14 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
         (Ok(()), None) => Closed::Saved,
         (Ok(()), Some(refused)) => Closed::Refused(refused),
         (
-            Err(SessionError::Persist {
+            Err(SessionError::Save {
                 session,
                 key,
                 source,
                 chain: None,
             }),
             Some(refused),
-        ) => Closed::Unsaved(SessionError::Persist {
+        ) => Closed::Unsaved(SessionError::Save {
             session,
             key,
             source,

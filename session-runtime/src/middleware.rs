@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use crate::chain::{ChainFuture, Middleware, Next};
 use crate::config::{
-    ConfigError, ErrorPolicy, Freshness, MAX_TTL, MAX_WAIT, Renewal, SaveFailure, StalePolicy,
+    ConfigError, ErrorPolicy, Freshness, MAX_TTL, MAX_WAIT, Renewal, SaveFailurePolicy, StalePolicy,
 };
 use crate::context::Context;
 use crate::erasure::{EraseFuture, EraseUser, Erased, sealed};
-use crate::error::{SessionError, StoreError};
-use crate::key::{Key, KeyKind, UpdateKeys, UserKeys};
+use crate::error::{FlushError, StoreError};
+use crate::key::{KeyKind, KeyStrategy, UpdateKeys, UserKeys};
 use crate::lifecycle::Scope;
 use crate::live::expiry::Expiry;
 use crate::live::registry::Registry;
@@ -33,7 +33,7 @@ const ERASE_PAGE: usize = 100;
 /// ```
 /// use std::time::Duration;
 /// use typed_session::telegram::Update;
-/// use typed_session::{ErrorPolicy, Key, MemoryStore, Session, SessionMiddleware, StalePolicy};
+/// use typed_session::{ErrorPolicy, KeyStrategy, MemoryStore, Session, SessionMiddleware, StalePolicy};
 ///
 /// #[derive(Session)]
 /// struct Cart {
@@ -41,19 +41,19 @@ const ERASE_PAGE: usize = 100;
 /// }
 ///
 /// let sessions = SessionMiddleware::<Cart, Update>::builder(MemoryStore::new())
-///     .key(Key::chat())                     // one cart per chat
+///     .key(KeyStrategy::chat())                     // one cart per chat
 ///     .on_error(ErrorPolicy::Discard)       // a failed update leaves the cart as it was
-///     .stale_writes(StalePolicy::Error)     // a lost read-modify-write fails the update
+///     .on_stale_write(StalePolicy::Error)     // a lost read-modify-write fails the update
 ///     .ttl(Some(Duration::from_secs(3600))) // idle carts expire after an hour
 ///     .build();
 /// # let _ = sessions;
 /// ```
 pub struct SessionBuilder<S: Session, U> {
     store: Arc<dyn Store>,
-    key: Key<U>,
+    key: KeyStrategy<U>,
     on_error: ErrorPolicy,
     stale: StalePolicy,
-    save_failure: SaveFailure,
+    save_failure: SaveFailurePolicy,
     exclusive: Option<Duration>,
     lease: Option<Duration>,
     redelivery: bool,
@@ -71,7 +71,7 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
             .field("session", &S::NAME)
             .field("key", &self.key)
             .field("on_error", &self.on_error)
-            .field("stale_writes", &self.stale)
+            .field("on_stale_write", &self.stale)
             .field("exclusive", &self.exclusive)
             .field("lease", &self.lease)
             .field("ttl", &self.ttl)
@@ -84,27 +84,27 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
 
 impl<S: Session, U> SessionBuilder<S, U> {
     /// The key strategy (default: the one `#[session(key = ...)]` names, else user-in-chat).
-    pub fn key(mut self, key: Key<U>) -> Self {
+    pub fn key(mut self, key: KeyStrategy<U>) -> Self {
         self.key = key;
         self
     }
 
-    /// What to do with the session when the chain fails (default: persist).
+    /// What to do with the session when the chain fails (default: save).
     pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
         self.on_error = policy;
         self
     }
 
     /// What happens to an update's writes when its session cannot be saved (default: take
-    /// them back and have the update delivered again, see [`SaveFailure`]).
-    pub fn on_save_failure(mut self, policy: SaveFailure) -> Self {
+    /// them back and have the update delivered again, see [`SaveFailurePolicy`]).
+    pub fn on_save_failure(mut self, policy: SaveFailurePolicy) -> Self {
         self.save_failure = policy;
         self
     }
 
     /// Whether a delivery of an update whose writes are saved already is recognised and not
     /// applied again (default: on). An update's id comes from the key strategy
-    /// ([`UpdateKeys::update_id`], Telegram's `update_id`; [`Key::with_update_id`] for a
+    /// ([`UpdateKeys::update_id`], Telegram's `update_id`; [`KeyStrategy::with_update_id`] for a
     /// custom key); the store keeps, beside each field, the id of the update that last wrote
     /// it, and the ids of the session's latest saved updates (at least 6). A delivery of an update
     /// still named there runs with its session writes not applied (they were saved by the
@@ -118,7 +118,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
 
     /// Runs one update per key at a time in this process: from its first use of the session
     /// to the end of its save, an update has the key to itself, and the next one waits for it
-    /// (in arrival order, at most `wait`, then [`SessionError::Busy`]). Read, `.await`, write
+    /// (in arrival order, at most `wait`, then [`SessionError::Busy`](crate::SessionError::Busy)). Read, `.await`, write
     /// is then safe by construction, at the price of concurrency per key. Writers in other
     /// processes are still caught by conditional writes. An update must not wait inside its
     /// handler for another update of the same key: that other one waits for it.
@@ -133,12 +133,12 @@ impl<S: Session, U> SessionBuilder<S, U> {
     /// held in the store while the update runs (ARCHITECTURE.md, "Exclusive mode").
     ///
     /// An update waits for its turn here, then for the lease (at most `wait` in all, then
-    /// [`SessionError::Busy`]), loads the session with the lease, and releases it in the
+    /// [`SessionError::Busy`](crate::SessionError::Busy)), loads the session with the lease, and releases it in the
     /// patch that saves its writes. The lease lasts `lease` (at least 100 ms) and is renewed
     /// every third of that while the update runs, so a long handler keeps it; a process that
     /// crashes or hangs lets it run out, and another takes it over then. The lease field's
     /// version is a fencing token: a holder that lost its lease (paused past its end, cut off
-    /// from the store) has its save refused whole, with [`SessionError::LeaseLost`], and its
+    /// from the store) has its save refused whole, with [`SessionError::LeaseLost`](crate::SessionError::LeaseLost), and its
     /// update runs again. Each update costs one more write than without: the claim.
     ///
     /// Takeover timing reads `until` with the reader's clock, so keep the clocks of the
@@ -151,7 +151,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
     }
 
     /// What a stale write does (default: refuse it and run the update again).
-    pub fn stale_writes(mut self, policy: StalePolicy) -> Self {
+    pub fn on_stale_write(mut self, policy: StalePolicy) -> Self {
         self.stale = policy;
         self
     }
@@ -290,7 +290,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
     }
 }
 
-/// Attaches session `S` to every update that passes through it, and persists it after the
+/// Attaches session `S` to every update that passes through it, and saves it after the
 /// rest of the chain.
 ///
 /// * The store is read on the first access in an update, not before.
@@ -328,7 +328,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
 /// ```
 pub struct SessionMiddleware<S: Session, U> {
     sessions: Arc<Sessions<S>>,
-    key: Key<U>,
+    key: KeyStrategy<U>,
 }
 
 impl<S: Session, U> fmt::Debug for SessionMiddleware<S, U> {
@@ -337,7 +337,7 @@ impl<S: Session, U> fmt::Debug for SessionMiddleware<S, U> {
             .field("session", &S::NAME)
             .field("key", &self.key)
             .field("on_error", &self.sessions.on_error)
-            .field("stale_writes", &self.sessions.stale)
+            .field("on_stale_write", &self.sessions.stale)
             .field("ttl", &self.sessions.expiry.ttl)
             .field("renewal", &self.sessions.expiry.renewal())
             .field("live_sessions", &self.live_sessions())
@@ -355,7 +355,7 @@ impl<S: Session, U> Clone for SessionMiddleware<S, U> {
 }
 
 impl<S: Session, U: UpdateKeys + 'static> SessionMiddleware<S, U> {
-    /// A middleware with the defaults: the session type's key strategy, persist on error,
+    /// A middleware with the defaults: the session type's key strategy, save on error,
     /// warn on stale writes.
     pub fn new(store: impl Store) -> Self {
         Self::builder(store).build()
@@ -363,20 +363,20 @@ impl<S: Session, U: UpdateKeys + 'static> SessionMiddleware<S, U> {
 
     /// A builder, to change the key strategy, error policy, stale policy or expiry.
     pub fn builder(store: impl Store) -> SessionBuilder<S, U> {
-        let key = Key::builtin(S::KEY.unwrap_or(KeyKind::UserInChat));
+        let key = KeyStrategy::builtin(S::KEY.unwrap_or(KeyKind::UserInChat));
         Self::with_key(store, key)
     }
 }
 
 impl<S: Session, U> SessionMiddleware<S, U> {
     /// A builder for update types that do not implement [`UpdateKeys`].
-    pub fn with_key(store: impl Store, key: Key<U>) -> SessionBuilder<S, U> {
+    pub fn with_key(store: impl Store, key: KeyStrategy<U>) -> SessionBuilder<S, U> {
         SessionBuilder {
             store: Arc::new(store),
             key,
             on_error: ErrorPolicy::default(),
             stale: StalePolicy::default(),
-            save_failure: SaveFailure::default(),
+            save_failure: SaveFailurePolicy::default(),
             exclusive: None,
             lease: None,
             redelivery: true,
@@ -395,7 +395,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
     }
 
     /// The number of keys currently held by running updates (and kept because their last
-    /// persist failed, see [`unsaved_sessions`](Self::unsaved_sessions)).
+    /// save failed, see [`unsaved_sessions`](Self::unsaved_sessions)).
     pub fn live_sessions(&self) -> usize {
         self.sessions.registry.len()
     }
@@ -410,21 +410,24 @@ impl<S: Session, U> SessionMiddleware<S, U> {
         self.sessions.registry.idle()
     }
 
-    /// The number of sessions kept in memory only because their last persist failed. Each is
+    /// The number of sessions kept in memory only because their last save failed. Each is
     /// written by the next update of its key that uses it, or by [`SessionMiddleware::flush`].
     pub fn unsaved_sessions(&self) -> usize {
         self.sessions.registry.unsaved()
     }
 
-    /// Waits until no update holds a session, every persist included (for graceful shutdown
+    /// Waits until no update holds a session, every save included (for graceful shutdown
     /// and for tests).
     pub async fn wait_idle(&self) {
         self.sessions.registry.wait_idle().await
     }
 
-    /// Retries the persist of every session whose last persist failed; returns how many are
-    /// still unsaved, with the first error.
-    pub async fn flush(&self) -> Result<(), (usize, SessionError)> {
+    /// Saves again every session whose last save failed.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError`]: how many are still unsaved, with the first one's error.
+    pub async fn flush(&self) -> Result<(), FlushError> {
         self.sessions.flush().await
     }
 
@@ -569,8 +572,8 @@ impl<S: Session, U: Send + Sync + 'static> Middleware<U> for SessionMiddleware<S
             self.wait_idle().await;
             SessionMiddleware::flush(self)
                 .await
-                .map_err(|(unsaved, error)| {
-                    tracing::error!(session = S::NAME, unsaved, %error, "sessions still unsaved");
+                .map_err(|error| {
+                    tracing::error!(session = S::NAME, unsaved = error.unsaved(), error = %error.first(), "sessions still unsaved");
                     error.into()
                 })
         })

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::Renewal;
 use crate::key::KeyKind;
 
-/// A persisted field of a session type, as the derive describes it.
+/// A stored field of a session type, as the derive describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FieldSpec {
@@ -28,17 +28,17 @@ impl FieldSpec {
     }
 }
 
-/// The stored shape of a session type: its persisted fields and a codec for each.
+/// The stored shape of a session type: its stored fields and a codec for each.
 ///
 /// Implemented by `#[derive(Session)]`, together with [`Session`](crate::Session), which adds
-/// the typed handle. Persisted fields are numbered `0..FIELDS.len()` in declaration order
+/// the typed handle. Stored fields are numbered `0..FIELDS.len()` in declaration order
 /// (skipped fields have no number). The runtime reads and writes them one at a time through
-/// these methods, which is what lets it persist only the fields that changed.
+/// these methods, which is what lets it save only the fields that changed.
 pub trait Schema: Default + Send + Sync + 'static {
     /// The type's name, for messages.
     const NAME: &'static str;
 
-    /// The persisted fields, in index order.
+    /// The stored fields, in index order.
     const FIELDS: &'static [FieldSpec];
 
     /// What sets this type's records apart in a store shared with other session types: a
@@ -61,13 +61,13 @@ pub trait Schema: Default + Send + Sync + 'static {
     /// version `n + 1`, and the type's version is their number. See [`Migration`].
     const MIGRATIONS: &'static [MigrationStep] = &[];
 
-    /// Encodes persisted field `index` of `self`.
+    /// Encodes stored field `index` of `self`.
     fn encode_field(&self, index: usize) -> Result<String, serde_json::Error>;
 
-    /// Decodes `raw` into persisted field `index` of `self`.
+    /// Decodes `raw` into stored field `index` of `self`.
     fn decode_field(&mut self, index: usize, raw: &str) -> Result<(), serde_json::Error>;
 
-    /// Sets persisted field `index` of `self` back to its default value.
+    /// Sets stored field `index` of `self` back to its default value.
     fn reset_field(&mut self, index: usize);
 }
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters of one session middleware, shared by its clones.
 ///
 /// With the `metrics` feature, every count also goes to the `metrics` facade as
-/// `typed_session_{name}_total{session="<type>"}`, and the load and persist latencies as the
-/// histograms `typed_session_load_seconds` and `typed_session_persist_seconds` (the README's
+/// `typed_session_{name}_total{session="<type>"}`, and the load and save latencies as the
+/// histograms `typed_session_load_seconds` and `typed_session_save_seconds` (the README's
 /// "Metrics" section lists them).
 #[derive(Debug)]
 pub struct Stats {
@@ -57,7 +57,7 @@ impl Count {
     }
 }
 
-/// When a timed load or persist started; empty without the `metrics` feature.
+/// When a timed load or save started; empty without the `metrics` feature.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timer {
     #[cfg(feature = "metrics")]
@@ -68,7 +68,7 @@ pub(crate) struct Timer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Latency {
     Load,
-    Persist,
+    Save,
 }
 
 impl Stats {
@@ -86,7 +86,7 @@ impl Stats {
         metrics::counter!(count.metric(), "session" => self.session).increment(n);
     }
 
-    /// Starts timing a load or a persist: reads the clock only when the latency is recorded.
+    /// Starts timing a load or a save: reads the clock only when the latency is recorded.
     pub(crate) fn start(&self) -> Timer {
         Timer {
             #[cfg(feature = "metrics")]
@@ -94,13 +94,13 @@ impl Stats {
         }
     }
 
-    /// Records how long a load or a persist took since [`start`](Self::start).
+    /// Records how long a load or a save took since [`start`](Self::start).
     pub(crate) fn took(&self, latency: Latency, timer: Timer) {
         #[cfg(feature = "metrics")]
         {
             let name = match latency {
                 Latency::Load => "typed_session_load_seconds",
-                Latency::Persist => "typed_session_persist_seconds",
+                Latency::Save => "typed_session_save_seconds",
             };
             metrics::histogram!(name, "session" => self.session)
                 .record(timer.started.elapsed().as_secs_f64());
@@ -156,7 +156,7 @@ impl Stats {
     pub fn leases_lost(&self) -> u64 {
         self.get(Count::LeasesLost)
     }
-    /// Uses of a handle after its update was persisted.
+    /// Uses of a handle after its update was saved.
     pub fn late_accesses(&self) -> u64 {
         self.get(Count::LateAccesses)
     }

@@ -133,9 +133,6 @@ async fn main() -> Result<(), typed_session::BoxError> {
         .dispatch()
         .await;
     sessions.wait_idle().await;
-    sessions
-        .flush()
-        .await
-        .map_err(|(unsaved, error)| format!("{unsaved} sessions could not be saved: {error}"))?;
+    sessions.flush().await?;
     Ok(())
 }

@@ -63,9 +63,9 @@ async fn main() -> Result<(), BoxError> {
 
     // A save that failed while the bot ran is retried once more before exiting.
     sessions.wait_idle().await;
-    if let Err((unsaved, error)) = sessions.flush().await {
-        eprintln!("stopped; {unsaved} sessions are NOT saved");
-        return Err(format!("{unsaved} sessions could not be saved: {error}").into());
+    if let Err(error) = sessions.flush().await {
+        eprintln!("stopped; {} sessions are NOT saved", error.unsaved());
+        return Err(error.into());
     }
     println!("stopped; every session is saved");
     Ok(())

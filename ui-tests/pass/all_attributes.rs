@@ -1,7 +1,7 @@
 //! "structs with named fields", "defaults", "attributes": every attribute, on a struct with visibility, docs and other derives.
 use typed_session::telegram::Update;
 use typed_session::schema::Schema;
-use typed_session::{Chain, Key, MemoryStore, Session, SessionMiddleware};
+use typed_session::{Chain, KeyStrategy, MemoryStore, Session, SessionMiddleware};
 
 #[derive(Session, Clone, Debug, PartialEq)]
 #[session(accessor = "profile", key = "user", ttl = "7d", renewal = "on_access", namespace = "profile_v1")]
@@ -38,7 +38,7 @@ fn main() {
 
     let chain = Chain::new()
         .with(SessionMiddleware::<Profile, Update>::new(MemoryStore::new()))
-        .with(SessionMiddleware::<Plain, Update>::builder(MemoryStore::new()).key(Key::chat()).build())
+        .with(SessionMiddleware::<Plain, Update>::builder(MemoryStore::new()).key(KeyStrategy::chat()).build())
         .handler(|ctx| {
             Box::pin(async move {
                 let s = ctx.profile().await?;

@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use typed_session::axum::{Router, routing::post};
-//! use typed_session::{Key, MemoryStore, Session, SessionError, SessionLayer};
+//! use typed_session::{KeyStrategy, MemoryStore, Session, SessionError, SessionLayer};
 //!
 //! #[derive(Session)]
 //! struct Cart {
@@ -22,7 +22,7 @@
 //!
 //! let app: Router = Router::new()
 //!     .route("/cart", post(add))
-//!     .layer(SessionLayer::<Cart>::new(MemoryStore::new(), Key::header("x-user-id")));
+//!     .layer(SessionLayer::<Cart>::new(MemoryStore::new(), KeyStrategy::header("x-user-id")));
 //! # let _ = app;
 //! ```
 //!
@@ -35,7 +35,7 @@
 //! |---|---|---|
 //! | [`NoKey`](SessionError::NoKey): the request does not say whose session it is | `400` | `no session key in this request` |
 //! | [`Conflict`](SessionError::Conflict): another writer changed the session first | `409` | `the session changed under this request; send it again` |
-//! | [`Load`](SessionError::Load), [`Persist`](SessionError::Persist), [`Busy`](SessionError::Busy), [`LeaseLost`](SessionError::LeaseLost) | `503` | `sessions are unavailable; try again` |
+//! | [`Load`](SessionError::Load), [`Save`](SessionError::Save), [`Busy`](SessionError::Busy), [`LeaseLost`](SessionError::LeaseLost) | `503` | `sessions are unavailable; try again` |
 //! | the rest (no layer, a value that does not decode, ...) | `500` | `internal error` |
 
 use axum::extract::FromRequestParts;

@@ -1,9 +1,9 @@
 //! Sessions for teloxide bots: dptree handlers that attach a session before the handlers and
-//! persist it after them (feature `teloxide`).
+//! save it after them (feature `teloxide`).
 //!
 //! [`SessionMiddleware::attach`] is the one line a teloxide bot adds: it gives every handler
 //! after it a [`LazySession<S>`] dependency, and when the handlers are done (whichever branch
-//! took the update, or none), it persists the fields they changed, as one patch, before the
+//! took the update, or none), it saves the fields they changed, as one patch, before the
 //! dispatcher moves on. [`SessionMiddleware::load`] goes one step further for the branches
 //! that use the session: it loads it and hands the handlers the typed handle itself.
 //!
@@ -97,7 +97,7 @@
 //! A handle a handler keeps after it returned (moved into a spawned task, say) is over: using
 //! it is reported as a late access ([`Stats::late_accesses`](crate::Stats::late_accesses) and
 //! an error log), and what it writes is not saved by its update;
-//! [`LazySession::get`] then returns [`SessionError::AfterPersist`].
+//! [`LazySession::get`] then returns [`SessionError::AfterSave`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
@@ -116,7 +116,7 @@ use crate::session::Session;
 
 /// A handler that gives the handlers chained after it session `S` of the update, as a
 /// [`LazySession<S>`] dependency (loaded on first use, so a branch that never uses it costs no
-/// store I/O), and persists it once they are done.
+/// store I/O), and saves it once they are done.
 ///
 /// The handlers' `Err` counts as a failure for the middleware's
 /// [`ErrorPolicy`](crate::ErrorPolicy) and is handed on as the value they returned. A session
@@ -229,7 +229,7 @@ where
 
 impl<S: Session> SessionMiddleware<S, Update> {
     /// A dptree handler that gives the handlers chained after it this session, as a
-    /// [`LazySession<S>`] dependency, and persists it once they are done: [`attach`] for this
+    /// [`LazySession<S>`] dependency, and saves it once they are done: [`attach`] for this
     /// middleware. Chain it first, before the branches.
     #[track_caller]
     pub fn attach<E, D>(&self) -> dptree::Handler<'static, Result<(), E>, D>
@@ -277,7 +277,7 @@ pub fn session_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option
 }
 
 /// Hands the caller's dependencies back when no handler took the update, so the branches that
-/// come next do not see a session that is already persisted. `None` is a flow that `attach`
+/// come next do not see a session that is already saved. `None` is a flow that `attach`
 /// took the handlers' error out of, and `Ended` handed back.
 fn restore<T>(
     flow: Option<ControlFlow<T, DependencyMap>>,

@@ -6,11 +6,11 @@ pub(crate) mod axum;
 #[cfg(feature = "teloxide")]
 pub mod dispatching;
 #[cfg(feature = "polling")]
-pub(crate) mod polling;
+pub mod polling;
 pub mod telegram;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;
 #[cfg(feature = "webhook")]
-pub(crate) mod webhook;
+pub mod webhook;

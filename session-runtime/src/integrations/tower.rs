@@ -9,7 +9,7 @@ use std::task::{Context as TaskContext, Poll};
 use http::request::Parts;
 
 use crate::error::SessionError;
-use crate::key::Key;
+use crate::key::KeyStrategy;
 use crate::lifecycle::Ended;
 use crate::middleware::SessionMiddleware;
 use crate::session::Session;
@@ -18,10 +18,10 @@ use crate::store::Store;
 /// Wraps a service so that each request carries session `S`, reachable through the
 /// [`LazySession`](crate::LazySession) in its extensions (with the `axum` feature, through the
 /// typed handle as an extractor), and the response is returned only after the session is
-/// persisted. A response with a 5xx status counts as a failure for the
+/// saved. A response with a 5xx status counts as a failure for the
 /// [`ErrorPolicy`](crate::ErrorPolicy). When the session cannot be saved, the response is
 /// replaced by an empty one: `503` for a store that failed (under
-/// [`SaveFailure::Keep`](crate::SaveFailure::Keep) the session stays live and is written by
+/// [`SaveFailurePolicy::Keep`](crate::SaveFailurePolicy::Keep) the session stays live and is written by
 /// the next request of its key, or by [`SessionMiddleware::flush`]), `409` for writes another
 /// writer's change refused (nothing of the request was saved: it may be sent again). A stale
 /// write under [`StalePolicy::Error`](crate::StalePolicy::Error) is saved and answered with a
@@ -31,7 +31,7 @@ use crate::store::Store;
 /// URI), never its body, so the layer works over any body type:
 ///
 /// ```
-/// use typed_session::{Key, MemoryStore, Session, SessionLayer};
+/// use typed_session::{KeyStrategy, MemoryStore, Session, SessionLayer};
 ///
 /// #[derive(Session)]
 /// struct Cart {
@@ -44,7 +44,7 @@ use crate::store::Store;
 ///
 /// let layer = SessionLayer::<Cart>::new(
 ///     MemoryStore::new(),
-///     Key::from_extension(|user: &UserId| user.0.to_string()),
+///     KeyStrategy::from_extension(|user: &UserId| user.0.to_string()),
 /// );
 /// // `Router::new().route(..).layer(layer).layer(auth)` in axum (the last layer runs first),
 /// // or `tower::ServiceBuilder::new().layer(auth).layer(layer).service(app)`.
@@ -56,8 +56,8 @@ use crate::store::Store;
 /// A key taken from the request as the client sent it (a header, a query parameter, a
 /// cookie that is not signed) is whatever the client says: anyone can send `x-user-id: 42`
 /// and read and write user 42's session. Key sessions by an identity your authentication has
-/// checked: [`Key::from_extension`] reads what an earlier layer put in the request's
-/// extensions. [`Key::header`] is for headers a trusted proxy sets, and for tests.
+/// checked: [`KeyStrategy::from_extension`] reads what an earlier layer put in the request's
+/// extensions. [`KeyStrategy::header`] is for headers a trusted proxy sets, and for tests.
 pub struct SessionLayer<S: Session> {
     middleware: SessionMiddleware<S, Parts>,
 }
@@ -66,7 +66,7 @@ impl<S: Session> SessionLayer<S> {
     /// A layer with the session type's defaults and this key: the one call most apps need.
     /// For the error, save-failure or expiry policies, build the middleware with
     /// [`SessionMiddleware::with_key`] and convert it with `.into()`.
-    pub fn new(store: impl Store, key: Key<Parts>) -> Self {
+    pub fn new(store: impl Store, key: KeyStrategy<Parts>) -> Self {
         SessionMiddleware::with_key(store, key).build().into()
     }
 
@@ -110,14 +110,14 @@ impl<S: Session, Inner> tower_layer::Layer<Inner> for SessionLayer<S> {
     }
 }
 
-impl Key<Parts> {
+impl KeyStrategy<Parts> {
     /// A key read from the request header `name`; a request without it (or with a value that
     /// is not visible ASCII) has no session.
     ///
     /// The client chooses this header: use it only for one a trusted proxy in front of the app
     /// sets (or strips), or in tests. See [`SessionLayer`], "Whose key is it?".
     pub fn header(name: &'static str) -> Self {
-        Key::custom(name, move |parts: &Parts| {
+        KeyStrategy::custom(name, move |parts: &Parts| {
             Some(parts.headers.get(name)?.to_str().ok()?.to_owned())
         })
     }
@@ -128,7 +128,7 @@ impl Key<Parts> {
     pub fn from_extension<T: Send + Sync + 'static>(
         key: impl Fn(&T) -> String + Send + Sync + 'static,
     ) -> Self {
-        Key::custom(std::any::type_name::<T>(), move |parts: &Parts| {
+        KeyStrategy::custom(std::any::type_name::<T>(), move |parts: &Parts| {
             parts.extensions.get::<T>().map(&key)
         })
     }
@@ -224,11 +224,11 @@ pub(crate) fn status_of(error: &SessionError) -> http::StatusCode {
         SessionError::NoKey { .. } => StatusCode::BAD_REQUEST,
         SessionError::Conflict { .. } => StatusCode::CONFLICT,
         SessionError::Load { .. }
-        | SessionError::Persist { .. }
+        | SessionError::Save { .. }
         | SessionError::Busy { .. }
         | SessionError::LeaseLost { .. } => StatusCode::SERVICE_UNAVAILABLE,
         SessionError::NotAttached { .. }
-        | SessionError::AfterPersist { .. }
+        | SessionError::AfterSave { .. }
         | SessionError::Decode { .. }
         | SessionError::Migrate { .. }
         | SessionError::Encode { .. }

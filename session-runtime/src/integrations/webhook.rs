@@ -1,10 +1,10 @@
 //! [`Webhook`]: an HTTP server for Telegram's webhook that runs the chain and answers only
-//! after every session of the update is persisted (feature `webhook`).
+//! after every session of the update is saved (feature `webhook`).
 //!
 //! Telegraf's docs ask webhook users to turn `webhookReply` off, because the HTTP answer can
 //! end the update before its session is written. Here the answer is sent when
 //! [`Chain::run`] has returned, and that happens only once every session middleware has
-//! persisted: a webhook reply cannot race the save.
+//! saved: a webhook reply cannot race the save.
 //!
 //! Telegram sends the next update of a chat only after the answer to the previous one, so
 //! several replicas of a bot behind a load balancer never work on one chat's session at the
@@ -47,7 +47,7 @@ impl From<InvalidSecretToken> for std::io::Error {
 /// Serves Telegram's webhook POSTs for one [`Chain`].
 ///
 /// * `POST {path}` with a JSON update runs the chain; the answer is sent after the sessions
-///   are persisted: `200` with the reply set by [`Context::reply_with`] as its JSON body (a
+///   are saved: `200` with the reply set by [`Context::reply_with`] as its JSON body (a
 ///   Bot API method Telegram performs), or an empty `200`.
 /// * A wrong or missing `X-Telegram-Bot-Api-Secret-Token` (when a secret is set) gets `401`,
 ///   compared in constant time; a body over the limit `413`; a body that is not an update
@@ -66,7 +66,7 @@ impl From<InvalidSecretToken> for std::io::Error {
 ///   SYN to be sent again).
 /// * A chain error gets [`error_status`](Self::error_status) (default `500`). Telegram
 ///   retries updates that did not get a 2xx, so the failed update comes again; with the
-///   default [`ErrorPolicy::Persist`](crate::ErrorPolicy) its session changes were saved and
+///   default [`ErrorPolicy::Save`](crate::ErrorPolicy) its session changes were saved and
 ///   the retry sees them. Answer `200` instead to drop failed updates.
 /// * An update whose session could not be saved, or whose writes were refused because another
 ///   writer had changed those fields meanwhile
@@ -296,7 +296,7 @@ where
     }
 
     /// Serves on `listener` until `shutdown` completes; then stops accepting, lets the
-    /// updates in flight finish and persist, retries the saves that failed
+    /// updates in flight finish and save, retries the saves that failed
     /// ([`Chain::flush`]), and returns.
     ///
     /// # Errors

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::clock::Later;
-use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
+use crate::config::{ErrorPolicy, SaveFailurePolicy, StalePolicy};
 use crate::error::SessionError;
 use crate::live::entry::{Dirty, Entry, Fate, State};
 use crate::live::lease;
@@ -30,7 +30,7 @@ struct Undo {
     clear: Option<(bool, u64)>,
 }
 
-/// What an update did with one persisted field, by local version (0: nothing).
+/// What an update did with one stored field, by local version (0: nothing).
 #[derive(Default)]
 struct Marks {
     /// Last read or written.
@@ -64,7 +64,7 @@ pub(crate) enum Writes {
 pub(crate) struct Hold<S: Schema> {
     pub(crate) sessions: Arc<Sessions<S>>,
     pub(crate) entry: Arc<Entry<S>>,
-    /// Per persisted field, what this update did with it.
+    /// Per stored field, what this update did with it.
     marks: Box<[Marks]>,
     undo: Option<Mutex<Undo>>,
     stale: OnceLock<&'static str>,
@@ -94,7 +94,7 @@ impl<S: Schema> Hold<S> {
         update_id: Option<i64>,
     ) -> Self {
         let undo = (sessions.on_error == ErrorPolicy::Discard
-            || sessions.save_failure == SaveFailure::Retry
+            || sessions.save_failure == SaveFailurePolicy::Retry
             || sessions.stale == StalePolicy::Retry)
             .then(Mutex::default);
         Hold {
@@ -128,7 +128,7 @@ impl<S: Schema> Hold<S> {
                 let Ok(guard) = tokio::time::timeout(wait, turn.lock_owned()).await else {
                     return Err(SessionError::Busy {
                         session: S::NAME,
-                        key: self.entry.key.to_string(),
+                        key: self.entry.session_key(),
                         waited: wait,
                     });
                 };
@@ -174,7 +174,7 @@ impl<S: Schema> Hold<S> {
 
     /// Whether a failed save takes this update's writes back, so that it can run again.
     pub(crate) fn takes_back(&self) -> bool {
-        self.retried && self.sessions.save_failure == SaveFailure::Retry
+        self.retried && self.sessions.save_failure == SaveFailurePolicy::Retry
     }
 
     /// Writes what the entry has unsaved; under a lease, releases it in the same patch.
@@ -344,7 +344,7 @@ impl<S: Schema> Hold<S> {
 
     /// Takes back this update's writes that no other update has overwritten since (and, with
     /// `unsaved_only`, that are not in the store yet). The restored fields are marked, so the
-    /// persist that follows writes them only if the store holds something else.
+    /// save that follows writes them only if the store holds something else.
     pub(crate) fn revert(&self, unsaved_only: bool) {
         let Some(undo) = &self.undo else { return };
         let undo = std::mem::take(&mut *undo.lock());
@@ -453,7 +453,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         );
     }
 
-    /// Runs `f` on the current value. `index` is the persisted field being read, if one is:
+    /// Runs `f` on the current value. `index` is the stored field being read, if one is:
     /// reads never mark anything dirty, but they are remembered for stale-write detection.
     pub fn read<R>(&self, index: Option<usize>, f: impl FnOnce(&S) -> R) -> R {
         self.check_live("read");
@@ -467,7 +467,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         f(&state.value)
     }
 
-    /// Overwrites persisted field `index` with `f` (a `set_*`). If another update changed the
+    /// Overwrites stored field `index` with `f` (a `set_*`). If another update changed the
     /// field after this one last read it, the write is stale (ARCHITECTURE.md, "Stale writes"): it is counted and
     /// logged, and in strict mode the update ends with [`SessionError::StaleWrite`].
     pub fn set(&self, index: usize, f: impl FnOnce(&mut S)) {
@@ -489,7 +489,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         self.hold.wrote_field(&mut state, index, version);
     }
 
-    /// Changes persisted field `index` in place with `f` (an `update_*`): an atomic
+    /// Changes stored field `index` in place with `f` (an `update_*`): an atomic
     /// read-modify-write that is never stale.
     pub fn update<R>(&self, index: usize, f: impl FnOnce(&mut S) -> R) -> R {
         self.check_live("write");
@@ -510,13 +510,13 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         out
     }
 
-    /// Changes fields that are not persisted (`#[session(skip)]`); nothing is marked.
+    /// Changes fields that are not saved (`#[session(skip)]`); nothing is marked.
     pub fn update_transient<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         self.check_live("write");
         f(&mut self.hold.entry.lock().value)
     }
 
-    /// Sets persisted field `index` back to its default and removes it from the store, so it
+    /// Sets stored field `index` back to its default and removes it from the store, so it
     /// follows the default from now on.
     pub fn reset(&self, index: usize) {
         self.check_live("write");
@@ -530,7 +530,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         self.hold.wrote_field(&mut state, index, version);
     }
 
-    /// Replaces the whole value; every persisted field is marked, and only those whose
+    /// Replaces the whole value; every stored field is marked, and only those whose
     /// encoding changed are written.
     pub fn replace(&self, value: S) {
         self.check_live("write");
@@ -548,7 +548,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         }
     }
 
-    /// Deletes the session from the store at persist (Telegraf's `ctx.session = null`); from
+    /// Deletes the session from the store at save (Telegraf's `ctx.session = null`); from
     /// now on reads see the defaults, and writes start a new record.
     pub fn clear(&self) {
         self.check_live("clear");

@@ -1,6 +1,6 @@
 //! One live session: its value, the per-field bookkeeping, and its codec both ways, decode
 //! when the stored record is loaded, and encode, diff and reconcile when a patch is written
-//! (ARCHITECTURE.md, "Dirty tracking" and "Persist after the chain").
+//! (ARCHITECTURE.md, "Dirty tracking" and "Save after the chain").
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use crate::clock::Later;
-use crate::error::{SessionError, StoreError, StoreOp};
+use crate::error::{SessionError, SessionKey, StoreError, StoreOp};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
@@ -33,7 +33,7 @@ pub(crate) enum Dirty {
     Remove,
 }
 
-/// Per persisted field: its version, its dirtiness, and what the store holds for it.
+/// Per stored field: its version, its dirtiness, and what the store holds for it.
 #[derive(Debug)]
 pub(crate) struct FieldState {
     /// Bumped on every write; a holder compares it with the version it last saw.
@@ -56,7 +56,7 @@ pub(crate) struct FieldState {
     /// The updates whose writes of this field are not decided yet, by the local version they
     /// made: the patch that carries the field records them all as saved updates.
     pending: Vec<(u64, i64)>,
-    /// What the persist under way writes of the field (there is at most one per entry,
+    /// What the save under way writes of the field (there is at most one per entry,
     /// behind its write gate).
     in_flight: Option<InFlight>,
     /// How many running updates read the field: while any does, every patch expects the
@@ -204,7 +204,7 @@ pub(crate) struct State<S> {
     pub(crate) recent: Window,
     /// The schema version the stored record carries (see `live/migrate`).
     schema: Mark,
-    /// The ids of the updates a patch carries, kept between persists to spare an allocation.
+    /// The ids of the updates a patch carries, kept between saves to spare an allocation.
     ids: Vec<i64>,
 }
 
@@ -252,7 +252,7 @@ impl<S: Schema> State<S> {
     }
 
     /// Puts back a field saved with [`save_field`](Self::save_field) and marks it, so the next
-    /// persist writes it if the store holds something else. Returns whether it was restored.
+    /// save writes it if the store holds something else. Returns whether it was restored.
     pub(crate) fn restore_field(&mut self, index: usize, saved: &str) -> bool {
         if self.value.decode_field(index, saved).is_err() {
             return false;
@@ -315,7 +315,7 @@ impl<S: Schema> State<S> {
         self.bump(index, Dirty::Clean);
     }
 
-    /// Forgets what a persist that did not complete was writing: those fields stay dirty.
+    /// Forgets what a save that did not complete was writing: those fields stay dirty.
     fn forget_in_flight(&mut self) {
         for field in self.fields.iter_mut() {
             field.in_flight = None;
@@ -456,7 +456,7 @@ impl<S: Schema> State<S> {
 /// does not answer costs an update at most two deadlines.
 const RESENDS: usize = 3;
 
-/// How a persist attempt ended, for the updates that waited for it.
+/// How a save attempt ended, for the updates that waited for it.
 struct Attempt {
     number: u64,
     /// `None`: saved. Otherwise the store's error (its backend, and as text: the error itself
@@ -536,9 +536,9 @@ pub(crate) struct Entry<S> {
     pub(crate) key: Arc<str>,
     loaded: OnceCell<()>,
     state: Mutex<State<S>>,
-    /// Held for the whole of a persist, so the patches of one key never reorder.
+    /// Held for the whole of a save, so the patches of one key never reorder.
     write_gate: tokio::sync::Mutex<()>,
-    /// Persist attempts begun so far, and how the last one ended: an update that waited at
+    /// Save attempts begun so far, and how the last one ended: an update that waited at
     /// the gate while an attempt carrying its writes ran takes that outcome instead of making
     /// the same attempt again (waits for a slow store do not add up per waiting update).
     attempts: AtomicU64,
@@ -580,6 +580,11 @@ impl<S: Schema> Entry<S> {
     }
 
     /// Whether the entry holds the stored record (a load or a lease claim read it).
+    /// The key as the key strategy made it, for errors.
+    pub(crate) fn session_key(&self) -> SessionKey {
+        SessionKey::of_stored(&self.key, S::NAMESPACE)
+    }
+
     pub(crate) fn is_loaded(&self) -> bool {
         self.loaded.initialized()
     }
@@ -720,8 +725,8 @@ impl<S: Schema> Entry<S> {
             }
             SessionError::Load {
                 session: S::NAME,
-                key: self.key.to_string(),
-                source,
+                key: self.session_key(),
+                source: Box::new(source),
             }
         })?;
         let Some(record) = record else {
@@ -800,7 +805,7 @@ impl<S: Schema> Entry<S> {
                 if !spec.reset_on_error {
                     return Err(Box::new(SessionError::Decode {
                         session: S::NAME,
-                        key: self.key.to_string(),
+                        key: self.session_key(),
                         field: spec.name,
                         source,
                     }));
@@ -985,7 +990,7 @@ impl<S: Schema> Entry<S> {
     /// After a conflict: reads the record again and takes the store's value of every field
     /// that is not dirty, and of every field in `conflicts` (whose local writes are discarded:
     /// they were based on an older value). Dirty fields not in conflict keep their value, to be
-    /// written by the next persist.
+    /// written by the next save.
     /// `sure`: the store holds none of the discarded writes.
     async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str], sure: bool) {
         let loaded = self.bracketed(store, store.load(&self.key)).await;
@@ -1023,8 +1028,8 @@ impl<S: Schema> Entry<S> {
             ),
             Err(source) => Err(Box::new(SessionError::Load {
                 session: S::NAME,
-                key: self.key.to_string(),
-                source,
+                key: self.session_key(),
+                source: Box::new(source),
             })),
         };
         let mut state = self.lock();
@@ -1096,8 +1101,8 @@ impl<S: Schema> Entry<S> {
     ) -> Result<Lease, SessionError> {
         let load_error = |source| SessionError::Load {
             session: S::NAME,
-            key: self.key.to_string(),
-            source,
+            key: self.session_key(),
+            source: Box::new(source),
         };
         // Across processes the lease, not the revision, says who may use the record.
         self.unseen();
@@ -1111,7 +1116,7 @@ impl<S: Schema> Entry<S> {
                 if now >= deadline {
                     return Err(SessionError::Busy {
                         session: S::NAME,
-                        key: self.key.to_string(),
+                        key: self.session_key(),
                         waited: now - started,
                     });
                 }
@@ -1157,7 +1162,7 @@ impl<S: Schema> Entry<S> {
     /// Deletes the stored record and makes the live state forget it (ARCHITECTURE.md,
     /// "Erasure"): every field back to its default with nothing stored, the writes not yet
     /// saved discarded (the updates that made them learn it, as after a conflict). It waits
-    /// for a load or a persist of the key under way, so neither can bring the old values back
+    /// for a load or a save of the key under way, so neither can bring the old values back
     /// after it.
     pub(crate) async fn erase(&self, store: &dyn Store, stats: &Stats) -> Result<(), StoreError> {
         // An entry nobody loaded holds nothing of the record: take it as loaded empty rather
@@ -1205,7 +1210,7 @@ impl<S: Schema> Entry<S> {
     ///
     /// When the store fails the patch, its writes are taken back (`take_back`, for updates
     /// that are delivered again: ARCHITECTURE.md, "Exactly once") or stay dirty for a later
-    /// persist.
+    /// save.
     pub(crate) async fn persist(
         &self,
         store: &dyn Store,
@@ -1214,10 +1219,10 @@ impl<S: Schema> Entry<S> {
         mut lease: Option<&mut Lease>,
         take_back: bool,
     ) -> Result<(), SessionError> {
-        let persist_error = |source| SessionError::Persist {
+        let persist_error = |source| SessionError::Save {
             session: S::NAME,
-            key: self.key.to_string(),
-            source,
+            key: self.session_key(),
+            source: Box::new(source),
             chain: None,
         };
         let seen = self.attempts.load(Ordering::Acquire);
@@ -1248,7 +1253,7 @@ impl<S: Schema> Entry<S> {
             stats.add(Count::LeasesLost, 1);
             SessionError::LeaseLost {
                 session: S::NAME,
-                key: self.key.to_string(),
+                key: self.session_key(),
             }
         };
         if lease.as_ref().is_some_and(|lease| !lease.is_live()) {
@@ -1288,7 +1293,7 @@ impl<S: Schema> Entry<S> {
                 .diff(&mut patch, &mut ids)
                 .map_err(|(field, source)| SessionError::Encode {
                     session: S::NAME,
-                    key: self.key.to_string(),
+                    key: self.session_key(),
                     field,
                     source,
                 })?;
@@ -1330,7 +1335,7 @@ impl<S: Schema> Entry<S> {
             )
             .instrument(span.clone())
             .await;
-        stats.took(Latency::Persist, timer);
+        stats.took(Latency::Save, timer);
         span.record(
             "outcome",
             match &applied {
@@ -1393,7 +1398,7 @@ impl<S: Schema> Entry<S> {
                 }
                 return Err(SessionError::Conflict {
                     session: S::NAME,
-                    key: self.key.to_string(),
+                    key: self.session_key(),
                     fields,
                 });
             }

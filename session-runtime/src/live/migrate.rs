@@ -2,7 +2,7 @@
 //! brought to its session type's version as it is loaded, and what changed is written back with
 //! the update's patch, with the record's new version.
 
-use crate::error::SessionError;
+use crate::error::{SessionError, SessionKey};
 use crate::schema::{Migration, Schema, VERSION_FIELD};
 use crate::store::Record;
 
@@ -69,10 +69,9 @@ pub(crate) fn migrate<S: Schema>(
         step(&mut migration).map_err(|error| {
             Box::new(SessionError::Migrate {
                 session: S::NAME,
-                key: key.to_owned(),
+                key: SessionKey::of_stored(key, S::NAMESPACE),
                 version: at,
-                field: error.field().to_owned(),
-                message: error.message().to_owned(),
+                source: Box::new(error),
             })
         })?;
     }

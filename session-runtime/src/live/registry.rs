@@ -2,7 +2,7 @@
 //! (ARCHITECTURE.md, "Sharing").
 //!
 //! An update takes a hold on its first session access and gives it back only after its
-//! persist has finished, so an update that arrives while an earlier one is still writing joins
+//! save has finished, so an update that arrives while an earlier one is still writing joins
 //! the same entry and sees that write, never the older stored value.
 //!
 //! An entry no update holds is kept, decoded, while the store can tell that its record is
@@ -27,7 +27,7 @@ pub(crate) const IDLE_KEPT: usize = 10_000;
 struct Live<S> {
     entry: Arc<Entry<S>>,
     holders: usize,
-    /// Its last persist failed: it is kept, dirty fields and all, until one succeeds.
+    /// Its last save failed: it is kept, dirty fields and all, until one succeeds.
     unsaved: bool,
     /// Kept decoded with no holder: when it was released (its place in `Entries::kept`).
     idle: Option<u64>,
@@ -160,7 +160,7 @@ impl<S: Schema> Registry<S> {
     }
 
     /// Gives back a hold. The entry is dropped with its last holder, unless that holder's
-    /// persist failed (`unsaved`): then it stays, so its changes are not lost; or the store's
+    /// save failed (`unsaved`): then it stays, so its changes are not lost; or the store's
     /// revision of what it holds is known: then it is kept decoded for the next update.
     pub(crate) fn release(&self, entry: &Arc<Entry<S>>, unsaved: bool) {
         let mut guard = self.entries.lock();
@@ -194,7 +194,7 @@ impl<S: Schema> Registry<S> {
         }
     }
 
-    /// Holds every entry whose last persist failed and no update holds, to retry it.
+    /// Holds every entry whose last save failed and no update holds, to retry it.
     pub(crate) fn hold_unsaved(&self) -> Vec<Arc<Entry<S>>> {
         let mut entries = self.entries.lock();
         let mut held = Vec::new();
@@ -214,7 +214,7 @@ impl<S: Schema> Registry<S> {
         entries.by_key.len() - entries.idle_count
     }
 
-    /// The number of entries kept only because their last persist failed.
+    /// The number of entries kept only because their last save failed.
     pub(crate) fn unsaved(&self) -> usize {
         let entries = self.entries.lock();
         entries.by_key.len() - entries.held - entries.idle_count

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ErrorPolicy, SaveFailure, StalePolicy};
-use crate::error::{SessionError, StoreError};
+use crate::config::{ErrorPolicy, SaveFailurePolicy, StalePolicy};
+use crate::error::{FlushError, SessionError, StoreError};
 use crate::live::entry::Entry;
 use crate::live::expiry::Expiry;
 use crate::live::registry::Registry;
@@ -23,7 +23,7 @@ pub(crate) struct Sessions<S> {
     pub(crate) strategy: &'static str,
     pub(crate) on_error: ErrorPolicy,
     pub(crate) stale: StalePolicy,
-    pub(crate) save_failure: SaveFailure,
+    pub(crate) save_failure: SaveFailurePolicy,
     /// Whether a delivery of an update already saved is recognised (by the update's id).
     pub(crate) redelivery: bool,
     /// In exclusive mode, how long an update waits for its turn on a key.
@@ -36,7 +36,7 @@ pub(crate) struct Sessions<S> {
 
 impl<S: Schema> Sessions<S> {
     /// Writes what `entry` has unsaved, as one patch (without a lease: no update holds it).
-    /// `take_back`: a failed save takes back the writes it carried (see [`Entry::persist`]).
+    /// `take_back`: a failed save takes back the writes it carried (see [`Entry::save`]).
     pub(crate) async fn persist(
         &self,
         entry: &Entry<S>,
@@ -57,9 +57,9 @@ impl<S: Schema> Sessions<S> {
         held.entry.erase(&*self.store, &self.stats).await
     }
 
-    /// Retries the persist of every session whose last persist failed and that no update
+    /// Retries the save of every session whose last save failed and that no update
     /// holds; returns how many are still unsaved, with the first error.
-    pub(crate) async fn flush(&self) -> Result<(), (usize, SessionError)> {
+    pub(crate) async fn flush(&self) -> Result<(), FlushError> {
         let mut failed = 0;
         let mut first = None;
         for entry in self.registry.hold_unsaved() {
@@ -73,7 +73,7 @@ impl<S: Schema> Sessions<S> {
         }
         match first {
             None => Ok(()),
-            Some(error) => Err((failed, error)),
+            Some(error) => Err(FlushError::new(failed, error)),
         }
     }
 }

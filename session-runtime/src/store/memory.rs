@@ -14,7 +14,7 @@ use crate::clock::Later;
 use crate::error::StoreError;
 
 /// An in-process store. It holds encoded copies of the fields, never live values, so it
-/// behaves like a remote store: what a session reads is what was persisted.
+/// behaves like a remote store: what a session reads is what was saved.
 ///
 /// Records with an expiry are removed once it passes: on the next read of that key, and by a
 /// sweep that every write runs over the records that have expired (an ordered index keeps

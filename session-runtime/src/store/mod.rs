@@ -74,7 +74,7 @@ pub(crate) async fn within<T>(
 
 /// The most fields one patch may write (set and removed together), in every store: SQLite
 /// binds a few parameters per field and allows 32,766 per statement; the derive refuses a
-/// session type with more persisted fields than this.
+/// session type with more stored fields than this.
 pub const MAX_PATCH_FIELDS: usize = 1_000;
 
 /// The error every store returns for a patch of more than [`MAX_PATCH_FIELDS`] fields.
@@ -177,7 +177,7 @@ impl<T> Future for StoreFuture<'_, T> {
     }
 }
 
-/// The changes one persist writes: fields to set, fields to remove, and the expiry.
+/// The changes one save writes: fields to set, fields to remove, and the expiry.
 ///
 /// Fields the patch does not name are left untouched in the store. Stores read its fields;
 /// it is built with [`Patch::new`] and the `*_field` methods.

@@ -32,6 +32,7 @@ use self::schedule::{Backoff, Running, Status, Window};
 use crate::chain::Chain;
 use crate::clock::Later;
 use crate::context::Context;
+use crate::error::BoxError;
 use crate::key::UpdateKeys;
 
 /// Where the Bot API lives unless [`Polling::api_url`] says otherwise.
@@ -60,7 +61,7 @@ const REPOLL: Duration = Duration::from_millis(500);
 ///   after the update's sessions are saved, so a handler works unchanged under the webhook
 ///   and under polling.
 /// * Shutdown: when the `shutdown` future given to [`run`](Self::run) completes, no new update
-///   is fetched, the running ones finish and persist, what is saved is confirmed, and `run`
+///   is fetched, the running ones finish and save, what is saved is confirmed, and `run`
 ///   returns.
 ///
 /// A slow update keeps the updates after it unconfirmed while it runs; if
@@ -152,7 +153,7 @@ pub enum PollingError {
     },
     /// The HTTP client could not be built (no TLS backend could be set up).
     #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    Client(#[source] BoxError),
 }
 
 impl<U> Polling<U>
@@ -231,7 +232,7 @@ where
     ) -> Result<Stopped, PollingError> {
         let client = reqwest::Client::builder()
             .build()
-            .map_err(PollingError::Client)?;
+            .map_err(|error| PollingError::Client(error.into()))?;
         let api = BotApi {
             client,
             base: format!("{}/bot{}", self.api_url, self.token),

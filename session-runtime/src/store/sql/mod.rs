@@ -11,7 +11,7 @@
 //!
 //! The other layout, a row per (key, field), needs an upsert for the set fields, a delete for
 //! the removed ones and an update of every row's expiry: three statements in a transaction,
-//! that is four to five round trips per persist instead of one, and an expiry copied into
+//! that is four to five round trips per save instead of one, and an expiry copied into
 //! every row. Loads cost the same in both (one indexed `SELECT`).
 //!
 //! Expiry is an `expires_at` column in milliseconds since the Unix epoch, taken from the

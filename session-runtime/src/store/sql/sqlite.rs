@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
 use super::{
@@ -287,7 +287,7 @@ impl SqliteStore {
     /// The connection, locked: for queries of your own. Do not hold it across an `.await`, and
     /// mind that its busy timeout is none (a query meeting another connection's lock fails at
     /// once with `SQLITE_BUSY`).
-    pub fn connection(&self) -> MutexGuard<'_, Connection> {
+    pub fn connection(&self) -> impl std::ops::DerefMut<Target = Connection> + '_ {
         let mut connection = self.connection.lock();
         self.end_group(&mut connection, None);
         connection

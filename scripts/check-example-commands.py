@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fails if a command in the docs or the scripts runs an example without the features it
-requires: every `cargo run`/`cargo build` with `--example NAME` in README.md, ARCHITECTURE.md,
+requires: every `cargo run`/`cargo build` with `--example NAME` in README.md, the guide, ARCHITECTURE.md,
 BENCHMARKS.md, examples/*.rs and scripts/*.sh must name (in `--features`) every feature
 Cargo.toml's [[example]] NAME lists in `required-features` (cargo would refuse to run it)."""
 import pathlib
@@ -18,6 +18,7 @@ COMMAND = re.compile(r"cargo\s+(?:run|build)\b[^\n`]*?--example\s+([A-Za-z0-9_]+
 FEATURES = re.compile(r"--features[ =]([A-Za-z0-9_,\-]+)")
 
 sources = [ROOT / n for n in ("README.md", "ARCHITECTURE.md", "BENCHMARKS.md")]
+sources += sorted((ROOT / "src" / "guide").glob("*.md"))
 sources += sorted((ROOT / "examples").glob("*.rs")) + sorted((ROOT / "scripts").glob("*.sh"))
 problems, checked = [], 0
 for path in sources:

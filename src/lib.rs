@@ -75,7 +75,7 @@
 //! * `testing`: [`testing::BotApiDouble`], a test double of the Telegram Bot API, to run a bot
 //!   offline in tests.
 //! * `metrics`: what [`Stats`] counts, and load and save latencies, through the `metrics`
-//!   facade (the README lists the metrics).
+//!   facade ([`guide::observability`] lists them).
 //!
 //! Stores: `sqlite`, `postgres`, `mysql`, `redis`, `mongodb` (see [`store`]).
 //!
@@ -93,7 +93,7 @@
 //!
 //! # What is guaranteed
 //!
-//! See the README's table. In short: no write on read, no write of unchanged or untouched
+//! [`guide::guarantees`] has the table, row by row against Telegraf. In short: no write on read, no write of unchanged or untouched
 //! fields, one patch of only the changed fields per update, no lost update between concurrent
 //! updates of one key in a process, and none between processes either: every stored field has
 //! a version, and a write based on an older value than the store holds is refused
@@ -104,8 +104,16 @@
 //! ([`StalePolicy`]); [`SessionBuilder::exclusive`] runs one update per key at a time. Two
 //! session types on one store never share a record (each has its namespace). Whether an update
 //! must run again is [`Context::must_retry`]; the webhook and the poller do it for you.
+//!
+//! # The guide
+//!
+//! The manual is [`guide`]: one chapter per module (stores, the derive, each runner, several
+//! writers, what it reports, erasure, running in production), every example in it compiled
+//! and tested with the crate.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod guide;
 
 pub use typed_session_macros::Session;
 pub use typed_session_runtime::*;

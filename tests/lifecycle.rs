@@ -513,7 +513,7 @@ async fn each_load_and_each_save_is_a_span_with_its_key_outcome_and_size() {
             .unwrap_or_else(|| panic!("no {name} span of {key}: {spans:?}"))
             .clone()
     };
-    let (load, save) = (span("session.load", "7:7"), span("session.persist", "7:7"));
+    let (load, save) = (span("session.load", "7:7"), span("session.save", "7:7"));
     assert!(
         load.contains("session=\"Counter\"") && load.contains("outcome=\"none\""),
         "{load}"
@@ -525,7 +525,7 @@ async fn each_load_and_each_save_is_a_span_with_its_key_outcome_and_size() {
             && save.contains("outcome=\"saved\""),
         "{save}"
     );
-    let failed = span("session.persist", "8:8");
+    let failed = span("session.save", "8:8");
     assert!(failed.contains("outcome=\"error\""), "{failed}");
 }
 

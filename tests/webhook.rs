@@ -670,7 +670,7 @@ async fn idle_connections_beyond_the_limit_make_room_for_a_good_request() {
 /// a good request is answered within the header timeout. Before, the listener's backlog was
 /// tokio's 128 and a full house of slow clients kept new ones out until their timeout, so a
 /// good request waited 35.6 s, most of it in SYN retries. The latency is printed, not
-/// asserted (the README quotes it).
+/// asserted (the guide's webhook chapter quotes it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_request_is_answered_within_the_header_timeout_during_a_flood_of_slow_connections() {
     const SLOW: usize = 900;

@@ -1,6 +1,6 @@
 //! Cost of the session middleware on the memory store, against the same chain without a
 //! session: sequential updates, and batches of 1,000 concurrent updates with same-key
-//! collisions (the anchors' workloads A/seq and A/conc, the benchmark section of the README).
+//! collisions (the anchors' workloads A/seq and A/conc, the benchmark section of BENCHMARKS.md).
 //!
 //! `cargo bench --bench middleware`
 

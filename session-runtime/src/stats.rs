@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// With the `metrics` feature, every count also goes to the `metrics` facade as
 /// `typed_session_{name}_total{session="<type>"}`, and the load and save latencies as the
-/// histograms `typed_session_load_seconds` and `typed_session_save_seconds` (the README's
-/// "Metrics" section lists them).
+/// histograms `typed_session_load_seconds` and `typed_session_save_seconds` (the guide's
+/// `observability` chapter lists them).
 #[derive(Debug)]
 pub struct Stats {
     session: &'static str,

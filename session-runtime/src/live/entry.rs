@@ -1315,7 +1315,7 @@ impl<S: Schema> Entry<S> {
 
         let bytes = patch.bytes();
         let span = tracing::debug_span!(
-            "session.persist",
+            "session.save",
             session = S::NAME,
             key = &*self.key,
             set = patch.set.len(),

@@ -43,8 +43,8 @@ const BACKEND: &str = "postgres";
 /// With synchronous replication (`synchronous_standby_names` on the primary,
 /// `synchronous_commit = on`), a commit is acknowledged, and seen by other reads, only once a
 /// standby has it, so a failover loses no acknowledged update; with asynchronous
-/// replication, what the primary had not yet sent is lost with it (README, "Running in
-/// production").
+/// replication, what the primary had not yet sent is lost with it (the guide's
+/// `production` chapter).
 ///
 /// # Example
 ///

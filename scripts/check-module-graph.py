@@ -6,7 +6,9 @@ session-runtime/src, and every path written inline in code (`crate::store::Foo::
 `super::Bar`; not in comments), maps each to the module it names (the longest module path
 that is a prefix of it, followed through a parent's re-export of a child's item), and looks
 for a cycle in that graph. A parent's `pub use` of its own children is a namespace, not a
-dependency. Prints the layers, lowest first.
+dependency. A private child module (`mod group;`, no `pub`) that holds `impl` blocks of a type its
+parent defines is that type split into files: nothing outside can name it, so it counts as its
+parent. Prints the layers, lowest first.
 
 usage: check-module-graph.py [SRC]   (default: session-runtime/src)
 """
@@ -29,6 +31,42 @@ def module_of(path):
 
 
 modules = {module_of(p): p for p in ROOT.rglob("*.rs")}
+
+PRIVATE_MOD = re.compile(r"^\s*mod\s+([a-z_][a-z0-9_]*)\s*;", re.M)
+TYPE_DEF = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?(?:struct|enum)\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
+IMPL = re.compile(r"^\s*impl\b([^{;]*)\{", re.M)
+
+
+def self_types(text):
+    """The type each `impl` block of `text` is for (`impl<'a> Foo<'a> {`, `impl Tr for Foo {`)."""
+    for match in IMPL.finditer(text):
+        head = re.sub(r"^\s*<[^>]*>", "", match.group(1))
+        head = head.split(" for ", 1)[-1]
+        name = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)", head)
+        if name:
+            yield name.group(1)
+
+
+# Private children that are parts of their parent's type in files of their own: declared
+# `mod x;` (no `pub`) by a module other than the crate root, with an `impl` block of a type the
+# parent defines.
+private = set()
+for module, path in modules.items():
+    if not module:
+        continue  # the crate root's modules are the rooms
+    text = path.read_text()
+    own = set(TYPE_DEF.findall(text))
+    for name in PRIVATE_MOD.findall(text):
+        child = module + (name,)
+        if child in modules and own & set(self_types(modules[child].read_text())):
+            private.add(child)
+
+
+def room(module):
+    """The module a module counts as: itself, or for a private child, its parent's room."""
+    while module in private:
+        module = module[:-1]
+    return module
 
 
 def target(importer, path):
@@ -108,6 +146,14 @@ for module, path in modules.items():
         names = [p for p in parts if p not in ("crate", "super")]
         item = next((n for n in names if n[:1].isupper()), names[-1] if names else "")
         edges[module].add(reexports[to].get(item, to))
+
+# Collapse private children into their parents.
+collapsed = {}
+for module, targets in edges.items():
+    here = room(module)
+    collapsed.setdefault(here, set())
+    collapsed[here] |= {room(t) for t in targets if room(t) != here}
+edges = collapsed
 
 state, stack = {}, []
 

@@ -168,29 +168,13 @@ fn user_id(u: u32) -> i64 {
 
 fn make_update(i: usize, u: u32) -> Update {
     let id = user_id(u);
-    let user = User {
-        id,
-        is_bot: false,
-        first_name: "U".into(),
-        username: None,
-    };
-    Update {
-        update_id: i as i64 + 1,
-        message: Some(Message {
-            message_id: i as i64 + 1,
-            from: Some(user),
-            chat: Chat {
-                id,
-                kind: "private".into(),
-            },
-            date: 1_700_000_000,
-            text: Some("hi".into()),
-        }),
-        edited_message: None,
-        channel_post: None,
-        callback_query: None,
-        inline_query: None,
-    }
+    let mut message = Message::new(i as i64 + 1, Chat::new(id, "private"));
+    message.from = Some(User::new(id, "U"));
+    message.date = 1_700_000_000;
+    message.text = Some("hi".into());
+    let mut update = Update::new(i as i64 + 1);
+    update.message = Some(message);
+    update
 }
 
 async fn feed(

@@ -29,6 +29,7 @@ mod teloxide_keys;
 
 /// A Telegram user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct User {
     /// Unique id of the user or bot.
     pub id: i64,
@@ -45,6 +46,7 @@ pub struct User {
 
 /// A Telegram chat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Chat {
     /// Unique id; negative for groups and channels.
     pub id: i64,
@@ -55,6 +57,7 @@ pub struct Chat {
 
 /// A Telegram message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Message {
     /// Id of the message in its chat.
     pub message_id: i64,
@@ -73,6 +76,7 @@ pub struct Message {
 
 /// A press of an inline keyboard button.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CallbackQuery {
     /// Unique id of the query.
     pub id: String,
@@ -88,6 +92,7 @@ pub struct CallbackQuery {
 
 /// An inline query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct InlineQuery {
     /// Unique id of the query.
     pub id: String,
@@ -100,6 +105,7 @@ pub struct InlineQuery {
 
 /// A Telegram update (a subset of the Bot API's `Update`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Update {
     /// The update's id.
     pub update_id: i64,
@@ -120,7 +126,91 @@ pub struct Update {
     pub inline_query: Option<InlineQuery>,
 }
 
+impl User {
+    /// A user who is not a bot, with the given id and first name; set the other fields as
+    /// needed.
+    pub fn new(id: i64, first_name: impl Into<String>) -> Self {
+        User {
+            id,
+            is_bot: false,
+            first_name: first_name.into(),
+            username: None,
+        }
+    }
+}
+
+impl Chat {
+    /// A chat of the given id and type (`"private"`, `"group"`, `"supergroup"`, `"channel"`).
+    pub fn new(id: i64, kind: impl Into<String>) -> Self {
+        Chat {
+            id,
+            kind: kind.into(),
+        }
+    }
+}
+
+impl Message {
+    /// A message with no sender, date or text in `chat`; set the fields it needs.
+    ///
+    /// ```
+    /// use typed_session::UpdateKeys;
+    /// use typed_session::telegram::{Chat, Message, Update, User};
+    ///
+    /// let mut message = Message::new(7, Chat::new(-100, "group"));
+    /// message.from = Some(User::new(42, "Ada"));
+    /// message.text = Some("hi".into());
+    /// let mut update = Update::new(1);
+    /// update.message = Some(message);
+    /// assert_eq!((update.user_id(), update.chat_id()), (Some(42), Some(-100)));
+    /// ```
+    pub fn new(message_id: i64, chat: Chat) -> Self {
+        Message {
+            message_id,
+            from: None,
+            chat,
+            date: 0,
+            text: None,
+        }
+    }
+}
+
+impl CallbackQuery {
+    /// A press by `from` of a button with no message or data; set the fields it needs.
+    pub fn new(id: impl Into<String>, from: User) -> Self {
+        CallbackQuery {
+            id: id.into(),
+            from,
+            message: None,
+            data: None,
+        }
+    }
+}
+
+impl InlineQuery {
+    /// An inline query by `from`.
+    pub fn new(id: impl Into<String>, from: User, query: impl Into<String>) -> Self {
+        InlineQuery {
+            id: id.into(),
+            from,
+            query: query.into(),
+        }
+    }
+}
+
 impl Update {
+    /// An update that carries nothing yet; set the one thing it carries (`message`,
+    /// `callback_query`, ...).
+    pub fn new(update_id: i64) -> Self {
+        Update {
+            update_id,
+            message: None,
+            edited_message: None,
+            channel_post: None,
+            callback_query: None,
+            inline_query: None,
+        }
+    }
+
     /// A text message from user `user_id` in chat `chat_id` (a private chat when they are equal).
     ///
     /// ```

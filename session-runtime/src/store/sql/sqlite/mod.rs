@@ -1,8 +1,16 @@
 //! [`SqliteStore`]: sessions in an embedded SQLite database (feature `sqlite`).
+//!
+//! The store and its statements are here; `group` shares one transaction among the patches of
+//! updates in flight together, and `blocking` runs a call on the calling task or, when it
+//! would wait, on a blocking thread.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+mod blocking;
+mod group;
+
+use blocking::{OwnedPatch, is_busy};
+use group::{Group, Member};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -79,60 +87,6 @@ pub struct SqliteStore {
     busy_timeout: Duration,
     /// The transaction patches share, with group commit on; locked only under `connection`.
     group: Option<Arc<Mutex<Group>>>,
-}
-
-/// The transaction open on the connection for group commit, and the keys it wrote.
-#[derive(Default)]
-struct Group {
-    open: Option<Arc<Batch>>,
-    keys: HashSet<String>,
-    /// How many groups in a row had one patch only: no other update was ready to share them.
-    lonely: u32,
-    /// How many patches committed on their own since a group was last tried.
-    alone: u32,
-}
-
-/// After this many groups of one patch in a row, patches commit on their own: one update at a
-/// time, a group only adds its yield and its explicit transaction.
-const LONELY_GROUPS: u32 = 4;
-
-/// While patches commit on their own, every this many a group is tried again, to notice that
-/// updates are in flight together once more.
-const PROBE_EVERY: u32 = 32;
-
-impl Group {
-    /// Whether the next patch commits on its own rather than opening a group: the last groups
-    /// found no company, and it is not yet time to try one again. A patch always joins a group
-    /// that is open.
-    fn goes_alone(&mut self) -> bool {
-        if self.open.is_some() || self.lonely < LONELY_GROUPS {
-            return false;
-        }
-        if self.alone >= PROBE_EVERY {
-            self.alone = 0;
-            return false;
-        }
-        self.alone += 1;
-        true
-    }
-
-    /// Whether `batch` is the transaction open now.
-    fn is_open(&self, batch: &Arc<Batch>) -> bool {
-        self.open
-            .as_ref()
-            .is_some_and(|open| Arc::ptr_eq(open, batch))
-    }
-}
-
-/// The patches of one group transaction.
-#[derive(Default)]
-struct Batch {
-    /// How it ended: set once, by whoever ends it, before anyone learns it ended.
-    outcome: OnceLock<Result<(), String>>,
-    /// The callers that wrote in it and have not learnt the outcome yet.
-    waiting: AtomicUsize,
-    /// The patches written in it.
-    members: AtomicUsize,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -291,100 +245,6 @@ impl SqliteStore {
         let mut connection = self.connection.lock();
         self.end_group(&mut connection, None);
         connection
-    }
-
-    /// Commits the open group transaction (`only`: if it is that one), rolls it back if the
-    /// commit fails, and records how it ended for its callers.
-    fn end_group(&self, connection: &mut Connection, only: Option<&Arc<Batch>>) {
-        let Some(group) = &self.group else {
-            return;
-        };
-        let mut group = group.lock();
-        if only.is_some_and(|batch| !group.is_open(batch)) {
-            return;
-        }
-        let Some(batch) = group.open.take() else {
-            return;
-        };
-        group.keys.clear();
-        group.lonely = if batch.members.load(Ordering::Acquire) > 1 {
-            0
-        } else {
-            group.lonely.saturating_add(1)
-        };
-        let outcome = connection
-            .prepare_cached("COMMIT")
-            .and_then(|mut commit| commit.execute([]))
-            .map(|_| ())
-            .map_err(|e| format!("the group commit failed: {e}"));
-        if outcome.is_err() && !connection.is_autocommit() {
-            let _ = connection.execute_batch("ROLLBACK");
-        }
-        let _ = batch.outcome.set(outcome);
-    }
-
-    /// Before a call other than a grouped patch: ends the open group transaction, unless the
-    /// call is a load of a key it did not write.
-    fn settle(&self, connection: &mut Connection, op: StoreOp, key: &str) {
-        let Some(group) = &self.group else {
-            return;
-        };
-        let open = {
-            let group = group.lock();
-            group.open.is_some() && (op != StoreOp::Load || group.keys.contains(key))
-        };
-        if open {
-            self.end_group(connection, None);
-        }
-    }
-
-    /// Writes `patch` inside the open group transaction, opening one if there is none; the
-    /// batch it joined, or `None` if it was written on its own.
-    fn apply_grouped_on(
-        &self,
-        connection: &mut Connection,
-        group: &Mutex<Group>,
-        key: &str,
-        patch: &Patch<'_>,
-    ) -> Result<Option<Arc<Batch>>, StoreError> {
-        let batch = {
-            let mut group = group.lock();
-            match &group.open {
-                Some(batch) if !connection.is_autocommit() => Arc::clone(batch),
-                _ => {
-                    if let Some(gone) = group.open.take() {
-                        // SQLite ended it itself: a failed statement rolled it back.
-                        let _ = gone
-                            .outcome
-                            .set(Err("the group transaction was rolled back".to_owned()));
-                        group.keys.clear();
-                    }
-                    connection
-                        .prepare_cached("BEGIN IMMEDIATE")
-                        .and_then(|mut begin| begin.execute([]))
-                        .map_err(|e| error(StoreOp::Apply, key, e))?;
-                    let batch = Arc::new(Batch::default());
-                    group.open = Some(Arc::clone(&batch));
-                    batch
-                }
-            }
-        };
-        if let Err(refused) = self.apply_on(connection, key, patch) {
-            if batch.waiting.load(Ordering::Acquire) == 0 {
-                // No one else wrote in it yet: no one else would end it.
-                self.end_group(connection, Some(&batch));
-            }
-            return Err(refused);
-        }
-        let mut group = group.lock();
-        if !group.is_open(&batch) {
-            // The patch needed a transaction of its own, which ended the group first.
-            return Ok(None);
-        }
-        group.keys.insert(key.to_owned());
-        batch.waiting.fetch_add(1, Ordering::AcqRel);
-        batch.members.fetch_add(1, Ordering::AcqRel);
-        Ok(Some(batch))
     }
 
     /// Creates the table and its expiry index if they do not exist.
@@ -693,64 +553,6 @@ fn execute(
         .map_err(|e| error(StoreOp::Apply, key, e))
 }
 
-/// Whether SQLite refused for a lock another connection holds (the fast path waits for none).
-fn is_busy(error: &StoreError) -> bool {
-    let StoreError::Backend { source, .. } = error else {
-        return false;
-    };
-    matches!(
-        source.downcast_ref::<rusqlite::Error>(),
-        Some(rusqlite::Error::SqliteFailure(failure, _))
-            if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
-/// A patch's contents, owned, to move to a blocking thread.
-struct OwnedPatch {
-    set: Vec<(String, String)>,
-    remove: Vec<String>,
-    ttl: Option<Duration>,
-    expect: Vec<(String, u64)>,
-    writers: Vec<(String, i64)>,
-}
-
-impl OwnedPatch {
-    fn new(patch: &Patch<'_>) -> Self {
-        OwnedPatch {
-            set: patch
-                .set
-                .iter()
-                .map(|(f, v)| ((*f).to_owned(), v.clone()))
-                .collect(),
-            remove: patch.remove.iter().map(|f| (*f).to_owned()).collect(),
-            ttl: patch.ttl,
-            expect: patch
-                .expect
-                .iter()
-                .map(|(f, v)| ((*f).to_owned(), *v))
-                .collect(),
-            writers: patch
-                .writers
-                .iter()
-                .map(|(f, v)| ((*f).to_owned(), *v))
-                .collect(),
-        }
-    }
-
-    fn patch(&self) -> Patch<'_> {
-        let mut patch = Patch::new().with_ttl(self.ttl);
-        patch.set = self
-            .set
-            .iter()
-            .map(|(f, v)| (f.as_str(), v.clone()))
-            .collect();
-        patch.remove = self.remove.iter().map(String::as_str).collect();
-        patch.expect = self.expect.iter().map(|(f, v)| (f.as_str(), *v)).collect();
-        patch.writers = self.writers.iter().map(|(f, v)| (f.as_str(), *v)).collect();
-        patch
-    }
-}
-
 /// `n` conditions, each that the version at path `?` in `versions` is `?` (absent is 0).
 fn condition(versions: &str, n: usize) -> String {
     let mut condition = String::from("1");
@@ -760,58 +562,6 @@ fn condition(versions: &str, n: usize) -> String {
         ));
     }
     condition
-}
-
-impl SqliteStore {
-    /// Runs `work` on the connection: on the calling task when the connection is free and
-    /// SQLite takes no lock wait (the usual case, no thread hop), otherwise on a blocking
-    /// thread, where waiting for the connection and for another connection's lock is bounded
-    /// by the busy timeout. `owned` is `work` again, taking what it needs by value.
-    fn run<'a, T: Send + 'static>(
-        &'a self,
-        op: StoreOp,
-        key: &'a str,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-        owned: impl FnOnce() -> Box<
-            dyn FnOnce(&SqliteStore, &mut Connection) -> Result<T, StoreError> + Send,
-        >,
-    ) -> StoreFuture<'a, Result<T, StoreError>> {
-        if let Some(mut connection) = self.connection.try_lock() {
-            self.settle(&mut connection, op, key);
-            match work(&mut connection) {
-                Err(error) if is_busy(&error) => {}
-                done => return StoreFuture::ready(done),
-            }
-        }
-        let owned = owned();
-        let store = self.clone();
-        StoreFuture::new(async move {
-            let wait = store.busy_timeout;
-            let blocking = tokio::task::spawn_blocking(move || {
-                let Some(mut connection) = store.connection.try_lock_for(wait) else {
-                    return Err(StoreError::backend(
-                        BACKEND,
-                        op,
-                        "",
-                        format!("the SQLite connection stayed busy for {wait:?}"),
-                    ));
-                };
-                store.end_group(&mut connection, None);
-                let _ = connection.busy_timeout(wait);
-                let done = owned(&store, &mut connection);
-                let _ = connection.busy_timeout(Duration::ZERO);
-                done
-            });
-            blocking.await.unwrap_or_else(|error| {
-                Err(StoreError::backend(
-                    BACKEND,
-                    op,
-                    key,
-                    format!("the SQLite call failed: {error}"),
-                ))
-            })
-        })
-    }
 }
 
 impl Store for SqliteStore {
@@ -905,64 +655,5 @@ impl Store for SqliteStore {
                 Box::new(move |store, connection| delete(store, connection, &key))
             },
         )
-    }
-}
-
-/// A caller whose patch is in a group transaction, until it learns how that ended.
-struct Member<'a> {
-    store: &'a SqliteStore,
-    batch: Arc<Batch>,
-}
-
-impl Member<'_> {
-    /// Lets the other updates ready to run write their patches, then ends the transaction if
-    /// no one has, and answers with how it ended.
-    async fn outcome(self, key: &str) -> Result<(), StoreError> {
-        tokio::task::yield_now().await;
-        if self.batch.outcome.get().is_none() {
-            // `run` ends the open group before any call but a load.
-            self.store
-                .run(StoreOp::Apply, key, |_| Ok(()), || Box::new(|_, _| Ok(())))
-                .await?;
-        }
-        match self.batch.outcome.get() {
-            Some(Ok(())) => Ok(()),
-            Some(Err(message)) => Err(StoreError::backend(
-                BACKEND,
-                StoreOp::Apply,
-                key,
-                message.clone(),
-            )),
-            None => Err(StoreError::backend(
-                BACKEND,
-                StoreOp::Apply,
-                key,
-                "the group transaction did not end",
-            )),
-        }
-    }
-}
-
-impl Drop for Member<'_> {
-    /// The last caller of a transaction gone before it ended (its update was cancelled) ends
-    /// it, so that this process never keeps the write lock with no one to commit.
-    fn drop(&mut self) {
-        if self.batch.waiting.fetch_sub(1, Ordering::AcqRel) != 1
-            || self.batch.outcome.get().is_some()
-        {
-            return;
-        }
-        if let Some(mut connection) = self.store.connection.try_lock() {
-            self.store.end_group(&mut connection, Some(&self.batch));
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (store, batch) = (self.store.clone(), Arc::clone(&self.batch));
-            runtime.spawn_blocking(move || {
-                if let Some(mut connection) = store.connection.try_lock_for(store.busy_timeout) {
-                    store.end_group(&mut connection, Some(&batch));
-                }
-            });
-        }
     }
 }

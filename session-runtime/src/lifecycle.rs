@@ -18,7 +18,7 @@ use crate::config::{ErrorPolicy, StalePolicy};
 use crate::context::Context;
 use crate::error::{BoxError, SessionError, SessionKey};
 use crate::live::SessionRef;
-use crate::live::access::{Hold, Writes};
+use crate::live::hold::{Hold, Writes};
 use crate::live::sessions::Sessions;
 use crate::session::Session;
 

@@ -1,7 +1,8 @@
-//! One update's access to a live session: its [`Hold`] on the entry (which versions it saw,
-//! what it changed, to take back), and the [`SessionRef`] that typed handles wrap.
+//! One update's [`Hold`] on a live session: its turn in exclusive mode, its lease, which
+//! versions it saw, what it changed (to take back), and what became of its writes. The
+//! [`SessionRef`](crate::live::SessionRef) that typed handles wrap reaches the session through
+//! it.
 
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -11,9 +12,10 @@ use parking_lot::Mutex;
 use crate::clock::Later;
 use crate::config::{ErrorPolicy, SaveFailurePolicy, StalePolicy};
 use crate::error::SessionError;
-use crate::live::entry::{Dirty, Entry, Fate, State};
+use crate::live::entry::Entry;
 use crate::live::lease;
 use crate::live::sessions::Sessions;
+use crate::live::state::{Fate, State};
 use crate::schema::Schema;
 use crate::stats::Count;
 
@@ -23,18 +25,18 @@ use crate::stats::Count;
 /// back saved writes too). A field that was clean is restored from what the store holds, so
 /// the usual update encodes nothing and allocates nothing here.
 #[derive(Default)]
-struct Undo {
+pub(super) struct Undo {
     /// Field index and its encoding before this update's first write (`None`: not encodable).
     befores: Vec<(usize, Option<String>)>,
     /// `delete_pending` before this update's first `clear()`, and the epoch of its last one.
-    clear: Option<(bool, u64)>,
+    pub(super) clear: Option<(bool, u64)>,
 }
 
 /// What an update did with one stored field, by local version (0: nothing).
 #[derive(Default)]
-struct Marks {
+pub(super) struct Marks {
     /// Last read or written.
-    seen: AtomicU64,
+    pub(super) seen: AtomicU64,
     /// Last set, updated, reset or replaced (not cleared).
     written: AtomicU64,
     /// Last changed in any way, `clear()` included: what taking back looks for.
@@ -65,9 +67,9 @@ pub(crate) struct Hold<S: Schema> {
     pub(crate) sessions: Arc<Sessions<S>>,
     pub(crate) entry: Arc<Entry<S>>,
     /// Per stored field, what this update did with it.
-    marks: Box<[Marks]>,
-    undo: Option<Mutex<Undo>>,
-    stale: OnceLock<&'static str>,
+    pub(super) marks: Box<[Marks]>,
+    pub(super) undo: Option<Mutex<Undo>>,
+    pub(super) stale: OnceLock<&'static str>,
     pub(crate) finished: AtomicBool,
     /// Whoever runs the update delivers it again when told to: its writes may be refused
     /// (a stale write) or taken back (a failed save) to have it run again.
@@ -246,7 +248,7 @@ impl<S: Schema> Hold<S> {
 
     /// Counts field `index` as read by this update, once: the patches written while it runs
     /// expect the version it read.
-    fn note_read(&self, state: &mut State<S>, index: usize) {
+    pub(super) fn note_read(&self, state: &mut State<S>, index: usize) {
         if !self.finished.load(Ordering::Acquire)
             && !self.marks[index].read.swap(true, Ordering::Relaxed)
         {
@@ -275,7 +277,7 @@ impl<S: Schema> Hold<S> {
 
     /// Remembers field `index` before this update's first change of it, where the store does
     /// not hold that value (see [`Undo`]).
-    fn remember(&self, state: &State<S>, index: usize) {
+    pub(super) fn remember(&self, state: &State<S>, index: usize) {
         let Some(undo) = &self.undo else { return };
         if self.marks[index].changed.load(Ordering::Relaxed) != 0 {
             return; // not the first change
@@ -285,7 +287,7 @@ impl<S: Schema> Hold<S> {
         }
     }
 
-    fn wrote(&self, index: usize, version: u64) {
+    pub(super) fn wrote(&self, index: usize, version: u64) {
         self.marks[index].seen.store(version, Ordering::Relaxed);
         self.marks[index].changed.store(version, Ordering::Relaxed);
     }
@@ -326,7 +328,7 @@ impl<S: Schema> Hold<S> {
     }
 
     /// Records a write of field `index` by this update.
-    fn wrote_field(&self, state: &mut State<S>, index: usize, version: u64) {
+    pub(super) fn wrote_field(&self, state: &mut State<S>, index: usize, version: u64) {
         self.marks[index].written.store(version, Ordering::Relaxed);
         match self.update_id {
             Some(id) => state.fields[index].written_by(version, id),
@@ -373,233 +375,6 @@ impl<S: Schema> Hold<S> {
             && state.clear_epoch == epoch
         {
             state.delete_pending = before;
-        }
-    }
-}
-
-/// The runtime side of a typed session handle: the generated `{Type}Handle` wraps one.
-///
-/// `'a` is the borrow of the context it came from, so a handle cannot outlive its update's
-/// chain (ARCHITECTURE.md, "Late access"); `SessionRef<'static, S>` comes from
-/// [`Context::session_owned`](crate::Context::session_owned) and checks at run time instead.
-///
-/// Every method locks the live state only for its own duration. The closures given to
-/// [`read`](Self::read), [`update`](Self::update) and friends run under that lock: they must
-/// not call back into the same session (that panics rather than deadlocks), and since they
-/// are synchronous, no borrow of session state can be held across an `.await`.
-pub struct SessionRef<'a, S: Schema> {
-    hold: Arc<Hold<S>>,
-    _context: PhantomData<&'a ()>,
-}
-
-impl<S: Schema> Clone for SessionRef<'_, S> {
-    fn clone(&self) -> Self {
-        SessionRef {
-            hold: Arc::clone(&self.hold),
-            _context: PhantomData,
-        }
-    }
-}
-
-impl<S: Schema> std::fmt::Debug for SessionRef<'_, S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionRef")
-            .field("session", &S::NAME)
-            .field("key", &self.key())
-            .field("live", &self.is_live())
-            .finish()
-    }
-}
-
-impl<'a, S: Schema> SessionRef<'a, S> {
-    pub(crate) fn new(hold: Arc<Hold<S>>) -> Self {
-        SessionRef {
-            hold,
-            _context: PhantomData,
-        }
-    }
-
-    /// The session key (as the key strategy gave it; the store holds it after the session
-    /// type's namespace).
-    pub fn key(&self) -> &str {
-        let key = &self.hold.entry.key;
-        key.strip_prefix(&*self.hold.sessions.prefix).unwrap_or(key)
-    }
-
-    /// Whether the update this handle belongs to is still running. Handles from
-    /// [`Context::session_owned`](crate::Context::session_owned) can outlive it; what they
-    /// write then is reported and not saved by that update.
-    pub fn is_live(&self) -> bool {
-        !self.hold.finished.load(Ordering::Acquire)
-    }
-
-    /// Whether this update was recognised as a delivery of one whose session writes are
-    /// saved already (ARCHITECTURE.md, "Redelivery"): its writes are not applied again, and
-    /// effects outside the session (a reply sent) are the handler's to skip.
-    pub fn is_redelivery(&self) -> bool {
-        self.hold.is_replay()
-    }
-
-    fn check_live(&self, what: &'static str) {
-        if self.is_live() {
-            return;
-        }
-        self.hold.sessions.stats.add(Count::LateAccesses, 1);
-        tracing::error!(
-            session = S::NAME,
-            key = self.key(),
-            access = what,
-            "session used after its update was persisted; this update will not save it"
-        );
-    }
-
-    /// Runs `f` on the current value. `index` is the stored field being read, if one is:
-    /// reads never mark anything dirty, but they are remembered for stale-write detection.
-    pub fn read<R>(&self, index: Option<usize>, f: impl FnOnce(&S) -> R) -> R {
-        self.check_live("read");
-        let mut state = self.hold.entry.lock();
-        if let Some(index) = index {
-            self.hold.marks[index]
-                .seen
-                .store(state.fields[index].version, Ordering::Relaxed);
-            self.hold.note_read(&mut state, index);
-        }
-        f(&state.value)
-    }
-
-    /// Overwrites stored field `index` with `f` (a `set_*`). If another update changed the
-    /// field after this one last read it, the write is stale (ARCHITECTURE.md, "Stale writes"): it is counted and
-    /// logged, and in strict mode the update ends with [`SessionError::StaleWrite`].
-    pub fn set(&self, index: usize, f: impl FnOnce(&mut S)) {
-        self.check_live("write");
-        if self.hold.is_replay() {
-            return; // saved by an earlier delivery of this update
-        }
-        let mut state = self.hold.entry.lock();
-        let seen = self.hold.marks[index].seen.load(Ordering::Relaxed);
-        if seen != 0 && seen != state.fields[index].version {
-            self.report_stale(index);
-            if self.hold.sessions.stale == StalePolicy::Retry && self.hold.retried {
-                return; // refused: the update runs again on the newer value
-            }
-        }
-        self.hold.remember(&state, index);
-        f(&mut state.value);
-        let version = state.bump(index, Dirty::Set);
-        self.hold.wrote_field(&mut state, index, version);
-    }
-
-    /// Changes stored field `index` in place with `f` (an `update_*`): an atomic
-    /// read-modify-write that is never stale.
-    pub fn update<R>(&self, index: usize, f: impl FnOnce(&mut S) -> R) -> R {
-        self.check_live("write");
-        let mut state = self.hold.entry.lock();
-        if self.hold.is_replay() {
-            // Saved by an earlier delivery of this update: `f` runs for what it returns, and
-            // the field is put back as it was.
-            let before = state.save_field(index);
-            let out = f(&mut state.value);
-            state.set_from(index, before.as_deref());
-            return out;
-        }
-        self.hold.note_read(&mut state, index);
-        self.hold.remember(&state, index);
-        let out = f(&mut state.value);
-        let version = state.bump(index, Dirty::Set);
-        self.hold.wrote_field(&mut state, index, version);
-        out
-    }
-
-    /// Changes fields that are not saved (`#[session(skip)]`); nothing is marked.
-    pub fn update_transient<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
-        self.check_live("write");
-        f(&mut self.hold.entry.lock().value)
-    }
-
-    /// Sets stored field `index` back to its default and removes it from the store, so it
-    /// follows the default from now on.
-    pub fn reset(&self, index: usize) {
-        self.check_live("write");
-        if self.hold.is_replay() {
-            return;
-        }
-        let mut state = self.hold.entry.lock();
-        self.hold.remember(&state, index);
-        state.value.reset_field(index);
-        let version = state.bump(index, Dirty::Remove);
-        self.hold.wrote_field(&mut state, index, version);
-    }
-
-    /// Replaces the whole value; every stored field is marked, and only those whose
-    /// encoding changed are written.
-    pub fn replace(&self, value: S) {
-        self.check_live("write");
-        if self.hold.is_replay() {
-            return;
-        }
-        let mut state = self.hold.entry.lock();
-        for index in 0..S::FIELDS.len() {
-            self.hold.remember(&state, index);
-        }
-        state.value = value;
-        for index in 0..S::FIELDS.len() {
-            let version = state.bump(index, Dirty::Set);
-            self.hold.wrote_field(&mut state, index, version);
-        }
-    }
-
-    /// Deletes the session from the store at save (Telegraf's `ctx.session = null`); from
-    /// now on reads see the defaults, and writes start a new record.
-    pub fn clear(&self) {
-        self.check_live("clear");
-        if self.hold.is_replay() {
-            return;
-        }
-        let mut state = self.hold.entry.lock();
-        for index in 0..S::FIELDS.len() {
-            self.hold.remember(&state, index);
-        }
-        if let Some(undo) = &self.hold.undo {
-            let mut undo = undo.lock();
-            let before = undo
-                .clear
-                .map_or(state.delete_pending, |(before, _)| before);
-            undo.clear = Some((before, state.clear_epoch + 1));
-        }
-        state.value = S::default();
-        state.delete_pending = true;
-        state.clear_epoch += 1;
-        for index in 0..S::FIELDS.len() {
-            let version = state.bump(index, Dirty::Clean);
-            self.hold.wrote(index, version);
-        }
-    }
-
-    /// A copy of the whole current value.
-    pub fn snapshot(&self) -> S
-    where
-        S: Clone,
-    {
-        self.check_live("read");
-        let mut state = self.hold.entry.lock();
-        for index in 0..S::FIELDS.len() {
-            self.hold.note_read(&mut state, index);
-        }
-        state.value.clone()
-    }
-
-    fn report_stale(&self, index: usize) {
-        let field = S::FIELDS[index].name;
-        self.hold.sessions.stats.add(Count::StaleWrites, 1);
-        tracing::warn!(
-            session = S::NAME,
-            key = self.key(),
-            field,
-            "stale write: another update changed this field after this update read it; use update_* for read-modify-write"
-        );
-        let refused = self.hold.sessions.stale == StalePolicy::Retry && self.hold.retried;
-        if refused || self.hold.sessions.stale == StalePolicy::Error {
-            let _ = self.hold.stale.set(field);
         }
     }
 }

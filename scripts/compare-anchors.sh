@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Telegraf/grammY anchors (../shared/anchors) and typed-session's port of the same
-# workloads (benches/src/bin/anchor_bench.rs) back to back on this machine, and prints the ratios.
+# workloads (benches/src/bin/anchor_bench/) back to back on this machine, and prints the ratios.
 # Only this script needs Node; the project's tests do not.
 #
 # usage: scripts/compare-anchors.sh [ANCHORS_DIR]

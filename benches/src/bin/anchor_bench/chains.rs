@@ -1,0 +1,107 @@
+//! The sessions and chains measured, and a store wrapper that counts calls and bytes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use typed_session::store::{Patch, Record, StoreFuture};
+use typed_session::telegram::Update;
+use typed_session::{Chain, Freshness, Session, SessionMiddleware, Store, StoreError};
+
+#[derive(Session)]
+pub(crate) struct Count {
+    #[default(0)]
+    count: u64,
+}
+
+pub(crate) static SINK: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn count_chain(store: Arc<dyn Store>) -> Chain<Update> {
+    count_chain_with(store, Freshness::Checked)
+}
+
+pub(crate) fn count_chain_with(store: Arc<dyn Store>, freshness: Freshness) -> Chain<Update> {
+    Chain::new()
+        .with(
+            SessionMiddleware::<Count, Update>::builder(store)
+                .freshness(freshness)
+                .build(),
+        )
+        .with_fn(|ctx, next| {
+            Box::pin(async move {
+                ctx.session().await?.update_count(|c| *c += 1);
+                next.run(ctx).await
+            })
+        })
+        .handler(|ctx| {
+            Box::pin(async move {
+                SINK.fetch_add(ctx.session().await?.count(), Ordering::Relaxed);
+                Ok(())
+            })
+        })
+}
+
+pub(crate) fn baseline_chain() -> Chain<Update> {
+    let shared = Arc::new(AtomicU64::new(0));
+    let incr = Arc::clone(&shared);
+    Chain::new()
+        .with_fn(|ctx, next| next.run(ctx))
+        .with_fn(move |ctx, next| {
+            incr.fetch_add(1, Ordering::Relaxed);
+            next.run(ctx)
+        })
+        .handler(move |_ctx| {
+            SINK.fetch_add(shared.load(Ordering::Relaxed), Ordering::Relaxed);
+            Box::pin(async { Ok(()) })
+        })
+}
+
+/// Counts store calls and the bytes of JSON written (`{"field":value,..}` per patch).
+pub(crate) struct Counted<S> {
+    pub(crate) inner: S,
+    pub(crate) loads: AtomicU64,
+    pub(crate) applies: AtomicU64,
+    pub(crate) deletes: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+impl<S: Store> Counted<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Counted {
+            inner,
+            loads: AtomicU64::new(0),
+            applies: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<S: Store> Store for Counted<S> {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        self.inner.load(key)
+    }
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        self.applies.fetch_add(1, Ordering::Relaxed);
+        let json: usize = patch
+            .set
+            .iter()
+            .map(|(k, v)| k.len() + 3 + v.len())
+            .sum::<usize>()
+            + patch.set.len().saturating_sub(1)
+            + 2;
+        self.bytes.fetch_add(json as u64, Ordering::Relaxed);
+        self.inner.apply(key, patch)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+        self.deletes.fetch_add(1, Ordering::Relaxed);
+        self.inner.delete(key)
+    }
+    fn returns_written_text(&self) -> bool {
+        self.inner.returns_written_text()
+    }
+}

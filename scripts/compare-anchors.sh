@@ -9,41 +9,63 @@
 #   PARTS="A C D" (default) picks the anchors' parts, "A C D E" when POSTGRES_URL, MYSQL_URL and
 #   REDIS_URL are set (E: @telegraf/session's server stores); NO_WAIT=1 skips their idle-wait.
 #   POSTGRES_URL, MYSQL_URL, REDIS_URL, MONGODB_URL add those stores to our store rows.
+#   The charts of BENCHMARKS.md (benches/charts/*.svg) are drawn again from the run.
+#   SMOKE=1 checks that the script still works, in seconds: no anchors, a debug build, a few
+#   hundred updates per row, results and charts under target/ (CI runs it so).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 anchors=${1:-}
-if [ -z "$anchors" ]; then
+smoke=${SMOKE:-0}
+if [ "$smoke" = 1 ]; then
+  anchors=
+elif [ -z "$anchors" ]; then
   anchors=$(mktemp -d)/anchors
   cp -r "$root/../shared/anchors" "$anchors"
   chmod -R u+w "$anchors"
   (cd "$anchors" && npm_config_nodedir=/usr npm ci --no-audit --no-fund)
 fi
 out=${OUT:-$root/target/compare-anchors.jsonl}
+charts=$root/benches/charts
+if [ "$smoke" = 1 ]; then
+  out=$root/target/compare-anchors-smoke.jsonl
+  charts=$root/target/charts-smoke
+fi
 mkdir -p "$(dirname "$out")"
 : > "$out"
 
 parts="A C D"
 if [ -n "${POSTGRES_URL:-}" ] && [ -n "${MYSQL_URL:-}" ] && [ -n "${REDIS_URL:-}" ]; then parts="A C D E"; fi
 parts=${PARTS:-$parts}
-echo "# anchors: PARTS=$parts (about 7 minutes, 12 with E)" >&2
-(cd "$anchors" && OUT="$out.anchors" PARTS="$parts" ./run-all.sh > /dev/null)
-cat "$out.anchors" >> "$out"
+if [ -n "$anchors" ]; then
+  echo "# anchors: PARTS=$parts (about 7 minutes, 12 with E)" >&2
+  (cd "$anchors" && OUT="$out.anchors" PARTS="$parts" ./run-all.sh > /dev/null)
+  cat "$out.anchors" >> "$out"
+fi
 
 echo "# typed-session" >&2
-(cd "$root" && cargo build --quiet --release -p typed-session-bench --bin anchor_bench)
-bench=$root/target/release/anchor_bench
+if [ "$smoke" = 1 ]; then
+  # The workspace's features, as the test run built them: nothing is compiled again.
+  (cd "$root" && cargo build --quiet --workspace --all-features --bin anchor_bench)
+  built=$root/target/debug/anchor_bench
+  # Tiny rows, one pass each, never waiting for an idle machine.
+  bench() { "$built" "$@" --updates 400 --users 40 --runs 1 --max_others 100; }
+else
+  (cd "$root" && cargo build --quiet --release -p typed-session-bench --bin anchor_bench)
+  built=$root/target/release/anchor_bench
+  bench() { "$built" "$@"; }
+fi
 for workload in seq conc; do
   for variant in baseline session; do
     for runtime in current-thread multi-thread; do
-      "$bench" --workload "$workload" --variant "$variant" --runtime "$runtime" | tee -a "$out"
+      bench --workload "$workload" --variant "$variant" --runtime "$runtime" | tee -a "$out"
     done
   done
 done
-"$bench" --bench writes | tee -a "$out"
-"$bench" --bench store --store sqlite-memory | tee -a "$out"
-"$bench" --bench allocs | tee -a "$out"
+bench --bench writes | tee -a "$out"
+bench --bench store --store sqlite-memory | tee -a "$out"
+bench --bench allocs | tee -a "$out"
 # A server's own CPU time is part of the work here, not disturbance: no rejection.
-server() { "$bench" --bench store --max_others 100 --store "$@" | tee -a "$out"; }
+server() { bench --bench store --max_others 100 --store "$@" | tee -a "$out"; }
 # Part E beside the anchors': the raw driver and ours, one at a time and 100 in flight.
 rows() {
   for workload in seq window; do
@@ -66,3 +88,4 @@ fi
 if [ -n "${MONGODB_URL:-}" ]; then server mongodb --updates 2000 --users 100 --runs 1; fi
 
 python3 "$root/scripts/ratios.py" "$out"
+python3 "$root/scripts/charts.py" "$out" "$charts"

@@ -9,7 +9,8 @@
 #   PARTS="A C D" (default) picks the anchors' parts, "A C D E" when POSTGRES_URL, MYSQL_URL and
 #   REDIS_URL are set (E: @telegraf/session's server stores); NO_WAIT=1 skips their idle-wait.
 #   POSTGRES_URL, MYSQL_URL, REDIS_URL, MONGODB_URL add those stores to our store rows.
-#   The charts of BENCHMARKS.md (benches/charts/*.svg) are drawn again from the run.
+#   The charts of BENCHMARKS.md (benches/charts/*.svg) are drawn again from the run, whose JSON
+#   lines are kept beside them (benches/charts/results.jsonl).
 #   SMOKE=1 checks that the script still works, in seconds: no anchors, a debug build, a few
 #   hundred updates per row, results and charts under target/ (CI runs it so).
 set -euo pipefail
@@ -89,3 +90,4 @@ if [ -n "${MONGODB_URL:-}" ]; then server mongodb --updates 2000 --users 100 --r
 
 python3 "$root/scripts/ratios.py" "$out"
 python3 "$root/scripts/charts.py" "$out" "$charts"
+if [ "$smoke" != 1 ]; then cp "$out" "$charts/results.jsonl"; fi

@@ -13,9 +13,10 @@ usage: charts.py RESULTS.jsonl OUT_DIR
 A chart whose rows are all missing from the run is not written; a missing row is left out.
 """
 import html
-import json
 import pathlib
 import sys
+
+from results import finder, load
 
 COLORS = {
     "Telegraf": "#9e9e9e",
@@ -23,21 +24,6 @@ COLORS = {
     "typed-session": "#2f6db5",
     "typed-session, cached": "#7fb0e6",
 }
-
-
-def load(path):
-    return [json.loads(line) for line in open(path) if line.startswith("{")]
-
-
-def finder(rows):
-    def find(**want):
-        for r in rows:
-            got = lambda k: r.get(k, "checked" if k == "freshness" else None)
-            if all(got(k) == v for k, v in want.items()):
-                return r
-        return None
-
-    return find
 
 
 def bar_chart(title, groups, unit):

@@ -1,18 +1,11 @@
 """Reads the JSON lines of scripts/compare-anchors.sh and prints typed-session against the
 anchors as Markdown tables, with the project's targets beside each ratio."""
-import json
 import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+from results import finder, load
 
-
-def find(**want):
-    for r in rows:
-        # Rows from before `freshness` was recorded are of the default, "checked".
-        got = lambda k: r.get(k, "checked" if k == "freshness" else None)
-        if all(got(k) == v for k, v in want.items()):
-            return r
-    return None
+rows = load(sys.argv[1])
+find = finder(rows)
 
 
 def fmt(x, digits=2):

@@ -85,11 +85,14 @@ async fn main() -> Result<(), BoxError> {
     );
 
     println!("{} {db}", if existed { "reopened" } else { "created" });
-    // Each run, three users write; Telegram's update ids only grow, so take them from the clock.
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs() as i64
-        * 10;
+    // Each run, three users write; Telegram's update ids only grow, so take them from the clock,
+    // fine enough that two runs started one right after the other never reuse an id (an id
+    // already saved is recognised as a redelivery and not applied again).
+    let base = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_micros(),
+    )? * 10;
     let script = [
         (1001, "/start"),
         (2002, "hi"),

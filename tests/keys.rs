@@ -156,3 +156,43 @@ async fn the_key_strategy_named_in_the_derive_is_the_default_and_a_custom_key_ov
         "keyed by the custom closure"
     );
 }
+
+#[tokio::test]
+async fn a_handle_and_an_error_name_the_key_as_the_strategy_made_it_without_the_namespace() {
+    let probe = ProbeStore::new(MemoryStore::new());
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let seen = Arc::new(parking_lot::Mutex::new(String::new()));
+    let chain = Chain::new().with(sessions.clone()).handler({
+        let seen = Arc::clone(&seen);
+        move |ctx| {
+            let seen = Arc::clone(&seen);
+            Box::pin(async move {
+                let counter = ctx.session().await?;
+                *seen.lock() = counter.key().to_owned();
+                counter.update_count(|c| *c += 1);
+                Ok(())
+            })
+        }
+    });
+    probe.fail_next_applies(1);
+    let error = chain
+        .run_update(Update::text(1, 7, -100, "hi"))
+        .await
+        .expect_err("the save fails");
+
+    assert_eq!(*seen.lock(), "7:-100");
+    let error = error.downcast::<SessionError>().expect("a session error");
+    assert!(
+        matches!(*error, SessionError::Save { ref key, .. } if key == "7:-100"),
+        "{error}"
+    );
+    // Delivered again, it is saved: the store itself holds the record under the namespace.
+    chain
+        .run_update(Update::text(1, 7, -100, "hi"))
+        .await
+        .expect("saved");
+    assert_eq!(
+        probe.patches().last().map(|p| p.key.clone()).as_deref(),
+        Some("Counter:7:-100")
+    );
+}

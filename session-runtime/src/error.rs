@@ -401,17 +401,22 @@ pub struct SessionKey(Option<Arc<str>>);
 impl SessionKey {
     /// The key of `stored`, a key as the store holds it: what follows `namespace` and `:`.
     pub(crate) fn of_stored(stored: &str, namespace: &str) -> Self {
-        let key = stored
-            .strip_prefix(namespace)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .unwrap_or(stored);
-        SessionKey::from(key)
+        SessionKey::from(without_namespace(stored, namespace))
     }
 
     /// The key as a string slice.
     pub fn as_str(&self) -> &str {
         self.0.as_deref().unwrap_or_default()
     }
+}
+
+/// What follows `namespace` and `:` in `stored`, a key as the store holds it; all of it when it
+/// is not under the namespace (a store of one's own).
+pub(crate) fn without_namespace<'a>(stored: &'a str, namespace: &str) -> &'a str {
+    stored
+        .strip_prefix(namespace)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or(stored)
 }
 
 impl From<&str> for SessionKey {

@@ -57,8 +57,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// The session key (as the key strategy gave it; the store holds it after the session
     /// type's namespace).
     pub fn key(&self) -> &str {
-        let key = &self.hold.entry.key;
-        key.strip_prefix(&*self.hold.sessions.prefix).unwrap_or(key)
+        self.hold.entry.strategy_key()
     }
 
     /// Whether the update this handle belongs to is still running. Handles from

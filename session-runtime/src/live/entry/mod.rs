@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 use crate::clock::Later;
-use crate::error::{SessionError, SessionKey, StoreError};
+use crate::error::{SessionError, SessionKey, StoreError, without_namespace};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
@@ -112,9 +112,14 @@ impl<S: Schema> Entry<S> {
         }
     }
 
+    /// The key as the key strategy made it: the stored key without the type's namespace.
+    pub(crate) fn strategy_key(&self) -> &str {
+        without_namespace(&self.key, S::NAMESPACE)
+    }
+
     /// The key as the key strategy made it, for errors.
     pub(crate) fn session_key(&self) -> SessionKey {
-        SessionKey::of_stored(&self.key, S::NAMESPACE)
+        SessionKey::from(self.strategy_key())
     }
 
     /// Whether the entry holds the stored record (a load or a lease claim read it).

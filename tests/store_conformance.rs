@@ -7,8 +7,6 @@
 //! prints `SKIPPED <store>::<test>` and passes; with `TYPED_SESSION_REQUIRE_SERVERS=1` (set by
 //! `.ci/run`) a missing URL fails instead.
 
-#![allow(dead_code)]
-
 mod common;
 
 use common::unique;
@@ -178,799 +176,1533 @@ async fn read_versioned(
     Ok(rx.await.expect("the handler ran"))
 }
 
+/// Runs the suite against one backend: `$make(test)` gives two handles on one store, or `None`
+/// (and says why) when the store's server has no URL. Every test of [`suite`] is listed once,
+/// here; one left out is dead code, which the lints refuse.
 macro_rules! conformance {
-    ($store:ident, $make:path) => {
-        mod $store {
+    ($backend:ident, $make:path) => {
+        mod $backend {
             use super::*;
 
-            #[tokio::test]
-            async fn a_missing_key_loads_nothing() {
-                let Some((store, _)) = $make("a_missing_key_loads_nothing").await else { return };
-                assert_eq!(store.load(&unique("missing")).await.expect("load"), None);
-            }
-
-            /// "The store contract", expiry: a renewal touches a live record only.
-            #[tokio::test]
-            async fn a_patch_that_only_renews_creates_nothing_and_brings_nothing_back() {
-                let Some((store, _)) = $make("a_patch_that_only_renews_creates_nothing_and_brings_nothing_back").await else { return };
-                let renew = Patch::new().with_ttl(Some(Duration::from_secs(600)));
-                assert!(renew.only_renews());
-                let (missing, deleted, live) = (unique("renew_missing"), unique("renew_deleted"), unique("renew_live"));
-                store.apply(&missing, &renew).await.expect("renew");
-                assert_eq!(store.load(&missing).await.expect("load"), None, "not created");
-                store_apply(&store, &deleted, "a").await;
-                store.delete(&deleted).await.expect("delete");
-                store.apply(&deleted, &renew).await.expect("renew");
-                assert_eq!(store.load(&deleted).await.expect("load"), None, "not brought back");
-                store.apply(&live, &patch(&[("a", "1")], &[], Some(Duration::from_secs(60)))).await.expect("apply");
-                store.apply(&live, &renew).await.expect("renew");
-                let record = store.load(&live).await.expect("load").expect("still there");
-                assert_eq!((record.get("a"), record.version("a"), record.len()), (Some("1"), 1, 1), "fields untouched");
-            }
-
-            /// "Expiry": reads renew under `Renewal::OnAccess`, coalesced; never by default.
-            #[tokio::test]
-            async fn reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write() {
-                let Some((store, _)) = $make("reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write").await else { return };
-                for renewal in [typed_session::Renewal::OnWrite, typed_session::Renewal::OnAccess] {
-                    let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                    store.apply(&format!("Pair:{user}:{user}"), &patch(&[("a", "7")], &[], Some(Duration::from_secs(60)))).await.expect("apply");
-                    let sessions = SessionMiddleware::<Pair, Update>::builder(store.clone())
-                        .ttl(Some(Duration::from_secs(600)))
-                        .renewal(renewal)
-                        .build();
-                    let read = Chain::new().with(sessions.clone()).handler(|ctx| Box::pin(async move {
-                        assert_eq!(ctx.pair().await?.a(), 7);
-                        Ok(())
-                    }));
-                    // A burst of 20 concurrent reads, then 5 one after another.
-                    let mut burst = tokio::task::JoinSet::new();
-                    for i in 0..20 {
-                        let read = read.clone();
-                        burst.spawn(async move { read.run_update(Update::text(i, user, user, "read")).await });
-                    }
-                    while let Some(result) = burst.join_next().await {
-                        result.expect("no panic").expect("read");
-                    }
-                    for i in 20..25 {
-                        read.run_update(Update::text(i, user, user, "read")).await.expect("read");
-                    }
-                    let expected = if renewal == typed_session::Renewal::OnAccess { 1 } else { 0 };
-                    assert_eq!(sessions.stats().renewals(), expected, "{renewal:?}");
-                    assert_eq!(sessions.stats().writes(), 0, "{renewal:?}: reads write no field");
-                    let record = store.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("there");
-                    assert_eq!((record.get("a"), record.version("a")), (Some("7"), 1), "{renewal:?}");
+            conformance!(@tests $backend, $make, tokio::test, [
+                a_missing_key_loads_nothing,
+                a_patch_that_only_renews_creates_nothing_and_brings_nothing_back,
+                reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write,
+                an_old_record_is_migrated_on_load_and_written_back_once_field_by_field,
+                a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version,
+                every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it,
+                every_rust_string_round_trips_nul_included,
+                a_patch_of_more_fields_than_the_limit_is_refused_whole_in_every_store,
+                a_writer_is_recorded_under_a_name_the_patch_does_not_write,
+                a_patch_records_the_update_that_wrote_each_field,
+                a_patch_based_on_an_older_version_is_refused_and_writes_nothing,
+                a_field_a_patch_only_expects_keeps_its_value_and_version,
+                a_patch_expecting_a_field_of_a_missing_record_is_refused,
+                of_two_writers_from_the_same_version_exactly_one_wins,
+                delete_forgets_the_versions,
+                a_patch_sets_and_removes_fields_and_leaves_the_others,
+                json_values_of_every_kind_round_trip,
+                delete_removes_the_record_and_deleting_a_missing_one_is_fine,
+                keys_of_any_content_and_length_are_kept_apart,
+                a_one_mib_value_round_trips,
+                two_hundred_fields_round_trip,
+                keys_lists_every_key_of_a_prefix_in_pages_and_nothing_else,
+                a_walk_lists_every_key_that_exists_throughout_while_others_come_and_go,
+                erase_user_deletes_every_session_of_the_user_and_no_one_elses,
+                an_update_running_across_an_erasure_brings_nothing_back,
+                a_record_expires_and_a_write_after_expiry_starts_empty,
+                concurrent_patches_of_different_fields_from_two_instances_all_land,
+                a_field_another_connection_writes_between_our_load_and_save_survives,
+                every_supported_field_type_round_trips_through_the_middleware,
+                an_unchanged_value_is_not_rewritten_after_a_reload,
+                across_processes_one_update_per_key_runs_at_a_time,
+                across_processes_a_lease_taken_over_refuses_the_old_holders_save,
+                across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for,
+            ]);
+            conformance!(@tests $backend, $make, tokio::test(flavor = "multi_thread", worker_threads = 2), [
+                two_processes_incrementing_different_fields_of_one_key_both_end_exact,
+            ]);
+        }
+    };
+    (@tests $backend:ident, $make:path, $runtime:meta, [$($test:ident,)*]) => {
+        $(
+            #[$runtime]
+            async fn $test() {
+                if let Some((one, two)) = $make(stringify!($test)).await {
+                    suite::$test(Stores { name: stringify!($backend), one, two }).await;
                 }
             }
+        )*
+    };
+}
 
-            /// "Schema evolution": a record of an older version is migrated as it is read, and
-            /// written back once, field by field.
-            #[tokio::test]
-            async fn an_old_record_is_migrated_on_load_and_written_back_once_field_by_field() {
-                let Some((store, _)) = $make("an_old_record_is_migrated_on_load_and_written_back_once_field_by_field").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let key = format!("Versioned:{user}:{user}");
-                // Version 0 (no version stored): a language code, seconds, and a field no step touches.
-                store.apply(&key, &patch(&[("lang", "\"de\""), ("timeout", "30"), ("note", "\"hi\"")], &[], None)).await.expect("apply");
-                let sessions = SessionMiddleware::<Versioned, Update>::new(store.clone());
+/// Two handles on one store, as two processes hold them (one handle twice where the store lives
+/// in the process), and the backend's name.
+struct Stores<S> {
+    name: &'static str,
+    one: S,
+    two: S,
+}
 
-                let read = read_versioned(&sessions, 1, user).await.expect("migrated");
-                assert_eq!(read, (Lang::De, 30_000, Some("hi".to_owned())));
-                assert_eq!(sessions.stats().writes(), 1, "written back with the update");
-                let record = store.load(&key).await.expect("load").expect("there");
-                let value = |field: &str| record.get(field).map(|raw| serde_json::from_str::<Value>(raw).expect("JSON"));
-                assert_eq!((value("lang"), value("timeout"), value("@version")), (Some(Value::from("De")), Some(Value::from(30_000)), Some(Value::from(2))));
-                assert_eq!((record.version("lang"), record.version("timeout"), record.version("note")), (2, 2, 1), "only the migrated fields were written");
+/// The tests, each generic over the store.
+mod suite {
+    use super::*;
 
-                assert_eq!(read_versioned(&sessions, 2, user).await.expect("read"), (Lang::De, 30_000, Some("hi".to_owned())));
-                let fresh = SessionMiddleware::<Versioned, Update>::new(store.clone());
-                assert_eq!(read_versioned(&fresh, 3, user).await.expect("read"), (Lang::De, 30_000, Some("hi".to_owned())), "not migrated twice");
-                assert_eq!(sessions.stats().writes() + fresh.stats().writes(), 1, "written back once");
-            }
+    pub(crate) async fn a_missing_key_loads_nothing<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        assert_eq!(store.load(&unique("missing")).await.expect("load"), None);
+    }
 
-            /// "Schema evolution": new records carry the version; a failing step is an error
-            /// naming key, field and version, and writes nothing.
-            #[tokio::test]
-            async fn a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version() {
-                let Some((store, _)) = $make("a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version").await else { return };
-                let (new, bad) = ((std::process::id() as i64) * 1_000_000 + (super::counter() as i64), (std::process::id() as i64) * 1_000_000 + (super::counter() as i64));
-                let sessions = SessionMiddleware::<Versioned, Update>::new(store.clone());
-                let write = Chain::new().with(sessions.clone()).handler(|ctx| Box::pin(async move {
-                    ctx.versioned().await?.set_timeout(5);
+    /// "The store contract", expiry: a renewal touches a live record only.
+    pub(crate) async fn a_patch_that_only_renews_creates_nothing_and_brings_nothing_back<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let renew = Patch::new().with_ttl(Some(Duration::from_secs(600)));
+        assert!(renew.only_renews());
+        let (missing, deleted, live) = (
+            unique("renew_missing"),
+            unique("renew_deleted"),
+            unique("renew_live"),
+        );
+        store.apply(&missing, &renew).await.expect("renew");
+        assert_eq!(
+            store.load(&missing).await.expect("load"),
+            None,
+            "not created"
+        );
+        store_apply(&store, &deleted, "a").await;
+        store.delete(&deleted).await.expect("delete");
+        store.apply(&deleted, &renew).await.expect("renew");
+        assert_eq!(
+            store.load(&deleted).await.expect("load"),
+            None,
+            "not brought back"
+        );
+        store
+            .apply(
+                &live,
+                &patch(&[("a", "1")], &[], Some(Duration::from_secs(60))),
+            )
+            .await
+            .expect("apply");
+        store.apply(&live, &renew).await.expect("renew");
+        let record = store.load(&live).await.expect("load").expect("still there");
+        assert_eq!(
+            (record.get("a"), record.version("a"), record.len()),
+            (Some("1"), 1, 1),
+            "fields untouched"
+        );
+    }
+
+    /// "Expiry": reads renew under `Renewal::OnAccess`, coalesced; never by default.
+    pub(crate) async fn reads_renew_the_expiry_once_per_burst_on_access_and_never_on_write<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        for renewal in [
+            typed_session::Renewal::OnWrite,
+            typed_session::Renewal::OnAccess,
+        ] {
+            let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+            store
+                .apply(
+                    &format!("Pair:{user}:{user}"),
+                    &patch(&[("a", "7")], &[], Some(Duration::from_secs(60))),
+                )
+                .await
+                .expect("apply");
+            let sessions = SessionMiddleware::<Pair, Update>::builder(store.clone())
+                .ttl(Some(Duration::from_secs(600)))
+                .renewal(renewal)
+                .build();
+            let read = Chain::new().with(sessions.clone()).handler(|ctx| {
+                Box::pin(async move {
+                    assert_eq!(ctx.pair().await?.a(), 7);
                     Ok(())
-                }));
-                write.run_update(Update::text(1, new, new, "set")).await.expect("write");
-                let fresh = SessionMiddleware::<Versioned, Update>::new(store.clone());
-                assert_eq!(read_versioned(&fresh, 2, new).await.expect("read").1, 5, "a new record carries the version: 5 ms stays 5 ms");
-
-                let key = format!("Versioned:{bad}:{bad}");
-                store.apply(&key, &patch(&[("lang", "\"xx\"")], &[], None)).await.expect("apply");
-                let error = read_versioned(&fresh, 3, bad).await.expect_err("an unknown code");
-                match error.downcast_ref::<typed_session::SessionError>() {
-                    Some(typed_session::SessionError::Migrate { key: k, source, version: 0, .. }) => {
-                        // The error names the key as the key strategy made it, without the namespace.
-                        assert_eq!((k.as_str(), source.field()), (format!("{bad}:{bad}").as_str(), "lang"));
-                    }
-                    _ => panic!("expected a Migrate error: {error}"),
-                }
-                assert!(error.to_string().contains("unknown language code \"xx\""), "{error}");
-                let record = store.load(&key).await.expect("load").expect("there");
-                assert_eq!((record.get("lang"), record.get("@version")), (Some("\"xx\""), None), "nothing written");
-            }
-
-            #[tokio::test]
-            async fn every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it() {
-                let Some((store, _)) = $make("every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it").await else { return };
-                let key = unique("versions");
-                store.apply(&key, &patch(&[("a", "1"), ("b", "2")], &[], None)).await.expect("apply");
-                store.apply(&key, &patch(&[("a", "3")], &[], None).expect_version("a", 1)).await.expect("apply");
-                store.apply(&key, &patch(&[], &["b"], None).expect_version("b", 1)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!((record.version("a"), record.version("b"), record.version("c")), (2, 2, 0));
-                assert_eq!((record.get("a"), record.get("b")), (Some("3"), None));
-            }
-
-            #[tokio::test]
-            async fn every_rust_string_round_trips_nul_included() {
-                let Some((one, _)) = $make("every_rust_string_round_trips_nul_included").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let sessions = SessionMiddleware::<Everything, Update>::new(one.clone());
-                let texts = ["a\0b", "\0", "tab\tnew\nline\u{1}\u{7f}", "émoji 🦀 \u{fffd}", "{\"@json\":\"x\"}"];
-                for (i, text) in texts.iter().enumerate() {
-                    let text = text.to_string();
-                    let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
-                        let text = text.clone();
-                        Box::pin(async move {
-                            ctx.everything().await?.set_nothing(Some(text));
-                            Ok(())
-                        })
-                    });
-                    chain.run_update(Update::text(i as i64 + 1, user, user, "x")).await.expect("saved");
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let tx = std::sync::Mutex::new(Some(tx));
-                    let read = Chain::new().with(SessionMiddleware::<Everything, Update>::new(one.clone())).handler(move |ctx| {
-                        let tx = tx.lock().expect("not poisoned").take();
-                        Box::pin(async move {
-                            let value = ctx.everything().await?.nothing();
-                            if let Some(tx) = tx { let _ = tx.send(value); }
-                            Ok(())
-                        })
-                    });
-                    read.run_update(Update::text(100 + i as i64, user, user, "r")).await.expect("read");
-                    assert_eq!(rx.await.expect("read ran").as_deref(), Some(texts[i]));
-                }
-            }
-
-            #[tokio::test]
-            async fn a_patch_of_more_fields_than_the_limit_is_refused_whole_in_every_store() {
-                let Some((store, _)) = $make("a_patch_of_more_fields_than_the_limit_is_refused_whole_in_every_store").await else { return };
-                let limit = typed_session::store::MAX_PATCH_FIELDS;
-                let names: Vec<String> = (0..=limit).map(|i| format!("f{i}")).collect();
-                let (key, fits) = (unique("limit"), unique("limit"));
-                let too_many = names.iter().fold(Patch::new(), |p, n| p.set_field(n, "1"));
-                let error = store.apply(&key, &too_many).await.expect_err("refused");
-                assert!(matches!(error, typed_session::StoreError::Config { .. }), "{error}");
-                assert_eq!(store.load(&key).await.expect("load"), None, "nothing written");
-                let at_limit = names[..limit].iter().fold(Patch::new(), |p, n| p.set_field(n, "1"));
-                store.apply(&fits, &at_limit).await.expect("the limit itself fits");
-                assert_eq!(store.load(&fits).await.expect("load").expect("stored").len(), limit);
-            }
-
-            #[tokio::test]
-            async fn a_writer_is_recorded_under_a_name_the_patch_does_not_write() {
-                let Some((store, _)) = $make("a_writer_is_recorded_under_a_name_the_patch_does_not_write").await else { return };
-                let key = unique("writer_only");
-                store.apply(&key, &patch(&[("a", "1")], &[], None).written_by("a", 7).written_by("@0", 7)).await.expect("apply");
-                store.apply(&key, &patch(&[("a", "2")], &[], None).written_by("a", 8).written_by("@1", 8)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!((record.writers.get("@0"), record.writers.get("@1")), (Some(&7), Some(&8)));
-                assert_eq!(record.get("@0"), None, "a writer alone is no field");
-                store.apply(&key, &patch(&[("a", "3")], &[], None).written_by("@0", 9)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!(record.writers.get("@0"), Some(&9), "overwritten");
-            }
-
-            #[tokio::test]
-            async fn a_patch_records_the_update_that_wrote_each_field() {
-                let Some((store, _)) = $make("a_patch_records_the_update_that_wrote_each_field").await else { return };
-                let key = unique("writers");
-                store.apply(&key, &patch(&[("a", "1"), ("b", "2")], &[], None).written_by("a", 7)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!((record.writers.get("a"), record.writers.get("b")), (Some(&7), None));
-                store.apply(&key, &patch(&[("a", "3"), ("b", "4")], &[], None).written_by("a", 9)).await.expect("apply");
-                store.apply(&key, &patch(&[], &["b"], None).written_by("b", 11)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!((record.writers.get("a"), record.writers.get("b")), (Some(&9), Some(&11)));
-                // A write without one keeps the writer.
-                store.apply(&key, &patch(&[("a", "5")], &[], None)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!(record.writers.get("a"), Some(&9));
-            }
-
-            #[tokio::test]
-            async fn a_patch_based_on_an_older_version_is_refused_and_writes_nothing() {
-                let Some((ours, theirs)) = $make("a_patch_based_on_an_older_version_is_refused_and_writes_nothing").await else { return };
-                let key = unique("conflict");
-                ours.apply(&key, &patch(&[("a", "1"), ("b", "1")], &[], None)).await.expect("apply");
-                // Another writer saves `a` first, from the same version we read.
-                theirs.apply(&key, &patch(&[("a", "5")], &[], None).expect_version("a", 1)).await.expect("their write");
-                let refused = ours
-                    .apply(&key, &patch(&[("a", "2"), ("b", "2")], &[], None).expect_version("a", 1).expect_version("b", 1))
-                    .await
-                    .expect_err("a newer value of `a` is never overwritten");
-                let current = match refused {
-                    typed_session::StoreError::Conflict { key: k, fields, current, .. } => {
-                        assert_eq!((k.as_str(), fields), (key.as_str(), vec!["a".to_owned()]));
-                        current
-                    }
-                    other => panic!("expected a conflict, got {other}"),
-                };
-                let record = ours.load(&key).await.expect("load").expect("exists");
-                assert_eq!(current.as_deref(), Some(&record), "the refusal carries the record as it is, read in the same call");
-                assert_eq!((record.get("a"), record.get("b")), (Some("5"), Some("1")), "nothing of the refused patch landed");
-                assert_eq!((record.version("a"), record.version("b")), (2, 1));
-                // Different fields never conflict.
-                ours.apply(&key, &patch(&[("b", "2")], &[], None).expect_version("b", 1)).await.expect("b is ours");
-            }
-
-            /// A patch may expect a field it does not write (one its update read): a condition
-            /// only, that field's value and version stay as they are.
-            #[tokio::test]
-            async fn a_field_a_patch_only_expects_keeps_its_value_and_version() {
-                let Some((store, _)) = $make("a_field_a_patch_only_expects_keeps_its_value_and_version").await else { return };
-                let key = unique("read_only");
-                store.apply(&key, &patch(&[("a", "1"), ("b", "1")], &[], None)).await.expect("apply");
-                store.apply(&key, &patch(&[("b", "2")], &[], None).expect_version("a", 1).expect_version("b", 1)).await.expect("a is as read");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!((record.get("a"), record.version("a")), (Some("1"), 1), "only expected, not written");
-                assert_eq!((record.get("b"), record.version("b")), (Some("2"), 2));
-                // Once `a` changed, the same kind of patch is refused, naming `a`.
-                store.apply(&key, &patch(&[("a", "5")], &[], None)).await.expect("their write");
-                let refused = store.apply(&key, &patch(&[("b", "3")], &[], None).expect_version("a", 1).expect_version("b", 2)).await;
-                assert!(matches!(&refused, Err(typed_session::StoreError::Conflict { fields, .. }) if fields == &["a".to_owned()]), "{refused:?}");
-                assert_eq!(store.load(&key).await.expect("load").expect("exists").get("b"), Some("2"));
-            }
-
-            #[tokio::test]
-            async fn a_patch_expecting_a_field_of_a_missing_record_is_refused() {
-                let Some((store, _)) = $make("a_patch_expecting_a_field_of_a_missing_record_is_refused").await else { return };
-                let key = unique("gone");
-                let refused = store.apply(&key, &patch(&[("a", "1")], &[], None).expect_version("a", 3)).await;
-                match refused {
-                    Err(typed_session::StoreError::Conflict { current, .. }) => {
-                        assert_eq!(current.as_deref(), Some(&typed_session::store::Record::default()), "no record reads as an empty one");
-                    }
-                    other => panic!("expected a conflict, got {other:?}"),
-                }
-                assert_eq!(store.load(&key).await.expect("load"), None, "nothing created");
-                // Expecting a field never written creates the record.
-                store.apply(&key, &patch(&[("a", "1")], &[], None).expect_version("a", 0)).await.expect("created");
-                assert_eq!(store.load(&key).await.expect("load").expect("exists").version("a"), 1);
-            }
-
-            #[tokio::test]
-            async fn of_two_writers_from_the_same_version_exactly_one_wins() {
-                let Some((one, two)) = $make("of_two_writers_from_the_same_version_exactly_one_wins").await else { return };
-                let key = unique("race");
-                one.apply(&key, &patch(&[("n", "0")], &[], None)).await.expect("seed");
-                let first = patch(&[("n", "1")], &[], None).expect_version("n", 1);
-                let second = patch(&[("n", "2")], &[], None).expect_version("n", 1);
-                let (a, b) = tokio::join!(one.apply(&key, &first), two.apply(&key, &second));
-                assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
-                let record = one.load(&key).await.expect("load").expect("exists");
-                assert_eq!(record.version("n"), 2);
-                assert_eq!(record.get("n"), Some(if a.is_ok() { "1" } else { "2" }));
-            }
-
-            #[tokio::test]
-            async fn delete_forgets_the_versions() {
-                let Some((store, _)) = $make("delete_forgets_the_versions").await else { return };
-                let key = unique("forget");
-                store.apply(&key, &patch(&[("a", "1")], &[], None)).await.expect("apply");
-                store.delete(&key).await.expect("delete");
-                store.apply(&key, &patch(&[("a", "2")], &[], None).expect_version("a", 0)).await.expect("a fresh record");
-                assert_eq!(store.load(&key).await.expect("load").expect("exists").version("a"), 1);
-            }
-
-            #[tokio::test]
-            async fn a_patch_sets_and_removes_fields_and_leaves_the_others() {
-                let Some((store, _)) = $make("a_patch_sets_and_removes_fields_and_leaves_the_others").await else { return };
-                let key = unique("patch");
-                store.apply(&key, &patch(&[("a", "1"), ("b", "\"two\""), ("c", "[3]")], &[], None)).await.expect("apply");
-                store.apply(&key, &patch(&[("a", "10"), ("d", "{\"x\":null}")], &["b"], None)).await.expect("apply");
-                assert_eq!(
-                    values(store.load(&key).await.expect("load")),
-                    expect(&[("a", 10.into()), ("c", serde_json::json!([3])), ("d", serde_json::json!({"x": null}))])
+                })
+            });
+            // A burst of 20 concurrent reads, then 5 one after another.
+            let mut burst = tokio::task::JoinSet::new();
+            for i in 0..20 {
+                let read = read.clone();
+                burst.spawn(
+                    async move { read.run_update(Update::text(i, user, user, "read")).await },
                 );
             }
-
-            #[tokio::test]
-            async fn json_values_of_every_kind_round_trip() {
-                let Some((store, _)) = $make("json_values_of_every_kind_round_trip").await else { return };
-                let key = unique("kinds");
-                let fields = [
-                    ("neg", "-9223372036854775808"),
-                    ("max", "9223372036854775807"),
-                    ("past_f64", "9007199254740993"),
-                    ("float", "-0.125"),
-                    ("t", "true"),
-                    ("null", "null"),
-                    ("text", "\"it's \\\"quoted\\\" 🙂 \\\\ \\n\""),
-                    ("list", "[1,[2,{\"three\":3}]]"),
-                    ("empty", "{}"),
-                ];
-                store.apply(&key, &patch(&fields, &[], None)).await.expect("apply");
-                let expected: Vec<_> = fields.iter().map(|(k, v)| (*k, serde_json::from_str::<Value>(v).expect("json"))).collect();
-                assert_eq!(values(store.load(&key).await.expect("load")), expect(&expected));
+            while let Some(result) = burst.join_next().await {
+                result.expect("no panic").expect("read");
             }
-
-            #[tokio::test]
-            async fn delete_removes_the_record_and_deleting_a_missing_one_is_fine() {
-                let Some((store, _)) = $make("delete_removes_the_record_and_deleting_a_missing_one_is_fine").await else { return };
-                let key = unique("delete");
-                store.apply(&key, &patch(&[("a", "1")], &[], None)).await.expect("apply");
-                store.delete(&key).await.expect("delete");
-                assert_eq!(store.load(&key).await.expect("load"), None);
-                store.delete(&key).await.expect("delete again");
+            for i in 20..25 {
+                read.run_update(Update::text(i, user, user, "read"))
+                    .await
+                    .expect("read");
             }
+            let expected = if renewal == typed_session::Renewal::OnAccess {
+                1
+            } else {
+                0
+            };
+            assert_eq!(sessions.stats().renewals(), expected, "{renewal:?}");
+            assert_eq!(
+                sessions.stats().writes(),
+                0,
+                "{renewal:?}: reads write no field"
+            );
+            let record = store
+                .load(&format!("Pair:{user}:{user}"))
+                .await
+                .expect("load")
+                .expect("there");
+            assert_eq!(
+                (record.get("a"), record.version("a")),
+                (Some("7"), 1),
+                "{renewal:?}"
+            );
+        }
+    }
 
-            #[tokio::test]
-            async fn keys_of_any_content_and_length_are_kept_apart() {
-                let Some((store, _)) = $make("keys_of_any_content_and_length_are_kept_apart").await else { return };
-                let base = unique("keys");
-                let keys = [
-                    format!("{base}:-1001234567890:-1001234567890"),
-                    format!("{base}:ключ 🙂"),
-                    format!("{base}:'; DROP TABLE typed_sessions; --\"`\\"),
-                    format!("{base}:{}", "k".repeat(1024)),
-                    format!("{base}:{}", "é".repeat(1024)),
-                    format!("{base}:\0nul"),
-                ];
-                for (i, key) in keys.iter().enumerate() {
-                    let n = i.to_string();
-                    store.apply(key, &patch(&[("n", n.as_str())], &[], None)).await.expect("apply");
-                }
-                for (i, key) in keys.iter().enumerate() {
-                    assert_eq!(
-                        values(store.load(key).await.expect("load")),
-                        expect(&[("n", i.into())]),
-                        "key #{i}"
-                    );
-                }
+    /// "Schema evolution": a record of an older version is migrated as it is read, and
+    /// written back once, field by field.
+    pub(crate) async fn an_old_record_is_migrated_on_load_and_written_back_once_field_by_field<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let key = format!("Versioned:{user}:{user}");
+        // Version 0 (no version stored): a language code, seconds, and a field no step touches.
+        store
+            .apply(
+                &key,
+                &patch(
+                    &[("lang", "\"de\""), ("timeout", "30"), ("note", "\"hi\"")],
+                    &[],
+                    None,
+                ),
+            )
+            .await
+            .expect("apply");
+        let sessions = SessionMiddleware::<Versioned, Update>::new(store.clone());
+
+        let read = read_versioned(&sessions, 1, user).await.expect("migrated");
+        assert_eq!(read, (Lang::De, 30_000, Some("hi".to_owned())));
+        assert_eq!(sessions.stats().writes(), 1, "written back with the update");
+        let record = store.load(&key).await.expect("load").expect("there");
+        let value = |field: &str| {
+            record
+                .get(field)
+                .map(|raw| serde_json::from_str::<Value>(raw).expect("JSON"))
+        };
+        assert_eq!(
+            (value("lang"), value("timeout"), value("@version")),
+            (
+                Some(Value::from("De")),
+                Some(Value::from(30_000)),
+                Some(Value::from(2))
+            )
+        );
+        assert_eq!(
+            (
+                record.version("lang"),
+                record.version("timeout"),
+                record.version("note")
+            ),
+            (2, 2, 1),
+            "only the migrated fields were written"
+        );
+
+        assert_eq!(
+            read_versioned(&sessions, 2, user).await.expect("read"),
+            (Lang::De, 30_000, Some("hi".to_owned()))
+        );
+        let fresh = SessionMiddleware::<Versioned, Update>::new(store.clone());
+        assert_eq!(
+            read_versioned(&fresh, 3, user).await.expect("read"),
+            (Lang::De, 30_000, Some("hi".to_owned())),
+            "not migrated twice"
+        );
+        assert_eq!(
+            sessions.stats().writes() + fresh.stats().writes(),
+            1,
+            "written back once"
+        );
+    }
+
+    /// "Schema evolution": new records carry the version; a failing step is an error
+    /// naming key, field and version, and writes nothing.
+    pub(crate) async fn a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let (new, bad) = (
+            (std::process::id() as i64) * 1_000_000 + (super::counter() as i64),
+            (std::process::id() as i64) * 1_000_000 + (super::counter() as i64),
+        );
+        let sessions = SessionMiddleware::<Versioned, Update>::new(store.clone());
+        let write = Chain::new().with(sessions.clone()).handler(|ctx| {
+            Box::pin(async move {
+                ctx.versioned().await?.set_timeout(5);
+                Ok(())
+            })
+        });
+        write
+            .run_update(Update::text(1, new, new, "set"))
+            .await
+            .expect("write");
+        let fresh = SessionMiddleware::<Versioned, Update>::new(store.clone());
+        assert_eq!(
+            read_versioned(&fresh, 2, new).await.expect("read").1,
+            5,
+            "a new record carries the version: 5 ms stays 5 ms"
+        );
+
+        let key = format!("Versioned:{bad}:{bad}");
+        store
+            .apply(&key, &patch(&[("lang", "\"xx\"")], &[], None))
+            .await
+            .expect("apply");
+        let error = read_versioned(&fresh, 3, bad)
+            .await
+            .expect_err("an unknown code");
+        match error.downcast_ref::<typed_session::SessionError>() {
+            Some(typed_session::SessionError::Migrate {
+                key: k,
+                source,
+                version: 0,
+                ..
+            }) => {
+                // The error names the key as the key strategy made it, without the namespace.
+                assert_eq!(
+                    (k.as_str(), source.field()),
+                    (format!("{bad}:{bad}").as_str(), "lang")
+                );
             }
+            _ => panic!("expected a Migrate error: {error}"),
+        }
+        assert!(
+            error.to_string().contains("unknown language code \"xx\""),
+            "{error}"
+        );
+        let record = store.load(&key).await.expect("load").expect("there");
+        assert_eq!(
+            (record.get("lang"), record.get("@version")),
+            (Some("\"xx\""), None),
+            "nothing written"
+        );
+    }
 
-            #[tokio::test]
-            async fn a_one_mib_value_round_trips() {
-                let Some((store, _)) = $make("a_one_mib_value_round_trips").await else { return };
-                let key = unique("large");
-                let big = serde_json::to_string(&"x".repeat(1 << 20)).expect("json");
-                store.apply(&key, &patch(&[("big", big.as_str()), ("small", "1")], &[], None)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!(serde_json::from_str::<String>(&record["big"]).expect("a string").len(), 1 << 20);
-            }
+    pub(crate) async fn every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("versions");
+        store
+            .apply(&key, &patch(&[("a", "1"), ("b", "2")], &[], None))
+            .await
+            .expect("apply");
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "3")], &[], None).expect_version("a", 1),
+            )
+            .await
+            .expect("apply");
+        store
+            .apply(&key, &patch(&[], &["b"], None).expect_version("b", 1))
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            (
+                record.version("a"),
+                record.version("b"),
+                record.version("c")
+            ),
+            (2, 2, 0)
+        );
+        assert_eq!((record.get("a"), record.get("b")), (Some("3"), None));
+    }
 
-            #[tokio::test]
-            async fn two_hundred_fields_round_trip() {
-                let Some((store, _)) = $make("two_hundred_fields_round_trip").await else { return };
-                let key = unique("wide");
-                let names: Vec<String> = (0..200).map(|i| format!("field_{i:03}")).collect();
-                let values_: Vec<String> = (0..200).map(|i| i.to_string()).collect();
-                let fields: Vec<(&str, &str)> = names.iter().zip(&values_).map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                store.apply(&key, &patch(&fields, &[], None)).await.expect("apply");
-                let record = store.load(&key).await.expect("load").expect("exists");
-                assert_eq!(record.len(), 200);
-                assert_eq!(record["field_199"], "199");
-            }
-
-            /// "The store contract", listing: every key of the prefix once, in pages, nothing
-            /// outside it; a cursor read back from its text goes on in another connection.
-            #[tokio::test]
-            async fn keys_lists_every_key_of_a_prefix_in_pages_and_nothing_else() {
-                let Some((one, two)) = $make("keys_lists_every_key_of_a_prefix_in_pages_and_nothing_else").await else { return };
-                let base = unique("list");
-                let prefix = format!("{base}:");
-                // Characters a LIKE pattern or a glob would read as wildcards, NUL and non-ASCII.
-                let mut inside: Vec<String> = (0..23).map(|i| format!("{prefix}{i}")).collect();
-                for odd in ["%", "_", "*", "?", "[x]", "\\", "!", "a b ", "\0", "ü🙂"] {
-                    inside.push(format!("{prefix}{odd}"));
-                }
-                let outside = [base.clone(), format!("{base};"), format!("{base}0:1"), format!("{}:x", &base[..base.len() - 1])];
-                for key in inside.iter().chain(&outside) {
-                    store_apply(&one, key, "a").await;
-                }
-                let deleted = format!("{prefix}deleted");
-                store_apply(&one, &deleted, "a").await;
-                one.delete(&deleted).await.expect("delete");
-                let (mut seen, mut cursor, mut pages) = (Vec::new(), None, 0);
-                loop {
-                    // Every other page through the other connection, the cursor as text.
-                    let store: &dyn Store = if pages % 2 == 0 { &one } else { &two };
-                    let page = store.keys(&prefix, cursor.as_ref(), 7).await.expect("list");
-                    // Redis's SCAN hands back whole batches (up to 100 slots each); the ordered
-                    // stores never pass the limit.
-                    let most = if stringify!($store).starts_with("redis") { 7 + inside.len() } else { 7 };
-                    assert!(page.keys.len() <= most, "{} keys in a page of 7", page.keys.len());
-                    seen.extend(page.keys);
-                    pages += 1;
-                    assert!(pages < 1_000, "the walk ends");
-                    match page.next {
-                        Some(next) => cursor = Some(typed_session::store::Cursor::new(next.to_string())),
-                        None => break,
-                    }
-                }
-                let seen: std::collections::BTreeSet<String> = seen.into_iter().collect();
-                let inside: std::collections::BTreeSet<String> = inside.into_iter().collect();
-                assert_eq!(seen, inside, "every key of the prefix, none outside it, none deleted");
-                assert!(pages >= 2, "more keys than a page: {pages} pages");
-                let none = one.keys(&format!("{base}-none:"), None, 10).await.expect("list");
-                assert!(none.keys.is_empty() && none.next.is_none(), "{none:?}");
-            }
-
-            /// "The store contract", listing under concurrent writes: a key that exists for the
-            /// whole walk is listed, whatever is written and deleted between pages.
-            #[tokio::test]
-            async fn a_walk_lists_every_key_that_exists_throughout_while_others_come_and_go() {
-                let Some((one, two)) = $make("a_walk_lists_every_key_that_exists_throughout_while_others_come_and_go").await else { return };
-                let prefix = format!("{}:", unique("walk"));
-                let steady: Vec<String> = (0..60).map(|i| format!("{prefix}s{i:02}")).collect();
-                for key in &steady {
-                    store_apply(&one, key, "a").await;
-                }
-                let (mut seen, mut cursor, mut round) = (std::collections::BTreeSet::new(), None, 0);
-                loop {
-                    let page = one.keys(&prefix, cursor.as_ref(), 5).await.expect("list");
-                    seen.extend(page.keys);
-                    // Another writer adds keys before and after the cursor, and deletes some.
-                    for i in 0..4 {
-                        let key = format!("{prefix}{}{round:03}{i}", ["a", "m", "t", "z"][i]);
-                        store_apply(&two, &key, "a").await;
-                        if i % 2 == 0 {
-                            two.delete(&key).await.expect("delete");
+    pub(crate) async fn every_rust_string_round_trips_nul_included<S: Store + Clone>(
+        Stores { one, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let sessions = SessionMiddleware::<Everything, Update>::new(one.clone());
+        let texts = [
+            "a\0b",
+            "\0",
+            "tab\tnew\nline\u{1}\u{7f}",
+            "émoji 🦀 \u{fffd}",
+            "{\"@json\":\"x\"}",
+        ];
+        for (i, text) in texts.iter().enumerate() {
+            let text = text.to_string();
+            let chain = Chain::new().with(sessions.clone()).handler(move |ctx| {
+                let text = text.clone();
+                Box::pin(async move {
+                    ctx.everything().await?.set_nothing(Some(text));
+                    Ok(())
+                })
+            });
+            chain
+                .run_update(Update::text(i as i64 + 1, user, user, "x"))
+                .await
+                .expect("saved");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let read = Chain::new()
+                .with(SessionMiddleware::<Everything, Update>::new(one.clone()))
+                .handler(move |ctx| {
+                    let tx = tx.lock().expect("not poisoned").take();
+                    Box::pin(async move {
+                        let value = ctx.everything().await?.nothing();
+                        if let Some(tx) = tx {
+                            let _ = tx.send(value);
                         }
-                    }
-                    round += 1;
-                    assert!(round < 1_000, "the walk ends");
-                    match page.next {
-                        Some(next) => cursor = Some(next),
-                        None => break,
-                    }
-                }
-                let missed: Vec<&String> = steady.iter().filter(|key| !seen.contains(*key)).collect();
-                assert!(missed.is_empty(), "keys that existed throughout and were not listed: {missed:?}");
-            }
+                        Ok(())
+                    })
+                });
+            read.run_update(Update::text(100 + i as i64, user, user, "r"))
+                .await
+                .expect("read");
+            assert_eq!(rx.await.expect("read ran").as_deref(), Some(texts[i]));
+        }
+    }
 
-            /// "Erasure": every session of a user across types and chats, and no one else's; a
-            /// second call deletes nothing.
-            #[tokio::test]
-            async fn erase_user_deletes_every_session_of_the_user_and_no_one_elses() {
-                let Some((one, _)) = $make("erase_user_deletes_every_session_of_the_user_and_no_one_elses").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64) * 10;
-                // A neighbour whose id starts with the user's digits, and a group.
-                let (other, group) = (user * 10 + 1, -user);
-                let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
-                let per_user = SessionMiddleware::<PerUser, Update>::new(one.clone());
-                let per_chat = SessionMiddleware::<PerChat, Update>::new(one.clone());
-                let chain = Chain::new().with(pairs.clone()).with(per_user.clone()).with(per_chat.clone()).handler(|ctx| Box::pin(async move {
+    pub(crate) async fn a_patch_of_more_fields_than_the_limit_is_refused_whole_in_every_store<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let limit = typed_session::store::MAX_PATCH_FIELDS;
+        let names: Vec<String> = (0..=limit).map(|i| format!("f{i}")).collect();
+        let (key, fits) = (unique("limit"), unique("limit"));
+        let too_many = names.iter().fold(Patch::new(), |p, n| p.set_field(n, "1"));
+        let error = store.apply(&key, &too_many).await.expect_err("refused");
+        assert!(
+            matches!(error, typed_session::StoreError::Config { .. }),
+            "{error}"
+        );
+        assert_eq!(
+            store.load(&key).await.expect("load"),
+            None,
+            "nothing written"
+        );
+        let at_limit = names[..limit]
+            .iter()
+            .fold(Patch::new(), |p, n| p.set_field(n, "1"));
+        store
+            .apply(&fits, &at_limit)
+            .await
+            .expect("the limit itself fits");
+        assert_eq!(
+            store
+                .load(&fits)
+                .await
+                .expect("load")
+                .expect("stored")
+                .len(),
+            limit
+        );
+    }
+
+    pub(crate) async fn a_writer_is_recorded_under_a_name_the_patch_does_not_write<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("writer_only");
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "1")], &[], None)
+                    .written_by("a", 7)
+                    .written_by("@0", 7),
+            )
+            .await
+            .expect("apply");
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "2")], &[], None)
+                    .written_by("a", 8)
+                    .written_by("@1", 8),
+            )
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            (record.writers.get("@0"), record.writers.get("@1")),
+            (Some(&7), Some(&8))
+        );
+        assert_eq!(record.get("@0"), None, "a writer alone is no field");
+        store
+            .apply(&key, &patch(&[("a", "3")], &[], None).written_by("@0", 9))
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.writers.get("@0"), Some(&9), "overwritten");
+    }
+
+    pub(crate) async fn a_patch_records_the_update_that_wrote_each_field<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("writers");
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "1"), ("b", "2")], &[], None).written_by("a", 7),
+            )
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            (record.writers.get("a"), record.writers.get("b")),
+            (Some(&7), None)
+        );
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "3"), ("b", "4")], &[], None).written_by("a", 9),
+            )
+            .await
+            .expect("apply");
+        store
+            .apply(&key, &patch(&[], &["b"], None).written_by("b", 11))
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            (record.writers.get("a"), record.writers.get("b")),
+            (Some(&9), Some(&11))
+        );
+        // A write without one keeps the writer.
+        store
+            .apply(&key, &patch(&[("a", "5")], &[], None))
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.writers.get("a"), Some(&9));
+    }
+
+    pub(crate) async fn a_patch_based_on_an_older_version_is_refused_and_writes_nothing<
+        S: Store + Clone,
+    >(
+        Stores {
+            one: ours,
+            two: theirs,
+            ..
+        }: Stores<S>,
+    ) {
+        let key = unique("conflict");
+        ours.apply(&key, &patch(&[("a", "1"), ("b", "1")], &[], None))
+            .await
+            .expect("apply");
+        // Another writer saves `a` first, from the same version we read.
+        theirs
+            .apply(
+                &key,
+                &patch(&[("a", "5")], &[], None).expect_version("a", 1),
+            )
+            .await
+            .expect("their write");
+        let refused = ours
+            .apply(
+                &key,
+                &patch(&[("a", "2"), ("b", "2")], &[], None)
+                    .expect_version("a", 1)
+                    .expect_version("b", 1),
+            )
+            .await
+            .expect_err("a newer value of `a` is never overwritten");
+        let current = match refused {
+            typed_session::StoreError::Conflict {
+                key: k,
+                fields,
+                current,
+                ..
+            } => {
+                assert_eq!((k.as_str(), fields), (key.as_str(), vec!["a".to_owned()]));
+                current
+            }
+            other => panic!("expected a conflict, got {other}"),
+        };
+        let record = ours.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            current.as_deref(),
+            Some(&record),
+            "the refusal carries the record as it is, read in the same call"
+        );
+        assert_eq!(
+            (record.get("a"), record.get("b")),
+            (Some("5"), Some("1")),
+            "nothing of the refused patch landed"
+        );
+        assert_eq!((record.version("a"), record.version("b")), (2, 1));
+        // Different fields never conflict.
+        ours.apply(
+            &key,
+            &patch(&[("b", "2")], &[], None).expect_version("b", 1),
+        )
+        .await
+        .expect("b is ours");
+    }
+
+    /// A patch may expect a field it does not write (one its update read): a condition
+    /// only, that field's value and version stay as they are.
+    pub(crate) async fn a_field_a_patch_only_expects_keeps_its_value_and_version<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("read_only");
+        store
+            .apply(&key, &patch(&[("a", "1"), ("b", "1")], &[], None))
+            .await
+            .expect("apply");
+        store
+            .apply(
+                &key,
+                &patch(&[("b", "2")], &[], None)
+                    .expect_version("a", 1)
+                    .expect_version("b", 1),
+            )
+            .await
+            .expect("a is as read");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            (record.get("a"), record.version("a")),
+            (Some("1"), 1),
+            "only expected, not written"
+        );
+        assert_eq!((record.get("b"), record.version("b")), (Some("2"), 2));
+        // Once `a` changed, the same kind of patch is refused, naming `a`.
+        store
+            .apply(&key, &patch(&[("a", "5")], &[], None))
+            .await
+            .expect("their write");
+        let refused = store
+            .apply(
+                &key,
+                &patch(&[("b", "3")], &[], None)
+                    .expect_version("a", 1)
+                    .expect_version("b", 2),
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(typed_session::StoreError::Conflict { fields, .. }) if fields == &["a".to_owned()]),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store
+                .load(&key)
+                .await
+                .expect("load")
+                .expect("exists")
+                .get("b"),
+            Some("2")
+        );
+    }
+
+    pub(crate) async fn a_patch_expecting_a_field_of_a_missing_record_is_refused<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("gone");
+        let refused = store
+            .apply(
+                &key,
+                &patch(&[("a", "1")], &[], None).expect_version("a", 3),
+            )
+            .await;
+        match refused {
+            Err(typed_session::StoreError::Conflict { current, .. }) => {
+                assert_eq!(
+                    current.as_deref(),
+                    Some(&typed_session::store::Record::default()),
+                    "no record reads as an empty one"
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(
+            store.load(&key).await.expect("load"),
+            None,
+            "nothing created"
+        );
+        // Expecting a field never written creates the record.
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "1")], &[], None).expect_version("a", 0),
+            )
+            .await
+            .expect("created");
+        assert_eq!(
+            store
+                .load(&key)
+                .await
+                .expect("load")
+                .expect("exists")
+                .version("a"),
+            1
+        );
+    }
+
+    pub(crate) async fn of_two_writers_from_the_same_version_exactly_one_wins<S: Store + Clone>(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let key = unique("race");
+        one.apply(&key, &patch(&[("n", "0")], &[], None))
+            .await
+            .expect("seed");
+        let first = patch(&[("n", "1")], &[], None).expect_version("n", 1);
+        let second = patch(&[("n", "2")], &[], None).expect_version("n", 1);
+        let (a, b) = tokio::join!(one.apply(&key, &first), two.apply(&key, &second));
+        assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+        let record = one.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.version("n"), 2);
+        assert_eq!(record.get("n"), Some(if a.is_ok() { "1" } else { "2" }));
+    }
+
+    pub(crate) async fn delete_forgets_the_versions<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("forget");
+        store
+            .apply(&key, &patch(&[("a", "1")], &[], None))
+            .await
+            .expect("apply");
+        store.delete(&key).await.expect("delete");
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "2")], &[], None).expect_version("a", 0),
+            )
+            .await
+            .expect("a fresh record");
+        assert_eq!(
+            store
+                .load(&key)
+                .await
+                .expect("load")
+                .expect("exists")
+                .version("a"),
+            1
+        );
+    }
+
+    pub(crate) async fn a_patch_sets_and_removes_fields_and_leaves_the_others<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("patch");
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "1"), ("b", "\"two\""), ("c", "[3]")], &[], None),
+            )
+            .await
+            .expect("apply");
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "10"), ("d", "{\"x\":null}")], &["b"], None),
+            )
+            .await
+            .expect("apply");
+        assert_eq!(
+            values(store.load(&key).await.expect("load")),
+            expect(&[
+                ("a", 10.into()),
+                ("c", serde_json::json!([3])),
+                ("d", serde_json::json!({"x": null}))
+            ])
+        );
+    }
+
+    pub(crate) async fn json_values_of_every_kind_round_trip<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("kinds");
+        let fields = [
+            ("neg", "-9223372036854775808"),
+            ("max", "9223372036854775807"),
+            ("past_f64", "9007199254740993"),
+            ("float", "-0.125"),
+            ("t", "true"),
+            ("null", "null"),
+            ("text", "\"it's \\\"quoted\\\" 🙂 \\\\ \\n\""),
+            ("list", "[1,[2,{\"three\":3}]]"),
+            ("empty", "{}"),
+        ];
+        store
+            .apply(&key, &patch(&fields, &[], None))
+            .await
+            .expect("apply");
+        let expected: Vec<_> = fields
+            .iter()
+            .map(|(k, v)| (*k, serde_json::from_str::<Value>(v).expect("json")))
+            .collect();
+        assert_eq!(
+            values(store.load(&key).await.expect("load")),
+            expect(&expected)
+        );
+    }
+
+    pub(crate) async fn delete_removes_the_record_and_deleting_a_missing_one_is_fine<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("delete");
+        store
+            .apply(&key, &patch(&[("a", "1")], &[], None))
+            .await
+            .expect("apply");
+        store.delete(&key).await.expect("delete");
+        assert_eq!(store.load(&key).await.expect("load"), None);
+        store.delete(&key).await.expect("delete again");
+    }
+
+    pub(crate) async fn keys_of_any_content_and_length_are_kept_apart<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let base = unique("keys");
+        let keys = [
+            format!("{base}:-1001234567890:-1001234567890"),
+            format!("{base}:ключ 🙂"),
+            format!("{base}:'; DROP TABLE typed_sessions; --\"`\\"),
+            format!("{base}:{}", "k".repeat(1024)),
+            format!("{base}:{}", "é".repeat(1024)),
+            format!("{base}:\0nul"),
+        ];
+        for (i, key) in keys.iter().enumerate() {
+            let n = i.to_string();
+            store
+                .apply(key, &patch(&[("n", n.as_str())], &[], None))
+                .await
+                .expect("apply");
+        }
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(
+                values(store.load(key).await.expect("load")),
+                expect(&[("n", i.into())]),
+                "key #{i}"
+            );
+        }
+    }
+
+    pub(crate) async fn a_one_mib_value_round_trips<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("large");
+        let big = serde_json::to_string(&"x".repeat(1 << 20)).expect("json");
+        store
+            .apply(
+                &key,
+                &patch(&[("big", big.as_str()), ("small", "1")], &[], None),
+            )
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            serde_json::from_str::<String>(&record["big"])
+                .expect("a string")
+                .len(),
+            1 << 20
+        );
+    }
+
+    pub(crate) async fn two_hundred_fields_round_trip<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("wide");
+        let names: Vec<String> = (0..200).map(|i| format!("field_{i:03}")).collect();
+        let values_: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+        let fields: Vec<(&str, &str)> = names
+            .iter()
+            .zip(&values_)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        store
+            .apply(&key, &patch(&fields, &[], None))
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.len(), 200);
+        assert_eq!(record["field_199"], "199");
+    }
+
+    /// "The store contract", listing: every key of the prefix once, in pages, nothing
+    /// outside it; a cursor read back from its text goes on in another connection.
+    pub(crate) async fn keys_lists_every_key_of_a_prefix_in_pages_and_nothing_else<
+        S: Store + Clone,
+    >(
+        Stores { one, two, name }: Stores<S>,
+    ) {
+        let base = unique("list");
+        let prefix = format!("{base}:");
+        // Characters a LIKE pattern or a glob would read as wildcards, NUL and non-ASCII.
+        let mut inside: Vec<String> = (0..23).map(|i| format!("{prefix}{i}")).collect();
+        for odd in ["%", "_", "*", "?", "[x]", "\\", "!", "a b ", "\0", "ü🙂"] {
+            inside.push(format!("{prefix}{odd}"));
+        }
+        let outside = [
+            base.clone(),
+            format!("{base};"),
+            format!("{base}0:1"),
+            format!("{}:x", &base[..base.len() - 1]),
+        ];
+        for key in inside.iter().chain(&outside) {
+            store_apply(&one, key, "a").await;
+        }
+        let deleted = format!("{prefix}deleted");
+        store_apply(&one, &deleted, "a").await;
+        one.delete(&deleted).await.expect("delete");
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), None, 0);
+        loop {
+            // Every other page through the other connection, the cursor as text.
+            let store: &dyn Store = if pages % 2 == 0 { &one } else { &two };
+            let page = store.keys(&prefix, cursor.as_ref(), 7).await.expect("list");
+            // Redis's SCAN hands back whole batches (up to 100 slots each); the ordered
+            // stores never pass the limit.
+            let most = if name.starts_with("redis") {
+                7 + inside.len()
+            } else {
+                7
+            };
+            assert!(
+                page.keys.len() <= most,
+                "{} keys in a page of 7",
+                page.keys.len()
+            );
+            seen.extend(page.keys);
+            pages += 1;
+            assert!(pages < 1_000, "the walk ends");
+            match page.next {
+                Some(next) => cursor = Some(typed_session::store::Cursor::new(next.to_string())),
+                None => break,
+            }
+        }
+        let seen: std::collections::BTreeSet<String> = seen.into_iter().collect();
+        let inside: std::collections::BTreeSet<String> = inside.into_iter().collect();
+        assert_eq!(
+            seen, inside,
+            "every key of the prefix, none outside it, none deleted"
+        );
+        assert!(pages >= 2, "more keys than a page: {pages} pages");
+        let none = one
+            .keys(&format!("{base}-none:"), None, 10)
+            .await
+            .expect("list");
+        assert!(none.keys.is_empty() && none.next.is_none(), "{none:?}");
+    }
+
+    /// "The store contract", listing under concurrent writes: a key that exists for the
+    /// whole walk is listed, whatever is written and deleted between pages.
+    pub(crate) async fn a_walk_lists_every_key_that_exists_throughout_while_others_come_and_go<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let prefix = format!("{}:", unique("walk"));
+        let steady: Vec<String> = (0..60).map(|i| format!("{prefix}s{i:02}")).collect();
+        for key in &steady {
+            store_apply(&one, key, "a").await;
+        }
+        let (mut seen, mut cursor, mut round) = (std::collections::BTreeSet::new(), None, 0);
+        loop {
+            let page = one.keys(&prefix, cursor.as_ref(), 5).await.expect("list");
+            seen.extend(page.keys);
+            // Another writer adds keys before and after the cursor, and deletes some.
+            for i in 0..4 {
+                let key = format!("{prefix}{}{round:03}{i}", ["a", "m", "t", "z"][i]);
+                store_apply(&two, &key, "a").await;
+                if i % 2 == 0 {
+                    two.delete(&key).await.expect("delete");
+                }
+            }
+            round += 1;
+            assert!(round < 1_000, "the walk ends");
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let missed: Vec<&String> = steady.iter().filter(|key| !seen.contains(*key)).collect();
+        assert!(
+            missed.is_empty(),
+            "keys that existed throughout and were not listed: {missed:?}"
+        );
+    }
+
+    /// "Erasure": every session of a user across types and chats, and no one else's; a
+    /// second call deletes nothing.
+    pub(crate) async fn erase_user_deletes_every_session_of_the_user_and_no_one_elses<
+        S: Store + Clone,
+    >(
+        Stores { one, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64) * 10;
+        // A neighbour whose id starts with the user's digits, and a group.
+        let (other, group) = (user * 10 + 1, -user);
+        let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
+        let per_user = SessionMiddleware::<PerUser, Update>::new(one.clone());
+        let per_chat = SessionMiddleware::<PerChat, Update>::new(one.clone());
+        let chain = Chain::new()
+            .with(pairs.clone())
+            .with(per_user.clone())
+            .with(per_chat.clone())
+            .handler(|ctx| {
+                Box::pin(async move {
                     ctx.pair().await?.update_a(|a| *a += 1);
                     ctx.per_user().await?.set_lang("de");
                     ctx.per_chat().await?.set_topic("rust");
                     Ok(())
-                }));
-                let mut id = 0;
-                for (from, chat) in [(user, user), (user, group), (other, other), (other, group)] {
-                    id += 1;
-                    chain.run_update(Update::text(id, from, chat, "hi")).await.expect("update");
-                }
-                // Listed per type, without the namespace.
-                let mut listed = pairs.keys(&format!("{user}:"), None, 10).await.expect("list").keys;
-                listed.sort();
-                let mut chats = vec![format!("{user}:{user}"), format!("{user}:{group}")];
-                chats.sort();
-                assert_eq!(listed, chats);
-                let erasure = typed_session::Erasure::new().register(&pairs).register(&per_user).register(&per_chat);
-                let erased = erasure.erase_user(user).await.expect("erase");
-                let mut got: Vec<(&str, String)> = erased.sessions.iter().map(|s| (s.session, s.key.clone())).collect();
-                got.sort();
-                let mut want = vec![
-                    ("Pair", format!("{user}:{user}")),
-                    ("Pair", format!("{user}:{group}")),
-                    ("PerChat", format!("{user}")),
-                    ("PerUser", format!("{user}")),
-                ];
-                want.sort();
-                assert_eq!(got, want);
-                assert!(erased.not_covered.is_empty());
-                for key in [format!("Pair:{user}:{user}"), format!("Pair:{user}:{group}"), format!("PerUser:{user}"), format!("PerChat:{user}")] {
-                    assert_eq!(one.load(&key).await.expect("load"), None, "{key} erased");
-                }
-                for key in [format!("Pair:{other}:{other}"), format!("Pair:{other}:{group}"), format!("PerUser:{other}"), format!("PerChat:{group}"), format!("PerChat:{other}")] {
-                    assert!(one.load(&key).await.expect("load").is_some(), "{key} kept");
-                }
-                assert!(erasure.erase_user(user).await.expect("again").is_empty(), "idempotent");
-                assert_eq!(pairs.live_sessions() + per_user.live_sessions() + per_chat.live_sessions(), 0);
-            }
+                })
+            });
+        let mut id = 0;
+        for (from, chat) in [(user, user), (user, group), (other, other), (other, group)] {
+            id += 1;
+            chain
+                .run_update(Update::text(id, from, chat, "hi"))
+                .await
+                .expect("update");
+        }
+        // Listed per type, without the namespace.
+        let mut listed = pairs
+            .keys(&format!("{user}:"), None, 10)
+            .await
+            .expect("list")
+            .keys;
+        listed.sort();
+        let mut chats = vec![format!("{user}:{user}"), format!("{user}:{group}")];
+        chats.sort();
+        assert_eq!(listed, chats);
+        let erasure = typed_session::Erasure::new()
+            .register(&pairs)
+            .register(&per_user)
+            .register(&per_chat);
+        let erased = erasure.erase_user(user).await.expect("erase");
+        let mut got: Vec<(&str, String)> = erased
+            .sessions
+            .iter()
+            .map(|s| (s.session, s.key.clone()))
+            .collect();
+        got.sort();
+        let mut want = vec![
+            ("Pair", format!("{user}:{user}")),
+            ("Pair", format!("{user}:{group}")),
+            ("PerChat", format!("{user}")),
+            ("PerUser", format!("{user}")),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        assert!(erased.not_covered.is_empty());
+        for key in [
+            format!("Pair:{user}:{user}"),
+            format!("Pair:{user}:{group}"),
+            format!("PerUser:{user}"),
+            format!("PerChat:{user}"),
+        ] {
+            assert_eq!(one.load(&key).await.expect("load"), None, "{key} erased");
+        }
+        for key in [
+            format!("Pair:{other}:{other}"),
+            format!("Pair:{other}:{group}"),
+            format!("PerUser:{other}"),
+            format!("PerChat:{group}"),
+            format!("PerChat:{other}"),
+        ] {
+            assert!(one.load(&key).await.expect("load").is_some(), "{key} kept");
+        }
+        assert!(
+            erasure.erase_user(user).await.expect("again").is_empty(),
+            "idempotent"
+        );
+        assert_eq!(
+            pairs.live_sessions() + per_user.live_sessions() + per_chat.live_sessions(),
+            0
+        );
+    }
 
-            /// "Erasure": an update of the user running across the erasure does not bring the
-            /// erased values back, and the next update starts from defaults.
-            #[tokio::test]
-            async fn an_update_running_across_an_erasure_brings_nothing_back() {
-                let Some((one, _)) = $make("an_update_running_across_an_erasure_brings_nothing_back").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let key = format!("Pair:{user}:{user}");
-                let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
-                let seed = Chain::new().with(pairs.clone()).handler(|ctx| Box::pin(async move {
+    /// "Erasure": an update of the user running across the erasure does not bring the
+    /// erased values back, and the next update starts from defaults.
+    pub(crate) async fn an_update_running_across_an_erasure_brings_nothing_back<
+        S: Store + Clone,
+    >(
+        Stores { one, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let key = format!("Pair:{user}:{user}");
+        let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
+        let seed = Chain::new().with(pairs.clone()).handler(|ctx| {
+            Box::pin(async move {
+                let pair = ctx.pair().await?;
+                pair.set_a(41);
+                pair.set_b(7);
+                Ok(())
+            })
+        });
+        seed.run_update(Update::text(1, user, user, "seed"))
+            .await
+            .expect("seed");
+        // An update that read the session, then waits while the user is erased, then
+        // writes a value derived from what it read.
+        let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let slots = std::sync::Arc::new(parking_lot::Mutex::new(Some((read_tx, go_rx))));
+        let across = Chain::new().with(pairs.clone()).handler(move |ctx| {
+            let slots = slots.lock().take();
+            Box::pin(async move {
+                let (read_tx, go_rx) = slots.expect("runs once");
+                let pair = ctx.pair().await?;
+                let a = pair.a();
+                let _ = read_tx.send(a);
+                let _ = go_rx.await;
+                pair.set_a(a + 1);
+                Ok(())
+            })
+        });
+        let running =
+            tokio::spawn(async move { across.run_update(Update::text(2, user, user, "+1")).await });
+        assert_eq!(read_rx.await.expect("the update read"), 41);
+        let erased = pairs.erase_user(user).await.expect("erase");
+        assert_eq!(erased.sessions.len(), 1);
+        assert_eq!(
+            pairs.live_sessions(),
+            1,
+            "the running update still holds the live entry"
+        );
+        let read = |id: i64| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let tx = parking_lot::Mutex::new(Some(tx));
+            let chain = Chain::new().with(pairs.clone()).handler(move |ctx| {
+                let tx = tx.lock().take();
+                Box::pin(async move {
                     let pair = ctx.pair().await?;
-                    pair.set_a(41);
-                    pair.set_b(7);
+                    let _ = tx.expect("once").send((pair.a(), pair.b()));
                     Ok(())
-                }));
-                seed.run_update(Update::text(1, user, user, "seed")).await.expect("seed");
-                // An update that read the session, then waits while the user is erased, then
-                // writes a value derived from what it read.
-                let (read_tx, read_rx) = tokio::sync::oneshot::channel();
-                let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-                let slots = std::sync::Arc::new(parking_lot::Mutex::new(Some((read_tx, go_rx))));
-                let across = Chain::new().with(pairs.clone()).handler(move |ctx| {
-                    let slots = slots.lock().take();
-                    Box::pin(async move {
-                        let (read_tx, go_rx) = slots.expect("runs once");
-                        let pair = ctx.pair().await?;
-                        let a = pair.a();
-                        let _ = read_tx.send(a);
-                        let _ = go_rx.await;
-                        pair.set_a(a + 1);
-                        Ok(())
-                    })
-                });
-                let running = tokio::spawn(async move { across.run_update(Update::text(2, user, user, "+1")).await });
-                assert_eq!(read_rx.await.expect("the update read"), 41);
-                let erased = pairs.erase_user(user).await.expect("erase");
-                assert_eq!(erased.sessions.len(), 1);
-                assert_eq!(pairs.live_sessions(), 1, "the running update still holds the live entry");
-                let read = |id: i64| {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let tx = parking_lot::Mutex::new(Some(tx));
-                    let chain = Chain::new().with(pairs.clone()).handler(move |ctx| {
-                        let tx = tx.lock().take();
-                        Box::pin(async move {
-                            let pair = ctx.pair().await?;
-                            let _ = tx.expect("once").send((pair.a(), pair.b()));
-                            Ok(())
-                        })
-                    });
-                    async move {
-                        chain.run_update(Update::text(id, user, user, "read")).await.expect("read");
-                        rx.await.expect("read ran")
-                    }
-                };
-                assert_eq!(read(3).await, (0, 0), "an update sharing the live entry sees the erasure");
-                let _ = go_tx.send(());
-                let outcome = running.await.expect("no panic");
-                let record = one.load(&key).await.expect("load");
-                let a = record.as_ref().and_then(|r| r.get("a").map(str::to_owned));
-                let b = record.as_ref().and_then(|r| r.get("b").map(str::to_owned));
-                assert_eq!((a.as_deref(), b.as_deref()), (None, None), "nothing erased came back ({outcome:?})");
-                assert!(outcome.is_err(), "the update's write, based on erased data, is refused");
-                assert_eq!(read(4).await, (0, 0), "the next update starts from defaults");
+                })
+            });
+            async move {
+                chain
+                    .run_update(Update::text(id, user, user, "read"))
+                    .await
+                    .expect("read");
+                rx.await.expect("read ran")
             }
+        };
+        assert_eq!(
+            read(3).await,
+            (0, 0),
+            "an update sharing the live entry sees the erasure"
+        );
+        let _ = go_tx.send(());
+        let outcome = running.await.expect("no panic");
+        let record = one.load(&key).await.expect("load");
+        let a = record.as_ref().and_then(|r| r.get("a").map(str::to_owned));
+        let b = record.as_ref().and_then(|r| r.get("b").map(str::to_owned));
+        assert_eq!(
+            (a.as_deref(), b.as_deref()),
+            (None, None),
+            "nothing erased came back ({outcome:?})"
+        );
+        assert!(
+            outcome.is_err(),
+            "the update's write, based on erased data, is refused"
+        );
+        assert_eq!(
+            read(4).await,
+            (0, 0),
+            "the next update starts from defaults"
+        );
+    }
 
-            #[tokio::test]
-            async fn a_record_expires_and_a_write_after_expiry_starts_empty() {
-                let Some((store, _)) = $make("a_record_expires_and_a_write_after_expiry_starts_empty").await else { return };
-                let base = unique("ttl");
-                let (gone, kept, renewed) = (format!("{base}:gone"), format!("{base}:kept"), format!("{base}:renewed"));
-                let short = Some(Duration::from_millis(600));
-                store.apply(&gone, &patch(&[("a", "1")], &[], short)).await.expect("apply");
-                store.apply(&renewed, &patch(&[("a", "1")], &[], short)).await.expect("apply");
-                store.apply(&kept, &patch(&[("a", "1")], &[], Some(Duration::from_secs(600)))).await.expect("apply");
-                // The one real wait of the suite: the behaviour under test is time passing.
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                assert_eq!(store.load(&gone).await.expect("load"), None);
-                assert!(store.load(&kept).await.expect("load").is_some());
-                let listed = store.keys(&format!("{base}:"), None, 10).await.expect("list").keys;
-                assert!(!listed.contains(&gone) && listed.contains(&kept), "an expired record is not listed: {listed:?}");
-                store.apply(&renewed, &patch(&[("b", "2")], &[], None)).await.expect("apply");
-                assert_eq!(values(store.load(&renewed).await.expect("load")), expect(&[("b", 2.into())]));
+    pub(crate) async fn a_record_expires_and_a_write_after_expiry_starts_empty<S: Store + Clone>(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let base = unique("ttl");
+        let (gone, kept, renewed) = (
+            format!("{base}:gone"),
+            format!("{base}:kept"),
+            format!("{base}:renewed"),
+        );
+        let short = Some(Duration::from_millis(600));
+        store
+            .apply(&gone, &patch(&[("a", "1")], &[], short))
+            .await
+            .expect("apply");
+        store
+            .apply(&renewed, &patch(&[("a", "1")], &[], short))
+            .await
+            .expect("apply");
+        store
+            .apply(
+                &kept,
+                &patch(&[("a", "1")], &[], Some(Duration::from_secs(600))),
+            )
+            .await
+            .expect("apply");
+        // The one real wait of the suite: the behaviour under test is time passing.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(store.load(&gone).await.expect("load"), None);
+        assert!(store.load(&kept).await.expect("load").is_some());
+        let listed = store
+            .keys(&format!("{base}:"), None, 10)
+            .await
+            .expect("list")
+            .keys;
+        assert!(
+            !listed.contains(&gone) && listed.contains(&kept),
+            "an expired record is not listed: {listed:?}"
+        );
+        store
+            .apply(&renewed, &patch(&[("b", "2")], &[], None))
+            .await
+            .expect("apply");
+        assert_eq!(
+            values(store.load(&renewed).await.expect("load")),
+            expect(&[("b", 2.into())])
+        );
+    }
+
+    pub(crate) async fn concurrent_patches_of_different_fields_from_two_instances_all_land<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let key = unique("two-writers");
+        let reader = one.clone();
+        let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+        let write = |store, names: &'static [String]| {
+            let key = key.clone();
+            async move {
+                for name in names {
+                    store_apply(&store, &key, name).await;
+                }
             }
+        };
+        let names: &'static [String] = Box::leak(names.into_boxed_slice());
+        let (left, right) = names.split_at(25);
+        tokio::join!(write(one, left), write(two, right));
+        let record = reader.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.len(), 50);
+    }
 
-            #[tokio::test]
-            async fn concurrent_patches_of_different_fields_from_two_instances_all_land() {
-                let Some((one, two)) = $make("concurrent_patches_of_different_fields_from_two_instances_all_land").await else { return };
-                let key = unique("two-writers");
-                let reader = one.clone();
-                let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
-                let write = |store, names: &'static [String]| {
-                    let key = key.clone();
-                    async move {
-                        for name in names {
-                            store_apply(&store, &key, name).await;
-                        }
-                    }
-                };
-                let names: &'static [String] = Box::leak(names.into_boxed_slice());
-                let (left, right) = names.split_at(25);
-                tokio::join!(write(one, left), write(two, right));
-                let record = reader.load(&key).await.expect("load").expect("exists");
-                assert_eq!(record.len(), 50);
+    pub(crate) async fn two_processes_incrementing_different_fields_of_one_key_both_end_exact<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let a = SessionMiddleware::<Pair, Update>::new(one.clone());
+        let b = SessionMiddleware::<Pair, Update>::new(two.clone());
+        let increment_a = Chain::new().with(a).handler(|ctx| {
+            Box::pin(async move {
+                ctx.pair().await?.update_a(|v| *v += 1);
+                Ok(())
+            })
+        });
+        let increment_b = Chain::new().with(b).handler(|ctx| {
+            Box::pin(async move {
+                ctx.pair().await?.update_b(|v| *v += 1);
+                Ok(())
+            })
+        });
+        // Each process gets updates of its own: update ids are unique per bot.
+        let run = |chain: Chain<Update>, first: i64| async move {
+            for i in first..first + 1000 {
+                chain
+                    .run_update(Update::text(i, user, user, "+1"))
+                    .await
+                    .expect("update");
             }
+        };
+        tokio::join!(run(increment_a, 0), run(increment_b, 1000));
+        let record = one
+            .load(&format!("Pair:{user}:{user}"))
+            .await
+            .expect("load")
+            .expect("exists");
+        assert_eq!(
+            (record["a"].as_str(), record["b"].as_str()),
+            ("1000", "1000")
+        );
+    }
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn two_processes_incrementing_different_fields_of_one_key_both_end_exact() {
-                let Some((one, two)) = $make("two_processes_incrementing_different_fields_of_one_key_both_end_exact").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let a = SessionMiddleware::<Pair, Update>::new(one.clone());
-                let b = SessionMiddleware::<Pair, Update>::new(two.clone());
-                let increment_a = Chain::new().with(a).handler(|ctx| Box::pin(async move {
+    pub(crate) async fn a_field_another_connection_writes_between_our_load_and_save_survives<
+        S: Store + Clone,
+    >(
+        Stores {
+            one: ours,
+            two: theirs,
+            ..
+        }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let key = format!("Pair:{user}:{user}");
+        let gated = super::Gated::new(ours.clone());
+        let chain = Chain::new()
+            .with(SessionMiddleware::<Pair, Update>::new(gated.clone()))
+            .handler(|ctx| {
+                Box::pin(async move {
                     ctx.pair().await?.update_a(|v| *v += 1);
                     Ok(())
-                }));
-                let increment_b = Chain::new().with(b).handler(|ctx| Box::pin(async move {
-                    ctx.pair().await?.update_b(|v| *v += 1);
-                    Ok(())
-                }));
-                // Each process gets updates of its own: update ids are unique per bot.
-                let run = |chain: Chain<Update>, first: i64| async move {
-                    for i in first..first + 1000 {
-                        chain.run_update(Update::text(i, user, user, "+1")).await.expect("update");
-                    }
-                };
-                tokio::join!(run(increment_a, 0), run(increment_b, 1000));
-                let record = one.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("exists");
-                assert_eq!((record["a"].as_str(), record["b"].as_str()), ("1000", "1000"));
-            }
+                })
+            });
+        let update =
+            tokio::spawn(async move { chain.run_update(Update::text(1, user, user, "+1")).await });
+        gated.arrived.notified().await; // our session is loaded and our patch is on its way
+        theirs
+            .apply(&key, &patch(&[("b", "7")], &[], None))
+            .await
+            .expect("their write");
+        gated.open.add_permits(1);
+        update.await.expect("no panic").expect("update");
+        let record = ours.load(&key).await.expect("load").expect("exists");
+        assert_eq!((record["a"].as_str(), record["b"].as_str()), ("1", "7"));
+    }
 
-            #[tokio::test]
-            async fn a_field_another_connection_writes_between_our_load_and_save_survives() {
-                let Some((ours, theirs)) = $make("a_field_another_connection_writes_between_our_load_and_save_survives").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let key = format!("Pair:{user}:{user}");
-                let gated = super::Gated::new(ours.clone());
-                let chain = Chain::new().with(SessionMiddleware::<Pair, Update>::new(gated.clone())).handler(|ctx| Box::pin(async move {
-                    ctx.pair().await?.update_a(|v| *v += 1);
-                    Ok(())
-                }));
-                let update = tokio::spawn(async move { chain.run_update(Update::text(1, user, user, "+1")).await });
-                gated.arrived.notified().await; // our session is loaded and our patch is on its way
-                theirs.apply(&key, &patch(&[("b", "7")], &[], None)).await.expect("their write");
-                gated.open.add_permits(1);
-                update.await.expect("no panic").expect("update");
-                let record = ours.load(&key).await.expect("load").expect("exists");
-                assert_eq!((record["a"].as_str(), record["b"].as_str()), ("1", "7"));
-            }
-
-            #[tokio::test]
-            async fn every_supported_field_type_round_trips_through_the_middleware() {
-                let Some((one, two)) = $make("every_supported_field_type_round_trips_through_the_middleware").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let write = Chain::new().with(SessionMiddleware::<Everything, Update>::new(one)).handler(|ctx| Box::pin(async move {
+    pub(crate) async fn every_supported_field_type_round_trips_through_the_middleware<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let write = Chain::new()
+            .with(SessionMiddleware::<Everything, Update>::new(one))
+            .handler(|ctx| {
+                Box::pin(async move {
                     let s = ctx.everything().await?;
                     // Mark every field so each is written with its (non-trivial) default.
                     let value = s.snapshot();
-                    s.replace(Everything { nothing: Some("now something".into()), ..value });
+                    s.replace(Everything {
+                        nothing: Some("now something".into()),
+                        ..value
+                    });
                     s.update_big(|b| *b -= 1);
                     Ok(())
-                }));
-                write.run_update(Update::text(1, user, user, "w")).await.expect("write");
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let tx = parking_lot::Mutex::new(Some(tx));
-                let read = Chain::new().with(SessionMiddleware::<Everything, Update>::new(two)).handler(move |ctx| {
-                    let tx = tx.lock().take();
-                    Box::pin(async move {
-                        tx.expect("once").send(ctx.everything().await?.snapshot()).expect("test alive");
-                        Ok(())
-                    })
-                });
-                read.run_update(Update::text(2, user, user, "r")).await.expect("read");
-                let read_back = rx.await.expect("read ran");
-                let expected = Everything { nothing: Some("now something".into()), big: i64::MAX as u64 - 1, ..Everything::default() };
-                assert_eq!(read_back, expected);
-            }
-
-            #[tokio::test]
-            async fn an_unchanged_value_is_not_rewritten_after_a_reload() {
-                let Some((one, _)) = $make("an_unchanged_value_is_not_rewritten_after_a_reload").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let sessions = SessionMiddleware::<Everything, Update>::new(one);
-                let chain = Chain::new().with(sessions.clone()).handler(|ctx| Box::pin(async move {
-                    let s = ctx.everything().await?;
-                    let value = s.snapshot();
-                    s.replace(value); // every field marked, none changed
+                })
+            });
+        write
+            .run_update(Update::text(1, user, user, "w"))
+            .await
+            .expect("write");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = parking_lot::Mutex::new(Some(tx));
+        let read = Chain::new()
+            .with(SessionMiddleware::<Everything, Update>::new(two))
+            .handler(move |ctx| {
+                let tx = tx.lock().take();
+                Box::pin(async move {
+                    tx.expect("once")
+                        .send(ctx.everything().await?.snapshot())
+                        .expect("test alive");
                     Ok(())
-                }));
-                chain.run_update(Update::text(1, user, user, "x")).await.expect("first");
-                let after_first = sessions.stats().writes();
-                chain.run_update(Update::text(2, user, user, "x")).await.expect("second");
-                assert_eq!(sessions.stats().writes(), after_first, "the reloaded values compare equal");
-            }
+                })
+            });
+        read.run_update(Update::text(2, user, user, "r"))
+            .await
+            .expect("read");
+        let read_back = rx.await.expect("read ran");
+        let expected = Everything {
+            nothing: Some("now something".into()),
+            big: i64::MAX as u64 - 1,
+            ..Everything::default()
+        };
+        assert_eq!(read_back, expected);
+    }
 
-            #[tokio::test]
-            async fn across_processes_one_update_per_key_runs_at_a_time() {
-                let Some((one, two)) = $make("across_processes_one_update_per_key_runs_at_a_time").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                // Two middlewares on two connections: two processes, as far as the key knows.
-                let (a, chain_a) = leased(one.clone(), Duration::from_secs(30));
-                let (b, chain_b) = leased(two, Duration::from_secs(30));
-                let (chain_a, chain_b) = (std::sync::Arc::new(chain_a), std::sync::Arc::new(chain_b));
-                let mut runs = tokio::task::JoinSet::new();
-                for i in 0..16 {
-                    let chain = std::sync::Arc::clone(if i % 2 == 0 { &chain_a } else { &chain_b });
-                    runs.spawn(async move { chain.run_update(Update::text(i + 1, user, user, "+1")).await });
-                }
-                while let Some(outcome) = runs.join_next().await {
-                    outcome.expect("no panic").expect("each update runs");
-                }
-                let record = one.load(&format!("Pair:{user}:{user}")).await.expect("load").expect("exists");
-                assert_eq!(record.get("a"), Some("16"), "read, .await, write: no increment lost");
-                let stats = (a.stats(), b.stats());
-                assert_eq!(stats.0.stale_writes() + stats.1.stale_writes(), 0);
-                assert_eq!(stats.0.conflicts() + stats.1.conflicts(), 0);
-            }
+    pub(crate) async fn an_unchanged_value_is_not_rewritten_after_a_reload<S: Store + Clone>(
+        Stores { one, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let sessions = SessionMiddleware::<Everything, Update>::new(one);
+        let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+            Box::pin(async move {
+                let s = ctx.everything().await?;
+                let value = s.snapshot();
+                s.replace(value); // every field marked, none changed
+                Ok(())
+            })
+        });
+        chain
+            .run_update(Update::text(1, user, user, "x"))
+            .await
+            .expect("first");
+        let after_first = sessions.stats().writes();
+        chain
+            .run_update(Update::text(2, user, user, "x"))
+            .await
+            .expect("second");
+        assert_eq!(
+            sessions.stats().writes(),
+            after_first,
+            "the reloaded values compare equal"
+        );
+    }
 
-            #[tokio::test]
-            async fn across_processes_a_lease_taken_over_refuses_the_old_holders_save() {
-                let Some((one, two)) = $make("across_processes_a_lease_taken_over_refuses_the_old_holders_save").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let key = format!("Pair:{user}:{user}");
-                let sessions = SessionMiddleware::<Pair, Update>::builder(one)
-                    .exclusive_across_processes(Duration::from_secs(5), Duration::from_secs(30))
-                    .build();
-                let (has_key, go_on) = (std::sync::Arc::new(tokio::sync::Notify::new()), std::sync::Arc::new(tokio::sync::Notify::new()));
-                let chain = Chain::new().with(sessions.clone()).handler({
-                    let (has_key, go_on) = (has_key.clone(), go_on.clone());
-                    move |ctx| {
-                        let (has_key, go_on) = (has_key.clone(), go_on.clone());
-                        Box::pin(async move {
-                            ctx.pair().await?.update_a(|a| *a += 1);
-                            has_key.notify_one();
-                            go_on.notified().await;
-                            Ok(())
-                        })
-                    }
-                });
-                let holder = tokio::spawn(async move { chain.run_update(Update::text(1, user, user, "+1")).await });
-                has_key.notified().await;
-                // Another process takes the lease over (as after this one stalled past it).
-                let version = two.load(&key).await.expect("load").expect("the lease is stored").version("@lease");
-                let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() + 60_000;
-                let takeover = format!(r#"{{"holder":"another process","until":{until}}}"#);
-                two.apply(&key, &Patch::new().set_field("@lease", takeover).expect_version("@lease", version)).await.expect("taken over");
-                go_on.notify_one();
-                let error = holder.await.expect("no panic").expect_err("the old holder's save is refused");
-                let error = error.downcast::<typed_session::SessionError>().expect("typed");
-                assert!(matches!(*error, typed_session::SessionError::LeaseLost { .. }), "{error}");
-                let record = two.load(&key).await.expect("load").expect("exists");
-                assert_eq!(record.get("a"), None, "nothing of the refused save was written");
-                assert_eq!(sessions.stats().leases_lost(), 1);
-            }
-
-            #[tokio::test]
-            async fn across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for() {
-                let Some((one, two)) = $make("across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for").await else { return };
-                let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
-                let key = format!("Pair:{user}:{user}");
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis();
-                // A process crashed holding the key: its lease runs out 300 ms from now.
-                let crashed = format!(r#"{{"holder":"a crashed process","until":{}}}"#, now + 300);
-                two.apply(&key, &Patch::new().set_field("@lease", crashed)).await.expect("leased");
-
-                // Waiting less than that is a typed error, and writes nothing.
-                let (impatient, chain) = leased(two.clone(), Duration::from_millis(50));
-                let error = chain.run_update(Update::text(1, user, user, "+1")).await.expect_err("busy");
-                let error = error.downcast::<typed_session::SessionError>().expect("typed");
-                assert!(matches!(*error, typed_session::SessionError::Busy { .. }), "{error}");
-                assert_eq!(impatient.stats().writes(), 0);
-
-                // Waiting longer takes the lease over once it has run out.
-                let (patient, chain) = leased(one, Duration::from_secs(10));
-                let started = std::time::Instant::now();
-                chain.run_update(Update::text(2, user, user, "+1")).await.expect("taken over");
-                assert!(started.elapsed() >= Duration::from_millis(200), "waited for the lease to run out");
-                assert_eq!(patient.stats().lease_takeovers(), 1);
-                let record = two.load(&key).await.expect("load").expect("exists");
-                assert_eq!(record.get("a"), Some("1"));
-            }
+    pub(crate) async fn across_processes_one_update_per_key_runs_at_a_time<S: Store + Clone>(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        // Two middlewares on two connections: two processes, as far as the key knows.
+        let (a, chain_a) = leased(one.clone(), Duration::from_secs(30));
+        let (b, chain_b) = leased(two, Duration::from_secs(30));
+        let (chain_a, chain_b) = (std::sync::Arc::new(chain_a), std::sync::Arc::new(chain_b));
+        let mut runs = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let chain = std::sync::Arc::clone(if i % 2 == 0 { &chain_a } else { &chain_b });
+            runs.spawn(async move {
+                chain
+                    .run_update(Update::text(i + 1, user, user, "+1"))
+                    .await
+            });
         }
-    };
+        while let Some(outcome) = runs.join_next().await {
+            outcome.expect("no panic").expect("each update runs");
+        }
+        let record = one
+            .load(&format!("Pair:{user}:{user}"))
+            .await
+            .expect("load")
+            .expect("exists");
+        assert_eq!(
+            record.get("a"),
+            Some("16"),
+            "read, .await, write: no increment lost"
+        );
+        let stats = (a.stats(), b.stats());
+        assert_eq!(stats.0.stale_writes() + stats.1.stale_writes(), 0);
+        assert_eq!(stats.0.conflicts() + stats.1.conflicts(), 0);
+    }
+
+    pub(crate) async fn across_processes_a_lease_taken_over_refuses_the_old_holders_save<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let key = format!("Pair:{user}:{user}");
+        let sessions = SessionMiddleware::<Pair, Update>::builder(one)
+            .exclusive_across_processes(Duration::from_secs(5), Duration::from_secs(30))
+            .build();
+        let (has_key, go_on) = (
+            std::sync::Arc::new(tokio::sync::Notify::new()),
+            std::sync::Arc::new(tokio::sync::Notify::new()),
+        );
+        let chain = Chain::new().with(sessions.clone()).handler({
+            let (has_key, go_on) = (has_key.clone(), go_on.clone());
+            move |ctx| {
+                let (has_key, go_on) = (has_key.clone(), go_on.clone());
+                Box::pin(async move {
+                    ctx.pair().await?.update_a(|a| *a += 1);
+                    has_key.notify_one();
+                    go_on.notified().await;
+                    Ok(())
+                })
+            }
+        });
+        let holder =
+            tokio::spawn(async move { chain.run_update(Update::text(1, user, user, "+1")).await });
+        has_key.notified().await;
+        // Another process takes the lease over (as after this one stalled past it).
+        let version = two
+            .load(&key)
+            .await
+            .expect("load")
+            .expect("the lease is stored")
+            .version("@lease");
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis()
+            + 60_000;
+        let takeover = format!(r#"{{"holder":"another process","until":{until}}}"#);
+        two.apply(
+            &key,
+            &Patch::new()
+                .set_field("@lease", takeover)
+                .expect_version("@lease", version),
+        )
+        .await
+        .expect("taken over");
+        go_on.notify_one();
+        let error = holder
+            .await
+            .expect("no panic")
+            .expect_err("the old holder's save is refused");
+        let error = error
+            .downcast::<typed_session::SessionError>()
+            .expect("typed");
+        assert!(
+            matches!(*error, typed_session::SessionError::LeaseLost { .. }),
+            "{error}"
+        );
+        let record = two.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            record.get("a"),
+            None,
+            "nothing of the refused save was written"
+        );
+        assert_eq!(sessions.stats().leases_lost(), 1);
+    }
+
+    pub(crate) async fn across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let key = format!("Pair:{user}:{user}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis();
+        // A process crashed holding the key: its lease runs out 300 ms from now.
+        let crashed = format!(r#"{{"holder":"a crashed process","until":{}}}"#, now + 300);
+        two.apply(&key, &Patch::new().set_field("@lease", crashed))
+            .await
+            .expect("leased");
+
+        // Waiting less than that is a typed error, and writes nothing.
+        let (impatient, chain) = leased(two.clone(), Duration::from_millis(50));
+        let error = chain
+            .run_update(Update::text(1, user, user, "+1"))
+            .await
+            .expect_err("busy");
+        let error = error
+            .downcast::<typed_session::SessionError>()
+            .expect("typed");
+        assert!(
+            matches!(*error, typed_session::SessionError::Busy { .. }),
+            "{error}"
+        );
+        assert_eq!(impatient.stats().writes(), 0);
+
+        // Waiting longer takes the lease over once it has run out.
+        let (patient, chain) = leased(one, Duration::from_secs(10));
+        let started = std::time::Instant::now();
+        chain
+            .run_update(Update::text(2, user, user, "+1"))
+            .await
+            .expect("taken over");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "waited for the lease to run out"
+        );
+        assert_eq!(patient.stats().lease_takeovers(), 1);
+        let record = two.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.get("a"), Some("1"));
+    }
 }
 
 /// A middleware in exclusive mode across processes, waiting at most `wait` for a key, and a

@@ -7,7 +7,7 @@
 //! and failed saves), "Keys" (no key: the typed error) and "Late access" (late access) inside dptree.
 #![cfg(feature = "teloxide")]
 
-mod common;
+use crate::common;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

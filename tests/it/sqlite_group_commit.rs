@@ -2,7 +2,7 @@
 //! share one transaction, and each caller is answered only after its commit.
 #![cfg(feature = "sqlite")]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

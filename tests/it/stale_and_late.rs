@@ -1,6 +1,6 @@
 //! "Stale writes" (stale writes) and "Late access" (use after the update was persisted).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! each field, the id of the update that last wrote it, so a delivery of an update already
 //! saved runs without applying its session writes again.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -7,7 +7,7 @@
 //! concurrent posts of one chat.
 #![cfg(feature = "webhook")]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! "Persist after the chain", "Clear", "Errors in the chain": persist after the chain, clear, error policies, store failures, panics and
 //! cancellation.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! session is the typed error ("Keys").
 #![cfg(feature = "telegram")]
 
-mod common;
+use crate::common;
 
 use common::{Counter, CounterAccess};
 use serde_json::{Value, json};

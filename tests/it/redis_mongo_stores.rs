@@ -2,7 +2,7 @@
 //! expiry, and read errors that are errors ("read errors are errors").
 #![cfg(any(feature = "redis", feature = "mongodb"))]
 
-mod common;
+use crate::common;
 
 use common::{server_url, unique};
 

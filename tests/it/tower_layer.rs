@@ -4,7 +4,7 @@
 //! it costs no store call ("Lazy load"), and a failed persist keeps the session live ("Errors in the chain").
 #![cfg(feature = "tower")]
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::{Ready, poll_fn, ready};

@@ -1,7 +1,7 @@
 //! "Schema evolution": schema evolution. Renamed fields keep their data, removed fields are ignored, missing
 //! fields get their defaults, and undecodable values are errors naming key and field.
 
-mod common;
+use crate::common;
 
 use common::seeded;
 use typed_session::telegram::Update;

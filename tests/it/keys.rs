@@ -1,6 +1,6 @@
 //! "Keys": key strategies, and updates that have no key.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

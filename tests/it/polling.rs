@@ -7,7 +7,7 @@
 //! writes it. One chat's updates run one at a time, in order; other chats go on meanwhile.
 #![cfg(all(feature = "polling", feature = "testing"))]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //! `Freshness::Cached`, sessions stay decoded on a store that tells no revisions too, and a
 //! write based on a value another writer changed is refused and runs again.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;

@@ -1,7 +1,7 @@
 //! "Lazy load", "Dirty tracking", "Field-level patches": lazy load, no write on read, no write of unchanged or untouched fields, and
 //! patches that name only the changed fields.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! live session is refreshed, and the update is told to run again; nothing acknowledged is
 //! overwritten and a count never goes backwards.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

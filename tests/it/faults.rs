@@ -18,7 +18,7 @@
     allow(dead_code, unused_imports)
 )]
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

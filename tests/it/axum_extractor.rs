@@ -3,7 +3,7 @@
 //! authenticated extension, and the response only after the save ("Persist after the chain").
 #![cfg(feature = "axum")]
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::poll_fn;

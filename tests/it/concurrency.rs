@@ -1,7 +1,7 @@
 //! "Sharing" and "Persist after the chain": concurrent updates of one key share one live session, lose nothing, read the
 //! store once per burst, and write in order.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

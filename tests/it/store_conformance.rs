@@ -7,7 +7,7 @@
 //! prints `SKIPPED <store>::<test>` and passes; with `TYPED_SESSION_REQUIRE_SERVERS=1` (set by
 //! `.ci/run`) a missing URL fails instead.
 
-mod common;
+use crate::common;
 
 use common::unique;
 
@@ -70,7 +70,7 @@ struct Address {
 /// Every kind of field type: the round trip through a store must give them back equal.
 #[derive(Session, Clone, Debug, PartialEq)]
 #[session(accessor = "everything")]
-pub struct Everything {
+pub(crate) struct Everything {
     #[default(-1_000_000_000_123)]
     telegram_id: i64,
     /// The largest integer every store holds exactly (BSON has no unsigned 64-bit type).
@@ -1949,7 +1949,7 @@ mod mongodb_backend {
         let url = crate::common::server_url("MONGODB_URL", "mongodb", test)?;
         // The server here is SecantusDB, written in Python: a patch of 1,000 fields takes it
         // about 2 s, the store's default deadline (a real MongoDB, milliseconds). These tests
-        // are about what is stored; `tests/faults.rs` is about deadlines.
+        // are about what is stored; `tests/it/faults.rs` is about deadlines.
         let patient = std::time::Duration::from_secs(20);
         let one = MongoStore::connect(&url, "typed_session_test")
             .await

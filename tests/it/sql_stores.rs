@@ -3,7 +3,7 @@
 //! it is ("a given pool or client"), and read errors that are errors ("read errors are errors").
 #![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
-mod common;
+use crate::common;
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use common::server_url;

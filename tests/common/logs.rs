@@ -90,12 +90,12 @@ impl Subscriber for PerThread {
         CAPTURE.with(|capture| capture.borrow().is_some())
     }
     fn new_span(&self, attributes: &Attributes<'_>) -> Id {
-        let mut line = Line(format!("span {}", attributes.metadata().name()));
-        attributes.record(&mut line);
         let Some((number, logs)) = current() else {
             // Not enabled without a capture; an id that names no line.
             return Id::from_u64(u64::MAX);
         };
+        let mut line = Line(format!("span {}", attributes.metadata().name()));
+        attributes.record(&mut line);
         let mut lines = logs.0.lock();
         lines.push(line.0);
         // The capture's number, then the line's number plus one (ids are never 0).
@@ -103,10 +103,10 @@ impl Subscriber for PerThread {
     }
     fn record(&self, span: &Id, values: &Record<'_>) {
         let (number, index) = (span.into_u64() >> 32, span.into_u64() & u64::from(u32::MAX));
-        let Some((current, logs)) = current() else {
+        let Some((capture, logs)) = current() else {
             return;
         };
-        if u64::from(current) != number {
+        if u64::from(capture) != number {
             return;
         }
         let mut line = Line(String::new());

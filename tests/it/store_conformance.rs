@@ -307,7 +307,7 @@ mod suite {
             typed_session::Renewal::OnWrite,
             typed_session::Renewal::OnAccess,
         ] {
-            let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+            let user = new_user();
             store
                 .apply(
                     &format!("Pair:{user}:{user}"),
@@ -372,7 +372,7 @@ mod suite {
     >(
         Stores { one: store, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let key = format!("Versioned:{user}:{user}");
         // Version 0 (no version stored): a language code, seconds, and a field no step touches.
         store
@@ -439,10 +439,7 @@ mod suite {
     >(
         Stores { one: store, .. }: Stores<S>,
     ) {
-        let (new, bad) = (
-            (std::process::id() as i64) * 1_000_000 + (super::counter() as i64),
-            (std::process::id() as i64) * 1_000_000 + (super::counter() as i64),
-        );
+        let (new, bad) = (new_user(), new_user());
         let sessions = SessionMiddleware::<Versioned, Update>::new(store.clone());
         let write = Chain::new().with(sessions.clone()).handler(|ctx| {
             Box::pin(async move {
@@ -532,7 +529,7 @@ mod suite {
     pub(crate) async fn every_rust_string_round_trips_nul_included<S: Store + Clone>(
         Stores { one, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let sessions = SessionMiddleware::<Everything, Update>::new(one.clone());
         let texts = [
             "a\0b",
@@ -1150,7 +1147,7 @@ mod suite {
     >(
         Stores { one, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64) * 10;
+        let user = new_user() * 10;
         // A neighbour whose id starts with the user's digits, and a group.
         let (other, group) = (user * 10 + 1, -user);
         let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
@@ -1240,7 +1237,7 @@ mod suite {
     >(
         Stores { one, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let key = format!("Pair:{user}:{user}");
         let pairs = SessionMiddleware::<Pair, Update>::new(one.clone());
         let seed = Chain::new().with(pairs.clone()).handler(|ctx| {
@@ -1402,7 +1399,7 @@ mod suite {
     >(
         Stores { one, two, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let a = SessionMiddleware::<Pair, Update>::new(one.clone());
         let b = SessionMiddleware::<Pair, Update>::new(two.clone());
         let increment_a = Chain::new().with(a).handler(|ctx| {
@@ -1447,7 +1444,7 @@ mod suite {
             ..
         }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let key = format!("Pair:{user}:{user}");
         let gated = super::Gated::new(ours.clone());
         let chain = Chain::new()
@@ -1476,7 +1473,7 @@ mod suite {
     >(
         Stores { one, two, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let write = Chain::new()
             .with(SessionMiddleware::<Everything, Update>::new(one))
             .handler(|ctx| {
@@ -1524,7 +1521,7 @@ mod suite {
     pub(crate) async fn an_unchanged_value_is_not_rewritten_after_a_reload<S: Store + Clone>(
         Stores { one, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let sessions = SessionMiddleware::<Everything, Update>::new(one);
         let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
             Box::pin(async move {
@@ -1553,7 +1550,7 @@ mod suite {
     pub(crate) async fn across_processes_one_update_per_key_runs_at_a_time<S: Store + Clone>(
         Stores { one, two, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         // Two middlewares on two connections: two processes, as far as the key knows.
         let (a, chain_a) = leased(one.clone(), Duration::from_secs(30));
         let (b, chain_b) = leased(two, Duration::from_secs(30));
@@ -1590,7 +1587,7 @@ mod suite {
     >(
         Stores { one, two, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let key = format!("Pair:{user}:{user}");
         let sessions = SessionMiddleware::<Pair, Update>::builder(one)
             .exclusive_across_processes(Duration::from_secs(5), Duration::from_secs(30))
@@ -1661,7 +1658,7 @@ mod suite {
     >(
         Stores { one, two, .. }: Stores<S>,
     ) {
-        let user = (std::process::id() as i64) * 1_000_000 + (super::counter() as i64);
+        let user = new_user();
         let key = format!("Pair:{user}:{user}");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1785,9 +1782,10 @@ async fn store_apply(store: &impl Store, key: &str, field: &str) {
         .expect("apply");
 }
 
-fn counter() -> u64 {
+/// A user id no other test of this process uses (and no other process's).
+fn new_user() -> i64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    (std::process::id() as i64) * 1_000_000 + (NEXT.fetch_add(1, Ordering::Relaxed) as i64)
 }
 
 // ---- the stores -------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::inline_key::InlineKey;
+
 /// What an update says about who sent it and where. Implement it for your update type to use
 /// the built-in key strategies.
 #[diagnostic::on_unimplemented(
@@ -56,10 +58,10 @@ impl KeyKind {
     }
 
     /// The key of `update`, after `prefix`.
-    fn key_of<U: UpdateKeys>(self, update: &U, prefix: &str) -> Option<Arc<str>> {
+    fn key_of<U: UpdateKeys>(self, update: &U, prefix: &str) -> Option<InlineKey> {
         use std::fmt::Write;
-        // Formatted on the stack, then copied once into the shared key; a prefix too long
-        // for the stack goes through the heap.
+        // Formatted on the stack, then copied into the key (on the heap only when it is too
+        // long to keep inline); a prefix too long for the stack goes through the heap.
         let mut key = StackStr::default();
         let ids = |key: &mut dyn Write| match self {
             KeyKind::UserInChat => {
@@ -70,13 +72,13 @@ impl KeyKind {
             KeyKind::User => write!(key, "{}", update.user_id()?).ok(),
         };
         if key.write_str(prefix).is_ok() && ids(&mut key).is_some() {
-            return Some(Arc::from(key.as_str()));
+            return Some(InlineKey::new(key.as_str()));
         }
         // An id is missing (no key), or the key is too long for the stack.
         let mut long = String::with_capacity(prefix.len() + 41);
         long.push_str(prefix);
         ids(&mut long)?;
-        Some(Arc::from(long))
+        Some(InlineKey::from(long))
     }
 }
 
@@ -122,7 +124,7 @@ impl std::fmt::Write for StackStr {
 }
 
 /// The key of an update, after a prefix (the namespace of a session type and `:`).
-type KeyFn<U> = dyn Fn(&U, &str) -> Option<Arc<str>> + Send + Sync;
+type KeyFn<U> = dyn Fn(&U, &str) -> Option<InlineKey> + Send + Sync;
 
 /// Maps an update to its session key, or to `None` when it has none.
 ///
@@ -208,9 +210,9 @@ impl<U> KeyStrategy<U> {
             f: Arc::new(move |u: &U, prefix: &str| {
                 f(u).map(|key| {
                     if prefix.is_empty() {
-                        Arc::from(key)
+                        InlineKey::from(key)
                     } else {
-                        Arc::from(format!("{prefix}{key}"))
+                        InlineKey::from(format!("{prefix}{key}"))
                     }
                 })
             }),
@@ -220,11 +222,11 @@ impl<U> KeyStrategy<U> {
 
     /// The key of `update`, if it has one.
     pub fn key_of(&self, update: &U) -> Option<String> {
-        (self.f)(update, "").map(|k| k.to_string())
+        (self.f)(update, "").map(|k| k.as_str().to_owned())
     }
 
     /// The key `update` is stored under: `prefix` (a namespace and `:`), then its key.
-    pub(crate) fn stored_key_of(&self, update: &U, prefix: &str) -> Option<Arc<str>> {
+    pub(crate) fn stored_key_of(&self, update: &U, prefix: &str) -> Option<InlineKey> {
         (self.f)(update, prefix)
     }
 

@@ -14,6 +14,7 @@ mod config;
 mod context;
 mod erasure;
 mod error;
+mod inline_key;
 mod integrations;
 mod key;
 mod lifecycle;

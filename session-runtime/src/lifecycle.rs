@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use crate::config::{ErrorPolicy, StalePolicy};
 use crate::context::Context;
 use crate::error::{BoxError, SessionError, SessionKey};
+use crate::inline_key::InlineKey;
 use crate::live::SessionRef;
 use crate::live::hold::{Hold, Writes};
 use crate::live::sessions::Sessions;
@@ -26,7 +27,7 @@ use crate::session::Session;
 /// session is first used, so an update that never touches it costs no store I/O.
 struct Slot<S: Session> {
     sessions: Arc<Sessions<S>>,
-    key: Option<Arc<str>>,
+    key: Option<InlineKey>,
     /// Whoever runs this update delivers it again when told to (see [`Scope::run_once`]).
     retried: bool,
     /// The update's own id, the same on every delivery, where it has one.
@@ -49,8 +50,8 @@ impl<S: Session> Slot<S> {
                     session: S::NAME,
                     key: self
                         .key
-                        .as_deref()
-                        .map(|key| SessionKey::of_stored(key, S::NAMESPACE))
+                        .as_ref()
+                        .map(|key| SessionKey::of_stored(key.as_str(), S::NAMESPACE))
                         .unwrap_or_default(),
                 });
             }
@@ -63,7 +64,10 @@ impl<S: Session> Slot<S> {
             match &state.hold {
                 Some(hold) => Arc::clone(hold),
                 None => {
-                    let entry = self.sessions.registry.acquire(key, &*self.sessions.store);
+                    let entry = self
+                        .sessions
+                        .registry
+                        .acquire(key.as_str(), &*self.sessions.store);
                     let hold = Arc::new(Hold::new(
                         Arc::clone(&self.sessions),
                         entry,
@@ -265,7 +269,7 @@ impl<S: Session> Scope<S> {
     /// Begins the scope of the update whose key is `key` (`None`: it has none).
     pub(crate) fn begin(
         sessions: &Arc<Sessions<S>>,
-        key: Option<Arc<str>>,
+        key: Option<InlineKey>,
         update_id: Option<i64>,
     ) -> Self {
         Scope {

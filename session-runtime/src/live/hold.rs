@@ -3,7 +3,7 @@
 //! [`SessionRef`](crate::live::SessionRef) that typed handles wrap reaches the session through
 //! it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,37 @@ pub(super) struct Marks {
     read: AtomicBool,
 }
 
+/// A hold's [`Marks`], one per stored field: inside the hold for the few fields most
+/// sessions have, so that taking a hold is one allocation.
+pub(super) enum PerField {
+    Few([Marks; FEW], usize),
+    Many(Box<[Marks]>),
+}
+
+/// The most fields whose marks a hold keeps inline.
+const FEW: usize = 4;
+
+impl PerField {
+    fn new(fields: usize) -> Self {
+        if fields <= FEW {
+            PerField::Few(Default::default(), fields)
+        } else {
+            PerField::Many((0..fields).map(|_| Marks::default()).collect())
+        }
+    }
+}
+
+impl std::ops::Deref for PerField {
+    type Target = [Marks];
+
+    fn deref(&self) -> &[Marks] {
+        match self {
+            PerField::Few(marks, len) => &marks[..*len],
+            PerField::Many(marks) => marks,
+        }
+    }
+}
+
 /// What became of one update's own writes (ARCHITECTURE.md, "Exactly once").
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Writes {
@@ -62,12 +93,17 @@ pub(crate) enum Writes {
     },
 }
 
+/// Whether a hold's update is a redelivery: not known yet, no, yes.
+const UNCHECKED: u8 = 0;
+const FRESH: u8 = 1;
+const REPLAYED: u8 = 2;
+
 /// One update's hold on a live entry.
 pub(crate) struct Hold<S: Schema> {
     pub(crate) sessions: Arc<Sessions<S>>,
     pub(crate) entry: Arc<Entry<S>>,
     /// Per stored field, what this update did with it.
-    pub(super) marks: Box<[Marks]>,
+    pub(super) marks: PerField,
     pub(super) undo: Option<Mutex<Undo>>,
     pub(super) stale: OnceLock<&'static str>,
     pub(crate) finished: AtomicBool,
@@ -76,9 +112,10 @@ pub(crate) struct Hold<S: Schema> {
     pub(crate) retried: bool,
     /// The update's own id, recorded as the writer of what it writes.
     update_id: Option<i64>,
-    /// Known once the session is loaded: a field still holds this update's id as its
-    /// writer, so an earlier delivery was saved and its writes are not applied again.
-    replayed: OnceLock<bool>,
+    /// Known once the session is loaded ([`UNCHECKED`], [`FRESH`] or [`REPLAYED`]): whether
+    /// a field still holds this update's id as its writer, so that an earlier delivery was
+    /// saved and its writes are not applied again.
+    replayed: AtomicU8,
     /// In exclusive mode: taken once, on the first access; given back when the update ends.
     turn_taken: tokio::sync::OnceCell<()>,
     turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
@@ -100,13 +137,13 @@ impl<S: Schema> Hold<S> {
             || sessions.stale == StalePolicy::Retry)
             .then(Mutex::default);
         Hold {
-            marks: S::FIELDS.iter().map(|_| Marks::default()).collect(),
+            marks: PerField::new(S::FIELDS.len()),
             undo,
             stale: OnceLock::new(),
             finished: AtomicBool::new(false),
             retried,
             update_id,
-            replayed: OnceLock::new(),
+            replayed: AtomicU8::new(UNCHECKED),
             turn_taken: tokio::sync::OnceCell::new(),
             turn: Mutex::new(None),
             lease: sessions
@@ -210,29 +247,33 @@ impl<S: Schema> Hold<S> {
     /// writer, that is, whether an earlier delivery of it was saved.
     pub(crate) fn check_redelivery(&self) {
         let Some(id) = self.update_id else { return };
-        self.replayed.get_or_init(|| {
-            let state = self.entry.lock();
-            let saved = state.recent.contains(id)
-                || state.fields.iter().any(|f| f.writer == Some(id));
-            drop(state);
-            if saved {
-                self.sessions
-                    .stats
-                    .add(Count::Redeliveries, 1);
-                tracing::info!(
-                    session = S::NAME,
-                    key = &*self.entry.key,
-                    update_id = id,
-                    "a delivery of an update whose writes are saved already: they are not applied again"
-                );
-            }
-            saved
-        });
+        if self.replayed.load(Ordering::Acquire) != UNCHECKED {
+            return;
+        }
+        let state = self.entry.lock();
+        let saved = state.recent.contains(id) || state.fields.iter().any(|f| f.writer == Some(id));
+        drop(state);
+        let found = if saved { REPLAYED } else { FRESH };
+        // Two handles of the update may check at once: one decides, and counts.
+        if self
+            .replayed
+            .compare_exchange(UNCHECKED, found, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && saved
+        {
+            self.sessions.stats.add(Count::Redeliveries, 1);
+            tracing::info!(
+                session = S::NAME,
+                key = &*self.entry.key,
+                update_id = id,
+                "a delivery of an update whose writes are saved already: they are not applied again"
+            );
+        }
     }
 
     /// Whether this update was recognised as a delivery of one saved before.
     pub(crate) fn is_replay(&self) -> bool {
-        self.replayed.get().copied().unwrap_or(false)
+        self.replayed.load(Ordering::Acquire) == REPLAYED
     }
 
     /// Gives the entry back to the registry (kept if `unsaved`) and lets the next update of

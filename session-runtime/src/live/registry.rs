@@ -10,12 +10,14 @@
 //! the next update of the key takes it without a load. At most [`IDLE_KEPT`] are kept unless
 //! the middleware is built with another bound; the one idle longest goes first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::inline_key::InlineKey;
 use crate::live::entry::Entry;
 use crate::live::window::Signer;
 use crate::schema::Schema;
@@ -29,48 +31,99 @@ struct Live<S> {
     holders: usize,
     /// Its last save failed: it is kept, dirty fields and all, until one succeeds.
     unsaved: bool,
-    /// Kept decoded with no holder: when it was released (its place in `Entries::kept`).
-    idle: Option<u64>,
+    /// Kept decoded with no holder: its place in `Entries::idle`.
+    idle: Option<usize>,
 }
 
 struct Entries<S> {
-    by_key: HashMap<Arc<str>, Live<S>, foldhash::fast::RandomState>,
+    /// Keyed inline (see [`InlineKey`]): the lookup of an update's key compares bytes in the
+    /// slot it probed, not behind a pointer.
+    by_key: HashMap<InlineKey, Live<S>, foldhash::fast::RandomState>,
     /// How many entries have at least one holder.
     held: usize,
-    /// The entries kept decoded with no holder, oldest first, by key and release stamp; a
-    /// stamp that no longer matches its entry's is a leftover, skipped.
-    kept: VecDeque<(Arc<str>, u64)>,
-    /// How many entries are kept decoded with no holder.
-    idle_count: usize,
-    /// The stamp of the next release.
-    releases: u64,
+    /// The keys of the entries kept decoded with no holder, idle longest first.
+    idle: IdleList,
 }
 
 impl<S> Entries<S> {
-    /// Drops the entries idle longest until at most `kept` are, and the leftovers of the
-    /// queue once they outnumber the entries in it.
+    /// Drops the entries idle longest until at most `kept` are.
     fn trim(&mut self, kept: usize) {
-        while self.idle_count > kept {
-            let Some((key, stamp)) = self.kept.pop_front() else {
+        while self.idle.len > kept {
+            let Some(key) = self.idle.pop_oldest() else {
                 break;
             };
-            if self
-                .by_key
-                .get(&key)
-                .is_some_and(|live| live.idle == Some(stamp))
-            {
-                self.by_key.remove(&key);
-                self.idle_count -= 1;
+            self.by_key.remove(key.as_bytes());
+        }
+    }
+}
+
+/// The keys of the idle entries in the order they were released: a doubly linked list
+/// threaded through a slab, so that taking an entry back, adding one and dropping the oldest
+/// each cost a few writes to one dense array, never a scan or a hash.
+#[derive(Default)]
+struct IdleList {
+    nodes: Vec<Node>,
+    /// Nodes free for reuse.
+    free: Vec<usize>,
+    /// Idle longest, and most recently.
+    oldest: Option<usize>,
+    newest: Option<usize>,
+    len: usize,
+}
+
+struct Node {
+    key: Option<Arc<str>>,
+    older: Option<usize>,
+    newer: Option<usize>,
+}
+
+impl IdleList {
+    /// Adds `key` as the newest; returns its place.
+    fn push(&mut self, key: Arc<str>) -> usize {
+        let node = Node {
+            key: Some(key),
+            older: self.newest,
+            newer: None,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.nodes[at] = node;
+                at
             }
+            None => {
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+        };
+        match self.newest {
+            Some(newest) => self.nodes[newest].newer = Some(at),
+            None => self.oldest = Some(at),
         }
-        if self.kept.len() > 2 * self.idle_count + 64 {
-            let by_key = &self.by_key;
-            self.kept.retain(|(key, stamp)| {
-                by_key
-                    .get(key)
-                    .is_some_and(|live| live.idle == Some(*stamp))
-            });
+        self.newest = Some(at);
+        self.len += 1;
+        at
+    }
+
+    /// Takes the key at `at` out of the list.
+    fn remove(&mut self, at: usize) -> Option<Arc<str>> {
+        let node = self.nodes.get_mut(at)?;
+        let key = node.key.take()?;
+        let (older, newer) = (node.older.take(), node.newer.take());
+        match older {
+            Some(older) => self.nodes[older].newer = newer,
+            None => self.oldest = newer,
         }
+        match newer {
+            Some(newer) => self.nodes[newer].older = older,
+            None => self.newest = older,
+        }
+        self.free.push(at);
+        self.len -= 1;
+        Some(key)
+    }
+
+    fn pop_oldest(&mut self) -> Option<Arc<str>> {
+        self.remove(self.oldest?)
     }
 }
 
@@ -78,6 +131,9 @@ impl<S> Entries<S> {
 pub(crate) struct Registry<S> {
     entries: Mutex<Entries<S>>,
     idle: Notify,
+    /// How many callers of [`wait_idle`](Self::wait_idle) are waiting: with none, the last
+    /// release notifies nobody.
+    watchers: AtomicUsize,
     /// The most entries kept decoded with no holder.
     keep: usize,
     /// How this middleware signs its patches, shared by its entries.
@@ -96,28 +152,27 @@ impl<S: Schema> Registry<S> {
             entries: Mutex::new(Entries {
                 by_key: HashMap::default(),
                 held: 0,
-                kept: VecDeque::new(),
-                idle_count: 0,
-                releases: 0,
+                idle: IdleList::default(),
             }),
             idle: Notify::new(),
+            watchers: AtomicUsize::new(0),
         }
     }
 
     /// Takes a hold on the entry of `key`, creating it if no update holds it and none is
     /// kept decoded that `store` says is still current.
-    pub(crate) fn acquire(&self, key: &Arc<str>, store: &dyn Store) -> Arc<Entry<S>> {
+    pub(crate) fn acquire(&self, key: &str, store: &dyn Store) -> Arc<Entry<S>> {
         if let Some(entry) = self.hold_existing(&mut self.entries.lock(), key, store) {
             return entry;
         }
         // Build the entry (which runs the user's defaults) outside the lock.
-        let fresh = Arc::new(Entry::new(Arc::clone(key), Arc::clone(&self.signer)));
+        let fresh = Arc::new(Entry::new(Arc::from(key), Arc::clone(&self.signer)));
         let mut entries = self.entries.lock();
         if let Some(entry) = self.hold_existing(&mut entries, key, store) {
             return entry;
         }
         entries.by_key.insert(
-            Arc::clone(key),
+            InlineKey::new(key),
             Live {
                 entry: Arc::clone(&fresh),
                 holders: 1,
@@ -135,9 +190,9 @@ impl<S: Schema> Registry<S> {
         key: &str,
         store: &dyn Store,
     ) -> Option<Arc<Entry<S>>> {
-        let live = entries.by_key.get_mut(key)?;
-        if live.idle.take().is_some() {
-            entries.idle_count -= 1;
+        let live = entries.by_key.get_mut(key.as_bytes())?;
+        if let Some(at) = live.idle.take() {
+            entries.idle.remove(at);
             // Kept decoded: still current only if the store's record is the one it saw; used
             // as it is when the store cannot tell and the middleware trusts it.
             let seen = live.entry.seen();
@@ -147,7 +202,7 @@ impl<S: Schema> Registry<S> {
                 self.cached
             };
             if !current {
-                entries.by_key.remove(key);
+                entries.by_key.remove(key.as_bytes());
                 return None;
             }
         }
@@ -165,7 +220,7 @@ impl<S: Schema> Registry<S> {
     pub(crate) fn release(&self, entry: &Arc<Entry<S>>, unsaved: bool) {
         let mut guard = self.entries.lock();
         let entries = &mut *guard;
-        let Some(live) = entries.by_key.get_mut(&entry.key) else {
+        let Some(live) = entries.by_key.get_mut(entry.key.as_bytes()) else {
             return;
         };
         if !Arc::ptr_eq(&live.entry, entry) || live.holders == 0 {
@@ -180,16 +235,13 @@ impl<S: Schema> Registry<S> {
         if unsaved {
             // Kept for its changes, see `hold_unsaved`.
         } else if self.keep > 0 && (entry.seen().is_known() || (self.cached && entry.is_loaded())) {
-            let stamp = entries.releases;
-            live.idle = Some(stamp);
-            entries.releases += 1;
-            entries.kept.push_back((Arc::clone(&entry.key), stamp));
-            entries.idle_count += 1;
+            live.idle = Some(entries.idle.push(Arc::clone(&entry.key)));
             entries.trim(self.keep);
         } else {
-            entries.by_key.remove(&entry.key);
+            entries.by_key.remove(entry.key.as_bytes());
         }
-        if entries.held == 0 {
+        // A watcher counted itself before it read `held` under this lock (see `wait_idle`).
+        if entries.held == 0 && self.watchers.load(Ordering::SeqCst) > 0 {
             self.idle.notify_waiters();
         }
     }
@@ -211,22 +263,31 @@ impl<S: Schema> Registry<S> {
     /// The number of live entries, unsaved ones included (not those only kept decoded).
     pub(crate) fn len(&self) -> usize {
         let entries = self.entries.lock();
-        entries.by_key.len() - entries.idle_count
+        entries.by_key.len() - entries.idle.len
     }
 
     /// The number of entries kept only because their last save failed.
     pub(crate) fn unsaved(&self) -> usize {
         let entries = self.entries.lock();
-        entries.by_key.len() - entries.held - entries.idle_count
+        entries.by_key.len() - entries.held - entries.idle.len
     }
 
     /// The number of entries no update holds that are kept decoded.
     pub(crate) fn idle(&self) -> usize {
-        self.entries.lock().idle_count
+        self.entries.lock().idle.len
     }
 
     /// Waits until no update holds an entry.
     pub(crate) async fn wait_idle(&self) {
+        /// Counts a waiting caller for as long as it waits, cancelled or not.
+        struct Watching<'a>(&'a AtomicUsize);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        let _watching = Watching(&self.watchers);
         loop {
             let notified = self.idle.notified();
             if self.entries.lock().held == 0 {
@@ -234,5 +295,41 @@ impl<S: Schema> Registry<S> {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::IdleList;
+
+    fn keys(list: &mut IdleList) -> Vec<String> {
+        std::iter::from_fn(|| list.pop_oldest())
+            .map(|key| key.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn idle_keys_leave_oldest_first_and_one_taken_back_leaves_no_gap() {
+        let mut list = IdleList::default();
+        let a = list.push(Arc::from("a"));
+        let b = list.push(Arc::from("b"));
+        let c = list.push(Arc::from("c"));
+        assert_eq!(list.len, 3);
+        // Taken back: the middle, then the newest.
+        assert_eq!(list.remove(b).as_deref(), Some("b"));
+        assert_eq!(list.remove(c).as_deref(), Some("c"));
+        // A place taken back twice (or never given) yields nothing and changes nothing.
+        assert_eq!(list.remove(b), None);
+        assert_eq!(list.remove(99), None);
+        // Freed places are reused; the order is the order of release.
+        list.push(Arc::from("d"));
+        list.push(Arc::from("e"));
+        assert_eq!(list.nodes.len(), 3);
+        assert_eq!(keys(&mut list), ["a", "d", "e"]);
+        assert_eq!(list.len, 0);
+        assert_eq!((list.oldest, list.newest), (None, None));
+        assert_eq!(list.remove(a), None);
     }
 }

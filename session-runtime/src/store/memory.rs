@@ -1,8 +1,6 @@
 //! The default store: records in a map inside the process.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +10,7 @@ use tokio::time::Instant;
 use super::{Cursor, Page, Patch, Record, Revision, Store, StoreFuture, page_of};
 use crate::clock::Later;
 use crate::error::StoreError;
+use crate::inline_key::InlineKey as Key;
 
 /// An in-process store. It holds encoded copies of the fields, never live values, so it
 /// behaves like a remote store: what a session reads is what was saved.
@@ -71,74 +70,6 @@ struct Stored {
 impl Stored {
     fn is_live(&self, now: impl FnOnce() -> Instant) -> bool {
         self.expires_at.is_none_or(|at| at > now())
-    }
-}
-
-const INLINE: usize = 30;
-
-/// A session key, kept inside the table when short.
-#[derive(Clone)]
-enum Key {
-    Inline { len: u8, bytes: [u8; INLINE] },
-    Heap(Box<str>),
-}
-
-impl Key {
-    fn new(key: &str) -> Self {
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= INLINE => {
-                let mut bytes = [0; INLINE];
-                bytes[..key.len()].copy_from_slice(key.as_bytes());
-                Key::Inline { len, bytes }
-            }
-            _ => Key::Heap(key.into()),
-        }
-    }
-
-    /// The key's bytes: what the table hashes and compares, so a lookup checks no UTF-8.
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Key::Heap(key) => key.as_bytes(),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        // Always the bytes of a `&str` (see `new`), so this never falls back.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
-    }
-}
-
-impl Borrow<[u8]> for Key {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state)
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for Key {}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-// Byte order is the code point order of UTF-8, the order keys are listed in.
-impl Ord for Key {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
     }
 }
 

@@ -18,7 +18,7 @@ use crate::error::{SessionError, SessionKey, StoreError, without_namespace};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
-use crate::live::state::{Dirty, FieldState, State};
+use crate::live::state::{Dirty, Encoded, FieldState, State};
 use crate::live::window::{Signer, Window};
 use crate::schema::Schema;
 use crate::stats::{Count, Latency, Stats};
@@ -85,6 +85,9 @@ pub(crate) struct Entry<S> {
     seen: Mutex<Revision>,
     /// How the middleware signs the patches it sends (see [`send`](Self::send)).
     signer: Arc<Signer>,
+    /// The vectors of the last patch saved, emptied, for the next one (saves of an entry run
+    /// one at a time, behind `write_gate`): a save allocates no patch.
+    spare: Mutex<Patch<'static>>,
 }
 
 impl<S: Schema> Entry<S> {
@@ -109,6 +112,7 @@ impl<S: Schema> Entry<S> {
             turn: Arc::new(tokio::sync::Mutex::new(())),
             seen: Mutex::new(Revision::Unknown),
             signer,
+            spare: Mutex::new(Patch::new()),
         }
     }
 
@@ -262,7 +266,7 @@ impl<S: Schema> Entry<S> {
         ) in state.fields.iter_mut().zip(stored)
         {
             field.writer = writer;
-            field.stored = raw;
+            field.stored = raw.map(Encoded::new);
             field.stored_version = version;
         }
         for (name, original, set) in migrated {
@@ -270,7 +274,7 @@ impl<S: Schema> Entry<S> {
                 continue;
             };
             // What the store holds is the old value: the migrated one differs, and is written.
-            state.fields[index].stored = original;
+            state.fields[index].stored = original.map(Encoded::new);
             state.bump(index, if set { Dirty::Set } else { Dirty::Remove });
         }
         Ok(())
@@ -425,7 +429,7 @@ impl<S: Schema> Entry<S> {
                 field.discard(sure);
             }
             let changed = conflicting || field.stored_version != version;
-            field.stored = raw;
+            field.stored = raw.map(Encoded::new);
             field.stored_version = version;
             field.writer = writer;
             field.dirty = Dirty::Clean;

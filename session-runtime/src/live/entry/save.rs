@@ -406,12 +406,13 @@ impl<S: Schema> Entry<S> {
                 .await
                 .map_err(persist_error)?;
         }
-        let mut patch = Patch::new().with_ttl(expiry.ttl);
+        let mut patch = std::mem::take(&mut *self.spare.lock()).with_ttl(expiry.ttl);
         let (ids, stamped, signature) = self.stage_patch(&mut patch)?;
         if let Some(lease) = &lease {
             lease.release_in(&mut patch);
         }
         if patch.is_empty() {
+            self.keep_spare(patch);
             ended(None);
             if expiry.reads_renew() && self.lock().is_stored() && expiry.claim_renewal(&self.key) {
                 self.renew(store, expiry, stats).await;
@@ -490,13 +491,23 @@ impl<S: Schema> Entry<S> {
         }
         stats.add(Count::Writes, 1);
         stats.add(Count::BytesWritten, bytes as u64);
-        self.saved(patch, ids, stamped);
+        self.saved(&mut patch, ids, stamped);
+        self.keep_spare(patch);
         Ok(())
+    }
+
+    /// Keeps the vectors of a patch this entry is done with for its next save.
+    fn keep_spare(&self, mut patch: Patch<'static>) {
+        patch.set.clear();
+        patch.remove.clear();
+        patch.expect.clear();
+        patch.writers.clear();
+        *self.spare.lock() = patch;
     }
 
     /// The last step of a save: what `patch` wrote is now what the store holds, and the
     /// fields not written again since are clean.
-    fn saved(&self, patch: Patch<'_>, ids: Vec<i64>, stamped: bool) {
+    fn saved(&self, patch: &mut Patch<'_>, ids: Vec<i64>, stamped: bool) {
         tracing::debug!(
             session = S::NAME,
             key = &*self.key,
@@ -505,7 +516,7 @@ impl<S: Schema> Entry<S> {
             "session saved"
         );
         let mut state = self.lock();
-        state.recent.written(&patch);
+        state.recent.written(patch);
         state.reconcile(patch);
         state.ids = ids;
         if stamped {

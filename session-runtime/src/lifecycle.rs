@@ -79,8 +79,10 @@ impl<S: Session> Slot<S> {
                 }
             }
         };
+        // Exclusive mode and loading are boxed: most accesses need neither, and this future
+        // is built per access.
         if let Some(wait) = self.sessions.exclusive {
-            hold.take_turn(wait).await?;
+            Box::pin(hold.take_turn(wait)).await?;
         }
         hold.entry
             .ensure_loaded(&*self.sessions.store, &self.sessions.stats)
@@ -442,7 +444,7 @@ async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
     // saved by reading is acknowledged only once a write of its own to the record succeeds
     // (`Store::reads_are_durable`); until then it runs again, and is found saved again.
     let unconfirmed = if writes == Writes::None && hold.is_replay() {
-        hold.entry.confirm(&*sessions.store).await.0.err()
+        Box::pin(hold.entry.confirm(&*sessions.store)).await.0.err()
     } else {
         None
     };

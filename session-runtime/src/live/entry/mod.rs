@@ -85,9 +85,6 @@ pub(crate) struct Entry<S> {
     seen: Mutex<Revision>,
     /// How the middleware signs the patches it sends (see [`send`](Self::send)).
     signer: Arc<Signer>,
-    /// The vectors of the last patch saved, emptied, for the next one (saves of an entry run
-    /// one at a time, behind `write_gate`): a save allocates no patch.
-    spare: Mutex<Patch<'static>>,
 }
 
 impl<S: Schema> Entry<S> {
@@ -112,7 +109,6 @@ impl<S: Schema> Entry<S> {
             turn: Arc::new(tokio::sync::Mutex::new(())),
             seen: Mutex::new(Revision::Unknown),
             signer,
-            spare: Mutex::new(Patch::new()),
         }
     }
 
@@ -189,13 +185,15 @@ impl<S: Schema> Entry<S> {
         store: &dyn Store,
         stats: &Stats,
     ) -> Result<(), SessionError> {
-        self.loaded
-            .get_or_try_init(|| {
-                stats.add(Count::Loads, 1);
-                self.load(store, stats)
-            })
-            .await
-            .map(|_| ())
+        if self.loaded.initialized() {
+            return Ok(());
+        }
+        Box::pin(self.loaded.get_or_try_init(|| {
+            stats.add(Count::Loads, 1);
+            self.load(store, stats)
+        }))
+        .await
+        .map(|_| ())
     }
 
     async fn load(&self, store: &dyn Store, stats: &Stats) -> Result<(), SessionError> {

@@ -30,6 +30,22 @@ pub(super) struct Attempt {
     failure: Option<(&'static str, String)>,
 }
 
+thread_local! {
+    /// The vectors of the last patch this thread saw saved, emptied, for the next save: a
+    /// save allocates no patch, and reuses memory the thread touched last rather than any
+    /// one session's.
+    static SPARE: std::cell::Cell<Patch<'static>> = std::cell::Cell::new(Patch::new());
+}
+
+/// Keeps the vectors of a patch a save is done with for the next one (see [`SPARE`]).
+fn keep_spare(mut patch: Patch<'static>) {
+    patch.set.clear();
+    patch.remove.clear();
+    patch.expect.clear();
+    patch.writers.clear();
+    SPARE.set(patch);
+}
+
 /// What a patch carries that tells whether it landed: the updates whose writes it carries,
 /// and its signature.
 struct Carried<'a> {
@@ -401,21 +417,23 @@ impl<S: Schema> Entry<S> {
             return Err(lease_lost());
         }
 
+        // The rare steps of a save are boxed, so that the future of every save stays small
+        // (it is built, and moved, per update).
         if self.lock().delete_pending {
-            self.delete_cleared(store, stats, lease.as_deref_mut())
+            Box::pin(self.delete_cleared(store, stats, lease.as_deref_mut()))
                 .await
                 .map_err(persist_error)?;
         }
-        let mut patch = std::mem::take(&mut *self.spare.lock()).with_ttl(expiry.ttl);
+        let mut patch = SPARE.take().with_ttl(expiry.ttl);
         let (ids, stamped, signature) = self.stage_patch(&mut patch)?;
         if let Some(lease) = &lease {
             lease.release_in(&mut patch);
         }
         if patch.is_empty() {
-            self.keep_spare(patch);
+            keep_spare(patch);
             ended(None);
             if expiry.reads_renew() && self.lock().is_stored() && expiry.claim_renewal(&self.key) {
-                self.renew(store, expiry, stats).await;
+                Box::pin(self.renew(store, expiry, stats)).await;
             }
             return Ok(());
         }
@@ -467,9 +485,9 @@ impl<S: Schema> Entry<S> {
                 fields, current, ..
             }) => {
                 stats.add(Count::Conflicts, 1);
-                return Err(self
-                    .conflicted(store, &patch, &fields, current, !unsure)
-                    .await);
+                return Err(
+                    Box::pin(self.conflicted(store, &patch, &fields, current, !unsure)).await,
+                );
             }
             Err(source) => {
                 if take_back {
@@ -492,17 +510,8 @@ impl<S: Schema> Entry<S> {
         stats.add(Count::Writes, 1);
         stats.add(Count::BytesWritten, bytes as u64);
         self.saved(&mut patch, ids, stamped);
-        self.keep_spare(patch);
+        keep_spare(patch);
         Ok(())
-    }
-
-    /// Keeps the vectors of a patch this entry is done with for its next save.
-    fn keep_spare(&self, mut patch: Patch<'static>) {
-        patch.set.clear();
-        patch.remove.clear();
-        patch.expect.clear();
-        patch.writers.clear();
-        *self.spare.lock() = patch;
     }
 
     /// The last step of a save: what `patch` wrote is now what the store holds, and the

@@ -26,7 +26,7 @@ pub(crate) struct FieldState {
     pub(crate) version: u64,
     pub(super) dirty: Dirty,
     /// The encoded value the store holds, `None` when it holds nothing for this field.
-    pub(super) stored: Option<Encoded>,
+    pub(super) stored: Option<String>,
     /// The field's version in the store, as last seen: what the next write expects.
     pub(super) stored_version: u64,
     /// The update that last wrote the field in the store, if it had an id.
@@ -269,7 +269,7 @@ impl<S: Schema> State<S> {
     /// default, built at most once per caller in `defaults`.
     pub(super) fn holds(&self, index: usize, encoded: &str, defaults: &mut Option<S>) -> bool {
         match &self.fields[index].stored {
-            Some(stored) => stored.holds(encoded),
+            Some(stored) => same_json(stored, encoded),
             None => defaults
                 .get_or_insert_with(S::default)
                 .encode_field(index)
@@ -296,7 +296,7 @@ impl<S: Schema> State<S> {
     /// a new local version that needs no write.
     pub(crate) fn restore_stored(&mut self, index: usize) {
         let stored = self.fields[index].stored.take();
-        self.set_from(index, stored.as_ref().map(Encoded::as_str));
+        self.set_from(index, stored.as_deref());
         self.fields[index].stored = stored;
         self.bump(index, Dirty::Clean);
     }
@@ -424,11 +424,7 @@ impl<S: Schema> State<S> {
                 continue;
             };
             field.writer = written.writer.or(field.writer);
-            field.stored = if written.set {
-                values.next().map(Encoded::new)
-            } else {
-                None
-            };
+            field.stored = if written.set { values.next() } else { None };
             field.stored_version += 1;
             field.decided = field.decided.max(written.version);
             field
@@ -438,43 +434,6 @@ impl<S: Schema> State<S> {
                 field.dirty = Dirty::Clean;
             }
         }
-    }
-}
-
-/// A field's encoding as the store holds it, with a hash of its text beside it: a save
-/// compares its new encoding with the hash, in the field's state, and reads the text
-/// (elsewhere on the heap) only when the hashes match or the value is an object.
-#[derive(Debug)]
-pub(crate) struct Encoded {
-    text: String,
-    hash: u64,
-}
-
-/// The hash of an encoding (not keyed: a collision costs one comparison of the texts).
-fn text_hash(text: &str) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0).hash_one(text)
-}
-
-impl Encoded {
-    pub(crate) fn new(text: String) -> Self {
-        Encoded {
-            hash: text_hash(&text),
-            text,
-        }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// Whether this holds the same value as `encoded` (see [`same_json`]).
-    fn holds(&self, encoded: &str) -> bool {
-        if self.hash == text_hash(encoded) && self.text == encoded {
-            return true;
-        }
-        // Other text: only an object's entries may come in another order.
-        encoded.contains('{') && same_json(&self.text, encoded)
     }
 }
 
@@ -501,20 +460,7 @@ pub(super) fn same_json(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Encoded, Fate, FieldState, same_json};
-
-    #[test]
-    fn a_stored_encoding_holds_the_same_text_and_an_object_in_another_order_only() {
-        let number = Encoded::new("41".to_owned());
-        assert!(number.holds("41"));
-        assert!(!number.holds("42"));
-        assert!(!number.holds("410"));
-        let object = Encoded::new(r#"{"a":1,"b":2}"#.to_owned());
-        assert!(object.holds(r#"{"a":1,"b":2}"#));
-        assert!(object.holds(r#"{"b":2,"a":1}"#));
-        assert!(!object.holds(r#"{"a":1,"b":3}"#));
-        assert_eq!(object.as_str(), r#"{"a":1,"b":2}"#);
-    }
+    use super::{Fate, FieldState, same_json};
 
     pub(crate) fn field() -> FieldState {
         FieldState::new()

@@ -18,7 +18,7 @@ use crate::error::{SessionError, SessionKey, StoreError, without_namespace};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
-use crate::live::state::{Dirty, Encoded, FieldState, State};
+use crate::live::state::{Dirty, FieldState, State};
 use crate::live::window::{Signer, Window};
 use crate::schema::Schema;
 use crate::stats::{Count, Latency, Stats};
@@ -188,6 +188,8 @@ impl<S: Schema> Entry<S> {
         if self.loaded.initialized() {
             return Ok(());
         }
+        // Boxed: an entry kept decoded between updates never loads again, and this future is
+        // built on every access.
         Box::pin(self.loaded.get_or_try_init(|| {
             stats.add(Count::Loads, 1);
             self.load(store, stats)
@@ -264,7 +266,7 @@ impl<S: Schema> Entry<S> {
         ) in state.fields.iter_mut().zip(stored)
         {
             field.writer = writer;
-            field.stored = raw.map(Encoded::new);
+            field.stored = raw;
             field.stored_version = version;
         }
         for (name, original, set) in migrated {
@@ -272,7 +274,7 @@ impl<S: Schema> Entry<S> {
                 continue;
             };
             // What the store holds is the old value: the migrated one differs, and is written.
-            state.fields[index].stored = original.map(Encoded::new);
+            state.fields[index].stored = original;
             state.bump(index, if set { Dirty::Set } else { Dirty::Remove });
         }
         Ok(())
@@ -427,7 +429,7 @@ impl<S: Schema> Entry<S> {
                 field.discard(sure);
             }
             let changed = conflicting || field.stored_version != version;
-            field.stored = raw.map(Encoded::new);
+            field.stored = raw;
             field.stored_version = version;
             field.writer = writer;
             field.dirty = Dirty::Clean;

@@ -354,6 +354,38 @@ pub(crate) fn expectations<'p>(
     Ok((fields, versions))
 }
 
+/// What a patch's written fields are stored at after it: for each one written with an
+/// expected version, one more than that (the condition makes it the stored version), as a
+/// JSON object; and the fields written with no expected version, whose new version only the
+/// database can compute. `fields` and `versions` are [`expectations`]'s.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn new_versions<'p>(
+    backend: &'static str,
+    key: &str,
+    patch: &Patch<'p>,
+    fields: &[&'p str],
+    versions: &[i64],
+) -> Result<(String, Vec<&'p str>), StoreError> {
+    let mut pinned = serde_json::Map::new();
+    let mut unpinned = Vec::new();
+    for field in patch.written_fields() {
+        let Some((_, version)) = fields.iter().zip(versions).find(|(f, _)| **f == field) else {
+            unpinned.push(field);
+            continue;
+        };
+        let next = version
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Malformed {
+                backend,
+                key: key.to_owned(),
+                field: field.to_owned(),
+                message: "a version beyond i64".to_owned(),
+            })?;
+        pinned.insert(field.to_owned(), next.into());
+    }
+    Ok((serde_json::Value::Object(pinned).to_string(), unpinned))
+}
+
 /// The conflict of a refused patch, given the record the store holds now (an empty one when
 /// it holds none).
 pub(crate) fn conflict(
@@ -601,6 +633,32 @@ mod tests {
         let wide = edit_expression("data", 0, ARGS_PER_CALL, "?");
         assert_eq!(wide.matches("json_set(").count(), 2);
         assert_eq!(wide.matches('?').count(), 2 * ARGS_PER_CALL);
+    }
+
+    #[test]
+    fn new_versions_are_the_expected_plus_one_and_unexpected_writes_are_left_to_the_database() {
+        let patch = Patch::new()
+            .set_field("count", "3")
+            .set_field("name", "\"x\"")
+            .remove_field("old")
+            .expect_version("count", 7)
+            .expect_version("old", 0)
+            .expect_version("read_only", 2);
+        let (fields, versions) = expectations("test", "k", &patch).expect("versions fit");
+        let (pinned, unpinned) =
+            new_versions("test", "k", &patch, &fields, &versions).expect("versions fit");
+        let pinned: serde_json::Value = serde_json::from_str(&pinned).expect("valid JSON");
+        assert_eq!(pinned, serde_json::json!({"count": 8, "old": 1}));
+        assert_eq!(unpinned, ["name"]);
+
+        let at_the_end = Patch::new()
+            .set_field("count", "1")
+            .expect_version("count", i64::MAX as u64);
+        let (fields, versions) = expectations("test", "k", &at_the_end).expect("fits");
+        assert!(matches!(
+            new_versions("test", "k", &at_the_end, &fields, &versions),
+            Err(StoreError::Malformed { field, .. }) if field == "count"
+        ));
     }
 
     #[test]

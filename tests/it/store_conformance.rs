@@ -524,6 +524,24 @@ mod suite {
             (2, 2, 0)
         );
         assert_eq!((record.get("a"), record.get("b")), (Some("3"), None));
+        // A write with no expected version counts too, beside one with an expectation.
+        store
+            .apply(
+                &key,
+                &patch(&[("a", "5"), ("c", "6")], &[], None).expect_version("c", 0),
+            )
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            (
+                record.version("a"),
+                record.version("b"),
+                record.version("c")
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!((record.get("a"), record.get("c")), (Some("5"), Some("6")));
     }
 
     pub(crate) async fn every_rust_string_round_trips_nul_included<S: Store + Clone>(

@@ -515,14 +515,7 @@ mod suite {
             .await
             .expect("apply");
         let record = store.load(&key).await.expect("load").expect("exists");
-        assert_eq!(
-            (
-                record.version("a"),
-                record.version("b"),
-                record.version("c")
-            ),
-            (2, 2, 0)
-        );
+        assert_eq!(["a", "b", "c"].map(|f| record.version(f)), [2, 2, 0]);
         assert_eq!((record.get("a"), record.get("b")), (Some("3"), None));
         // A write with no expected version counts too, beside one with an expectation.
         store
@@ -533,14 +526,7 @@ mod suite {
             .await
             .expect("apply");
         let record = store.load(&key).await.expect("load").expect("exists");
-        assert_eq!(
-            (
-                record.version("a"),
-                record.version("b"),
-                record.version("c")
-            ),
-            (3, 2, 1)
-        );
+        assert_eq!(["a", "b", "c"].map(|f| record.version(f)), [3, 2, 1]);
         assert_eq!((record.get("a"), record.get("c")), (Some("5"), Some("6")));
     }
 

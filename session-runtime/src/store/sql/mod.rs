@@ -172,7 +172,11 @@ pub(crate) fn json_path(
                 .to_owned(),
         });
     }
-    Ok(format!("$.\"{field}\""))
+    let mut path = String::with_capacity(field.len() + 4);
+    path.push_str("$.\"");
+    path.push_str(field);
+    path.push('"');
+    Ok(path)
 }
 
 /// What a value stored in PostgreSQL's `jsonb` as `{"@json": "<its JSON text>"}` starts with.
@@ -325,12 +329,73 @@ pub(crate) fn parse_writers(
 
 /// The writers a patch records, as one JSON object to merge into the stored ones.
 pub(crate) fn writers_object(patch: &Patch<'_>) -> String {
-    let writers: serde_json::Map<String, serde_json::Value> = patch
-        .writers
-        .iter()
-        .map(|(field, id)| ((*field).to_owned(), (*id).into()))
-        .collect();
-    serde_json::Value::Object(writers).to_string()
+    integer_object(&patch.writers)
+}
+
+/// `entries` as the text of one JSON object of integers, a name given twice holding its last
+/// value (as a map built from them would). Written straight into the text: every patch sends
+/// one or two of these, and a map of owned keys cost more than the rest of the statement's
+/// preparation (BENCHMARKS.md, "SQLite: the statement's preparation").
+pub(crate) fn integer_object(entries: &[(&str, i64)]) -> String {
+    let mut text = String::with_capacity(2 + entries.len() * 24);
+    text.push('{');
+    for (i, (name, value)) in entries.iter().enumerate() {
+        if entries[i + 1..].iter().any(|(later, _)| later == name) {
+            continue;
+        }
+        if text.len() > 1 {
+            text.push(',');
+        }
+        push_json_string(&mut text, name);
+        text.push(':');
+        push_integer(&mut text, *value);
+    }
+    text.push('}');
+    text
+}
+
+/// `value` in decimal (`fmt`'s machinery costs several times more for these few digits).
+fn push_integer(text: &mut String, value: i64) {
+    if value < 0 {
+        text.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = value.unsigned_abs();
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Always ASCII digits.
+    if let Ok(digits) = std::str::from_utf8(&digits[start..]) {
+        text.push_str(digits);
+    }
+}
+
+/// `s` as a JSON string (quoted, with `"`, `\\` and control characters escaped).
+fn push_json_string(text: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    text.push('"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        text.push_str(s);
+        text.push('"');
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => text.push_str("\\\""),
+            '\\' => text.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(text, "\\u{:04x}", u32::from(c));
+            }
+            c => text.push(c),
+        }
+    }
+    text.push('"');
 }
 
 /// The fields a patch expects and their versions, as two lists the database can unnest.
@@ -366,7 +431,7 @@ pub(crate) fn new_versions<'p>(
     fields: &[&'p str],
     versions: &[i64],
 ) -> Result<(String, Vec<&'p str>), StoreError> {
-    let mut pinned = serde_json::Map::new();
+    let mut pinned = Vec::with_capacity(fields.len());
     let mut unpinned = Vec::new();
     for field in patch.written_fields() {
         let Some((_, version)) = fields.iter().zip(versions).find(|(f, _)| **f == field) else {
@@ -381,9 +446,9 @@ pub(crate) fn new_versions<'p>(
                 field: field.to_owned(),
                 message: "a version beyond i64".to_owned(),
             })?;
-        pinned.insert(field.to_owned(), next.into());
+        pinned.push((field, next));
     }
-    Ok((serde_json::Value::Object(pinned).to_string(), unpinned))
+    Ok((integer_object(&pinned), unpinned))
 }
 
 /// The conflict of a refused patch, given the record the store holds now (an empty one when
@@ -659,6 +724,31 @@ mod tests {
             new_versions("test", "k", &at_the_end, &fields, &versions),
             Err(StoreError::Malformed { field, .. }) if field == "count"
         ));
+    }
+
+    #[test]
+    fn integer_objects_are_json_objects_that_keep_the_last_of_a_repeated_name() {
+        let text = integer_object(&[
+            ("@0", 5),
+            ("say \"hi\" \\ \n\u{1}", -1),
+            ("@0", i64::MAX),
+            ("é", i64::MIN),
+            ("zero", 0),
+            ("ten", -10),
+        ]);
+        let object: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            object,
+            serde_json::json!({
+                "@0": i64::MAX,
+                "say \"hi\" \\ \n\u{1}": -1,
+                "é": i64::MIN,
+                "zero": 0,
+                "ten": -10,
+            })
+        );
+        assert_eq!(text.matches("@0").count(), 1, "{text}");
+        assert_eq!(integer_object(&[]), "{}");
     }
 
     #[test]

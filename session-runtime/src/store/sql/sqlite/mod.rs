@@ -10,6 +10,7 @@ mod group;
 use blocking::{OwnedPatch, is_busy};
 use group::{Group, Member};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
 use super::{
-    Clock, DEFAULT_TABLE, KeyRange, conflict, edit_expression, json_path, parse_record,
-    parse_versions, parse_writers, patch_paths, table_name, writers_object,
+    Clock, DEFAULT_TABLE, KeyRange, conflict, edit_expression, integer_object, json_path,
+    parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of};
@@ -105,12 +106,46 @@ struct Statements {
     renew: String,
     delete: String,
     sweep: String,
+    /// The patch statements written so far, by shape: a patch's text is built once per
+    /// shape, not per patch (at most [`PATCH_SHAPES`] kept; any other is built each time).
+    patches: Mutex<HashMap<Shape, Arc<str>>>,
+}
+
+/// How many patch statements a store keeps written. The middleware sends a handful of
+/// shapes (one per set of fields its updates write together); a caller of the `Store` API
+/// that sends more gets each built again, as before.
+const PATCH_SHAPES: usize = 64;
+
+/// What a patch statement's text depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    /// It may create the row: every version it expects is 0 ("never written").
+    creates: bool,
+    removed: usize,
+    set: usize,
+    expected: usize,
+    /// It renews the expiry (a ttl is set).
+    renews: bool,
 }
 
 impl Statements {
+    /// The text of the patch statement of `shape`.
+    fn patch(&self, shape: Shape) -> Arc<str> {
+        if let Some(sql) = self.patches.lock().get(&shape) {
+            return Arc::clone(sql);
+        }
+        let sql: Arc<str> = Arc::from(patch_statement(&self.table, shape));
+        let mut patches = self.patches.lock();
+        if patches.len() < PATCH_SHAPES {
+            patches.insert(shape, Arc::clone(&sql));
+        }
+        sql
+    }
+
     fn new(table: Arc<str>) -> Self {
         let t = &table;
         Statements {
+            patches: Mutex::default(),
             load: format!(
                 "SELECT data, versions, writers FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
             ),
@@ -121,6 +156,41 @@ impl Statements {
             sweep: format!("DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1"),
             table,
         }
+    }
+}
+
+/// The statement that applies a patch of `shape` to `table`, with its `?` in the order
+/// [`SqliteStore::apply_on`] binds them.
+fn patch_statement(t: &str, shape: Shape) -> String {
+    let live_versions =
+        "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE versions END)";
+    let live_writers =
+        "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE writers END)";
+    if shape.creates {
+        let insert = edit_expression("'{}'", 0, shape.set, "json(?)");
+        let current =
+            "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
+        let update = edit_expression(current, shape.removed, shape.set, "json(?)");
+        let condition = condition(live_versions, shape.expected);
+        format!(
+            "INSERT INTO {t} (key, data, versions, writers, expires_at) VALUES (?, {insert}, ?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET data = {update}, versions = json_patch({live_versions}, ?), \
+             writers = json_patch({live_writers}, ?), \
+             expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END) \
+             WHERE {condition}"
+        )
+    } else {
+        let update = edit_expression("data", shape.removed, shape.set, "json(?)");
+        let condition = condition("versions", shape.expected);
+        // The row is live (the condition says so): without a ttl its expiry stays as it is,
+        // and is not named at all. Naming it, even unchanged, rewrites its index entry: a
+        // second page, and a second WAL frame, in every commit.
+        let renew = if shape.renews { ", expires_at = ?" } else { "" };
+        format!(
+            "UPDATE {t} SET data = {update}, versions = json_patch(versions, ?), \
+             writers = json_patch(writers, ?){renew} \
+             WHERE key = ? AND (expires_at IS NULL OR expires_at > ?) AND {condition}"
+        )
     }
 }
 
@@ -383,31 +453,30 @@ impl SqliteStore {
         }
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
         let mut expected = Vec::with_capacity(patch.expect.len());
-        let mut bumped = serde_json::Map::new();
+        // The fields written, with their new versions.
+        let mut bumped = Vec::with_capacity(patch.expect.len());
         for (field, version) in &patch.expect {
-            let version = i64::try_from(*version).map_err(|_| StoreError::Malformed {
+            let beyond = || StoreError::Malformed {
                 backend: BACKEND,
                 key: key.to_owned(),
                 field: (*field).to_owned(),
                 message: "a version beyond i64".to_owned(),
-            })?;
+            };
+            let version = i64::try_from(*version).map_err(|_| beyond())?;
             expected.push((json_path(BACKEND, key, field)?, version));
             // A field only read is a condition, not a write: its version stays.
             if patch.written_fields().any(|written| written == *field) {
-                bumped.insert((*field).to_owned(), (version + 1).into());
+                bumped.push((*field, version.checked_add(1).ok_or_else(beyond)?));
             }
         }
         if patch
             .written_fields()
-            .any(|field| !bumped.contains_key(field))
+            .any(|field| !bumped.iter().any(|(name, _)| *name == field))
         {
             // A write that expects nothing of a field (an admin's, not the middleware's):
             // its version is read and bumped in a transaction.
             return self.apply_unconditionally(connection, key, patch, &removed, &set);
         }
-        let bumped = serde_json::Value::Object(bumped).to_string();
-        let writers = writers_object(patch);
-        let t = &self.sql.table;
         let now = self.clock.now_ms();
         let expires_at = self.clock.expiry(patch.ttl);
         let set_pairs = || {
@@ -415,23 +484,17 @@ impl SqliteStore {
                 .zip(&patch.set)
                 .flat_map(|(path, (_, value))| [path as &dyn ToSql, value as &dyn ToSql])
         };
-        let live_versions =
-            "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE versions END)";
-        let live_writers =
-            "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE writers END)";
-        let changed = if expected.iter().all(|(_, v)| *v == 0) {
-            let insert = edit_expression("'{}'", 0, patch.set.len(), "json(?)");
-            let current =
-                "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE data END)";
-            let update = edit_expression(current, patch.remove.len(), patch.set.len(), "json(?)");
-            let condition = condition(live_versions, expected.len());
-            let sql = format!(
-                "INSERT INTO {t} (key, data, versions, writers, expires_at) VALUES (?, {insert}, ?, ?, ?) \
-                 ON CONFLICT (key) DO UPDATE SET data = {update}, versions = json_patch({live_versions}, ?), \
-                 writers = json_patch({live_writers}, ?), \
-                 expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END) \
-                 WHERE {condition}"
-            );
+        let creates = expected.iter().all(|(_, v)| *v == 0);
+        let sql = self.sql.patch(Shape {
+            creates,
+            removed: patch.remove.len(),
+            set: patch.set.len(),
+            expected: expected.len(),
+            renews: expires_at.is_some(),
+        });
+        let bumped = integer_object(&bumped);
+        let writers = writers_object(patch);
+        let changed = if creates {
             // Bound in the order the `?` stand in the statement, by reference.
             let mut params: Vec<&dyn ToSql> = vec![&key];
             params.extend(set_pairs());
@@ -444,21 +507,6 @@ impl SqliteStore {
             }
             execute(connection, key, &sql, params)?
         } else {
-            let update = edit_expression("data", patch.remove.len(), patch.set.len(), "json(?)");
-            let condition = condition("versions", expected.len());
-            // The row is live (the condition says so): without a ttl its expiry stays as it
-            // is, and is not named at all. Naming it, even unchanged, rewrites its index
-            // entry: a second page, and a second WAL frame, in every commit.
-            let renew = if expires_at.is_some() {
-                ", expires_at = ?"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "UPDATE {t} SET data = {update}, versions = json_patch(versions, ?), \
-                 writers = json_patch(writers, ?){renew} \
-                 WHERE key = ? AND (expires_at IS NULL OR expires_at > ?) AND {condition}"
-            );
             let mut params: Vec<&dyn ToSql> =
                 removed.iter().map(|path| path as &dyn ToSql).collect();
             params.extend(set_pairs());

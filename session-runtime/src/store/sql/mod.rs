@@ -337,10 +337,23 @@ pub(crate) fn writers_object(patch: &Patch<'_>) -> String {
 /// one or two of these, and a map of owned keys cost more than the rest of the statement's
 /// preparation (BENCHMARKS.md, "SQLite: the statement's preparation").
 pub(crate) fn integer_object(entries: &[(&str, i64)]) -> String {
+    // A patch names a handful; one of many fields (up to `MAX_PATCH_FIELDS`) looks up each
+    // name's last place rather than scanning the rest of the list for every entry.
+    let last: Option<HashMap<&str, usize>> = (entries.len() > 16).then(|| {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (*name, i))
+            .collect()
+    });
+    let given_again = |i: usize, name: &str| match &last {
+        Some(last) => last.get(name) != Some(&i),
+        None => entries[i + 1..].iter().any(|(later, _)| *later == name),
+    };
     let mut text = String::with_capacity(2 + entries.len() * 24);
     text.push('{');
     for (i, (name, value)) in entries.iter().enumerate() {
-        if entries[i + 1..].iter().any(|(later, _)| later == name) {
+        if given_again(i, name) {
             continue;
         }
         if text.len() > 1 {
@@ -749,6 +762,18 @@ mod tests {
         );
         assert_eq!(text.matches("@0").count(), 1, "{text}");
         assert_eq!(integer_object(&[]), "{}");
+
+        // Past a handful of entries the repeats are found by look-up: the same answer.
+        let names: Vec<String> = (0..40).map(|i| format!("f{}", i % 25)).collect();
+        let entries: Vec<(&str, i64)> = names.iter().zip(0..).map(|(n, i)| (&**n, i)).collect();
+        let text = integer_object(&entries);
+        assert_eq!(text.matches("\"f0\"").count(), 1, "{text}");
+        let object: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let expected: serde_json::Map<String, serde_json::Value> = entries
+            .iter()
+            .map(|(n, i)| ((*n).to_owned(), (*i).into()))
+            .collect();
+        assert_eq!(object, serde_json::Value::Object(expected));
     }
 
     #[test]

@@ -111,9 +111,9 @@ struct Statements {
     patches: Mutex<HashMap<Shape, Arc<str>>>,
 }
 
-/// How many patch statements a store keeps written. The middleware sends a handful of
-/// shapes (one per set of fields its updates write together); a caller of the `Store` API
-/// that sends more gets each built again, as before.
+/// How many patch statements a store keeps written. A shape counts fields, not names, so
+/// the middleware sends a handful (how many fields its updates write and read together); a
+/// caller of the `Store` API that sends more shapes gets the others built per patch.
 const PATCH_SHAPES: usize = 64;
 
 /// What a patch statement's text depends on.

@@ -228,6 +228,36 @@ async fn mysql(
 #[cfg(feature = "mysql")]
 sql_store_tests!(mysql, typed_session::MySqlStore, mysql);
 
+/// SQLite keeps the text of a few dozen patch statements, one per shape (how many fields a
+/// patch sets, removes and expects); a patch of any other shape is written for it alone, and
+/// applies the same.
+#[tokio::test]
+#[cfg(feature = "sqlite")]
+async fn sqlite_applies_patches_of_more_shapes_than_it_keeps_statements_for() {
+    let store = typed_session::SqliteStore::connect("sqlite::memory:")
+        .await
+        .expect("open");
+    store.migrate().await.expect("migrate");
+    let names: Vec<String> = (0..80).map(|i| format!("f{i}")).collect();
+    for n in 1..=names.len() {
+        let key = format!("k{n}");
+        let mut create = Patch::new();
+        let mut update = Patch::new();
+        for name in &names[..n] {
+            create = create.set_field(name, "1").expect_version(name, 0);
+            update = update.set_field(name, "2").expect_version(name, 1);
+        }
+        store.apply(&key, &create).await.expect("created");
+        store.apply(&key, &update).await.expect("updated");
+        let record = store.load(&key).await.expect("load").expect("stored");
+        assert_eq!(record.fields.len(), n, "{key}");
+        for name in &names[..n] {
+            assert_eq!(record.get(name), Some("2"), "{key} {name}");
+            assert_eq!(record.version(name), 2, "{key} {name}");
+        }
+    }
+}
+
 #[tokio::test]
 #[cfg(feature = "sqlite")]
 async fn sessions_in_a_sqlite_file_survive_a_restart() {

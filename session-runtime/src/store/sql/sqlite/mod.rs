@@ -131,11 +131,11 @@ struct Shape {
 impl Statements {
     /// The text of the patch statement of `shape`.
     fn patch(&self, shape: Shape) -> Arc<str> {
-        if let Some(sql) = self.patches.lock().get(&shape) {
+        let mut patches = self.patches.lock();
+        if let Some(sql) = patches.get(&shape) {
             return Arc::clone(sql);
         }
         let sql: Arc<str> = Arc::from(patch_statement(&self.table, shape));
-        let mut patches = self.patches.lock();
         if patches.len() < PATCH_SHAPES {
             patches.insert(shape, Arc::clone(&sql));
         }

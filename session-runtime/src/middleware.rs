@@ -56,6 +56,7 @@ pub struct SessionBuilder<S: Session, U> {
     save_failure: SaveFailurePolicy,
     exclusive: Option<Duration>,
     lease: Option<Duration>,
+    keep_lease: Duration,
     redelivery: bool,
     ttl: Option<Duration>,
     renewal: Renewal,
@@ -74,6 +75,7 @@ impl<S: Session, U> fmt::Debug for SessionBuilder<S, U> {
             .field("on_stale_write", &self.stale)
             .field("exclusive", &self.exclusive)
             .field("lease", &self.lease)
+            .field("keep_lease", &self.keep_lease)
             .field("ttl", &self.ttl)
             .field("renewal", &self.renewal)
             .field("keep_decoded", &self.keep_decoded)
@@ -147,6 +149,27 @@ impl<S: Session, U> SessionBuilder<S, U> {
     pub fn exclusive_across_processes(mut self, wait: Duration, lease: Duration) -> Self {
         self.exclusive = Some(wait);
         self.lease = Some(lease.max(crate::live::lease::MIN_LEASE));
+        self
+    }
+
+    /// In exclusive mode across processes, keeps the key's lease for `linger` after each
+    /// update instead of releasing it (default: zero, released in the update's patch). The
+    /// next update of the key in this process within `linger` then neither loads the session
+    /// nor claims the lease: no other process can have written it, so the value this process
+    /// holds is the stored one. A read-only update costs no store call, a writing update one
+    /// (its patch, which keeps the lease for `linger` from then), against three without
+    /// (load, claim, patch).
+    ///
+    /// Meant for where one process handles each chat (one poller, or replicas behind a router
+    /// that sends a chat to one replica). Another process's update of a kept key waits until
+    /// this process has had no update of it for `linger` (and at most `wait`); a process that
+    /// keeps receiving updates of a key gives its lease up once it has held it for a whole
+    /// lease term, so that others get a turn. A crashed process's kept lease lets others in
+    /// after `linger`. `linger` is at most the lease term and, like the term, should be well
+    /// above the clock difference between the processes. Without
+    /// [`exclusive_across_processes`](Self::exclusive_across_processes) it has no effect.
+    pub fn keep_lease(mut self, linger: Duration) -> Self {
+        self.keep_lease = linger;
         self
     }
 
@@ -261,6 +284,12 @@ impl<S: Session, U> SessionBuilder<S, U> {
         for error in self.beyond_limits() {
             tracing::warn!(%error, "clamped to the limit");
         }
+        if self.lease.is_none() && !self.keep_lease.is_zero() {
+            tracing::warn!(
+                session = S::NAME,
+                "keep_lease has no effect without exclusive_across_processes"
+            );
+        }
         self.exclusive = self.exclusive.map(|wait| wait.min(MAX_WAIT));
         self.lease = self.lease.map(|lease| lease.min(MAX_WAIT));
         self.ttl = self.ttl.map(|ttl| ttl.min(MAX_TTL));
@@ -278,9 +307,11 @@ impl<S: Session, U> SessionBuilder<S, U> {
                 stale: self.stale,
                 save_failure: self.save_failure,
                 exclusive: self.exclusive,
-                lease: self
-                    .lease
-                    .map(|term| (crate::live::lease::new_holder(), term)),
+                lease: self.lease.map(|term| crate::live::lease::Terms {
+                    holder: crate::live::lease::new_holder(),
+                    term,
+                    linger: self.keep_lease.min(term),
+                }),
                 redelivery: self.redelivery,
                 expiry: Expiry::new(self.ttl, self.renewal),
                 stats: Stats::new(S::NAME),
@@ -379,6 +410,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
             save_failure: SaveFailurePolicy::default(),
             exclusive: None,
             lease: None,
+            keep_lease: Duration::ZERO,
             redelivery: true,
             ttl: S::TTL,
             renewal: S::RENEWAL,

@@ -218,6 +218,8 @@ macro_rules! conformance {
                 across_processes_one_update_per_key_runs_at_a_time,
                 across_processes_a_lease_taken_over_refuses_the_old_holders_save,
                 across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for,
+                across_processes_a_kept_lease_spares_the_load_and_the_claim_and_others_wait_for_it,
+                across_processes_a_kept_lease_is_claimed_again_by_the_patch_after_a_clear,
             ]);
             conformance!(@tests $backend, $make, tokio::test(flavor = "multi_thread", worker_threads = 2), [
                 two_processes_incrementing_different_fields_of_one_key_both_end_exact,
@@ -1704,6 +1706,160 @@ mod suite {
         let record = two.load(&key).await.expect("load").expect("exists");
         assert_eq!(record.get("a"), Some("1"));
     }
+
+    /// "Exclusive mode", a lease kept between updates: the next update of the key in this
+    /// process neither loads nor claims (one store call to write, none to read), another
+    /// process waits for the kept lease to run out (no take-over, since nothing failed) and
+    /// builds on every write the first made, and the first then loads again.
+    pub(crate) async fn across_processes_a_kept_lease_spares_the_load_and_the_claim_and_others_wait_for_it<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = new_user();
+        let key = format!("Pair:{user}:{user}");
+        let counted = Counted::new(one);
+        let calls = std::sync::Arc::clone(&counted.calls);
+        let calls = move || calls.load(Ordering::SeqCst);
+        let sessions = SessionMiddleware::<Pair, Update>::builder(counted)
+            .exclusive_across_processes(Duration::from_secs(10), Duration::from_secs(10))
+            .keep_lease(Duration::from_secs(1))
+            .build();
+        let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+            Box::pin(async move {
+                let pair = ctx.pair().await?;
+                if ctx.update().text_of() == Some("+1") {
+                    pair.update_a(|a| *a += 1);
+                } else {
+                    let _ = pair.a();
+                }
+                Ok(())
+            })
+        });
+        let run =
+            |id: i64, text: &'static str| chain.run_update(Update::text(id, user, user, text));
+
+        run(1, "+1").await.expect("first update");
+        assert_eq!(calls(), 3, "the first update loads, claims and writes");
+        run(2, "+1").await.expect("second update");
+        assert_eq!(calls(), 4, "the next writing update only writes");
+        run(3, "read").await.expect("third update");
+        assert_eq!(
+            calls(),
+            4,
+            "a read-only update under the kept lease calls nothing"
+        );
+        let record = two.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.get("a"), Some("2"));
+        let lease: serde_json::Value =
+            serde_json::from_str(record.get("@lease").expect("the lease is stored")).expect("JSON");
+        assert_eq!(lease["kept"], true, "{lease}");
+
+        // Another process that waits less than the lease is kept gets `Busy`, and writes nothing.
+        let (impatient, chain_b) = leased(two.clone(), Duration::from_millis(50));
+        let error = chain_b
+            .run_update(Update::text(4, user, user, "+1"))
+            .await
+            .expect_err("busy");
+        let error = error
+            .downcast::<typed_session::SessionError>()
+            .expect("typed");
+        assert!(
+            matches!(*error, typed_session::SessionError::Busy { .. }),
+            "{error}"
+        );
+        assert_eq!(impatient.stats().writes(), 0);
+
+        // One that waits long enough takes the key once the lease has run out: not a take-over.
+        let (patient, chain_b) = leased(two.clone(), Duration::from_secs(10));
+        chain_b
+            .run_update(Update::text(5, user, user, "+1"))
+            .await
+            .expect("the lease ran out");
+        assert_eq!(patient.stats().lease_takeovers(), 0);
+        let record = two.load(&key).await.expect("load").expect("exists");
+        assert_eq!(
+            record.get("a"),
+            Some("3"),
+            "built on the kept lease's writes"
+        );
+
+        // The first process's lease ran out meanwhile: it loads and claims again, and builds
+        // on the other's write.
+        run(6, "+1").await.expect("sixth update");
+        assert_eq!(calls(), 7);
+        let record = two.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.get("a"), Some("4"));
+        assert_eq!(
+            sessions.stats().conflicts() + patient.stats().conflicts(),
+            0
+        );
+    }
+
+    /// "Exclusive mode": `clear()` deletes the kept lease with the record, and the patch that
+    /// follows the delete claims it again, so the key stays this process's (another one still
+    /// waits) and the next update needs no claim.
+    pub(crate) async fn across_processes_a_kept_lease_is_claimed_again_by_the_patch_after_a_clear<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = new_user();
+        let key = format!("Pair:{user}:{user}");
+        let counted = Counted::new(one);
+        let calls = std::sync::Arc::clone(&counted.calls);
+        let calls = move || calls.load(Ordering::SeqCst);
+        let sessions = SessionMiddleware::<Pair, Update>::builder(counted)
+            .exclusive_across_processes(Duration::from_secs(10), Duration::from_secs(10))
+            .keep_lease(Duration::from_secs(10))
+            .build();
+        let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+            Box::pin(async move {
+                let pair = ctx.pair().await?;
+                if ctx.update().text_of() == Some("clear") {
+                    pair.clear();
+                } else {
+                    pair.update_a(|a| *a += 1);
+                }
+                Ok(())
+            })
+        });
+        let run =
+            |id: i64, text: &'static str| chain.run_update(Update::text(id, user, user, text));
+        run(1, "+1").await.expect("first update");
+        run(2, "clear").await.expect("the clearing update");
+        assert_eq!(
+            calls(),
+            5,
+            "load, claim, patch; then the delete and the patch"
+        );
+        let record = two
+            .load(&key)
+            .await
+            .expect("load")
+            .expect("the lease is stored");
+        assert_eq!(record.get("a"), None, "cleared");
+
+        let (impatient, chain_b) = leased(two.clone(), Duration::from_millis(50));
+        let error = chain_b
+            .run_update(Update::text(3, user, user, "+1"))
+            .await
+            .expect_err("busy");
+        let error = error
+            .downcast::<typed_session::SessionError>()
+            .expect("typed");
+        assert!(
+            matches!(*error, typed_session::SessionError::Busy { .. }),
+            "{error}"
+        );
+        assert_eq!(impatient.stats().writes(), 0);
+
+        run(4, "+1").await.expect("an update after the clear");
+        assert_eq!(calls(), 6, "under the lease claimed again: only the patch");
+        let record = two.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.get("a"), Some("1"));
+        assert_eq!(sessions.stats().leases_lost(), 0);
+    }
 }
 
 /// A middleware in exclusive mode across processes, waiting at most `wait` for a key, and a
@@ -1767,6 +1923,58 @@ impl<S: Store> Store for Gated<S> {
         &'a self,
         key: &'a str,
     ) -> typed_session::store::StoreFuture<'a, Result<(), typed_session::StoreError>> {
+        self.inner.delete(key)
+    }
+
+    fn returns_written_text(&self) -> bool {
+        self.inner.returns_written_text()
+    }
+
+    fn reads_are_durable(&self) -> bool {
+        self.inner.reads_are_durable()
+    }
+}
+
+/// Counts the store calls made through it (loads, applies and deletes alike).
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    calls: std::sync::Arc<AtomicU64>,
+}
+
+impl<S: Store> Counted<S> {
+    fn new(inner: S) -> Self {
+        Counted {
+            inner,
+            calls: Default::default(),
+        }
+    }
+}
+
+impl<S: Store> Store for Counted<S> {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> typed_session::store::StoreFuture<'a, Result<Option<Record>, typed_session::StoreError>>
+    {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(key)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        key: &'a str,
+        patch: &'a Patch<'a>,
+    ) -> typed_session::store::StoreFuture<'a, Result<(), typed_session::StoreError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.apply(key, patch)
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> typed_session::store::StoreFuture<'a, Result<(), typed_session::StoreError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(key)
     }
 

@@ -9,7 +9,8 @@
 //! when the answer was lost (a crash between the save and the answer): it must not count
 //! twice.
 //!
-//! `--lease-ms T` runs it in exclusive mode across processes, with a lease of `T` ms;
+//! `--lease-ms T` runs it in exclusive mode across processes, with a lease of `T` ms, and
+//! `--keep-lease-ms K` keeps each lease for `K` ms after an update for the next one;
 //! `--hold-at ID --hold-ms M` makes the first delivery of update `ID` keep its session (and
 //! the lease) for `M` ms after its write, announced by a `holding ID` line, so that a test can
 //! kill or pause the process while it holds the key.
@@ -36,7 +37,7 @@
 //!
 //! `replica --store sqlite|postgres|mysql|redis|redis-cluster|mongodb --url URL --table NAME --user ID
 //!  --first-id N --updates N [--fail-every K] [--timeout-every K] [--redeliver-every K]
-//!  [--lease-ms T] [--hold-at ID --hold-ms M] [--concurrent N --history PATH]`
+//!  [--lease-ms T [--keep-lease-ms K]] [--hold-at ID --hold-ms M] [--concurrent N --history PATH]`
 
 #[path = "../../../tests/common/history.rs"]
 mod history;
@@ -191,6 +192,9 @@ async fn main() -> Result<(), BoxError> {
         let lease = Duration::from_millis(lease.parse()?);
         builder = builder.exclusive_across_processes(Duration::from_secs(120), lease);
     }
+    if let Some(keep) = arg(&args, "--keep-lease-ms") {
+        builder = builder.keep_lease(Duration::from_millis(keep.parse()?));
+    }
     let sessions = builder.build();
     if let Some(concurrent) = arg(&args, "--concurrent") {
         let history = need("--history")?;
@@ -260,6 +264,7 @@ async fn main() -> Result<(), BoxError> {
             "conflicts_counted": sessions.stats().conflicts(),
             "redeliveries_recognised": sessions.stats().redeliveries(),
             "failed_loads": failed_loads,
+            "loads": sessions.stats().loads(),
             "lease_takeovers": sessions.stats().lease_takeovers(),
             "leases_lost": sessions.stats().leases_lost(),
         })

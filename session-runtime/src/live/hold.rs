@@ -183,23 +183,27 @@ impl<S: Schema> Hold<S> {
             .map(|_| ())
     }
 
-    /// Across processes: takes the key's lease (which loads the session) and starts renewing
-    /// it.
+    /// Across processes: takes the key's lease (which loads the session), or the one the
+    /// last update of the key in this process kept, and starts renewing it.
     async fn take_lease(&self, wait: (Instant, Instant)) -> Result<(), SessionError> {
-        let (Some(held), Some((holder, term))) = (&self.lease, &self.sessions.lease) else {
+        let (Some(held), Some(terms)) = (&self.lease, &self.sessions.lease) else {
             return Ok(());
         };
         let sessions = &self.sessions;
-        let lease = self
-            .entry
-            .take_lease(
-                &*sessions.store,
-                (holder, *term),
-                sessions.expiry.ttl,
-                wait,
-                &sessions.stats,
-            )
-            .await?;
+        let lease = match self.entry.kept_lease() {
+            Some(lease) => lease,
+            None => {
+                self.entry
+                    .take_lease(
+                        &*sessions.store,
+                        terms,
+                        sessions.expiry.ttl,
+                        wait,
+                        &sessions.stats,
+                    )
+                    .await?
+            }
+        };
         *held.lock().await = Some(lease);
         let renewal = lease::renew(
             Arc::clone(held),
@@ -216,16 +220,19 @@ impl<S: Schema> Hold<S> {
         self.retried && self.sessions.save_failure == SaveFailurePolicy::Retry
     }
 
-    /// Writes what the entry has unsaved; under a lease, releases it in the same patch.
+    /// Writes what the entry has unsaved; under a lease, releases it in the same patch, or
+    /// keeps it for the next update of the key.
     pub(crate) async fn persist(&self) -> Result<(), SessionError> {
         let take_back = self.takes_back();
         let Some(held) = &self.lease else {
             return self.sessions.persist(&self.entry, take_back).await;
         };
+        // Taken before the renewer is stopped: a renewal under way finishes first, and the
+        // version it wrote is the one the patch expects.
+        let mut lease = held.lock().await;
         if let Some(renewer) = self.renewer.lock().take() {
             renewer.abort();
         }
-        let mut lease = held.lock().await;
         let sessions = &self.sessions;
         let persisted = self
             .entry
@@ -237,8 +244,11 @@ impl<S: Schema> Hold<S> {
                 take_back,
             )
             .await;
-        if persisted.is_ok() {
-            *lease = None;
+        if persisted.is_ok()
+            && let Some(lease) = lease.take()
+            && lease.kept_after(Instant::now())
+        {
+            self.entry.keep_lease(lease);
         }
         persisted
     }

@@ -194,12 +194,13 @@ impl<S: Schema> Registry<S> {
         if let Some(at) = live.idle.take() {
             entries.idle.remove(at);
             // Kept decoded: still current only if the store's record is the one it saw; used
-            // as it is when the store cannot tell and the middleware trusts it.
+            // as it is when the store cannot tell and the middleware trusts it, or while the
+            // entry keeps the key's lease (no other process may write it then).
             let seen = live.entry.seen();
             let current = if seen.is_known() {
                 store.revision(key) == seen
             } else {
-                self.cached
+                self.cached || live.entry.keeps_lease()
             };
             if !current {
                 entries.by_key.remove(key.as_bytes());
@@ -234,7 +235,11 @@ impl<S: Schema> Registry<S> {
         entries.held -= 1;
         if unsaved {
             // Kept for its changes, see `hold_unsaved`.
-        } else if self.keep > 0 && (entry.seen().is_known() || (self.cached && entry.is_loaded())) {
+        } else if self.keep > 0
+            && (entry.seen().is_known()
+                || (self.cached && entry.is_loaded())
+                || entry.keeps_lease())
+        {
             live.idle = Some(entries.idle.push(Arc::clone(&entry.key)));
             entries.trim(self.keep);
         } else {

@@ -7,6 +7,7 @@ use crate::config::{ErrorPolicy, SaveFailurePolicy, StalePolicy};
 use crate::error::{FlushError, SessionError, StoreError};
 use crate::live::entry::Entry;
 use crate::live::expiry::Expiry;
+use crate::live::lease;
 use crate::live::registry::Registry;
 use crate::schema::Schema;
 use crate::stats::Stats;
@@ -28,8 +29,8 @@ pub(crate) struct Sessions<S> {
     pub(crate) redelivery: bool,
     /// In exclusive mode, how long an update waits for its turn on a key.
     pub(crate) exclusive: Option<Duration>,
-    /// In exclusive mode across processes, who holds this middleware's leases, and their term.
-    pub(crate) lease: Option<(Arc<str>, Duration)>,
+    /// In exclusive mode across processes, how this middleware holds leases.
+    pub(crate) lease: Option<lease::Terms>,
     pub(crate) expiry: Expiry,
     pub(crate) stats: Stats,
 }

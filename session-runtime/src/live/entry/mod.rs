@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::clock::Later;
 use crate::error::{SessionError, SessionKey, StoreError, without_namespace};
 use crate::live::expiry::Expiry;
-use crate::live::lease::{self, Lease};
+use crate::live::lease::{self, Lease, Terms};
 use crate::live::migrate::{self, Mark};
 use crate::live::state::{Dirty, FieldState, State};
 use crate::live::window::{Signer, Window};
@@ -78,6 +78,10 @@ pub(crate) struct Entry<S> {
     last_attempt: Mutex<Option<Attempt>>,
     /// In exclusive mode, held by the one update of this key that may use it.
     pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
+    /// Across processes, the lease an update left for the next one of this key in this
+    /// process (ARCHITECTURE.md, "Exclusive mode"): while it is live, what the entry holds
+    /// is what the store holds, and the next update neither loads nor claims.
+    kept: Mutex<Option<Lease>>,
     /// The store's revision of the record that what this entry holds as stored was read from
     /// or written to; [`Revision::Unknown`] when it may differ from the store. An entry no
     /// update holds is kept, decoded, while the store's revision is still this one
@@ -107,6 +111,7 @@ impl<S: Schema> Entry<S> {
             attempts: AtomicU64::new(0),
             last_attempt: Mutex::new(None),
             turn: Arc::new(tokio::sync::Mutex::new(())),
+            kept: Mutex::new(None),
             seen: Mutex::new(Revision::Unknown),
             signer,
         }
@@ -448,7 +453,7 @@ impl<S: Schema> Entry<S> {
     pub(crate) async fn take_lease(
         &self,
         store: &dyn Store,
-        (holder, term): (&Arc<str>, Duration),
+        terms: &Terms,
         expiry: Option<Duration>,
         (started, deadline): (Instant, Instant),
         stats: &Stats,
@@ -464,7 +469,7 @@ impl<S: Schema> Entry<S> {
         loop {
             stats.add(Count::Loads, 1);
             let record = store.load(&self.key).await.map_err(load_error)?;
-            let observed = lease::observe(record.as_ref(), holder);
+            let observed = lease::observe(record.as_ref(), &terms.holder);
             if let Some(held_for) = observed.held_for {
                 let now = Instant::now();
                 if now >= deadline {
@@ -480,7 +485,7 @@ impl<S: Schema> Entry<S> {
                 continue;
             }
             let claimed = Instant::now();
-            let claim = Lease::claim(holder, observed.version, term, expiry);
+            let claim = Lease::claim(&terms.holder, observed.version, terms.term, expiry);
             match store.apply(&self.key, &claim).await {
                 Ok(()) => {}
                 // Another process claimed it first: wait for it like for any holder.
@@ -497,9 +502,11 @@ impl<S: Schema> Entry<S> {
             }
             let lease = Lease {
                 version: observed.version + 1,
-                deadline: claimed.later(term),
-                ttl: term,
-                holder: Arc::clone(holder),
+                deadline: claimed.later(terms.term),
+                ttl: terms.term,
+                linger: terms.linger,
+                since: claimed,
+                holder: Arc::clone(&terms.holder),
             };
             let verbatim = store.returns_written_text();
             match record {
@@ -511,6 +518,21 @@ impl<S: Schema> Entry<S> {
             let _ = self.loaded.set(());
             return Ok(lease);
         }
+    }
+
+    /// Keeps `lease` for the next update of the key in this process.
+    pub(crate) fn keep_lease(&self, lease: Lease) {
+        *self.kept.lock() = Some(lease);
+    }
+
+    /// The lease the last update of the key left, if enough of it is left to use.
+    pub(crate) fn kept_lease(&self) -> Option<Lease> {
+        self.kept.lock().take().filter(Lease::is_reusable)
+    }
+
+    /// Whether the entry keeps a live lease: it is then kept decoded between updates.
+    pub(crate) fn keeps_lease(&self) -> bool {
+        self.kept.lock().as_ref().is_some_and(Lease::is_live)
     }
 
     /// Deletes the stored record and makes the live state forget it (ARCHITECTURE.md,
@@ -526,6 +548,8 @@ impl<S: Schema> Entry<S> {
         }
         let _in_order = self.write_gate.lock().await;
         self.unseen();
+        // The lease goes with the record.
+        self.kept.lock().take();
         store.delete(&self.key).await?;
         stats.add(Count::Deletes, 1);
         let every_field: Vec<&'static str> = S::FIELDS.iter().map(|spec| spec.name).collect();

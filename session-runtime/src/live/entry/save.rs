@@ -4,6 +4,7 @@
 //! (ARCHITECTURE.md, "Save after the chain" and "Exactly once").
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tracing::Instrument;
 
@@ -426,8 +427,10 @@ impl<S: Schema> Entry<S> {
         }
         let mut patch = SPARE.take().with_ttl(expiry.ttl);
         let (ids, stamped, signature) = self.stage_patch(&mut patch)?;
-        if let Some(lease) = &lease {
-            lease.release_in(&mut patch);
+        let sent = Instant::now();
+        let ends_lease = lease.as_ref().is_some_and(|lease| lease.must_end(sent));
+        if let Some(lease) = lease.as_ref().filter(|_| ends_lease) {
+            lease.end_in(&mut patch, sent);
         }
         if patch.is_empty() {
             keep_spare(patch);
@@ -504,6 +507,9 @@ impl<S: Schema> Entry<S> {
             }
         }
         ended(None);
+        if let Some(lease) = lease.filter(|_| ends_lease) {
+            lease.ended(sent);
+        }
         if patch.ttl.is_some() {
             expiry.written(&self.key);
         }

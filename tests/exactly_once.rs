@@ -201,6 +201,9 @@ struct Scenario {
     writes: u64,
     /// In exclusive mode: one update per key at a time in each replica.
     exclusive: bool,
+    /// In exclusive mode across processes: the lease's term and how long it is kept after an
+    /// update (0: released), ms.
+    lease_ms: Option<(u64, u64)>,
     /// Sessions kept decoded between updates and used without a load (`Freshness::Cached`).
     cached: bool,
     /// Every replica's signer tag prefers the same signature slot (otherwise the tags follow
@@ -219,6 +222,7 @@ const REPORTED: Scenario = Scenario {
     faults: NO_FAULTS,
     writes: 1,
     exclusive: false,
+    lease_ms: None,
     cached: false,
     one_slot: false,
 };
@@ -363,6 +367,14 @@ async fn run(scenario: Scenario, seed: u64) -> Run {
             }
             if scenario.exclusive {
                 sessions = sessions.exclusive(Duration::from_secs(3_600));
+            }
+            if let Some((term, keep)) = scenario.lease_ms {
+                sessions = sessions
+                    .exclusive_across_processes(
+                        Duration::from_secs(3_600),
+                        Duration::from_millis(term),
+                    )
+                    .keep_lease(Duration::from_millis(keep));
             }
             let sessions = sessions.build();
             chain(scenario, seed, replica, &sessions, Arc::clone(&made))
@@ -703,6 +715,38 @@ fn two_writes_across_an_await_in_exclusive_mode_count_each_update_once() {
         ..MEMORY_FAULTS
     };
     explore("two writes, exclusive", scenario, &seeds(100));
+}
+
+/// Three replicas in exclusive mode across processes, on SQLite, with handlers that outlast a
+/// third of the 150 ms lease, so renewals run while updates do; store calls (claims and
+/// renewals included) fail and time out after landing as in [`MEMORY_FAULTS`]. First with the
+/// lease released in each patch, then kept 5 ms between updates.
+///
+/// The paused clock moves the tasks' timers, but a lease's `until` and deadlines are on the
+/// real clock: no lease runs out under a live holder here, and what is explored is the order
+/// of claims, renewals, saves and hand-overs. It also makes a replica waiting for a kept lease
+/// poll hundreds of times (25 ms apart on the paused clock) before 5 real ms pass; a failed
+/// poll fails the update, and such a replica would never get through. So with kept leases
+/// no call fails before the store: the faults are the applies answered with a timeout after
+/// they landed (claims, renewals and saves).
+#[cfg(feature = "sqlite")]
+#[test]
+fn leased_replicas_releasing_or_keeping_their_leases_count_each_update_once() {
+    let released = Scenario {
+        backend: Backend::Sqlite,
+        lease_ms: Some((150, 0)),
+        ..MEMORY_FAULTS
+    };
+    explore("leases released", released, &seeds(50));
+    let kept = Scenario {
+        lease_ms: Some((150, 5)),
+        faults: Faults {
+            fail: 0,
+            timeout_after_apply: 100,
+        },
+        ..released
+    };
+    explore("leases kept", kept, &seeds(50));
 }
 
 /// Known hole, kept to be fixed (ARCHITECTURE.md, "Exactly once", last paragraph): without

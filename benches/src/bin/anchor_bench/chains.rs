@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use typed_session::store::{Patch, Record, StoreFuture};
 use typed_session::telegram::Update;
-use typed_session::{Chain, Freshness, Session, SessionMiddleware, Store, StoreError};
+use typed_session::{Chain, Session, SessionBuilder, SessionMiddleware, Store, StoreError};
 
 #[derive(Session)]
 pub(crate) struct Count {
@@ -16,16 +16,16 @@ pub(crate) struct Count {
 pub(crate) static SINK: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn count_chain(store: Arc<dyn Store>) -> Chain<Update> {
-    count_chain_with(store, Freshness::Checked)
+    count_chain_with(store, |builder| builder)
 }
 
-pub(crate) fn count_chain_with(store: Arc<dyn Store>, freshness: Freshness) -> Chain<Update> {
+/// The counting chain on `store`, its middleware set up by `configure`.
+pub(crate) fn count_chain_with(
+    store: Arc<dyn Store>,
+    configure: impl FnOnce(SessionBuilder<Count, Update>) -> SessionBuilder<Count, Update>,
+) -> Chain<Update> {
     Chain::new()
-        .with(
-            SessionMiddleware::<Count, Update>::builder(store)
-                .freshness(freshness)
-                .build(),
-        )
+        .with(configure(SessionMiddleware::<Count, Update>::builder(store)).build())
         .with_fn(|ctx, next| {
             Box::pin(async move {
                 ctx.session().await?.update_count(|c| *c += 1);

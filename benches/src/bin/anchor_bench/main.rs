@@ -7,7 +7,8 @@
 //! # C: store traffic per update, 20-field session, scenarios write1 / read / none
 //! cargo run --release -p typed-session-bench --bin anchor_bench -- --bench writes
 //! # D-like: the full middleware on a persistent store, sequential (`--variant cached`:
-//! `Freshness::Cached`; `--variant raw`: the driver alone)
+//! `Freshness::Cached`; `--variant leased`/`leased-kept`: exclusive mode across processes, the
+//! lease claimed per update or kept between them; `--variant raw`: the driver alone)
 //! cargo run --release -p typed-session-bench --bin anchor_bench -- --bench store --store sqlite-wal
 //! ```
 //!

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::json;
 use typed_session::schema::Schema;
@@ -139,14 +140,20 @@ pub(crate) async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxErr
             continue;
         }
         let store = Arc::new(Counted::new(open_store(&o.store, run).await?));
-        let freshness = if o.variant == "cached" {
-            Freshness::Cached
-        } else {
-            Freshness::Checked
-        };
+        let variant = o.variant.clone();
         let chain = Arc::new(count_chain_with(
             Arc::clone(&store) as Arc<dyn Store>,
-            freshness,
+            move |builder| {
+                let (wait, term) = (Duration::from_secs(10), Duration::from_secs(10));
+                match variant.as_str() {
+                    "cached" => builder.freshness(Freshness::Cached),
+                    "leased" => builder.exclusive_across_processes(wait, term),
+                    "leased-kept" => builder
+                        .exclusive_across_processes(wait, term)
+                        .keep_lease(Duration::from_secs(1)),
+                    _ => builder,
+                }
+            },
         ));
         let m = measure(feed(&chain, &seq, &o.workload, o.width)).await?;
         let warmup = run == 0;
@@ -190,10 +197,11 @@ pub(crate) async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxErr
         "typed-session"
     };
     let width = if o.workload == "window" { o.width } else { 1 };
-    let freshness = if o.variant == "cached" {
-        "cached"
-    } else {
-        "checked"
+    // How a session is known to be current: loaded (checked), trusted (cached), or under
+    // the key's lease, claimed per update or kept between them.
+    let freshness = match o.variant.as_str() {
+        variant @ ("cached" | "leased" | "leased-kept") => variant,
+        _ => "checked",
     };
     Ok(json!({
         "bench": bench, "fw": fw, "store": o.store, "freshness": freshness, "journal": journal, "workload": o.workload, "width": width,

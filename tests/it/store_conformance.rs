@@ -1739,10 +1739,21 @@ mod suite {
         let run =
             |id: i64, text: &'static str| chain.run_update(Update::text(id, user, user, text));
 
+        let lease_version = || async {
+            let record = two.load(&key).await.expect("load").expect("exists");
+            record.version("@lease")
+        };
+
         run(1, "+1").await.expect("first update");
         assert_eq!(calls(), 3, "the first update loads, claims and writes");
+        let kept_by_first = lease_version().await;
         run(2, "+1").await.expect("second update");
         assert_eq!(calls(), 4, "the next writing update only writes");
+        assert_eq!(
+            lease_version().await,
+            kept_by_first + 1,
+            "its patch keeps the lease for the linger from now"
+        );
         run(3, "read").await.expect("third update");
         assert_eq!(
             calls(),

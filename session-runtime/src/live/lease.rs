@@ -149,10 +149,10 @@ impl Lease {
         !self.linger.is_zero() && now < self.since.later(self.ttl)
     }
 
-    /// Whether the end of an update at `now` must write the lease: to release it, to claim it
-    /// again after a `clear()` deleted it with the record, or to bring a term that a claim or a
-    /// renewal set back to `linger` from now. A lease kept from the previous update, and not
-    /// renewed since, already ends within that.
+    /// Whether the end of an update at `now` must write the lease even when it writes nothing
+    /// else: to release it, to claim it again after a `clear()` deleted it with the record,
+    /// or to bring a term that a claim or a renewal set back to `linger` from now. A lease
+    /// kept from the previous update, and not renewed since, already ends within that.
     pub(crate) fn must_end(&self, now: Instant) -> bool {
         !self.kept_after(now) || self.version == 0 || self.deadline > now.later(self.linger)
     }

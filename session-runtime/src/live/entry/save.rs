@@ -428,7 +428,12 @@ impl<S: Schema> Entry<S> {
         let mut patch = SPARE.take().with_ttl(expiry.ttl);
         let (ids, stamped, signature) = self.stage_patch(&mut patch)?;
         let sent = Instant::now();
-        let ends_lease = lease.as_ref().is_some_and(|lease| lease.must_end(sent));
+        // A patch that writes anyway carries the lease's end at no cost (a kept lease then
+        // lasts `linger` from this update); one that would write nothing else only when
+        // the lease needs it.
+        let ends_lease = lease
+            .as_ref()
+            .is_some_and(|lease| !patch.is_empty() || lease.must_end(sent));
         if let Some(lease) = lease.as_ref().filter(|_| ends_lease) {
             lease.end_in(&mut patch, sent);
         }

@@ -1677,19 +1677,7 @@ mod suite {
             .expect("leased");
 
         // Waiting less than that is a typed error, and writes nothing.
-        let (impatient, chain) = leased(two.clone(), Duration::from_millis(50));
-        let error = chain
-            .run_update(Update::text(1, user, user, "+1"))
-            .await
-            .expect_err("busy");
-        let error = error
-            .downcast::<typed_session::SessionError>()
-            .expect("typed");
-        assert!(
-            matches!(*error, typed_session::SessionError::Busy { .. }),
-            "{error}"
-        );
-        assert_eq!(impatient.stats().writes(), 0);
+        refused_while_held(two.clone(), user, 1).await;
 
         // Waiting longer takes the lease over once it has run out.
         let (patient, chain) = leased(one, Duration::from_secs(10));
@@ -1718,24 +1706,7 @@ mod suite {
     ) {
         let user = new_user();
         let key = format!("Pair:{user}:{user}");
-        let counted = Counted::new(one);
-        let calls = std::sync::Arc::clone(&counted.calls);
-        let calls = move || calls.load(Ordering::SeqCst);
-        let sessions = SessionMiddleware::<Pair, Update>::builder(counted)
-            .exclusive_across_processes(Duration::from_secs(10), Duration::from_secs(10))
-            .keep_lease(Duration::from_secs(1))
-            .build();
-        let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
-            Box::pin(async move {
-                let pair = ctx.pair().await?;
-                if ctx.update().text_of() == Some("+1") {
-                    pair.update_a(|a| *a += 1);
-                } else {
-                    let _ = pair.a();
-                }
-                Ok(())
-            })
-        });
+        let (sessions, chain, calls) = kept_leased(one, Duration::from_secs(1));
         let run =
             |id: i64, text: &'static str| chain.run_update(Update::text(id, user, user, text));
 
@@ -1767,19 +1738,7 @@ mod suite {
         assert_eq!(lease["kept"], true, "{lease}");
 
         // Another process that waits less than the lease is kept gets `Busy`, and writes nothing.
-        let (impatient, chain_b) = leased(two.clone(), Duration::from_millis(50));
-        let error = chain_b
-            .run_update(Update::text(4, user, user, "+1"))
-            .await
-            .expect_err("busy");
-        let error = error
-            .downcast::<typed_session::SessionError>()
-            .expect("typed");
-        assert!(
-            matches!(*error, typed_session::SessionError::Busy { .. }),
-            "{error}"
-        );
-        assert_eq!(impatient.stats().writes(), 0);
+        refused_while_held(two.clone(), user, 4).await;
 
         // One that waits long enough takes the key once the lease has run out: not a take-over.
         let (patient, chain_b) = leased(two.clone(), Duration::from_secs(10));
@@ -1817,24 +1776,7 @@ mod suite {
     ) {
         let user = new_user();
         let key = format!("Pair:{user}:{user}");
-        let counted = Counted::new(one);
-        let calls = std::sync::Arc::clone(&counted.calls);
-        let calls = move || calls.load(Ordering::SeqCst);
-        let sessions = SessionMiddleware::<Pair, Update>::builder(counted)
-            .exclusive_across_processes(Duration::from_secs(10), Duration::from_secs(10))
-            .keep_lease(Duration::from_secs(10))
-            .build();
-        let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
-            Box::pin(async move {
-                let pair = ctx.pair().await?;
-                if ctx.update().text_of() == Some("clear") {
-                    pair.clear();
-                } else {
-                    pair.update_a(|a| *a += 1);
-                }
-                Ok(())
-            })
-        });
+        let (sessions, chain, calls) = kept_leased(one, Duration::from_secs(10));
         let run =
             |id: i64, text: &'static str| chain.run_update(Update::text(id, user, user, text));
         run(1, "+1").await.expect("first update");
@@ -1851,19 +1793,7 @@ mod suite {
             .expect("the lease is stored");
         assert_eq!(record.get("a"), None, "cleared");
 
-        let (impatient, chain_b) = leased(two.clone(), Duration::from_millis(50));
-        let error = chain_b
-            .run_update(Update::text(3, user, user, "+1"))
-            .await
-            .expect_err("busy");
-        let error = error
-            .downcast::<typed_session::SessionError>()
-            .expect("typed");
-        assert!(
-            matches!(*error, typed_session::SessionError::Busy { .. }),
-            "{error}"
-        );
-        assert_eq!(impatient.stats().writes(), 0);
+        refused_while_held(two.clone(), user, 3).await;
 
         run(4, "+1").await.expect("an update after the clear");
         assert_eq!(calls(), 6, "under the lease claimed again: only the patch");
@@ -1889,6 +1819,57 @@ fn leased<S: Store>(store: S, wait: Duration) -> (SessionMiddleware<Pair, Update
         })
     });
     (sessions, chain)
+}
+
+/// A middleware in exclusive mode across processes that keeps its leases for `linger`, on
+/// `store` counted, a chain whose update `"+1"` increments `a`, `"clear"` clears the session
+/// and any other text reads `a`, and the count of store calls so far.
+fn kept_leased<S: Store>(
+    store: S,
+    linger: Duration,
+) -> (
+    SessionMiddleware<Pair, Update>,
+    Chain<Update>,
+    impl Fn() -> u64,
+) {
+    let counted = Counted::new(store);
+    let calls = std::sync::Arc::clone(&counted.calls);
+    let sessions = SessionMiddleware::<Pair, Update>::builder(counted)
+        .exclusive_across_processes(Duration::from_secs(10), Duration::from_secs(10))
+        .keep_lease(linger)
+        .build();
+    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let pair = ctx.pair().await?;
+            match ctx.update().text_of() {
+                Some("+1") => pair.update_a(|a| *a += 1),
+                Some("clear") => pair.clear(),
+                _ => {
+                    let _ = pair.a();
+                }
+            }
+            Ok(())
+        })
+    });
+    (sessions, chain, move || calls.load(Ordering::SeqCst))
+}
+
+/// Update `id` of `user` in another process that waits at most 50 ms for the key, while its
+/// lease is held: `Busy`, and nothing written.
+async fn refused_while_held<S: Store>(store: S, user: i64, id: i64) {
+    let (impatient, chain) = leased(store, Duration::from_millis(50));
+    let error = chain
+        .run_update(Update::text(id, user, user, "+1"))
+        .await
+        .expect_err("busy");
+    let error = error
+        .downcast::<typed_session::SessionError>()
+        .expect("typed");
+    assert!(
+        matches!(*error, typed_session::SessionError::Busy { .. }),
+        "{error}"
+    );
+    assert_eq!(impatient.stats().writes(), 0);
 }
 
 /// Holds each `apply` until the test opens the gate; tells the test when one arrives.

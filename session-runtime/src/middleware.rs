@@ -165,8 +165,9 @@ impl<S: Session, U> SessionBuilder<S, U> {
     /// this process has had no update of it for `linger` (and at most `wait`); a process that
     /// keeps receiving updates of a key gives its lease up once it has held it for a whole
     /// lease term, so that others get a turn. A crashed process's kept lease lets others in
-    /// after `linger`. `linger` is at most the lease term and, like the term, should be well
-    /// above the clock difference between the processes. Without
+    /// after `linger`. `linger` is at most the lease term and the session's
+    /// [`ttl`](Self::ttl) and, like the term, should be well above the clock difference
+    /// between the processes. Without
     /// [`exclusive_across_processes`](Self::exclusive_across_processes) it has no effect.
     pub fn keep_lease(mut self, linger: Duration) -> Self {
         self.keep_lease = linger;
@@ -310,7 +311,12 @@ impl<S: Session, U> SessionBuilder<S, U> {
                 lease: self.lease.map(|term| crate::live::lease::Terms {
                     holder: crate::live::lease::new_holder(),
                     term,
-                    linger: self.keep_lease.min(term),
+                    // Never past the record's expiry, which every write of the lease renews:
+                    // a kept lease never outlives the record it was read with.
+                    linger: self
+                        .keep_lease
+                        .min(term)
+                        .min(self.ttl.unwrap_or(Duration::MAX)),
                 }),
                 redelivery: self.redelivery,
                 expiry: Expiry::new(self.ttl, self.renewal),

@@ -220,6 +220,7 @@ macro_rules! conformance {
                 across_processes_an_expired_lease_is_taken_over_and_a_live_one_waited_for,
                 across_processes_a_kept_lease_spares_the_load_and_the_claim_and_others_wait_for_it,
                 across_processes_a_kept_lease_is_claimed_again_by_the_patch_after_a_clear,
+                across_processes_a_kept_lease_taken_over_refuses_the_next_update_without_a_load,
             ]);
             conformance!(@tests $backend, $make, tokio::test(flavor = "multi_thread", worker_threads = 2), [
                 two_processes_incrementing_different_fields_of_one_key_both_end_exact,
@@ -1706,7 +1707,9 @@ mod suite {
     ) {
         let user = new_user();
         let key = format!("Pair:{user}:{user}");
-        let (sessions, chain, calls) = kept_leased(one, Duration::from_secs(1));
+        // Long enough that the updates below reuse it on a loaded machine (at least half of
+        // it must be left), short enough that the patient process's wait for it stays short.
+        let (sessions, chain, calls) = kept_leased(one, Duration::from_secs(3));
         let run =
             |id: i64, text: &'static str| chain.run_update(Update::text(id, user, user, text));
 
@@ -1800,6 +1803,64 @@ mod suite {
         let record = two.load(&key).await.expect("load").expect("exists");
         assert_eq!(record.get("a"), Some("1"));
         assert_eq!(sessions.stats().leases_lost(), 0);
+    }
+
+    /// "Exclusive mode", fencing under a kept lease: another process takes the lease over
+    /// while this one keeps it (as when their clocks are far apart); this process's next
+    /// update, which uses the kept lease without a load, has its patch refused whole
+    /// (`LeaseLost`), and nothing of it is written.
+    pub(crate) async fn across_processes_a_kept_lease_taken_over_refuses_the_next_update_without_a_load<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        let user = new_user();
+        let key = format!("Pair:{user}:{user}");
+        let (sessions, chain, calls) = kept_leased(one, Duration::from_secs(10));
+        chain
+            .run_update(Update::text(1, user, user, "+1"))
+            .await
+            .expect("first update");
+        let version = two
+            .load(&key)
+            .await
+            .expect("load")
+            .expect("the lease is stored")
+            .version("@lease");
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis()
+            + 60_000;
+        let takeover = format!(r#"{{"holder":"another process","until":{until}}}"#);
+        two.apply(
+            &key,
+            &Patch::new()
+                .set_field("@lease", takeover)
+                .expect_version("@lease", version),
+        )
+        .await
+        .expect("taken over");
+
+        let error = chain
+            .run_update(Update::text(2, user, user, "+1"))
+            .await
+            .expect_err("the kept lease was lost");
+        let error = error
+            .downcast::<typed_session::SessionError>()
+            .expect("typed");
+        assert!(
+            matches!(*error, typed_session::SessionError::LeaseLost { .. }),
+            "{error}"
+        );
+        assert_eq!(
+            calls(),
+            4,
+            "load, claim, patch; then the refused patch alone"
+        );
+        let record = two.load(&key).await.expect("load").expect("exists");
+        assert_eq!(record.get("a"), Some("1"), "nothing of the refused patch");
+        assert_eq!(sessions.stats().leases_lost(), 1);
     }
 }
 

@@ -80,8 +80,9 @@ pub(crate) struct Entry<S> {
     pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
     /// Across processes, the lease an update left for the next one of this key in this
     /// process (ARCHITECTURE.md, "Exclusive mode"): while it is live, what the entry holds
-    /// is what the store holds, and the next update neither loads nor claims.
-    kept: Mutex<Option<Lease>>,
+    /// is what the store holds, and the next update neither loads nor claims. Boxed: most
+    /// entries never keep one, and every entry carries the field.
+    kept: Mutex<Option<Box<Lease>>>,
     /// The store's revision of the record that what this entry holds as stored was read from
     /// or written to; [`Revision::Unknown`] when it may differ from the store. An entry no
     /// update holds is kept, decoded, while the store's revision is still this one
@@ -522,17 +523,24 @@ impl<S: Schema> Entry<S> {
 
     /// Keeps `lease` for the next update of the key in this process.
     pub(crate) fn keep_lease(&self, lease: Lease) {
-        *self.kept.lock() = Some(lease);
+        *self.kept.lock() = Some(Box::new(lease));
     }
 
     /// The lease the last update of the key left, if enough of it is left to use.
     pub(crate) fn kept_lease(&self) -> Option<Lease> {
-        self.kept.lock().take().filter(Lease::is_reusable)
+        self.kept
+            .lock()
+            .take()
+            .filter(|lease| lease.is_reusable())
+            .map(|lease| *lease)
     }
 
     /// Whether the entry keeps a live lease: it is then kept decoded between updates.
     pub(crate) fn keeps_lease(&self) -> bool {
-        self.kept.lock().as_ref().is_some_and(Lease::is_live)
+        self.kept
+            .lock()
+            .as_ref()
+            .is_some_and(|lease| lease.is_live())
     }
 
     /// Deletes the stored record and makes the live state forget it (ARCHITECTURE.md,

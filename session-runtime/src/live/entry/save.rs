@@ -427,14 +427,17 @@ impl<S: Schema> Entry<S> {
         }
         let mut patch = SPARE.take().with_ttl(expiry.ttl);
         let (ids, stamped, signature) = self.stage_patch(&mut patch)?;
-        let sent = Instant::now();
         // A patch that writes anyway carries the lease's end at no cost (a kept lease then
         // lasts `linger` from this update); one that would write nothing else only when
-        // the lease needs it.
+        // the lease needs it. Without a lease, no clock is read.
+        let lease_sent = lease.as_ref().map(|_| Instant::now());
         let ends_lease = lease
             .as_ref()
-            .is_some_and(|lease| !patch.is_empty() || lease.must_end(sent));
-        if let Some(lease) = lease.as_ref().filter(|_| ends_lease) {
+            .zip(lease_sent)
+            .is_some_and(|(lease, sent)| !patch.is_empty() || lease.must_end(sent));
+        if let (Some(lease), Some(sent)) = (lease.as_ref(), lease_sent)
+            && ends_lease
+        {
             lease.end_in(&mut patch, sent);
         }
         if patch.is_empty() {
@@ -512,7 +515,9 @@ impl<S: Schema> Entry<S> {
             }
         }
         ended(None);
-        if let Some(lease) = lease.filter(|_| ends_lease) {
+        if let (Some(lease), Some(sent)) = (lease, lease_sent)
+            && ends_lease
+        {
             lease.ended(sent);
         }
         if patch.ttl.is_some() {

@@ -725,10 +725,10 @@ fn two_writes_across_an_await_in_exclusive_mode_count_each_update_once() {
 /// The paused clock moves the tasks' timers, but a lease's `until` and deadlines are on the
 /// real clock: no lease runs out under a live holder here, and what is explored is the order
 /// of claims, renewals, saves and hand-overs. It also makes a replica waiting for a kept lease
-/// poll hundreds of times (25 ms apart on the paused clock) before 5 real ms pass; a failed
-/// poll fails the update, and such a replica would never get through. So with kept leases
-/// no call fails before the store: the faults are the applies answered with a timeout after
-/// they landed (claims, renewals and saves).
+/// poll hundreds of times (25 ms apart on the paused clock) before 5 real ms pass. A read
+/// that fails while an update waits for the lease is read again (until the wait's deadline),
+/// so the kept variant runs with failing calls too: before that rule, such a replica failed
+/// nearly every update it waited with, and 6 seeds of 1,000 made no progress.
 #[cfg(feature = "sqlite")]
 #[test]
 fn leased_replicas_releasing_or_keeping_their_leases_count_each_update_once() {
@@ -740,10 +740,6 @@ fn leased_replicas_releasing_or_keeping_their_leases_count_each_update_once() {
     explore("leases released", released, &seeds(50));
     let kept = Scenario {
         lease_ms: Some((150, 5)),
-        faults: Faults {
-            fail: 0,
-            timeout_after_apply: 100,
-        },
         ..released
     };
     explore("leases kept", kept, &seeds(50));

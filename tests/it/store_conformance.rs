@@ -221,6 +221,7 @@ macro_rules! conformance {
                 across_processes_a_kept_lease_spares_the_load_and_the_claim_and_others_wait_for_it,
                 across_processes_a_kept_lease_is_claimed_again_by_the_patch_after_a_clear,
                 across_processes_a_kept_lease_taken_over_refuses_the_next_update_without_a_load,
+                across_processes_a_read_that_fails_while_waiting_for_the_lease_is_read_again,
             ]);
             conformance!(@tests $backend, $make, tokio::test(flavor = "multi_thread", worker_threads = 2), [
                 two_processes_incrementing_different_fields_of_one_key_both_end_exact,
@@ -1809,6 +1810,70 @@ mod suite {
     /// while this one keeps it (as when their clocks are far apart); this process's next
     /// update, which uses the kept lease without a load, has its patch refused whole
     /// (`LeaseLost`), and nothing of it is written.
+    /// "Exclusive mode": an update waiting for another process's lease reads the record
+    /// again when a read fails, until its deadline, instead of failing on the first failed
+    /// read (with a kept lease the wait can be long); it then takes the key and writes.
+    pub(crate) async fn across_processes_a_read_that_fails_while_waiting_for_the_lease_is_read_again<
+        S: Store + Clone,
+    >(
+        Stores { one, two, .. }: Stores<S>,
+    ) {
+        use std::sync::Arc;
+        use tokio::sync::Notify;
+        let user = new_user();
+        let key = format!("Pair:{user}:{user}");
+        let (entered, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let holder = SessionMiddleware::<Pair, Update>::builder(one)
+            .exclusive_across_processes(Duration::from_secs(10), Duration::from_secs(10))
+            .build();
+        let holding = {
+            let (entered, go) = (Arc::clone(&entered), Arc::clone(&go));
+            Chain::new().with(holder).handler(move |ctx| {
+                let (entered, go) = (Arc::clone(&entered), Arc::clone(&go));
+                Box::pin(async move {
+                    let _ = ctx.pair().await?.a();
+                    entered.notify_one();
+                    go.notified().await;
+                    Ok(())
+                })
+            })
+        };
+        let held = tokio::spawn(async move {
+            holding
+                .run_update(Update::text(1, user, user, "hold"))
+                .await
+        });
+        entered.notified().await;
+
+        let flaky = Counted::new(two.clone());
+        let (loaded, fail_loads) = (Arc::clone(&flaky.loaded), Arc::clone(&flaky.fail_loads));
+        let (waiter, chain) = leased(flaky, Duration::from_secs(10));
+        let mut waiting =
+            tokio::spawn(async move { chain.run_update(Update::text(2, user, user, "+1")).await });
+        // Its first read found the lease held: the next two fail, then the holder lets go.
+        loaded.notified().await;
+        fail_loads.store(2, Ordering::SeqCst);
+        while fail_loads.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                _ = loaded.notified() => {}
+                ended = &mut waiting => {
+                    panic!("the waiting update ended while the lease was held: {ended:?}")
+                }
+            }
+        }
+        go.notify_one();
+        held.await
+            .expect("holder task")
+            .expect("the holder's update");
+        waiting
+            .await
+            .expect("waiter task")
+            .expect("the waiting update gets through failed reads");
+        assert_eq!(waiter.stats().writes(), 1);
+        let record = two.load(&key).await.expect("load").expect("stored");
+        assert_eq!(record.get("a"), Some("1"));
+    }
+
     pub(crate) async fn across_processes_a_kept_lease_taken_over_refuses_the_next_update_without_a_load<
         S: Store + Clone,
     >(
@@ -1990,9 +2055,13 @@ impl<S: Store> Store for Gated<S> {
 
 /// Counts the store calls made through it (loads, applies and deletes alike).
 #[derive(Clone)]
+/// Counts the calls to a store, tells when a load was answered, and fails the next
+/// `fail_loads` loads before they reach the store.
 struct Counted<S> {
     inner: S,
     calls: std::sync::Arc<AtomicU64>,
+    loaded: std::sync::Arc<tokio::sync::Notify>,
+    fail_loads: std::sync::Arc<AtomicU64>,
 }
 
 impl<S: Store> Counted<S> {
@@ -2000,6 +2069,8 @@ impl<S: Store> Counted<S> {
         Counted {
             inner,
             calls: Default::default(),
+            loaded: Default::default(),
+            fail_loads: Default::default(),
         }
     }
 }
@@ -2011,7 +2082,24 @@ impl<S: Store> Store for Counted<S> {
     ) -> typed_session::store::StoreFuture<'a, Result<Option<Record>, typed_session::StoreError>>
     {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(key)
+        let fails = self
+            .fail_loads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        typed_session::store::StoreFuture::new(async move {
+            let loaded = if fails {
+                Err(typed_session::StoreError::backend(
+                    "test",
+                    typed_session::StoreOp::Load,
+                    key,
+                    "a load failed on purpose",
+                ))
+            } else {
+                self.inner.load(key).await
+            };
+            self.loaded.notify_one();
+            loaded
+        })
     }
 
     fn apply<'a>(

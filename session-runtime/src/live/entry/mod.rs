@@ -467,11 +467,34 @@ impl<S: Schema> Entry<S> {
         // Across processes the lease, not the revision, says who may use the record.
         self.unseen();
         let mut pause = Duration::from_millis(1);
+        // Whether another process was seen holding the lease: the update is waiting then, and
+        // a poll that fails is tried again until the deadline rather than failing the update
+        // (a kept lease can make the wait long). A first read that fails fails at once, as
+        // any load does.
+        let mut waiting = false;
         loop {
             stats.add(Count::Loads, 1);
-            let record = store.load(&self.key).await.map_err(load_error)?;
+            let record = match store.load(&self.key).await {
+                Ok(record) => record,
+                Err(source) => {
+                    let now = Instant::now();
+                    if !waiting || now >= deadline {
+                        return Err(load_error(source));
+                    }
+                    tracing::debug!(
+                        session = S::NAME,
+                        key = &*self.key,
+                        error = %source,
+                        "a read while waiting for the lease failed; reading again"
+                    );
+                    tokio::time::sleep(pause.min(deadline - now)).await;
+                    pause = (pause * 2).min(Duration::from_millis(25));
+                    continue;
+                }
+            };
             let observed = lease::observe(record.as_ref(), &terms.holder);
             if let Some(held_for) = observed.held_for {
+                waiting = true;
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(SessionError::Busy {

@@ -29,6 +29,23 @@ impl InlineKey {
         }
     }
 
+    /// The key that `parts` make one after the other, written straight into its place.
+    pub(crate) fn concat(parts: &[&str]) -> Self {
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        match u8::try_from(total) {
+            Ok(len) if total <= INLINE => {
+                let mut bytes = [0; INLINE];
+                let mut at = 0;
+                for part in parts {
+                    bytes[at..at + part.len()].copy_from_slice(part.as_bytes());
+                    at += part.len();
+                }
+                InlineKey::Inline { len, bytes }
+            }
+            _ => InlineKey::Heap(parts.concat().into_boxed_str()),
+        }
+    }
+
     /// The key's bytes: what the table hashes and compares, so a lookup checks no UTF-8.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
@@ -123,6 +140,14 @@ mod tests {
             );
             let owned = InlineKey::from(key.to_owned());
             assert!(owned == inline && owned.as_str() == key);
+            let (head, tail) = key.split_at(key.len() / 2 / 2 * 2);
+            let parts = InlineKey::concat(&[head, "", tail]);
+            assert!(parts == inline && parts.as_str() == key);
+            assert_eq!(
+                matches!(parts, InlineKey::Inline { .. }),
+                key.len() <= 30,
+                "{key}"
+            );
         }
     }
 }

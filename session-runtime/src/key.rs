@@ -59,26 +59,19 @@ impl KeyKind {
 
     /// The key of `update`, after `prefix`.
     fn key_of<U: UpdateKeys>(self, update: &U, prefix: &str) -> Option<InlineKey> {
-        use std::fmt::Write;
-        // Formatted on the stack, then copied into the key (on the heap only when it is too
-        // long to keep inline); a prefix too long for the stack goes through the heap.
-        let mut key = StackStr::default();
-        let ids = |key: &mut dyn Write| match self {
-            KeyKind::UserInChat => {
-                let (user, chat) = (update.user_id()?, update.chat_id()?);
-                write!(key, "{user}:{chat}").ok()
-            }
-            KeyKind::Chat => write!(key, "{}", update.chat_id()?).ok(),
-            KeyKind::User => write!(key, "{}", update.user_id()?).ok(),
+        let (first, second) = match self {
+            KeyKind::UserInChat => (update.user_id()?, Some(update.chat_id()?)),
+            KeyKind::Chat => (update.chat_id()?, None),
+            KeyKind::User => (update.user_id()?, None),
         };
-        if key.write_str(prefix).is_ok() && ids(&mut key).is_some() {
-            return Some(InlineKey::new(key.as_str()));
-        }
-        // An id is missing (no key), or the key is too long for the stack.
-        let mut long = String::with_capacity(prefix.len() + 41);
-        long.push_str(prefix);
-        ids(&mut long)?;
-        Some(InlineKey::from(long))
+        // The ids are written by `itoa` (`core::fmt` cost more than the rest of the key), and
+        // the parts straight into the key, inside it up to 30 bytes.
+        let (mut digits, mut more) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let first = digits.format(first);
+        Some(match second {
+            Some(id) => InlineKey::concat(&[prefix, first, ":", more.format(id)]),
+            None => InlineKey::concat(&[prefix, first]),
+        })
     }
 }
 
@@ -89,38 +82,6 @@ pub(crate) enum UserKeys {
     Exact(String),
     /// Every key that starts with this.
     Prefix(String),
-}
-
-/// Room for a namespace of some 50 bytes, two `i64` and the separators.
-struct StackStr {
-    bytes: [u8; 96],
-    len: usize,
-}
-
-impl Default for StackStr {
-    fn default() -> Self {
-        StackStr {
-            bytes: [0; 96],
-            len: 0,
-        }
-    }
-}
-
-impl StackStr {
-    fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever written (see `write_str`).
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
-    }
-}
-
-impl std::fmt::Write for StackStr {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let room = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        room.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
 }
 
 /// The key of an update, after a prefix (the namespace of a session type and `:`).
@@ -308,11 +269,24 @@ mod tests {
     }
 
     #[test]
-    fn the_stack_buffer_refuses_what_does_not_fit_instead_of_truncating() {
-        use std::fmt::Write;
-        let mut s = StackStr::default();
-        assert!(write!(s, "{}", "x".repeat(96)).is_ok());
-        assert!(write!(s, "y").is_err());
-        assert_eq!(s.as_str().len(), 96);
+    fn ids_are_written_as_display_writes_them() {
+        for id in [
+            0,
+            7,
+            -7,
+            10,
+            -100,
+            1_000_001,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            let ids = Ids(Some(id), Some(i64::MIN));
+            let key = KeyKind::UserInChat.key_of(&ids, "Ns:");
+            assert_eq!(
+                key.as_deref(),
+                Some(format!("Ns:{id}:{}", i64::MIN).as_str())
+            );
+        }
     }
 }

@@ -136,7 +136,7 @@ impl Fields {
         for (field, expected) in &patch.expect {
             let version = self
                 .iter()
-                .find(|f| f.name == field.as_bytes())
+                .find(|f| same(f.name, field.as_bytes()))
                 .map_or(0, |f| f.version);
             if version != *expected {
                 conflicts.push((*field).to_owned());
@@ -161,7 +161,7 @@ impl Fields {
         let mut writer = |name: &[u8], old: i64| match patch
             .writers
             .iter()
-            .position(|(n, _)| n.as_bytes() == name)
+            .position(|(n, _)| same(n.as_bytes(), name))
         {
             Some(j) => {
                 named.set(j);
@@ -171,11 +171,11 @@ impl Fields {
         };
         for field in self.iter() {
             let (name, version) = (field.name, field.version);
-            if let Some(i) = patch.set.iter().position(|(n, _)| n.as_bytes() == name) {
+            if let Some(i) = patch.set.iter().position(|(n, _)| same(n.as_bytes(), name)) {
                 written.set(i);
                 let value = Some(patch.set[i].1.as_bytes());
                 out.push(name, value, version + 1, writer(name, field.writer));
-            } else if let Some(i) = patch.remove.iter().position(|n| n.as_bytes() == name) {
+            } else if let Some(i) = patch.remove.iter().position(|n| same(n.as_bytes(), name)) {
                 written.set(sets + i);
                 out.push(name, None, version + 1, writer(name, field.writer));
             } else {
@@ -203,6 +203,78 @@ impl Fields {
         out
     }
 
+    /// Applies `patch` in place when it only rewrites fields the record holds, each set value
+    /// as long as the one it replaces, and records writers of names the record holds: the
+    /// steady state of a session (a counter, the window's slots), which then costs no copy
+    /// of the record. Returns `false`, with nothing changed, for any other patch, which
+    /// [`patch_into`](Self::patch_into) writes out whole.
+    fn patch_in_place(&mut self, patch: &Patch<'_>) -> bool {
+        /// Fields rewritten at most (a patch of more is written out whole).
+        const MOST: usize = 16;
+        if !patch.remove.is_empty() || patch.set.len() > 64 || patch.writers.len() > 64 {
+            return false;
+        }
+        // Per field to rewrite: where it is, and which set and writer of the patch it takes.
+        let mut edits = [(Place::default(), None::<usize>, None::<usize>); MOST];
+        let (mut count, mut written, mut named) = (0, 0u64, 0u64);
+        let mut at = 0;
+        while at < self.0.len() {
+            let Some(place) = Place::at(&self.0, at) else {
+                return false;
+            };
+            let name = &self.0[place.name.0..place.name.1];
+            let set = patch.set.iter().position(|(n, _)| same(n.as_bytes(), name));
+            let writer = patch
+                .writers
+                .iter()
+                .position(|(n, _)| same(n.as_bytes(), name));
+            at = place.end;
+            if set.is_none() && writer.is_none() {
+                continue;
+            }
+            if let Some(i) = set {
+                let same_length = place
+                    .value
+                    .is_some_and(|(start, end)| end - start == patch.set[i].1.len());
+                if !same_length {
+                    return false;
+                }
+                written |= 1 << i;
+            }
+            if let Some(j) = writer {
+                named |= 1 << j;
+            }
+            let Some(edit) = edits.get_mut(count) else {
+                return false;
+            };
+            *edit = (place, set, writer);
+            count += 1;
+        }
+        // A field set that the record does not hold (or a name set twice) and a writer of a
+        // name it does not hold add entries: the record is written out whole.
+        let every_set = written.count_ones() as usize == patch.set.len();
+        let every_writer = patch.writers.iter().enumerate().all(|(j, (name, _))| {
+            named & (1 << j) != 0 || patch.writers[..j].iter().any(|(n, _)| n == name)
+        });
+        if !every_set || !every_writer {
+            return false;
+        }
+        for (place, set, writer) in &edits[..count] {
+            if let (Some(i), Some((start, end))) = (set, place.value) {
+                self.0[start..end].copy_from_slice(patch.set[*i].1.as_bytes());
+                // `Place::at` found all 16 bytes of version and writer inside the buffer.
+                let version = &mut self.0[place.version..place.version + 8];
+                let old = u64::from_le_bytes(version.try_into().unwrap_or_default());
+                version.copy_from_slice(&(old + 1).to_le_bytes());
+            }
+            if let Some(j) = writer {
+                let at = place.version + 8;
+                self.0[at..at + 8].copy_from_slice(&patch.writers[*j].1.to_le_bytes());
+            }
+        }
+        true
+    }
+
     fn push(&mut self, name: &[u8], value: Option<&[u8]>, version: u64, writer: i64) {
         // `apply` refuses parts of 4 GiB or more before they get here.
         let len = |part: &[u8]| u32::try_from(part.len()).unwrap_or(REMOVED - 1);
@@ -217,6 +289,42 @@ impl Fields {
         }
         self.0.extend_from_slice(&version.to_le_bytes());
         self.0.extend_from_slice(&writer.to_le_bytes());
+    }
+}
+
+/// Where one field of a [`Fields`] buffer lies: its name, its value (`None` when removed),
+/// its version (the writer follows it), and the next field.
+#[derive(Clone, Copy, Default)]
+struct Place {
+    name: (usize, usize),
+    value: Option<(usize, usize)>,
+    version: usize,
+    end: usize,
+}
+
+impl Place {
+    /// The field that starts at `at` in `buffer`.
+    fn at(buffer: &[u8], at: usize) -> Option<Place> {
+        let length = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(buffer.get(at..at + 4)?.try_into().ok()?))
+        };
+        let name_len = usize::try_from(length(at)?).ok()?;
+        let name = (at + 4, at + 4 + name_len);
+        let (value, version) = match length(name.1)? {
+            REMOVED => (None, name.1 + 4),
+            len => {
+                let start = name.1 + 4;
+                let end = start + usize::try_from(len).ok()?;
+                (Some((start, end)), end)
+            }
+        };
+        let end = version + 16;
+        (end <= buffer.len()).then_some(Place {
+            name,
+            value,
+            version,
+            end,
+        })
     }
 }
 
@@ -249,6 +357,13 @@ impl Marks {
             Marks::Many(marks) => marks[i],
         }
     }
+}
+
+/// Whether two field names are the same. Names are short (a field's, or the window's `@3`),
+/// and most pairs differ in length or early: compared here byte by byte rather than by a
+/// call to `memcmp` each.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// A value: `None` for a removed field.
@@ -408,10 +523,12 @@ impl Store for MemoryStore {
                 })
             }
         };
-        let patched = stored
-            .fields
-            .patch_into(patch, std::mem::take(&mut records.scratch));
-        records.scratch = std::mem::replace(&mut stored.fields, patched).0;
+        if !stored.fields.patch_in_place(patch) {
+            let patched = stored
+                .fields
+                .patch_into(patch, std::mem::take(&mut records.scratch));
+            records.scratch = std::mem::replace(&mut stored.fields, patched).0;
+        }
         if let (Some(ttl), Some(now)) = (patch.ttl, now) {
             let at = now.later(ttl.max(Duration::from_nanos(1)));
             if let Some(old) = stored.expires_at.replace(at) {
@@ -473,5 +590,72 @@ impl Store for MemoryStore {
             },
             _ => Revision::Absent,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Fields, Patch};
+
+    /// The record `patches` make, one after the other, each written out whole or, where it
+    /// can be, in place; and how many went in place.
+    fn both_ways(patches: &[Patch<'_>]) -> (Fields, Fields, usize) {
+        let (mut whole, mut in_place, mut placed) = (Fields::default(), Fields::default(), 0);
+        for patch in patches {
+            whole = whole.patch_into(patch, Vec::new());
+            if in_place.patch_in_place(patch) {
+                placed += 1;
+            } else {
+                in_place = in_place.patch_into(patch, Vec::new());
+            }
+        }
+        (whole, in_place, placed)
+    }
+
+    fn set<'a>(fields: &[(&'a str, &str)], writers: &[(&'a str, i64)]) -> Patch<'a> {
+        let mut patch = Patch::new();
+        for (name, value) in fields {
+            patch = patch.set_field(name, *value);
+        }
+        patch.writers = writers.to_vec();
+        patch
+    }
+
+    #[test]
+    fn a_patch_in_place_leaves_the_record_a_whole_rewrite_would() {
+        let start = set(
+            &[("count", "10"), ("name", "\"ab\"")],
+            &[("@0", 1), ("count", 1)],
+        );
+        let cases: Vec<(Patch<'_>, bool)> = vec![
+            // Same lengths, known names: in place.
+            (set(&[("count", "11")], &[("@0", 2), ("count", 2)]), true),
+            (set(&[("name", "\"cd\""), ("count", "12")], &[]), true),
+            (set(&[], &[("@0", 7), ("@0", 8)]), true),
+            // A longer value, a new field, a new writer, a name set twice, a removal.
+            (set(&[("count", "100")], &[("count", 3)]), false),
+            (set(&[("other", "1")], &[]), false),
+            (set(&[("count", "13")], &[("@1", 4)]), false),
+            (set(&[("count", "14"), ("count", "15")], &[]), false),
+            (set(&[], &[]).remove_field("name"), false),
+            // And after a removal, setting the removed field again.
+            (set(&[("name", "\"ef\"")], &[]), false),
+        ];
+        for (case, (patch, expect_in_place)) in cases.iter().enumerate() {
+            let mut patches = vec![start.clone()];
+            patches.extend(cases[..case].iter().map(|(p, _)| p.clone()));
+            let (whole_before, _, _) = both_ways(&patches);
+            patches.push(patch.clone());
+            let (whole, in_place, _) = both_ways(&patches);
+            assert_eq!(whole.to_record(), in_place.to_record(), "case {case}");
+            let mut probe = whole_before;
+            assert_eq!(probe.patch_in_place(patch), *expect_in_place, "case {case}");
+        }
+        let every: Vec<Patch<'_>> = std::iter::once(start)
+            .chain(cases.into_iter().map(|(p, _)| p))
+            .collect();
+        let (whole, in_place, placed) = both_ways(&every);
+        assert_eq!(whole.to_record(), in_place.to_record());
+        assert_eq!(placed, 3);
     }
 }

@@ -19,14 +19,7 @@ pub(crate) enum InlineKey {
 
 impl InlineKey {
     pub(crate) fn new(key: &str) -> Self {
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= INLINE => {
-                let mut bytes = [0; INLINE];
-                bytes[..key.len()].copy_from_slice(key.as_bytes());
-                InlineKey::Inline { len, bytes }
-            }
-            _ => InlineKey::Heap(key.into()),
-        }
+        Self::concat(&[key])
     }
 
     /// The key that `parts` make one after the other, written straight into its place.

@@ -22,7 +22,9 @@ use crate::inline_key::InlineKey as Key;
 ///
 /// Layout, for locality with many sessions: keys of up to 30 bytes live inside the hash
 /// table, and each record's fields are one contiguous buffer, so a load touches two cache
-/// lines rather than one per string.
+/// lines rather than one per string. A patch that only rewrites fields the record holds,
+/// with values of the same length, is applied in that buffer; any other is written out into
+/// a new one.
 ///
 /// Cloning is cheap and shares the records.
 ///
@@ -214,12 +216,14 @@ impl Fields {
         if !patch.remove.is_empty() || patch.set.len() > 64 || patch.writers.len() > 64 {
             return false;
         }
-        // Per field to rewrite: where it is, and which set and writer of the patch it takes.
-        let mut edits = [(Place::default(), None::<usize>, None::<usize>); MOST];
+        // Per field to rewrite: where it starts, and which set and writer of the patch it
+        // takes (indices below 64, checked above).
+        let mut edits = [(0usize, None::<u8>, None::<u8>); MOST];
         let (mut count, mut written, mut named) = (0, 0u64, 0u64);
         let mut at = 0;
         while at < self.0.len() {
-            let Some(place) = Place::at(&self.0, at) else {
+            let start = at;
+            let Some(place) = Place::at(&self.0, start) else {
                 return false;
             };
             let name = &self.0[place.name.0..place.name.1];
@@ -247,7 +251,8 @@ impl Fields {
             let Some(edit) = edits.get_mut(count) else {
                 return false;
             };
-            *edit = (place, set, writer);
+            let index = |i: usize| u8::try_from(i).ok();
+            *edit = (start, set.and_then(index), writer.and_then(index));
             count += 1;
         }
         // A field set that the record does not hold (or a name set twice) and a writer of a
@@ -259,9 +264,12 @@ impl Fields {
         if !every_set || !every_writer {
             return false;
         }
-        for (place, set, writer) in &edits[..count] {
+        for &(start, set, writer) in &edits[..count] {
+            let Some(place) = Place::at(&self.0, start) else {
+                continue;
+            };
             if let (Some(i), Some((start, end))) = (set, place.value) {
-                self.0[start..end].copy_from_slice(patch.set[*i].1.as_bytes());
+                self.0[start..end].copy_from_slice(patch.set[usize::from(i)].1.as_bytes());
                 // `Place::at` found all 16 bytes of version and writer inside the buffer.
                 let version = &mut self.0[place.version..place.version + 8];
                 let old = u64::from_le_bytes(version.try_into().unwrap_or_default());
@@ -269,7 +277,7 @@ impl Fields {
             }
             if let Some(j) = writer {
                 let at = place.version + 8;
-                self.0[at..at + 8].copy_from_slice(&patch.writers[*j].1.to_le_bytes());
+                self.0[at..at + 8].copy_from_slice(&patch.writers[usize::from(j)].1.to_le_bytes());
             }
         }
         true
@@ -294,7 +302,6 @@ impl Fields {
 
 /// Where one field of a [`Fields`] buffer lies: its name, its value (`None` when removed),
 /// its version (the writer follows it), and the next field.
-#[derive(Clone, Copy, Default)]
 struct Place {
     name: (usize, usize),
     value: Option<(usize, usize)>,

@@ -47,6 +47,14 @@ fn keep_spare(mut patch: Patch<'static>) {
     SPARE.set(patch);
 }
 
+/// Whether anyone takes debug output from here: a `tracing` subscriber, or (through the
+/// `log` fallback) a logger. A save's span is made only then: a span nobody takes still asks
+/// `log` at every poll that enters and leaves it, some 400 instructions an update on the
+/// memory store.
+fn debug_wanted() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG) || log::log_enabled!(log::Level::Debug)
+}
+
 /// What a patch carries that tells whether it landed: the updates whose writes it carries,
 /// and its signature.
 struct Carried<'a> {
@@ -450,15 +458,19 @@ impl<S: Schema> Entry<S> {
         }
 
         let bytes = patch.bytes();
-        let span = tracing::debug_span!(
-            "session.save",
-            session = S::NAME,
-            key = &*self.key,
-            set = patch.set.len(),
-            removed = patch.remove.len(),
-            bytes,
-            outcome = tracing::field::Empty
-        );
+        let span = if debug_wanted() {
+            tracing::debug_span!(
+                "session.save",
+                session = S::NAME,
+                key = &*self.key,
+                set = patch.set.len(),
+                removed = patch.remove.len(),
+                bytes,
+                outcome = tracing::field::Empty
+            )
+        } else {
+            tracing::Span::none()
+        };
         let timer = stats.start();
         let (applied, unsure) = self
             .send(

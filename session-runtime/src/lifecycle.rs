@@ -67,7 +67,7 @@ impl<S: Session> Slot<S> {
                     let entry = self
                         .sessions
                         .registry
-                        .acquire(key.as_str(), &*self.sessions.store);
+                        .acquire_inline(key, &*self.sessions.store);
                     let hold = Arc::new(Hold::new(
                         Arc::clone(&self.sessions),
                         entry,

@@ -162,17 +162,33 @@ impl<S: Schema> Registry<S> {
     /// Takes a hold on the entry of `key`, creating it if no update holds it and none is
     /// kept decoded that `store` says is still current.
     pub(crate) fn acquire(&self, key: &str, store: &dyn Store) -> Arc<Entry<S>> {
+        self.acquire_bytes(key.as_bytes(), || Arc::from(key), store)
+    }
+
+    /// [`acquire`](Self::acquire) for an update's key, as it keeps it: its text is checked
+    /// (and copied) only when a new entry is made.
+    pub(crate) fn acquire_inline(&self, key: &InlineKey, store: &dyn Store) -> Arc<Entry<S>> {
+        self.acquire_bytes(key.as_bytes(), || Arc::from(key.as_str()), store)
+    }
+
+    fn acquire_bytes(
+        &self,
+        key: &[u8],
+        owned: impl FnOnce() -> Arc<str>,
+        store: &dyn Store,
+    ) -> Arc<Entry<S>> {
         if let Some(entry) = self.hold_existing(&mut self.entries.lock(), key, store) {
             return entry;
         }
         // Build the entry (which runs the user's defaults) outside the lock.
-        let fresh = Arc::new(Entry::new(Arc::from(key), Arc::clone(&self.signer)));
+        let key = owned();
+        let fresh = Arc::new(Entry::new(Arc::clone(&key), Arc::clone(&self.signer)));
         let mut entries = self.entries.lock();
-        if let Some(entry) = self.hold_existing(&mut entries, key, store) {
+        if let Some(entry) = self.hold_existing(&mut entries, key.as_bytes(), store) {
             return entry;
         }
         entries.by_key.insert(
-            InlineKey::new(key),
+            InlineKey::new(&key),
             Live {
                 entry: Arc::clone(&fresh),
                 holders: 1,
@@ -187,10 +203,10 @@ impl<S: Schema> Registry<S> {
     fn hold_existing(
         &self,
         entries: &mut Entries<S>,
-        key: &str,
+        key: &[u8],
         store: &dyn Store,
     ) -> Option<Arc<Entry<S>>> {
-        let live = entries.by_key.get_mut(key.as_bytes())?;
+        let live = entries.by_key.get_mut(key)?;
         if let Some(at) = live.idle.take() {
             entries.idle.remove(at);
             // Kept decoded: still current only if the store's record is the one it saw; used
@@ -198,12 +214,12 @@ impl<S: Schema> Registry<S> {
             // entry keeps the key's lease (no other process may write it then).
             let seen = live.entry.seen();
             let current = if seen.is_known() {
-                store.revision(key) == seen
+                store.revision(&live.entry.key) == seen
             } else {
                 self.cached || live.entry.keeps_lease()
             };
             if !current {
-                entries.by_key.remove(key.as_bytes());
+                entries.by_key.remove(key);
                 return None;
             }
         }

@@ -223,10 +223,19 @@ pub mod __private {
 
     impl<T: serde::de::DeserializeOwned> DecodeField for T {}
 
-    /// Encodes one field.
+    /// Encodes one field into `out`, in its buffer.
     #[inline]
-    pub fn encode<T: EncodeField>(value: &T) -> Result<String, serde_json::Error> {
-        serde_json::to_string(value)
+    pub fn encode_into<T: EncodeField>(
+        value: &T,
+        out: &mut String,
+    ) -> Result<(), serde_json::Error> {
+        let mut bytes = std::mem::take(out).into_bytes();
+        bytes.clear();
+        serde_json::to_writer(&mut bytes, value)?;
+        // `serde_json` writes UTF-8 only; the check is what spares an `unsafe` here.
+        *out =
+            String::from_utf8(bytes).map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        Ok(())
     }
 
     /// Decodes one field.

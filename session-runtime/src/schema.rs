@@ -62,7 +62,16 @@ pub trait Schema: Default + Send + Sync + 'static {
     const MIGRATIONS: &'static [MigrationStep] = &[];
 
     /// Encodes stored field `index` of `self`.
-    fn encode_field(&self, index: usize) -> Result<String, serde_json::Error>;
+    fn encode_field(&self, index: usize) -> Result<String, serde_json::Error> {
+        let mut out = String::new();
+        self.encode_field_into(index, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes stored field `index` of `self` into `out`, replacing what it held and reusing
+    /// its buffer: the runtime hands in the text of a value the store no longer holds, so a
+    /// steady stream of writes allocates nothing here.
+    fn encode_field_into(&self, index: usize, out: &mut String) -> Result<(), serde_json::Error>;
 
     /// Decodes `raw` into stored field `index` of `self`.
     fn decode_field(&mut self, index: usize, raw: &str) -> Result<(), serde_json::Error>;

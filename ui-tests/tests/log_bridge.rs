@@ -62,4 +62,10 @@ async fn events_reach_a_log_logger_when_no_tracing_subscriber_is_installed() {
                 && message.contains("a delivery of an update whose writes are saved already")),
         "{kept:?}"
     );
+    // The save's span too: it is made when a logger takes debug output.
+    assert!(
+        kept.iter()
+            .any(|(level, message)| *level == log::Level::Debug && message.contains("session.save")),
+        "{kept:?}"
+    );
 }

@@ -39,10 +39,10 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     });
     // The codec calls carry the field type's span: a type that is not serde-able is reported
     // there, naming the missing trait.
-    let encodes = persisted.iter().map(|(i, f)| {
+    let encodes_into = persisted.iter().map(|(i, f)| {
         let (ident, ty) = (f.ident, f.ty);
-        let encode = quote_spanned!(ty_span(ty)=> #private::encode::<#ty>);
-        quote!(#i => #encode(&self.#ident))
+        let encode = quote_spanned!(ty_span(ty)=> #private::encode_into::<#ty>);
+        quote!(#i => #encode(&self.#ident, out))
     });
     let decodes = persisted.iter().map(|(i, f)| {
         let (ident, ty) = (f.ident, f.ty);
@@ -90,12 +90,13 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             #renewal
             #migrations
 
-            fn encode_field(
+            fn encode_field_into(
                 &self,
                 index: usize,
-            ) -> ::core::result::Result<::std::string::String, #private::CodecError> {
+                out: &mut ::std::string::String,
+            ) -> ::core::result::Result<(), #private::CodecError> {
                 match index {
-                    #(#encodes,)*
+                    #(#encodes_into,)*
                     _ => ::core::result::Result::Err(#private::no_such_field(index)),
                 }
             }

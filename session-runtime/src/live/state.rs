@@ -336,14 +336,13 @@ impl<S: Schema> State<S> {
             match field.dirty {
                 Dirty::Clean => {}
                 Dirty::Set => {
-                    let encoded = match self.value.encode_field(index) {
-                        Ok(encoded) => encoded,
-                        Err(source) => {
-                            self.forget_in_flight();
-                            return Err((spec.name, source));
-                        }
-                    };
+                    let mut encoded = spare_text();
+                    if let Err(source) = self.value.encode_field_into(index, &mut encoded) {
+                        self.forget_in_flight();
+                        return Err((spec.name, source));
+                    }
                     if self.holds(index, &encoded, &mut defaults) {
+                        keep_text(encoded);
                         self.fields[index].settled();
                     } else {
                         patch.set.push((spec.name, encoded));
@@ -424,7 +423,10 @@ impl<S: Schema> State<S> {
                 continue;
             };
             field.writer = written.writer.or(field.writer);
-            field.stored = if written.set { values.next() } else { None };
+            let stored = if written.set { values.next() } else { None };
+            if let Some(old) = std::mem::replace(&mut field.stored, stored) {
+                keep_text(old);
+            }
             field.stored_version += 1;
             field.decided = field.decided.max(written.version);
             field
@@ -435,6 +437,37 @@ impl<S: Schema> State<S> {
             }
         }
     }
+}
+
+thread_local! {
+    /// Texts of values the store no longer holds, for the next encodings on this thread: a
+    /// field written again and again is encoded into the buffer of its previous value.
+    static TEXTS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many spare texts a thread keeps, and the largest it keeps (a rare large value is not
+/// held on to).
+const TEXTS_KEPT: usize = 8;
+const TEXT_KEPT_BYTES: usize = 256;
+
+/// An empty text, with room from an earlier one where a thread has some.
+fn spare_text() -> String {
+    TEXTS
+        .with(|texts| texts.borrow_mut().pop())
+        .unwrap_or_default()
+}
+
+/// Keeps `text`, which nothing needs any more, for [`spare_text`].
+pub(super) fn keep_text(text: String) {
+    if text.capacity() == 0 || text.capacity() > TEXT_KEPT_BYTES {
+        return;
+    }
+    TEXTS.with(|texts| {
+        let mut texts = texts.borrow_mut();
+        if texts.len() < TEXTS_KEPT {
+            texts.push(text);
+        }
+    });
 }
 
 /// Whether two encodings hold the same value. Equal text is the fast path; otherwise they are

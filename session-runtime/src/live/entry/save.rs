@@ -13,6 +13,7 @@ use crate::error::{SessionError, StoreError, StoreOp};
 use crate::live::expiry::Expiry;
 use crate::live::lease::{self, Lease};
 use crate::live::migrate::{self, Mark};
+use crate::live::state;
 use crate::live::window::{Signature, Window};
 use crate::schema::Schema;
 use crate::stats::{Count, Latency, Stats};
@@ -40,7 +41,9 @@ thread_local! {
 
 /// Keeps the vectors of a patch a save is done with for the next one (see [`SPARE`]).
 fn keep_spare(mut patch: Patch<'static>) {
-    patch.set.clear();
+    for (_, text) in patch.set.drain(..) {
+        state::keep_text(text);
+    }
     patch.remove.clear();
     patch.expect.clear();
     patch.writers.clear();

@@ -231,6 +231,10 @@ pub mod __private {
     ) -> Result<(), serde_json::Error> {
         let mut bytes = std::mem::take(out).into_bytes();
         bytes.clear();
+        if bytes.capacity() == 0 {
+            // What `serde_json::to_string` starts with: most values need no growing then.
+            bytes.reserve(128);
+        }
         serde_json::to_writer(&mut bytes, value)?;
         // `serde_json` writes UTF-8 only; the check is what spares an `unsafe` here.
         *out =

@@ -63,7 +63,7 @@ pub trait Schema: Default + Send + Sync + 'static {
 
     /// Encodes stored field `index` of `self`.
     fn encode_field(&self, index: usize) -> Result<String, serde_json::Error> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(128);
         self.encode_field_into(index, &mut out)?;
         Ok(out)
     }

@@ -52,7 +52,7 @@ fn keep_spare(mut patch: Patch<'static>) {
 
 /// Whether anyone takes debug output from here: a `tracing` subscriber, or (through the
 /// `log` fallback) a logger. A save's span is made only then: a span nobody takes still asks
-/// `log` at every poll that enters and leaves it, some 400 instructions an update on the
+/// `log` at every poll that enters and leaves it, some 490 instructions an update on the
 /// memory store.
 fn debug_wanted() -> bool {
     tracing::enabled!(tracing::Level::DEBUG) || log::log_enabled!(log::Level::Debug)

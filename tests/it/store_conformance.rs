@@ -1820,10 +1820,6 @@ mod suite {
         assert_eq!(sessions.stats().leases_lost(), 0);
     }
 
-    /// "Exclusive mode", fencing under a kept lease: another process takes the lease over
-    /// while this one keeps it (as when their clocks are far apart); this process's next
-    /// update, which uses the kept lease without a load, has its patch refused whole
-    /// (`LeaseLost`), and nothing of it is written.
     /// "Exclusive mode": an update waiting for another process's lease reads the record
     /// again when a read fails, until its deadline, instead of failing on the first failed
     /// read (with a kept lease the wait can be long); it then takes the key and writes.
@@ -1888,6 +1884,10 @@ mod suite {
         assert_eq!(record.get("a"), Some("1"));
     }
 
+    /// "Exclusive mode", fencing under a kept lease: another process takes the lease over
+    /// while this one keeps it (as when their clocks are far apart); this process's next
+    /// update, which uses the kept lease without a load, has its patch refused whole
+    /// (`LeaseLost`), and nothing of it is written.
     pub(crate) async fn across_processes_a_kept_lease_taken_over_refuses_the_next_update_without_a_load<
         S: Store + Clone,
     >(
@@ -2067,10 +2067,9 @@ impl<S: Store> Store for Gated<S> {
     }
 }
 
-/// Counts the store calls made through it (loads, applies and deletes alike).
+/// Counts the store calls made through it (loads, applies and deletes alike), tells when a
+/// load was answered, and fails the next `fail_loads` loads before they reach the store.
 #[derive(Clone)]
-/// Counts the calls to a store, tells when a load was answered, and fails the next
-/// `fail_loads` loads before they reach the store.
 struct Counted<S> {
     inner: S,
     calls: std::sync::Arc<AtomicU64>,

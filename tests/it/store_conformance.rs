@@ -1634,26 +1634,7 @@ mod suite {
             tokio::spawn(async move { chain.run_update(Update::text(1, user, user, "+1")).await });
         has_key.notified().await;
         // Another process takes the lease over (as after this one stalled past it).
-        let version = two
-            .load(&key)
-            .await
-            .expect("load")
-            .expect("the lease is stored")
-            .version("@lease");
-        let until = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis()
-            + 60_000;
-        let takeover = format!(r#"{{"holder":"another process","until":{until}}}"#);
-        two.apply(
-            &key,
-            &Patch::new()
-                .set_field("@lease", takeover)
-                .expect_version("@lease", version),
-        )
-        .await
-        .expect("taken over");
+        take_over_lease(&two, &key).await;
         go_on.notify_one();
         let error = holder
             .await
@@ -1900,26 +1881,7 @@ mod suite {
             .run_update(Update::text(1, user, user, "+1"))
             .await
             .expect("first update");
-        let version = two
-            .load(&key)
-            .await
-            .expect("load")
-            .expect("the lease is stored")
-            .version("@lease");
-        let until = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis()
-            + 60_000;
-        let takeover = format!(r#"{{"holder":"another process","until":{until}}}"#);
-        two.apply(
-            &key,
-            &Patch::new()
-                .set_field("@lease", takeover)
-                .expect_version("@lease", version),
-        )
-        .await
-        .expect("taken over");
+        take_over_lease(&two, &key).await;
 
         let error = chain
             .run_update(Update::text(2, user, user, "+1"))
@@ -1992,6 +1954,32 @@ fn kept_leased<S: Store>(
         })
     });
     (sessions, chain, move || calls.load(Ordering::SeqCst))
+}
+
+/// Another process takes over the lease of `key` for a minute, with a write conditional on
+/// the lease's version (as after its holder stalled past it).
+async fn take_over_lease(store: &impl Store, key: &str) {
+    let version = store
+        .load(key)
+        .await
+        .expect("load")
+        .expect("the lease is stored")
+        .version("@lease");
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis()
+        + 60_000;
+    let takeover = format!(r#"{{"holder":"another process","until":{until}}}"#);
+    store
+        .apply(
+            key,
+            &Patch::new()
+                .set_field("@lease", takeover)
+                .expect_version("@lease", version),
+        )
+        .await
+        .expect("taken over");
 }
 
 /// Update `id` of `user` in another process that waits at most 50 ms for the key, while its

@@ -64,6 +64,13 @@ impl<S> Drop for StateGuard<'_, S> {
     }
 }
 
+/// Waits `pause` before polling for a lease again, never longer than `at_most` (the lease's
+/// end, the deadline), and doubles it up to 25 ms for the next time.
+async fn back_off(pause: &mut Duration, at_most: Duration) {
+    tokio::time::sleep((*pause).min(at_most)).await;
+    *pause = (*pause * 2).min(Duration::from_millis(25));
+}
+
 /// One live session.
 pub(crate) struct Entry<S> {
     pub(crate) key: Arc<str>,
@@ -487,8 +494,7 @@ impl<S: Schema> Entry<S> {
                         error = %source,
                         "a read while waiting for the lease failed; reading again"
                     );
-                    tokio::time::sleep(pause.min(deadline - now)).await;
-                    pause = (pause * 2).min(Duration::from_millis(25));
+                    back_off(&mut pause, deadline - now).await;
                     continue;
                 }
             };
@@ -503,9 +509,7 @@ impl<S: Schema> Entry<S> {
                         waited: now - started,
                     });
                 }
-                // Poll with a growing pause, never past the lease's end or the deadline.
-                tokio::time::sleep(pause.min(held_for).min(deadline - now)).await;
-                pause = (pause * 2).min(Duration::from_millis(25));
+                back_off(&mut pause, held_for.min(deadline - now)).await;
                 continue;
             }
             let claimed = Instant::now();

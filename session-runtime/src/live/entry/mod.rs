@@ -147,14 +147,18 @@ impl<S: Schema> Entry<S> {
 
     /// Runs `read`, a read of the whole record, and records the revision it read when it
     /// succeeded and the store's revision was the same before and after it (nothing was
-    /// written in between).
-    async fn bracketed(
+    /// written in between). `read` is called only after the first revision is asked: a
+    /// store may do its work when called, not when polled.
+    async fn bracketed<F>(
         &self,
         store: &dyn Store,
-        read: impl Future<Output = Result<Option<Record>, StoreError>>,
-    ) -> Result<Option<Record>, StoreError> {
+        read: impl FnOnce() -> F,
+    ) -> Result<Option<Record>, StoreError>
+    where
+        F: Future<Output = Result<Option<Record>, StoreError>>,
+    {
         let before = store.revision(&self.key);
-        let read = read.await;
+        let read = read().await;
         let after = store.revision(&self.key);
         *self.seen.lock() = if read.is_ok() && before == after {
             after
@@ -220,7 +224,7 @@ impl<S: Schema> Entry<S> {
         );
         let timer = stats.start();
         let loaded = self
-            .bracketed(store, store.load(&self.key).instrument(span.clone()))
+            .bracketed(store, || store.load(&self.key).instrument(span.clone()))
             .await;
         stats.took(Latency::Load, timer);
         span.record(
@@ -360,7 +364,7 @@ impl<S: Schema> Entry<S> {
     /// written by the next save.
     /// `sure`: the store holds none of the discarded writes.
     async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str], sure: bool) {
-        let loaded = self.bracketed(store, store.load(&self.key)).await;
+        let loaded = self.bracketed(store, || store.load(&self.key)).await;
         self.merge(loaded, store.returns_written_text(), conflicts, sure);
     }
 

@@ -172,6 +172,10 @@ impl Store for FaultyStore {
     fn revision(&self, key: &str) -> typed_session::store::Revision {
         self.inner.revision(key)
     }
+
+    fn applied_revision(&self, key: &str) -> typed_session::store::Revision {
+        self.inner.applied_revision(key)
+    }
 }
 
 /// The store the replicas share.

@@ -36,7 +36,7 @@ pub enum SaveFailurePolicy {
 pub enum Freshness {
     /// What the store holds when the update first uses the session: a session kept decoded
     /// is used only while the store says its record is still the one it decoded (the memory
-    /// store tells revisions); on every other store each update loads it. No update reads a
+    /// store and SQLite tell revisions); on every other store each update loads it. No update reads a
     /// value older than one another update was answered for.
     #[default]
     Checked,

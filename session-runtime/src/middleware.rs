@@ -197,7 +197,7 @@ impl<S: Session, U> SessionBuilder<S, U> {
 
     /// How many sessions no update holds are kept decoded, so that the next update of their
     /// key skips the load (default 10,000; 0 keeps none). Under [`Freshness::Checked`] only a
-    /// store that tells revisions ([`Store::revision`], the memory store) lets any be kept;
+    /// store that tells revisions ([`Store::revision`]: the memory store, SQLite) lets any be kept;
     /// under [`Freshness::Cached`] every store does. The one idle longest is dropped first.
     /// Each costs its decoded session plus about 100 bytes.
     pub fn keep_decoded(mut self, sessions: usize) -> Self {
@@ -439,8 +439,8 @@ impl<S: Session, U> SessionMiddleware<S, U> {
     }
 
     /// The number of sessions no update holds that are kept decoded, so that the next update
-    /// of their key needs no load: with a store that tells revisions ([`Store::revision`],
-    /// the memory store), while the stored record is still the one they read or wrote; on
+    /// of their key needs no load: with a store that tells revisions ([`Store::revision`]:
+    /// the memory store, SQLite), while the stored record is still the one they read or wrote; on
     /// every store under [`Freshness::Cached`](crate::Freshness::Cached). At most 10,000 per
     /// middleware unless [`SessionBuilder::keep_decoded`] says otherwise (ARCHITECTURE.md,
     /// "Decoded between updates").

@@ -325,3 +325,218 @@ async fn a_read_only_update_on_a_cached_session_can_see_a_value_another_writer_c
     deliver(&chain, Update::text(4, 7, 7, "read")).await;
     assert_eq!(seen.load(SeqCst), 2, "checked: what the store holds");
 }
+
+/// SQLite tells the revisions of what its connection read and wrote, while no other
+/// connection commits (ARCHITECTURE.md, "Decoded between updates").
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicI64;
+
+    use typed_session::SqliteStore;
+
+    /// A fresh WAL database file for `test`, opened twice: two connections, as two processes
+    /// have. The first reads the time from `clock` (milliseconds).
+    async fn two_connections(
+        test: &str,
+        clock: Arc<AtomicI64>,
+    ) -> (SqliteStore, SqliteStore, PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "typed-session-revisions-{test}-{}.db",
+            std::process::id()
+        ));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let url = format!("sqlite://{}", path.display());
+        let one = SqliteStore::connect(&url)
+            .await
+            .expect("open")
+            .with_clock(move || clock.load(SeqCst));
+        one.migrate().await.expect("migrate");
+        let two = SqliteStore::connect(&url).await.expect("open again");
+        (one, two, path)
+    }
+
+    fn remove(path: PathBuf) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_tells_each_change_its_connection_makes_and_nothing_once_another_commits() {
+        let clock = Arc::new(AtomicI64::new(1_000_000));
+        let (one, two, path) = two_connections("contract", Arc::clone(&clock)).await;
+        assert_eq!(one.revision("k"), Revision::Unknown, "never read");
+        assert!(one.load("k").await.expect("load").is_none());
+        assert_eq!(one.revision("k"), Revision::Absent);
+
+        let set = |value: &str| Patch::new().set_field("a", value);
+        one.apply("k", &set("1")).await.expect("create");
+        let created = one.revision("k");
+        assert!(created.follows(Revision::Absent), "{created:?}");
+        one.apply("k", &set("2").expect_version("a", 1))
+            .await
+            .expect("write");
+        let written = one.revision("k");
+        assert!(written.follows(created), "{written:?} after {created:?}");
+
+        two.apply("k", &set("3").expect_version("a", 2))
+            .await
+            .expect("another connection writes");
+        assert_eq!(
+            one.revision("k"),
+            Revision::Unknown,
+            "another connection committed"
+        );
+        let record = one.load("k").await.expect("read again").expect("a row");
+        assert_eq!(record["a"], "3");
+        let reread = one.revision("k");
+        assert!(
+            matches!(reread, Revision::At { .. }) && reread != written,
+            "{reread:?}: known again, and not the revision of another record"
+        );
+
+        let stale = set("4").expect_version("a", 2);
+        assert!(one.apply("k", &stale).await.is_err(), "a conflict");
+        assert_eq!(one.revision("k"), Revision::Unknown, "refused: read again");
+        one.load("k").await.expect("read again");
+
+        let ttl = Patch::new().with_ttl(Some(Duration::from_secs(5)));
+        one.apply("k", &ttl).await.expect("renew");
+        let renewed = one.revision("k");
+        assert!(matches!(renewed, Revision::At { .. }), "{renewed:?}");
+        clock.fetch_add(5_000, SeqCst);
+        assert_eq!(one.revision("k"), Revision::Absent, "expired");
+        one.apply("k", &set("1")).await.expect("created anew");
+        let anew = one.revision("k");
+        assert!(anew.follows(Revision::Absent), "{anew:?}");
+        assert!(![created, written, reread, renewed].contains(&anew));
+
+        one.delete("k").await.expect("delete");
+        assert_eq!(one.revision("k"), Revision::Absent);
+
+        one.load("k").await.expect("load");
+        let _ = one.connection();
+        assert_eq!(
+            one.revision("k"),
+            Revision::Unknown,
+            "what the application does on the connection is not counted"
+        );
+        remove(path);
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_sessions_stay_decoded_and_a_write_through_another_connection_is_read_first()
+    {
+        let clock = Arc::new(AtomicI64::new(1_000_000));
+        let (one, two, path) = two_connections("middleware", clock).await;
+        let a = SessionMiddleware::<Counter, Update>::new(one.clone());
+        let b = SessionMiddleware::<Counter, Update>::new(two.clone());
+        let (chain_a, chain_b) = (incrementing(&a), incrementing(&b));
+        for id in 1..=5 {
+            chain_a
+                .run_update(Update::text(id, 7, 7, "+1"))
+                .await
+                .expect("a");
+        }
+        // The first update reads the record unknown to the connection; the second finds it
+        // known, reads it once more, and from then on it stays decoded.
+        assert_eq!(a.stats().loads(), 2, "read by the first two updates only");
+        chain_b
+            .run_update(Update::text(6, 7, 7, "+1"))
+            .await
+            .expect("b");
+        chain_a
+            .run_update(Update::text(7, 7, 7, "+1"))
+            .await
+            .expect("a again");
+        let stored = one.load("Counter:7:7").await.expect("load").expect("a row");
+        assert_eq!(stored["count"], "7", "no increment lost");
+        assert_eq!(a.stats().loads(), 3, "another connection wrote: read again");
+        assert_eq!(
+            a.stats().conflicts(),
+            0,
+            "read again before writing, not after a conflict"
+        );
+        remove(path);
+    }
+
+    /// Whether a connection of its own can read the database at `path`.
+    fn readable_by_another_connection(path: &PathBuf) -> bool {
+        let other = typed_session::rusqlite::Connection::open(path).expect("open");
+        other.busy_timeout(Duration::ZERO).expect("no waiting");
+        other
+            .query_row("SELECT count(*) FROM typed_sessions", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn under_exclusive_locking_no_other_connection_uses_the_file_even_after_the_connection_is_lent()
+     {
+        let clock = Arc::new(AtomicI64::new(1_000_000));
+        let (one, two, path) = two_connections("exclusive", clock).await;
+        drop(two);
+        assert!(readable_by_another_connection(&path), "normal locking");
+        let one = one
+            .with_locking(typed_session::store::Locking::Exclusive)
+            .expect("the locks");
+        assert!(!readable_by_another_connection(&path), "exclusive locking");
+
+        let sessions = SessionMiddleware::<Counter, Update>::new(one.clone());
+        let chain = incrementing(&sessions);
+        for id in 1..=4 {
+            chain
+                .run_update(Update::text(id, 7, 7, "+1"))
+                .await
+                .expect("update");
+        }
+        assert_eq!(sessions.stats().loads(), 2, "kept decoded after the second");
+
+        // The application sets normal locking and writes: the store takes its locks back
+        // when the connection is given back, and reads the session the application changed.
+        one.connection()
+            .execute_batch(
+                "PRAGMA locking_mode = NORMAL; \
+                 UPDATE typed_sessions SET data = json_set(data, '$.count', 40)",
+            )
+            .expect("the application's statements");
+        assert!(!readable_by_another_connection(&path), "locks taken again");
+        chain
+            .run_update(Update::text(5, 7, 7, "+1"))
+            .await
+            .expect("update");
+        let stored = one.load("Counter:7:7").await.expect("load").expect("a row");
+        assert_eq!(stored["count"], "41", "the application's write was read");
+        assert_eq!(sessions.stats().loads(), 3);
+        remove(path);
+    }
+
+    #[tokio::test]
+    async fn exclusive_locking_is_refused_while_another_connection_writes_and_the_store_stays_normal()
+     {
+        let clock = Arc::new(AtomicI64::new(1_000_000));
+        let (one, two, path) = two_connections("exclusive-refused", clock).await;
+        two.connection()
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("another connection's write lock");
+        let refused = one
+            .clone()
+            .with_locking(typed_session::store::Locking::Exclusive);
+        assert!(refused.is_err(), "the write lock is another connection's");
+        two.connection().execute_batch("COMMIT").expect("commit");
+        one.apply("k", &Patch::new().set_field("a", "1"))
+            .await
+            .expect("the store still writes");
+        assert!(
+            readable_by_another_connection(&path),
+            "and leaves the file to others"
+        );
+        remove(path);
+    }
+}

@@ -2201,6 +2201,24 @@ mod sqlite_backends {
         Some((one, two))
     }
 
+    /// A file database in WAL mode whose locks the store keeps (`Locking::Exclusive`): no
+    /// other connection can open it, so both handles share the one connection. A file per
+    /// test (the tests run side by side, each store holding its file's locks), written over
+    /// by the next run.
+    pub(crate) async fn file_exclusive(test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
+        let path = std::env::temp_dir().join(format!("typed-session-exclusive-{test}.db"));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let url = format!("sqlite://{}", path.display());
+        let store = SqliteStore::connect(&url).await.expect("open");
+        store.migrate().await.expect("migrate");
+        let store = store
+            .with_locking(typed_session::store::Locking::Exclusive)
+            .expect("the file's locks");
+        Some((store.clone(), store))
+    }
+
     /// An in-memory database (one connection, shared by both handles).
     pub(crate) async fn memory(_test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
         let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
@@ -2245,6 +2263,8 @@ conformance!(mysql, mysql_backend::stores);
 
 #[cfg(feature = "sqlite")]
 conformance!(sqlite_memory, sqlite_backends::memory);
+#[cfg(feature = "sqlite")]
+conformance!(sqlite_file_exclusive, sqlite_backends::file_exclusive);
 
 #[cfg(feature = "redis")]
 mod redis_backend {

@@ -36,7 +36,7 @@ pub use sql::mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use sql::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
-pub use sql::sqlite::{Durability, SqliteStore};
+pub use sql::sqlite::{Durability, Locking, SqliteStore};
 
 /// Milliseconds since the Unix epoch, by the system clock (0 before 1970).
 pub(crate) fn unix_ms() -> i64 {
@@ -292,7 +292,9 @@ impl<'a> Patch<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Revision {
-    /// The store cannot tell without I/O (every store but [`MemoryStore`] by default).
+    /// The store cannot tell without a round trip (every store but [`MemoryStore`] and
+    /// `SqliteStore`, and SQLite for a record its connection has not
+    /// read since another connection committed).
     #[default]
     Unknown,
     /// The key has no record (never written, deleted, or expired).
@@ -493,7 +495,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Where the record of `key` stands ([`Revision`]), if the store can tell at once, without
-    /// I/O; [`Revision::Unknown`] otherwise (the default).
+    /// a round trip to a server; [`Revision::Unknown`] otherwise (the default). It is asked
+    /// under the middleware's lock on its sessions: it must not wait.
     ///
     /// A store that tells promises that every successful [`apply`](Store::apply) to a record
     /// adds one to its `writes` (a renewal too), that one creating a record starts it at 0
@@ -504,6 +507,19 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self, key: &str) -> Revision {
         let _ = key;
         Revision::Unknown
+    }
+
+    /// The revision the last successful [`apply`](Store::apply) of `key` through this store
+    /// made, asked right after it (default: [`revision`](Store::revision)).
+    ///
+    /// A store whose `revision` costs a check of its own (`SqliteStore` asks the database
+    /// whether another connection committed) may tell this one from what it knew when the
+    /// apply began. If another writer had changed the record before the apply,
+    /// the revision told here is then one [`revision`](Store::revision) never tells: the
+    /// runtime, which compares the two before it uses a session it kept, reads the record
+    /// again.
+    fn applied_revision(&self, key: &str) -> Revision {
+        self.revision(key)
     }
 }
 
@@ -543,6 +559,10 @@ impl<T: Store + ?Sized> Store for Arc<T> {
 
     fn revision(&self, key: &str) -> Revision {
         (**self).revision(key)
+    }
+
+    fn applied_revision(&self, key: &str) -> Revision {
+        (**self).applied_revision(key)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use typed_session::store::{Patch, Record, StoreFuture};
+use typed_session::store::{Patch, Record, Revision, StoreFuture};
 use typed_session::telegram::Update;
 use typed_session::{Chain, Session, SessionBuilder, SessionMiddleware, Store, StoreError};
 
@@ -103,5 +103,14 @@ impl<S: Store> Store for Counted<S> {
     }
     fn returns_written_text(&self) -> bool {
         self.inner.returns_written_text()
+    }
+    fn reads_are_durable(&self) -> bool {
+        self.inner.reads_are_durable()
+    }
+    fn revision(&self, key: &str) -> Revision {
+        self.inner.revision(key)
+    }
+    fn applied_revision(&self, key: &str) -> Revision {
+        self.inner.applied_revision(key)
     }
 }

@@ -21,7 +21,11 @@ pub(crate) async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>,
     let env = |var: &str| std::env::var(var).map_err(|_| format!("--store {name} needs {var}"));
     Ok(match name {
         "memory" => Arc::new(MemoryStore::new()),
-        "sqlite-memory" | "sqlite-wal" | "sqlite-wal-group" | "sqlite-wal-single"
+        "sqlite-memory"
+        | "sqlite-wal"
+        | "sqlite-wal-group"
+        | "sqlite-wal-single"
+        | "sqlite-wal-exclusive"
         | "sqlite-wal-full" => {
             let url = if name == "sqlite-memory" {
                 "sqlite::memory:".to_owned()
@@ -47,6 +51,10 @@ pub(crate) async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>,
                 store = store.with_durability(typed_session::store::Durability::Full)?;
             }
             store.migrate().await?;
+            // `sqlite-wal-exclusive`: the file's locks taken once, for the whole run.
+            if name == "sqlite-wal-exclusive" {
+                store = store.with_locking(typed_session::store::Locking::Exclusive)?;
+            }
             Arc::new(store)
         }
         "postgres" => {
@@ -186,6 +194,7 @@ pub(crate) async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxErr
         "sqlite-wal" => ("sqlite", "wal-normal"),
         "sqlite-wal-group" => ("sqlite", "wal-normal-group-commit"),
         "sqlite-wal-single" => ("sqlite", "wal-normal-single-commit"),
+        "sqlite-wal-exclusive" => ("sqlite", "wal-normal-exclusive-locking"),
         // The anchors name WAL with synchronous=FULL plain `wal`.
         "sqlite-wal-full" => ("sqlite", "wal"),
         "sqlite-memory" => ("sqlite", "memory"),
@@ -285,7 +294,7 @@ pub(crate) mod raw {
                         typed_session::redis::aio::ConnectionManager::new(client).await?;
                     Raw::Redis(connection, format!("{table}:"))
                 }
-                "sqlite-wal" => {
+                "sqlite-wal" | "sqlite-wal-exclusive" => {
                     let path = std::env::temp_dir().join(format!("{table}.db"));
                     for suffix in ["", "-wal", "-shm"] {
                         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -295,6 +304,11 @@ pub(crate) mod raw {
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                          CREATE TABLE sessions (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL);",
                     )?;
+                    if store == "sqlite-wal-exclusive" {
+                        connection.execute_batch(
+                            "PRAGMA locking_mode = EXCLUSIVE; BEGIN IMMEDIATE; COMMIT;",
+                        )?;
+                    }
                     Raw::Sqlite(Arc::new(parking_lot::Mutex::new(connection)))
                 }
                 other => return Err(format!("no raw row for {other}").into()),

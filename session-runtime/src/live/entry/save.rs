@@ -100,7 +100,7 @@ impl<S: Schema> Entry<S> {
         // the revision before the apply needs no reading of its own. A refused patch is
         // followed by a refresh, which reads the revision again.
         let after = match applied {
-            Ok(()) => store.revision(&self.key),
+            Ok(()) => store.applied_revision(&self.key),
             Err(_) => Revision::Unknown,
         };
         let mut seen = self.seen.lock();

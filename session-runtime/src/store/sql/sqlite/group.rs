@@ -94,6 +94,7 @@ impl SqliteStore {
         if outcome.is_err() && !connection.is_autocommit() {
             let _ = connection.execute_batch("ROLLBACK");
         }
+        self.revisions.lock().ended(outcome.is_ok());
         let _ = batch.outcome.set(outcome);
     }
 
@@ -128,6 +129,7 @@ impl SqliteStore {
                 _ => {
                     if let Some(gone) = group.open.take() {
                         // SQLite ended it itself: a failed statement rolled it back.
+                        self.revisions.lock().ended(false);
                         let _ = gone
                             .outcome
                             .set(Err("the group transaction was rolled back".to_owned()));

@@ -6,9 +6,11 @@
 
 mod blocking;
 mod group;
+mod revisions;
 
 use blocking::{OwnedPatch, is_busy};
 use group::{Group, Member};
+use revisions::{Expiry, Revisions};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use super::{
     parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
-use crate::store::{Cursor, Page, Patch, Record, Store, StoreFuture, page_of};
+use crate::store::{Cursor, Page, Patch, Record, Revision, Store, StoreFuture, page_of};
 
 const BACKEND: &str = "sqlite";
 
@@ -42,6 +44,23 @@ pub enum Durability {
     Normal,
     /// `synchronous = FULL`: a commit is acknowledged once the log is synced to the disk.
     Full,
+}
+
+/// Which connections may use the database file while a [`SqliteStore`] has it open
+/// ([`SqliteStore::with_locking`]; SQLite's `locking_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Locking {
+    /// Any connection, of this process or another (a second replica, the CLI): each statement
+    /// takes SQLite's locks and gives them back, and a session kept decoded between updates is
+    /// checked against the database's count of other connections' commits before it is used.
+    #[default]
+    Normal,
+    /// This store's connection alone, for as long as it is open: the locks are taken once and
+    /// kept, so no statement takes or gives back a lock, and a session kept decoded needs no
+    /// check. Every other connection, of this process or another (the CLI too), is refused
+    /// with "database is locked" meanwhile.
+    Exclusive,
 }
 
 /// Sessions in SQLite, embedded: a file, or memory. SQLite is compiled in, so a fresh machine
@@ -88,6 +107,11 @@ pub struct SqliteStore {
     busy_timeout: Duration,
     /// The transaction patches share, with group commit on; locked only under `connection`.
     group: Option<Arc<Mutex<Group>>>,
+    /// The records the connection read and wrote, for [`Store::revision`]; one per
+    /// connection, whatever the table; locked only under `connection`.
+    revisions: Arc<Mutex<Revisions>>,
+    /// The database is in memory: no other connection can open it.
+    in_memory: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -147,7 +171,7 @@ impl Statements {
         Statements {
             patches: Mutex::default(),
             load: format!(
-                "SELECT data, versions, writers FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+                "SELECT data, versions, writers, expires_at FROM {t} WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
             ),
             renew: format!(
                 "UPDATE {t} SET expires_at = ?2 WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?3)"
@@ -194,6 +218,45 @@ fn patch_statement(t: &str, shape: Shape) -> String {
     }
 }
 
+/// Takes the database's locks for good: exclusive locking mode, then a write transaction,
+/// whose locks that mode keeps once it ends.
+fn take_locks(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN IMMEDIATE; COMMIT;")
+}
+
+/// The connection as [`SqliteStore::connection`] lends it.
+struct Lent<'a> {
+    store: &'a SqliteStore,
+    connection: parking_lot::MutexGuard<'a, Connection>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.connection
+    }
+}
+
+impl Drop for Lent<'_> {
+    /// Under [`Locking::Exclusive`], makes sure the locks are this connection's again: the
+    /// application may have set another locking mode, or left a transaction open.
+    fn drop(&mut self) {
+        let mut revisions = self.store.revisions.lock();
+        revisions.clear();
+        if revisions.exclusive && !self.store.in_memory {
+            revisions.private =
+                self.connection.is_autocommit() && take_locks(&self.connection).is_ok();
+        }
+    }
+}
+
 fn error(op: StoreOp, key: &str, e: rusqlite::Error) -> StoreError {
     StoreError::backend(BACKEND, op, key, e)
 }
@@ -219,11 +282,15 @@ impl SqliteStore {
             )
         }
         .map_err(|e| error(StoreOp::Connect, "", e))?;
-        if path != ":memory:" {
-            connection
-                .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-                .map_err(|e| error(StoreOp::Connect, "", e))?;
+        if path == ":memory:" {
+            let mut store = Self::from_connection(connection);
+            store.in_memory = true;
+            store.revisions.lock().private = true;
+            return Ok(store);
         }
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .map_err(|e| error(StoreOp::Connect, "", e))?;
         Ok(Self::from_connection(connection))
     }
 
@@ -238,6 +305,8 @@ impl SqliteStore {
             clock: Clock::system(),
             busy_timeout: Duration::from_secs(5),
             group: Some(Arc::default()),
+            revisions: Arc::default(),
+            in_memory: false,
         }
     }
 
@@ -284,6 +353,43 @@ impl SqliteStore {
         Ok(self)
     }
 
+    /// Which connections may use the database while this store has it open (default
+    /// [`Locking::Normal`]). [`Locking::Exclusive`] takes the database's locks at once and
+    /// keeps them: for a bot that is the only process using its file, each update then
+    /// spares the system calls of SQLite's locking and the check of a session it kept
+    /// decoded (BENCHMARKS.md, "SQLite: a session kept decoded, and the file's locks").
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] if another connection holds the database's write lock or read
+    /// it since this one last did (nothing is kept then: the store stays
+    /// [`Locking::Normal`]).
+    pub fn with_locking(self, locking: Locking) -> Result<Self, StoreError> {
+        let mut connection = self.connection.lock();
+        self.end_group(&mut connection, None);
+        let mut revisions = self.revisions.lock();
+        revisions.clear();
+        revisions.private = false;
+        revisions.exclusive = false;
+        let taken = match locking {
+            Locking::Normal => connection.execute_batch("PRAGMA locking_mode = NORMAL"),
+            Locking::Exclusive => take_locks(&connection),
+        };
+        match taken {
+            Ok(()) => {
+                revisions.exclusive = locking == Locking::Exclusive;
+                revisions.private = self.in_memory || revisions.exclusive;
+            }
+            Err(e) => {
+                let _ = connection.execute_batch("PRAGMA locking_mode = NORMAL");
+                revisions.private = self.in_memory;
+                return Err(error(StoreOp::Connect, "", e));
+            }
+        }
+        drop((revisions, connection));
+        Ok(self)
+    }
+
     /// How long a call waits for another connection's (or process's) lock on the database,
     /// on a blocking thread, before it fails (default 5 s).
     pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
@@ -311,10 +417,19 @@ impl SqliteStore {
     /// The connection, locked: for queries of your own. Do not hold it across an `.await`, and
     /// mind that its busy timeout is none (a query meeting another connection's lock fails at
     /// once with `SQLITE_BUSY`).
+    ///
+    /// What is done through it is not counted among the records' revisions: sessions kept
+    /// decoded are read again. Under [`Locking::Exclusive`] the locks are taken again when it
+    /// is given back; if they cannot be, each session kept decoded is checked from then on,
+    /// as under [`Locking::Normal`].
     pub fn connection(&self) -> impl std::ops::DerefMut<Target = Connection> + '_ {
         let mut connection = self.connection.lock();
         self.end_group(&mut connection, None);
-        connection
+        self.revisions.lock().clear();
+        Lent {
+            store: self,
+            connection,
+        }
     }
 
     /// Creates the table and its expiry index if they do not exist.
@@ -411,18 +526,27 @@ impl SqliteStore {
         Ok(page_of(keys, limit))
     }
 
+    /// Reads `key`'s live row. Read outside a transaction, it is also what the connection
+    /// knows of the record from then on (its revision).
     fn load_on(&self, connection: &Connection, key: &str) -> Result<Option<Record>, StoreError> {
-        let row: Option<(String, String, String)> = connection
+        let mut revisions = self.revisions.lock();
+        // Inside a group transaction the row may hold a patch not committed yet.
+        let follow = connection.is_autocommit() && revisions.current(connection);
+        let row: Option<(String, String, String, Option<i64>)> = connection
             .prepare_cached(&self.sql.load)
             .and_then(|mut statement| {
                 statement
                     .query_row((key, self.clock.now_ms()), |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                     })
                     .optional()
             })
             .map_err(|e| error(StoreOp::Load, key, e))?;
-        let Some((data, versions, writers)) = row else {
+        if follow {
+            revisions.read(key, row.as_ref().map(|(.., expires_at)| *expires_at));
+        }
+        drop(revisions);
+        let Some((data, versions, writers, _)) = row else {
             return Ok(None);
         };
         let mut record = parse_record(BACKEND, key, &data)?;
@@ -431,25 +555,53 @@ impl SqliteStore {
         Ok(Some(record))
     }
 
-    /// One patch in one statement: the versions it expects are its condition, checked on the
-    /// row as the statement writes it (SQLite runs one writer at a time), and the new versions
-    /// of the fields it writes (one more than expected) are merged into the row's. A patch that expects every field
-    /// never written may create the row; one that expects a field must find it live.
+    /// Applies `patch` ([`write_on`](Self::write_on)) and counts it among the record's
+    /// revisions: at once, or when the group transaction it was written in commits. A patch
+    /// that failed leaves the record's revision unknown.
     fn apply_on(
         &self,
         connection: &mut Connection,
         key: &str,
         patch: &Patch<'_>,
     ) -> Result<(), StoreError> {
-        if patch.only_renews() {
-            if let Some(expires_at) = self.clock.expiry(patch.ttl) {
-                let now = self.clock.now_ms();
-                connection
-                    .prepare_cached(&self.sql.renew)
-                    .and_then(|mut statement| statement.execute((key, expires_at, now)))
-                    .map_err(|e| error(StoreOp::Apply, key, e))?;
+        let written = self.write_on(connection, key, patch);
+        let mut revisions = self.revisions.lock();
+        match written {
+            Ok(Some(expiry)) => {
+                // Read after the statement's own clock: a row it found live is not taken
+                // for expired, nor the other way.
+                let pending = !connection.is_autocommit();
+                revisions.wrote(key, self.clock.now_ms(), expiry, pending);
+                Ok(())
             }
-            return Ok(());
+            written => {
+                revisions.forget(key);
+                written.map(|_| ())
+            }
+        }
+    }
+
+    /// One patch in one statement: the versions it expects are its condition, checked on the
+    /// row as the statement writes it (SQLite runs one writer at a time), and the new versions
+    /// of the fields it writes (one more than expected) are merged into the row's. A patch
+    /// that expects every field never written may create the row; one that expects a field
+    /// must find it live. Returns what became of the row's expiry, if it changed the row.
+    fn write_on(
+        &self,
+        connection: &mut Connection,
+        key: &str,
+        patch: &Patch<'_>,
+    ) -> Result<Option<Expiry>, StoreError> {
+        if patch.only_renews() {
+            let Some(expires_at) = self.clock.expiry(patch.ttl) else {
+                return Ok(None);
+            };
+            let now = self.clock.now_ms();
+            let renewed = connection
+                .prepare_cached(&self.sql.renew)
+                .and_then(|mut statement| statement.execute((key, expires_at, now)))
+                .map_err(|e| error(StoreOp::Apply, key, e))?;
+            return Ok((renewed > 0).then_some(Expiry::Set(expires_at)));
         }
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
         let mut expected = Vec::with_capacity(patch.expect.len());
@@ -521,7 +673,7 @@ impl SqliteStore {
             execute(connection, key, &sql, params)?
         };
         if changed > 0 {
-            return Ok(());
+            return Ok(Some(expires_at.map_or(Expiry::Kept, Expiry::Set)));
         }
         let current = self.load_on(connection, key)?.unwrap_or_default();
         Err(conflict(BACKEND, key, patch, current))
@@ -537,7 +689,7 @@ impl SqliteStore {
         patch: &Patch<'_>,
         removed: &[String],
         set: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Expiry>, StoreError> {
         self.end_group(connection, None);
         let tx = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -585,7 +737,8 @@ impl SqliteStore {
         tx.prepare_cached(&sql)
             .and_then(|mut statement| statement.execute(params_from_iter(params)))
             .map_err(|e| error(StoreOp::Apply, key, e))?;
-        tx.commit().map_err(|e| error(StoreOp::Apply, key, e))
+        tx.commit().map_err(|e| error(StoreOp::Apply, key, e))?;
+        Ok(Some(expires_at.map_or(Expiry::Kept, Expiry::Set)))
     }
 }
 
@@ -688,11 +841,18 @@ impl Store for SqliteStore {
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
         let delete = |store: &SqliteStore, connection: &mut Connection, key: &str| {
-            connection
+            let deleted = connection
                 .prepare_cached(&store.sql.delete)
                 .and_then(|mut statement| statement.execute([key]))
                 .map(|_| ())
-                .map_err(|e| error(StoreOp::Delete, key, e))
+                .map_err(|e| error(StoreOp::Delete, key, e));
+            let mut revisions = store.revisions.lock();
+            if deleted.is_ok() && connection.is_autocommit() {
+                revisions.deleted(key);
+            } else {
+                revisions.forget(key);
+            }
+            deleted
         };
         self.run(
             StoreOp::Delete,
@@ -703,5 +863,27 @@ impl Store for SqliteStore {
                 Box::new(move |store, connection| delete(store, connection, &key))
             },
         )
+    }
+
+    /// Told while no other connection has committed since this one last looked (`PRAGMA
+    /// data_version`, read from the database's shared memory, no lock wait): the records
+    /// this connection read or wrote since. Unknown while the connection is busy, and for a
+    /// record not read since another connection's commit.
+    fn revision(&self, key: &str) -> Revision {
+        let Some(connection) = self.connection.try_lock() else {
+            return Revision::Unknown;
+        };
+        let mut revisions = self.revisions.lock();
+        if !revisions.current(&connection) {
+            return Revision::Unknown;
+        }
+        revisions.revision(key, || self.clock.now_ms())
+    }
+
+    /// What the connection counted at the apply's commit, without asking the database again:
+    /// a commit of another connection before the apply shows at the next
+    /// [`revision`](Store::revision), which forgets everything counted since.
+    fn applied_revision(&self, key: &str) -> Revision {
+        self.revisions.lock().revision(key, || self.clock.now_ms())
     }
 }

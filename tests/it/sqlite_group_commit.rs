@@ -290,3 +290,45 @@ async fn patches_that_come_one_at_a_time_commit_on_their_own_and_groups_return_w
     );
     let _ = std::fs::remove_file(path);
 }
+
+/// A record's revision is counted from what the connection reads and writes
+/// (ARCHITECTURE.md, "Decoded between updates"): inside an open group, a load of a key the
+/// group did not write reads what is committed and counts; a key the group wrote has no
+/// revision until the group commits.
+#[tokio::test]
+async fn inside_an_open_group_a_key_it_did_not_write_is_counted_and_one_it_wrote_waits_for_the_commit()
+ {
+    use typed_session::store::Revision;
+
+    let (grouped, _other, path) = database("revisions").await;
+    let first = |count: &str| {
+        Patch::new()
+            .set_field("count", count)
+            .expect_version("count", 0)
+    };
+    grouped.apply("b", &first("1")).await.expect("b committed");
+    assert!(grouped.load("a").await.expect("load a").is_none());
+    assert_eq!(grouped.revision("a"), Revision::Absent);
+
+    let patch = first("1");
+    let mut apply = grouped.apply("a", &patch);
+    assert_pending(&mut apply).await;
+    assert_eq!(
+        grouped.revision("a"),
+        Revision::Unknown,
+        "written in the group, not committed"
+    );
+    // `b` was never read by this connection: its load, inside the group, counts it.
+    assert_eq!(grouped.revision("b"), Revision::Unknown);
+    assert_eq!(count(grouped.load("b").await.expect("load b")), 1);
+    assert!(
+        matches!(grouped.revision("b"), Revision::At { .. }),
+        "read inside the group: {:?}",
+        grouped.revision("b")
+    );
+
+    apply.await.expect("committed");
+    let created = grouped.revision("a");
+    assert!(created.follows(Revision::Absent), "{created:?}");
+    let _ = std::fs::remove_file(path);
+}

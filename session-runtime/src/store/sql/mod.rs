@@ -333,7 +333,6 @@ pub(crate) fn writers_object(patch: &Patch<'_>) -> String {
 /// of these, and a `serde_json` map of owned keys cost more than the rest of the statement's
 /// preparation (BENCHMARKS.md, "SQLite: the statement's preparation").
 pub(crate) fn integer_object(entries: &[(&str, i64)]) -> String {
-    use std::fmt::Write as _;
     // A patch names a handful, scanned; one of many fields (up to `MAX_PATCH_FIELDS`) looks
     // each name's last place up instead, so that it stays linear. (A `BTreeMap` of the
     // entries, simpler, cost 1.6k more instructions per update than the scan.)
@@ -358,8 +357,8 @@ pub(crate) fn integer_object(entries: &[(&str, i64)]) -> String {
             text.push(',');
         }
         push_json_string(&mut text, name);
-        // Writing into a `String` cannot fail.
-        let _ = write!(text, ":{value}");
+        text.push(':');
+        text.push_str(itoa::Buffer::new().format(*value));
     }
     text.push('}');
     text

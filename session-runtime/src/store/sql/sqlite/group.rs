@@ -98,6 +98,13 @@ impl SqliteStore {
         let _ = batch.outcome.set(outcome);
     }
 
+    /// Whether the open group transaction wrote `key`.
+    pub(super) fn group_wrote(&self, key: &str) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(|group| group.lock().keys.contains(key))
+    }
+
     /// Before a call other than a grouped patch: ends the open group transaction, unless the
     /// call is a load of a key it did not write.
     pub(super) fn settle(&self, connection: &mut Connection, op: StoreOp, key: &str) {

@@ -132,7 +132,7 @@ struct Statements {
     sweep: String,
     /// The patch statements written so far, by shape: a patch's text is built once per
     /// shape, not per patch (at most [`PATCH_SHAPES`] kept; any other is built each time).
-    patches: Mutex<HashMap<Shape, Arc<str>>>,
+    patches: Mutex<HashMap<Shape, Arc<str>, foldhash::fast::RandomState>>,
 }
 
 /// How many patch statements a store keeps written. A shape counts fields, not names, so
@@ -529,9 +529,11 @@ impl SqliteStore {
     /// Reads `key`'s live row. Read outside a transaction, it is also what the connection
     /// knows of the record from then on (its revision).
     fn load_on(&self, connection: &Connection, key: &str) -> Result<Option<Record>, StoreError> {
+        // Inside a transaction the row holds what is committed unless the open group wrote
+        // it (a patch not committed yet).
+        let committed = connection.is_autocommit() || !self.group_wrote(key);
         let mut revisions = self.revisions.lock();
-        // Inside a group transaction the row may hold a patch not committed yet.
-        let follow = connection.is_autocommit() && revisions.current(connection);
+        let follow = committed && revisions.current(connection);
         let row: Option<(String, String, String, Option<i64>)> = connection
             .prepare_cached(&self.sql.load)
             .and_then(|mut statement| {

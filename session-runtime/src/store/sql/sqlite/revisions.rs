@@ -33,10 +33,10 @@ pub(super) struct Revisions {
     data_version: Option<i64>,
     /// The `life` of the next record seen for the first time: each is one no record had.
     next_life: u64,
-    known: HashMap<Box<str>, Known>,
+    known: HashMap<Box<str>, Known, foldhash::fast::RandomState>,
     /// What the patches written in the open group transaction will make of their records
     /// once it commits; meanwhile their revisions are unknown.
-    pending: HashMap<Box<str>, Known>,
+    pending: HashMap<Box<str>, Known, foldhash::fast::RandomState>,
 }
 
 /// A record as this connection last left it.

@@ -361,9 +361,8 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Backend`] if another connection holds the database's write lock or read
-    /// it since this one last did (nothing is kept then: the store stays
-    /// [`Locking::Normal`]).
+    /// [`StoreError::Backend`] if the locks cannot be taken at once (another connection holds
+    /// the database's write lock); the store then stays under [`Locking::Normal`].
     pub fn with_locking(self, locking: Locking) -> Result<Self, StoreError> {
         let mut connection = self.connection.lock();
         self.end_group(&mut connection, None);
@@ -876,7 +875,8 @@ impl Store for SqliteStore {
             return Revision::Unknown;
         };
         let mut revisions = self.revisions.lock();
-        if !revisions.current(&connection) {
+        // Unknown whatever the check says: no need to make it.
+        if !revisions.knows(key) || !revisions.current(&connection) {
             return Revision::Unknown;
         }
         revisions.revision(key, || self.clock.now_ms())

@@ -83,6 +83,11 @@ impl Revisions {
         version.is_some()
     }
 
+    /// Whether `key`'s record is known, if nothing changed since the last check.
+    pub(super) fn knows(&self, key: &str) -> bool {
+        self.known.contains_key(key)
+    }
+
     /// The revision of `key`'s record, if it is known (after [`current`](Self::current)).
     pub(super) fn revision(&self, key: &str, now_ms: impl FnOnce() -> i64) -> Revision {
         match self.known.get(key) {

@@ -372,3 +372,13 @@ pub fn outcome_of(
         },
     }
 }
+
+/// Removes a SQLite database file and the write-ahead log and shared-memory files beside it
+/// (missing ones are fine): before a test, what an earlier run left; after it, its own.
+pub fn remove_sqlite_file(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}

@@ -347,9 +347,7 @@ mod sqlite {
             "typed-session-revisions-{test}-{}.db",
             std::process::id()
         ));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        common::remove_sqlite_file(&path);
         let url = format!("sqlite://{}", path.display());
         let one = SqliteStore::connect(&url)
             .await
@@ -358,12 +356,6 @@ mod sqlite {
         one.migrate().await.expect("migrate");
         let two = SqliteStore::connect(&url).await.expect("open again");
         (one, two, path)
-    }
-
-    fn remove(path: PathBuf) {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 
     #[tokio::test]
@@ -426,7 +418,7 @@ mod sqlite {
             Revision::Unknown,
             "what the application does on the connection is not counted"
         );
-        remove(path);
+        common::remove_sqlite_file(&path);
     }
 
     #[tokio::test]
@@ -462,7 +454,7 @@ mod sqlite {
             0,
             "read again before writing, not after a conflict"
         );
-        remove(path);
+        common::remove_sqlite_file(&path);
     }
 
     /// Whether a connection of its own can read the database at `path`.
@@ -514,7 +506,7 @@ mod sqlite {
         let stored = one.load("Counter:7:7").await.expect("load").expect("a row");
         assert_eq!(stored["count"], "41", "the application's write was read");
         assert_eq!(sessions.stats().loads(), 3);
-        remove(path);
+        common::remove_sqlite_file(&path);
     }
 
     #[tokio::test]
@@ -537,6 +529,6 @@ mod sqlite {
             readable_by_another_connection(&path),
             "and leaves the file to others"
         );
-        remove(path);
+        common::remove_sqlite_file(&path);
     }
 }

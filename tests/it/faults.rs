@@ -412,9 +412,7 @@ async fn a_locked_sqlite_file_does_not_stall_the_runtime() {
         .expect("load")
         .expect("stored");
     assert_eq!(record["count"], "2");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    common::remove_sqlite_file(&path);
 }
 
 /// A MongoDB that is not there: the first call fails within the deadline (the driver alone

@@ -301,9 +301,7 @@ async fn sessions_in_a_sqlite_file_survive_a_restart() {
         assert_eq!(stored["count"], (3 * run).to_string(), "run {run}");
         drop(store);
     }
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    common::remove_sqlite_file(&path);
 }
 
 /// `SqliteStore::with_durability` sets what SQLite waits for before a commit returns: the
@@ -340,9 +338,7 @@ async fn sqlite_durability_is_the_synchronous_setting_of_the_connection_it_write
     let store = store.with_durability(Durability::Normal).expect("normal");
     assert_eq!(synchronous(&store), 1);
     drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    common::remove_sqlite_file(&path);
 }
 
 /// `url` with a host where nothing listens put before its own.

@@ -18,9 +18,7 @@ async fn database(test: &str) -> (SqliteStore, SqliteStore, PathBuf) {
         "typed-session-group-{test}-{}.db",
         std::process::id()
     ));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    common::remove_sqlite_file(&path);
     let url = format!("sqlite://{}", path.display());
     let grouped = SqliteStore::connect(&url)
         .await
@@ -101,7 +99,7 @@ async fn concurrent_updates_share_commits_and_every_acknowledged_one_is_stored()
         frames < UPDATES / 4,
         "{frames} WAL frames for {UPDATES} updates: commits were shared"
     );
-    let _ = std::fs::remove_file(path);
+    common::remove_sqlite_file(&path);
 }
 
 #[tokio::test]
@@ -125,7 +123,7 @@ async fn a_patch_is_answered_only_after_its_commit_and_a_load_of_its_key_commits
         "the load of a key the open transaction wrote committed it first"
     );
     apply.await.expect("committed");
-    let _ = std::fs::remove_file(path);
+    common::remove_sqlite_file(&path);
 }
 
 #[tokio::test]
@@ -146,7 +144,7 @@ async fn a_caller_cancelled_while_waiting_still_has_its_patch_committed() {
         .apply("8:8", &Patch::new().set_field("count", "1"))
         .await
         .expect("another connection can write");
-    let _ = std::fs::remove_file(path);
+    common::remove_sqlite_file(&path);
 }
 
 #[tokio::test]
@@ -169,7 +167,7 @@ async fn a_refused_patch_leaves_no_transaction_open() {
         .await
         .expect("the write lock was given back");
     assert_eq!(count(grouped.load("7:7").await.expect("load")), 1);
-    let _ = std::fs::remove_file(path);
+    common::remove_sqlite_file(&path);
 }
 
 /// Another connection holds the write lock: a grouped patch cannot open its transaction, waits
@@ -200,7 +198,7 @@ async fn a_locked_database_is_waited_for_within_the_busy_timeout() {
         .await
         .expect("written once free");
     assert_eq!(count(other.load("7:7").await.expect("load")), 1);
-    let _ = std::fs::remove_file(path);
+    common::remove_sqlite_file(&path);
 }
 
 /// Whether `apply` is answered at its first poll: a patch that commits on its own is; one
@@ -288,7 +286,7 @@ async fn patches_that_come_one_at_a_time_commit_on_their_own_and_groups_return_w
         version,
         "every patch committed"
     );
-    let _ = std::fs::remove_file(path);
+    common::remove_sqlite_file(&path);
 }
 
 /// A record's revision is counted from what the connection reads and writes
@@ -330,5 +328,5 @@ async fn inside_an_open_group_a_key_it_did_not_write_is_counted_and_one_it_wrote
     apply.await.expect("committed");
     let created = grouped.revision("a");
     assert!(created.follows(Revision::Absent), "{created:?}");
-    let _ = std::fs::remove_file(path);
+    common::remove_sqlite_file(&path);
 }

@@ -2207,9 +2207,7 @@ mod sqlite_backends {
     /// by the next run.
     pub(crate) async fn file_exclusive(test: &'static str) -> Option<(SqliteStore, SqliteStore)> {
         let path = std::env::temp_dir().join(format!("typed-session-exclusive-{test}.db"));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        crate::common::remove_sqlite_file(&path);
         let url = format!("sqlite://{}", path.display());
         let store = SqliteStore::connect(&url).await.expect("open");
         store.migrate().await.expect("migrate");

@@ -390,9 +390,7 @@ async fn replicas_sharing_a_store_see_each_others_saves_because_the_answer_waits
         let reply: serde_json::Value = serde_json::from_str(&body).expect("a JSON reply");
         assert_eq!(reply["text"], id, "update {id} on replica {}", id % 2);
     }
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    common::remove_sqlite_file(&path);
 }
 
 /// Serves `chain` on `/tg` on a free port; returns the address and the stop sender.

@@ -103,6 +103,22 @@ pub(crate) async fn open_store(name: &str, run: usize) -> Result<Arc<dyn Store>,
     })
 }
 
+/// Removes the SQLite files the runs of this process made (the store's and the raw row's),
+/// with their write-ahead logs.
+fn remove_sqlite_files(runs: usize) {
+    let pid = std::process::id();
+    for run in 0..=runs {
+        for name in [
+            format!("typed-session-bench-{pid}-{run}.db"),
+            format!("raw_{pid}_{run}.db"),
+        ] {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{name}{suffix}")));
+            }
+        }
+    }
+}
+
 pub(crate) async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxError> {
     let seq = user_sequence(o.updates, o.users);
     let (mut ups, mut others, mut cpu_wall) = (vec![], vec![], vec![]);
@@ -189,6 +205,7 @@ pub(crate) async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxErr
             lost += n.saturating_sub(stored);
         }
     }
+    remove_sqlite_files(tries);
     let med = median(&ups);
     let (bench, journal) = match o.store.as_str() {
         "sqlite-wal" => ("sqlite", "wal-normal"),

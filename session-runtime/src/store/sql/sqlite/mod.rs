@@ -85,6 +85,12 @@ pub enum Locking {
 /// The patches of updates in flight together share one commit, and one update at a time
 /// commits on its own ([`with_group_commit`](Self::with_group_commit)).
 ///
+/// It tells [revisions](Store::revision) of the records its connection read and wrote, so a
+/// session stays decoded between updates and is read again only once another connection has
+/// committed. A bot that is the only process using its file can keep the file's locks
+/// ([`with_locking`](Self::with_locking)): no statement then takes a lock, and a kept session
+/// needs no check.
+///
 /// # Example
 ///
 /// ```

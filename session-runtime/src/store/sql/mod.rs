@@ -365,7 +365,7 @@ pub(crate) fn integer_object(entries: &[(&str, i64)]) -> String {
 }
 
 /// `s` as a JSON string (quoted, with `"`, `\\` and control characters escaped).
-fn push_json_string(text: &mut String, s: &str) {
+pub(crate) fn push_json_string(text: &mut String, s: &str) {
     use std::fmt::Write as _;
     text.push('"');
     if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {

@@ -10,7 +10,7 @@ mod revisions;
 
 use blocking::{OwnedPatch, is_busy};
 use group::{Group, Member};
-use revisions::{Expiry, Revisions};
+use revisions::{Columns, Counts, Expiry, Revisions};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,6 +156,9 @@ struct Shape {
     expected: usize,
     /// It renews the expiry (a ttl is set).
     renews: bool,
+    /// It writes the row's versions and writers whole, on the condition that they are the
+    /// ones this connection knows (`creates` and `expected` are then 0).
+    known: bool,
 }
 
 impl Statements {
@@ -196,6 +199,16 @@ fn patch_statement(t: &str, shape: Shape) -> String {
         "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE versions END)";
     let live_writers =
         "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE writers END)";
+    let renew = if shape.renews { ", expires_at = ?" } else { "" };
+    if shape.known {
+        // Equal columns are equal versions of every field: the patch's condition, checked
+        // against the kept versions before it was sent, holds on the row.
+        let update = edit_expression("data", shape.removed, shape.set, "json(?)");
+        return format!(
+            "UPDATE {t} SET data = {update}, versions = ?, writers = ?{renew} \
+             WHERE key = ? AND versions = ? AND writers = ? AND (expires_at IS NULL OR expires_at > ?)"
+        );
+    }
     if shape.creates {
         let insert = edit_expression("'{}'", 0, shape.set, "json(?)");
         let current =
@@ -215,7 +228,6 @@ fn patch_statement(t: &str, shape: Shape) -> String {
         // The row is live (the condition says so): without a ttl its expiry stays as it is,
         // and is not named at all. Naming it, even unchanged, rewrites its index entry: a
         // second page, and a second WAL frame, in every commit.
-        let renew = if shape.renews { ", expires_at = ?" } else { "" };
         format!(
             "UPDATE {t} SET data = {update}, versions = json_patch(versions, ?), \
              writers = json_patch(writers, ?){renew} \
@@ -549,16 +561,31 @@ impl SqliteStore {
                     .optional()
             })
             .map_err(|e| error(StoreOp::Load, key, e))?;
-        if follow {
-            revisions.read(key, row.as_ref().map(|(.., expires_at)| *expires_at));
-        }
-        drop(revisions);
-        let Some((data, versions, writers, _)) = row else {
+        let Some((data, versions, writers, expires_at)) = row else {
+            if follow {
+                revisions.read(key, None);
+            }
             return Ok(None);
         };
         let mut record = parse_record(BACKEND, key, &data)?;
         record.versions = parse_versions(BACKEND, key, &versions)?;
         record.writers = parse_writers(BACKEND, key, &writers)?;
+        if follow {
+            // Versions beyond `i64` are never written (a patch refuses them), nor kept.
+            let counts: Option<Vec<(&str, i64)>> = record
+                .versions
+                .iter()
+                .map(|(field, version)| Some((field.as_str(), i64::try_from(*version).ok()?)))
+                .collect();
+            let columns = counts
+                .and_then(|counts| Counts::new(versions, counts))
+                .zip(Counts::new(
+                    writers,
+                    record.writers.iter().map(|(name, id)| (name.as_str(), *id)),
+                ))
+                .map(|(versions, writers)| Columns { versions, writers });
+            revisions.read(key, Some((expires_at, columns)));
+        }
         Ok(Some(record))
     }
 
@@ -574,11 +601,11 @@ impl SqliteStore {
         let written = self.write_on(connection, key, patch);
         let mut revisions = self.revisions.lock();
         match written {
-            Ok(Some(expiry)) => {
+            Ok(Some((expiry, columns_kept))) => {
                 // Read after the statement's own clock: a row it found live is not taken
                 // for expired, nor the other way.
                 let pending = !connection.is_autocommit();
-                revisions.wrote(key, self.clock.now_ms(), expiry, pending);
+                revisions.wrote(key, self.clock.now_ms(), expiry, pending, columns_kept);
                 Ok(())
             }
             written => {
@@ -592,13 +619,14 @@ impl SqliteStore {
     /// row as the statement writes it (SQLite runs one writer at a time), and the new versions
     /// of the fields it writes (one more than expected) are merged into the row's. A patch
     /// that expects every field never written may create the row; one that expects a field
-    /// must find it live. Returns what became of the row's expiry, if it changed the row.
+    /// must find it live. Returns what became of the row's expiry, if it changed the row, and
+    /// whether the row's columns are the ones kept beside its revision.
     fn write_on(
         &self,
         connection: &mut Connection,
         key: &str,
         patch: &Patch<'_>,
-    ) -> Result<Option<Expiry>, StoreError> {
+    ) -> Result<Option<(Expiry, bool)>, StoreError> {
         if patch.only_renews() {
             let Some(expires_at) = self.clock.expiry(patch.ttl) else {
                 return Ok(None);
@@ -608,7 +636,7 @@ impl SqliteStore {
                 .prepare_cached(&self.sql.renew)
                 .and_then(|mut statement| statement.execute((key, expires_at, now)))
                 .map_err(|e| error(StoreOp::Apply, key, e))?;
-            return Ok((renewed > 0).then_some(Expiry::Set(expires_at)));
+            return Ok((renewed > 0).then_some((Expiry::Set(expires_at), true)));
         }
         let (removed, set) = patch_paths(BACKEND, key, patch)?;
         let mut expected = Vec::with_capacity(patch.expect.len());
@@ -622,7 +650,7 @@ impl SqliteStore {
                 message: "a version beyond i64".to_owned(),
             };
             let version = i64::try_from(*version).map_err(|_| beyond())?;
-            expected.push((json_path(BACKEND, key, field)?, version));
+            expected.push((*field, version));
             // A field only read is a condition, not a write: its version stays.
             if patch.written_fields().any(|written| written == *field) {
                 bumped.push((*field, version.checked_add(1).ok_or_else(beyond)?));
@@ -634,22 +662,67 @@ impl SqliteStore {
         {
             // A write that expects nothing of a field (an admin's, not the middleware's):
             // its version is read and bumped in a transaction.
-            return self.apply_unconditionally(connection, key, patch, &removed, &set);
+            let expiry = self.apply_unconditionally(connection, key, patch, &removed, &set)?;
+            return Ok(expiry.map(|expiry| (expiry, false)));
         }
         let now = self.clock.now_ms();
         let expires_at = self.clock.expiry(patch.ttl);
+        let expiry = expires_at.map_or(Expiry::Kept, Expiry::Set);
         let set_pairs = || {
             set.iter()
                 .zip(&patch.set)
                 .flat_map(|(path, (_, value))| [path as &dyn ToSql, value as &dyn ToSql])
         };
+        let shape = Shape {
+            creates: false,
+            removed: patch.remove.len(),
+            set: patch.set.len(),
+            expected: 0,
+            renews: expires_at.is_some(),
+            known: true,
+        };
+        {
+            let mut revisions = self.revisions.lock();
+            if let Some(columns) = revisions.columns_mut(key, now)
+                && expected
+                    .iter()
+                    .all(|(field, version)| columns.versions.get(field).unwrap_or(0) == *version)
+            {
+                let versions = columns.versions.merged_text(&bumped);
+                let writers = columns.writers.merged_text(&patch.writers);
+                let mut params: Vec<&dyn ToSql> =
+                    removed.iter().map(|path| path as &dyn ToSql).collect();
+                for (path, (_, value)) in set.iter().zip(&patch.set) {
+                    params.extend([path as &dyn ToSql, value]);
+                }
+                params.extend([&versions as &dyn ToSql, &writers]);
+                if expires_at.is_some() {
+                    params.push(&expires_at);
+                }
+                params.extend([
+                    &key as &dyn ToSql,
+                    &columns.versions.text,
+                    &columns.writers.text,
+                    &now,
+                ]);
+                if execute(connection, key, &self.sql.patch(shape), params)? > 0 {
+                    let kept = columns.versions.merge(&bumped, versions)
+                        & columns.writers.merge(&patch.writers, writers);
+                    return Ok(Some((expiry, kept)));
+                }
+                // Another connection wrote the row: the statement below checks the fields.
+            }
+        }
+        let expected = expected
+            .into_iter()
+            .map(|(field, version)| Ok((json_path(BACKEND, key, field)?, version)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let creates = expected.iter().all(|(_, v)| *v == 0);
         let sql = self.sql.patch(Shape {
             creates,
-            removed: patch.remove.len(),
-            set: patch.set.len(),
             expected: expected.len(),
-            renews: expires_at.is_some(),
+            known: false,
+            ..shape
         });
         let bumped = integer_object(&bumped);
         let writers = writers_object(patch);
@@ -680,7 +753,7 @@ impl SqliteStore {
             execute(connection, key, &sql, params)?
         };
         if changed > 0 {
-            return Ok(Some(expires_at.map_or(Expiry::Kept, Expiry::Set)));
+            return Ok(Some((expiry, false)));
         }
         let current = self.load_on(connection, key)?.unwrap_or_default();
         Err(conflict(BACKEND, key, patch, current))
@@ -893,5 +966,98 @@ impl Store for SqliteStore {
     /// [`revision`](Store::revision), which forgets everything counted since.
     fn applied_revision(&self, key: &str) -> Revision {
         self.revisions.lock().revision(key, || self.clock.now_ms())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row's `versions` and `writers` columns, as another connection reads them.
+    fn columns_of(path: &std::path::Path, key: &str) -> (String, String) {
+        Connection::open(path)
+            .and_then(|connection| {
+                connection.query_row(
+                    "SELECT versions, writers FROM typed_sessions WHERE key = ?1",
+                    [key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+            })
+            .expect("the row")
+    }
+
+    /// The columns kept beside `key`'s revision, if any.
+    fn kept(store: &SqliteStore, key: &str) -> Option<(String, String)> {
+        let now = store.clock.now_ms();
+        let mut revisions = store.revisions.lock();
+        let columns = revisions.columns_mut(key, now)?;
+        Some((columns.versions.text.clone(), columns.writers.text.clone()))
+    }
+
+    #[tokio::test]
+    async fn the_columns_kept_are_the_rows_and_a_write_by_another_connection_is_merged_by_field() {
+        let path = std::env::temp_dir().join(format!(
+            "typed-session-kept-columns-{}.db",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let url = format!("sqlite://{}", path.display());
+        let one = SqliteStore::connect(&url).await.expect("open");
+        one.migrate().await.expect("migrate");
+        let two = SqliteStore::connect(&url).await.expect("open again");
+        let write = |field: &'static str, value: &'static str, version: u64, id: i64| {
+            Patch::new()
+                .set_field(field, value)
+                .expect_version(field, version)
+                .written_by(field, id)
+        };
+
+        one.apply("k", &write("a", "1", 0, 1))
+            .await
+            .expect("create");
+        assert_eq!(kept(&one, "k"), None, "created by the statement: not known");
+        one.load("k").await.expect("load");
+        assert_eq!(kept(&one, "k"), Some(columns_of(&path, "k")), "as read");
+        one.apply("k", &write("a", "2", 1, 2)).await.expect("write");
+        assert_eq!(kept(&one, "k"), Some(columns_of(&path, "k")), "as written");
+
+        // Another connection writes another field: the row's columns are no longer the kept
+        // ones, and the next patch is decided field by field.
+        two.apply("k", &write("b", "1", 0, 3))
+            .await
+            .expect("another field");
+        one.apply("k", &write("a", "3", 2, 4))
+            .await
+            .expect("not a conflict: a was not written by the other");
+        let record = one.load("k").await.expect("load").expect("a row");
+        assert_eq!((record["a"].as_str(), record["b"].as_str()), ("3", "1"));
+        assert_eq!((record.version("a"), record.version("b")), (3, 1));
+        assert_eq!((record.writers["a"], record.writers["b"]), (4, 3));
+        assert_eq!(kept(&one, "k"), Some(columns_of(&path, "k")), "read again");
+
+        // A patch that expects what the kept columns do not hold is refused, as any other.
+        let refused = one.apply("k", &write("a", "x", 2, 5)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict { .. })),
+            "{refused:?}"
+        );
+        let record = one.load("k").await.expect("load").expect("a row");
+        assert_eq!((record["a"].as_str(), record.version("a")), ("3", 3));
+
+        // The same field written by the other connection meanwhile: refused too.
+        two.apply("k", &write("a", "4", 3, 6))
+            .await
+            .expect("the other writes a");
+        let stale = one.apply("k", &write("a", "5", 3, 7)).await;
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+        let record = one.load("k").await.expect("load").expect("a row");
+        assert_eq!((record["a"].as_str(), record.version("a")), ("4", 4));
+        drop((one, two));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

@@ -7,12 +7,18 @@
 //! and never for the connection's own). So while it stays the same, every change to a record
 //! went through this connection, which counts them here; once it moves, nothing here is
 //! trusted and every revision is unknown until the record is read again.
+//!
+//! With a record's revision it keeps the row's `versions` and `writers` columns as they were
+//! read or written ([`Columns`]), so that the next patch of the record can write them whole,
+//! on the condition that they are still the same, instead of merging its changes into them in
+//! the statement (ARCHITECTURE.md, "Decoded between updates").
 
 use std::collections::HashMap;
 
 use rusqlite::Connection;
 
 use crate::store::Revision;
+use crate::store::sql::push_json_string;
 
 /// How many records are followed at once. The runtime keeps at most 10,000 sessions decoded
 /// between updates; past this many, the whole table is forgotten (every session then loads
@@ -40,7 +46,7 @@ pub(super) struct Revisions {
 }
 
 /// A record as this connection last left it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Known {
     /// No row, or none live.
     Absent,
@@ -49,7 +55,100 @@ enum Known {
         writes: u64,
         /// Milliseconds since the Unix epoch; `None` lives until deleted.
         expires_at: Option<i64>,
+        /// The row's `versions` and `writers`, when this connection knows their texts.
+        columns: Option<Box<Columns>>,
     },
+}
+
+/// The longest `versions` or `writers` text kept beside a revision: a record with more
+/// fields than that has its patches merged by the statement, as when nothing is kept.
+const LONGEST_KEPT: usize = 2048;
+
+/// A row's `versions` and `writers` columns as this connection last read or wrote them.
+#[derive(Debug, Clone)]
+pub(super) struct Columns {
+    pub(super) versions: Counts,
+    pub(super) writers: Counts,
+}
+
+/// A JSON object of integers as it stands in a column: its text, which a statement compares
+/// with the row's, and its entries, which the next text is written from.
+#[derive(Debug, Clone)]
+pub(super) struct Counts {
+    pub(super) text: String,
+    entries: Vec<(Box<str>, i64)>,
+}
+
+impl Counts {
+    /// The column `text`, whose entries are `entries`; `None` if it is too long to keep.
+    pub(super) fn new<'n>(
+        text: String,
+        entries: impl IntoIterator<Item = (&'n str, i64)>,
+    ) -> Option<Self> {
+        (text.len() <= LONGEST_KEPT).then(|| Counts {
+            text,
+            entries: entries
+                .into_iter()
+                .map(|(name, count)| (Box::from(name), count))
+                .collect(),
+        })
+    }
+
+    /// The count of `name`, if the object has one.
+    pub(super) fn get(&self, name: &str) -> Option<i64> {
+        self.entries
+            .iter()
+            .find(|(entry, _)| &**entry == name)
+            .map(|(_, count)| *count)
+    }
+
+    /// The text of this object with `changes` merged in, as SQLite's `json_patch` would merge
+    /// them: a name given again takes its last count, a new name is added.
+    pub(super) fn merged_text(&self, changes: &[(&str, i64)]) -> String {
+        let last = |name: &str| {
+            changes
+                .iter()
+                .rev()
+                .find(|(changed, _)| *changed == name)
+                .map(|(_, count)| *count)
+        };
+        let mut text = String::with_capacity(self.text.len() + changes.len() * 16);
+        text.push('{');
+        let push = |text: &mut String, name: &str, count: i64| {
+            if text.len() > 1 {
+                text.push(',');
+            }
+            push_json_string(text, name);
+            text.push(':');
+            text.push_str(itoa::Buffer::new().format(count));
+        };
+        for (name, count) in &self.entries {
+            push(&mut text, name, last(name).unwrap_or(*count));
+        }
+        for (i, (name, count)) in changes.iter().enumerate() {
+            let added = self.get(name).is_none();
+            let given_again = changes[i + 1..].iter().any(|(later, _)| later == name);
+            if added && !given_again {
+                push(&mut text, name, *count);
+            }
+        }
+        text.push('}');
+        text
+    }
+
+    /// This object after `changes`, whose text is `text` ([`merged_text`](Self::merged_text)).
+    /// Returns whether it is still short enough to keep.
+    #[must_use]
+    pub(super) fn merge(&mut self, changes: &[(&str, i64)], text: String) -> bool {
+        for (name, count) in changes {
+            match self.entries.iter_mut().find(|(entry, _)| &**entry == *name) {
+                Some((_, kept)) => *kept = *count,
+                None => self.entries.push((Box::from(*name), *count)),
+            }
+        }
+        self.text = text;
+        self.text.len() <= LONGEST_KEPT
+    }
 }
 
 /// What an apply that committed left of its row's expiry.
@@ -97,6 +196,7 @@ impl Revisions {
                 life,
                 writes,
                 expires_at,
+                ..
             }) => match expires_at {
                 Some(at) if *at <= now_ms() => Revision::Absent,
                 _ => Revision::At {
@@ -107,47 +207,89 @@ impl Revisions {
         }
     }
 
-    /// A read found `key`'s row (`Some(expires_at)`) or no live one (`None`), after
-    /// [`current`](Self::current). A record seen for the first time starts a new life: the
-    /// revision need not count its writes from its creation, only tell its states apart.
-    pub(super) fn read(&mut self, key: &str, row: Option<Option<i64>>) {
-        if self.known.contains_key(key) {
+    /// A read found `key`'s row (`Some`, with its expiry and its columns if they are kept) or
+    /// no live one (`None`), after [`current`](Self::current). A record seen for the first
+    /// time starts a new life: the revision need not count its writes from its creation, only
+    /// tell its states apart.
+    pub(super) fn read(&mut self, key: &str, row: Option<(Option<i64>, Option<Columns>)>) {
+        if let Some(known) = self.known.get_mut(key) {
+            // Nothing committed since it was counted: the row read is the one counted.
+            if let (Known::At { columns, .. }, Some((_, Some(read)))) = (known, row) {
+                columns.get_or_insert(Box::new(read));
+            }
             return;
         }
         let known = match row {
             None => Known::Absent,
-            Some(expires_at) => Known::At {
+            Some((expires_at, columns)) => Known::At {
                 life: self.new_life(),
                 writes: 0,
                 expires_at,
+                columns: columns.map(Box::new),
             },
         };
         self.insert(key, known);
     }
 
+    /// The columns of `key`'s live row at `now_ms`, as the patches of this connection left
+    /// them (those of the open group transaction included), if they are kept.
+    pub(super) fn columns_mut(&mut self, key: &str, now_ms: i64) -> Option<&mut Columns> {
+        let known = match self.pending.get_mut(key) {
+            Some(pending) => pending,
+            None => self.known.get_mut(key)?,
+        };
+        match known {
+            Known::At {
+                expires_at,
+                columns: Some(columns),
+                ..
+            } if expires_at.is_none_or(|at| at > now_ms) => Some(columns),
+            _ => None,
+        }
+    }
+
     /// An apply to `key` succeeded at `now_ms`: committed, or written in the open group
     /// transaction (`pending`), to count once it commits ([`ended`](Self::ended)).
-    pub(super) fn wrote(&mut self, key: &str, now_ms: i64, expiry: Expiry, pending: bool) {
-        let before = self.pending.get(key).or_else(|| self.known.get(key));
+    /// `columns_kept`: the row's columns are the ones kept ([`columns_mut`](Self::columns_mut),
+    /// as the apply updated them, or untouched by it); otherwise they are no longer known.
+    pub(super) fn wrote(
+        &mut self,
+        key: &str,
+        now_ms: i64,
+        expiry: Expiry,
+        pending: bool,
+        columns_kept: bool,
+    ) {
+        let before = match self.pending.get_mut(key) {
+            Some(pending) => Some(pending),
+            None => self.known.get_mut(key),
+        };
         let live = match before {
             Some(Known::At {
                 life,
                 writes,
                 expires_at,
-            }) if expires_at.is_none_or(|at| at > now_ms) => Some((*life, *writes, *expires_at)),
+                columns,
+            }) if expires_at.is_none_or(|at| at > now_ms) => Some((
+                *life,
+                *writes,
+                *expires_at,
+                columns.take().filter(|_| columns_kept),
+            )),
             Some(_) => None,
             None if matches!(expiry, Expiry::Set(_)) => None,
             // Neither how the row stood nor so its expiry is known.
             None => return self.forget(key),
         };
         let after = match live {
-            Some((life, writes, expires_at)) => Known::At {
+            Some((life, writes, expires_at, columns)) => Known::At {
                 life,
                 writes: writes.saturating_add(1),
                 expires_at: match expiry {
                     Expiry::Set(at) => Some(at),
                     Expiry::Kept => expires_at,
                 },
+                columns,
             },
             None => Known::At {
                 life: self.new_life(),
@@ -156,6 +298,7 @@ impl Revisions {
                     Expiry::Set(at) => Some(at),
                     Expiry::Kept => None,
                 },
+                columns: None,
             },
         };
         if pending {
@@ -208,5 +351,55 @@ impl Revisions {
             self.known.clear();
         }
         self.known.insert(Box::from(key), known);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite's `json_patch` makes of `text` with `changes` merged in.
+    fn json_patch(text: &str, changes: &[(&str, i64)]) -> String {
+        let connection = Connection::open_in_memory().expect("an in-memory database");
+        connection
+            .query_row(
+                "SELECT json_patch(?1, ?2)",
+                (text, crate::store::sql::integer_object(changes)),
+                |row| row.get(0),
+            )
+            .expect("json_patch")
+    }
+
+    #[test]
+    fn merged_text_is_what_json_patch_makes_of_the_same_changes() {
+        let entries = [("a", 1), ("b\"q", 7), ("@3", -2)];
+        let text = r#"{"a":1,"b\"q":7,"@3":-2}"#;
+        let cases: [&[(&str, i64)]; 6] = [
+            &[],
+            &[("a", 2)],
+            &[("c", 1)],
+            &[("b\"q", 8), ("new", 3), ("a", 9)],
+            &[("x", 1), ("x", 2), ("a", 5), ("a", 6)],
+            &[("@3", i64::MAX), ("é", i64::MIN)],
+        ];
+        for changes in cases {
+            let mut counts = Counts::new(text.to_owned(), entries).expect("short");
+            let merged = counts.merged_text(changes);
+            assert_eq!(merged, json_patch(text, changes), "{changes:?}");
+            assert!(counts.merge(changes, merged.clone()));
+            // The entries were merged as the text was: the next text starts from both.
+            assert_eq!(counts.merged_text(&[]), merged, "{changes:?}");
+        }
+    }
+
+    #[test]
+    fn a_text_too_long_is_not_kept() {
+        let long = format!(r#"{{"{}":1}}"#, "f".repeat(LONGEST_KEPT));
+        assert!(Counts::new(long, [("f", 1)]).is_none());
+        let mut counts = Counts::new("{}".to_owned(), []).expect("short");
+        let name = "g".repeat(LONGEST_KEPT);
+        let changes = [(name.as_str(), 1)];
+        let merged = counts.merged_text(&changes);
+        assert!(!counts.merge(&changes, merged), "grown past the bound");
     }
 }

@@ -234,11 +234,7 @@ impl Revisions {
     /// The columns of `key`'s live row at `now_ms`, as the patches of this connection left
     /// them (those of the open group transaction included), if they are kept.
     pub(super) fn columns_mut(&mut self, key: &str, now_ms: i64) -> Option<&mut Columns> {
-        let known = match self.pending.get_mut(key) {
-            Some(pending) => pending,
-            None => self.known.get_mut(key)?,
-        };
-        match known {
+        match self.latest_mut(key)? {
             Known::At {
                 expires_at,
                 columns: Some(columns),
@@ -260,11 +256,7 @@ impl Revisions {
         pending: bool,
         columns_kept: bool,
     ) {
-        let before = match self.pending.get_mut(key) {
-            Some(pending) => Some(pending),
-            None => self.known.get_mut(key),
-        };
-        let live = match before {
+        let live = match self.latest_mut(key) {
             Some(Known::At {
                 life,
                 writes,
@@ -335,6 +327,15 @@ impl Revisions {
         self.known.clear();
         self.pending.clear();
         self.data_version = None;
+    }
+
+    /// What this connection last made of `key`'s record: the open group's patch, if it wrote
+    /// one, else what is known.
+    fn latest_mut(&mut self, key: &str) -> Option<&mut Known> {
+        match self.pending.get_mut(key) {
+            Some(pending) => Some(pending),
+            None => self.known.get_mut(key),
+        }
     }
 
     fn new_life(&mut self) -> u64 {

@@ -469,15 +469,30 @@ pub(crate) fn conflict(
 /// the number of arguments of a function (127 by default).
 #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
 pub(crate) fn edit_expression(base: &str, removed: usize, set: usize, value: &str) -> String {
+    edit_expression_with(base, removed, set, |_| value)
+}
+
+/// [`edit_expression`], with the placeholder of the `i`th set value `value(i)`.
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
+pub(crate) fn edit_expression_with<'v>(
+    base: &str,
+    removed: usize,
+    set: usize,
+    value: impl Fn(usize) -> &'v str,
+) -> String {
     let mut expression = base.to_owned();
     for group in chunk_sizes(removed, ARGS_PER_CALL) {
         expression = format!("json_remove({expression}{})", ", ?".repeat(group));
     }
+    let mut next = 0;
     for group in chunk_sizes(set, ARGS_PER_CALL / 2) {
-        expression = format!(
-            "json_set({expression}{})",
-            format!(", ?, {value}").repeat(group)
-        );
+        let mut arguments = String::new();
+        for i in next..next + group {
+            arguments.push_str(", ?, ");
+            arguments.push_str(value(i));
+        }
+        next += group;
+        expression = format!("json_set({expression}{arguments})");
     }
     expression
 }
@@ -684,6 +699,20 @@ mod tests {
             "json_set(json_remove(data, ?), ?, json(?), ?, json(?))"
         );
         // No call gets more than ARGS_PER_CALL arguments besides the document.
+        assert_eq!(
+            edit_expression_with("data", 0, 2, |i| if i == 0 { "?" } else { "json(?)" }),
+            "json_set(data, ?, ?, ?, json(?))"
+        );
+        // Positions count across the nested calls.
+        let across = edit_expression_with("data", 0, ARGS_PER_CALL / 2 + 1, |i| {
+            if i == ARGS_PER_CALL / 2 {
+                "?"
+            } else {
+                "json(?)"
+            }
+        });
+        assert!(across.ends_with("), ?, ?)"), "{across}");
+        assert_eq!(across.matches("json(?)").count(), ARGS_PER_CALL / 2);
         let wide = edit_expression("data", 0, ARGS_PER_CALL, "?");
         assert_eq!(wide.matches("json_set(").count(), 2);
         assert_eq!(wide.matches('?').count(), 2 * ARGS_PER_CALL);

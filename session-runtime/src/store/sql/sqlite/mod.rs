@@ -20,8 +20,9 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
 use super::{
-    Clock, DEFAULT_TABLE, KeyRange, conflict, edit_expression, integer_object, json_path,
-    parse_record, parse_versions, parse_writers, patch_paths, table_name, writers_object,
+    Clock, DEFAULT_TABLE, KeyRange, conflict, edit_expression, edit_expression_with,
+    integer_object, json_path, parse_record, parse_versions, parse_writers, patch_paths,
+    table_name, writers_object,
 };
 use crate::error::{StoreError, StoreOp};
 use crate::store::{Cursor, Page, Patch, Record, Revision, Store, StoreFuture, page_of};
@@ -159,6 +160,47 @@ struct Shape {
     /// It writes the row's versions and writers whole, on the condition that they are the
     /// ones this connection knows (`creates` and `expected` are then 0).
     known: bool,
+    /// With `known`: the set values (the first 64) bound as SQL integers, by bit
+    /// ([`SetValue`]); the others go through `json(?)`.
+    integers: u64,
+}
+
+/// A set value as bound to a `known` patch statement. A value whose JSON text is an integer
+/// as SQLite writes one (`-12`, not `+12`, `012` or `1e2`) is bound as an integer, which
+/// `json_set` stores as that same JSON number: no `json(?)` parses and writes it again. Any
+/// other value is bound as its text, under `json(?)`.
+#[derive(Debug, Clone, Copy)]
+enum SetValue<'a> {
+    Integer(i64),
+    Json(&'a str),
+}
+
+impl<'a> SetValue<'a> {
+    fn of(text: &'a str) -> Self {
+        match text.parse::<i64>() {
+            Ok(n) if itoa::Buffer::new().format(n) == text => SetValue::Integer(n),
+            _ => SetValue::Json(text),
+        }
+    }
+
+    /// Which of `values` (the first 64) are integers, by bit.
+    fn integers(values: &[SetValue<'_>]) -> u64 {
+        values
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, value)| matches!(value, SetValue::Integer(_)))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
+}
+
+impl ToSql for SetValue<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match *self {
+            SetValue::Integer(n) => n.into(),
+            SetValue::Json(text) => text.into(),
+        })
+    }
 }
 
 impl Statements {
@@ -203,7 +245,13 @@ fn patch_statement(t: &str, shape: Shape) -> String {
     if shape.known {
         // Equal columns are equal versions of every field: the patch's condition, checked
         // against the kept versions before it was sent, holds on the row.
-        let update = edit_expression("data", shape.removed, shape.set, "json(?)");
+        let update = edit_expression_with("data", shape.removed, shape.set, |i| {
+            if i < 64 && shape.integers & 1 << i != 0 {
+                "?"
+            } else {
+                "json(?)"
+            }
+        });
         return format!(
             "UPDATE {t} SET data = {update}, versions = ?, writers = ?{renew} \
              WHERE key = ? AND versions = ? AND writers = ? AND (expires_at IS NULL OR expires_at > ?)"
@@ -317,6 +365,9 @@ impl SqliteStore {
     /// [`with_busy_timeout`](Self::with_busy_timeout) on a blocking thread instead.
     pub fn from_connection(connection: Connection) -> Self {
         let _ = connection.busy_timeout(Duration::ZERO);
+        // Room for every patch shape kept written beside the fixed statements, so that a bot
+        // whose updates write varied sets of fields does not prepare them over and over.
+        connection.set_prepared_statement_cache_capacity(PATCH_SHAPES + 16);
         SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             sql: Arc::new(Statements::new(Arc::from(DEFAULT_TABLE))),
@@ -680,6 +731,7 @@ impl SqliteStore {
             expected: 0,
             renews: expires_at.is_some(),
             known: true,
+            integers: 0,
         };
         {
             let mut revisions = self.revisions.lock();
@@ -690,9 +742,19 @@ impl SqliteStore {
             {
                 let versions = columns.versions.merged_text(&bumped);
                 let writers = columns.writers.merged_text(&patch.writers);
+                // Past the mask's 64 bits, every value goes through `json(?)`.
+                let values: Vec<SetValue<'_>> = (patch.set.iter().enumerate())
+                    .map(|(i, (_, text))| {
+                        if i < 64 {
+                            SetValue::of(text)
+                        } else {
+                            SetValue::Json(text)
+                        }
+                    })
+                    .collect();
                 let mut params: Vec<&dyn ToSql> =
                     removed.iter().map(|path| path as &dyn ToSql).collect();
-                for (path, (_, value)) in set.iter().zip(&patch.set) {
+                for (path, value) in set.iter().zip(&values) {
                     params.extend([path as &dyn ToSql, value]);
                 }
                 params.extend([&versions as &dyn ToSql, &writers]);
@@ -705,6 +767,10 @@ impl SqliteStore {
                     &columns.writers.text,
                     &now,
                 ]);
+                let shape = Shape {
+                    integers: SetValue::integers(&values),
+                    ..shape
+                };
                 if execute(connection, key, &self.sql.patch(shape), params)? > 0 {
                     let kept = columns.versions.merge(&bumped, versions)
                         & columns.writers.merge(&patch.writers, writers);
@@ -992,6 +1058,79 @@ mod tests {
         let mut revisions = store.revisions.lock();
         let columns = revisions.columns_mut(key, now)?;
         Some((columns.versions.text.clone(), columns.writers.text.clone()))
+    }
+
+    #[test]
+    fn only_integers_as_sqlite_writes_them_are_bound_as_integers() {
+        for (text, n) in [
+            ("0", 0),
+            ("-12", -12),
+            ("9223372036854775807", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+        ] {
+            assert!(
+                matches!(SetValue::of(text), SetValue::Integer(m) if m == n),
+                "{text}"
+            );
+        }
+        for text in [
+            "+5",
+            "012",
+            "-0",
+            "1e2",
+            "5.0",
+            "18446744073709551615",
+            " 5",
+            "\"5\"",
+            "null",
+        ] {
+            assert!(
+                matches!(SetValue::of(text), SetValue::Json(t) if t == text),
+                "{text}"
+            );
+        }
+        let values = [SetValue::of("1"), SetValue::of("\"a\""), SetValue::of("-3")];
+        assert_eq!(SetValue::integers(&values), 0b101);
+    }
+
+    #[tokio::test]
+    async fn values_written_whole_read_back_as_sent() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        let values = [
+            ("a", "0"),
+            ("b", "-7"),
+            ("c", "9223372036854775807"),
+            ("d", "18446744073709551615"),
+            ("e", "1.5"),
+            ("f", "\"012\""),
+            ("g", "null"),
+            ("h", "[1,{\"x\":2}]"),
+        ];
+        let mut create = Patch::new();
+        for (field, _) in values {
+            create = create.set_field(field, "1").expect_version(field, 0);
+        }
+        store.apply("k", &create).await.expect("create");
+        store.load("k").await.expect("load");
+        assert!(
+            kept(&store, "k").is_some(),
+            "known: the next patch is written whole"
+        );
+        let mut patch = Patch::new();
+        for (field, value) in values {
+            patch = patch.set_field(field, value).expect_version(field, 1);
+        }
+        store.apply("k", &patch).await.expect("written whole");
+        assert!(kept(&store, "k").is_some(), "went the known way");
+        let record = store.load("k").await.expect("load").expect("a row");
+        for (field, value) in values {
+            assert_eq!(
+                (record[field].as_str(), record.version(field)),
+                (value, 2),
+                "{field}"
+            );
+        }
     }
 
     #[tokio::test]

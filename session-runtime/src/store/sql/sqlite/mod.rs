@@ -143,8 +143,9 @@ struct Statements {
 }
 
 /// How many patch statements a store keeps written. A shape counts fields, not names, so
-/// the middleware sends a handful (how many fields its updates write and read together); a
-/// caller of the `Store` API that sends more shapes gets the others built per patch.
+/// the middleware sends a handful (how many fields its updates write and read together, and
+/// which of the values they write are integers); a caller of the `Store` API that sends more
+/// shapes gets the others built per patch.
 const PATCH_SHAPES: usize = 64;
 
 /// What a patch statement's text depends on.
@@ -362,7 +363,8 @@ impl SqliteStore {
 
     /// A store over a connection the application opened. Its busy timeout is set to none:
     /// the store never waits for a lock on the calling task, and waits at most
-    /// [`with_busy_timeout`](Self::with_busy_timeout) on a blocking thread instead.
+    /// [`with_busy_timeout`](Self::with_busy_timeout) on a blocking thread instead. Its
+    /// prepared-statement cache is made large enough to hold the store's statements.
     pub fn from_connection(connection: Connection) -> Self {
         let _ = connection.busy_timeout(Duration::ZERO);
         // Room for every patch shape kept written beside the fixed statements, so that a bot

@@ -698,7 +698,6 @@ mod tests {
             edit_expression("data", 1, 2, "json(?)"),
             "json_set(json_remove(data, ?), ?, json(?), ?, json(?))"
         );
-        // No call gets more than ARGS_PER_CALL arguments besides the document.
         assert_eq!(
             edit_expression_with("data", 0, 2, |i| if i == 0 { "?" } else { "json(?)" }),
             "json_set(data, ?, ?, ?, json(?))"
@@ -713,6 +712,7 @@ mod tests {
         });
         assert!(across.ends_with("), ?, ?)"), "{across}");
         assert_eq!(across.matches("json(?)").count(), ARGS_PER_CALL / 2);
+        // No call gets more than ARGS_PER_CALL arguments besides the document.
         let wide = edit_expression("data", 0, ARGS_PER_CALL, "?");
         assert_eq!(wide.matches("json_set(").count(), 2);
         assert_eq!(wide.matches('?').count(), 2 * ARGS_PER_CALL);

@@ -161,8 +161,8 @@ struct Shape {
     /// It writes the row's versions and writers whole, on the condition that they are the
     /// ones this connection knows (`creates` and `expected` are then 0).
     known: bool,
-    /// With `known`: the set values (the first 64) bound as SQL integers, by bit
-    /// ([`SetValue`]); the others go through `json(?)`.
+    /// With `known`: the set values bound as SQL integers, by bit, of the first
+    /// [`INTEGER_BITS`] ([`SetValue`]); the others go through `json(?)`.
     integers: u64,
 }
 
@@ -176,6 +176,10 @@ enum SetValue<'a> {
     Json(&'a str),
 }
 
+/// How many set values a shape can mark as integers (the bits of [`Shape::integers`]); any
+/// later one is bound as text.
+const INTEGER_BITS: usize = 64;
+
 impl<'a> SetValue<'a> {
     fn of(text: &'a str) -> Self {
         match text.parse::<i64>() {
@@ -184,14 +188,24 @@ impl<'a> SetValue<'a> {
         }
     }
 
-    /// Which of `values` (the first 64) are integers, by bit.
-    fn integers(values: &[SetValue<'_>]) -> u64 {
-        values
-            .iter()
-            .take(64)
-            .enumerate()
-            .filter(|(_, value)| matches!(value, SetValue::Integer(_)))
-            .fold(0, |bits, (i, _)| bits | 1 << i)
+    /// The set values of a patch as bound, and which of them are integers, by bit.
+    fn all(set: &'a [(&str, String)]) -> (Vec<Self>, u64) {
+        let mut integers = 0;
+        let values = (set.iter().enumerate())
+            .map(|(i, (_, text))| match SetValue::of(text) {
+                SetValue::Integer(n) if i < INTEGER_BITS => {
+                    integers |= 1 << i;
+                    SetValue::Integer(n)
+                }
+                _ => SetValue::Json(text),
+            })
+            .collect();
+        (values, integers)
+    }
+
+    /// Whether the `i`th set value of a statement whose shape has `integers` is bound as one.
+    fn is_integer(integers: u64, i: usize) -> bool {
+        i < INTEGER_BITS && integers >> i & 1 == 1
     }
 }
 
@@ -247,7 +261,7 @@ fn patch_statement(t: &str, shape: Shape) -> String {
         // Equal columns are equal versions of every field: the patch's condition, checked
         // against the kept versions before it was sent, holds on the row.
         let update = edit_expression_with("data", shape.removed, shape.set, |i| {
-            if i < 64 && shape.integers & 1 << i != 0 {
+            if SetValue::is_integer(shape.integers, i) {
                 "?"
             } else {
                 "json(?)"
@@ -744,16 +758,7 @@ impl SqliteStore {
             {
                 let versions = columns.versions.merged_text(&bumped);
                 let writers = columns.writers.merged_text(&patch.writers);
-                // Past the mask's 64 bits, every value goes through `json(?)`.
-                let values: Vec<SetValue<'_>> = (patch.set.iter().enumerate())
-                    .map(|(i, (_, text))| {
-                        if i < 64 {
-                            SetValue::of(text)
-                        } else {
-                            SetValue::Json(text)
-                        }
-                    })
-                    .collect();
+                let (values, integers) = SetValue::all(&patch.set);
                 let mut params: Vec<&dyn ToSql> =
                     removed.iter().map(|path| path as &dyn ToSql).collect();
                 for (path, value) in set.iter().zip(&values) {
@@ -769,10 +774,7 @@ impl SqliteStore {
                     &columns.writers.text,
                     &now,
                 ]);
-                let shape = Shape {
-                    integers: SetValue::integers(&values),
-                    ..shape
-                };
+                let shape = Shape { integers, ..shape };
                 if execute(connection, key, &self.sql.patch(shape), params)? > 0 {
                     let kept = columns.versions.merge(&bumped, versions)
                         & columns.writers.merge(&patch.writers, writers);
@@ -1091,8 +1093,15 @@ mod tests {
                 "{text}"
             );
         }
-        let values = [SetValue::of("1"), SetValue::of("\"a\""), SetValue::of("-3")];
-        assert_eq!(SetValue::integers(&values), 0b101);
+        let set = [("a", "1"), ("b", "\"a\""), ("c", "-3")].map(|(f, v)| (f, v.to_owned()));
+        assert_eq!(SetValue::all(&set).1, 0b101);
+        // Only the first INTEGER_BITS can be marked; a later integer is bound as text.
+        let wide = vec![("f", "1".to_owned()); INTEGER_BITS + 1];
+        let (values, integers) = SetValue::all(&wide);
+        assert_eq!(integers, u64::MAX);
+        assert!(matches!(values[INTEGER_BITS], SetValue::Json("1")));
+        assert!(SetValue::is_integer(integers, INTEGER_BITS - 1));
+        assert!(!SetValue::is_integer(integers, INTEGER_BITS));
     }
 
     #[tokio::test]

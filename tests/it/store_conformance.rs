@@ -191,6 +191,7 @@ macro_rules! conformance {
                 an_old_record_is_migrated_on_load_and_written_back_once_field_by_field,
                 a_record_the_versioned_type_wrote_is_not_migrated_and_a_failed_step_names_key_field_and_version,
                 every_write_of_a_field_adds_one_to_its_version_and_a_removal_keeps_it,
+                a_patch_of_many_expected_fields_moves_each_version_once,
                 every_rust_string_round_trips_nul_included,
                 a_patch_of_more_fields_than_the_limit_is_refused_whole_in_every_store,
                 a_writer_is_recorded_under_a_name_the_patch_does_not_write,
@@ -532,6 +533,71 @@ mod suite {
         let record = store.load(&key).await.expect("load").expect("exists");
         assert_eq!(["a", "b", "c"].map(|f| record.version(f)), [3, 2, 1]);
         assert_eq!((record.get("a"), record.get("c")), (Some("5"), Some("6")));
+        // And a removal with no expected version.
+        store
+            .apply(&key, &patch(&[], &["a"], None))
+            .await
+            .expect("apply");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!(["a", "b", "c"].map(|f| record.version(f)), [4, 2, 1]);
+        assert_eq!((record.get("a"), record.get("c")), (None, Some("6")));
+    }
+
+    /// A patch that expects and writes many fields (as a session of many fields saves after
+    /// a reload) is checked and versioned field by field like a small one: every field one
+    /// version on, and one stale expectation among them refuses the whole patch.
+    pub(crate) async fn a_patch_of_many_expected_fields_moves_each_version_once<
+        S: Store + Clone,
+    >(
+        Stores { one: store, .. }: Stores<S>,
+    ) {
+        let key = unique("many");
+        let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        let all = |value: &str, version: u64| {
+            names.iter().fold(Patch::new(), |patch, name| {
+                patch
+                    .set_field(name, value.to_owned())
+                    .expect_version(name, version)
+            })
+        };
+        store.apply(&key, &all("1", 0)).await.expect("created");
+        // Half set, half removed, each at the version the first patch gave it.
+        let mut patch = Patch::new();
+        for (i, name) in names.iter().enumerate() {
+            patch = match i % 2 {
+                0 => patch.set_field(name, "2"),
+                _ => patch.remove_field(name),
+            }
+            .expect_version(name, 1);
+        }
+        store.apply(&key, &patch).await.expect("applied");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        for (i, name) in names.iter().enumerate() {
+            let value = (i % 2 == 0).then_some("2");
+            assert_eq!(
+                (record.get(name), record.version(name)),
+                (value, 2),
+                "{name}"
+            );
+        }
+        // One expectation behind (f39 is at 2): nothing of the patch is written.
+        let refused = store
+            .apply(&key, &all("3", 2).expect_version("f39", 1))
+            .await;
+        assert!(
+            matches!(&refused, Err(typed_session::StoreError::Conflict { fields, .. }) if fields == &["f39".to_owned()]),
+            "{refused:?}"
+        );
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert_eq!((record.get("f0"), record.version("f0")), (Some("2"), 2));
+        store.apply(&key, &all("3", 2)).await.expect("applied");
+        let record = store.load(&key).await.expect("load").expect("exists");
+        assert!(
+            names
+                .iter()
+                .all(|name| record.get(name) == Some("3") && record.version(name) == 3),
+            "{record:?}"
+        );
     }
 
     pub(crate) async fn every_rust_string_round_trips_nul_included<S: Store + Clone>(

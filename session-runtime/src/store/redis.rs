@@ -308,79 +308,144 @@ const WRITER_PREFIX: &str = "\0\0";
 
 /// One patch, all or nothing, in one round trip: the versions the patch expects are checked
 /// first (a conflict writes nothing and returns the fields that differ with the whole hash,
-/// so the writer needs no second round trip to catch up), then each field is set
-/// or removed and its version incremented, then the expiry is renewed. It reads every version it
-/// needs with one `HMGET` and writes with one `HDEL` and one `HSET` (values, versions, writers):
+/// so the writer needs no second round trip to catch up), then the removed fields are
+/// deleted, and the set fields, their versions and writers written with one `HSET`, then the
+/// expiry is renewed.
+///
 /// Redis runs scripts on its one thread, so with many updates in flight the script's cost is
-/// the store's throughput.
+/// the store's throughput, and every step of Lua counts (a table built or a string joined in
+/// the script costs about what a hash command does). So the caller sends the script its
+/// arguments ready to use ([`apply_arguments`]): the version names to check, and the `HSET`'s
+/// arguments whole, with each written field's new version already computed from the version
+/// the patch expects it at. Only a field written without an expectation (a patch built by
+/// hand; the runtime expects every field it writes) has its version read and incremented here.
+///
+/// Arguments, in order: the count of expected versions `e`, their `e` hash fields (the
+/// version fields, `\0` + name), the `e` versions; the count of removed fields and their
+/// names; the count of version fields to increment in the script and their names; the count
+/// of `HSET` arguments and the arguments; the expiry in milliseconds (0: leave it).
 static APPLY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"
 local hash = KEYS[1]
-local i = 1
-local function next_arg()
-  local value = ARGV[i]
-  i = i + 1
-  return value
-end
--- The version fields to read: those the patch expects, then those it writes; one HMGET.
-local versions, wants = {}, {}
-local expected = tonumber(next_arg())
-for k = 1, expected do
-  versions[k] = '\0' .. next_arg()
-  wants[k] = tonumber(next_arg())
-end
-local set, removed = {}, {}
-for _ = 1, tonumber(next_arg()) do
-  local field, value = next_arg(), next_arg()
-  set[#set + 1] = field
-  set[#set + 1] = value
-  versions[#versions + 1] = '\0' .. field
-end
-for _ = 1, tonumber(next_arg()) do
-  local field = next_arg()
-  removed[#removed + 1] = field
-  versions[#versions + 1] = '\0' .. field
-end
-local have = {}
-if #versions > 0 then
-  have = redis.call('HMGET', hash, unpack(versions))
-end
-local conflicts = {}
-for k = 1, expected do
-  if tonumber(have[k] or '0') ~= wants[k] then
-    conflicts[#conflicts + 1] = string.sub(versions[k], 2)
+local e = tonumber(ARGV[1])
+if e > 0 then
+  local have = redis.call('HMGET', hash, unpack(ARGV, 2, 1 + e))
+  local conflicts
+  for k = 1, e do
+    local held, want = have[k] or '0', ARGV[1 + e + k]
+    if held ~= want and tonumber(held) ~= tonumber(want) then
+      conflicts = conflicts or {}
+      conflicts[#conflicts + 1] = string.sub(ARGV[1 + k], 2)
+    end
+  end
+  if conflicts then
+    return {conflicts, redis.call('HGETALL', hash)}
   end
 end
-if #conflicts > 0 then
-  return {conflicts, redis.call('HGETALL', hash)}
+local p = 2 + 2 * e
+local removed = tonumber(ARGV[p])
+if removed > 0 then
+  redis.call('HDEL', hash, unpack(ARGV, p + 1, p + removed))
 end
-for k = expected + 1, #versions do
-  set[#set + 1] = versions[k]
-  set[#set + 1] = tostring(tonumber(have[k] or '0') + 1)
+p = p + removed + 1
+local bumped = tonumber(ARGV[p])
+if bumped > 0 then
+  local have = redis.call('HMGET', hash, unpack(ARGV, p + 1, p + bumped))
+  local next = {}
+  for k = 1, bumped do
+    next[2 * k - 1] = ARGV[p + k]
+    next[2 * k] = tostring(tonumber(have[k] or '0') + 1)
+  end
+  redis.call('HSET', hash, unpack(next))
 end
-for _ = 1, tonumber(next_arg()) do
-  local field, writer = next_arg(), next_arg()
-  set[#set + 1] = '\0\0' .. field
-  set[#set + 1] = writer
+p = p + bumped + 1
+local set = tonumber(ARGV[p])
+if set > 0 then
+  redis.call('HSET', hash, unpack(ARGV, p + 1, p + set))
 end
-if #removed > 0 then
-  redis.call('HDEL', hash, unpack(removed))
-end
-if #set > 0 then
-  redis.call('HSET', hash, unpack(set))
-end
-local ttl = tonumber(next_arg())
+local ttl = tonumber(ARGV[p + set + 1])
 if ttl > 0 then
   redis.call('PEXPIRE', hash, ttl)
 end
-return {{}, {}}
+return false
 "#,
     )
 });
 
-/// What the patch script answers: the fields whose version differed (none: it applied) and,
-/// when some did, the hash as `HGETALL` returns it, names and values in turn.
+/// The hash field of `prefix` + `name` (a version or writer field).
+fn prefixed(prefix: &str, name: &str) -> Vec<u8> {
+    let mut field = Vec::with_capacity(prefix.len() + name.len());
+    field.extend_from_slice(prefix.as_bytes());
+    field.extend_from_slice(name.as_bytes());
+    field
+}
+
+/// Adds `patch` to `invocation` as [`APPLY`] takes it.
+fn apply_arguments(invocation: &mut redis::ScriptInvocation<'_>, patch: &Patch<'_>) {
+    // The version each written field will have: one past the version the patch expects it
+    // at, or unknown (read and incremented by the script). A patch of many fields looks its
+    // expectations up in a map rather than each in a list.
+    let many = (patch.expect.len() > 16).then(|| {
+        patch
+            .expect
+            .iter()
+            .copied()
+            .collect::<std::collections::HashMap<&str, u64>>()
+    });
+    let expected = |field: &str| {
+        let version = match &many {
+            Some(map) => map.get(field).copied(),
+            None => patch
+                .expect
+                .iter()
+                .find(|(name, _)| *name == field)
+                .map(|(_, version)| *version),
+        };
+        version.map(|version| version.saturating_add(1))
+    };
+    let written = patch.set.iter().map(|(field, _)| *field);
+    let next: Vec<(&str, Option<u64>)> = written
+        .chain(patch.remove.iter().copied())
+        .map(|field| (field, expected(field)))
+        .collect();
+
+    invocation.arg(patch.expect.len());
+    for (field, _) in &patch.expect {
+        invocation.arg(prefixed(VERSION_PREFIX, field));
+    }
+    for (_, version) in &patch.expect {
+        invocation.arg(*version);
+    }
+    invocation.arg(patch.remove.len());
+    for field in &patch.remove {
+        invocation.arg(*field);
+    }
+    invocation.arg(next.iter().filter(|(_, version)| version.is_none()).count());
+    for (field, _) in next.iter().filter(|(_, version)| version.is_none()) {
+        invocation.arg(prefixed(VERSION_PREFIX, field));
+    }
+    let known = next.iter().filter(|(_, version)| version.is_some()).count();
+    invocation.arg(2 * (patch.set.len() + known + patch.writers.len()));
+    for (field, value) in &patch.set {
+        invocation.arg(*field).arg(value.as_str());
+    }
+    for (field, version) in &next {
+        if let Some(version) = version {
+            invocation
+                .arg(prefixed(VERSION_PREFIX, field))
+                .arg(*version);
+        }
+    }
+    for (field, writer) in &patch.writers {
+        invocation.arg(prefixed(WRITER_PREFIX, field)).arg(*writer);
+    }
+    invocation.arg(patch.ttl.map_or(0, millis));
+}
+
+/// What the patch script answers when it refuses a patch: the fields whose version differed,
+/// and the hash as `HGETALL` returns it, names and values in turn. An applied patch is
+/// answered with nil (Lua's `false`), the cheapest reply a script can make.
 type Refusal = (Vec<String>, Vec<Vec<u8>>);
 
 /// A duration as the whole milliseconds Redis takes, at least 1 (0 means "none" to `PEXPIRE`'s
@@ -399,7 +464,7 @@ async fn replicated<C: ConnectionLike>(
     invocation: &redis::ScriptInvocation<'_>,
     replicas: u32,
     wait: Duration,
-) -> redis::RedisResult<(Refusal, u32)> {
+) -> redis::RedisResult<(Option<Refusal>, u32)> {
     let wait_ms = millis(wait);
     let run = |load: bool| {
         let mut pipe = redis::pipe();
@@ -456,27 +521,10 @@ where
             crate::store::check_size(BACKEND, patch)?;
             let mut invocation = APPLY.prepare_invoke();
             invocation.key(self.redis_key(key));
-            invocation.arg(patch.expect.len());
-            for (field, version) in &patch.expect {
-                invocation.arg(*field).arg(*version);
-            }
-            invocation.arg(patch.set.len());
-            for (field, value) in &patch.set {
-                invocation.arg(*field).arg(value.as_str());
-            }
-            invocation.arg(patch.remove.len());
-            for field in &patch.remove {
-                invocation.arg(*field);
-            }
-            invocation.arg(patch.writers.len());
-            for (field, writer) in &patch.writers {
-                invocation.arg(*field).arg(*writer);
-            }
-            let ttl_ms = patch.ttl.map_or(0, millis);
-            invocation.arg(ttl_ms);
+            apply_arguments(&mut invocation, patch);
             let mut connection = self.connection.clone();
             let failed = |e| StoreError::backend(BACKEND, StoreOp::Apply, key, e);
-            let (conflicts, current): Refusal = match self.replicas {
+            let refusal: Option<Refusal> = match self.replicas {
                 None => {
                     within(BACKEND, self.timeout, StoreOp::Apply, key, async {
                         invocation
@@ -488,14 +536,14 @@ where
                 }
                 Some((replicas, wait)) => {
                     let deadline = self.timeout.saturating_add(wait);
-                    let ((conflicts, current), acknowledged): (Refusal, u32) =
+                    let (refusal, acknowledged): (Option<Refusal>, u32) =
                         within(BACKEND, deadline, StoreOp::Apply, key, async {
                             replicated(&mut connection, &invocation, replicas, wait)
                                 .await
                                 .map_err(failed)
                         })
                         .await?;
-                    if conflicts.is_empty() && acknowledged < replicas {
+                    if refusal.is_none() && acknowledged < replicas {
                         return Err(StoreError::backend(
                             BACKEND,
                             StoreOp::Apply,
@@ -505,12 +553,12 @@ where
                             ),
                         ));
                     }
-                    (conflicts, current)
+                    refusal
                 }
             };
-            if conflicts.is_empty() {
+            let Some((conflicts, current)) = refusal else {
                 return Ok(());
-            }
+            };
             let mut flat = current.into_iter();
             let mut current = Vec::with_capacity(flat.len() / 2);
             while let (Some(name), Some(value)) = (flat.next(), flat.next()) {

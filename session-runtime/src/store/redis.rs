@@ -373,16 +373,33 @@ return false
     )
 });
 
-/// The hash field of `prefix` + `name` (a version or writer field).
-fn prefixed(prefix: &str, name: &str) -> Vec<u8> {
-    let mut field = Vec::with_capacity(prefix.len() + name.len());
-    field.extend_from_slice(prefix.as_bytes());
-    field.extend_from_slice(name.as_bytes());
-    field
+/// The hash field `prefix` + `name` (a version or writer field), written into the command as
+/// one argument without being joined first.
+struct Prefixed<'a>(&'a str, &'a str);
+
+impl redis::ToRedisArgs for Prefixed<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        // Into the command's buffer in memory: the writes cannot fail.
+        let _ = arg
+            .write_all(self.0.as_bytes())
+            .and_then(|()| arg.write_all(self.1.as_bytes()));
+    }
 }
 
-/// Adds `patch` to `invocation` as [`APPLY`] takes it.
-fn apply_arguments(invocation: &mut redis::ScriptInvocation<'_>, patch: &Patch<'_>) {
+/// The call of [`APPLY`] for `patch` on the hash `hash`: `EVALSHA` with the arguments built
+/// straight into the command's one buffer (a `ScriptInvocation` allocates one per argument,
+/// and copies them all into a command when sent).
+fn apply_command(hash: Prefixed<'_>, patch: &Patch<'_>) -> redis::Cmd {
+    let mut command = redis::cmd("EVALSHA");
+    command.arg(APPLY.get_hash()).arg(1).arg(hash);
+    apply_arguments(&mut command, patch);
+    command
+}
+
+/// Adds `patch` to `command` as [`APPLY`] takes it.
+fn apply_arguments(command: &mut redis::Cmd, patch: &Patch<'_>) {
     // The version each written field will have: one past the version the patch expects it
     // at, or unknown (read and incremented by the script). A patch of many fields looks its
     // expectations up in a map rather than each in a list.
@@ -410,37 +427,35 @@ fn apply_arguments(invocation: &mut redis::ScriptInvocation<'_>, patch: &Patch<'
         .map(|field| (field, expected(field)))
         .collect();
 
-    invocation.arg(patch.expect.len());
+    command.arg(patch.expect.len());
     for (field, _) in &patch.expect {
-        invocation.arg(prefixed(VERSION_PREFIX, field));
+        command.arg(Prefixed(VERSION_PREFIX, field));
     }
     for (_, version) in &patch.expect {
-        invocation.arg(*version);
+        command.arg(*version);
     }
-    invocation.arg(patch.remove.len());
+    command.arg(patch.remove.len());
     for field in &patch.remove {
-        invocation.arg(*field);
+        command.arg(*field);
     }
-    invocation.arg(next.iter().filter(|(_, version)| version.is_none()).count());
+    command.arg(next.iter().filter(|(_, version)| version.is_none()).count());
     for (field, _) in next.iter().filter(|(_, version)| version.is_none()) {
-        invocation.arg(prefixed(VERSION_PREFIX, field));
+        command.arg(Prefixed(VERSION_PREFIX, field));
     }
     let known = next.iter().filter(|(_, version)| version.is_some()).count();
-    invocation.arg(2 * (patch.set.len() + known + patch.writers.len()));
+    command.arg(2 * (patch.set.len() + known + patch.writers.len()));
     for (field, value) in &patch.set {
-        invocation.arg(*field).arg(value.as_str());
+        command.arg(*field).arg(value.as_str());
     }
     for (field, version) in &next {
         if let Some(version) = version {
-            invocation
-                .arg(prefixed(VERSION_PREFIX, field))
-                .arg(*version);
+            command.arg(Prefixed(VERSION_PREFIX, field)).arg(*version);
         }
     }
     for (field, writer) in &patch.writers {
-        invocation.arg(prefixed(WRITER_PREFIX, field)).arg(*writer);
+        command.arg(Prefixed(WRITER_PREFIX, field)).arg(*writer);
     }
-    invocation.arg(patch.ttl.map_or(0, millis));
+    command.arg(patch.ttl.map_or(0, millis));
 }
 
 /// What the patch script answers when it refuses a patch: the fields whose version differed,
@@ -456,12 +471,37 @@ fn millis(duration: Duration) -> u64 {
         .max(1)
 }
 
-/// The patch script and a `WAIT` for `replicas` in one pipeline, so both go to the node that
+/// Whether `answered` failed because the server does not know the patch script (it was never
+/// loaded there, or the server restarted or flushed its scripts since).
+fn unknown_script<T>(answered: &redis::RedisResult<T>) -> bool {
+    matches!(answered, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+}
+
+/// Sends the patch command; if the server does not know the script, loads it and sends the
+/// command again in one pipeline (a cluster routes the pipeline by its keyed command, so the
+/// script is loaded on the node that runs it).
+async fn applied<C: ConnectionLike>(
+    connection: &mut C,
+    command: &redis::Cmd,
+) -> redis::RedisResult<Option<Refusal>> {
+    let answered = command.query_async(connection).await;
+    if !unknown_script(&answered) {
+        return answered;
+    }
+    let mut pipe = redis::pipe();
+    pipe.load_script(&APPLY)
+        .ignore()
+        .add_command(command.clone());
+    let (refusal,): (Option<Refusal>,) = pipe.query_async(connection).await?;
+    Ok(refusal)
+}
+
+/// The patch command and a `WAIT` for `replicas` in one pipeline, so both go to the node that
 /// owns the key (a cluster routes the pipeline by its one keyed command), and `WAIT` covers
 /// the script's write. Loads the script first if the server does not know it.
 async fn replicated<C: ConnectionLike>(
     connection: &mut C,
-    invocation: &redis::ScriptInvocation<'_>,
+    command: &redis::Cmd,
     replicas: u32,
     wait: Duration,
 ) -> redis::RedisResult<(Option<Refusal>, u32)> {
@@ -471,20 +511,17 @@ async fn replicated<C: ConnectionLike>(
         if load {
             pipe.load_script(&APPLY).ignore();
         }
-        pipe.invoke_script(invocation)
+        pipe.add_command(command.clone())
             .cmd("WAIT")
             .arg(replicas)
             .arg(wait_ms);
         pipe
     };
-    match run(false).query_async(connection).await {
-        Err(error)
-            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-        {
-            run(true).query_async(connection).await
-        }
-        answered => answered,
+    let answered = run(false).query_async(connection).await;
+    if unknown_script(&answered) {
+        return run(true).query_async(connection).await;
     }
+    answered
 }
 
 impl<C> Store for RedisStore<C>
@@ -519,18 +556,13 @@ where
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
             crate::store::check_size(BACKEND, patch)?;
-            let mut invocation = APPLY.prepare_invoke();
-            invocation.key(self.redis_key(key));
-            apply_arguments(&mut invocation, patch);
+            let command = apply_command(Prefixed(&self.prefix, key), patch);
             let mut connection = self.connection.clone();
             let failed = |e| StoreError::backend(BACKEND, StoreOp::Apply, key, e);
             let refusal: Option<Refusal> = match self.replicas {
                 None => {
                     within(BACKEND, self.timeout, StoreOp::Apply, key, async {
-                        invocation
-                            .invoke_async(&mut connection)
-                            .await
-                            .map_err(failed)
+                        applied(&mut connection, &command).await.map_err(failed)
                     })
                     .await?
                 }
@@ -538,7 +570,7 @@ where
                     let deadline = self.timeout.saturating_add(wait);
                     let (refusal, acknowledged): (Option<Refusal>, u32) =
                         within(BACKEND, deadline, StoreOp::Apply, key, async {
-                            replicated(&mut connection, &invocation, replicas, wait)
+                            replicated(&mut connection, &command, replicas, wait)
                                 .await
                                 .map_err(failed)
                         })

@@ -159,6 +159,7 @@ pub(crate) async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxErr
             lost = 0;
             for (u, n) in expected_counts(&seq) {
                 lost += n.saturating_sub(raw.count(&raw_key(u)).await?);
+                raw.forget(&raw_key(u)).await?;
             }
             raw.close().await?;
             continue;
@@ -203,6 +204,9 @@ pub(crate) async fn store_bench(o: &Options) -> Result<serde_json::Value, BoxErr
                 .and_then(|r| r.get("count").and_then(|c| c.parse::<u64>().ok()))
                 .unwrap_or(0);
             lost += n.saturating_sub(stored);
+            // Nothing of a run is left on a shared server (a Redis keyspace full of old runs
+            // slows the test suite's scans).
+            store.delete(&key).await?;
         }
     }
     remove_sqlite_files(tries);
@@ -411,6 +415,15 @@ pub(crate) mod raw {
                     )
                 }
             })
+        }
+
+        /// Deletes a session a run wrote where its table is not dropped at the end.
+        pub(crate) async fn forget(&self, key: &str) -> Result<(), BoxError> {
+            if let Raw::Redis(connection, prefix) = self {
+                let mut connection = connection.clone();
+                let () = connection.del(format!("{prefix}{key}")).await?;
+            }
+            Ok(())
         }
 
         pub(crate) async fn close(&self) -> Result<(), BoxError> {

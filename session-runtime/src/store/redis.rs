@@ -359,12 +359,12 @@ p = p + removed + 1
 local bumped = tonumber(ARGV[p])
 if bumped > 0 then
   local have = redis.call('HMGET', hash, unpack(ARGV, p + 1, p + bumped))
-  local next = {}
+  local versions = {}
   for k = 1, bumped do
-    next[2 * k - 1] = ARGV[p + k]
-    next[2 * k] = tostring(tonumber(have[k] or '0') + 1)
+    versions[2 * k - 1] = ARGV[p + k]
+    versions[2 * k] = tostring(tonumber(have[k] or '0') + 1)
   end
-  redis.call('HSET', hash, unpack(next))
+  redis.call('HSET', hash, unpack(versions))
 end
 p = p + bumped + 1
 local set = tonumber(ARGV[p])

@@ -235,12 +235,17 @@ async fn main() -> Result<(), BoxError> {
     let (mut acked, mut conflicts, mut failed_saves) = (0_u64, 0_u64, 0_u64);
     let mut failed_loads = 0_u64;
     let mut redelivered = 0_u64;
+    // Updates acknowledged without a single store read (under a lease kept from the
+    // replica's previous update): this process runs one update at a time, so the loads
+    // counter standing still across an update says so.
+    let mut unloaded = 0_u64;
     for id in first..first + updates {
         let deliveries = if redeliver > 0 && (id - first + 1) % redeliver == 0 {
             2
         } else {
             1
         };
+        let loads = sessions.stats().loads();
         for delivery in 0..deliveries {
             redelivered += u64::from(delivery > 0);
             deliver(
@@ -253,11 +258,13 @@ async fn main() -> Result<(), BoxError> {
             )
             .await?;
         }
+        unloaded += u64::from(sessions.stats().loads() == loads);
     }
     println!(
         "{}",
         serde_json::json!({
             "acked": acked,
+            "unloaded": unloaded,
             "redelivered": redelivered,
             "conflicts": conflicts,
             "failed_saves": failed_saves,

@@ -241,6 +241,67 @@ async fn redis_killed_and_restarted_is_reconnected_within_seconds() {
     drop(redis);
 }
 
+/// Redis forgets its scripts on a restart or a `SCRIPT FLUSH`: a patch the server answers
+/// with `NOSCRIPT` loads the patch script and is applied, on its own and (waiting for
+/// replicas) in the pipeline with `WAIT`. On a server of the test's own, so no other test
+/// loads the script in between: its `EVALSHA` error count shows each patch met `NOSCRIPT`.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_server_that_forgot_the_patch_script_is_given_it_by_the_next_patch() {
+    use typed_session::store::Patch;
+    let Some(redis) = OwnRedis::start("a_server_that_forgot_the_patch_script") else {
+        return;
+    };
+    let store = RedisStore::connect_with_timeout(&redis.url(), TIMEOUT)
+        .await
+        .expect("connect");
+    let client = typed_session::redis::Client::open(redis.url()).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let write = |value: &'static str, version: u64| {
+        Patch::new()
+            .set_field("a", value)
+            .expect_version("a", version)
+    };
+    // A new server has never seen the script.
+    store.apply("k", &write("1", 0)).await.expect("applied");
+    let flush = typed_session::redis::cmd("SCRIPT").arg("FLUSH").to_owned();
+    let () = flush.query_async(&mut raw).await.expect("SCRIPT FLUSH");
+    store.apply("k", &write("2", 1)).await.expect("applied");
+    let () = flush.query_async(&mut raw).await.expect("SCRIPT FLUSH");
+    // This Redis has no replica: the write is refused for that, after it ran.
+    let waiting = store
+        .clone()
+        .wait_for_replicas(1, Duration::from_millis(50));
+    let error = waiting
+        .apply("k", &write("3", 2))
+        .await
+        .expect_err("no replica");
+    assert!(
+        error
+            .to_string()
+            .contains("0 of 1 replicas acknowledged it"),
+        "{error}"
+    );
+    let record = store.load("k").await.expect("load").expect("exists");
+    assert_eq!((record.get("a"), record.version("a")), (Some("3"), 3));
+    let stats: String = typed_session::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .expect("INFO");
+    let evalsha = stats
+        .lines()
+        .find(|line| line.starts_with("cmdstat_evalsha:"))
+        .unwrap_or_default();
+    assert!(
+        evalsha.contains("calls=6,") && evalsha.contains("failed_calls=3"),
+        "three patches, each answered NOSCRIPT once and then applied: {evalsha}"
+    );
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn connecting_to_a_port_where_nothing_listens_fails_within_the_deadline() {

@@ -186,45 +186,6 @@ mod redis_store {
         assert_eq!(record.get("a"), Some("1"));
     }
 
-    /// Redis forgets scripts on a restart or a `SCRIPT FLUSH`: the next patch loads the script
-    /// again and is applied, on its own and (waiting for replicas) in the pipeline with `WAIT`.
-    #[tokio::test]
-    async fn a_server_that_forgot_the_patch_script_is_given_it_by_the_next_patch() {
-        let Some((store, mut raw)) =
-            connection("a_server_that_forgot_the_patch_script_is_given_it_by_the_next_patch").await
-        else {
-            return;
-        };
-        let flush = || typed_session::redis::cmd("SCRIPT").arg("FLUSH").to_owned();
-        let key = unique("flushed");
-        store
-            .apply(&key, &patch(&[("a", "1")], None))
-            .await
-            .expect("apply");
-        let () = flush().query_async(&mut raw).await.expect("SCRIPT FLUSH");
-        store
-            .apply(&key, &patch(&[("a", "2")], None).expect_version("a", 1))
-            .await
-            .expect("applied after loading the script again");
-        let () = flush().query_async(&mut raw).await.expect("SCRIPT FLUSH");
-        // This Redis has no replica: the write is refused for that, after it ran.
-        let waiting = store
-            .clone()
-            .wait_for_replicas(1, Duration::from_millis(50));
-        let error = waiting
-            .apply(&key, &patch(&[("a", "3")], None).expect_version("a", 2))
-            .await
-            .expect_err("no replica");
-        assert!(
-            error
-                .to_string()
-                .contains("0 of 1 replicas acknowledged it"),
-            "{error}"
-        );
-        let record = store.load(&key).await.expect("load").expect("exists");
-        assert_eq!((record.get("a"), record.version("a")), (Some("3"), 3));
-    }
-
     #[tokio::test]
     async fn a_key_holding_something_else_is_a_read_error_not_an_empty_session() {
         let Some((store, mut raw)) =

@@ -254,11 +254,9 @@ where
         }
     }
 
-    fn redis_key(&self, key: &str) -> Vec<u8> {
-        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
-        full.extend_from_slice(self.prefix.as_bytes());
-        full.extend_from_slice(key.as_bytes());
-        full
+    /// The hash that holds `key`'s session.
+    fn redis_key<'a>(&'a self, key: &'a str) -> Prefixed<'a> {
+        Prefixed(&self.prefix, key)
     }
 }
 
@@ -380,8 +378,8 @@ return false
     )
 });
 
-/// The hash field `prefix` + `name` (a version or writer field), written into the command as
-/// one argument without being joined first.
+/// `prefix` + `name` as one argument, written into the command without being joined first: a
+/// session's hash (the store's prefix and the key), or a version or writer field in it.
 struct Prefixed<'a>(&'a str, &'a str);
 
 impl redis::ToRedisArgs for Prefixed<'_> {
@@ -563,7 +561,7 @@ where
     ) -> StoreFuture<'a, Result<(), StoreError>> {
         StoreFuture::new(async move {
             crate::store::check_size(BACKEND, patch)?;
-            let command = apply_command(Prefixed(&self.prefix, key), patch);
+            let command = apply_command(self.redis_key(key), patch);
             let mut connection = self.connection.clone();
             let failed = |e| StoreError::backend(BACKEND, StoreOp::Apply, key, e);
             let refusal: Option<Refusal> = match self.replicas {

@@ -12,96 +12,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::config::{ErrorPolicy, StalePolicy};
 use crate::context::Context;
-use crate::error::{BoxError, SessionError, SessionKey};
+use crate::error::{BoxError, SessionError};
 use crate::inline_key::InlineKey;
 use crate::live::SessionRef;
-use crate::live::hold::{Hold, Writes};
+use crate::live::hold::{Hold, Slot, Writes};
 use crate::live::sessions::Sessions;
 use crate::session::Session;
-
-/// One update's place for session `S`. It takes a hold on the live entry only when the
-/// session is first used, so an update that never touches it costs no store I/O.
-struct Slot<S: Session> {
-    sessions: Arc<Sessions<S>>,
-    key: Option<InlineKey>,
-    /// Whoever runs this update delivers it again when told to (see [`Scope::run_once`]).
-    retried: bool,
-    /// The update's own id, the same on every delivery, where it has one.
-    update_id: Option<i64>,
-    state: Mutex<SlotState<S>>,
-}
-
-struct SlotState<S: Session> {
-    ended: bool,
-    hold: Option<Arc<Hold<S>>>,
-}
-
-impl<S: Session> Slot<S> {
-    /// The hold of this update, taken and loaded on first use.
-    async fn hold(&self) -> Result<Arc<Hold<S>>, SessionError> {
-        let hold = {
-            let mut state = self.state.lock();
-            if state.ended {
-                return Err(SessionError::AfterSave {
-                    session: S::NAME,
-                    key: self
-                        .key
-                        .as_ref()
-                        .map(|key| SessionKey::of_stored(key.as_str(), S::NAMESPACE))
-                        .unwrap_or_default(),
-                });
-            }
-            let Some(key) = &self.key else {
-                return Err(SessionError::NoKey {
-                    session: S::NAME,
-                    strategy: self.sessions.strategy,
-                });
-            };
-            match &state.hold {
-                Some(hold) => Arc::clone(hold),
-                None => {
-                    let entry = self
-                        .sessions
-                        .registry
-                        .acquire_inline(key, &*self.sessions.store);
-                    let hold = Arc::new(Hold::new(
-                        Arc::clone(&self.sessions),
-                        entry,
-                        self.retried,
-                        self.update_id,
-                    ));
-                    state.hold = Some(Arc::clone(&hold));
-                    hold
-                }
-            }
-        };
-        // Exclusive mode and loading are boxed: most accesses need neither, and this future
-        // is built per access.
-        if let Some(wait) = self.sessions.exclusive {
-            Box::pin(hold.take_turn(wait)).await?;
-        }
-        hold.entry
-            .ensure_loaded(&*self.sessions.store, &self.sessions.stats)
-            .await?;
-        hold.check_redelivery();
-        Ok(hold)
-    }
-
-    /// Marks the slot ended and hands out its hold, if the session was used. Later accesses
-    /// get [`SessionError::AfterSave`].
-    fn end(&self) -> Option<Arc<Hold<S>>> {
-        let mut state = self.state.lock();
-        state.ended = true;
-        let hold = state.hold.take()?;
-        hold.finished
-            .store(true, std::sync::atomic::Ordering::Release);
-        Some(hold)
-    }
-}
 
 /// Session `S` of one update, loaded on first [`get`](Self::get): what framework adapters hand
 /// to handlers that need `'static` values (a request extension with the tower layer, a
@@ -135,8 +53,7 @@ impl<S: Session> LazySession<S> {
     ///
     /// As [`Context::session_of`].
     pub async fn get(&self) -> Result<S::Handle<'static>, SessionError> {
-        let hold = self.0.hold().await?;
-        Ok(S::new_handle(SessionRef::new(hold)))
+        Ok(S::new_handle(Arc::clone(&self.0).session().await?))
     }
 }
 
@@ -150,27 +67,25 @@ impl<U> Context<U> {
     /// [`SessionError::NoKey`] when the update has no key, [`SessionError::AfterSave`] when
     /// the middleware has already saved it, and the load errors of the store.
     pub async fn session_of<S: Session>(&self) -> Result<S::Handle<'_>, SessionError> {
-        let hold = self.hold::<S>().await?;
-        Ok(S::new_handle(SessionRef::new(hold)))
+        Ok(S::new_handle(self.session_ref::<S>().await?))
     }
 
     /// Like [`Context::session_of`], but the handle does not borrow the context, for framework
     /// adapters that need `'static` values. Using it after the update was saved is
     /// detected and reported (ARCHITECTURE.md, "Late access").
     pub async fn session_owned<S: Session>(&self) -> Result<S::Handle<'static>, SessionError> {
-        let hold = self.hold::<S>().await?;
-        Ok(S::new_handle(SessionRef::new(hold)))
+        Ok(S::new_handle(self.session_ref::<S>().await?))
     }
 
-    async fn hold<S: Session>(&self) -> Result<Arc<Hold<S>>, SessionError> {
+    async fn session_ref<'a, S: Session>(&self) -> Result<SessionRef<'a, S>, SessionError> {
         let slot = self
             .attached::<Slot<S>>()
             .ok_or(SessionError::NotAttached { session: S::NAME })?;
-        let hold = slot.hold().await;
-        if let Err(SessionError::NoKey { .. }) = &hold {
+        let session = slot.session().await;
+        if let Err(SessionError::NoKey { .. }) = &session {
             self.mark_keyless();
         }
-        hold
+        session
     }
 }
 
@@ -275,16 +190,7 @@ impl<S: Session> Scope<S> {
         update_id: Option<i64>,
     ) -> Self {
         Scope {
-            slot: Arc::new(Slot {
-                sessions: Arc::clone(sessions),
-                key,
-                retried: true,
-                update_id,
-                state: Mutex::new(SlotState {
-                    ended: false,
-                    hold: None,
-                }),
-            }),
+            slot: Arc::new(Slot::new(sessions, key, update_id)),
             open: true,
         }
     }
@@ -295,7 +201,7 @@ impl<S: Session> Scope<S> {
     #[cfg_attr(not(feature = "teloxide"), allow(dead_code))]
     pub(crate) fn run_once(mut self) -> Self {
         if let Some(slot) = Arc::get_mut(&mut self.slot) {
-            slot.retried = false;
+            slot.run_once();
         }
         self
     }
@@ -341,6 +247,7 @@ impl<S: Session> Drop for Scope<S> {
         let Some(hold) = self.slot.end() else {
             return;
         };
+        let slot = Arc::clone(&self.slot);
         let how = if std::thread::panicking() {
             "panicking"
         } else {
@@ -349,6 +256,8 @@ impl<S: Session> Drop for Scope<S> {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
+                    // The hold `end` handed out, reached again from the task's own `Arc`.
+                    let Some(hold) = slot.made() else { return };
                     let key = hold.entry.key.clone();
                     if let Closed::Unsaved(error) | Closed::Retry(error) = close(hold, true).await {
                         tracing::error!(session = S::NAME, key = &*key, how, %error, "the session of an interrupted update is not saved");
@@ -394,7 +303,7 @@ enum Closed {
 /// Applies the error policy to the update behind `hold`, saves, and releases the hold. A
 /// save that fails takes back the update's unsaved writes (unless its runner never retries,
 /// or the middleware keeps them), so that the update, delivered again, is applied once.
-async fn close<S: Session>(hold: Arc<Hold<S>>, failed: bool) -> Closed {
+async fn close<S: Session>(hold: &Hold<S>, failed: bool) -> Closed {
     let sessions = &hold.sessions;
     let stale = hold.stale_field().map(|field| SessionError::StaleWrite {
         session: S::NAME,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::StalePolicy;
-use crate::live::hold::Hold;
+use crate::live::hold::{Hold, Slot};
 use crate::live::state::Dirty;
 use crate::schema::Schema;
 use crate::stats::Count;
@@ -23,14 +23,15 @@ use crate::stats::Count;
 /// not call back into the same session (that panics rather than deadlocks), and since they
 /// are synchronous, no borrow of session state can be held across an `.await`.
 pub struct SessionRef<'a, S: Schema> {
-    hold: Arc<Hold<S>>,
+    /// The update's slot, its hold made.
+    slot: Arc<Slot<S>>,
     _context: PhantomData<&'a ()>,
 }
 
 impl<S: Schema> Clone for SessionRef<'_, S> {
     fn clone(&self) -> Self {
         SessionRef {
-            hold: Arc::clone(&self.hold),
+            slot: Arc::clone(&self.slot),
             _context: PhantomData,
         }
     }
@@ -47,38 +48,47 @@ impl<S: Schema> std::fmt::Debug for SessionRef<'_, S> {
 }
 
 impl<'a, S: Schema> SessionRef<'a, S> {
-    pub(crate) fn new(hold: Arc<Hold<S>>) -> Self {
+    /// The handle of `slot`, once [`Slot::hold`] made its hold (see [`Slot::session`]).
+    pub(super) fn new(slot: Arc<Slot<S>>) -> Self {
         SessionRef {
-            hold,
+            slot,
             _context: PhantomData,
         }
+    }
+
+    fn hold(&self) -> &Hold<S> {
+        // Handles are made only by `Slot::session`, of a slot whose hold is made, and a made
+        // hold stays.
+        self.slot
+            .made()
+            .expect("a session handle is made only after its update's hold")
     }
 
     /// The session key (as the key strategy gave it; the store holds it after the session
     /// type's namespace).
     pub fn key(&self) -> &str {
-        self.hold.entry.strategy_key()
+        self.hold().entry.strategy_key()
     }
 
     /// Whether the update this handle belongs to is still running. Handles from
     /// [`Context::session_owned`](crate::Context::session_owned) can outlive it; what they
     /// write then is reported and not saved by that update.
     pub fn is_live(&self) -> bool {
-        !self.hold.finished.load(Ordering::Acquire)
+        !self.hold().finished.load(Ordering::Acquire)
     }
 
     /// Whether this update was recognised as a delivery of one whose session writes are
     /// saved already (ARCHITECTURE.md, "Redelivery"): its writes are not applied again, and
     /// effects outside the session (a reply sent) are the handler's to skip.
     pub fn is_redelivery(&self) -> bool {
-        self.hold.is_replay()
+        self.hold().is_replay()
     }
 
     fn check_live(&self, what: &'static str) {
         if self.is_live() {
             return;
         }
-        self.hold.sessions.stats.add(Count::LateAccesses, 1);
+        self.hold().sessions.stats.add(Count::LateAccesses, 1);
         tracing::error!(
             session = S::NAME,
             key = self.key(),
@@ -91,12 +101,12 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// reads never mark anything dirty, but they are remembered for stale-write detection.
     pub fn read<R>(&self, index: Option<usize>, f: impl FnOnce(&S) -> R) -> R {
         self.check_live("read");
-        let mut state = self.hold.entry.lock();
+        let mut state = self.hold().entry.lock();
         if let Some(index) = index {
-            self.hold.marks[index]
+            self.hold().marks[index]
                 .seen
                 .store(state.fields[index].version, Ordering::Relaxed);
-            self.hold.note_read(&mut state, index);
+            self.hold().note_read(&mut state, index);
         }
         f(&state.value)
     }
@@ -106,29 +116,29 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// logged, and in strict mode the update ends with [`SessionError::StaleWrite`].
     pub fn set(&self, index: usize, f: impl FnOnce(&mut S)) {
         self.check_live("write");
-        if self.hold.is_replay() {
+        if self.hold().is_replay() {
             return; // saved by an earlier delivery of this update
         }
-        let mut state = self.hold.entry.lock();
-        let seen = self.hold.marks[index].seen.load(Ordering::Relaxed);
+        let mut state = self.hold().entry.lock();
+        let seen = self.hold().marks[index].seen.load(Ordering::Relaxed);
         if seen != 0 && seen != state.fields[index].version {
             self.report_stale(index);
-            if self.hold.sessions.stale == StalePolicy::Retry && self.hold.retried {
+            if self.hold().sessions.stale == StalePolicy::Retry && self.hold().retried {
                 return; // refused: the update runs again on the newer value
             }
         }
-        self.hold.remember(&state, index);
+        self.hold().remember(&state, index);
         f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold.wrote_field(&mut state, index, version);
+        self.hold().wrote_field(&mut state, index, version);
     }
 
     /// Changes stored field `index` in place with `f` (an `update_*`): an atomic
     /// read-modify-write that is never stale.
     pub fn update<R>(&self, index: usize, f: impl FnOnce(&mut S) -> R) -> R {
         self.check_live("write");
-        let mut state = self.hold.entry.lock();
-        if self.hold.is_replay() {
+        let mut state = self.hold().entry.lock();
+        if self.hold().is_replay() {
             // Saved by an earlier delivery of this update: `f` runs for what it returns, and
             // the field is put back as it was.
             let before = state.save_field(index);
@@ -136,49 +146,49 @@ impl<'a, S: Schema> SessionRef<'a, S> {
             state.set_from(index, before.as_deref());
             return out;
         }
-        self.hold.note_read(&mut state, index);
-        self.hold.remember(&state, index);
+        self.hold().note_read(&mut state, index);
+        self.hold().remember(&state, index);
         let out = f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold.wrote_field(&mut state, index, version);
+        self.hold().wrote_field(&mut state, index, version);
         out
     }
 
     /// Changes fields that are not saved (`#[session(skip)]`); nothing is marked.
     pub fn update_transient<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         self.check_live("write");
-        f(&mut self.hold.entry.lock().value)
+        f(&mut self.hold().entry.lock().value)
     }
 
     /// Sets stored field `index` back to its default and removes it from the store, so it
     /// follows the default from now on.
     pub fn reset(&self, index: usize) {
         self.check_live("write");
-        if self.hold.is_replay() {
+        if self.hold().is_replay() {
             return;
         }
-        let mut state = self.hold.entry.lock();
-        self.hold.remember(&state, index);
+        let mut state = self.hold().entry.lock();
+        self.hold().remember(&state, index);
         state.value.reset_field(index);
         let version = state.bump(index, Dirty::Remove);
-        self.hold.wrote_field(&mut state, index, version);
+        self.hold().wrote_field(&mut state, index, version);
     }
 
     /// Replaces the whole value; every stored field is marked, and only those whose
     /// encoding changed are written.
     pub fn replace(&self, value: S) {
         self.check_live("write");
-        if self.hold.is_replay() {
+        if self.hold().is_replay() {
             return;
         }
-        let mut state = self.hold.entry.lock();
+        let mut state = self.hold().entry.lock();
         for index in 0..S::FIELDS.len() {
-            self.hold.remember(&state, index);
+            self.hold().remember(&state, index);
         }
         state.value = value;
         for index in 0..S::FIELDS.len() {
             let version = state.bump(index, Dirty::Set);
-            self.hold.wrote_field(&mut state, index, version);
+            self.hold().wrote_field(&mut state, index, version);
         }
     }
 
@@ -186,14 +196,14 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// now on reads see the defaults, and writes start a new record.
     pub fn clear(&self) {
         self.check_live("clear");
-        if self.hold.is_replay() {
+        if self.hold().is_replay() {
             return;
         }
-        let mut state = self.hold.entry.lock();
+        let mut state = self.hold().entry.lock();
         for index in 0..S::FIELDS.len() {
-            self.hold.remember(&state, index);
+            self.hold().remember(&state, index);
         }
-        if let Some(undo) = &self.hold.undo {
+        if let Some(undo) = &self.hold().undo {
             let mut undo = undo.lock();
             let before = undo
                 .clear
@@ -205,7 +215,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         state.clear_epoch += 1;
         for index in 0..S::FIELDS.len() {
             let version = state.bump(index, Dirty::Clean);
-            self.hold.wrote(index, version);
+            self.hold().wrote(index, version);
         }
     }
 
@@ -215,25 +225,25 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         S: Clone,
     {
         self.check_live("read");
-        let mut state = self.hold.entry.lock();
+        let mut state = self.hold().entry.lock();
         for index in 0..S::FIELDS.len() {
-            self.hold.note_read(&mut state, index);
+            self.hold().note_read(&mut state, index);
         }
         state.value.clone()
     }
 
     fn report_stale(&self, index: usize) {
         let field = S::FIELDS[index].name;
-        self.hold.sessions.stats.add(Count::StaleWrites, 1);
+        self.hold().sessions.stats.add(Count::StaleWrites, 1);
         tracing::warn!(
             session = S::NAME,
             key = self.key(),
             field,
             "stale write: another update changed this field after this update read it; use update_* for read-modify-write"
         );
-        let refused = self.hold.sessions.stale == StalePolicy::Retry && self.hold.retried;
-        if refused || self.hold.sessions.stale == StalePolicy::Error {
-            let _ = self.hold.stale.set(field);
+        let refused = self.hold().sessions.stale == StalePolicy::Retry && self.hold().retried;
+        if refused || self.hold().sessions.stale == StalePolicy::Error {
+            let _ = self.hold().stale.set(field);
         }
     }
 }

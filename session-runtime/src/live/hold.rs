@@ -1,7 +1,7 @@
-//! One update's [`Hold`] on a live session: its turn in exclusive mode, its lease, which
-//! versions it saw, what it changed (to take back), and what became of its writes. The
-//! [`SessionRef`](crate::live::SessionRef) that typed handles wrap reaches the session through
-//! it.
+//! One update's [`Slot`] for a session, and the [`Hold`] on a live session made in it on first
+//! use: its turn in exclusive mode, its lease, which versions it saw, what it changed (to take
+//! back), and what became of its writes. The [`SessionRef`](crate::live::SessionRef) that
+//! typed handles wrap reaches the session through it.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,13 +11,120 @@ use parking_lot::Mutex;
 
 use crate::clock::Later;
 use crate::config::{ErrorPolicy, SaveFailurePolicy, StalePolicy};
-use crate::error::SessionError;
+use crate::error::{SessionError, SessionKey};
+use crate::inline_key::InlineKey;
+use crate::live::SessionRef;
 use crate::live::entry::Entry;
 use crate::live::lease;
 use crate::live::sessions::Sessions;
 use crate::live::state::{Fate, State};
 use crate::schema::Schema;
 use crate::stats::Count;
+
+/// One update's place for session `S`, from before its handlers run until nothing refers to it
+/// any more. Its [`Hold`] is made in it, on the session's first use: an update that never
+/// touches the session costs no store I/O, and one that does one allocation for both.
+pub(crate) struct Slot<S: Schema> {
+    sessions: Arc<Sessions<S>>,
+    pub(crate) key: Option<InlineKey>,
+    /// Whoever runs this update delivers it again when told to.
+    retried: bool,
+    /// The update's own id, the same on every delivery, where it has one.
+    update_id: Option<i64>,
+    /// Whether the update ended: later accesses are late. Taken while the hold is made, so
+    /// that no hold is made after the end.
+    ended: Mutex<bool>,
+    hold: OnceLock<Hold<S>>,
+}
+
+impl<S: Schema> Slot<S> {
+    /// The slot of the update whose key is `key` (`None`: it has none).
+    pub(crate) fn new(
+        sessions: &Arc<Sessions<S>>,
+        key: Option<InlineKey>,
+        update_id: Option<i64>,
+    ) -> Self {
+        Slot {
+            sessions: Arc::clone(sessions),
+            key,
+            retried: true,
+            update_id,
+            ended: Mutex::new(false),
+            hold: OnceLock::new(),
+        }
+    }
+
+    /// For runners that never deliver an update twice: nothing of it is taken back.
+    pub(crate) fn run_once(&mut self) {
+        self.retried = false;
+    }
+
+    /// The hold of this update, taken and loaded on first use.
+    pub(crate) async fn hold(&self) -> Result<&Hold<S>, SessionError> {
+        let hold = {
+            let ended = self.ended.lock();
+            if *ended {
+                return Err(SessionError::AfterSave {
+                    session: S::NAME,
+                    key: self
+                        .key
+                        .as_ref()
+                        .map(|key| SessionKey::of_stored(key.as_str(), S::NAMESPACE))
+                        .unwrap_or_default(),
+                });
+            }
+            let Some(key) = &self.key else {
+                return Err(SessionError::NoKey {
+                    session: S::NAME,
+                    strategy: self.sessions.strategy,
+                });
+            };
+            self.hold.get_or_init(|| {
+                let entry = self
+                    .sessions
+                    .registry
+                    .acquire_inline(key, &*self.sessions.store);
+                Hold::new(
+                    Arc::clone(&self.sessions),
+                    entry,
+                    self.retried,
+                    self.update_id,
+                )
+            })
+        };
+        // Exclusive mode and loading are boxed: most accesses need neither, and this future
+        // is built per access.
+        if let Some(wait) = self.sessions.exclusive {
+            Box::pin(hold.take_turn(wait)).await?;
+        }
+        hold.entry
+            .ensure_loaded(&*self.sessions.store, &self.sessions.stats)
+            .await?;
+        hold.check_redelivery();
+        Ok(hold)
+    }
+
+    /// The session of this update, for a typed handle: [`hold`](Self::hold), then a
+    /// [`SessionRef`] on the slot (the one place those are made, so each has a hold).
+    pub(crate) async fn session<'a>(self: Arc<Self>) -> Result<SessionRef<'a, S>, SessionError> {
+        self.hold().await?;
+        Ok(SessionRef::new(self))
+    }
+
+    /// The hold, once made (by [`hold`](Self::hold)).
+    pub(crate) fn made(&self) -> Option<&Hold<S>> {
+        self.hold.get()
+    }
+
+    /// Marks the slot ended and hands out its hold, finished, if the session was used (once:
+    /// a second end gets `None`). Later accesses get [`SessionError::AfterSave`].
+    pub(crate) fn end(&self) -> Option<&Hold<S>> {
+        let first = !std::mem::replace(&mut *self.ended.lock(), true);
+        let hold = self.hold.get().filter(|_| first)?;
+        hold.finished.store(true, Ordering::Release);
+        Some(hold)
+    }
+}
 
 /// What one update needs to take its writes back (under [`ErrorPolicy::Discard`], after a
 /// failed save, a stale write): the values before its first write of each field that the

@@ -6,7 +6,7 @@
 //! * [`registry`]: the entries of one middleware by key, with their hold counts;
 //! * [`sessions`]: what one middleware's updates share (registry, store, policies, counters);
 //! * [`expiry`]: the term of stored sessions, and the coalesced renewals of reads;
-//! * [`hold`]: one update's hold on an entry (turn, lease, versions seen, undo);
+//! * [`hold`]: one update's slot, and its hold on an entry (turn, lease, versions seen, undo);
 //! * [`handle`]: [`SessionRef`], which typed handles wrap;
 //! * [`lease`]: exclusive mode across processes, a lease on a key kept in its record;
 //! * [`migrate`]: versioned migrations of stored records, run as they are loaded;

@@ -40,19 +40,32 @@ pub(crate) fn count_chain_with(
         })
 }
 
+/// The counting chain with one shared counter for a session, as the Node anchors' baseline is
+/// their session chain with `ctx.session` pointed at one shared object. The steps after the
+/// first reach it through an `.await`, as they reach a session, so the chain has the session
+/// chain's shape (a boxed future per step): the difference between the two is the session.
 pub(crate) fn baseline_chain() -> Chain<Update> {
-    let shared = Arc::new(AtomicU64::new(0));
-    let incr = Arc::clone(&shared);
     Chain::new()
         .with_fn(|ctx, next| next.run(ctx))
-        .with_fn(move |ctx, next| {
-            incr.fetch_add(1, Ordering::Relaxed);
-            next.run(ctx)
+        .with_fn(|ctx, next| {
+            Box::pin(async move {
+                shared_session(&ctx).await.fetch_add(1, Ordering::Relaxed);
+                next.run(ctx).await
+            })
         })
-        .handler(move |_ctx| {
-            SINK.fetch_add(shared.load(Ordering::Relaxed), Ordering::Relaxed);
-            Box::pin(async { Ok(()) })
+        .handler(|ctx| {
+            Box::pin(async move {
+                let count = shared_session(ctx).await.load(Ordering::Relaxed);
+                SINK.fetch_add(count, Ordering::Relaxed);
+                Ok(())
+            })
         })
+}
+
+/// The baseline's `ctx.session()`: one session, shared by every update.
+async fn shared_session<C>(_ctx: &C) -> &'static AtomicU64 {
+    static SHARED: AtomicU64 = AtomicU64::new(0);
+    &SHARED
 }
 
 /// Counts store calls and the bytes of JSON written (`{"field":value,..}` per patch).

@@ -4,8 +4,9 @@
 use crate::common;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use common::{Counter, CounterAccess, ProbeStore, stored};
+use common::{Counter, CounterAccess, Latency, ProbeStore, stored};
 use typed_session::store::Patch;
 use typed_session::telegram::Update;
 use typed_session::{
@@ -34,6 +35,34 @@ fn failing_chain(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update>
             Err("handler failed".into())
         })
     })
+}
+
+/// Two first uses of one update's session at once (joined, on a store that answers late):
+/// they share the update's one hold, so one load, one patch with both writes, and the entry
+/// given back once.
+#[tokio::test(start_paused = true)]
+async fn two_first_uses_of_a_session_at_once_share_the_update_s_hold() {
+    let memory = MemoryStore::new();
+    let probe = ProbeStore::with_latency(memory.clone(), Latency::Random { max_ms: 5 });
+    let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));
+    let chain = Chain::new().with(sessions.clone()).handler(|ctx| {
+        Box::pin(async move {
+            let (one, two) = tokio::join!(ctx.session(), ctx.session());
+            one?.update_count(|c| *c += 1);
+            two?.update_count(|c| *c += 1);
+            Ok(())
+        })
+    });
+
+    chain
+        .run_update(Update::text(1, 7, 7, "x"))
+        .await
+        .expect("ok");
+
+    assert_eq!(stored::<u64>(&memory, "7:7", "count"), Some(2));
+    assert_eq!(probe.loads.load(Ordering::SeqCst), 1);
+    assert_eq!(probe.applies.load(Ordering::SeqCst), 1);
+    assert_eq!(sessions.live_sessions(), 0);
 }
 
 #[tokio::test]

@@ -304,12 +304,15 @@ enum Closed {
 /// save that fails takes back the update's unsaved writes (unless its runner never retries,
 /// or the middleware keeps them), so that the update, delivered again, is applied once.
 async fn close<S: Session>(hold: &Hold<S>, failed: bool) -> Closed {
-    let sessions = &hold.sessions;
-    let stale = hold.stale_field().map(|field| SessionError::StaleWrite {
+    // Errors are built where they are returned: only what they are made of is kept across
+    // the awaits below (this future is part of every update's).
+    let stale_write = |field| SessionError::StaleWrite {
         session: S::NAME,
         key: hold.entry.session_key(),
         field,
-    });
+    };
+    let sessions = &hold.sessions;
+    let stale = hold.stale_field();
     if sessions.stale == StalePolicy::Retry
         && let Some(stale) = stale
     {
@@ -319,7 +322,7 @@ async fn close<S: Session>(hold: &Hold<S>, failed: bool) -> Closed {
         hold.take_back();
         let persisted = hold.persist().await;
         hold.release(persisted.is_err() && hold.entry.lock().has_changes());
-        return Closed::Retry(stale);
+        return Closed::Retry(stale_write(stale));
     }
     // Under `StalePolicy::Error` the stale write is saved, and the update fails for it.
     let refused = stale.filter(|_| !failed);
@@ -395,7 +398,7 @@ async fn close<S: Session>(hold: &Hold<S>, failed: bool) -> Closed {
     if take_back && let Err(error) = persisted {
         return Closed::Retry(error);
     }
-    match (persisted, refused) {
+    match (persisted, refused.map(stale_write)) {
         (Ok(()), None) => Closed::Saved,
         (Ok(()), Some(refused)) => Closed::Refused(refused),
         (

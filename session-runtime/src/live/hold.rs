@@ -330,13 +330,12 @@ impl<S: Schema> Hold<S> {
     /// Writes what the entry has unsaved; under a lease, releases it in the same patch, or
     /// keeps it for the next update of the key.
     pub(crate) async fn persist(&self) -> Result<(), SessionError> {
-        let take_back = self.takes_back();
-        let Some(held) = &self.lease else {
-            return self.sessions.persist(&self.entry, take_back).await;
-        };
         // Taken before the renewer is stopped: a renewal under way finishes first, and the
         // version it wrote is the one the patch expects.
-        let mut lease = held.lock().await;
+        let mut lease = match &self.lease {
+            Some(held) => Some(held.lock().await),
+            None => None,
+        };
         if let Some(renewer) = self.renewer.lock().take() {
             renewer.abort();
         }
@@ -347,12 +346,12 @@ impl<S: Schema> Hold<S> {
                 &*sessions.store,
                 &sessions.expiry,
                 &sessions.stats,
-                lease.as_mut(),
-                take_back,
+                lease.as_mut().and_then(|lease| lease.as_mut()),
+                self.takes_back(),
             )
             .await;
         if persisted.is_ok()
-            && let Some(lease) = lease.take()
+            && let Some(lease) = lease.as_mut().and_then(|lease| lease.take())
             && lease.kept_after(Instant::now())
         {
             self.entry.keep_lease(lease);

@@ -138,6 +138,38 @@ impl<S: Schema> Entry<S> {
         }
     }
 
+    /// [`send`](Self::send) in a `session.save` span, for whoever takes debug output.
+    async fn send_traced(
+        &self,
+        store: &dyn Store,
+        patch: &Patch<'_>,
+        carried: &Carried<'_>,
+    ) -> (Result<(), StoreError>, bool) {
+        let span = tracing::debug_span!(
+            "session.save",
+            session = S::NAME,
+            key = &*self.key,
+            set = patch.set.len(),
+            removed = patch.remove.len(),
+            bytes = patch.bytes(),
+            outcome = tracing::field::Empty
+        );
+        let sent = self
+            .send(store, patch, carried)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            match &sent.0 {
+                Ok(()) => "saved",
+                Err(StoreError::Conflict { .. }) => "conflict",
+                Err(error) if error.is_deadline() => "deadline",
+                Err(_) => "error",
+            },
+        );
+        sent
+    }
+
     /// After a send met its deadline: looks up and resends (see [`send`](Self::send)).
     async fn resolve(
         &self,
@@ -460,42 +492,18 @@ impl<S: Schema> Entry<S> {
             return Ok(());
         }
 
-        let bytes = patch.bytes();
-        let span = if debug_wanted() {
-            tracing::debug_span!(
-                "session.save",
-                session = S::NAME,
-                key = &*self.key,
-                set = patch.set.len(),
-                removed = patch.remove.len(),
-                bytes,
-                outcome = tracing::field::Empty
-            )
-        } else {
-            tracing::Span::none()
+        let carried = Carried {
+            ids: &ids,
+            signature,
         };
         let timer = stats.start();
-        let (applied, unsure) = self
-            .send(
-                store,
-                &patch,
-                &Carried {
-                    ids: &ids,
-                    signature,
-                },
-            )
-            .instrument(span.clone())
-            .await;
+        // Traced saves are boxed: the future of every save stays small without them.
+        let (applied, unsure) = if debug_wanted() {
+            Box::pin(self.send_traced(store, &patch, &carried)).await
+        } else {
+            self.send(store, &patch, &carried).await
+        };
         stats.took(Latency::Save, timer);
-        span.record(
-            "outcome",
-            match &applied {
-                Ok(()) => "saved",
-                Err(StoreError::Conflict { .. }) => "conflict",
-                Err(error) if error.is_deadline() => "deadline",
-                Err(_) => "error",
-            },
-        );
         match applied {
             Ok(()) => {}
             Err(error) if lease.is_some() && lease::lost(&error) => {
@@ -539,7 +547,7 @@ impl<S: Schema> Entry<S> {
             expiry.written(&self.key);
         }
         stats.add(Count::Writes, 1);
-        stats.add(Count::BytesWritten, bytes as u64);
+        stats.add(Count::BytesWritten, patch.bytes() as u64);
         self.saved(&mut patch, ids, stamped);
         keep_spare(patch);
         Ok(())

@@ -53,7 +53,7 @@ impl<S: Session> LazySession<S> {
     ///
     /// As [`Context::session_of`].
     pub async fn get(&self) -> Result<S::Handle<'static>, SessionError> {
-        Ok(S::new_handle(Arc::clone(&self.0).session().await?))
+        Ok(S::new_handle(SessionRef::of(Arc::clone(&self.0)).await?))
     }
 }
 
@@ -81,7 +81,7 @@ impl<U> Context<U> {
         let slot = self
             .attached::<Slot<S>>()
             .ok_or(SessionError::NotAttached { session: S::NAME })?;
-        let session = slot.session().await;
+        let session = SessionRef::of(slot).await;
         if let Err(SessionError::NoKey { .. }) = &session {
             self.mark_keyless();
         }

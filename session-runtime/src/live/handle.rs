@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::StalePolicy;
+use crate::error::SessionError;
 use crate::live::hold::{Hold, Slot};
 use crate::live::state::Dirty;
 use crate::schema::Schema;
@@ -48,16 +49,18 @@ impl<S: Schema> std::fmt::Debug for SessionRef<'_, S> {
 }
 
 impl<'a, S: Schema> SessionRef<'a, S> {
-    /// The handle of `slot`, once [`Slot::hold`] made its hold (see [`Slot::session`]).
-    pub(super) fn new(slot: Arc<Slot<S>>) -> Self {
-        SessionRef {
+    /// The session of the update whose slot is `slot`: its hold made and the session loaded
+    /// ([`Slot::hold`]). The one place handles are made, so each has a hold.
+    pub(crate) async fn of(slot: Arc<Slot<S>>) -> Result<Self, SessionError> {
+        slot.hold().await?;
+        Ok(SessionRef {
             slot,
             _context: PhantomData,
-        }
+        })
     }
 
     fn hold(&self) -> &Hold<S> {
-        // Handles are made only by `Slot::session`, of a slot whose hold is made, and a made
+        // Handles are made only by `SessionRef::of`, of a slot whose hold is made, and a made
         // hold stays.
         self.slot
             .made()

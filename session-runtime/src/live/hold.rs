@@ -13,7 +13,6 @@ use crate::clock::Later;
 use crate::config::{ErrorPolicy, SaveFailurePolicy, StalePolicy};
 use crate::error::{SessionError, SessionKey};
 use crate::inline_key::InlineKey;
-use crate::live::SessionRef;
 use crate::live::entry::Entry;
 use crate::live::lease;
 use crate::live::sessions::Sessions;
@@ -102,13 +101,6 @@ impl<S: Schema> Slot<S> {
             .await?;
         hold.check_redelivery();
         Ok(hold)
-    }
-
-    /// The session of this update, for a typed handle: [`hold`](Self::hold), then a
-    /// [`SessionRef`] on the slot (the one place those are made, so each has a hold).
-    pub(crate) async fn session<'a>(self: Arc<Self>) -> Result<SessionRef<'a, S>, SessionError> {
-        self.hold().await?;
-        Ok(SessionRef::new(self))
     }
 
     /// The hold, once made (by [`hold`](Self::hold)).

@@ -41,7 +41,7 @@ fn failing_chain(sessions: &SessionMiddleware<Counter, Update>) -> Chain<Update>
 /// they share the update's one hold, so one load, one patch with both writes, and the entry
 /// given back once.
 #[tokio::test(start_paused = true)]
-async fn two_first_uses_of_a_session_at_once_share_the_update_s_hold() {
+async fn two_first_uses_of_a_session_at_once_share_one_hold() {
     let memory = MemoryStore::new();
     let probe = ProbeStore::with_latency(memory.clone(), Latency::Random { max_ms: 5 });
     let sessions = SessionMiddleware::<Counter, Update>::new(Arc::clone(&probe));

@@ -247,7 +247,6 @@ impl<S: Session> Drop for Scope<S> {
         let Some(hold) = self.slot.end() else {
             return;
         };
-        let slot = Arc::clone(&self.slot);
         let how = if std::thread::panicking() {
             "panicking"
         } else {
@@ -255,6 +254,7 @@ impl<S: Session> Drop for Scope<S> {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                let slot = Arc::clone(&self.slot);
                 runtime.spawn(async move {
                     // The hold `end` handed out, reached again from the task's own `Arc`.
                     let Some(hold) = slot.made() else { return };

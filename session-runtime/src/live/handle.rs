@@ -104,12 +104,13 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// reads never mark anything dirty, but they are remembered for stale-write detection.
     pub fn read<R>(&self, index: Option<usize>, f: impl FnOnce(&S) -> R) -> R {
         self.check_live("read");
-        let mut state = self.hold().entry.lock();
+        let hold = self.hold();
+        let mut state = hold.entry.lock();
         if let Some(index) = index {
-            self.hold().marks[index]
+            hold.marks[index]
                 .seen
                 .store(state.fields[index].version, Ordering::Relaxed);
-            self.hold().note_read(&mut state, index);
+            hold.note_read(&mut state, index);
         }
         f(&state.value)
     }
@@ -119,29 +120,31 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// logged, and in strict mode the update ends with [`SessionError::StaleWrite`].
     pub fn set(&self, index: usize, f: impl FnOnce(&mut S)) {
         self.check_live("write");
-        if self.hold().is_replay() {
+        let hold = self.hold();
+        if hold.is_replay() {
             return; // saved by an earlier delivery of this update
         }
-        let mut state = self.hold().entry.lock();
-        let seen = self.hold().marks[index].seen.load(Ordering::Relaxed);
+        let mut state = hold.entry.lock();
+        let seen = hold.marks[index].seen.load(Ordering::Relaxed);
         if seen != 0 && seen != state.fields[index].version {
             self.report_stale(index);
-            if self.hold().sessions.stale == StalePolicy::Retry && self.hold().retried {
+            if hold.sessions.stale == StalePolicy::Retry && hold.retried {
                 return; // refused: the update runs again on the newer value
             }
         }
-        self.hold().remember(&state, index);
+        hold.remember(&state, index);
         f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold().wrote_field(&mut state, index, version);
+        hold.wrote_field(&mut state, index, version);
     }
 
     /// Changes stored field `index` in place with `f` (an `update_*`): an atomic
     /// read-modify-write that is never stale.
     pub fn update<R>(&self, index: usize, f: impl FnOnce(&mut S) -> R) -> R {
         self.check_live("write");
-        let mut state = self.hold().entry.lock();
-        if self.hold().is_replay() {
+        let hold = self.hold();
+        let mut state = hold.entry.lock();
+        if hold.is_replay() {
             // Saved by an earlier delivery of this update: `f` runs for what it returns, and
             // the field is put back as it was.
             let before = state.save_field(index);
@@ -149,11 +152,11 @@ impl<'a, S: Schema> SessionRef<'a, S> {
             state.set_from(index, before.as_deref());
             return out;
         }
-        self.hold().note_read(&mut state, index);
-        self.hold().remember(&state, index);
+        hold.note_read(&mut state, index);
+        hold.remember(&state, index);
         let out = f(&mut state.value);
         let version = state.bump(index, Dirty::Set);
-        self.hold().wrote_field(&mut state, index, version);
+        hold.wrote_field(&mut state, index, version);
         out
     }
 
@@ -167,31 +170,33 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// follows the default from now on.
     pub fn reset(&self, index: usize) {
         self.check_live("write");
-        if self.hold().is_replay() {
+        let hold = self.hold();
+        if hold.is_replay() {
             return;
         }
-        let mut state = self.hold().entry.lock();
-        self.hold().remember(&state, index);
+        let mut state = hold.entry.lock();
+        hold.remember(&state, index);
         state.value.reset_field(index);
         let version = state.bump(index, Dirty::Remove);
-        self.hold().wrote_field(&mut state, index, version);
+        hold.wrote_field(&mut state, index, version);
     }
 
     /// Replaces the whole value; every stored field is marked, and only those whose
     /// encoding changed are written.
     pub fn replace(&self, value: S) {
         self.check_live("write");
-        if self.hold().is_replay() {
+        let hold = self.hold();
+        if hold.is_replay() {
             return;
         }
-        let mut state = self.hold().entry.lock();
+        let mut state = hold.entry.lock();
         for index in 0..S::FIELDS.len() {
-            self.hold().remember(&state, index);
+            hold.remember(&state, index);
         }
         state.value = value;
         for index in 0..S::FIELDS.len() {
             let version = state.bump(index, Dirty::Set);
-            self.hold().wrote_field(&mut state, index, version);
+            hold.wrote_field(&mut state, index, version);
         }
     }
 
@@ -199,14 +204,15 @@ impl<'a, S: Schema> SessionRef<'a, S> {
     /// now on reads see the defaults, and writes start a new record.
     pub fn clear(&self) {
         self.check_live("clear");
-        if self.hold().is_replay() {
+        let hold = self.hold();
+        if hold.is_replay() {
             return;
         }
-        let mut state = self.hold().entry.lock();
+        let mut state = hold.entry.lock();
         for index in 0..S::FIELDS.len() {
-            self.hold().remember(&state, index);
+            hold.remember(&state, index);
         }
-        if let Some(undo) = &self.hold().undo {
+        if let Some(undo) = &hold.undo {
             let mut undo = undo.lock();
             let before = undo
                 .clear
@@ -218,7 +224,7 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         state.clear_epoch += 1;
         for index in 0..S::FIELDS.len() {
             let version = state.bump(index, Dirty::Clean);
-            self.hold().wrote(index, version);
+            hold.wrote(index, version);
         }
     }
 
@@ -228,25 +234,27 @@ impl<'a, S: Schema> SessionRef<'a, S> {
         S: Clone,
     {
         self.check_live("read");
-        let mut state = self.hold().entry.lock();
+        let hold = self.hold();
+        let mut state = hold.entry.lock();
         for index in 0..S::FIELDS.len() {
-            self.hold().note_read(&mut state, index);
+            hold.note_read(&mut state, index);
         }
         state.value.clone()
     }
 
     fn report_stale(&self, index: usize) {
+        let hold = self.hold();
         let field = S::FIELDS[index].name;
-        self.hold().sessions.stats.add(Count::StaleWrites, 1);
+        hold.sessions.stats.add(Count::StaleWrites, 1);
         tracing::warn!(
             session = S::NAME,
             key = self.key(),
             field,
             "stale write: another update changed this field after this update read it; use update_* for read-modify-write"
         );
-        let refused = self.hold().sessions.stale == StalePolicy::Retry && self.hold().retried;
-        if refused || self.hold().sessions.stale == StalePolicy::Error {
-            let _ = self.hold().stale.set(field);
+        let refused = hold.sessions.stale == StalePolicy::Retry && hold.retried;
+        if refused || hold.sessions.stale == StalePolicy::Error {
+            let _ = hold.stale.set(field);
         }
     }
 }

@@ -325,12 +325,15 @@ impl<S: Schema> Hold<S> {
         // Taken before the renewer is stopped: a renewal under way finishes first, and the
         // version it wrote is the one the patch expects.
         let mut lease = match &self.lease {
-            Some(held) => Some(held.lock().await),
+            Some(held) => {
+                let lease = held.lock().await;
+                if let Some(renewer) = self.renewer.lock().take() {
+                    renewer.abort();
+                }
+                Some(lease)
+            }
             None => None,
         };
-        if let Some(renewer) = self.renewer.lock().take() {
-            renewer.abort();
-        }
         let sessions = &self.sessions;
         let persisted = self
             .entry

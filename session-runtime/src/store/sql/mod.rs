@@ -163,6 +163,13 @@ pub(crate) fn json_path(
     key: &str,
     field: &str,
 ) -> Result<String, StoreError> {
+    check_name(backend, key, field)?;
+    Ok(format!("$.\"{field}\""))
+}
+
+#[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
+/// Refuses a field name a JSON path cannot name as it is written (see [`json_path`]).
+pub(crate) fn check_name(backend: &'static str, key: &str, field: &str) -> Result<(), StoreError> {
     if field.contains(['"', '\\']) || field.chars().any(char::is_control) {
         return Err(StoreError::Malformed {
             backend,
@@ -172,7 +179,7 @@ pub(crate) fn json_path(
                 .to_owned(),
         });
     }
-    Ok(format!("$.\"{field}\""))
+    Ok(())
 }
 
 /// What a value stored in PostgreSQL's `jsonb` as `{"@json": "<its JSON text>"}` starts with.

@@ -10,7 +10,7 @@ mod revisions;
 
 use blocking::{OwnedPatch, is_busy};
 use group::{Group, Member};
-use revisions::{Columns, Counts, Expiry, Revisions};
+use revisions::{Columns, Expiry, Object, Revisions};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params_from_iter};
 
 use super::{
-    Clock, DEFAULT_TABLE, KeyRange, conflict, edit_expression, edit_expression_with,
+    Clock, DEFAULT_TABLE, KeyRange, check_name, conflict, edit_expression, edit_expression_with,
     integer_object, json_path, parse_record, parse_versions, parse_writers, patch_paths,
     table_name, writers_object,
 };
@@ -70,12 +70,18 @@ pub enum Locking {
 /// Table (`typed_sessions` unless [`with_table`](Self::with_table)):
 ///
 /// ```sql
-/// CREATE TABLE typed_sessions (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, expires_at INTEGER)
+/// CREATE TABLE typed_sessions (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL,
+///     versions TEXT NOT NULL DEFAULT '{}', writers TEXT NOT NULL DEFAULT '{}', expires_at INTEGER);
+/// CREATE INDEX typed_sessions_expiring ON typed_sessions (expires_at) WHERE expires_at IS NOT NULL;
 /// ```
 ///
-/// `data` is a JSON object of the stored fields, e.g. `{"count":3,"lang":"de"}`; a patch edits
-/// it with one `INSERT .. ON CONFLICT DO UPDATE SET data = json_set(json_remove(data, ..), ..)`.
-/// See the `sql` module docs for why a JSON column rather than a row per field.
+/// `data` is a JSON object of the stored fields, e.g. `{"count":3,"lang":"de"}`, `versions`
+/// and `writers` objects of their versions and last writers. A patch is one statement. Where
+/// the connection knows the row's columns as it last read or wrote them (a session kept
+/// decoded between updates, in steady state), it writes them whole on the condition that
+/// the row still holds those, so SQLite parses no JSON; otherwise it edits them, e.g. `data =
+/// json_set(json_remove(data, ..), ..)`, on the condition of each field's version. See the
+/// `sql` module docs for why a JSON column rather than a row per field.
 ///
 /// Statements run on the calling task, under the store's lock on its connection: with WAL
 /// and `synchronous=NORMAL` a load or a patch takes microseconds, less than the two thread
@@ -161,6 +167,9 @@ struct Shape {
     /// It writes the row's versions and writers whole, on the condition that they are the
     /// ones this connection knows (`creates` and `expected` are then 0).
     known: bool,
+    /// With `known`: it writes `data` whole too, on the same condition (`removed`, `set` and
+    /// `integers` are then 0).
+    whole: bool,
     /// With `known`: the set values bound as SQL integers, by bit, of the first
     /// [`INTEGER_BITS`] ([`SetValue`]); the others go through `json(?)`.
     integers: u64,
@@ -249,6 +258,11 @@ impl Statements {
     }
 }
 
+/// Whether `text` is one JSON value, as `json(?)` takes it.
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok()
+}
+
 /// The statement that applies a patch of `shape` to `table`, with its `?` in the order
 /// [`SqliteStore::apply_on`] binds them.
 fn patch_statement(t: &str, shape: Shape) -> String {
@@ -257,6 +271,14 @@ fn patch_statement(t: &str, shape: Shape) -> String {
     let live_writers =
         "(CASE WHEN expires_at IS NOT NULL AND expires_at <= ? THEN '{}' ELSE writers END)";
     let renew = if shape.renews { ", expires_at = ?" } else { "" };
+    if shape.whole {
+        // As below, and SQLite neither parses nor writes JSON: the row's data is the one
+        // kept, so the new one was written from it.
+        return format!(
+            "UPDATE {t} SET data = ?, versions = ?, writers = ?{renew} \
+             WHERE key = ? AND data = ? AND versions = ? AND writers = ? AND (expires_at IS NULL OR expires_at > ?)"
+        );
+    }
     if shape.known {
         // Equal columns are equal versions of every field: the patch's condition, checked
         // against the kept versions before it was sent, holds on the row.
@@ -516,7 +538,9 @@ impl SqliteStore {
         }
     }
 
-    /// Creates the table and its expiry index if they do not exist.
+    /// Creates the table and its expiry index if they do not exist. The index holds only the
+    /// rows that have an expiry, so that creating a session without one writes no page of it;
+    /// a table made before (with an index of every row) has its index replaced.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.run(
             StoreOp::Migrate,
@@ -529,10 +553,12 @@ impl SqliteStore {
 
     fn migrate_on(&self, connection: &mut Connection) -> Result<(), StoreError> {
         let t = &self.sql.table;
+        // The sweep finds expired rows by the index; a row without an expiry is never in it.
         connection
             .execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, versions TEXT NOT NULL DEFAULT '{{}}', writers TEXT NOT NULL DEFAULT '{{}}', expires_at INTEGER); \
-                 CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at);"
+                 CREATE INDEX IF NOT EXISTS {t}_expiring ON {t} (expires_at) WHERE expires_at IS NOT NULL; \
+                 DROP INDEX IF EXISTS {t}_expires_at;"
             ))
             .map_err(|e| error(StoreOp::Migrate, "", e))?;
         // Tables made before field versions and writers existed.
@@ -645,12 +671,20 @@ impl SqliteStore {
                 .map(|(field, version)| Some((field.as_str(), i64::try_from(*version).ok()?)))
                 .collect();
             let columns = counts
-                .and_then(|counts| Counts::new(versions, counts))
-                .zip(Counts::new(
+                .and_then(|counts| Object::new(versions, counts))
+                .zip(Object::new(
                     writers,
                     record.writers.iter().map(|(name, id)| (name.as_str(), *id)),
                 ))
-                .map(|(versions, writers)| Columns { versions, writers });
+                .map(|(versions, writers)| Columns {
+                    versions,
+                    writers,
+                    data: Object::new(
+                        data,
+                        (record.fields.iter())
+                            .map(|(name, value)| (name.as_str(), Box::from(&**value))),
+                    ),
+                });
             revisions.read(key, Some((expires_at, columns)));
         }
         Ok(Some(record))
@@ -705,7 +739,13 @@ impl SqliteStore {
                 .map_err(|e| error(StoreOp::Apply, key, e))?;
             return Ok((renewed > 0).then_some((Expiry::Set(expires_at), true)));
         }
-        let (removed, set) = patch_paths(BACKEND, key, patch)?;
+        for name in patch
+            .remove
+            .iter()
+            .chain(patch.set.iter().map(|(name, _)| name))
+        {
+            check_name(BACKEND, key, name)?;
+        }
         let mut expected = Vec::with_capacity(patch.expect.len());
         // The fields written, with their new versions.
         let mut bumped = Vec::with_capacity(patch.expect.len());
@@ -729,60 +769,35 @@ impl SqliteStore {
         {
             // A write that expects nothing of a field (an admin's, not the middleware's):
             // its version is read and bumped in a transaction.
+            let (removed, set) = patch_paths(BACKEND, key, patch)?;
             let expiry = self.apply_unconditionally(connection, key, patch, &removed, &set)?;
             return Ok(expiry.map(|expiry| (expiry, false)));
         }
         let now = self.clock.now_ms();
         let expires_at = self.clock.expiry(patch.ttl);
         let expiry = expires_at.map_or(Expiry::Kept, Expiry::Set);
-        let set_pairs = || {
-            set.iter()
-                .zip(&patch.set)
-                .flat_map(|(path, (_, value))| [path as &dyn ToSql, value as &dyn ToSql])
-        };
-        let shape = Shape {
-            creates: false,
-            removed: patch.remove.len(),
-            set: patch.set.len(),
-            expected: 0,
-            renews: expires_at.is_some(),
-            known: true,
-            integers: 0,
-        };
         {
             let mut revisions = self.revisions.lock();
             if let Some(columns) = revisions.columns_mut(key, now)
-                && expected
-                    .iter()
-                    .all(|(field, version)| columns.versions.get(field).unwrap_or(0) == *version)
+                && expected.iter().all(|(field, version)| {
+                    columns.versions.get(field).copied().unwrap_or(0) == *version
+                })
             {
-                let versions = columns.versions.merged_text(&bumped);
-                let writers = columns.writers.merged_text(&patch.writers);
-                let (values, integers) = SetValue::all(&patch.set);
-                let mut params: Vec<&dyn ToSql> =
-                    removed.iter().map(|path| path as &dyn ToSql).collect();
-                for (path, value) in set.iter().zip(&values) {
-                    params.extend([path as &dyn ToSql, value]);
-                }
-                params.extend([&versions as &dyn ToSql, &writers]);
-                if expires_at.is_some() {
-                    params.push(&expires_at);
-                }
-                params.extend([
-                    &key as &dyn ToSql,
-                    &columns.versions.text,
-                    &columns.writers.text,
-                    &now,
-                ]);
-                let shape = Shape { integers, ..shape };
-                if execute(connection, key, &self.sql.patch(shape), params)? > 0 {
-                    let kept = columns.versions.merge(&bumped, versions)
-                        & columns.writers.merge(&patch.writers, writers);
+                let clock = (now, expires_at);
+                if let Some(kept) =
+                    self.write_known(connection, key, patch, columns, &bumped, clock)?
+                {
                     return Ok(Some((expiry, kept)));
                 }
                 // Another connection wrote the row: the statement below checks the fields.
             }
         }
+        let (removed, set) = patch_paths(BACKEND, key, patch)?;
+        let set_pairs = || {
+            set.iter()
+                .zip(&patch.set)
+                .flat_map(|(path, (_, value))| [path as &dyn ToSql, value as &dyn ToSql])
+        };
         let expected = expected
             .into_iter()
             .map(|(field, version)| Ok((json_path(BACKEND, key, field)?, version)))
@@ -790,9 +805,13 @@ impl SqliteStore {
         let creates = expected.iter().all(|(_, v)| *v == 0);
         let sql = self.sql.patch(Shape {
             creates,
+            removed: patch.remove.len(),
+            set: patch.set.len(),
             expected: expected.len(),
+            renews: expires_at.is_some(),
             known: false,
-            ..shape
+            whole: false,
+            integers: 0,
         });
         let bumped = integer_object(&bumped);
         let writers = writers_object(patch);
@@ -827,6 +846,98 @@ impl SqliteStore {
         }
         let current = self.load_on(connection, key)?.unwrap_or_default();
         Err(conflict(BACKEND, key, patch, current))
+    }
+
+    /// A patch of a row whose columns this connection keeps, conditional on the row's columns
+    /// being those: they are written whole, `data` too when it is kept (SQLite then parses no
+    /// JSON), else edited by `json_set`. Returns, if the row was the one kept, whether its
+    /// columns still are once the patch is written ([`Revisions::wrote`]); `None` if another
+    /// connection wrote it since.
+    fn write_known(
+        &self,
+        connection: &Connection,
+        key: &str,
+        patch: &Patch<'_>,
+        columns: &mut Columns,
+        bumped: &[(&str, i64)],
+        (now, expires_at): (i64, Option<i64>),
+    ) -> Result<Option<bool>, StoreError> {
+        let shape = Shape {
+            creates: false,
+            removed: patch.remove.len(),
+            set: patch.set.len(),
+            expected: 0,
+            renews: expires_at.is_some(),
+            known: true,
+            whole: false,
+            integers: 0,
+        };
+        let versions = columns.versions.merged_text(bumped, &[]);
+        let writers = columns.writers.merged_text(&patch.writers, &[]);
+        // A value that is not JSON is refused by `json(?)` below, as on every other path.
+        let whole = (columns.data.as_ref())
+            .filter(|_| patch.set.iter().all(|(_, value)| is_json(value)))
+            .map(|data| (data.merged_text(&patch.set, &patch.remove), &*data.text));
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(9 + 2 * patch.set.len());
+        let written = if let Some((data, kept)) = &whole {
+            params.extend([data as &dyn ToSql, &versions, &writers]);
+            if expires_at.is_some() {
+                params.push(&expires_at);
+            }
+            params.extend([
+                &key as &dyn ToSql,
+                kept,
+                &columns.versions.text,
+                &columns.writers.text,
+                &now,
+            ]);
+            let shape = Shape {
+                whole: true,
+                removed: 0,
+                set: 0,
+                ..shape
+            };
+            execute(connection, key, &self.sql.patch(shape), params)?
+        } else {
+            let (removed, set) = patch_paths(BACKEND, key, patch)?;
+            let (values, integers) = SetValue::all(&patch.set);
+            params.extend(removed.iter().map(|path| path as &dyn ToSql));
+            for (path, value) in set.iter().zip(&values) {
+                params.extend([path as &dyn ToSql, value]);
+            }
+            params.extend([&versions as &dyn ToSql, &writers]);
+            if expires_at.is_some() {
+                params.push(&expires_at);
+            }
+            params.extend([
+                &key as &dyn ToSql,
+                &columns.versions.text,
+                &columns.writers.text,
+                &now,
+            ]);
+            execute(
+                connection,
+                key,
+                &self.sql.patch(Shape { integers, ..shape }),
+                params,
+            )?
+        };
+        if written == 0 {
+            return Ok(None);
+        }
+        // The data kept stays so only if this patch wrote it whole, and it is still short.
+        let data = whole.map(|(data, _)| data);
+        let data_kept = match (columns.data.as_mut(), data) {
+            (Some(kept), Some(text)) => kept.merge(&patch.set, &patch.remove, text),
+            _ => false,
+        };
+        if !data_kept {
+            columns.data = None;
+        }
+        Ok(Some(
+            columns.versions.merge(bumped, &[], versions)
+                & columns.writers.merge(&patch.writers, &[], writers),
+        ))
     }
 
     /// A patch with fields it expects nothing of, in one immediate transaction: the versions
@@ -1044,24 +1155,70 @@ mod tests {
     use super::*;
 
     /// The row's `versions` and `writers` columns, as another connection reads them.
-    fn columns_of(path: &std::path::Path, key: &str) -> (String, String) {
+    fn columns_of(path: &std::path::Path, key: &str) -> Kept {
         Connection::open(path)
             .and_then(|connection| {
                 connection.query_row(
-                    "SELECT versions, writers FROM typed_sessions WHERE key = ?1",
+                    "SELECT data, versions, writers FROM typed_sessions WHERE key = ?1",
                     [key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
             })
             .expect("the row")
     }
 
+    /// A row's `data` (`None`: not kept), `versions` and `writers`.
+    type Kept = (Option<String>, String, String);
+
     /// The columns kept beside `key`'s revision, if any.
-    fn kept(store: &SqliteStore, key: &str) -> Option<(String, String)> {
+    fn kept(store: &SqliteStore, key: &str) -> Option<Kept> {
         let now = store.clock.now_ms();
         let mut revisions = store.revisions.lock();
         let columns = revisions.columns_mut(key, now)?;
-        Some((columns.versions.text.clone(), columns.writers.text.clone()))
+        Some((
+            columns.data.as_ref().map(|data| data.text.clone()),
+            columns.versions.text.clone(),
+            columns.writers.text.clone(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_expiry_index_holds_only_rows_with_an_expiry_and_the_sweep_uses_it() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        // A table as an earlier version made it: an index of every row's expiry.
+        store
+            .connection()
+            .execute_batch(
+                "CREATE TABLE typed_sessions (key TEXT PRIMARY KEY NOT NULL, data TEXT NOT NULL, expires_at INTEGER); \
+                 CREATE INDEX typed_sessions_expires_at ON typed_sessions (expires_at);",
+            )
+            .expect("an old table");
+        store.migrate().await.expect("migrate");
+        store.migrate().await.expect("migrate again");
+        let connection = store.connection();
+        let indexes: Vec<(String, String)> = connection
+            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .expect("the indexes");
+        assert_eq!(indexes.len(), 1, "{indexes:?}");
+        assert_eq!(indexes[0].0, "typed_sessions_expiring");
+        assert!(
+            indexes[0].1.ends_with("WHERE expires_at IS NOT NULL"),
+            "{indexes:?}"
+        );
+        let plan: Vec<String> = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", store.sql.sweep))
+            .and_then(|mut statement| statement.query_map([0], |row| row.get(3))?.collect())
+            .expect("the sweep's plan");
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("typed_sessions_expiring")),
+            "{plan:?}"
+        );
     }
 
     #[test]
@@ -1205,6 +1362,73 @@ mod tests {
         );
         let record = one.load("k").await.expect("load").expect("a row");
         assert_eq!((record["a"].as_str(), record.version("a")), ("4", 4));
+
+        // Written whole from what is kept: a new field and a removal, then the removed field
+        // set again; the row is what the kept columns say, as another connection reads it.
+        one.apply("m", &write("a", "1", 0, 1))
+            .await
+            .expect("create");
+        one.load("m").await.expect("load");
+        one.apply("m", &write("a", "2", 1, 2))
+            .await
+            .expect("written");
+        let edit = Patch::new()
+            .set_field("c", r#"{"x":[1,"é"]}"#)
+            .expect_version("c", 0)
+            .written_by("c", 2);
+        one.apply("m", &edit).await.expect("a new field");
+        assert_eq!(kept(&one, "m"), Some(columns_of(&path, "m")), "added");
+        let removal = Patch::new().remove_field("c").expect_version("c", 1);
+        one.apply("m", &removal).await.expect("a removal");
+        assert_eq!(kept(&one, "m"), Some(columns_of(&path, "m")), "removed");
+        one.apply("m", &write("c", "true", 2, 2))
+            .await
+            .expect("set again");
+        assert_eq!(kept(&one, "m"), Some(columns_of(&path, "m")), "set again");
+        let record = two.load("m").await.expect("load").expect("a row");
+        assert_eq!((record["a"].as_str(), record["c"].as_str()), ("2", "true"));
+        assert_eq!((record.version("a"), record.version("c")), (2, 3));
+
+        // A value that is not JSON is refused, as on every path, and nothing is written.
+        let refused = one.apply("m", &write("a", "{not json", 2, 2)).await;
+        assert!(refused.is_err(), "{refused:?}");
+        let record = two.load("m").await.expect("load").expect("a row");
+        assert_eq!((record["a"].as_str(), record.version("a")), ("2", 2));
+
+        // Data grown past what is kept: versions and writers are still written whole, data is
+        // edited by the statement, and the row holds every field.
+        let long = format!("\"{}\"", "l".repeat(3000));
+        one.load("m").await.expect("load");
+        let grown = Patch::new()
+            .set_field("long", long.as_str())
+            .expect_version("long", 0)
+            .written_by("long", 2);
+        one.apply("m", &grown).await.expect("a long value");
+        let (data, versions, writers) = columns_of(&path, "m");
+        assert_eq!(
+            kept(&one, "m"),
+            Some((None, versions, writers)),
+            "data not kept"
+        );
+        one.apply("m", &write("a", "7", 2, 2))
+            .await
+            .expect("edited");
+        let record = two.load("m").await.expect("load").expect("a row");
+        assert_eq!((record["a"].as_str(), record.version("a")), ("7", 3));
+        assert_eq!(record["long"], long);
+        assert!(data.is_some_and(|data| data.contains(&long)));
+        two.apply(
+            "m",
+            &Patch::new().remove_field("long").expect_version("long", 1),
+        )
+        .await
+        .expect("the long value removed");
+        one.apply("m", &write("a", "8", 3, 2))
+            .await
+            .expect("not a conflict: the other removed another field");
+        let record = two.load("m").await.expect("load").expect("a row");
+        assert_eq!((record["a"].as_str(), record.version("a")), ("8", 4));
+        assert!(!record.fields.contains_key("long"), "{record:?}");
         drop((one, two));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

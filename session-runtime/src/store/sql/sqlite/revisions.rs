@@ -60,90 +60,150 @@ enum Known {
     },
 }
 
-/// The longest `versions` or `writers` text kept beside a revision: a record with more
-/// fields than that has its patches merged by the statement, as when nothing is kept.
+/// The longest column text kept beside a revision: a record with more fields than that (or,
+/// for `data`, larger values) has its patches merged by the statement, as when nothing is
+/// kept.
 const LONGEST_KEPT: usize = 2048;
 
-/// A row's `versions` and `writers` columns as this connection last read or wrote them.
+/// A row's columns as this connection last read or wrote them.
 #[derive(Debug, Clone)]
 pub(super) struct Columns {
-    pub(super) versions: Counts,
-    pub(super) writers: Counts,
+    pub(super) versions: Object<i64>,
+    pub(super) writers: Object<i64>,
+    /// `data`, when it is short enough to keep: a patch then writes it whole, and SQLite
+    /// neither parses nor writes JSON.
+    pub(super) data: Option<Object<Box<str>>>,
 }
 
-/// A JSON object of integers as it stands in a column: its text, which a statement compares
-/// with the row's, and its entries, which the next text is written from.
+/// What a JSON object kept beside a revision holds per name: a count, or a value's JSON text.
+pub(super) trait Member {
+    /// What the object keeps of it.
+    type Kept: Member;
+    /// Appends its JSON text.
+    fn push_to(&self, text: &mut String);
+    fn kept(&self) -> Self::Kept;
+}
+
+impl Member for i64 {
+    type Kept = i64;
+    fn push_to(&self, text: &mut String) {
+        text.push_str(itoa::Buffer::new().format(*self));
+    }
+    fn kept(&self) -> i64 {
+        *self
+    }
+}
+
+/// A value's JSON text, kept.
+impl Member for Box<str> {
+    type Kept = Box<str>;
+    fn push_to(&self, text: &mut String) {
+        text.push_str(self);
+    }
+    fn kept(&self) -> Box<str> {
+        self.clone()
+    }
+}
+
+/// A value's JSON text, as a patch carries it.
+impl Member for String {
+    type Kept = Box<str>;
+    fn push_to(&self, text: &mut String) {
+        text.push_str(self);
+    }
+    fn kept(&self) -> Box<str> {
+        Box::from(self.as_str())
+    }
+}
+
+/// A JSON object as it stands in a column: its text, which a statement compares with the
+/// row's, and its entries, which the next text is written from.
 #[derive(Debug, Clone)]
-pub(super) struct Counts {
+pub(super) struct Object<V> {
     pub(super) text: String,
-    entries: Vec<(Box<str>, i64)>,
+    entries: Vec<(Box<str>, V)>,
 }
 
-impl Counts {
+impl<V: Member<Kept = V>> Object<V> {
     /// The column `text`, whose entries are `entries`; `None` if it is too long to keep.
     pub(super) fn new<'n>(
         text: String,
-        entries: impl IntoIterator<Item = (&'n str, i64)>,
+        entries: impl IntoIterator<Item = (&'n str, V)>,
     ) -> Option<Self> {
-        (text.len() <= LONGEST_KEPT).then(|| Counts {
+        (text.len() <= LONGEST_KEPT).then(|| Object {
             text,
             entries: entries
                 .into_iter()
-                .map(|(name, count)| (Box::from(name), count))
+                .map(|(name, value)| (Box::from(name), value))
                 .collect(),
         })
     }
 
-    /// The count of `name`, if the object has one.
-    pub(super) fn get(&self, name: &str) -> Option<i64> {
+    /// The entry of `name`, if the object has one.
+    pub(super) fn get(&self, name: &str) -> Option<&V> {
         self.entries
             .iter()
             .find(|(entry, _)| &**entry == name)
-            .map(|(_, count)| *count)
+            .map(|(_, value)| value)
     }
 
-    /// The text of this object with `changes` merged in, as SQLite's `json_patch` would merge
-    /// them: a name given again takes its last count, a new name is added.
-    pub(super) fn merged_text(&self, changes: &[(&str, i64)]) -> String {
-        let last = |name: &str| {
-            changes
-                .iter()
-                .rev()
-                .find(|(changed, _)| *changed == name)
-                .map(|(_, count)| *count)
-        };
+    /// The text of this object with the entries `removed` taken out and `changes` set, as
+    /// SQLite's `json_patch` merges an object of counts, and `json_set(json_remove(..))`
+    /// edits one of values: a kept name takes its last value where it stands, a new one is
+    /// added where it is first given.
+    pub(super) fn merged_text<C: Member<Kept = V>>(
+        &self,
+        changes: &[(&str, C)],
+        removed: &[&str],
+    ) -> String {
+        let last = |name: &str| changes.iter().rev().find(|(changed, _)| *changed == name);
         let mut text = String::with_capacity(self.text.len() + changes.len() * 16);
         text.push('{');
-        let push = |text: &mut String, name: &str, count: i64| {
+        let push = |text: &mut String, name: &str, value: &dyn Fn(&mut String)| {
             if text.len() > 1 {
                 text.push(',');
             }
             push_json_string(text, name);
             text.push(':');
-            text.push_str(itoa::Buffer::new().format(count));
+            value(text);
         };
-        for (name, count) in &self.entries {
-            push(&mut text, name, last(name).unwrap_or(*count));
+        let kept = |name: &str| !removed.contains(&name) && self.get(name).is_some();
+        for (name, value) in &self.entries {
+            if removed.contains(&&**name) {
+                continue;
+            }
+            match last(name) {
+                Some((_, changed)) => push(&mut text, name, &|text| changed.push_to(text)),
+                None => push(&mut text, name, &|text| value.push_to(text)),
+            }
         }
-        for (i, (name, count)) in changes.iter().enumerate() {
-            let added = self.get(name).is_none();
-            let given_again = changes[i + 1..].iter().any(|(later, _)| later == name);
-            if added && !given_again {
-                push(&mut text, name, *count);
+        for (i, (name, _)) in changes.iter().enumerate() {
+            let given_before = changes[..i].iter().any(|(earlier, _)| earlier == name);
+            if !kept(name)
+                && !given_before
+                && let Some((_, value)) = last(name)
+            {
+                push(&mut text, name, &|text| value.push_to(text));
             }
         }
         text.push('}');
         text
     }
 
-    /// This object after `changes`, whose text is `text` ([`merged_text`](Self::merged_text)).
-    /// Returns whether it is still short enough to keep.
+    /// This object after `changes` and `removed`, whose text is `text`
+    /// ([`merged_text`](Self::merged_text)). Returns whether it is still short enough to keep.
     #[must_use]
-    pub(super) fn merge(&mut self, changes: &[(&str, i64)], text: String) -> bool {
-        for (name, count) in changes {
+    pub(super) fn merge<C: Member<Kept = V>>(
+        &mut self,
+        changes: &[(&str, C)],
+        removed: &[&str],
+        text: String,
+    ) -> bool {
+        self.entries.retain(|(name, _)| !removed.contains(&&**name));
+        for (name, value) in changes {
             match self.entries.iter_mut().find(|(entry, _)| &**entry == *name) {
-                Some((_, kept)) => *kept = *count,
-                None => self.entries.push((Box::from(*name), *count)),
+                Some((_, kept)) => *kept = value.kept(),
+                None => self.entries.push((Box::from(*name), value.kept())),
             }
         }
         self.text = text;
@@ -384,23 +444,98 @@ mod tests {
             &[("@3", i64::MAX), ("é", i64::MIN)],
         ];
         for changes in cases {
-            let mut counts = Counts::new(text.to_owned(), entries).expect("short");
-            let merged = counts.merged_text(changes);
+            let mut counts = Object::new(text.to_owned(), entries).expect("short");
+            let merged = counts.merged_text(changes, &[]);
             assert_eq!(merged, json_patch(text, changes), "{changes:?}");
-            assert!(counts.merge(changes, merged.clone()));
+            assert!(counts.merge(changes, &[], merged.clone()));
             // The entries were merged as the text was: the next text starts from both.
-            assert_eq!(counts.merged_text(&[]), merged, "{changes:?}");
+            assert_eq!(counts.merged_text::<i64>(&[], &[]), merged, "{changes:?}");
         }
     }
 
     #[test]
     fn a_text_too_long_is_not_kept() {
         let long = format!(r#"{{"{}":1}}"#, "f".repeat(LONGEST_KEPT));
-        assert!(Counts::new(long, [("f", 1)]).is_none());
-        let mut counts = Counts::new("{}".to_owned(), []).expect("short");
+        assert!(Object::new(long, [("f", 1)]).is_none());
+        let mut counts = Object::new("{}".to_owned(), []).expect("short");
         let name = "g".repeat(LONGEST_KEPT);
         let changes = [(name.as_str(), 1)];
-        let merged = counts.merged_text(&changes);
-        assert!(!counts.merge(&changes, merged), "grown past the bound");
+        let merged = counts.merged_text(&changes, &[]);
+        assert!(!counts.merge(&changes, &[], merged), "grown past the bound");
+    }
+
+    /// What SQLite's `json_set(json_remove(text, ..), ..)` (a patch statement's edit of
+    /// `data`) makes of `text`.
+    fn json_edit(text: &str, set: &[(&str, String)], removed: &[&str]) -> String {
+        let connection = Connection::open_in_memory().expect("an in-memory database");
+        let path = |name: &str| {
+            let mut path = String::from("$.");
+            push_json_string(&mut path, name);
+            path
+        };
+        let mut sql = String::from("SELECT json_set(json_remove(?");
+        let mut params: Vec<String> = vec![text.to_owned()];
+        for name in removed {
+            sql.push_str(", ?");
+            params.push(path(name));
+        }
+        sql.push(')');
+        for (name, value) in set {
+            sql.push_str(", ?, json(?)");
+            params.extend([path(name), value.clone()]);
+        }
+        sql.push(')');
+        connection
+            .query_row(&sql, rusqlite::params_from_iter(&params), |row| row.get(0))
+            .expect("json_set")
+    }
+
+    #[test]
+    fn merged_data_is_what_the_statement_makes_of_the_same_patch() {
+        let entries = [
+            ("count", "3"),
+            ("lang", r#""de""#),
+            ("cart", r#"{"items":[1,2],"note":"a \"b\""}"#),
+            ("two words", "null"),
+        ];
+        let text =
+            r#"{"count":3,"lang":"de","cart":{"items":[1,2],"note":"a \"b\""},"two words":null}"#;
+        fn set(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+            pairs
+                .iter()
+                .map(|(name, value)| (*name, (*value).to_owned()))
+                .collect()
+        }
+        // A patch's set fields, and the fields it removes.
+        type Edit = (Vec<(&'static str, String)>, &'static [&'static str]);
+        let cases: [Edit; 7] = [
+            (set(&[]), &[]),
+            (set(&[("count", "4")]), &[]),
+            (set(&[("new", r#"[true,{"é":1}]"#)]), &[]),
+            (set(&[]), &["lang", "missing"]),
+            // Removed and set again: json_set adds it back at the end.
+            (set(&[("lang", r#""fr""#), ("count", "5")]), &["lang"]),
+            (
+                set(&[("x", "1"), ("x", "2"), ("count", "6"), ("count", "7")]),
+                &[],
+            ),
+            (set(&[("two words", r#""\n""#), ("é", "0")]), &["cart"]),
+        ];
+        for (changes, removed) in cases {
+            let kept = entries.map(|(name, value)| (name, Box::<str>::from(value)));
+            let mut data = Object::new(text.to_owned(), kept).expect("short");
+            let merged = data.merged_text(&changes, removed);
+            assert_eq!(
+                merged,
+                json_edit(text, &changes, removed),
+                "{changes:?} {removed:?}"
+            );
+            assert!(data.merge(&changes, removed, merged.clone()));
+            assert_eq!(
+                data.merged_text::<String>(&[], &[]),
+                merged,
+                "{changes:?} {removed:?}"
+            );
+        }
     }
 }

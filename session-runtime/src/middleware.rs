@@ -441,7 +441,7 @@ impl<S: Session, U> SessionMiddleware<S, U> {
     /// The number of sessions no update holds that are kept decoded, so that the next update
     /// of their key needs no load: with a store that tells revisions ([`Store::revision`]:
     /// the memory store, SQLite), while the stored record is still the one they read or wrote; on
-    /// every store under [`Freshness::Cached`](crate::Freshness::Cached). At most 10,000 per
+    /// every store under [`Freshness::Cached`]. At most 10,000 per
     /// middleware unless [`SessionBuilder::keep_decoded`] says otherwise (ARCHITECTURE.md,
     /// "Decoded between updates").
     pub fn idle_sessions(&self) -> usize {

@@ -37,7 +37,7 @@ pub(crate) struct Sessions<S> {
 
 impl<S: Schema> Sessions<S> {
     /// Writes what `entry` has unsaved, as one patch (without a lease: no update holds it).
-    /// `take_back`: a failed save takes back the writes it carried (see [`Entry::save`]).
+    /// `take_back`: a failed save takes back the writes it carried (see [`Entry::persist`](crate::live::entry::Entry::persist)).
     pub(crate) async fn persist(
         &self,
         entry: &Entry<S>,

@@ -84,7 +84,7 @@ impl BotApi {
         })
     }
 
-    /// Sends a method set with [`Context::reply_with`]; a failure is logged, not retried.
+    /// Sends a method set with [`Context::reply_with`](crate::Context::reply_with); a failure is logged, not retried.
     pub(super) async fn send_reply(&self, mut reply: serde_json::Value) {
         let method = match reply.as_object_mut().and_then(|o| o.remove("method")) {
             Some(serde_json::Value::String(method)) => method,

@@ -1,4 +1,4 @@
-//! Several PostgreSQL hosts, one primary: which one a [`PostgresStore`](super::PostgresStore)
+//! Several PostgreSQL hosts, one primary: which one a [`PostgresStore`](crate::PostgresStore)
 //! writes to, found again after a failover.
 //!
 //! A URL may name several hosts (`postgres://user@a:5432,b:5432/db`), as libpq's do. The store

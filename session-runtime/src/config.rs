@@ -40,7 +40,8 @@ pub enum Freshness {
     /// value older than one another update was answered for.
     #[default]
     Checked,
-    /// The session as this process last read or wrote it, on every store, with no load: a
+    /// The session as this process last read or wrote it, on every store, with no load and no
+    /// check (not even the revision SQLite tells): a
     /// writing update costs one round trip, its patch. Its writes expect the versions of every
     /// field it read, so an update that read a value another process has changed since is
     /// refused and runs again on the record the refusal carries: no write based on a stale

@@ -421,6 +421,68 @@ mod sqlite {
         common::remove_sqlite_file(&path);
     }
 
+    /// `Freshness::Cached` asks SQLite nothing before an update, as on every other store (no
+    /// `data_version` check): a read-only update sees what this process last wrote, and a
+    /// write on it is refused by its versions and runs again on the current record.
+    #[tokio::test]
+    async fn a_cached_session_on_sqlite_is_used_without_a_check() {
+        let clock = Arc::new(AtomicI64::new(1_000_000));
+        let (one, two, path) = two_connections("cached", clock).await;
+        let store = Arc::new(one);
+        let sessions = SessionMiddleware::<Counter, Update>::builder(Arc::clone(&store))
+            .freshness(Freshness::Cached)
+            .build();
+        let checked = SessionMiddleware::<Counter, Update>::new(Arc::clone(&store));
+        // The connection has read the key, so the session's first load is bracketed by known
+        // revisions and the entry knows the one it holds: a check could tell it is stale.
+        assert!(store.load("Counter:7:7").await.expect("load").is_none());
+        deliver(&incrementing(&sessions), Update::text(1, 7, 7, "+1")).await;
+        assert!(store.revision("Counter:7:7").is_known());
+        let record = two.load("Counter:7:7").await.expect("load").expect("a row");
+        let write = Patch::new()
+            .set_field("count", "5")
+            .expect_version("count", record.version("count"));
+        two.apply("Counter:7:7", &write)
+            .await
+            .expect("another connection writes");
+
+        let read = |sessions: &SessionMiddleware<Counter, Update>| {
+            let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let chain = typed_session::Chain::new().with(sessions.clone()).handler({
+                let seen = Arc::clone(&seen);
+                move |ctx| {
+                    let seen = Arc::clone(&seen);
+                    Box::pin(async move {
+                        seen.store(ctx.session().await?.count(), SeqCst);
+                        Ok(())
+                    })
+                }
+            });
+            (chain, seen)
+        };
+        let (chain, seen) = read(&sessions);
+        deliver(&chain, Update::text(2, 7, 7, "read")).await;
+        assert_eq!(seen.load(SeqCst), 1, "cached: no check, what it last wrote");
+        let (chain, seen) = read(&checked);
+        deliver(&chain, Update::text(3, 7, 7, "read")).await;
+        assert_eq!(
+            seen.load(SeqCst),
+            5,
+            "checked: the other connection's write"
+        );
+
+        assert_eq!(
+            deliver(&incrementing(&sessions), Update::text(4, 7, 7, "+1")).await,
+            2,
+            "refused once, then run again on the current record"
+        );
+        let record = two.load("Counter:7:7").await.expect("load").expect("a row");
+        assert_eq!(record["count"], "6", "no write lost");
+        assert_eq!(sessions.stats().conflicts(), 1);
+        drop((sessions, checked, store, two));
+        common::remove_sqlite_file(&path);
+    }
+
     #[tokio::test]
     async fn on_sqlite_sessions_stay_decoded_and_a_write_through_another_connection_is_read_first()
     {

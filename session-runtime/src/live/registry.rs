@@ -209,14 +209,18 @@ impl<S: Schema> Registry<S> {
         let live = entries.by_key.get_mut(key)?;
         if let Some(at) = live.idle.take() {
             entries.idle.remove(at);
-            // Kept decoded: still current only if the store's record is the one it saw; used
-            // as it is when the store cannot tell and the middleware trusts it, or while the
-            // entry keeps the key's lease (no other process may write it then).
+            // Kept decoded: used as it is when the middleware trusts it (no check at all, on
+            // any store: a patch built on an older value is refused by its versions); else
+            // still current only if the store's record is the one it saw, or, when the store
+            // cannot tell, while the entry keeps the key's lease (no other process may write
+            // it then).
             let seen = live.entry.seen();
-            let current = if seen.is_known() {
+            let current = if self.cached {
+                true
+            } else if seen.is_known() {
                 store.revision(&live.entry.key) == seen
             } else {
-                self.cached || live.entry.keeps_lease()
+                live.entry.keeps_lease()
             };
             if !current {
                 entries.by_key.remove(key);

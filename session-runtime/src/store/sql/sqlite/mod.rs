@@ -13,7 +13,7 @@ mod statements;
 
 use blocking::{OwnedPatch, is_busy};
 use group::{Group, Member};
-use revisions::{Columns, Object, Revisions};
+use revisions::{Columns, Revisions};
 use statements::{PATCH_SHAPES, Statements};
 
 use std::sync::Arc;
@@ -479,27 +479,7 @@ impl SqliteStore {
         record.versions = parse_versions(BACKEND, key, &versions)?;
         record.writers = parse_writers(BACKEND, key, &writers)?;
         if follow {
-            // Versions beyond `i64` are never written (a patch refuses them), nor kept.
-            let counts: Option<Vec<(&str, i64)>> = record
-                .versions
-                .iter()
-                .map(|(field, version)| Some((field.as_str(), i64::try_from(*version).ok()?)))
-                .collect();
-            let columns = counts
-                .and_then(|counts| Object::new(versions, counts))
-                .zip(Object::new(
-                    writers,
-                    record.writers.iter().map(|(name, id)| (name.as_str(), *id)),
-                ))
-                .map(|(versions, writers)| Columns {
-                    versions,
-                    writers,
-                    data: Object::new(
-                        data,
-                        (record.fields.iter())
-                            .map(|(name, value)| (name.as_str(), Box::from(&**value))),
-                    ),
-                });
+            let columns = Columns::of_row(data, versions, writers, &record);
             revisions.read(key, Some((expires_at, columns)));
         }
         Ok(Some(record))
@@ -762,7 +742,13 @@ mod tests {
         one.apply("k", &write("a", "1", 0, 1))
             .await
             .expect("create");
-        assert_eq!(kept(&one, "k"), None, "created by the statement: not known");
+        assert_eq!(kept(&one, "k"), None, "created, never read: not known");
+        // Read first (no row), then created: the statement returns the row it made.
+        assert!(one.load("n").await.expect("load").is_none());
+        one.apply("n", &write("a", "1", 0, 1))
+            .await
+            .expect("create");
+        assert_eq!(kept(&one, "n"), Some(columns_of(&path, "n")), "as created");
         one.load("k").await.expect("load");
         assert_eq!(kept(&one, "k"), Some(columns_of(&path, "k")), "as read");
         one.apply("k", &write("a", "2", 1, 2)).await.expect("write");
@@ -776,6 +762,11 @@ mod tests {
         one.apply("k", &write("a", "3", 2, 4))
             .await
             .expect("not a conflict: a was not written by the other");
+        assert_eq!(
+            kept(&one, "k"),
+            Some(columns_of(&path, "k")),
+            "as the statement that merged it field by field returned it"
+        );
         let record = one.load("k").await.expect("load").expect("a row");
         assert_eq!((record["a"].as_str(), record["b"].as_str()), ("3", "1"));
         assert_eq!((record.version("a"), record.version("b")), (3, 1));

@@ -3,15 +3,16 @@
 //! (`revisions`), edited field by field otherwise, and in a transaction of its own when the
 //! patch expects nothing of a field it writes.
 
-use rusqlite::{Connection, ToSql, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, ToSql, params_from_iter};
 
-use super::revisions::{Columns, Expiry};
+use super::revisions::{Columns, Expiry, Written};
 use super::statements::{SetValue, Shape, is_json};
 use super::{BACKEND, SqliteStore, error};
 use crate::error::{StoreError, StoreOp};
 use crate::store::Patch;
 use crate::store::sql::{
-    check_name, conflict, edit_expression, integer_object, json_path, patch_paths, writers_object,
+    check_name, conflict, edit_expression, integer_object, json_path, parse_record, parse_versions,
+    parse_writers, patch_paths, writers_object,
 };
 
 impl SqliteStore {
@@ -27,11 +28,11 @@ impl SqliteStore {
         let written = self.write_on(connection, key, patch);
         let mut revisions = self.revisions.lock();
         match written {
-            Ok(Some((expiry, columns_kept))) => {
+            Ok(Some((expiry, columns))) => {
                 // Read after the statement's own clock: a row it found live is not taken
                 // for expired, nor the other way.
                 let pending = !connection.is_autocommit();
-                revisions.wrote(key, self.clock.now_ms(), expiry, pending, columns_kept);
+                revisions.wrote(key, self.clock.now_ms(), expiry, pending, columns);
                 Ok(())
             }
             written => {
@@ -46,13 +47,13 @@ impl SqliteStore {
     /// of the fields it writes (one more than expected) are merged into the row's. A patch
     /// that expects every field never written may create the row; one that expects a field
     /// must find it live. Returns what became of the row's expiry, if it changed the row, and
-    /// whether the row's columns are the ones kept beside its revision.
+    /// what is known of the row's columns.
     fn write_on(
         &self,
         connection: &mut Connection,
         key: &str,
         patch: &Patch<'_>,
-    ) -> Result<Option<(Expiry, bool)>, StoreError> {
+    ) -> Result<Option<(Expiry, Written)>, StoreError> {
         if patch.only_renews() {
             let Some(expires_at) = self.clock.expiry(patch.ttl) else {
                 return Ok(None);
@@ -62,7 +63,7 @@ impl SqliteStore {
                 .prepare_cached(&self.sql.renew)
                 .and_then(|mut statement| statement.execute((key, expires_at, now)))
                 .map_err(|e| error(StoreOp::Apply, key, e))?;
-            return Ok((renewed > 0).then_some((Expiry::Set(expires_at), true)));
+            return Ok((renewed > 0).then_some((Expiry::Set(expires_at), Written::Kept)));
         }
         for name in patch
             .remove
@@ -96,7 +97,7 @@ impl SqliteStore {
             // its version is read and bumped in a transaction.
             let (removed, set) = patch_paths(BACKEND, key, patch)?;
             let expiry = self.apply_unconditionally(connection, key, patch, &removed, &set)?;
-            return Ok(expiry.map(|expiry| (expiry, false)));
+            return Ok(expiry.map(|expiry| (expiry, Written::Unknown)));
         }
         let now = self.clock.now_ms();
         let expires_at = self.clock.expiry(patch.ttl);
@@ -112,7 +113,12 @@ impl SqliteStore {
                 if let Some(kept) =
                     self.write_known(connection, key, patch, columns, &bumped, clock)?
                 {
-                    return Ok(Some((expiry, kept)));
+                    let columns = if kept {
+                        Written::Kept
+                    } else {
+                        Written::Unknown
+                    };
+                    return Ok(Some((expiry, columns)));
                 }
                 // Another connection wrote the row: the statement below checks the fields.
             }
@@ -151,7 +157,7 @@ impl SqliteStore {
             for (path, version) in &expected {
                 params.extend([&now as &dyn ToSql, path, version]);
             }
-            execute(connection, key, &sql, params)?
+            returning(connection, key, &sql, params)?
         } else {
             let mut params: Vec<&dyn ToSql> =
                 removed.iter().map(|path| path as &dyn ToSql).collect();
@@ -164,10 +170,10 @@ impl SqliteStore {
             for (path, version) in &expected {
                 params.extend([path as &dyn ToSql, version]);
             }
-            execute(connection, key, &sql, params)?
+            returning(connection, key, &sql, params)?
         };
-        if changed > 0 {
-            return Ok(Some((expiry, false)));
+        if let Some(columns) = changed {
+            return Ok(Some((expiry, Written::Returned(columns))));
         }
         let current = self.load_on(connection, key)?.unwrap_or_default();
         Err(conflict(BACKEND, key, patch, current))
@@ -326,6 +332,33 @@ impl SqliteStore {
         tx.commit().map_err(|e| error(StoreOp::Apply, key, e))?;
         Ok(Some(expires_at.map_or(Expiry::Kept, Expiry::Set)))
     }
+}
+
+/// Runs a statement that returns the row it changed (`RETURNING data, versions, writers`):
+/// `None` if it changed none, else the row's columns to keep, if they can be.
+fn returning(
+    connection: &Connection,
+    key: &str,
+    sql: &str,
+    params: Vec<&dyn ToSql>,
+) -> Result<Option<Option<Box<Columns>>>, StoreError> {
+    let row: Option<(String, String, String)> = connection
+        .prepare_cached(sql)
+        .and_then(|mut statement| {
+            statement
+                .query_row(params_from_iter(params), |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        })
+        .map_err(|e| error(StoreOp::Apply, key, e))?;
+    Ok(row.map(|(data, versions, writers)| {
+        // The statement wrote these columns: they parse, or the row is left to the next read.
+        let mut record = parse_record(BACKEND, key, &data).ok()?;
+        record.versions = parse_versions(BACKEND, key, &versions).ok()?;
+        record.writers = parse_writers(BACKEND, key, &writers).ok()?;
+        Columns::of_row(data, versions, writers, &record).map(Box::new)
+    }))
 }
 
 fn execute(

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use crate::store::Revision;
 use crate::store::sql::push_json_string;
+use crate::store::{Record, Revision};
 
 /// How many records are followed at once. The runtime keeps at most 10,000 sessions decoded
 /// between updates; past this many, the whole table is forgotten (every session then loads
@@ -64,6 +64,17 @@ enum Known {
 /// for `data`, larger values) has its patches merged by the statement, as when nothing is
 /// kept.
 const LONGEST_KEPT: usize = 2048;
+
+/// What a write left known of its row's columns.
+#[derive(Debug)]
+pub(super) enum Written {
+    /// They are the ones kept ([`Revisions::columns_mut`]), as the write updated them.
+    Kept,
+    /// The write returned them.
+    Returned(Option<Box<Columns>>),
+    /// Not known.
+    Unknown,
+}
 
 /// A row's columns as this connection last read or wrote them.
 #[derive(Debug, Clone)]
@@ -122,6 +133,32 @@ impl Member for String {
 pub(super) struct Object<V> {
     pub(super) text: String,
     entries: Vec<(Box<str>, V)>,
+}
+
+impl Columns {
+    /// A row's columns as read (`record` parsed from them), to keep; `None` if its `versions`
+    /// or `writers` are too long to keep (a `data` too long is not kept, the rest is).
+    pub(super) fn of_row(
+        data: String,
+        versions: String,
+        writers: String,
+        record: &Record,
+    ) -> Option<Self> {
+        // Versions beyond `i64` are never written (a patch refuses them), nor kept.
+        let counts: Option<Vec<(&str, i64)>> = (record.versions.iter())
+            .map(|(field, version)| Some((field.as_str(), i64::try_from(*version).ok()?)))
+            .collect();
+        let values =
+            (record.fields.iter()).map(|(name, value)| (name.as_str(), Box::from(&**value)));
+        Some(Columns {
+            versions: Object::new(versions, counts?)?,
+            writers: Object::new(
+                writers,
+                (record.writers.iter()).map(|(name, id)| (name.as_str(), *id)),
+            )?,
+            data: Object::new(data, values),
+        })
+    }
 }
 
 impl<V: Member<Kept = V>> Object<V> {
@@ -306,35 +343,36 @@ impl Revisions {
 
     /// An apply to `key` succeeded at `now_ms`: committed, or written in the open group
     /// transaction (`pending`), to count once it commits ([`ended`](Self::ended)).
-    /// `columns_kept`: the row's columns are the ones kept ([`columns_mut`](Self::columns_mut),
-    /// as the apply updated them, or untouched by it); otherwise they are no longer known.
+    /// `written`: what is known of the row's columns after it.
     pub(super) fn wrote(
         &mut self,
         key: &str,
         now_ms: i64,
         expiry: Expiry,
         pending: bool,
-        columns_kept: bool,
+        written: Written,
     ) {
-        let live = match self.latest_mut(key) {
+        let mut live = match self.latest_mut(key) {
             Some(Known::At {
                 life,
                 writes,
                 expires_at,
                 columns,
-            }) if expires_at.is_none_or(|at| at > now_ms) => Some((
-                *life,
-                *writes,
-                *expires_at,
-                columns.take().filter(|_| columns_kept),
-            )),
+            }) if expires_at.is_none_or(|at| at > now_ms) => {
+                Some((*life, *writes, *expires_at, columns.take()))
+            }
             Some(_) => None,
             None if matches!(expiry, Expiry::Set(_)) => None,
             // Neither how the row stood nor so its expiry is known.
             None => return self.forget(key),
         };
+        let columns = match written {
+            Written::Kept => live.as_mut().and_then(|(.., kept)| kept.take()),
+            Written::Returned(columns) => columns,
+            Written::Unknown => None,
+        };
         let after = match live {
-            Some((life, writes, expires_at, columns)) => Known::At {
+            Some((life, writes, expires_at, _)) => Known::At {
                 life,
                 writes: writes.saturating_add(1),
                 expires_at: match expiry {
@@ -350,7 +388,7 @@ impl Revisions {
                     Expiry::Set(at) => Some(at),
                     Expiry::Kept => None,
                 },
-                columns: None,
+                columns,
             },
         };
         if pending {

@@ -180,7 +180,7 @@ fn patch_statement(t: &str, shape: Shape) -> String {
              ON CONFLICT (key) DO UPDATE SET data = {update}, versions = json_patch({live_versions}, ?), \
              writers = json_patch({live_writers}, ?), \
              expires_at = COALESCE(excluded.expires_at, CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END) \
-             WHERE {condition}"
+             WHERE {condition} {RETURNING}"
         )
     } else {
         let update = edit_expression("data", shape.removed, shape.set, "json(?)");
@@ -191,10 +191,14 @@ fn patch_statement(t: &str, shape: Shape) -> String {
         format!(
             "UPDATE {t} SET data = {update}, versions = json_patch(versions, ?), \
              writers = json_patch(writers, ?){renew} \
-             WHERE key = ? AND (expires_at IS NULL OR expires_at > ?) AND {condition}"
+             WHERE key = ? AND (expires_at IS NULL OR expires_at > ?) AND {condition} {RETURNING}"
         )
     }
 }
+
+/// What a statement that edits a row field by field returns of it: its columns as it left
+/// them, for the connection to keep (the statements that write them whole know them already).
+const RETURNING: &str = "RETURNING data, versions, writers";
 
 /// `n` conditions, each that the version at path `?` in `versions` is `?` (absent is 0).
 fn condition(versions: &str, n: usize) -> String {

@@ -294,25 +294,32 @@ async fn a_cached_session_another_writer_changed_is_refused_and_runs_again_on_th
     );
 }
 
+/// A chain on `sessions` whose handler only reads `count`, and where it puts what it read.
+fn read_count(
+    sessions: &SessionMiddleware<Counter, Update>,
+) -> (
+    typed_session::Chain<Update>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let chain = typed_session::Chain::new().with(sessions.clone()).handler({
+        let seen = Arc::clone(&seen);
+        move |ctx| {
+            let seen = Arc::clone(&seen);
+            Box::pin(async move {
+                seen.store(ctx.session().await?.count(), SeqCst);
+                Ok(())
+            })
+        }
+    });
+    (chain, seen)
+}
+
 /// The price of `Freshness::Cached`, as documented: an update that only reads can see a value
 /// another writer changed since this process last read or wrote it.
 #[tokio::test]
 async fn a_read_only_update_on_a_cached_session_can_see_a_value_another_writer_changed() {
     let memory = MemoryStore::new();
-    let read_count = |sessions: &SessionMiddleware<Counter, Update>| {
-        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let chain = typed_session::Chain::new().with(sessions.clone()).handler({
-            let seen = Arc::clone(&seen);
-            move |ctx| {
-                let seen = Arc::clone(&seen);
-                Box::pin(async move {
-                    seen.store(ctx.session().await?.count(), SeqCst);
-                    Ok(())
-                })
-            }
-        });
-        (chain, seen)
-    };
     let a = cached(ProbeStore::new(memory.clone()));
     let checked = SessionMiddleware::<Counter, Update>::new(ProbeStore::new(memory.clone()));
     deliver(&incrementing(&a), Update::text(1, 7, 7, "+1")).await;
@@ -446,24 +453,10 @@ mod sqlite {
             .await
             .expect("another connection writes");
 
-        let read = |sessions: &SessionMiddleware<Counter, Update>| {
-            let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let chain = typed_session::Chain::new().with(sessions.clone()).handler({
-                let seen = Arc::clone(&seen);
-                move |ctx| {
-                    let seen = Arc::clone(&seen);
-                    Box::pin(async move {
-                        seen.store(ctx.session().await?.count(), SeqCst);
-                        Ok(())
-                    })
-                }
-            });
-            (chain, seen)
-        };
-        let (chain, seen) = read(&sessions);
+        let (chain, seen) = read_count(&sessions);
         deliver(&chain, Update::text(2, 7, 7, "read")).await;
         assert_eq!(seen.load(SeqCst), 1, "cached: no check, what it last wrote");
-        let (chain, seen) = read(&checked);
+        let (chain, seen) = read_count(&checked);
         deliver(&chain, Update::text(3, 7, 7, "read")).await;
         assert_eq!(
             seen.load(SeqCst),

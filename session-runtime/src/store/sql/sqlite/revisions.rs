@@ -132,7 +132,35 @@ impl Member for String {
 #[derive(Debug, Clone)]
 pub(super) struct Object<V> {
     pub(super) text: String,
-    entries: Vec<(Box<str>, V)>,
+    entries: Vec<Entry<V>>,
+}
+
+/// One name of an [`Object`], with its value.
+#[derive(Debug, Clone)]
+struct Entry<V> {
+    name: Box<str>,
+    /// The name as the object's text writes it, quoted and followed by `:`: written once, as
+    /// every text the object makes writes it again.
+    key: Box<str>,
+    value: V,
+}
+
+impl<V> Entry<V> {
+    fn new(name: &str, value: V) -> Self {
+        let mut key = String::with_capacity(name.len() + 3);
+        push_key(&mut key, name);
+        Entry {
+            name: Box::from(name),
+            key: key.into_boxed_str(),
+            value,
+        }
+    }
+}
+
+/// Writes `name` as a key of a JSON object: quoted, escaped, followed by `:`.
+fn push_key(text: &mut String, name: &str) {
+    push_json_string(text, name);
+    text.push(':');
 }
 
 impl Columns {
@@ -169,9 +197,8 @@ impl<V: Member<Kept = V>> Object<V> {
     ) -> Option<Self> {
         (text.len() <= LONGEST_KEPT).then(|| Object {
             text,
-            entries: entries
-                .into_iter()
-                .map(|(name, value)| (Box::from(name), value))
+            entries: (entries.into_iter())
+                .map(|(name, value)| Entry::new(name, value))
                 .collect(),
         })
     }
@@ -180,8 +207,8 @@ impl<V: Member<Kept = V>> Object<V> {
     pub(super) fn get(&self, name: &str) -> Option<&V> {
         self.entries
             .iter()
-            .find(|(entry, _)| &**entry == name)
-            .map(|(_, value)| value)
+            .find(|entry| &*entry.name == name)
+            .map(|entry| &entry.value)
     }
 
     /// The text of this object with the entries `removed` taken out and `changes` set, as
@@ -196,31 +223,32 @@ impl<V: Member<Kept = V>> Object<V> {
         let last = |name: &str| changes.iter().rev().find(|(changed, _)| *changed == name);
         let mut text = String::with_capacity(self.text.len() + changes.len() * 16);
         text.push('{');
-        let push = |text: &mut String, name: &str, value: &dyn Fn(&mut String)| {
+        let comma = |text: &mut String| {
             if text.len() > 1 {
                 text.push(',');
             }
-            push_json_string(text, name);
-            text.push(':');
-            value(text);
         };
-        let kept = |name: &str| !removed.contains(&name) && self.get(name).is_some();
-        for (name, value) in &self.entries {
-            if removed.contains(&&**name) {
+        for entry in &self.entries {
+            if removed.contains(&&*entry.name) {
                 continue;
             }
-            match last(name) {
-                Some((_, changed)) => push(&mut text, name, &|text| changed.push_to(text)),
-                None => push(&mut text, name, &|text| value.push_to(text)),
+            comma(&mut text);
+            text.push_str(&entry.key);
+            match last(&entry.name) {
+                Some((_, changed)) => changed.push_to(&mut text),
+                None => entry.value.push_to(&mut text),
             }
         }
+        let kept = |name: &str| !removed.contains(&name) && self.get(name).is_some();
         for (i, (name, _)) in changes.iter().enumerate() {
             let given_before = changes[..i].iter().any(|(earlier, _)| earlier == name);
             if !kept(name)
                 && !given_before
                 && let Some((_, value)) = last(name)
             {
-                push(&mut text, name, &|text| value.push_to(text));
+                comma(&mut text);
+                push_key(&mut text, name);
+                value.push_to(&mut text);
             }
         }
         text.push('}');
@@ -236,11 +264,12 @@ impl<V: Member<Kept = V>> Object<V> {
         removed: &[&str],
         text: String,
     ) -> bool {
-        self.entries.retain(|(name, _)| !removed.contains(&&**name));
+        self.entries
+            .retain(|entry| !removed.contains(&&*entry.name));
         for (name, value) in changes {
-            match self.entries.iter_mut().find(|(entry, _)| &**entry == *name) {
-                Some((_, kept)) => *kept = value.kept(),
-                None => self.entries.push((Box::from(*name), value.kept())),
+            match self.entries.iter_mut().find(|entry| &*entry.name == *name) {
+                Some(entry) => entry.value = value.kept(),
+                None => self.entries.push(Entry::new(name, value.kept())),
             }
         }
         self.text = text;

@@ -41,9 +41,8 @@ pub enum Freshness {
     #[default]
     Checked,
     /// The session as this process last read or wrote it, on every store, with no load and no
-    /// check (not even the revision SQLite tells): a
-    /// writing update costs one round trip, its patch. Its writes expect the versions of every
-    /// field it read, so an update that read a value another process has changed since is
+    /// check (not even the revision SQLite tells): a writing update costs one round trip, its
+    /// patch. Its writes expect the versions of every field it read, so an update that read a value another process has changed since is
     /// refused and runs again on the record the refusal carries: no write based on a stale
     /// read is committed. An update that only reads can see a value another process changed
     /// or erased since. Safe to read when one process handles each chat (polling, or replicas

@@ -99,8 +99,7 @@ pub(crate) enum Ended<E> {
     /// The handlers failed; the error policy was applied and the session saved.
     Failed(E),
     /// The session is saved, but the update broke a session rule (a stale write under
-    /// [`StalePolicy::Error`]); the error policy was applied to
-    /// it as to a failure.
+    /// [`StalePolicy::Error`]); the error policy was applied to it as to a failure.
     Refused(SessionError),
     /// The session could not be saved. It stays live, dirty fields and all, and is written by
     /// the next update of its key or by a flush. `handlers` is their own error, if they failed.
@@ -109,9 +108,10 @@ pub(crate) enum Ended<E> {
         handlers: Option<E>,
     },
     /// This update's writes are not in the store and were taken back: its save failed (under
-    /// [`SaveFailurePolicy::Retry`](crate::SaveFailurePolicy::Retry)), or another writer had changed those fields since the session
-    /// was read (a [`SessionError::Conflict`]; the session now holds the newer values). The
-    /// update must run again to be applied, once. `handlers` is their own error, if any.
+    /// [`SaveFailurePolicy::Retry`](crate::SaveFailurePolicy::Retry)), or another writer had
+    /// changed those fields since the session was read (a [`SessionError::Conflict`]; the
+    /// session now holds the newer values). The update must run again to be applied, once.
+    /// `handlers` is their own error, if any.
     Retry {
         error: SessionError,
         handlers: Option<E>,

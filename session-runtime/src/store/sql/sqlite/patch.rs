@@ -110,14 +110,9 @@ impl SqliteStore {
                 })
             {
                 let clock = (now, expires_at);
-                if let Some(kept) =
+                if let Some(columns) =
                     self.write_known(connection, key, patch, columns, &bumped, clock)?
                 {
-                    let columns = if kept {
-                        Written::Kept
-                    } else {
-                        Written::Unknown
-                    };
                     return Ok(Some((expiry, columns)));
                 }
                 // Another connection wrote the row: the statement below checks the fields.
@@ -173,7 +168,7 @@ impl SqliteStore {
             returning(connection, key, &sql, params)?
         };
         if let Some(columns) = changed {
-            return Ok(Some((expiry, Written::Returned(columns))));
+            return Ok(Some((expiry, columns)));
         }
         let current = self.load_on(connection, key)?.unwrap_or_default();
         Err(conflict(BACKEND, key, patch, current))
@@ -182,8 +177,8 @@ impl SqliteStore {
     /// A patch of a row whose columns this connection keeps, conditional on the row's columns
     /// being those: they are written whole, `data` too when it is kept (SQLite then parses no
     /// JSON), else edited by `json_set`. Returns, if the row was the one kept, whether its
-    /// columns still are once the patch is written (`Revisions::wrote`); `None` if another
-    /// connection wrote it since.
+    /// columns still are once the patch is written; `None` if another connection wrote it
+    /// since.
     fn write_known(
         &self,
         connection: &Connection,
@@ -192,7 +187,7 @@ impl SqliteStore {
         columns: &mut Columns,
         bumped: &[(&str, i64)],
         (now, expires_at): (i64, Option<i64>),
-    ) -> Result<Option<bool>, StoreError> {
+    ) -> Result<Option<Written>, StoreError> {
         let shape = Shape {
             creates: false,
             removed: patch.remove.len(),
@@ -265,10 +260,13 @@ impl SqliteStore {
         if !data_kept {
             columns.data = None;
         }
-        Ok(Some(
-            columns.versions.merge(bumped, &[], versions)
-                & columns.writers.merge(&patch.writers, &[], writers),
-        ))
+        let kept = columns.versions.merge(bumped, &[], versions)
+            & columns.writers.merge(&patch.writers, &[], writers);
+        Ok(Some(if kept {
+            Written::Kept
+        } else {
+            Written::Unknown
+        }))
     }
 
     /// A patch with fields it expects nothing of, in one immediate transaction: the versions
@@ -335,13 +333,13 @@ impl SqliteStore {
 }
 
 /// Runs a statement that returns the row it changed (`RETURNING data, versions, writers`):
-/// `None` if it changed none, else the row's columns to keep, if they can be.
+/// `None` if it changed none, else what is known of the row's columns.
 fn returning(
     connection: &Connection,
     key: &str,
     sql: &str,
     params: Vec<&dyn ToSql>,
-) -> Result<Option<Option<Box<Columns>>>, StoreError> {
+) -> Result<Option<Written>, StoreError> {
     let row: Option<(String, String, String)> = connection
         .prepare_cached(sql)
         .and_then(|mut statement| {
@@ -352,13 +350,21 @@ fn returning(
                 .optional()
         })
         .map_err(|e| error(StoreOp::Apply, key, e))?;
-    Ok(row.map(|(data, versions, writers)| {
-        // The statement wrote these columns: they parse, or the row is left to the next read.
-        let mut record = parse_record(BACKEND, key, &data).ok()?;
-        record.versions = parse_versions(BACKEND, key, &versions).ok()?;
-        record.writers = parse_writers(BACKEND, key, &writers).ok()?;
-        Columns::of_row(data, versions, writers, &record).map(Box::new)
-    }))
+    Ok(row.map(
+        |(data, versions, writers)| match returned(key, data, versions, writers) {
+            Some(columns) => Written::Returned(Box::new(columns)),
+            None => Written::Unknown,
+        },
+    ))
+}
+
+/// The columns a statement returned, to keep: the statement wrote them, so they parse; if they
+/// do not, or are too long to keep, the row is left to the next read.
+fn returned(key: &str, data: String, versions: String, writers: String) -> Option<Columns> {
+    let mut record = parse_record(BACKEND, key, &data).ok()?;
+    record.versions = parse_versions(BACKEND, key, &versions).ok()?;
+    record.writers = parse_writers(BACKEND, key, &writers).ok()?;
+    Columns::of_row(data, versions, writers, &record)
 }
 
 fn execute(

@@ -71,7 +71,7 @@ pub(super) enum Written {
     /// They are the ones kept ([`Revisions::columns_mut`]), as the write updated them.
     Kept,
     /// The write returned them.
-    Returned(Option<Box<Columns>>),
+    Returned(Box<Columns>),
     /// Not known.
     Unknown,
 }
@@ -397,7 +397,7 @@ impl Revisions {
         };
         let columns = match written {
             Written::Kept => live.as_mut().and_then(|(.., kept)| kept.take()),
-            Written::Returned(columns) => columns,
+            Written::Returned(columns) => Some(columns),
             Written::Unknown => None,
         };
         let after = match live {

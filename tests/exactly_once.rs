@@ -64,6 +64,17 @@ struct FaultyStore {
 }
 
 impl FaultyStore {
+    /// What a read meets before it reaches the store: its latency, and its fault.
+    async fn reading(&self, key: &str) -> Result<(), StoreError> {
+        let (latency, roll) = self.next();
+        tokio::time::sleep(latency).await;
+        if roll < self.faults.fail {
+            trace(|| format!("replica {:x}: load failed", self.seed & 0xfff));
+            return Err(injected(StoreOp::Load, key, "load failed"));
+        }
+        Ok(())
+    }
+
     /// The latency of the next call, and the fault it meets (per mille draw).
     fn next(&self) -> (Duration, u64) {
         let call = {
@@ -95,12 +106,7 @@ fn injected(op: StoreOp, key: &str, what: &str) -> StoreError {
 impl Store for FaultyStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
         StoreFuture::new(async move {
-            let (latency, roll) = self.next();
-            tokio::time::sleep(latency).await;
-            if roll < self.faults.fail {
-                trace(|| format!("replica {:x}: load failed", self.seed & 0xfff));
-                return Err(injected(StoreOp::Load, key, "load failed"));
-            }
+            self.reading(key).await?;
             self.inner.load(key).await
         })
     }
@@ -175,6 +181,18 @@ impl Store for FaultyStore {
 
     fn applied_revision(&self, key: &str) -> typed_session::store::Revision {
         self.inner.applied_revision(key)
+    }
+
+    // The store's own read with its revision (SQLite's tells a key's first read), after the
+    // same latency and faults as a load.
+    fn load_with_revision<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Result<(Option<Record>, typed_session::store::Revision), StoreError>> {
+        StoreFuture::new(async move {
+            self.reading(key).await?;
+            self.inner.load_with_revision(key).await
+        })
     }
 }
 

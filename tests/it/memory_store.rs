@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use typed_session::store::Patch;
+use typed_session::store::{Patch, Record, Revision, StoreFuture};
 use typed_session::telegram::Update;
-use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Store};
+use typed_session::{Chain, MemoryStore, Session, SessionMiddleware, Store, StoreError};
 
 fn set(field: &'static str, value: &str, ttl: Option<Duration>) -> Patch<'static> {
     Patch::new().set_field(field, value).with_ttl(ttl)
@@ -181,5 +181,81 @@ async fn a_session_read_every_40_s_with_a_60_s_ttl_lives_on_access_and_dies_on_w
             1,
             "{renewal:?}: only the set wrote a field"
         );
+    }
+}
+
+/// A read tells the revision of what it read, taken under the store's lock: the one
+/// `revision` tells until the next write.
+#[tokio::test(start_paused = true)]
+async fn a_read_tells_the_revision_of_the_record_it_read() {
+    let store = MemoryStore::new();
+    let (record, absent) = store.load_with_revision("a").await.expect("load");
+    assert_eq!((record, absent), (None, Revision::Absent));
+    store
+        .apply("a", &set("x", "1", Some(Duration::from_secs(10))))
+        .await
+        .expect("apply");
+    let (record, read) = store.load_with_revision("a").await.expect("load");
+    assert_eq!(record.expect("a record")["x"], "1");
+    assert!(read.follows(Revision::Absent), "{read:?}");
+    assert_eq!(store.revision("a"), read);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let (record, expired) = store.load_with_revision("a").await.expect("load");
+    assert_eq!((record, expired), (None, Revision::Absent), "expired");
+}
+
+/// A store of one's own that keeps `Store::load_with_revision` as provided: the revision is
+/// told only when the store tells the same before and after the load.
+#[tokio::test]
+async fn the_provided_read_with_its_revision_tells_nothing_when_a_write_came_between() {
+    /// A memory store whose loads, when `meddle` is set, first let another writer in.
+    struct Meddled {
+        inner: MemoryStore,
+        meddle: bool,
+    }
+
+    impl Store for Meddled {
+        fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
+            StoreFuture::new(async move {
+                if self.meddle {
+                    self.inner.apply(key, &set("x", "9", None)).await?;
+                }
+                self.inner.load(key).await
+            })
+        }
+
+        fn apply<'a>(
+            &'a self,
+            key: &'a str,
+            patch: &'a Patch<'a>,
+        ) -> StoreFuture<'a, Result<(), StoreError>> {
+            self.inner.apply(key, patch)
+        }
+
+        fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<(), StoreError>> {
+            self.inner.delete(key)
+        }
+
+        fn revision(&self, key: &str) -> Revision {
+            self.inner.revision(key)
+        }
+    }
+
+    for meddle in [false, true] {
+        let store = Meddled {
+            inner: MemoryStore::new(),
+            meddle,
+        };
+        store.apply("a", &set("x", "1", None)).await.expect("apply");
+        let (record, revision) = store.load_with_revision("a").await.expect("load");
+        let record = record.expect("a record");
+        if meddle {
+            assert_eq!(record["x"], "9");
+            assert_eq!(revision, Revision::Unknown, "a write came between");
+        } else {
+            assert_eq!(record["x"], "1");
+            assert_eq!(revision, store.revision("a"), "nothing came between");
+            assert!(revision.is_known());
+        }
     }
 }

@@ -397,6 +397,24 @@ fn text(bytes: &[u8]) -> String {
 }
 
 impl Records {
+    /// The live record of `key` and its revision; an expired one is removed.
+    fn load(&mut self, key: &str) -> (Option<Record>, Revision) {
+        match self.map.get(key.as_bytes()) {
+            Some(stored) if !stored.is_live(Instant::now) => {
+                self.remove(key);
+                (None, Revision::Absent)
+            }
+            Some(stored) => (
+                Some(stored.fields.to_record()),
+                Revision::At {
+                    life: stored.life,
+                    writes: stored.writes,
+                },
+            ),
+            None => (None, Revision::Absent),
+        }
+    }
+
     fn remove(&mut self, key: &str) {
         if let Some((
             key,
@@ -458,16 +476,15 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Result<Option<Record>, StoreError>> {
-        let mut records = self.inner.lock();
-        let found = match records.map.get(key.as_bytes()) {
-            Some(stored) if !stored.is_live(Instant::now) => {
-                records.remove(key);
-                None
-            }
-            Some(stored) => Some(stored.fields.to_record()),
-            None => None,
-        };
-        StoreFuture::ready(Ok(found))
+        StoreFuture::ready(Ok(self.inner.lock().load(key).0))
+    }
+
+    /// The record and its revision, read under the store's lock.
+    fn load_with_revision<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Result<(Option<Record>, Revision), StoreError>> {
+        StoreFuture::ready(Ok(self.inner.lock().load(key)))
     }
 
     fn apply<'a>(

@@ -521,6 +521,32 @@ pub trait Store: Send + Sync + 'static {
     fn applied_revision(&self, key: &str) -> Revision {
         self.revision(key)
     }
+
+    /// [`load`](Store::load), and the [`Revision`] of the record it read: known only if the
+    /// store can tell that no write came between the read and the revision told.
+    ///
+    /// The default asks [`revision`](Store::revision) before and after the load, and tells it
+    /// when both agree. A store that knows the revision of what it reads, under the same lock,
+    /// overrides it: `SqliteStore` learns a record's revision by reading it, so the revision
+    /// before the first read of a key is unknown, and the default would tell nothing until the
+    /// key is read again.
+    fn load_with_revision<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Result<(Option<Record>, Revision), StoreError>> {
+        let before = self.revision(key);
+        let load = self.load(key);
+        StoreFuture::new(async move {
+            let record = load.await?;
+            let after = self.revision(key);
+            let revision = if before == after {
+                after
+            } else {
+                Revision::Unknown
+            };
+            Ok((record, revision))
+        })
+    }
 }
 
 impl<T: Store + ?Sized> Store for Arc<T> {
@@ -563,6 +589,13 @@ impl<T: Store + ?Sized> Store for Arc<T> {
 
     fn applied_revision(&self, key: &str) -> Revision {
         (**self).applied_revision(key)
+    }
+
+    fn load_with_revision<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Result<(Option<Record>, Revision), StoreError>> {
+        (**self).load_with_revision(key)
     }
 }
 

@@ -126,4 +126,11 @@ impl<S: Store> Store for Counted<S> {
     fn applied_revision(&self, key: &str) -> Revision {
         self.inner.applied_revision(key)
     }
+    fn load_with_revision<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Result<(Option<Record>, Revision), StoreError>> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        self.inner.load_with_revision(key)
+    }
 }

@@ -145,27 +145,16 @@ impl<S: Schema> Entry<S> {
         *self.seen.lock()
     }
 
-    /// Runs `read`, a read of the whole record, and records the revision it read when it
-    /// succeeded and the store's revision was the same before and after it (nothing was
-    /// written in between). `read` is called only after the first revision is asked: a
-    /// store may do its work when called, not when polled.
-    async fn bracketed<F>(
-        &self,
-        store: &dyn Store,
-        read: impl FnOnce() -> F,
-    ) -> Result<Option<Record>, StoreError>
-    where
-        F: Future<Output = Result<Option<Record>, StoreError>>,
-    {
-        let before = store.revision(&self.key);
-        let read = read().await;
-        let after = store.revision(&self.key);
-        *self.seen.lock() = if read.is_ok() && before == after {
-            after
-        } else {
-            Revision::Unknown
+    /// Reads the whole record, and records the revision it was read at when the store can
+    /// tell it ([`Store::load_with_revision`]).
+    async fn read(&self, store: &dyn Store) -> Result<Option<Record>, StoreError> {
+        let read = store.load_with_revision(&self.key).await;
+        let (record, revision) = match read {
+            Ok((record, revision)) => (Ok(record), revision),
+            Err(error) => (Err(error), Revision::Unknown),
         };
-        read
+        *self.seen.lock() = revision;
+        record
     }
 
     /// Forgets the revision: what the entry holds as stored may differ from the store.
@@ -223,9 +212,7 @@ impl<S: Schema> Entry<S> {
             outcome = tracing::field::Empty
         );
         let timer = stats.start();
-        let loaded = self
-            .bracketed(store, || store.load(&self.key).instrument(span.clone()))
-            .await;
+        let loaded = self.read(store).instrument(span.clone()).await;
         stats.took(Latency::Load, timer);
         span.record(
             "outcome",
@@ -364,7 +351,7 @@ impl<S: Schema> Entry<S> {
     /// written by the next save.
     /// `sure`: the store holds none of the discarded writes.
     async fn refresh(&self, store: &dyn Store, conflicts: &[&'static str], sure: bool) {
-        let loaded = self.bracketed(store, || store.load(&self.key)).await;
+        let loaded = self.read(store).await;
         self.merge(loaded, store.returns_written_text(), conflicts, sure);
     }
 

@@ -454,35 +454,51 @@ impl SqliteStore {
     /// Reads `key`'s live row. Read outside a transaction, it is also what the connection
     /// knows of the record from then on (its revision).
     fn load_on(&self, connection: &Connection, key: &str) -> Result<Option<Record>, StoreError> {
+        self.load_known_on(connection, key)
+            .map(|(record, _)| record)
+    }
+
+    /// [`load_on`](Self::load_on), and the revision of the row read: what the connection
+    /// records of it, told under the same lock (unknown for a row an open group wrote).
+    fn load_known_on(
+        &self,
+        connection: &Connection,
+        key: &str,
+    ) -> Result<(Option<Record>, Revision), StoreError> {
         // Inside a transaction the row holds what is committed unless the open group wrote
         // it (a patch not committed yet).
         let committed = connection.is_autocommit() || !self.group_wrote(key);
         let mut revisions = self.revisions.lock();
         let follow = committed && revisions.current(connection);
+        // One instant for the read and the revision told: a row the read found live is not
+        // told expired.
+        let now = self.clock.now_ms();
         let row: Option<(String, String, String, Option<i64>)> = connection
             .prepare_cached(&self.sql.load)
             .and_then(|mut statement| {
                 statement
-                    .query_row((key, self.clock.now_ms()), |row| {
+                    .query_row((key, now), |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                     })
                     .optional()
             })
             .map_err(|e| error(StoreOp::Load, key, e))?;
         let Some((data, versions, writers, expires_at)) = row else {
-            if follow {
-                revisions.read(key, None);
+            if !follow {
+                return Ok((None, Revision::Unknown));
             }
-            return Ok(None);
+            revisions.read(key, None);
+            return Ok((None, revisions.revision(key, || now)));
         };
         let mut record = parse_record(BACKEND, key, &data)?;
         record.versions = parse_versions(BACKEND, key, &versions)?;
         record.writers = parse_writers(BACKEND, key, &writers)?;
-        if follow {
-            let columns = Columns::of_row(data, versions, writers, &record);
-            revisions.read(key, Some((expires_at, columns)));
+        if !follow {
+            return Ok((Some(record), Revision::Unknown));
         }
-        Ok(Some(record))
+        let columns = Columns::of_row(data, versions, writers, &record);
+        revisions.read(key, Some((expires_at, columns)));
+        Ok((Some(record), revisions.revision(key, || now)))
     }
 }
 
@@ -495,6 +511,24 @@ impl Store for SqliteStore {
             || {
                 let key = key.to_owned();
                 Box::new(move |store, connection| store.load_on(connection, &key))
+            },
+        )
+    }
+
+    /// The revision is what the connection records of the row as it reads it, under its
+    /// lock: a key's first read tells it, where asking before and after could not (the
+    /// revision of a key never read is unknown).
+    fn load_with_revision<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> StoreFuture<'a, Result<(Option<Record>, Revision), StoreError>> {
+        self.run(
+            StoreOp::Load,
+            key,
+            |connection| self.load_known_on(connection, key),
+            || {
+                let key = key.to_owned();
+                Box::new(move |store, connection| store.load_known_on(connection, &key))
             },
         )
     }

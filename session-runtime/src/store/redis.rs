@@ -397,8 +397,29 @@ impl redis::ToRedisArgs for Prefixed<'_> {
 /// straight into the command's one buffer (a `ScriptInvocation` allocates one per argument,
 /// and copies them all into a command when sent).
 fn apply_command(hash: Prefixed<'_>, patch: &Patch<'_>) -> redis::Cmd {
-    let mut command = redis::cmd("EVALSHA");
-    command.arg(APPLY.get_hash()).arg(1).arg(hash);
+    // Room for every argument at once, so the command's two vectors are not grown (and
+    // copied) argument by argument. A bound: a number takes at most 20 bytes, a version or
+    // writer name the field's name and its prefix; a written field is named up to three
+    // times (its value, its version, and a version the script increments).
+    let (set, removed) = (patch.set.len(), patch.remove.len());
+    let arguments =
+        10 + 2 * patch.expect.len() + 3 * (set + removed) + 2 * set + 2 * patch.writers.len();
+    let expected: usize = patch.expect.iter().map(|(name, _)| name.len() + 22).sum();
+    let written: usize = patch
+        .set
+        .iter()
+        .map(|(name, _)| name)
+        .chain(&patch.remove)
+        .map(|name| 2 * name.len() + 24)
+        .sum();
+    let writers: usize = patch.writers.iter().map(|(name, _)| name.len() + 24).sum();
+    let bytes = 120 + hash.0.len() + hash.1.len() + patch.bytes() + expected + written + writers;
+    let mut command = redis::Cmd::with_capacity(arguments, bytes);
+    command
+        .arg("EVALSHA")
+        .arg(APPLY.get_hash())
+        .arg(1)
+        .arg(hash);
     apply_arguments(&mut command, patch);
     command
 }

@@ -394,3 +394,120 @@ async fn a_postgres_url_whose_hosts_are_all_down_fails_to_connect_saying_so() {
     .expect_err("a store writes");
     assert!(matches!(refused, StoreError::Config { .. }), "{refused}");
 }
+
+/// A TCP proxy in front of a database server, a test double for the network: it forwards
+/// both ways and counts the pings the client sends (messages of exactly the bytes `ping`).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+struct PingCounter {
+    /// The server's URL with the proxy's address in place of the server's.
+    url: String,
+    pings: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl PingCounter {
+    async fn start(url: &str, ping: &'static [u8]) -> PingCounter {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (user, rest) = rest.split_once('@').expect("a user");
+        let (server, path) = rest.split_once('/').expect("a database");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        let pings = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (counted, server) = (Arc::clone(&pings), server.to_owned());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    continue;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = upstream.into_split();
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(read @ 1..) = from_client.read(&mut buffer).await {
+                        if &buffer[..read] == ping {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+            }
+        });
+        PingCounter {
+            url: format!("{scheme}://{user}@127.0.0.1:{port}/{path}"),
+            pings,
+        }
+    }
+
+    fn pings(&self) -> u64 {
+        self.pings.load(Ordering::SeqCst)
+    }
+}
+
+/// Over one pooled connection, `calls` patches one after the other: the pings they cost.
+/// sqlx pings a connection when it is given back to the pool; taking one used a moment ago
+/// costs none (it used to: a second round trip per call).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn pings_of_calls(store: &impl Store, proxy: &PingCounter, calls: u64) -> u64 {
+    let key = common::unique("pings");
+    // The release of the migration's connection may still be pinging: counted as one call.
+    let before = proxy.pings();
+    for count in 1..=calls {
+        let patch = Patch::new().set_field("count", count.to_string());
+        store.apply(&key, &patch).await.expect("apply");
+    }
+    let pings = proxy.pings() - before;
+    store.delete(&key).await.expect("delete");
+    pings
+}
+
+#[tokio::test]
+#[cfg(feature = "postgres")]
+async fn postgres_takes_a_connection_used_a_moment_ago_without_a_ping() {
+    let test = "postgres_takes_a_connection_used_a_moment_ago_without_a_ping";
+    let Some(url) = server_url("POSTGRES_URL", "postgres", test) else {
+        return;
+    };
+    // A bare `Sync` message: sqlx's ping.
+    let proxy = PingCounter::start(&url, b"S\0\0\0\x04").await;
+    let options = typed_session::store::SqlOptions::default().max_connections(1);
+    let store = typed_session::PostgresStore::connect_with(&proxy.url, options)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", proxy.url));
+    store.migrate().await.expect("migrate");
+    let pings = pings_of_calls(&store, &proxy, 20).await;
+    assert!(
+        pings <= 21,
+        "{pings} pings over 20 calls: one as each call gives its connection back, none as it takes it"
+    );
+}
+
+#[tokio::test]
+#[cfg(feature = "mysql")]
+async fn mysql_takes_a_connection_used_a_moment_ago_without_a_ping() {
+    let test = "mysql_takes_a_connection_used_a_moment_ago_without_a_ping";
+    let Some(url) = server_url("MYSQL_URL", "mysql", test) else {
+        return;
+    };
+    // A `COM_PING` packet: length 1, sequence 0, command 0x0e.
+    let proxy = PingCounter::start(&url, b"\x01\0\0\0\x0e").await;
+    let options = typed_session::store::SqlOptions::default().max_connections(1);
+    let store = typed_session::MySqlStore::connect_with(&proxy.url, options)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", proxy.url));
+    store.migrate().await.expect("migrate");
+    let pings = pings_of_calls(&store, &proxy, 20).await;
+    assert!(
+        pings <= 21,
+        "{pings} pings over 20 calls: one as each call gives its connection back, none as it takes it"
+    );
+}

@@ -552,6 +552,10 @@ pub(crate) fn db_error(
     StoreError::backend(backend, op, key, error)
 }
 
+/// How long a pooled connection may stay idle and still be used without a check first.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+const CHECKED_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 /// The pool and deadlines of a PostgreSQL or MySQL/MariaDB store that connects by itself.
 ///
 /// * `max_connections` (default 16): the pool's size. A store call holds a connection for one
@@ -564,6 +568,12 @@ pub(crate) fn db_error(
 ///   its updates within the deadline instead of holding connections that other keys need.
 ///   The store itself gives up on a call after twice the deadline (a connection that died
 ///   without a word); over a pool of your own (`from_pool`), after 4 s.
+///
+/// A connection is taken from the pool without a check (sqlx's ping, a round trip) when it
+/// was last used less than 10 s ago: sqlx pings it as it is given back. One idle longer is
+/// pinged first, and replaced if it does not answer. So a call is one round trip while the
+/// store is busy; if the server goes away between two calls, the next call on a connection
+/// that was open then fails, as a call does when the server goes away during it.
 ///
 /// # Example
 ///
@@ -614,10 +624,22 @@ impl SqlOptions {
         self.timeout * 2
     }
 
+    /// The pool's options. sqlx's default checks a connection with a ping each time it is
+    /// taken from the pool, a second round trip for every call; here only one left idle
+    /// longer than [`CHECKED_AFTER_IDLE`] is (see the type's documentation).
     pub(crate) fn pool<DB: sqlx::Database>(&self) -> sqlx::pool::PoolOptions<DB> {
         sqlx::pool::PoolOptions::<DB>::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.timeout)
+            .test_before_acquire(false)
+            .before_acquire(|connection, taken| {
+                Box::pin(async move {
+                    if taken.idle_for > CHECKED_AFTER_IDLE {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
     }
 }
 

@@ -90,8 +90,9 @@ impl Hosts {
         }
         let found = self.ask(op, key).await?;
         if self.current.swap(found, Ordering::AcqRel) != found {
-            // Connections already open to the old primary fail their check on the way out of
-            // the pool and are closed; new ones go to the new primary.
+            // Connections already open to the old primary fail (their next call, or sqlx's
+            // check as they are given back or taken after an idle while) and are closed; new
+            // ones go to the new primary.
             pool.set_connect_options(self.candidates[found].clone());
             tracing::warn!(
                 target: "typed_session::store",

@@ -401,7 +401,8 @@ async fn a_postgres_url_whose_hosts_are_all_down_fails_to_connect_saying_so() {
 struct PingCounter {
     /// The server's URL with the proxy's address in place of the server's.
     url: String,
-    pings: Arc<std::sync::atomic::AtomicU64>,
+    /// Each message the client sent, in order: whether it was a ping.
+    messages: Arc<std::sync::Mutex<Vec<bool>>>,
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -416,8 +417,8 @@ impl PingCounter {
             .await
             .expect("a free port");
         let port = listener.local_addr().expect("its address").port();
-        let pings = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (counted, server) = (Arc::clone(&pings), server.to_owned());
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counted, server) = (Arc::clone(&messages), server.to_owned());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
@@ -429,9 +430,8 @@ impl PingCounter {
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 64 * 1024];
                     while let Ok(read @ 1..) = from_client.read(&mut buffer).await {
-                        if &buffer[..read] == ping {
-                            counted.fetch_add(1, Ordering::SeqCst);
-                        }
+                        let is_ping = &buffer[..read] == ping;
+                        counted.lock().expect("not poisoned").push(is_ping);
                         if to_server.write_all(&buffer[..read]).await.is_err() {
                             break;
                         }
@@ -444,18 +444,23 @@ impl PingCounter {
         });
         PingCounter {
             url: format!("{scheme}://{user}@127.0.0.1:{port}/{path}"),
-            pings,
+            messages,
         }
     }
 
+    fn messages(&self) -> Vec<bool> {
+        self.messages.lock().expect("not poisoned").clone()
+    }
+
     fn pings(&self) -> u64 {
-        self.pings.load(Ordering::SeqCst)
+        self.messages().iter().filter(|&&ping| ping).count() as u64
     }
 }
 
 /// Over one pooled connection, 20 patches one after the other: sqlx pings the connection as
 /// each call gives it back, and taking one used a moment ago costs no ping (it used to: a
-/// second round trip per call, 40 pings for the 20).
+/// second round trip per call, 40 pings for the 20). Taking one left idle for longer than
+/// the store trusts it does cost one, before the call.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 async fn a_call_pings_only_as_it_gives_its_connection_back(
     store: &impl Store,
@@ -470,10 +475,18 @@ async fn a_call_pings_only_as_it_gives_its_connection_back(
         store.apply(&key, &patch).await.expect("apply");
     }
     let pings = proxy.pings() - before;
-    store.delete(&key).await.expect("delete");
     assert!(
         pings <= CALLS + 1,
         "{pings} pings over {CALLS} calls: one as each call gives its connection back, none as it takes it"
+    );
+    // Idle past the 10 s the store trusts a connection for: checked before it is used.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let sent = proxy.messages().len();
+    store.delete(&key).await.expect("delete");
+    assert_eq!(
+        proxy.messages().get(sent),
+        Some(&true),
+        "a connection idle for 11 s is pinged before its call"
     );
 }
 
@@ -485,8 +498,8 @@ fn one_connection() -> typed_session::store::SqlOptions {
 
 #[tokio::test]
 #[cfg(feature = "postgres")]
-async fn postgres_takes_a_connection_used_a_moment_ago_without_a_ping() {
-    let test = "postgres_takes_a_connection_used_a_moment_ago_without_a_ping";
+async fn postgres_pings_a_pooled_connection_before_a_call_only_after_it_idled() {
+    let test = "postgres_pings_a_pooled_connection_before_a_call_only_after_it_idled";
     let Some(url) = server_url("POSTGRES_URL", "postgres", test) else {
         return;
     };
@@ -501,8 +514,8 @@ async fn postgres_takes_a_connection_used_a_moment_ago_without_a_ping() {
 
 #[tokio::test]
 #[cfg(feature = "mysql")]
-async fn mysql_takes_a_connection_used_a_moment_ago_without_a_ping() {
-    let test = "mysql_takes_a_connection_used_a_moment_ago_without_a_ping";
+async fn mysql_pings_a_pooled_connection_before_a_call_only_after_it_idled() {
+    let test = "mysql_pings_a_pooled_connection_before_a_call_only_after_it_idled";
     let Some(url) = server_url("MYSQL_URL", "mysql", test) else {
         return;
     };

@@ -36,15 +36,15 @@ pub enum SaveFailurePolicy {
 pub enum Freshness {
     /// What the store holds when the update first uses the session: a session kept decoded
     /// is used only while the store says its record is still the one it decoded (the memory
-    /// store and SQLite tell revisions); on every other store each update loads it. No update reads a
-    /// value older than one another update was answered for.
+    /// store and SQLite tell revisions); on every other store each update loads it. No update
+    /// reads a value older than one another update was answered for.
     #[default]
     Checked,
     /// The session as this process last read or wrote it, on every store, with no load and no
     /// check (not even the revision SQLite tells): a writing update costs one round trip, its
-    /// patch. Its writes expect the versions of every field it read, so an update that read a value another process has changed since is
-    /// refused and runs again on the record the refusal carries: no write based on a stale
-    /// read is committed. An update that only reads can see a value another process changed
+    /// patch. Its writes expect the versions of every field it read, so an update that read a
+    /// value another process has changed since is refused and runs again on the record the
+    /// refusal carries: no write based on a stale read is committed. An update that only reads can see a value another process changed
     /// or erased since. Safe to read when one process handles each chat (polling, or replicas
     /// behind routing by chat). Sessions with a ttl are loaded as under `Checked` (the record
     /// may have expired).

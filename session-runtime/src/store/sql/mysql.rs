@@ -119,7 +119,9 @@ impl MySqlStore {
         Ok(store)
     }
 
-    /// A store over an existing pool, used as it is.
+    /// A store over an existing pool, used as it is: its own settings, such as sqlx's
+    /// default ping of every connection it hands out (a second round trip per call, which the
+    /// pools this store builds make only after a connection idled: see [`SqlOptions`]).
     pub fn from_pool(pool: MySqlPool) -> Self {
         MySqlStore {
             pool,

@@ -197,7 +197,8 @@ impl<V: Member<Kept = V>> Object<V> {
     ) -> Option<Self> {
         (text.len() <= LONGEST_KEPT).then(|| Object {
             text,
-            entries: (entries.into_iter())
+            entries: entries
+                .into_iter()
                 .map(|(name, value)| Entry::new(name, value))
                 .collect(),
         })
